@@ -1,0 +1,127 @@
+"""The one table of architecture knowledge: where each model family keeps its blocks and what its top needs.
+
+Everything family-specific lives here, keyed by transformers' ``config.model_type``; models outside the table
+fall back to a generic rule (the block list is the largest ``ModuleList``/``Sequential``) or to a user override.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """How to cut one family of models. Paths are dotted attribute names inside the base model."""
+
+    blocks: str
+    """The list of repeated blocks (``nn.ModuleList``/``nn.Sequential``) that the split index counts."""
+    entry: str | None = "inputs_embeds"
+    """The base model's forward argument that carries states past the stem into the blocks (None: positional)."""
+    seam: tuple[str, ...] = ()
+    """Stem modules the top replaces by a pass-through returning the ``entry`` argument."""
+    blank: tuple[str, ...] = ()
+    """Stem modules the top replaces by an identity (they would re-transform the cached states)."""
+    zero: tuple[str, ...] = ()
+    """Stem modules whose output is *added* to the states; the top replaces them by zeros."""
+    tail: tuple[str, ...] = ()
+    """Modules after the blocks (final norms, poolers); the bottom replaces them by an identity."""
+    keep: tuple[str, ...] = ()
+    """Children of a seamed module the base forward still reads (e.g. for a dtype check)."""
+    masked: bool = True
+    """Inputs are token sequences with an attention mask (states are ragged, re-padded per batch)."""
+    top_fix: Callable[[nn.Module, int], dict[str, nn.Module | None]] | None = None
+    """Family-specific edits of the top: (base model, split index) -> {dotted path in base: replacement}."""
+    bottom_fix: Callable[[nn.Module, int], dict[str, nn.Module | None]] | None = None
+    """Family-specific edits of the bottom, like ``top_fix``."""
+    generic: bool = False
+    """A plain ``nn.Module``: the bottom is stem + blocks run in order, the top is the model with its stem blanked."""
+
+
+class _EmptyEncoder(nn.Module):
+    """DeBERTa's encoder cannot run zero blocks; at split 0 this returns the embeddings unchanged."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=(hidden_states,))
+
+
+def _deberta_top(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
+    # DeBERTa-v2 adds a convolution to the output of block 0; past the split that block is in the bottom.
+    if at == len(base.encoder.layer):
+        return {"encoder": _EmptyEncoder()}
+    if at > 0 and getattr(base.encoder, "conv", None) is not None:
+        return {"encoder.conv": None}
+    return {}
+
+
+def _deberta_bottom(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
+    return {"encoder": _EmptyEncoder()} if at == 0 else {}
+
+
+_BERT = Arch(blocks="encoder.layer", seam=("embeddings",), tail=("pooler",))
+
+TABLE: dict[str, Arch] = {
+    "bert": _BERT,
+    "roberta": _BERT,
+    "xlm-roberta": _BERT,
+    "camembert": _BERT,
+    "mpnet": _BERT,
+    "electra": Arch(blocks="encoder.layer", seam=("embeddings",), blank=("embeddings_project",)),
+    "distilbert": Arch(blocks="transformer.layer", seam=("embeddings",)),
+    "deberta": Arch(blocks="encoder.layer", seam=("embeddings",), bottom_fix=_deberta_bottom),
+    "deberta-v2": Arch(
+        blocks="encoder.layer", seam=("embeddings",), top_fix=_deberta_top, bottom_fix=_deberta_bottom
+    ),
+    "vit": Arch(
+        blocks="layers",
+        entry="pixel_values",
+        seam=("embeddings",),
+        keep=("patch_embeddings",),
+        tail=("layernorm", "pooler"),
+        masked=False,
+    ),
+    "gpt2": Arch(blocks="h", zero=("wpe",), blank=("drop",), tail=("ln_f",)),
+    "llama": Arch(blocks="layers", tail=("norm",)),
+    "mistral": Arch(blocks="layers", tail=("norm",)),
+    "qwen2": Arch(blocks="layers", tail=("norm",)),
+}
+
+
+def lookup(model: nn.Module, blocks: str | None = None) -> Arch:
+    """The table entry for ``model``; ``blocks`` names the block list explicitly (an override)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in TABLE:
+        arch = TABLE[model_type]
+        return arch if blocks is None else dataclasses.replace(arch, blocks=blocks)
+    if model_type is not None and blocks is None:
+        known = ", ".join(sorted(TABLE))
+        raise ValueError(
+            f"transformers model type {model_type!r} ({type(model).__name__}) is not in layer_recycling's "
+            f"architecture table (known: {known}). Name its block list, e.g. "
+            f"split(model, at, blocks='encoder.layer'), or add an entry to layer_recycling.arch.TABLE."
+        )
+    if model_type is not None:
+        return Arch(blocks=blocks, seam=("embeddings",), tail=())
+    return Arch(blocks=blocks or find_blocks(model), entry=None, masked=False, generic=True)
+
+
+def find_blocks(model: nn.Module) -> str:
+    """Dotted path of the largest ``ModuleList``/``Sequential`` child of ``model`` (the block list)."""
+    best, best_len = None, 1
+    for name, child in model.named_children():
+        if isinstance(child, (nn.ModuleList, nn.Sequential)) and len(child) > best_len:
+            best, best_len = name, len(child)
+    if isinstance(model, nn.Sequential) and best is None:
+        return ""
+    if best is None:
+        found = ", ".join(f"{n}: {type(c).__name__}" for n, c in model.named_children()) or "no children"
+        raise ValueError(
+            f"could not find a block list in {type(model).__name__} (children: {found}). Expected a child "
+            f"nn.ModuleList or nn.Sequential of at least 2 blocks; name it with blocks='features' "
+            f"(a dotted path), or wrap the model in nn.Sequential."
+        )
+    return best

@@ -1,0 +1,121 @@
+"""The fingerprint of a bottom: a digest of everything that decides its output, kept as named parts.
+
+Stores record the parts, so a mismatch can say *what* differs (weights, split, config, preprocessing, dtype).
+Nothing in the top takes part: training the top never invalidates a cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from .keys import digest
+
+FORMAT_VERSION = 1
+
+# Config fields that only shape the head or record provenance: changing them leaves the bottom's output alone.
+_HEAD_ONLY_CONFIG = {
+    "_name_or_path", "architectures", "transformers_version", "id2label", "label2id", "num_labels",
+    "problem_type", "classifier_dropout", "finetuning_task", "output_hidden_states", "output_attentions",
+    "return_dict", "use_cache", "_attn_implementation_autoset",
+}
+
+
+class FingerprintMismatch(ValueError):
+    """A store holds states made by a different bottom; serving them would be wrong."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Fingerprint:
+    """Named digests of what decides the bottom's output, and their combined digest ``value``."""
+
+    parts: dict[str, str]
+
+    @property
+    def value(self) -> str:
+        return digest(self.parts)
+
+    def check(self, recorded: dict[str, str], where: str) -> None:
+        """Raise ``FingerprintMismatch`` naming each part in which ``recorded`` differs from this one."""
+        names = sorted(set(recorded) | set(self.parts))
+        differ = [n for n in names if recorded.get(n) != self.parts.get(n)]
+        if differ:
+            detail = "; ".join(f"{n}: stored {recorded.get(n, '-')[:12]} != now {self.parts.get(n, '-')[:12]}" for n in differ)
+            raise FingerprintMismatch(
+                f"{where} was filled by a different bottom ({', '.join(differ)} differ: {detail}). Its entries "
+                f"would be wrong for this model. Use a new store (or a new directory), or load the model, split "
+                f"and preprocessing that filled it."
+            )
+
+
+def fingerprint(
+    bottom: nn.Module,
+    *,
+    model: nn.Module,
+    at: int,
+    num_layers: int,
+    blocks: str,
+    dtype: str,
+    tokenizer: Any = None,
+    preprocess: dict | None = None,
+) -> Fingerprint:
+    """Fingerprint of ``bottom`` (a half of ``model`` split at ``at`` of ``num_layers``) stored as ``dtype``."""
+    parts = {
+        "format": str(FORMAT_VERSION),
+        "model": _model_digest(model, bottom),
+        "split": digest({"at": at, "num_layers": num_layers, "blocks": blocks}),
+        "weights": weights_digest(bottom),
+        "dtype": dtype,
+    }
+    if tokenizer is not None or preprocess:
+        parts["preprocess"] = digest({"tokenizer": _tokenizer_digest(tokenizer), "call": _jsonable(preprocess or {})})
+    return Fingerprint(parts)
+
+
+def weights_digest(module: nn.Module) -> str:
+    """Digest of every parameter and buffer: name, dtype, shape and bytes (a 1-ulp change is a new digest)."""
+    h = hashlib.blake2b(digest_size=20)
+    tensors = dict(module.named_parameters(remove_duplicate=False))
+    tensors.update(module.named_buffers(remove_duplicate=False))
+    for name in sorted(tensors):
+        h.update(name.encode() + b"\0")
+        h.update(bytes.fromhex(digest(tensors[name].detach())))
+    return h.hexdigest()
+
+
+def _model_digest(model: nn.Module, bottom: nn.Module) -> str:
+    base = getattr(model, "base_model", model)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        described = {k: v for k, v in config.to_dict().items() if k not in _HEAD_ONLY_CONFIG}
+    else:
+        described = repr(bottom)  # a plain module: its structure (layer types and sizes) describes it
+    return digest({"class": f"{type(base).__module__}.{type(base).__qualname__}", "config": _jsonable(described)})
+
+
+def _tokenizer_digest(tokenizer: Any) -> str | None:
+    if tokenizer is None:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        content = backend.to_str()  # vocabulary, normalizer, pre-tokenizer, post-processor: the whole pipeline
+    elif hasattr(tokenizer, "get_vocab"):
+        content = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    else:
+        content = repr(tokenizer)
+    special = getattr(tokenizer, "special_tokens_map", {})
+    return digest({"class": type(tokenizer).__qualname__, "content": content, "special": _jsonable(special)})
+
+
+def _jsonable(obj: Any) -> Any:
+    """A canonical JSON-like copy: objects without a JSON form become their repr."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=repr))
+
+
+def dtype_name(dtype: torch.dtype | str | None) -> str:
+    return str(dtype).removeprefix("torch.") if dtype is not None else "native"

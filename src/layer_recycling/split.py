@@ -1,0 +1,206 @@
+"""Cut a model at block k into a frozen bottom and a trainable top that share the model's parameters.
+
+The user's model is never changed: both halves are shallow copies whose module trees differ from the
+original only along the edited paths, so every parameter tensor is shared and the original still runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import numbers
+
+import torch
+from torch import nn
+
+from .arch import Arch, lookup
+
+
+def resolve_level(at: int | float, num_layers: int) -> int:
+    """Number of bottom blocks for ``at``: an int in [0, L], or a fraction in [0, 1].
+
+    A fraction f recycles ``round(f * L)`` blocks, rounding halves to even (the paper's MiniLM levels:
+    25/50/75% of 6 give 2/3/4; of 12 give 3/6/9). A fraction strictly between 0 and 1 always recycles
+    at least one block and leaves at least one: it never silently becomes 0 or L.
+    """
+    if isinstance(at, bool) or not isinstance(at, numbers.Real):
+        raise TypeError(f"at={at!r} ({type(at).__name__}): expected an int block count or a float fraction")
+    if isinstance(at, numbers.Integral):
+        if not 0 <= at <= num_layers:
+            raise ValueError(f"at={at} blocks: expected 0..{num_layers} (the model has {num_layers} blocks)")
+        return int(at)
+    if not 0.0 <= at <= 1.0:
+        hint = f"; for {int(at)} blocks pass the int {int(at)}" if float(at).is_integer() else ""
+        raise ValueError(f"at={at}: a fraction must lie in [0, 1]{hint}")
+    k = round(at * num_layers)
+    if 0.0 < at < 1.0 and num_layers > 1:
+        k = min(max(k, 1), num_layers - 1)
+    return k
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with its own child/parameter dicts, sharing every tensor."""
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    clone._parameters = dict(module._parameters)
+    clone._buffers = dict(module._buffers)
+    return clone
+
+
+def replace(root: nn.Module, edits: dict[str, nn.Module | None]) -> nn.Module:
+    """A shallow copy of ``root`` with the modules at the dotted paths in ``edits`` replaced."""
+    copies = {"": _shallow(root)}
+    for path, new in edits.items():
+        parts = path.split(".")
+        for i in range(1, len(parts)):
+            prefix = ".".join(parts[:i])
+            if prefix not in copies:
+                parent = copies[".".join(parts[: i - 1])]
+                copies[prefix] = _shallow(getattr(parent, parts[i - 1]))
+                setattr(parent, parts[i - 1], copies[prefix])
+        setattr(copies[".".join(parts[:-1])], parts[-1], new)
+    return copies[""]
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    return module.get_submodule(path) if path else module
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+class Seam(nn.Module):
+    """Stands in for a stem module in the top: returns the states passed in the ``entry`` argument."""
+
+    def __init__(self, replaced: nn.Module, entry: str, keep: tuple[str, ...] = ()):
+        super().__init__()
+        self.entry = entry
+        self._signature = inspect.signature(replaced.forward)
+        for name in keep:  # read (not run) by the base forward, e.g. ViT's dtype check
+            setattr(self, name, getattr(replaced, name))
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self._signature.bind_partial(*args, **kwargs).arguments[self.entry]
+
+
+class Zeros(nn.Module):
+    """Stands in for an additive embedding (GPT-2's positions) in the top: the states already hold it."""
+
+    def __init__(self, replaced: nn.Embedding):
+        super().__init__()
+        self.dim, self.dtype = replaced.embedding_dim, replaced.weight.dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*ids.shape, self.dim, dtype=self.dtype, device=ids.device)
+
+
+class Bottom(nn.Module):
+    """Stem plus the first k blocks of a transformers base model: inputs -> states (b, t, h)."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+        accepts = inspect.signature(base.forward).parameters
+        self._extra = {"use_cache": False} if "use_cache" in accepts else {}
+
+    def forward(self, **inputs) -> torch.Tensor:
+        return self.base(**inputs, **self._extra)[0]
+
+
+class Top(nn.Module):
+    """The model above block k, fed states: (states (b, t, h), attention_mask (b, t)) -> the model's output."""
+
+    def __init__(self, model: nn.Module, entry: str | None):
+        super().__init__()
+        self.model, self.entry = model, entry
+        self.accepts = frozenset(inspect.signature(model.forward).parameters)
+
+    def forward(self, states: torch.Tensor, **kwargs):
+        if self.entry is None:
+            return self.model(states, **kwargs)
+        return self.model(**{self.entry: states}, **kwargs)
+
+
+@dataclasses.dataclass
+class Split:
+    """The two halves of a model cut at block ``at`` of ``num_layers``."""
+
+    bottom: nn.Module
+    top: Top
+    at: int
+    num_layers: int
+    arch: Arch
+
+    @property
+    def level(self) -> float:
+        """The recycled fraction of blocks."""
+        return self.at / self.num_layers if self.num_layers else 0.0
+
+
+def split(model: nn.Module, at: int | float, blocks: str | None = None) -> Split:
+    """Cut ``model`` after ``at`` blocks (int count or fraction, see ``resolve_level``).
+
+    Args:
+        model: a transformers model from the architecture table (base or task head), or any ``nn.Module``
+            whose blocks are an ``nn.ModuleList``/``nn.Sequential``.
+        at: blocks to recycle.
+        blocks: dotted path of the block list, overriding the table or the automatic search.
+    Raises:
+        ValueError: unknown architecture or bad level; the message says how to name the block list.
+    """
+    arch = lookup(model, blocks)
+    if arch.generic:
+        return _split_generic(model, at, arch)
+    base = model.base_model
+    prefix = "" if base is model else model.base_model_prefix
+    layers = _block_list(base, arch.blocks)
+    k = resolve_level(at, len(layers))
+    bottom_edits = {arch.blocks: nn.ModuleList(layers[:k])}
+    bottom_edits.update({t: nn.Identity() for t in arch.tail if getattr(base, t, None) is not None})
+    if arch.bottom_fix is not None:
+        bottom_edits.update(arch.bottom_fix(base, k))
+    bottom = Bottom(replace(base, bottom_edits))
+    top_edits = {arch.blocks: nn.ModuleList(layers[k:])}
+    for name in arch.seam:
+        top_edits[name] = Seam(_get(base, name), arch.entry, arch.keep)
+    top_edits.update({n: nn.Identity() for n in arch.blank if getattr(base, n, None) is not None})
+    top_edits.update({n: Zeros(_get(base, n)) for n in arch.zero})
+    if arch.top_fix is not None:
+        top_edits.update(arch.top_fix(base, k))
+    top = Top(replace(model, {_join(prefix, p): m for p, m in top_edits.items()}), arch.entry)
+    return Split(bottom=bottom, top=top, at=k, num_layers=len(layers), arch=arch)
+
+
+def _block_list(root: nn.Module, path: str) -> nn.ModuleList | nn.Sequential:
+    try:
+        layers = _get(root, path)
+    except AttributeError:
+        raise ValueError(
+            f"{type(root).__name__} has no block list at {path!r}; pass blocks='<dotted.path>' naming its "
+            f"nn.ModuleList of blocks"
+        ) from None
+    if not isinstance(layers, (nn.ModuleList, nn.Sequential)):
+        raise ValueError(
+            f"{type(root).__name__}.{path} is a {type(layers).__name__}, expected nn.ModuleList or "
+            f"nn.Sequential of blocks; pass blocks='<dotted.path>' naming the block list"
+        )
+    return layers
+
+
+def _split_generic(model: nn.Module, at: int | float, arch: Arch) -> Split:
+    """Any module: its children before the block list form the stem, applied in registration order."""
+    layers = _block_list(model, arch.blocks)
+    k = resolve_level(at, len(layers))
+    if not arch.blocks:  # the model is itself the sequence of blocks
+        bottom, top = nn.Sequential(*layers[:k]), nn.Sequential(*layers[k:])
+        return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=len(layers), arch=arch)
+    head, _, name = arch.blocks.rpartition(".")
+    owner = _get(model, head)
+    names = list(owner._modules)
+    stem = [owner._modules[n] for n in names[: names.index(name)]]
+    bottom = nn.Sequential(*stem, *layers[:k])
+    edits = {_join(head, n): nn.Identity() for n in names[: names.index(name)]}
+    edits[arch.blocks] = type(layers)(*layers[k:]) if isinstance(layers, nn.Sequential) else nn.ModuleList(layers[k:])
+    return Split(bottom=bottom, top=Top(replace(model, edits), None), at=k, num_layers=len(layers), arch=arch)

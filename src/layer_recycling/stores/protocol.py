@@ -1,0 +1,54 @@
+"""The store Protocol: dict verbs over content keys, a batched get, and the fingerprint it was filled under."""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from ..fingerprint import Fingerprint
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Anything that maps content keys (str) to per-example states (tensors, first dim ragged).
+
+    ``codec`` names how values are kept (``"native"``, ``"float16"``, ...) and is part of the fingerprint.
+    ``fingerprint_parts`` is None until the store is bound to a bottom; ``bind`` records it (or refuses).
+    """
+
+    codec: str
+    fingerprint_parts: dict[str, str] | None
+
+    def __contains__(self, key: object) -> bool: ...
+
+    def __getitem__(self, key: str) -> torch.Tensor: ...
+
+    def __setitem__(self, key: str, value: torch.Tensor) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[str]: ...
+
+    def get_many(
+        self, keys: Sequence[str], device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> list[torch.Tensor]:
+        """The states of ``keys`` in order, converted to ``dtype`` on ``device``; KeyError names a missing key."""
+        ...
+
+    def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor]) -> None: ...
+
+    def bind_fingerprint(self, fingerprint: Fingerprint) -> None:
+        """Record ``fingerprint`` in an empty store, or check it against the recorded one."""
+        ...
+
+
+def bind(store: Store, fingerprint: Fingerprint) -> None:
+    """Tie ``store`` to the bottom described by ``fingerprint``, refusing a store filled by another bottom."""
+    if not isinstance(store, Store):
+        missing = [v for v in ("__contains__", "get_many", "put_many", "bind_fingerprint", "codec") if not hasattr(store, v)]
+        raise TypeError(
+            f"store={type(store).__name__} does not implement the store Protocol (missing: {', '.join(missing)}); "
+            f"use lr.MemoryStore(), lr.DiskStore(path), or store=None for no caching"
+        )
+    store.bind_fingerprint(fingerprint)

@@ -1,0 +1,111 @@
+"""Splitting: levels, every supported architecture and head, the untouched original, clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+from torch import nn
+
+import layer_recycling as lr
+from conftest import LAYERS, TEXT_CASES, cnn_model, text_examples, text_model, vit_model
+from helpers import max_diff, padded_batch
+
+LEVELS = [0, 1, LAYERS // 2, LAYERS]
+
+
+@pytest.mark.parametrize(
+    "at, layers, expected",
+    [(0.5, 6, 3), (0.25, 6, 2), (0.75, 6, 4), (0.25, 12, 3), (0.5, 12, 6), (0.75, 12, 9), (0.25, 24, 6),
+     (0.01, 6, 1), (0.99, 6, 5), (0.0, 6, 0), (1.0, 6, 6), (0, 6, 0), (6, 6, 6), (3, 6, 3), (0.5, 1, 0)],
+)
+def test_levels_round_to_blocks(at, layers, expected):
+    assert lr.resolve_level(at, layers) == expected
+
+
+@pytest.mark.parametrize("at, error, words", [
+    (7, ValueError, "0..6"), (-1, ValueError, "0..6"), (1.5, ValueError, "[0, 1]"), (2.0, ValueError, "int 2"),
+    (True, TypeError, "bool"), ("half", TypeError, "str"),
+])
+def test_bad_levels_are_refused_with_the_fix(at, error, words):
+    with pytest.raises(error, match=None) as info:
+        lr.resolve_level(at, 6)
+    assert words in str(info.value)
+
+
+@pytest.mark.parametrize("family, head", TEXT_CASES)
+@pytest.mark.parametrize("at", LEVELS)
+def test_top_of_bottom_equals_the_model(family, head, at):
+    model = text_model(family, head)
+    batch = padded_batch(text_examples(), pad_id=model.config.pad_token_id or 0)
+    s = lr.split(model, at)
+    with torch.no_grad():
+        expected = model(**batch)
+        actual = s.top(s.bottom(**batch), attention_mask=batch["attention_mask"])
+    assert s.at == at and s.num_layers == LAYERS
+    assert max_diff(expected, actual, batch["attention_mask"]) <= 1e-5
+
+
+@pytest.mark.parametrize("head", ["Model", "ForImageClassification"])
+@pytest.mark.parametrize("at", LEVELS)
+def test_vit_split(head, at):
+    model, pixels = vit_model(head), torch.randn(3, 3, 16, 16)
+    s = lr.split(model, at)
+    with torch.no_grad():
+        assert max_diff(model(pixel_values=pixels), s.top(s.bottom(pixel_values=pixels))) <= 1e-5
+
+
+@pytest.mark.parametrize("at", LEVELS)
+def test_generic_cnn_split(at):
+    model, x = cnn_model(), torch.randn(5, 3, 8, 8)
+    s = lr.split(model, at)
+    assert s.num_layers == 4 and s.arch.blocks == "features"
+    with torch.no_grad():
+        assert max_diff(model(x), s.top(s.bottom(x))) <= 1e-5
+
+
+def test_a_sequential_model_is_its_own_block_list():
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(6)]).eval()
+    s, x = lr.split(model, 0.5), torch.randn(2, 4)
+    assert s.at == 3 and len(s.bottom) == 3
+    assert torch.equal(s.top(s.bottom(x)), model(x))
+
+
+def test_the_users_model_is_not_changed(bert):
+    batch = padded_batch(text_examples())
+    before = {n: id(m) for n, m in bert.named_modules()}
+    with torch.no_grad():
+        expected = bert(**batch).logits
+    s = lr.split(bert, 2)
+    assert {n: id(m) for n, m in bert.named_modules()} == before
+    assert len(bert.bert.encoder.layer) == LAYERS and isinstance(bert.bert.embeddings, T.models.bert.modeling_bert.BertEmbeddings)
+    with torch.no_grad():
+        assert torch.equal(bert(**batch).logits, expected)
+    # the halves share the model's parameters: no copy of the weights
+    shared = {id(p) for p in bert.parameters()}
+    assert all(id(p) in shared for p in [*s.bottom.parameters(), *s.top.parameters()])
+
+
+def test_unknown_transformers_model_names_the_fix():
+    model = T.AlbertModel(T.AlbertConfig(vocab_size=99, hidden_size=32, num_attention_heads=2, intermediate_size=37,
+                                         embedding_size=16, num_hidden_layers=2))
+    with pytest.raises(ValueError, match="albert.*blocks="):
+        lr.split(model, 1)
+
+
+def test_module_without_block_list_names_the_fix():
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match="blocks='features'"):
+        lr.split(Flat(), 1)
+
+
+def test_explicit_block_path_overrides_the_search():
+    model = cnn_model()
+    with pytest.raises(ValueError, match="no block list at 'missing'"):
+        lr.split(model, 1, blocks="missing")
+    with pytest.raises(ValueError, match="is a Linear"):
+        lr.split(model, 1, blocks="fc")
