@@ -20,7 +20,7 @@ from . import data
 from .fingerprint import fingerprint
 from .keys import digest
 from .split import split
-from .stores import MemoryStore, Store, bind
+from .stores import MemoryStore, Store, check_store
 
 _NOT_INPUTS = {
     "inputs_embeds", "use_cache", "output_attentions", "output_hidden_states", "return_dict", "cache",
@@ -73,6 +73,7 @@ class Recycled(nn.Module):
         store_misses: bool = True,
     ):
         super().__init__()
+        store = check_store(store) if store is not None else None
         s = split(model, at, blocks)
         self.bottom, self.top, self.at, self.num_layers, self.arch = s.bottom, s.top, s.at, s.num_layers, s.arch
         self.bottom.requires_grad_(False)
@@ -87,7 +88,7 @@ class Recycled(nn.Module):
         )
         self.fingerprint_parts, self.fingerprint = fp.parts, fp.value
         if store is not None:
-            bind(store, fp)
+            store.bind_fingerprint(fp)
 
     @property
     def level(self) -> float:
@@ -237,9 +238,10 @@ class Recycled(nn.Module):
             raise TypeError(f"with states=, expected attention_mask and labels {list(data.LABEL_NAMES)}; got {unknown}")
         refused = sorted(set(labels) - self.top.accepts)
         if refused:
+            takes = sorted(set(data.LABEL_NAMES) & self.top.accepts) or "none: it computes no loss"
             raise TypeError(
-                f"{type(self.top.model).__name__} takes no {refused}: it computes no loss. Call "
-                f"rec(states=batch['states']) and compute the loss from its output yourself"
+                f"{type(self.top.model).__name__} takes no {refused} (its labels: {takes}). Drop those fields "
+                f"from the examples, or call rec(states=batch['states']) and compute the loss yourself"
             )
         kwargs = {"attention_mask": mask} if self.arch.masked and mask is not None else {}
         return self.top(states, **kwargs, **labels)

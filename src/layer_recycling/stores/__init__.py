@@ -1,6 +1,6 @@
 """Stores of per-example states: a small Protocol, and the implementations of it."""
 
 from .memory import MemoryStore
-from .protocol import Store, bind
+from .protocol import Store, check_store
 
-__all__ = ["MemoryStore", "Store", "bind"]
+__all__ = ["MemoryStore", "Store", "check_store"]

@@ -43,12 +43,12 @@ class Store(Protocol):
         ...
 
 
-def bind(store: Store, fingerprint: Fingerprint) -> None:
-    """Tie ``store`` to the bottom described by ``fingerprint``, refusing a store filled by another bottom."""
+def check_store(store: object) -> Store:
+    """``store`` itself if it implements the Protocol; else a TypeError naming what is missing."""
     if not isinstance(store, Store):
         missing = [v for v in ("__contains__", "get_many", "put_many", "bind_fingerprint", "codec") if not hasattr(store, v)]
         raise TypeError(
             f"store={type(store).__name__} does not implement the store Protocol (missing: {', '.join(missing)}); "
-            f"use lr.MemoryStore(), lr.DiskStore(path), or store=None for no caching"
+            f"use lr.MemoryStore(), or store=None for no caching"
         )
-    store.bind_fingerprint(fingerprint)
+    return store

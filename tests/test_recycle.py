@@ -1,0 +1,219 @@
+"""recycle(): served from the store it equals the model; fills once; trains the top only; refuses misuse."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import layer_recycling as lr
+from conftest import LAYERS, LABELS, TEXT_CASES, cnn_model, text_examples, text_model, vit_model
+from helpers import max_diff, padded_batch
+
+LEVELS = [0, 1, LAYERS // 2, LAYERS]
+
+
+@pytest.mark.parametrize("family, head", TEXT_CASES)
+@pytest.mark.parametrize("at", LEVELS)
+def test_served_from_the_store_equals_the_model(family, head, at):
+    model = text_model(family, head)
+    examples = text_examples()
+    batch = padded_batch(examples, pad_id=model.config.pad_token_id or 0)
+    rec = lr.recycle(model, at=at)
+    rec.fill(examples, batch_size=4, progress=False)
+    calls = rec.stats.bottom_calls
+    with torch.no_grad():
+        expected, actual = model(**batch), rec(**batch)
+    assert rec.stats.bottom_calls == calls and rec.stats.hits == len(examples)  # the top ran on stored states
+    assert max_diff(expected, actual, batch["attention_mask"]) <= 1e-5
+
+
+@pytest.mark.parametrize("at", LEVELS)
+def test_vit_served_from_the_store(at):
+    model = vit_model()
+    pixels = torch.randn(4, 3, 16, 16)
+    rec = lr.recycle(model, at=at)
+    rec.fill([{"pixel_values": p, "labels": 1} for p in pixels], progress=False)
+    with torch.no_grad():
+        out = rec(pixel_values=pixels, labels=torch.ones(4, dtype=torch.long))
+        assert max_diff(model(pixel_values=pixels, labels=torch.ones(4, dtype=torch.long)), out) <= 1e-5
+    assert rec.stats.hits == 4 and rec.stats.misses == 0
+
+
+@pytest.mark.parametrize("at", LEVELS)
+def test_cnn_served_from_the_store_with_pair_examples(at):
+    model, x = cnn_model(), torch.randn(6, 3, 8, 8)
+    rec = lr.recycle(model, at=at)
+    assert rec.fill([(xi, i % 3) for i, xi in enumerate(x)], progress=False) == 6
+    with torch.no_grad():
+        assert max_diff(model(x), rec(x)) <= 1e-5
+    assert rec.stats.hits == 6
+
+
+def test_labels_give_the_models_loss():
+    model = text_model("bert", "ForTokenClassification")
+    examples = [{**e, "labels": [i % LABELS] * len(e["input_ids"])} for i, e in enumerate(text_examples())]
+    rec = lr.recycle(model, at=2)
+    batch = next(iter(rec.loader(examples, batch_size=6, progress=False)))
+    assert batch["labels"].shape == batch["attention_mask"].shape
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()  # padding is ignored by the loss
+    full = padded_batch(examples, extra=0)
+    full["labels"] = batch["labels"]
+    with torch.no_grad():
+        assert abs(float(rec(**batch).loss) - float(model(**full).loss)) <= 1e-5
+
+
+def test_question_answering_positions_are_stacked():
+    model = text_model("bert", "ForQuestionAnswering")
+    examples = [{"input_ids": e["input_ids"], "start_positions": 1, "end_positions": 2} for e in text_examples()]
+    rec = lr.recycle(model, at=2)
+    batch = next(iter(rec.loader(examples, batch_size=6, progress=False)))
+    assert batch["start_positions"].tolist() == [1] * 6
+    assert rec(**batch).loss is not None
+
+
+def test_fill_computes_each_distinct_input_once(bert):
+    examples = text_examples() * 3 + [dict(e, label=0) for e in text_examples()]  # repeats, and new labels
+    rec = lr.recycle(bert, at=2)
+    assert rec.fill(examples, batch_size=4, progress=False) == 6
+    assert rec.stats.bottom_examples == 6 and len(rec.store) == 6
+    calls = rec.stats.bottom_calls
+    assert rec.fill(examples, progress=False) == 0  # a second fill is free
+    assert rec.stats.bottom_calls == calls
+
+
+def test_keys_ignore_padding_and_container_type(bert):
+    examples = text_examples()
+    rec = lr.recycle(bert, at=2)
+    rec.fill([{k: torch.tensor(v) for k, v in e.items()} for e in examples], progress=False)
+    with torch.no_grad():
+        rec(**padded_batch(examples, extra=5))
+    assert rec.stats.hits == len(examples) and rec.stats.misses == 0
+
+
+def test_training_lowers_the_loss_without_running_the_bottom(bert):
+    examples = text_examples(24)
+    rec = lr.recycle(bert, at=2)
+    loader = rec.loader(examples, batch_size=8, shuffle=True, progress=False)
+    calls = rec.stats.bottom_calls
+    trainable = [p for p in rec.parameters() if p.requires_grad]
+    assert {id(p) for p in trainable}.isdisjoint({id(p) for p in rec.bottom.parameters()})
+    opt = torch.optim.AdamW(trainable, lr=3e-3)
+    rec.train()
+    assert not any(m.training for m in rec.bottom.modules())  # the bottom stays in eval mode
+    losses = []
+    for _ in range(8):
+        for batch in loader:
+            loss = rec(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(float(loss))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.7
+    assert rec.stats.bottom_calls == calls
+    assert all(p.grad is None for p in rec.bottom.parameters())
+
+
+def test_half_hits_run_the_bottom_on_the_misses_only(bert):
+    examples = text_examples(8, lengths=(4, 9, 6, 3))
+    rec = lr.recycle(bert, at=2)
+    rec.fill(examples[::2], progress=False)
+    before = rec.stats.bottom_examples
+    batch = padded_batch(examples)
+    with torch.no_grad():
+        out = rec(**batch)
+        assert max_diff(bert(**batch), out, batch["attention_mask"]) <= 1e-5
+    assert rec.stats.bottom_examples - before == 4
+    assert (rec.stats.hits, rec.stats.misses, len(rec.store)) == (4, 4, 8)  # misses were stored
+
+
+def test_misses_need_not_be_stored(bert):
+    rec = lr.recycle(bert, at=2, store_misses=False)
+    with torch.no_grad():
+        rec(**padded_batch(text_examples()))
+    assert len(rec.store) == 0 and rec.stats.misses == 6
+
+
+def test_no_store_runs_bottom_and_top_every_time(bert):
+    rec = lr.recycle(bert, at=2, store=None)
+    batch = padded_batch(text_examples())
+    with torch.no_grad():
+        assert max_diff(bert(**batch), rec(**batch), batch["attention_mask"]) <= 1e-5
+        rec(**batch)
+    assert rec.stats.bottom_calls == 2
+    with pytest.raises(ValueError, match="store=None"):
+        rec.fill(text_examples())
+
+
+def test_a_trainable_bottom_is_refused(bert):
+    rec = lr.recycle(bert, at=2)
+    loader = rec.loader(text_examples(), batch_size=3, progress=False)
+    bert.bert.encoder.layer[0].output.dense.weight.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="trainable parameters.*layer.0"):
+        rec(**next(iter(loader)))
+
+
+def test_unknown_inputs_are_named(bert):
+    rec = lr.recycle(bert, at=2)
+    with pytest.raises(TypeError, match="pixel_values"):
+        rec(pixel_values=torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="none of the model's inputs"):
+        rec.fill([{"text": "not tokenized"}], progress=False)
+
+
+def test_a_user_key_and_verify_catch_frozen_augmentation(bert):
+    examples = [dict(e, id=i) for i, e in enumerate(text_examples())]
+    rec = lr.recycle(bert, at=2, key=lambda ex: ex["id"])
+    rec.fill(examples, progress=False)
+    assert rec.verify(examples).ok
+    augmented = [dict(e, input_ids=[(t + 1) % 99 for t in e["input_ids"]]) for e in examples]  # same ids, new inputs
+    with pytest.warns(UserWarning, match="augmentation"):
+        report = rec.verify(augmented, sample=4)
+    assert report.checked == 4 and len(report.mismatched) == 4
+
+
+def test_generic_model_without_loss_says_how_to_train():
+    rec = lr.recycle(cnn_model(), at=2)
+    batch = next(iter(rec.loader([(torch.randn(3, 8, 8), 1) for _ in range(4)], batch_size=4, progress=False)))
+    assert batch["states"].shape == (4, 8, 8, 8) and batch["labels"].tolist() == [1] * 4
+    with pytest.raises(TypeError, match="computes no loss"):
+        rec(**batch)
+    assert rec(states=batch["states"]).shape == (4, LABELS)
+
+
+def test_half_precision_store_serves_close_states(bert):
+    rec = lr.recycle(bert, at=2, store=lr.MemoryStore(dtype=torch.float16))
+    examples = text_examples()
+    rec.fill(examples, progress=False)
+    assert next(iter(rec.store._entries.values())).dtype == torch.float16
+    batch = padded_batch(examples)
+    with torch.no_grad():
+        assert max_diff(bert(**batch), rec(**batch), batch["attention_mask"]) <= 1e-2
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_loader_workers_give_the_same_batches(bert, context):
+    rec = lr.recycle(bert, at=2)
+    examples = text_examples(12)
+    plain = list(rec.loader(examples, batch_size=4, progress=False))
+    workers = list(rec.loader(examples, batch_size=4, progress=False, num_workers=2, multiprocessing_context=context))
+    assert len(plain) == len(workers) == 3
+    for a, b in zip(plain, workers):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_memory_store_verbs():
+    store = lr.MemoryStore()
+    assert isinstance(store, lr.Store)
+    store["a"] = torch.ones(3, 2)
+    store.put_many(["b"], [torch.zeros(5, 2)])
+    assert "a" in store and "z" not in store and len(store) == 2 and sorted(store) == ["a", "b"]
+    assert [t.shape[0] for t in store.get_many(["b", "a"])] == [5, 3]  # ragged: no padding kept
+    with pytest.raises(KeyError, match="'z' is not in the store"):
+        store["z"]
+    with pytest.raises(TypeError, match="content digests"):
+        store[3] = torch.ones(1)
+    with pytest.raises(TypeError, match="floating torch dtype"):
+        lr.MemoryStore(dtype=torch.int8)
+    with pytest.raises(TypeError, match="store Protocol"):
+        lr.recycle(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), 1, store={})
