@@ -108,7 +108,7 @@ def test_training_lowers_the_loss_without_running_the_bottom(bert):
             loss.backward()
             opt.step()
             opt.zero_grad()
-            losses.append(float(loss))
+            losses.append(loss.item())
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.7
     assert rec.stats.bottom_calls == calls
     assert all(p.grad is None for p in rec.bottom.parameters())

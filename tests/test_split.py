@@ -93,6 +93,12 @@ def test_unknown_transformers_model_names_the_fix():
         lr.split(model, 1)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_decoder_classifiers_that_read_input_ids_are_refused(family):
+    with pytest.raises(ValueError, match="reads input_ids.*base model"):
+        lr.split(text_model(family, "ForSequenceClassification"), 1)
+
+
 def test_module_without_block_list_names_the_fix():
     class Flat(nn.Module):
         def __init__(self):
