@@ -49,7 +49,7 @@ def main() -> None:
     rec = lr.recycle(model, at=args.at, tokenizer=tok, preprocess=call)
     print(f"recycling {rec.at} of {rec.num_layers} blocks of all-MiniLM-L6-v2; fingerprint {rec.fingerprint[:12]}")
     start = time.perf_counter()
-    loader = rec.loader(examples, batch_size=32, shuffle=True)  # fills the cache once
+    loader = rec.loader(examples, batch_size=32, shuffle=True, group_by_length=True, seed=0)  # fills once
     print(f"fill: {len(rec.store)} entries in {time.perf_counter() - start:.1f} s")
 
     opt = torch.optim.AdamW([p for p in rec.parameters() if p.requires_grad], lr=5e-5)

@@ -202,6 +202,21 @@ def test_loader_workers_give_the_same_batches(bert, context):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_grouped_batches_cover_every_example_once_with_less_padding(bert):
+    rec = lr.recycle(bert, at=2)
+    examples = [dict(e, label=i % 3) for i, e in enumerate(text_examples(60, lengths=tuple(range(2, 40))))]
+    plain = rec.loader(examples, batch_size=6, shuffle=True, seed=0, progress=False)
+    grouped = rec.loader(examples, batch_size=6, shuffle=True, seed=0, group_by_length=True, progress=False)
+    pads = {}
+    for name, loader in [("plain", plain), ("grouped", grouped)]:
+        batches = list(loader)
+        assert sum(len(b["labels"]) for b in batches) == 60 and len(batches) == len(loader) == 10
+        pads[name] = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+    assert pads["grouped"] < pads["plain"] / 2
+    first, second = ([b["labels"].tolist() for b in grouped] for _ in range(2))
+    assert first != second  # a new order each epoch
+
+
 def test_memory_store_verbs():
     store = lr.MemoryStore()
     assert isinstance(store, lr.Store)

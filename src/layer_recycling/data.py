@@ -5,6 +5,7 @@ Sequences are right-padded: an example's tokens are the first ``attention_mask.s
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from typing import Any, Sequence
 
@@ -126,3 +127,32 @@ def collate_labels(
         per_token = lengths is not None and all(v.dim() >= 1 and v.shape[0] == n for v, n in zip(values, lengths))
         out[name] = pad(values, IGNORE_INDEX, to=t) if per_token else torch.stack(values)
     return out
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Batches of similar lengths: shuffle, sort within windows of 50 batches, cut, shuffle the batches.
+
+    Each epoch draws a new order (seeded from ``seed`` and the epoch count) when ``shuffle``.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int | None = None):
+        self.lengths, self.batch_size, self.shuffle = list(lengths), batch_size, shuffle
+        self.seed = seed if seed is not None else random.randrange(2**31)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self):
+        rng = random.Random(self.seed + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.lengths)))
+        if self.shuffle:
+            rng.shuffle(order)
+        window = self.batch_size * 50
+        order = [i for s in range(0, len(order), window)
+                 for i in sorted(order[s : s + window], key=self.lengths.__getitem__, reverse=True)]
+        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        return iter(batches)

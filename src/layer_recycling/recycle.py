@@ -164,12 +164,14 @@ class Recycled(nn.Module):
 
     def loader(
         self, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False, fill_batch_size: int = 32,
-        progress: bool = True, **dataloader_kwargs,
+        progress: bool = True, group_by_length: bool = False, seed: int | None = None, **dataloader_kwargs,
     ) -> torch.utils.data.DataLoader:
         """A DataLoader of batches read from the store: ``{"states", "attention_mask", labels...}``.
 
         Missing entries are filled first, once; after that no batch runs the bottom. Pass the batches to
-        the model: ``out = rec(**batch)``. Extra keyword arguments go to ``torch.utils.data.DataLoader``.
+        the model: ``out = rec(**batch)``. ``group_by_length`` batches examples of similar length together
+        (in a shuffled order when ``shuffle``), so less padding is computed. Extra keyword arguments go to
+        ``torch.utils.data.DataLoader`` (``num_workers``, ``pin_memory``, ``multiprocessing_context``, ...).
         """
         self._need_store("loader")
         self._check_frozen()
@@ -181,9 +183,13 @@ class Recycled(nn.Module):
                 pending[key] = inputs
         self._compute(pending, fill_batch_size, progress)
         dataset = CachedDataset(self.store, items, dtype=_dtype_of(self.top))
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=dataset.collate, **dataloader_kwargs
-        )
+        if group_by_length and self.arch.masked:
+            sampler = data.LengthGroupedBatches([n for _, _, n in items], batch_size, shuffle, seed)
+            return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate,
+                                               **dataloader_kwargs)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                                           collate_fn=dataset.collate, **dataloader_kwargs)
 
     # ---- forward ----------------------------------------------------------------------------------------
 
