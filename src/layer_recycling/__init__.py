@@ -10,11 +10,11 @@ from .fingerprint import FingerprintMismatch
 from .keys import digest
 from .recycle import CachedDataset, Recycled, Stats, VerifyReport, recycle
 from .split import Split, resolve_level, split
-from .stores import MemoryStore, Store
+from .stores import DiskFull, DiskStore, MemoryStore, Store, StoreCorrupted
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CachedDataset", "FingerprintMismatch", "MemoryStore", "Recycled", "Split", "Stats", "Store",
-    "VerifyReport", "__version__", "digest", "recycle", "resolve_level", "split",
+    "CachedDataset", "DiskFull", "DiskStore", "FingerprintMismatch", "MemoryStore", "Recycled", "Split", "Stats",
+    "Store", "StoreCorrupted", "VerifyReport", "__version__", "digest", "recycle", "resolve_level", "split",
 ]

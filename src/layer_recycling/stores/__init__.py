@@ -1,6 +1,7 @@
 """Stores of per-example states: a small Protocol, and the implementations of it."""
 
+from .disk import DiskFull, DiskStore, StoreCorrupted
 from .memory import MemoryStore
 from .protocol import Store, check_store
 
-__all__ = ["MemoryStore", "Store", "check_store"]
+__all__ = ["DiskFull", "DiskStore", "MemoryStore", "Store", "StoreCorrupted", "check_store"]

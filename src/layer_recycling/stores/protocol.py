@@ -49,6 +49,6 @@ def check_store(store: object) -> Store:
         missing = [v for v in ("__contains__", "get_many", "put_many", "bind_fingerprint", "codec") if not hasattr(store, v)]
         raise TypeError(
             f"store={type(store).__name__} does not implement the store Protocol (missing: {', '.join(missing)}); "
-            f"use lr.MemoryStore(), or store=None for no caching"
+            f"use lr.MemoryStore(), lr.DiskStore(path), or store=None for no caching"
         )
     return store

@@ -1,0 +1,101 @@
+"""How DiskStore keeps states on disk: float32, float16, bfloat16 (raw bits) or int8 with a per-row scale.
+
+Encoding and decoding run in torch (on the tensor's device); numpy only carries bytes to and from the files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+FLOAT16_MAX = 65504.0  # the largest finite float16; beyond it float16 stores inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Codec:
+    """One storage format: the numpy dtype of its bytes and the torch dtype it decodes to by default."""
+
+    name: str
+    storage: np.dtype  # little-endian, fixed: files mean the same bytes on every machine
+    decoded: torch.dtype
+    scaled: bool = False  # int8 keeps one float32 scale per row (per token)
+
+
+CODECS = {
+    "float32": Codec("float32", np.dtype("<f4"), torch.float32),
+    "float16": Codec("float16", np.dtype("<f2"), torch.float16),
+    "bfloat16": Codec("bfloat16", np.dtype("<i2"), torch.bfloat16),  # numpy has no bf16: keep the raw bits
+    "int8": Codec("int8", np.dtype("i1"), torch.float32, scaled=True),
+}
+SCALE_DTYPE = np.dtype("<f4")
+_ALIASES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int8: "int8"}
+
+
+def codec_name(dtype: str | torch.dtype | None) -> str | None:
+    """The codec name of a ``dtype`` argument (None stays None: "as stored, float32 for a new store").
+
+    Raises:
+        ValueError: ``dtype`` names no codec.
+    """
+    if dtype is None:
+        return None
+    name = _ALIASES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else str(dtype).removeprefix("torch.")
+    if name not in CODECS:
+        raise ValueError(
+            f"DiskStore(dtype={dtype!r}): expected one of {sorted(CODECS)} (or the torch dtypes float32, float16, "
+            f"bfloat16, int8); float16 halves the size, int8 quarters it with a per-token scale"
+        )
+    return name
+
+
+def encode(value: torch.Tensor, codec: Codec, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``value`` (n, *feature) as the codec's bytes (n, *feature) and, for int8, its row scales (n,).
+
+    Raises:
+        ValueError: float16 values beyond its range, or int8 values that are not finite.
+    """
+    x = value.detach()
+    if codec.name == "float16":
+        _check_float16_range(x, key)
+    if codec.name == "int8":
+        return _encode_int8(x, key)
+    if codec.name == "bfloat16":
+        return x.to(torch.bfloat16).view(torch.int16).cpu().numpy(), None
+    return x.to(codec.decoded).cpu().numpy(), None
+
+
+def decode(
+    raw: np.ndarray, scales: np.ndarray | None, codec: Codec, device: torch.device | str | None,
+    dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """A tensor (n, *feature) of ``dtype`` on ``device`` from stored bytes; the conversion runs on ``device``."""
+    t = torch.from_numpy(raw).to(device)  # bytes travel in their stored (small) dtype
+    if codec.name == "bfloat16":
+        t = t.view(torch.bfloat16)
+    if codec.scaled:
+        s = torch.from_numpy(scales).to(device)
+        t = t.to(torch.float32) * s.view(-1, *([1] * (t.dim() - 1)))
+    return t.to(dtype or codec.decoded)
+
+
+def _check_float16_range(x: torch.Tensor, key: str) -> None:
+    if x.numel() and float(x.abs().max()) > FLOAT16_MAX:
+        raise ValueError(
+            f"entry {key!r} holds values up to {float(x.abs().max()):.4g}, beyond float16's range (+-65504): "
+            f"they would be stored as inf. Open the store with dtype='bfloat16' (same size, float32's range) "
+            f"or dtype='float32'."
+        )
+
+
+def _encode_int8(x: torch.Tensor, key: str) -> tuple[np.ndarray, np.ndarray]:
+    x = x.to(torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"entry {key!r} holds inf or nan, which int8 cannot scale; use dtype='float32' or 'bfloat16'")
+    rows = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (n, features): one scale per row
+    scale = rows.abs().amax(dim=1) / 127.0 if rows.shape[1] else torch.zeros(x.shape[0], device=x.device)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row keeps scale 0 and q 0
+    q = torch.round(rows / safe[:, None]).clamp_(-127, 127).to(torch.int8).reshape(x.shape)
+    return q.cpu().numpy(), scale.cpu().numpy().astype(SCALE_DTYPE)
