@@ -90,11 +90,13 @@ def test_the_tokenizer_counts(bert, tmp_path):
     def make(vocab):
         tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
         tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[UNK]")
 
     a = make({"[UNK]": 0, "good": 1, "bad": 2})
     b = make({"[UNK]": 0, "good": 2, "bad": 1})
     fa = lr.recycle(bert, 2, None, tokenizer=a).fingerprint
+    a(["good bad", "bad"], padding=True, truncation=True, max_length=4)  # sets call state on the backend
+    assert lr.recycle(bert, 2, None, tokenizer=a).fingerprint == fa
     assert fa == lr.recycle(bert, 2, None, tokenizer=make({"[UNK]": 0, "good": 1, "bad": 2})).fingerprint
     assert fa != lr.recycle(bert, 2, None, tokenizer=b).fingerprint
     assert fa != lr.recycle(bert, 2, None).fingerprint

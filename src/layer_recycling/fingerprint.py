@@ -103,7 +103,9 @@ def _tokenizer_digest(tokenizer: Any) -> str | None:
         return None
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        content = backend.to_str()  # vocabulary, normalizer, pre-tokenizer, post-processor: the whole pipeline
+        # The whole pipeline (vocabulary, normalizer, pre-tokenizer, post-processor), less the truncation and
+        # padding that each call sets on the backend: they are call arguments (``preprocess``), not state.
+        content = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
     elif hasattr(tokenizer, "get_vocab"):
         content = json.dumps(tokenizer.get_vocab(), sort_keys=True)
     else:
