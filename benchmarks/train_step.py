@@ -5,8 +5,8 @@
 Settings, one training step each (forward, backward, AdamW step) on the same batch of IMDB reviews cut to
 ``--tokens`` tokens with all-MiniLM-L6-v2: (a) full fine-tuning, (b) frozen bottom without cache
 (``store=None``), (c) recycled: a batch from ``rec.loader`` (store read, re-pad, mask) then the top,
-(d) the top alone on a padded tensor already in RAM. Rounds interleave the settings so drift hits all alike;
-medians are reported. Inference compares the full model with all-hit batches served through the store.
+(d) the top alone on a padded tensor already in RAM. Rounds interleave the settings, in alternating order,
+so drift and warm-cache effects hit all alike; medians are reported. Inference compares the full model with all-hit batches served through the store.
 """
 
 from __future__ import annotations
@@ -95,8 +95,9 @@ def main() -> None:
         fn()  # warm-up
     calls = rec.stats.bottom_calls
     for r in range(args.rounds):
-        for name, fn in steps.items():
-            times[name].append(_time(fn))
+        # Alternate the order each round: the step after another setting's is slower (caches, allocator).
+        for name in (list(steps) if r % 2 == 0 else list(reversed(steps))):
+            times[name].append(_time(steps[name]))
         with torch.no_grad():
             for name, fn in serve.items():
                 times[name].append(_time(fn))
