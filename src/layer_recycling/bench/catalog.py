@@ -1,0 +1,131 @@
+"""Names the CLI and the harness accept: built-in models and datasets, or local files and folders.
+
+Models: ``minilm`` (all-MiniLM-L6-v2), ``mpnet`` (all-mpnet-base-v2, 12 blocks), ``efficientnet-lite0``, or a
+transformers model directory. Datasets: ``rotten_tomatoes``, ``imdb``, ``wnut16``, ``fashion_mnist``, or files.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from .. import assets
+from .tasks import Task, image_task, qa_task, sequence_task, token_task
+
+TEXT_MODELS = {"minilm": assets.minilm_path, "mpnet": assets.mpnet_path}
+IMAGE_MODELS = ("efficientnet-lite0",)
+KINDS = ("seq-cls", "token-cls", "qa", "image-cls")
+_AUTO = {"seq-cls": "AutoModelForSequenceClassification", "token-cls": "AutoModelForTokenClassification",
+         "qa": "AutoModelForQuestionAnswering", "image-cls": "AutoModelForImageClassification"}
+
+
+def model_dir(name: str) -> Path | None:
+    """The transformers folder of a text model name or path (None for the built-in image model)."""
+    if name in TEXT_MODELS:
+        return TEXT_MODELS[name]()
+    if name in IMAGE_MODELS:
+        return None
+    path = Path(name)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"model {name!r} is neither a built-in ({', '.join([*TEXT_MODELS, *IMAGE_MODELS])}) nor a folder with "
+            f"a config.json (a transformers model saved with save_pretrained)"
+        )
+    return path
+
+
+def model_factory(name: str, kind: str, num_labels: int) -> Callable[[], nn.Module]:
+    """A function that builds a fresh model with a new ``kind`` head each time it is called."""
+    if name in IMAGE_MODELS:
+        from ..vision import efficientnet_lite0
+
+        return lambda: efficientnet_lite0(num_classes=num_labels)
+    import transformers
+
+    path, auto = str(model_dir(name)), getattr(transformers, _AUTO[kind])
+    transformers.logging.set_verbosity_error()  # the new head's "newly initialized" notice is expected
+    return lambda: auto.from_pretrained(path, num_labels=num_labels)
+
+
+def tokenizer_for(name: str):
+    import transformers
+
+    return transformers.AutoTokenizer.from_pretrained(str(model_dir(name)))
+
+
+def _take(items: list, n: int | None, seed: int) -> list:
+    if n is None or n >= len(items):
+        return items
+    return random.Random(seed).sample(items, n)
+
+
+def _split(items: list, test_size: float, seed: int) -> tuple[list, list]:
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    cut = round(len(items) * test_size)
+    return items[cut:], items[:cut]
+
+
+def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, test: int | None = None,
+              max_length: int = 128, test_file: str | None = None, seed: int = 0) -> Task:
+    """The ``kind`` task on ``dataset`` prepared for ``model``; ``train``/``test`` cap the example counts."""
+    if kind not in KINDS:
+        raise ValueError(f"task {kind!r}: expected one of {KINDS}")
+    if kind == "image-cls":
+        return _image(dataset, train, test, seed)
+    tok = tokenizer_for(model)
+    if kind == "seq-cls":
+        (tr, te), names = _text_pairs(dataset, test_file, seed)
+        return sequence_task(dataset, _take(tr, train, seed), _take(te, test, seed), tok, max_length, names)
+    if kind == "token-cls":
+        tr, te = _conll(dataset, test_file, seed)
+        return token_task(dataset, _take(tr, train, seed), _take(te, test, seed), tok, max_length)
+    tr, te = _squad(dataset, test_file, seed)
+    return qa_task(dataset, _take(tr, train, seed), _take(te, test, seed), tok, max_length, stride=max_length // 4)
+
+
+def _text_pairs(dataset: str, test_file: str | None, seed: int):
+    if dataset in ("rotten_tomatoes", "imdb"):
+        return assets.movie_reviews(dataset, seed=seed), ["negative", "positive"]
+    from ..sources import read_text_labels
+
+    pairs, names = read_text_labels(dataset)
+    if test_file:
+        test, test_names = read_text_labels(test_file)
+        if test_names != names:
+            raise ValueError(f"{test_file} has labels {test_names}, but {dataset} has {names}")
+        return (pairs, test), names
+    return _split(pairs, 0.2, seed), names
+
+
+def _conll(dataset: str, test_file: str | None, seed: int):
+    from .. import sources
+
+    if dataset == "wnut16":
+        return sources.wnut16(seed=seed)
+    sentences = sources.read_conll(dataset)
+    return (sentences, sources.read_conll(test_file)) if test_file else _split(sentences, 0.2, seed)
+
+
+def _squad(dataset: str, test_file: str | None, seed: int):
+    from ..sources import read_squad
+
+    examples = read_squad(dataset)
+    return (examples, read_squad(test_file)) if test_file else _split(examples, 0.2, seed)
+
+
+def _image(dataset: str, train: int | None, test: int | None, seed: int) -> Task:
+    from .. import sources
+    from ..vision import grayscale_transform
+
+    if dataset != "fashion_mnist":
+        raise ValueError(f"image dataset {dataset!r}: the built-in is 'fashion_mnist'")
+    (tr_x, tr_y), (te_x, te_y) = sources.fashion_mnist()
+    rng = random.Random(seed)
+    tr_idx = rng.sample(range(len(tr_y)), min(train or len(tr_y), len(tr_y)))
+    te_idx = rng.sample(range(len(te_y)), min(test or len(te_y), len(te_y)))
+    names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    return image_task(dataset, (tr_x[tr_idx], tr_y[tr_idx]), (te_x[te_idx], te_y[te_idx]), grayscale_transform(), names)

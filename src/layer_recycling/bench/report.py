@@ -1,0 +1,153 @@
+"""Turn a folder of result JSON files into a markdown table, a speedup-vs-score plot and a recommendation.
+
+Speedups are ratios against full fine-tuning (and the frozen-without-cache run) of the same sweep: the same
+task, data, model and machine. Repeated seeds are averaged; the spread is their standard deviation.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+REQUIRED = ("task", "dataset", "model", "setting", "level", "at", "codec", "metric", "score", "fill_s",
+            "train_s_per_epoch", "end_to_end_s", "infer_hits_per_s", "infer_misses_per_s", "cache_bytes", "seed",
+            "meta")
+
+
+def load(folder: str | Path) -> list[dict]:
+    """Every result in ``folder`` (``*.json``), checked for the fields a report needs."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no results folder at {folder}; run `recycle bench --out {folder}` first")
+    results = []
+    for path in sorted(folder.glob("*.json")):
+        result = json.loads(path.read_text())
+        missing = [f for f in REQUIRED if f not in result]
+        if missing:
+            raise ValueError(f"{path} is not a benchmark result: it lacks {missing}")
+        results.append(result)
+    if not results:
+        raise ValueError(f"{folder} holds no result files (*.json)")
+    return results
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """One row per setting (seeds averaged), with speedups against the full and frozen runs."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        groups[r["label"]].append(r)
+    rows = []
+    for label, runs in groups.items():
+        mean = {k: statistics.fmean(r[k] for r in runs) for k in
+                ("score", "fill_s", "train_s_per_epoch", "end_to_end_s", "infer_hits_per_s", "infer_misses_per_s",
+                 "cache_bytes")}
+        spread = statistics.stdev(r["score"] for r in runs) if len(runs) > 1 else 0.0
+        rows.append({**{k: runs[0][k] for k in ("setting", "level", "at", "codec", "metric")}, "label": label,
+                     **mean, "score_sd": spread, "seeds": len(runs)})
+    full = _find(rows, "full")
+    frozen = _find(rows, "frozen")
+    for row in rows:
+        row["speedup"] = full["end_to_end_s"] / row["end_to_end_s"] if full else None
+        row["vs_frozen"] = frozen["end_to_end_s"] / row["end_to_end_s"] if frozen else None
+        row["drop"] = full["score"] - row["score"] if full else None
+    order = {"full": 0, "frozen": 1, "recycled": 2, "recycled+lora": 3}
+    return sorted(rows, key=lambda r: (order[r["setting"]], r["codec"] not in (None, "float32"), r["codec"] or "",
+                                       r["level"]))
+
+
+def _find(rows: list[dict], setting: str) -> dict | None:
+    return next((r for r in rows if r["setting"] == setting), None)
+
+
+def recommend(rows: list[dict], max_drop: float) -> dict | None:
+    """The most recycled setting within ``max_drop`` points of full fine-tuning that is also faster than it."""
+    ok = [r for r in rows if r["setting"].startswith("recycled") and r["drop"] is not None and r["drop"] <= max_drop
+          and r["speedup"] > 1.0]
+    return max(ok, key=lambda r: (r["level"], r["speedup"]), default=None)
+
+
+def pareto(rows: list[dict]) -> list[dict]:
+    """Rows no other row beats on both speedup and score."""
+    return [r for r in rows if not any(o["speedup"] >= r["speedup"] and o["score"] >= r["score"] and
+                                       (o["speedup"], o["score"]) != (r["speedup"], r["score"]) for o in rows)]
+
+
+def markdown(rows: list[dict], title: str, max_drop: float) -> str:
+    """A markdown table of ``rows`` and the recommendation line."""
+    metric = rows[0]["metric"]
+    lines = [f"### {title}", "",
+             f"| setting | at | {metric} | vs full | end-to-end speedup | vs frozen | train s/epoch | fill s | "
+             "hits/s | misses/s | cache MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        sd = f" ± {r['score_sd']:.1f}" if r["seeds"] > 1 else ""
+        lines.append(
+            f"| {r['label']} | {r['at']} | {r['score']:.2f}{sd} | {_signed(-r['drop'])} | {_x(r['speedup'])} | "
+            f"{_x(r['vs_frozen'])} | {r['train_s_per_epoch']:.1f} | {r['fill_s']:.1f} | {r['infer_hits_per_s']:.0f} "
+            f"| {r['infer_misses_per_s']:.0f} | {r['cache_bytes'] / 1e6:.1f} |"
+        )
+    lines += ["", recommendation_text(rows, max_drop)]
+    return "\n".join(lines)
+
+
+def recommendation_text(rows: list[dict], max_drop: float) -> str:
+    best = recommend(rows, max_drop)
+    if best is None:
+        return (f"No recycled setting is both faster than full fine-tuning and within {max_drop} points of its "
+                f"score: keep fine-tuning in full, or accept a larger drop (--max-drop).")
+    return (f"Recommended for a drop of at most {max_drop} points: **{best['label']}** ({best['at']} blocks), "
+            f"{best['metric']} {best['score']:.2f} ({_signed(-best['drop'])} against full), "
+            f"{_x(best['speedup'])} faster end to end.")
+
+
+def plot(rows: list[dict], path: str | Path, title: str) -> Path:
+    """Speedup (x) against score (y), one point per setting, the Pareto front drawn as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        ax.errorbar(r["speedup"], r["score"], yerr=r["score_sd"] or None, fmt="o", capsize=3,
+                    color="tab:red" if r["setting"] == "full" else "tab:gray" if r["setting"] == "frozen" else
+                    "tab:blue")
+        ax.annotate(r["label"], (r["speedup"], r["score"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    front = sorted(pareto(rows), key=lambda r: r["speedup"])
+    ax.plot([r["speedup"] for r in front], [r["score"] for r in front], "--", color="tab:green", label="Pareto front")
+    ax.set_xlabel("end-to-end speedup over full fine-tuning (x)")
+    ax.set_ylabel(rows[0]["metric"])
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def report(folder: str | Path, max_drop: float = 1.0) -> str:
+    """Markdown for every sweep in ``folder``; writes ``report.md`` and one PNG plot per sweep there."""
+    results = load(folder)
+    sweeps: dict[tuple, list[dict]] = defaultdict(list)
+    for r in results:
+        sweeps[(r["task"], r["dataset"], r["model"])].append(r)
+    parts = []
+    for (task, dataset, model), runs in sorted(sweeps.items()):
+        rows = summarize(runs)
+        title = f"{task} on {dataset} with {model}"
+        png = plot(rows, Path(folder) / f"{dataset}-{model}.png".replace("/", "_"), title)
+        parts.append(markdown(rows, title, max_drop) + f"\n\n![{title}]({png.name})\n")
+    text = "\n".join(parts)
+    (Path(folder) / "report.md").write_text(text)
+    return text
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def _signed(v: float | None) -> str:
+    return "-" if v is None else f"{v:+.2f}"

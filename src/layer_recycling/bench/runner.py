@@ -1,0 +1,216 @@
+"""Run one benchmark setting on one task: train, time, score, and describe it as one JSON-ready result.
+
+Settings: ``full`` fine-tuning, ``frozen`` (bottom frozen, no cache), ``recycled`` (from a store, any codec),
+``recycled+lora`` (LoRA adapters on the top blocks through PEFT). All share one training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import data
+from ..recycle import Recycled, recycle
+from ..stores import DiskStore, MemoryStore
+from .tasks import Task
+
+SETTINGS = ("full", "frozen", "recycled", "recycled+lora")
+
+
+@dataclasses.dataclass
+class Setting:
+    """One row of the sweep."""
+
+    name: str  # one of SETTINGS
+    level: float = 0.0  # recycled (or frozen) fraction of blocks
+    codec: str = "float32"  # how the store keeps states (recycled settings)
+
+    @property
+    def label(self) -> str:
+        if self.name == "full":
+            return "full"
+        codec = "" if self.codec == "float32" else f" {self.codec}"
+        return f"{self.name} {round(self.level * 100)}%{codec}"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How each setting trains: the same for every setting of a sweep."""
+
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 5e-5
+    lora_lr: float = 1e-3
+    lora_rank: int = 8
+    seed: int = 0
+    store_dir: str | None = None  # None: memory store for float32, a temporary directory for other codecs
+
+
+def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: TrainConfig) -> dict:
+    """Train ``setting`` on ``task`` and return its measurements (see ``result_fields``)."""
+    _reset_peak_memory()
+    torch.manual_seed(cfg.seed)
+    model = make_model()
+    store_path = None
+    if setting.name == "full":
+        trainable, forward, fill_s, cache = list(model.parameters()), model, 0.0, None
+    else:
+        store, store_path = _store(setting, cfg)
+        rec = recycle(model, at=setting.level, store=store)
+        if setting.name == "recycled+lora":
+            _add_lora(rec, cfg.lora_rank)
+        trainable, forward, cache = [p for p in rec.parameters() if p.requires_grad], rec, store
+        start = time.perf_counter()
+        if store is not None:
+            rec.fill(task.train, batch_size=cfg.batch_size, progress=False)
+        fill_s = time.perf_counter() - start
+    batches = _train_batches(task, forward, cfg)
+    lr = cfg.lora_lr if setting.name == "recycled+lora" else cfg.lr
+    epochs_s = train_epochs(forward, batches, trainable, lr, cfg.epochs, setting.label)
+    forward.eval()
+    start = time.perf_counter()
+    scores = task.evaluate(forward)
+    first_s = time.perf_counter() - start  # a recycled model's test inputs are misses here (and get stored)
+    start = time.perf_counter()
+    if cache is not None:
+        task.evaluate(forward)  # now all hits
+    hits_s = time.perf_counter() - start if cache is not None else first_s
+    result = {
+        "setting": setting.name, "label": setting.label, "level": setting.level if setting.name != "full" else 0.0,
+        "at": getattr(forward, "at", 0), "codec": setting.codec if cache is not None else None,
+        "metric": task.metric, "score": scores[task.metric], "scores": scores,
+        "fill_s": fill_s, "train_s_per_epoch": sum(epochs_s) / len(epochs_s), "epochs_s": epochs_s,
+        "end_to_end_s": fill_s + sum(epochs_s), "infer_hits_per_s": len(task.test) / hits_s,
+        "infer_misses_per_s": len(task.test) / first_s, "cache_bytes": _cache_bytes(cache),
+        "trainable_params": sum(p.numel() for p in trainable), "peak_mem_mb": _peak_memory_mb(),
+    }
+    if store_path is not None:
+        shutil.rmtree(store_path, ignore_errors=True)
+    return result
+
+
+def _store(setting: Setting, cfg: TrainConfig):
+    if setting.name == "frozen":
+        return None, None
+    if setting.codec == "float32" and cfg.store_dir is None:
+        return MemoryStore(), None
+    path = Path(tempfile.mkdtemp(prefix="lr-bench-", dir=cfg.store_dir))
+    return DiskStore(path / "store", dtype=setting.codec), path
+
+
+def _train_batches(task: Task, forward: nn.Module, cfg: TrainConfig):
+    """A DataLoader of training batches: from the store when there is one, else padded model inputs."""
+    common = dict(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed)
+    if isinstance(forward, Recycled) and forward.store is not None:
+        return forward.loader(task.train, progress=False, group_by_length=True, **common)
+    return plain_loader(task.train, pad_id=task.pad_id, **common)
+
+
+def plain_loader(examples: list[dict], batch_size: int, shuffle: bool, seed: int, pad_id: int):
+    """Padded batches of model inputs and labels, grouped by length like the recycled loader's."""
+    ragged = "input_ids" in examples[0]
+
+    def collate(rows):
+        rows = [{k: data.as_tensor(v, k) for k, v in r.items()} for r in rows]
+        labels = [{n: r.pop(n) for n in data.LABEL_NAMES if n in r} for r in rows]
+        batch = data.collate_inputs(rows, pad_id, ragged=ragged)
+        lengths = [data.length(r) for r in rows] if ragged else None
+        t = batch["input_ids"].shape[1] if ragged else None
+        return {**batch, **data.collate_labels(labels, lengths, t)}
+
+    if ragged:
+        sampler = data.LengthGroupedBatches([len(e["input_ids"]) for e in examples], batch_size, shuffle, seed)
+        return torch.utils.data.DataLoader(examples, batch_sampler=sampler, collate_fn=collate)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(examples, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                                       collate_fn=collate)
+
+
+def train_epochs(forward: nn.Module, batches, params: list, lr: float, epochs: int, label: str) -> list[float]:
+    """Train ``params`` of ``forward`` on ``batches`` with AdamW; returns the seconds of each epoch."""
+    opt = torch.optim.AdamW(params, lr=lr)
+    seconds = []
+    for epoch in range(epochs):
+        forward.train()
+        start = time.perf_counter()
+        for batch in tqdm(batches, desc=f"{label} epoch {epoch + 1}", leave=False, unit="batch"):
+            forward(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def _add_lora(rec: Recycled, rank: int) -> None:
+    """LoRA adapters on the top blocks; only they and the task head train (the paper's best variant)."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
+
+    model = rec.top.model
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in TARGETS:
+        raise ValueError(f"no default LoRA target modules for model type {model_type!r}; LoRA runs need one")
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS[model_type]), model)
+    prefix, bottom = getattr(model, "base_model_prefix", ""), {id(p) for p in rec.bottom.parameters()}
+    for name, p in model.named_parameters():
+        head = bool(prefix) and not name.startswith(prefix + ".")
+        p.requires_grad_(("lora_" in name or head) and id(p) not in bottom)
+
+
+def _cache_bytes(store) -> int:
+    if store is None:
+        return 0
+    if isinstance(store, DiskStore):
+        return store.info()["bytes"]
+    return sum(store[k].numel() * store[k].element_size() for k in store)
+
+
+def _reset_peak_memory() -> None:
+    try:  # Linux: "5" resets the peak resident set size of this process
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_memory_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def environment() -> dict:
+    """Library versions, git commit and machine, for every result."""
+    import platform
+    import subprocess
+
+    import layer_recycling
+
+    versions = {"layer_recycling": layer_recycling.__version__, "torch": torch.__version__}
+    for name in ("transformers", "peft"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(__file__)).stdout.strip() or None
+    except OSError:
+        commit = None
+    return {**versions, "git_commit": commit, "python": platform.python_version(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "threads": torch.get_num_threads()}

