@@ -103,3 +103,28 @@ def text_examples(n: int = 6, seed: int = 1, lengths: tuple[int, ...] = (5, 9, 3
 @pytest.fixture
 def bert():
     return text_model("bert", "ForSequenceClassification")
+
+
+WORDS = ["good", "bad", "great", "awful", "film", "plot", "actor", "boring", "fun", "the", "a", "was", "is", "paris",
+         "london", "john", "mary", "lives", "in", "who", "where", "what", "city", "?", ".", ","]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved tiny BERT with a word-level WordPiece tokenizer: a stand-in for a local model folder."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    import tokenizers
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    backend = tokenizers.Tokenizer(tokenizers.models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.normalizer = tokenizers.normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = tokenizers.processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok = T.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    assert tok("the film was good")["input_ids"] == [2, *(vocab[w] for w in "the film was good".split()), 3]
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    T.BertModel(T.BertConfig(**{**_COMMON, "vocab_size": len(vocab)})).save_pretrained(folder)
+    return folder

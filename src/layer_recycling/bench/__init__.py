@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from .report import markdown, report, summarize
+from .reporting import markdown, report, summarize
 from .runner import Setting, TrainConfig, environment, run
 from .tasks import Task
 
@@ -41,7 +41,8 @@ def sweep(task: Task, model: str, make_model: Callable[[], nn.Module], settings:
     for seed in seeds:
         for setting in settings:
             result = run(task, setting, make_model, TrainConfig(**{**cfg.__dict__, "seed": seed}))
-            result.update(task=task.kind, dataset=task.dataset, model=model, seed=seed, meta=meta,
+            result.update(task=task.kind, dataset=task.dataset, model=Path(model).name, model_source=str(model),
+                          seed=seed, meta=meta,
                           config={**cfg.__dict__, "seed": seed, "train_examples": len(task.train),
                                   "test_examples": len(task.test)})
             name = f"{task.dataset}-{Path(model).name}-{setting.label}-seed{seed}".replace(" ", "_").replace("%", "pct")

@@ -72,6 +72,12 @@ def _split(items: list, test_size: float, seed: int) -> tuple[list, list]:
 def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, test: int | None = None,
               max_length: int = 128, test_file: str | None = None, seed: int = 0) -> Task:
     """The ``kind`` task on ``dataset`` prepared for ``model``; ``train``/``test`` cap the example counts."""
+    task = _load(kind, dataset, model, train, test, max_length, test_file, seed)
+    task.dataset = Path(dataset).name  # a file's name, not its path, in results and reports
+    return task
+
+
+def _load(kind, dataset, model, train, test, max_length, test_file, seed) -> Task:
     if kind not in KINDS:
         raise ValueError(f"task {kind!r}: expected one of {KINDS}")
     if kind == "image-cls":

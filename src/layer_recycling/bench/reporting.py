@@ -105,19 +105,24 @@ def recommendation_text(rows: list[dict], max_drop: float) -> str:
 def plot(rows: list[dict], path: str | Path, title: str) -> Path:
     """Speedup (x) against score (y), one point per setting, the Pareto front drawn as a line."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in rows:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = {"full": "tab:red", "frozen": "tab:gray", "recycled": "tab:blue", "recycled+lora": "tab:purple"}
+    for i, r in enumerate(sorted(rows, key=lambda r: r["speedup"])):
         ax.errorbar(r["speedup"], r["score"], yerr=r["score_sd"] or None, fmt="o", capsize=3,
-                    color="tab:red" if r["setting"] == "full" else "tab:gray" if r["setting"] == "frozen" else
-                    "tab:blue")
-        ax.annotate(r["label"], (r["speedup"], r["score"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+                    color=colors[r["setting"]])
+        # neighbours often share a score: cycle the labels through four heights, each tied to its point
+        ax.annotate(r["label"], (r["speedup"], r["score"]), textcoords="offset points", fontsize=8,
+                    xytext=(6, (10, -16, 24, -30)[i % 4]), arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6})
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
     front = sorted(pareto(rows), key=lambda r: r["speedup"])
     ax.plot([r["speedup"] for r in front], [r["score"] for r in front], "--", color="tab:green", label="Pareto front")
-    ax.set_xlabel("end-to-end speedup over full fine-tuning (x)")
+    ax.set_xlabel("end-to-end speedup over full fine-tuning (log scale)")
     ax.set_ylabel(rows[0]["metric"])
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)

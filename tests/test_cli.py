@@ -1,0 +1,125 @@
+"""The ``recycle`` command end to end on tiny local models and fixture files, and its errors."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from conftest import WORDS
+from layer_recycling.bench.reporting import REQUIRED
+from layer_recycling.cli import main
+
+
+@pytest.fixture
+def reviews(tmp_path):
+    rng = random.Random(0)
+    lines = ["text,label"]
+    for i in range(48):
+        label = i % 2
+        words = rng.choices(["good", "great", "fun"] if label else ["bad", "awful", "boring"], k=3)
+        lines.append(f"the film was {' '.join(words)},{'pos' if label else 'neg'}")
+    path = tmp_path / "reviews.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def conll(tmp_path):
+    rng = random.Random(0)
+    sentences = []
+    for _ in range(30):
+        name, city = rng.choice(["john", "mary"]), rng.choice(["paris", "london"])
+        sentences.append(f"{name}\tB-person\nlives\tO\nin\tO\n{city}\tB-geo-loc\n.\tO\n")
+    path = tmp_path / "ner.conll"
+    path.write_text("\n".join(sentences))
+    return path
+
+
+@pytest.fixture
+def squad(tmp_path):
+    data = []
+    for i in range(12):
+        name, city = ["john", "mary"][i % 2], ["paris", "london"][i % 3 % 2]
+        context = f"{name} lives in {city} . the film was good ."
+        data.append({"paragraphs": [{"context": context, "qas": [
+            {"id": f"q{i}", "question": f"where {name} lives ?",
+             "answers": [{"text": city, "answer_start": context.index(city)}]}]}]})
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps({"data": data}))
+    return path
+
+
+def _bench(tmp_path, model, task, dataset, *extra):
+    out = tmp_path / "out"
+    code = main(["bench", "--task", task, "--dataset", str(dataset), "--model", str(model), "--epochs", "1",
+                 "--levels", "0,0.5,1", "--codecs", "int8", "--max-length", "24", "--out", str(out), *extra])
+    assert code == 0
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    return out, results
+
+
+def test_bench_seq_cls_writes_results_report_and_plot(tmp_path, tiny_model_dir, reviews, capsys):
+    out, results = _bench(tmp_path, tiny_model_dir, "seq-cls", reviews)
+    labels = {r["label"] for r in results}
+    assert labels == {"full", "frozen 50%", "recycled 0%", "recycled 50%", "recycled 100%", "recycled+lora 50%",
+                      "recycled 50% int8"}
+    for r in results:
+        assert set(REQUIRED) <= r.keys() and r["metric"] == "accuracy" and 0 <= r["score"] <= 100
+        assert r["meta"]["torch"] and r["config"]["train_examples"] == 38
+    recycled = next(r for r in results if r["label"] == "recycled 50%")
+    assert recycled["at"] == 2 and recycled["cache_bytes"] > 0 and recycled["fill_s"] > 0
+    lora = next(r for r in results if r["setting"] == "recycled+lora")
+    assert lora["trainable_params"] < recycled["trainable_params"]
+    assert (out / "report.md").exists() and (out / f"reviews.csv-{tiny_model_dir.name}.png").exists()
+    printed = capsys.readouterr().out
+    assert "| recycled 50% int8 |" in printed and ("Recommended" in printed or "keep fine-tuning" in printed)
+
+
+def test_bench_token_classification_scores_entities(tmp_path, tiny_model_dir, conll):
+    _, results = _bench(tmp_path, tiny_model_dir, "token-cls", conll, "--no-lora", "--lr", "1e-2", "--epochs", "10")
+    assert {r["metric"] for r in results} == {"entity_f1"}
+    assert max(r["score"] for r in results) > 0  # a learnable toy task: some setting finds entities
+
+
+def test_bench_question_answering_on_squad_fixtures(tmp_path, tiny_model_dir, squad):
+    _, results = _bench(tmp_path, tiny_model_dir, "qa", squad, "--no-lora")
+    assert {r["metric"] for r in results} == {"squad_f1"}
+    assert all("exact_match" in r["scores"] for r in results)
+
+
+def test_fill_inspect_and_train_from_a_store(tmp_path, tiny_model_dir, reviews, capsys):
+    store = tmp_path / "store"
+    common = ["--dataset", str(reviews), "--model", str(tiny_model_dir), "--at", "0.5", "--store", str(store)]
+    assert main(["fill", *common, "--dtype", "float16"]) == 0
+    assert main(["inspect", str(store)]) == 0
+    assert main(["train", *common, "--epochs", "1", "--save", str(tmp_path / "saved")]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy" in printed and (tmp_path / "saved" / "config.json").exists()
+
+
+def test_inspect_prints_the_store_info(tmp_path, tiny_model_dir, reviews, capsys):
+    store = tmp_path / "store"
+    main(["fill", "--dataset", str(reviews), "--model", str(tiny_model_dir), "--store", str(store)])
+    capsys.readouterr()
+    assert main(["inspect", str(store)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["entries"] == 32 and info["codec"] == "float32"  # 48 reviews, 32 distinct texts
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["inspect", "/nonexistent/store"], "no store at /nonexistent/store"),
+    (["report", "/nonexistent/results"], "no results folder"),
+    (["bench", "--dataset", "missing.csv", "--model", "minilm"], "missing.csv"),
+    (["bench", "--model", "/nowhere"], "neither a built-in"),
+])
+def test_bad_paths_exit_2_with_a_message(argv, words, capsys):
+    assert main(argv) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_bad_levels_are_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--levels", "0.5,2"])
+    assert "fraction in [0, 1]" in capsys.readouterr().err

@@ -1,0 +1,70 @@
+"""The report: seeds averaged, speedups as ratios to full and frozen, the Pareto front, the recommendation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from layer_recycling.bench import reporting as rp
+
+
+def _result(label, setting, level, score, end_to_end, seed=0, codec="float32"):
+    return {"task": "seq-cls", "dataset": "toy", "model": "tiny", "setting": setting, "label": label,
+            "level": level, "at": round(level * 6), "codec": None if setting in ("full", "frozen") else codec,
+            "metric": "accuracy", "score": score, "fill_s": 1.0, "train_s_per_epoch": end_to_end / 2,
+            "end_to_end_s": end_to_end, "infer_hits_per_s": 100.0, "infer_misses_per_s": 50.0, "cache_bytes": 2e6,
+            "seed": seed, "meta": {}}
+
+
+RESULTS = [
+    _result("full", "full", 0.0, 80.0, 100.0), _result("full", "full", 0.0, 82.0, 100.0, seed=1),
+    _result("frozen 50%", "frozen", 0.5, 80.5, 70.0),
+    _result("recycled 25%", "recycled", 0.25, 81.5, 80.0),
+    _result("recycled 50%", "recycled", 0.5, 80.2, 50.0),
+    _result("recycled 75%", "recycled", 0.75, 78.0, 25.0),
+    _result("recycled 0%", "recycled", 0.0, 81.0, 120.0),
+]
+
+
+def test_summary_averages_seeds_and_takes_ratios():
+    rows = {r["label"]: r for r in rp.summarize(RESULTS)}
+    full = rows["full"]
+    assert full["score"] == 81.0 and full["seeds"] == 2 and full["score_sd"] == pytest.approx(2 ** 0.5)
+    assert rows["recycled 50%"]["speedup"] == 2.0 and rows["recycled 50%"]["vs_frozen"] == 1.4
+    assert rows["recycled 50%"]["drop"] == pytest.approx(0.8)
+
+
+def test_recommendation_is_the_most_recycled_within_the_drop_and_faster():
+    rows = rp.summarize(RESULTS)
+    assert rp.recommend(rows, max_drop=1.0)["label"] == "recycled 50%"  # 75% drops 3 points
+    assert rp.recommend(rows, max_drop=3.0)["label"] == "recycled 75%"
+    assert rp.recommend(rows, max_drop=0.5)["label"] == "recycled 25%"  # it gains 0.5 points
+    assert rp.recommend(rows, max_drop=-1.0) is None  # nothing gains a point; 0% is slower than full anyway
+    assert "keep fine-tuning in full" in rp.recommendation_text(rows, -1.0)
+
+
+def test_pareto_front_keeps_only_undominated_settings():
+    front = {r["label"] for r in rp.pareto(rp.summarize(RESULTS))}
+    # full is beaten by 25% (faster, better), 0% by 25%; frozen is faster than 25% and better than 50%
+    assert front == {"frozen 50%", "recycled 25%", "recycled 50%", "recycled 75%"}
+
+
+def test_report_writes_markdown_and_a_png(tmp_path):
+    for i, r in enumerate(RESULTS):
+        (tmp_path / f"{i}.json").write_text(json.dumps(r))
+    text = rp.report(tmp_path, max_drop=1.0)
+    assert "| recycled 50% | 3 | 80.20 | -0.80 | 2.00x | 1.40x |" in text
+    assert "| full | 0 | 81.00 ± 1.4 |" in text
+    assert (tmp_path / "report.md").read_text() == text
+    png = (tmp_path / "toy-tiny.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_a_folder_without_results_is_refused(tmp_path):
+    (tmp_path / "x.json").write_text(json.dumps({"score": 1}))
+    with pytest.raises(ValueError, match="lacks"):
+        rp.load(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no result files"):
+        rp.load(tmp_path / "empty")
