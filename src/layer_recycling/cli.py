@@ -95,7 +95,10 @@ def _bench(args) -> int:
 
     task = _task(args)
     codecs = [c for c in args.codecs.split(",") if c.strip()]
-    settings = default_settings(args.levels, args.frozen_level, codecs, lora=not args.no_lora)
+    lora = not args.no_lora and task.kind != "image-cls"
+    if not args.no_lora and not lora:
+        print("LoRA skipped: its target modules are known for transformers models only")
+    settings = default_settings(args.levels, args.frozen_level, codecs, lora=lora)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     print(f"{task.kind} on {task.dataset}: {len(task.train)} train / {len(task.test)} test examples, "
           f"model {args.model}, {len(settings)} settings")
