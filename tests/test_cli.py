@@ -7,7 +7,6 @@ import random
 
 import pytest
 
-from conftest import WORDS
 from layer_recycling.bench.reporting import REQUIRED
 from layer_recycling.cli import main
 
