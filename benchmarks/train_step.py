@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,6 +22,7 @@ import transformers
 
 import layer_recycling as lr
 from layer_recycling.assets import minilm_path, movie_reviews
+from layer_recycling.bench.runner import environment
 
 
 def _step(fn, params):
@@ -122,13 +120,7 @@ def main() -> None:
 
 
 def _meta() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = None
-    return {"layer_recycling": lr.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor(),
-            "cpus": os.cpu_count(), "git_commit": commit}
+    return environment()  # versions, git commit and machine, as every harness result records them
 
 
 if __name__ == "__main__":
