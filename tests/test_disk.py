@@ -206,9 +206,9 @@ def test_fingerprint_is_recorded_and_a_mismatch_refused(tmp_path):
 
 def test_recycle_fills_a_disk_store_and_a_new_process_reuses_it(tmp_path, bert):
     examples = text_examples(8)
-    rec = lr.recycle(bert, at=2, store=DiskStore(tmp_path / "s", dtype="float16"))
+    rec = lr.recycle(bert, at=2, store=DiskStore(tmp_path / "s", dtype="float16")).eval()
     assert rec.fill(examples, batch_size=3, progress=False) == 8  # no flush: put_many commits each batch
-    again = lr.recycle(bert, at=2, store=pickle.loads(pickle.dumps(DiskStore(tmp_path / "s", readonly=True))))
+    again = lr.recycle(bert, at=2, store=pickle.loads(pickle.dumps(DiskStore(tmp_path / "s", readonly=True)))).eval()
     batch = padded_batch(examples)
     with torch.no_grad():
         assert max_diff(bert(**batch), again(**batch), batch["attention_mask"]) <= 1e-2

@@ -21,26 +21,26 @@ def _nudge(param: torch.Tensor) -> None:
 
 def test_one_ulp_in_a_bottom_weight_is_refused(bert):
     store = lr.MemoryStore()
-    before = lr.recycle(bert, at=2, store=store).fingerprint
+    before = lr.recycle(bert, at=2, store=store).fingerprint.digest
     _nudge(bert.bert.encoder.layer[1].attention.self.query.weight)
     with pytest.raises(lr.FingerprintMismatch, match="weights") as info:
         lr.recycle(bert, at=2, store=store)
     assert "new store" in str(info.value)
-    assert lr.recycle(bert, at=2, store=None).fingerprint != before
+    assert lr.recycle(bert, at=2, store=None).fingerprint.digest != before
 
 
 def test_the_embeddings_are_part_of_the_bottom(bert):
-    before = lr.recycle(bert, at=0, store=None).fingerprint
+    before = lr.recycle(bert, at=0, store=None).fingerprint.digest
     _nudge(bert.bert.embeddings.word_embeddings.weight)
-    assert lr.recycle(bert, at=0, store=None).fingerprint != before
+    assert lr.recycle(bert, at=0, store=None).fingerprint.digest != before
 
 
 def test_a_change_in_the_top_keeps_the_fingerprint(bert):
     store = lr.MemoryStore()
-    before = lr.recycle(bert, at=2, store=store).fingerprint
+    before = lr.recycle(bert, at=2, store=store).fingerprint.digest
     _nudge(bert.bert.encoder.layer[2].output.dense.weight)
     _nudge(bert.classifier.weight)
-    assert lr.recycle(bert, at=2, store=store).fingerprint == before
+    assert lr.recycle(bert, at=2, store=store).fingerprint.digest == before
 
 
 def test_the_head_does_not_count(bert):
@@ -48,7 +48,7 @@ def test_the_head_does_not_count(bert):
     base.load_state_dict(bert.bert.state_dict())
     tok.bert.load_state_dict(bert.bert.state_dict(), strict=False)  # no pooler in a token classifier
     tok.config.num_labels = 7
-    fingerprints = {lr.recycle(m, at=2, store=None).fingerprint for m in (bert, base, tok)}
+    fingerprints = {lr.recycle(m, at=2, store=None).fingerprint.digest for m in (bert, base, tok)}
     assert len(fingerprints) == 1
 
 
@@ -60,16 +60,16 @@ def test_split_and_preprocessing_are_named_when_they_differ(bert, change, part):
         lr.recycle(bert, store=store, **{"at": 2, **change})
 
 
-def test_the_stored_dtype_counts(bert):
-    native = lr.recycle(bert, 2, lr.MemoryStore()).fingerprint_parts
-    half = lr.recycle(bert, 2, lr.MemoryStore(dtype=torch.float16)).fingerprint_parts
-    assert native["dtype"] != half["dtype"] and native["weights"] == half["weights"]
+def test_the_stored_codec_counts(bert):
+    native = lr.recycle(bert, 2, lr.MemoryStore()).fingerprint.parts
+    half = lr.recycle(bert, 2, lr.MemoryStore(codec=torch.float16)).fingerprint.parts
+    assert native["codec"] != half["codec"] and native["weights"] == half["weights"]
 
 
 def test_the_config_counts(bert):
     other = text_model("bert", "ForSequenceClassification")
     other.config.layer_norm_eps = 1e-5
-    assert lr.recycle(bert, 2, None).fingerprint_parts["model"] != lr.recycle(other, 2, None).fingerprint_parts["model"]
+    assert lr.recycle(bert, 2, None).fingerprint.parts["model"] != lr.recycle(other, 2, None).fingerprint.parts["model"]
 
 
 def test_a_reload_in_a_new_process_gives_the_same_fingerprint(bert, tmp_path):
@@ -77,10 +77,10 @@ def test_a_reload_in_a_new_process_gives_the_same_fingerprint(bert, tmp_path):
     code = (
         "import transformers as T, layer_recycling as lr;"
         f"m = T.AutoModelForSequenceClassification.from_pretrained({str(tmp_path)!r});"
-        "print(lr.recycle(m, at=2, store=None).fingerprint)"
+        "print(lr.recycle(m, at=2, store=None).fingerprint.digest)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip().splitlines()[-1] == lr.recycle(bert, at=2, store=None).fingerprint
+    assert out.stdout.strip().splitlines()[-1] == lr.recycle(bert, at=2, store=None).fingerprint.digest
 
 
 def test_the_tokenizer_counts(bert, tmp_path):
@@ -94,9 +94,9 @@ def test_the_tokenizer_counts(bert, tmp_path):
 
     a = make({"[UNK]": 0, "good": 1, "bad": 2})
     b = make({"[UNK]": 0, "good": 2, "bad": 1})
-    fa = lr.recycle(bert, 2, None, tokenizer=a).fingerprint
+    fa = lr.recycle(bert, 2, None, tokenizer=a).fingerprint.digest
     a(["good bad", "bad"], padding=True, truncation=True, max_length=4)  # sets call state on the backend
-    assert lr.recycle(bert, 2, None, tokenizer=a).fingerprint == fa
-    assert fa == lr.recycle(bert, 2, None, tokenizer=make({"[UNK]": 0, "good": 1, "bad": 2})).fingerprint
-    assert fa != lr.recycle(bert, 2, None, tokenizer=b).fingerprint
-    assert fa != lr.recycle(bert, 2, None).fingerprint
+    assert lr.recycle(bert, 2, None, tokenizer=a).fingerprint.digest == fa
+    assert fa == lr.recycle(bert, 2, None, tokenizer=make({"[UNK]": 0, "good": 1, "bad": 2})).fingerprint.digest
+    assert fa != lr.recycle(bert, 2, None, tokenizer=b).fingerprint.digest
+    assert fa != lr.recycle(bert, 2, None).fingerprint.digest

@@ -19,7 +19,7 @@ def test_served_from_the_store_equals_the_model(family, head, at):
     model = text_model(family, head)
     examples = text_examples()
     batch = padded_batch(examples, pad_id=model.config.pad_token_id or 0)
-    rec = lr.recycle(model, at=at)
+    rec = lr.recycle(model, at=at).eval()
     rec.fill(examples, batch_size=4, progress=False)
     calls = rec.stats.bottom_calls
     with torch.no_grad():
@@ -32,7 +32,7 @@ def test_served_from_the_store_equals_the_model(family, head, at):
 def test_vit_served_from_the_store(at):
     model = vit_model()
     pixels = torch.randn(4, 3, 16, 16)
-    rec = lr.recycle(model, at=at)
+    rec = lr.recycle(model, at=at).eval()
     rec.fill([{"pixel_values": p, "labels": 1} for p in pixels], progress=False)
     with torch.no_grad():
         out = rec(pixel_values=pixels, labels=torch.ones(4, dtype=torch.long))
@@ -43,7 +43,7 @@ def test_vit_served_from_the_store(at):
 @pytest.mark.parametrize("at", LEVELS)
 def test_cnn_served_from_the_store_with_pair_examples(at):
     model, x = cnn_model(), torch.randn(6, 3, 8, 8)
-    rec = lr.recycle(model, at=at)
+    rec = lr.recycle(model, at=at).eval()
     assert rec.fill([(xi, i % 3) for i, xi in enumerate(x)], progress=False) == 6
     with torch.no_grad():
         assert max_diff(model(x), rec(x)) <= 1e-5
@@ -53,7 +53,7 @@ def test_cnn_served_from_the_store_with_pair_examples(at):
 def test_labels_give_the_models_loss():
     model = text_model("bert", "ForTokenClassification")
     examples = [{**e, "labels": [i % LABELS] * len(e["input_ids"])} for i, e in enumerate(text_examples())]
-    rec = lr.recycle(model, at=2)
+    rec = lr.recycle(model, at=2).eval()
     batch = next(iter(rec.loader(examples, batch_size=6, progress=False)))
     assert batch["labels"].shape == batch["attention_mask"].shape
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()  # padding is ignored by the loss
@@ -66,7 +66,7 @@ def test_labels_give_the_models_loss():
 def test_question_answering_positions_are_stacked():
     model = text_model("bert", "ForQuestionAnswering")
     examples = [{"input_ids": e["input_ids"], "start_positions": 1, "end_positions": 2} for e in text_examples()]
-    rec = lr.recycle(model, at=2)
+    rec = lr.recycle(model, at=2).eval()
     batch = next(iter(rec.loader(examples, batch_size=6, progress=False)))
     assert batch["start_positions"].tolist() == [1] * 6
     assert rec(**batch).loss is not None
@@ -74,7 +74,7 @@ def test_question_answering_positions_are_stacked():
 
 def test_fill_computes_each_distinct_input_once(bert):
     examples = text_examples() * 3 + [dict(e, label=0) for e in text_examples()]  # repeats, and new labels
-    rec = lr.recycle(bert, at=2)
+    rec = lr.recycle(bert, at=2).eval()
     assert rec.fill(examples, batch_size=4, progress=False) == 6
     assert rec.stats.bottom_examples == 6 and len(rec.store) == 6
     calls = rec.stats.bottom_calls
@@ -84,7 +84,7 @@ def test_fill_computes_each_distinct_input_once(bert):
 
 def test_keys_ignore_padding_and_container_type(bert):
     examples = text_examples()
-    rec = lr.recycle(bert, at=2)
+    rec = lr.recycle(bert, at=2).eval()
     rec.fill([{k: torch.tensor(v) for k, v in e.items()} for e in examples], progress=False)
     with torch.no_grad():
         rec(**padded_batch(examples, extra=5))
@@ -93,7 +93,7 @@ def test_keys_ignore_padding_and_container_type(bert):
 
 def test_training_lowers_the_loss_without_running_the_bottom(bert):
     examples = text_examples(24)
-    rec = lr.recycle(bert, at=2)
+    rec = lr.recycle(bert, at=2).eval()
     loader = rec.loader(examples, batch_size=8, shuffle=True, progress=False)
     calls = rec.stats.bottom_calls
     trainable = [p for p in rec.parameters() if p.requires_grad]
@@ -116,7 +116,7 @@ def test_training_lowers_the_loss_without_running_the_bottom(bert):
 
 def test_half_hits_run_the_bottom_on_the_misses_only(bert):
     examples = text_examples(8, lengths=(4, 9, 6, 3))
-    rec = lr.recycle(bert, at=2)
+    rec = lr.recycle(bert, at=2).eval()
     rec.fill(examples[::2], progress=False)
     before = rec.stats.bottom_examples
     batch = padded_batch(examples)
@@ -128,25 +128,37 @@ def test_half_hits_run_the_bottom_on_the_misses_only(bert):
 
 
 def test_misses_need_not_be_stored(bert):
-    rec = lr.recycle(bert, at=2, store_misses=False)
+    rec = lr.recycle(bert, at=2, store_misses=False).eval()
     with torch.no_grad():
         rec(**padded_batch(text_examples()))
     assert len(rec.store) == 0 and rec.stats.misses == 6
 
 
 def test_no_store_runs_bottom_and_top_every_time(bert):
-    rec = lr.recycle(bert, at=2, store=None)
+    rec = lr.recycle(bert, at=2, store=None).eval()
+    assert isinstance(rec.store, lr.NullStore)
     batch = padded_batch(text_examples())
     with torch.no_grad():
         assert max_diff(bert(**batch), rec(**batch), batch["attention_mask"]) <= 1e-5
         rec(**batch)
-    assert rec.stats.bottom_calls == 2
-    with pytest.raises(ValueError, match="store=None"):
-        rec.fill(text_examples())
+    assert rec.stats.bottom_calls == 2 and rec.stats.misses == 12
+    assert rec.fill(text_examples(), progress=False) == 0 and len(rec.store) == 0  # nothing is kept
+
+
+def test_no_store_loader_trains_from_model_inputs_like_the_store(bert):
+    examples = text_examples(12)
+    cached, plain = lr.recycle(bert, at=2).eval(), lr.recycle(bert, at=2, store=None).eval()
+    a = list(cached.loader(examples, batch_size=4, seed=0, shuffle=True, progress=False))
+    b = list(plain.loader(examples, batch_size=4, seed=0, shuffle=True, progress=False))
+    assert "states" in a[0] and "input_ids" in b[0] and plain.stats.bottom_calls == 0
+    with torch.no_grad():
+        for x, y in zip(a, b):
+            assert abs(float(cached(**x).loss) - float(plain(**y).loss)) <= 1e-5
+    assert plain.stats.bottom_calls == 3
 
 
 def test_a_trainable_bottom_is_refused(bert):
-    rec = lr.recycle(bert, at=2)
+    rec = lr.recycle(bert, at=2).eval()
     loader = rec.loader(text_examples(), batch_size=3, progress=False)
     bert.bert.encoder.layer[0].output.dense.weight.requires_grad_(True)
     with pytest.raises(RuntimeError, match="trainable parameters.*layer.0"):
@@ -154,7 +166,7 @@ def test_a_trainable_bottom_is_refused(bert):
 
 
 def test_unknown_inputs_are_named(bert):
-    rec = lr.recycle(bert, at=2)
+    rec = lr.recycle(bert, at=2).eval()
     with pytest.raises(TypeError, match="pixel_values"):
         rec(pixel_values=torch.zeros(1, 3))
     with pytest.raises(ValueError, match="none of the model's inputs"):
@@ -163,7 +175,7 @@ def test_unknown_inputs_are_named(bert):
 
 def test_a_user_key_and_verify_catch_frozen_augmentation(bert):
     examples = [dict(e, id=i) for i, e in enumerate(text_examples())]
-    rec = lr.recycle(bert, at=2, key=lambda ex: ex["id"])
+    rec = lr.recycle(bert, at=2, key=lambda ex: ex["id"]).eval()
     rec.fill(examples, progress=False)
     assert rec.verify(examples).ok
     augmented = [dict(e, input_ids=[(t + 1) % 99 for t in e["input_ids"]]) for e in examples]  # same ids, new inputs
@@ -173,7 +185,7 @@ def test_a_user_key_and_verify_catch_frozen_augmentation(bert):
 
 
 def test_generic_model_without_loss_says_how_to_train():
-    rec = lr.recycle(cnn_model(), at=2)
+    rec = lr.recycle(cnn_model(), at=2).eval()
     batch = next(iter(rec.loader([(torch.randn(3, 8, 8), 1) for _ in range(4)], batch_size=4, progress=False)))
     assert batch["states"].shape == (4, 8, 8, 8) and batch["labels"].tolist() == [1] * 4
     with pytest.raises(TypeError, match="computes no loss"):
@@ -182,7 +194,7 @@ def test_generic_model_without_loss_says_how_to_train():
 
 
 def test_half_precision_store_serves_close_states(bert):
-    rec = lr.recycle(bert, at=2, store=lr.MemoryStore(dtype=torch.float16))
+    rec = lr.recycle(bert, at=2, store=lr.MemoryStore(dtype=torch.float16)).eval()
     examples = text_examples()
     rec.fill(examples, progress=False)
     assert next(iter(rec.store._entries.values())).dtype == torch.float16
@@ -193,7 +205,7 @@ def test_half_precision_store_serves_close_states(bert):
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_loader_workers_give_the_same_batches(bert, context):
-    rec = lr.recycle(bert, at=2)
+    rec = lr.recycle(bert, at=2).eval()
     examples = text_examples(12)
     plain = list(rec.loader(examples, batch_size=4, progress=False))
     workers = list(rec.loader(examples, batch_size=4, progress=False, num_workers=2, multiprocessing_context=context))
@@ -203,7 +215,7 @@ def test_loader_workers_give_the_same_batches(bert, context):
 
 
 def test_grouped_batches_cover_every_example_once_with_less_padding(bert):
-    rec = lr.recycle(bert, at=2)
+    rec = lr.recycle(bert, at=2).eval()
     examples = [dict(e, label=i % 3) for i, e in enumerate(text_examples(60, lengths=tuple(range(2, 40))))]
     plain = rec.loader(examples, batch_size=6, shuffle=True, seed=0, progress=False)
     grouped = rec.loader(examples, batch_size=6, shuffle=True, seed=0, group_by_length=True, progress=False)
@@ -215,20 +227,3 @@ def test_grouped_batches_cover_every_example_once_with_less_padding(bert):
     assert pads["grouped"] < pads["plain"] / 2
     first, second = ([b["labels"].tolist() for b in grouped] for _ in range(2))
     assert first != second  # a new order each epoch
-
-
-def test_memory_store_verbs():
-    store = lr.MemoryStore()
-    assert isinstance(store, lr.Store)
-    store["a"] = torch.ones(3, 2)
-    store.put_many(["b"], [torch.zeros(5, 2)])
-    assert "a" in store and "z" not in store and len(store) == 2 and sorted(store) == ["a", "b"]
-    assert [t.shape[0] for t in store.get_many(["b", "a"])] == [5, 3]  # ragged: no padding kept
-    with pytest.raises(KeyError, match="'z' is not in the store"):
-        store["z"]
-    with pytest.raises(TypeError, match="content digests"):
-        store[3] = torch.ones(1)
-    with pytest.raises(TypeError, match="floating torch dtype"):
-        lr.MemoryStore(dtype=torch.int8)
-    with pytest.raises(TypeError, match="store Protocol"):
-        lr.recycle(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), 1, store={})

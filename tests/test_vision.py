@@ -47,7 +47,7 @@ def _recycle_diff(model, at) -> float:
     x = images()
     with torch.no_grad():
         want = model(x).logits
-        rec = lr.recycle(model, at).eval()
+        rec = lr.recycle(model, at).eval().eval()
         first, again = rec(pixel_values=x).logits, rec(x).logits  # a miss, then a hit from the store
     assert rec.stats.hits == 2 and rec.stats.misses == 2
     return max(float((first - want).abs().max()), float((again - want).abs().max()))
@@ -100,7 +100,7 @@ def test_loss_with_labels():
 
 
 def test_recycled_top_trains_with_labels_from_the_loader():
-    rec = lr.recycle(tiny(), 2)
+    rec = lr.recycle(tiny(), 2).eval()
     examples = [(images(1, seed=i)[0], i % 3) for i in range(6)]
     batch = next(iter(rec.loader(examples, batch_size=6, progress=False)))
     rec.train()

@@ -1,6 +1,7 @@
-"""Examples in and batches out: normalise one-example dicts, unpad padded batches, re-pad cached states.
+"""Examples in and batches out: one-example dicts to (inputs, labels), padded batches to rows and back.
 
-Sequences are right-padded: an example's tokens are the first ``attention_mask.sum()`` positions of its row.
+Padding may sit on either side: each row's real tokens are the contiguous run of ones in its attention mask.
+Inside the library every batch is right-padded; ``Layout`` maps a caller's layout to that one and back.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ def as_tensor(value: Any, name: str) -> torch.Tensor:
         try:
             t = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError) as err:
+            hint = " (text: tokenize it first, e.g. {**tokenizer(text), 'label': y})" if isinstance(value, str) else ""
             raise TypeError(
-                f"example field {name!r} holds {type(value).__name__}, which is not a tensor, array, number or "
-                f"(nested) list of numbers; keep non-model fields out of the example or under other names"
+                f"example field {name!r} holds {type(value).__name__}{hint}; expected a tensor, array, number or "
+                f"(nested) list of numbers. Keep other fields out of the example or under other names"
             ) from err
     if not t.is_floating_point() and t.dtype != torch.bool and not t.is_complex():
         t = t.long()
@@ -49,14 +51,39 @@ def normalize(example: Any, input_names: Sequence[str]) -> dict[str, Any]:
 
 
 def parts(example: dict[str, Any], input_names: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Split a normalised example into (model inputs, labels) as tensors; other fields are metadata."""
+    """Split a normalised example into (model inputs, labels) as unpadded tensors; other fields are metadata.
+
+    A text example padded in advance (``padding="max_length"``) or built with ``return_tensors="pt"`` (shape
+    (1, n)) is cut to its real tokens, so that it keys and computes like the unpadded example.
+    """
     inputs = {n: as_tensor(example[n], n) for n in input_names if n in example and example[n] is not None}
     if not inputs:
         raise ValueError(
             f"example has none of the model's inputs {sorted(input_names)}; it has {sorted(example)}"
         )
     labels = {n: as_tensor(example[n], n) for n in LABEL_NAMES if n in example and example[n] is not None}
+    if "input_ids" in inputs:
+        inputs, labels = _unpad_text(inputs, labels)
     return inputs, labels
+
+
+def _unpad_text(inputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]):
+    ids = inputs["input_ids"]
+    if ids.dim() == 2:
+        if ids.shape[0] != 1:
+            raise ValueError(
+                f"one example holds input_ids of shape {tuple(ids.shape)}: a batch of {ids.shape[0]} texts. Pass "
+                f"one dict per text (tokenize each text, or split the batch into rows)"
+            )
+        inputs = {n: v[0] if v.dim() >= 2 and v.shape[0] == 1 else v for n, v in inputs.items()}
+        labels = {n: v[0] if v.dim() >= 1 and v.shape[0] == 1 and v.dim() >= 2 else v for n, v in labels.items()}
+    mask = inputs.get("attention_mask")
+    if mask is None or bool(mask.all()):
+        return inputs, labels
+    (start,), (n,) = spans(mask[None])
+    t = mask.shape[0]
+    cut = lambda v: v[start : start + n] if v.dim() >= 1 and v.shape[0] == t else v  # noqa: E731
+    return {k: cut(v) for k, v in inputs.items()}, {k: cut(v) for k, v in labels.items()}
 
 
 def key_fields(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -66,31 +93,69 @@ def key_fields(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def length(inputs: dict[str, torch.Tensor]) -> int:
     """Number of tokens of an unpadded text example."""
-    return int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else len(inputs["input_ids"])
+    return int(inputs["input_ids"].shape[0])
 
 
-def unbatch(batch: dict[str, torch.Tensor], lengths: Sequence[int] | None) -> list[dict[str, torch.Tensor]]:
-    """Rows of a padded batch, each cut to its own length (fields shaped (b, t, ...) are sequences)."""
-    b = next(iter(batch.values())).shape[0]
-    t = batch["input_ids"].shape[1] if "input_ids" in batch else None
-    rows = []
-    for i in range(b):
-        row = {}
-        for name, value in batch.items():
-            seq = lengths is not None and value.dim() >= 2 and value.shape[1] == t
-            row[name] = value[i, : lengths[i]] if seq else value[i]
-        rows.append(row)
-    return rows
+def spans(mask: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(starts, lengths) of each row's real tokens in an attention mask (b, t): its one contiguous run of ones.
+
+    Raises:
+        ValueError: a row's ones are not contiguous (packed sequences are not supported).
+    """
+    m = mask.bool().cpu()
+    lengths = m.sum(dim=1)
+    starts = torch.where(lengths > 0, m.long().argmax(dim=1), torch.zeros_like(lengths))
+    positions = torch.arange(m.shape[1])[None, :]
+    expected = (positions >= starts[:, None]) & (positions < (starts + lengths)[:, None])
+    bad = (expected != m).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f"attention_mask row {bad[0]} is {m[bad[0]].long().tolist()}: its ones are not one contiguous run. "
+            f"Expected right or left padding (ones, then zeros, or zeros, then ones); pass one sequence per row"
+        )
+    return starts.tolist(), lengths.tolist()
 
 
-def lengths_of(batch: dict[str, torch.Tensor]) -> list[int] | None:
-    """Per-row token counts of a padded text batch (None for inputs that are not token sequences)."""
-    if "input_ids" not in batch:
-        return None
-    mask = batch.get("attention_mask")
-    if mask is None:
-        return [batch["input_ids"].shape[1]] * batch["input_ids"].shape[0]
-    return mask.sum(dim=1).tolist()
+class Layout:
+    """Where each row's real tokens sit in a caller's padded batch (b, t), and the right-padded layout (b, n)."""
+
+    def __init__(self, starts: Sequence[int], lengths: Sequence[int], t: int):
+        self.starts, self.lengths, self.t = list(starts), list(lengths), t
+        self.n = max(self.lengths, default=0)
+
+    @classmethod
+    def of(cls, batch: dict[str, torch.Tensor]) -> Layout:
+        ids = batch["input_ids"]
+        mask = batch.get("attention_mask")
+        if mask is None:
+            return cls([0] * ids.shape[0], [ids.shape[1]] * ids.shape[0], ids.shape[1])
+        return cls(*spans(mask), ids.shape[1])
+
+    @property
+    def right_padded(self) -> bool:
+        return not any(self.starts)
+
+    def rows(self, batch: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Each row of ``batch`` cut to its real tokens (fields shaped (b, t, ...) are sequences)."""
+        return [{name: self._cut(v, i) for name, v in batch.items()} for i in range(len(self.starts))]
+
+    def _cut(self, v: torch.Tensor, i: int) -> torch.Tensor:
+        if v.dim() >= 2 and v.shape[1] == self.t:
+            return v[i, self.starts[i] : self.starts[i] + self.lengths[i]]
+        return v[i]
+
+    def gather(self, x: torch.Tensor, fill: float = 0) -> torch.Tensor:
+        """(b, t, ...) in the caller's layout -> (b, n, ...) right-padded with ``fill``."""
+        if self.right_padded:
+            return x[:, : self.n]
+        return pad([x[i, s : s + n] for i, (s, n) in enumerate(zip(self.starts, self.lengths))], fill, to=self.n)
+
+    def scatter(self, x: torch.Tensor, fill: float = 0) -> torch.Tensor:
+        """(b, n, ...) right-padded -> (b, t, ...) in the caller's layout, ``fill`` at padded positions."""
+        out = x.new_full((x.shape[0], self.t, *x.shape[2:]), fill)
+        for i, (s, n) in enumerate(zip(self.starts, self.lengths)):
+            out[i, s : s + n] = x[i, :n]
+        return out
 
 
 def pad(tensors: Sequence[torch.Tensor], value: float = 0, to: int | None = None) -> torch.Tensor:
@@ -132,7 +197,7 @@ def collate_labels(
 class LengthGroupedBatches(torch.utils.data.Sampler):
     """Batches of similar lengths: shuffle, sort within windows of 50 batches, cut, shuffle the batches.
 
-    Each epoch draws a new order (seeded from ``seed`` and the epoch count) when ``shuffle``.
+    Each epoch draws a new order (seeded from ``seed`` and the epoch) when ``shuffle``; ``set_epoch`` picks it.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int | None = None):
@@ -142,6 +207,9 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __iter__(self):
         rng = random.Random(self.seed + self.epoch)

@@ -1,6 +1,6 @@
 """The fingerprint of a bottom: a digest of everything that decides its output, kept as named parts.
 
-Stores record the parts, so a mismatch can say *what* differs (weights, split, config, preprocessing, dtype).
+Stores record the parts, so a mismatch can say *what* differs (weights, split, config, preprocessing, codec).
 Nothing in the top takes part: training the top never invalidates a cache.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .keys import digest
+from .keys import DIGEST_SIZE, digest
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the stored form is named "codec" (it was "dtype")
 
 # Config fields that only shape the head or record provenance: changing them leaves the bottom's output alone.
 _HEAD_ONLY_CONFIG = {
@@ -37,7 +37,8 @@ class Fingerprint:
     parts: dict[str, str]
 
     @property
-    def value(self) -> str:
+    def digest(self) -> str:
+        """One hex digest of all the parts."""
         return digest(self.parts)
 
     def check(self, recorded: dict[str, str], where: str) -> None:
@@ -53,24 +54,24 @@ class Fingerprint:
             )
 
 
-def fingerprint(
+def fingerprint_of(
     bottom: nn.Module,
     *,
     model: nn.Module,
     at: int,
     num_layers: int,
-    blocks: str,
-    dtype: str,
+    blocks: str | list[str],
+    codec: str,
     tokenizer: Any = None,
     preprocess: dict | None = None,
 ) -> Fingerprint:
-    """Fingerprint of ``bottom`` (a half of ``model`` split at ``at`` of ``num_layers``) stored as ``dtype``."""
+    """Fingerprint of ``bottom`` (a half of ``model`` split at ``at`` of ``num_layers``) stored as ``codec``."""
     parts = {
         "format": str(FORMAT_VERSION),
         "model": _model_digest(model, bottom),
         "split": digest({"at": at, "num_layers": num_layers, "blocks": blocks}),
         "weights": weights_digest(bottom),
-        "dtype": dtype,
+        "codec": codec,
     }
     if tokenizer is not None or preprocess:
         parts["preprocess"] = digest({"tokenizer": _tokenizer_digest(tokenizer), "call": _jsonable(preprocess or {})})
@@ -79,7 +80,7 @@ def fingerprint(
 
 def weights_digest(module: nn.Module) -> str:
     """Digest of every parameter and buffer: name, dtype, shape and bytes (a 1-ulp change is a new digest)."""
-    h = hashlib.blake2b(digest_size=20)
+    h = hashlib.blake2b(digest_size=DIGEST_SIZE)
     tensors = dict(module.named_parameters(remove_duplicate=False))
     tensors.update(module.named_buffers(remove_duplicate=False))
     for name in sorted(tensors):
@@ -117,7 +118,3 @@ def _tokenizer_digest(tokenizer: Any) -> str | None:
 def _jsonable(obj: Any) -> Any:
     """A canonical JSON-like copy: objects without a JSON form become their repr."""
     return json.loads(json.dumps(obj, sort_keys=True, default=repr))
-
-
-def dtype_name(dtype: torch.dtype | str | None) -> str:
-    return str(dtype).removeprefix("torch.") if dtype is not None else "native"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-_DIGEST_SIZE = 20  # 160 bits: collisions are out of reach for any dataset; keys stay short.
+DIGEST_SIZE = 20  # 160 bits: collisions are out of reach for any dataset; keys stay short.
 
 
 def digest(obj: Any) -> str:
@@ -26,7 +26,7 @@ def digest(obj: Any) -> str:
     Raises:
         TypeError: ``obj`` (or something inside it) has no canonical bytes; the message names its type.
     """
-    h = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+    h = hashlib.blake2b(digest_size=DIGEST_SIZE)
     _feed(h, obj)
     return h.hexdigest()
 
@@ -96,7 +96,7 @@ _TORCH_DTYPE_NAMES = {
 def _feed_mapping(h, obj: Mapping) -> None:
     items = []
     for k, v in obj.items():
-        kh = hashlib.blake2b(digest_size=_DIGEST_SIZE)
+        kh = hashlib.blake2b(digest_size=DIGEST_SIZE)
         _feed(kh, k)
         items.append((kh.digest(), v))
     h.update(b"D" + struct.pack("<Q", len(items)))

@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import inspect
 import numbers
+import warnings
 
 import torch
 from torch import nn
@@ -17,8 +18,8 @@ from torch import nn
 from .arch import Arch, lookup
 
 
-def resolve_level(at: int | float, num_layers: int) -> int:
-    """Number of bottom blocks for ``at``: an int in [0, L], or a fraction in [0, 1].
+def resolve_at(at: int | float, num_layers: int) -> int:
+    """The block count ``at`` means: an int in [0, L] is itself, a fraction (level) in [0, 1] is rounded.
 
     A fraction f recycles ``round(f * L)`` blocks, rounding halves to even (the paper's MiniLM levels:
     25/50/75% of 6 give 2/3/4; of 12 give 3/6/9). A fraction strictly between 0 and 1 always recycles
@@ -37,6 +38,12 @@ def resolve_level(at: int | float, num_layers: int) -> int:
     if 0.0 < at < 1.0 and num_layers > 1:
         k = min(max(k, 1), num_layers - 1)
     return k
+
+
+def resolve_level(at: int | float, num_layers: int) -> int:
+    """Deprecated: renamed ``resolve_at`` (it returns a block count, not a level)."""
+    warnings.warn("resolve_level is renamed resolve_at", DeprecationWarning, stacklevel=2)
+    return resolve_at(at, num_layers)
 
 
 def _shallow(module: nn.Module) -> nn.Module:
@@ -140,12 +147,12 @@ class Split:
 
 
 def split(model: nn.Module, at: int | float, blocks: str | None = None) -> Split:
-    """Cut ``model`` after ``at`` blocks (int count or fraction, see ``resolve_level``).
+    """Cut ``model`` after ``at`` blocks (int count or fraction, see ``resolve_at``).
 
     Args:
         model: a transformers model from the architecture table (base or task head), or any ``nn.Module``
             whose blocks are an ``nn.ModuleList``/``nn.Sequential``.
-        at: blocks to recycle.
+        at: blocks to recycle (see ``resolve_at``).
         blocks: dotted path of the block list, overriding the table or the automatic search.
     Raises:
         ValueError: unknown architecture or bad level; the message says how to name the block list.
@@ -156,7 +163,7 @@ def split(model: nn.Module, at: int | float, blocks: str | None = None) -> Split
     base = model.base_model
     prefix = "" if base is model else model.base_model_prefix
     layers = _block_list(base, arch.blocks)
-    k = resolve_level(at, len(layers))
+    k = resolve_at(at, len(layers))
     bottom_edits = {arch.blocks: nn.ModuleList(layers[:k])}
     bottom_edits.update({t: nn.Identity() for t in arch.tail if getattr(base, t, None) is not None})
     if arch.bottom_fix is not None:
@@ -192,7 +199,7 @@ def _block_list(root: nn.Module, path: str) -> nn.ModuleList | nn.Sequential:
 def _split_generic(model: nn.Module, at: int | float, arch: Arch) -> Split:
     """Any module: its children before the block list form the stem, applied in registration order."""
     layers = _block_list(model, arch.blocks)
-    k = resolve_level(at, len(layers))
+    k = resolve_at(at, len(layers))
     if not arch.blocks:  # the model is itself the sequence of blocks
         bottom, top = nn.Sequential(*layers[:k]), nn.Sequential(*layers[k:])
         return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=len(layers), arch=arch)

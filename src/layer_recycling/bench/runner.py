@@ -20,7 +20,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import data
-from ..recycle import Recycled, recycle
+from ..loader import input_loader
+from ..model import Recycled, recycle
 from ..stores import DiskStore, MemoryStore
 from .tasks import Task
 
@@ -71,8 +72,7 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
             _add_lora(rec, cfg.lora_rank)
         trainable, forward, cache = [p for p in rec.parameters() if p.requires_grad], rec, store
         start = time.perf_counter()
-        if store is not None:
-            rec.fill(task.train, batch_size=cfg.batch_size, progress=False)
+        rec.fill(task.train, batch_size=cfg.batch_size, progress=False)
         fill_s = time.perf_counter() - start
     batches = _train_batches(task, forward, cfg)
     lr = cfg.lora_lr if setting.name == "recycled+lora" else cfg.lr
@@ -87,11 +87,11 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
     hits_s = time.perf_counter() - start if cache is not None else first_s
     result = {
         "setting": setting.name, "label": setting.label, "level": setting.level if setting.name != "full" else 0.0,
-        "at": getattr(forward, "at", 0), "codec": setting.codec if cache is not None else None,
+        "at": getattr(forward, "at", 0), "codec": setting.codec if setting.name.startswith("recycled") else None,
         "metric": task.metric, "score": scores[task.metric], "scores": scores,
         "fill_s": fill_s, "train_s_per_epoch": sum(epochs_s) / len(epochs_s), "epochs_s": epochs_s,
         "end_to_end_s": fill_s + sum(epochs_s), "infer_hits_per_s": len(task.test) / hits_s,
-        "infer_misses_per_s": len(task.test) / first_s, "cache_bytes": _cache_bytes(cache),
+        "infer_misses_per_s": len(task.test) / first_s, "cache_bytes": cache.volume() if cache is not None else 0,
         "trainable_params": sum(p.numel() for p in trainable), "peak_mem_mb": _peak_memory_mb(),
     }
     if store_path is not None:
@@ -109,31 +109,11 @@ def _store(setting: Setting, cfg: TrainConfig):
 
 
 def _train_batches(task: Task, forward: nn.Module, cfg: TrainConfig):
-    """A DataLoader of training batches: from the store when there is one, else padded model inputs."""
-    common = dict(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed)
-    if isinstance(forward, Recycled) and forward.store is not None:
-        return forward.loader(task.train, progress=False, group_by_length=True, **common)
-    return plain_loader(task.train, pad_id=task.pad_id, **common)
-
-
-def plain_loader(examples: list[dict], batch_size: int, shuffle: bool, seed: int, pad_id: int):
-    """Padded batches of model inputs and labels, grouped by length like the recycled loader's."""
-    ragged = "input_ids" in examples[0]
-
-    def collate(rows):
-        rows = [{k: data.as_tensor(v, k) for k, v in r.items()} for r in rows]
-        labels = [{n: r.pop(n) for n in data.LABEL_NAMES if n in r} for r in rows]
-        batch = data.collate_inputs(rows, pad_id, ragged=ragged)
-        lengths = [data.length(r) for r in rows] if ragged else None
-        t = batch["input_ids"].shape[1] if ragged else None
-        return {**batch, **data.collate_labels(labels, lengths, t)}
-
-    if ragged:
-        sampler = data.LengthGroupedBatches([len(e["input_ids"]) for e in examples], batch_size, shuffle, seed)
-        return torch.utils.data.DataLoader(examples, batch_sampler=sampler, collate_fn=collate)
-    generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(examples, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                                       collate_fn=collate)
+    """A DataLoader of training batches: stored states for a recycled model, model inputs otherwise."""
+    common = dict(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, group_by_length=True)
+    if isinstance(forward, Recycled):
+        return forward.loader(task.train, progress=False, **common)
+    return input_loader(forward, task.train, **common)
 
 
 def train_epochs(forward: nn.Module, batches, params: list, lr: float, epochs: int, label: str) -> list[float]:
@@ -165,14 +145,6 @@ def _add_lora(rec: Recycled, rank: int) -> None:
     for name, p in model.named_parameters():
         head = bool(prefix) and not name.startswith(prefix + ".")
         p.requires_grad_(("lora_" in name or head) and id(p) not in bottom)
-
-
-def _cache_bytes(store) -> int:
-    if store is None:
-        return 0
-    if isinstance(store, DiskStore):
-        return store.info()["bytes"]
-    return sum(store[k].numel() * store[k].element_size() for k in store)
 
 
 def _reset_peak_memory() -> None:

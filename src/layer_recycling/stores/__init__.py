@@ -2,6 +2,7 @@
 
 from .disk import DiskFull, DiskStore, StoreCorrupted
 from .memory import MemoryStore
+from .null import NullStore
 from .protocol import Store, check_store
 
-__all__ = ["DiskFull", "DiskStore", "MemoryStore", "Store", "StoreCorrupted", "check_store"]
+__all__ = ["DiskFull", "DiskStore", "MemoryStore", "NullStore", "Store", "StoreCorrupted", "check_store"]

@@ -93,6 +93,14 @@ class DiskStore:
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._find(key) is not None
 
+    keeps = True
+
+    def contains_many(self, keys: Sequence[str]) -> np.ndarray:
+        return np.fromiter((k in self for k in keys), dtype=bool, count=len(keys))
+
+    def volume(self) -> int:
+        return self.info()["bytes"]
+
     def __getitem__(self, key: str) -> torch.Tensor:
         return self.get_many([key])[0]
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
-from ..fingerprint import Fingerprint, dtype_name
+from ..fingerprint import Fingerprint
+from .codecs import CODECS, FLOAT16_MAX, codec_name, decode, encode
 
 
 class MemoryStore:
@@ -14,18 +17,30 @@ class MemoryStore:
 
     Args:
         device: where entries live (default CPU); a GPU keeps a small cache next to the model.
-        dtype: the dtype entries are kept in (default: as the bottom produced them). ``torch.float16``
-            or ``torch.bfloat16`` halve the memory; entries are converted back on read.
+        codec: how entries are kept: None (as the bottom produced them), ``"float32"``, ``"float16"``,
+            ``"bfloat16"`` (half the memory, converted back on read) or ``"int8"`` (a quarter, per-row scale; kept
+            on the CPU), or the matching torch dtype. ``dtype=`` is a deprecated alias.
     """
 
-    def __init__(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"MemoryStore(dtype={dtype!r}): expected a floating torch dtype such as torch.float16")
+    keeps = True
+
+    def __init__(self, device: torch.device | str | None = None, codec: str | torch.dtype | None = None,
+                 *, dtype: str | torch.dtype | None = None):
+        if dtype is not None:
+            warnings.warn("MemoryStore(dtype=...) is renamed codec=...", DeprecationWarning, stacklevel=2)
+            codec = codec if codec is not None else dtype
+        try:
+            name = codec_name(codec)
+        except ValueError:
+            raise ValueError(
+                f"MemoryStore(codec={codec!r}): expected None (as computed) or one of {sorted(CODECS)} (or the "
+                f"matching torch dtype)"
+            ) from None
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.dtype = dtype
-        self.codec = dtype_name(dtype)
+        self.codec = name or "native"
+        self._codec = CODECS.get(self.codec)
         self.fingerprint_parts: dict[str, str] | None = None
-        self._entries: dict[str, torch.Tensor] = {}
+        self._entries: dict[str, torch.Tensor | tuple[np.ndarray, np.ndarray]] = {}
 
     def __repr__(self) -> str:
         return f"MemoryStore({len(self)} entries, device={self.device}, codec={self.codec})"
@@ -40,27 +55,56 @@ class MemoryStore:
         return iter(self._entries)
 
     def __getitem__(self, key: str) -> torch.Tensor:
-        try:
-            return self._entries[key]
-        except KeyError:
-            raise KeyError(f"key {key!r} is not in the store ({len(self)} entries); fill it first") from None
+        return self.get_many([key])[0]
 
     def __setitem__(self, key: str, value: torch.Tensor) -> None:
         if not isinstance(key, str):
             raise TypeError(f"store keys are str content digests, got {type(key).__name__}; use lr.digest(obj)")
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"store values are tensors, got {type(value).__name__} for key {key!r}")
-        # copy=True: a slice of a batch must not keep the whole padded batch alive.
-        self._entries[key] = value.detach().to(device=self.device, dtype=self.dtype or value.dtype, copy=True)
+        if key in self._entries:
+            return  # the first copy wins, as in every store
+        value = value.detach()
+        if self._codec is not None and self._codec.scaled:
+            self._entries[key] = encode(value, self._codec, key)  # int8 bytes and row scales, on the CPU
+        else:
+            # copy=True: a slice of a batch must not keep the whole padded batch alive.
+            dtype = self._codec.decoded if self._codec is not None else value.dtype
+            if self.codec == "float16" and value.numel() and float(value.abs().max()) > FLOAT16_MAX:
+                raise ValueError(
+                    f"entry {key!r} holds values up to {float(value.abs().max()):.4g}, beyond float16's range "
+                    f"(+-65504): they would be kept as inf. Use MemoryStore(codec='bfloat16') or codec=None"
+                )
+            self._entries[key] = value.to(device=self.device, dtype=dtype, copy=True)
+
+    def contains_many(self, keys: Sequence[str]) -> np.ndarray:
+        return np.fromiter((k in self._entries for k in keys), dtype=bool, count=len(keys))
 
     def get_many(
         self, keys: Sequence[str], device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> list[torch.Tensor]:
-        return [self[k].to(device=device or self.device, dtype=dtype or self[k].dtype) for k in keys]
+        out = []
+        for key in keys:
+            try:
+                entry = self._entries[key]
+            except (KeyError, TypeError):
+                raise KeyError(f"key {key!r} is not in the store ({len(self)} entries); fill it first") from None
+            if isinstance(entry, tuple):
+                out.append(decode(entry[0], entry[1], self._codec, device or self.device, dtype))
+            else:
+                out.append(entry.to(device=device or self.device, dtype=dtype or entry.dtype))
+        return out
 
     def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor]) -> None:
         for key, value in zip(keys, values, strict=True):
             self[key] = value
+
+    def flush(self) -> None:
+        """Nothing to do: a memory store lives as long as the process."""
+
+    def volume(self) -> int:
+        return sum(sum(a.nbytes for a in e) if isinstance(e, tuple) else e.numel() * e.element_size()
+                   for e in self._entries.values())
 
     def bind_fingerprint(self, fingerprint: Fingerprint) -> None:
         if self.fingerprint_parts is None:

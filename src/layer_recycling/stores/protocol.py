@@ -1,12 +1,16 @@
-"""The store Protocol: dict verbs over content keys, a batched get, and the fingerprint it was filled under."""
+"""The store Protocol: dict verbs over content keys, batched reads and writes, and the fingerprint it was filled under."""
 
 from __future__ import annotations
 
 from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import torch
 
 from ..fingerprint import Fingerprint
+
+VERBS = ("__contains__", "contains_many", "get_many", "put_many", "flush", "volume", "bind_fingerprint", "codec",
+         "keeps")
 
 
 @runtime_checkable
@@ -14,10 +18,13 @@ class Store(Protocol):
     """Anything that maps content keys (str) to per-example states (tensors, first dim ragged).
 
     ``codec`` names how values are kept (``"native"``, ``"float16"``, ...) and is part of the fingerprint.
-    ``fingerprint_parts`` is None until the store is bound to a bottom; ``bind`` records it (or refuses).
+    ``keeps`` is False for a store that keeps nothing (``NullStore``): then nothing is filled, loaders yield
+    model inputs, and the bottom runs on every batch. ``fingerprint_parts`` is None until the store is bound to
+    a bottom; ``bind_fingerprint`` records it (or refuses).
     """
 
     codec: str
+    keeps: bool
     fingerprint_parts: dict[str, str] | None
 
     def __contains__(self, key: object) -> bool: ...
@@ -30,13 +37,27 @@ class Store(Protocol):
 
     def __iter__(self) -> Iterator[str]: ...
 
+    def contains_many(self, keys: Sequence[str]) -> np.ndarray:
+        """A bool array: whether each of ``keys`` is stored."""
+        ...
+
     def get_many(
         self, keys: Sequence[str], device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> list[torch.Tensor]:
         """The states of ``keys`` in order, converted to ``dtype`` on ``device``; KeyError names a missing key."""
         ...
 
-    def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor]) -> None: ...
+    def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor]) -> None:
+        """Add entries (the first copy of a key wins); they are readable at once, durable after ``flush``."""
+        ...
+
+    def flush(self) -> None:
+        """Make every entry added so far durable."""
+        ...
+
+    def volume(self) -> int:
+        """Bytes the entries take (on disk for a disk store, in memory for a memory store)."""
+        ...
 
     def bind_fingerprint(self, fingerprint: Fingerprint) -> None:
         """Record ``fingerprint`` in an empty store, or check it against the recorded one."""
@@ -46,7 +67,7 @@ class Store(Protocol):
 def check_store(store: object) -> Store:
     """``store`` itself if it implements the Protocol; else a TypeError naming what is missing."""
     if not isinstance(store, Store):
-        missing = [v for v in ("__contains__", "get_many", "put_many", "bind_fingerprint", "codec") if not hasattr(store, v)]
+        missing = [v for v in VERBS if not hasattr(store, v)]
         raise TypeError(
             f"store={type(store).__name__} does not implement the store Protocol (missing: {', '.join(missing)}); "
             f"use lr.MemoryStore(), lr.DiskStore(path), or store=None for no caching"

@@ -1,0 +1,125 @@
+"""Fill: run the frozen bottom once per distinct example the store lacks, and check stored entries later.
+
+Functions here take the recycled model (``model.Recycled``) for its bottom, store, keys and counters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import warnings
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from . import data
+
+if TYPE_CHECKING:
+    from .model import Recycled
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    """Result of re-computing a sample of stored entries (see ``Recycled.verify``)."""
+
+    checked: int
+    mismatched: list[str]
+    max_abs_diff: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatched
+
+
+@torch.no_grad()
+def run_bottom(rec: Recycled, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The bottom's output for a right-padded batch of model inputs: (b, t, h) for text, (b, ...) otherwise."""
+    rec.bottom.eval()
+    rec.stats.bottom_calls += 1
+    rec.stats.bottom_examples += next(iter(batch.values())).shape[0]
+    if rec.arch.generic:
+        return rec.bottom(*batch.values())
+    return rec.bottom(**batch)
+
+
+def bottom_states(rec: Recycled, rows: list[dict[str, torch.Tensor]], device: torch.device) -> list[torch.Tensor]:
+    """Per-example states of unpadded ``rows``: one batch through the bottom, each row cut to its length."""
+    batch = data.collate_inputs(rows, rec.pad_id, ragged=rec.arch.masked)
+    out = run_bottom(rec, {n: v.to(device) for n, v in batch.items()})
+    if not rec.arch.masked:
+        return list(out)
+    return [out[i, : data.length(r)] for i, r in enumerate(rows)]
+
+
+def compute(rec: Recycled, pending: dict[str, dict], batch_size: int, progress: bool) -> None:
+    """Run the bottom on ``pending`` (key -> unpadded inputs) in length-sorted batches and store the states."""
+    keys = list(pending)
+    if rec.arch.masked:  # similar lengths together: less padding to compute
+        keys.sort(key=lambda k: data.length(pending[k]), reverse=True)
+    device = device_of(rec.bottom)
+    with tqdm(total=len(keys), unit="ex", desc="fill", disable=not progress or not keys) as bar:
+        for start in range(0, len(keys), batch_size):
+            chunk = keys[start : start + batch_size]
+            rec.store.put_many(chunk, bottom_states(rec, [pending[k] for k in chunk], device))
+            rec.stats.stored += len(chunk)
+            bar.update(len(chunk))
+    rec.store.flush()
+
+
+def missing(rec: Recycled, keyed: Iterable[tuple[str, dict]]) -> dict[str, dict]:
+    """The (key -> inputs) of ``keyed`` that the store lacks, each key once."""
+    first: dict[str, dict] = {}
+    for key, inputs in keyed:
+        first.setdefault(key, inputs)
+    keys = list(first)
+    stored = rec.store.contains_many(keys) if keys else []
+    return {k: first[k] for k, held in zip(keys, stored) if not held}
+
+
+def fill(rec: Recycled, examples: Iterable[Any], batch_size: int = 32, progress: bool = True) -> int:
+    """Run the bottom once per distinct example not yet stored; returns how many entries were added."""
+    if not rec.store.keeps:
+        return 0  # a NullStore keeps nothing: the bottom runs on every batch instead
+    pending = missing(rec, ((key, inputs) for key, inputs, _ in map(rec.encode, examples)))
+    compute(rec, pending, batch_size, progress)
+    return len(pending)
+
+
+def verify(rec: Recycled, examples: Iterable[Any], sample: int = 32, rtol: float | None = None,
+           atol: float = 1e-4, seed: int = 0) -> VerifyReport:
+    """Re-compute a random sample of stored entries and compare them with the store (see ``Recycled.verify``)."""
+    if not rec.store.keeps:
+        raise ValueError("verify() needs a store that keeps entries; this model was made with store=None")
+    stored: dict[str, dict] = {}
+    for key, inputs, _ in map(rec.encode, examples):
+        stored.setdefault(key, inputs)
+    held = rec.store.contains_many(list(stored)) if stored else []
+    stored = {k: v for (k, v), h in zip(stored.items(), held) if h}
+    keys = random.Random(seed).sample(sorted(stored), min(sample, len(stored)))
+    rtol = rtol if rtol is not None else (1e-3 if rec.store.codec in ("native", "float32") else 2e-2)
+    mismatched, worst = [], 0.0
+    device = device_of(rec.bottom)
+    for key in keys:
+        now = bottom_states(rec, [stored[key]], device)[0]
+        was = rec.store.get_many([key], device=now.device, dtype=now.dtype)[0]
+        worst = max(worst, float((now - was).abs().max()) if now.shape == was.shape else float("inf"))
+        if now.shape != was.shape or not torch.allclose(now, was, rtol=rtol, atol=atol):
+            mismatched.append(key)
+    report = VerifyReport(checked=len(keys), mismatched=mismatched, max_abs_diff=worst)
+    if mismatched:
+        warnings.warn(
+            f"{len(mismatched)} of {len(keys)} re-computed entries differ from the store (max abs diff "
+            f"{worst:.3g}): the inputs changed since they were stored (random augmentation?), so the cache "
+            f"serves stale states. Key the augmented inputs (the default key) or drop the augmentation.",
+            stacklevel=3,
+        )
+    return report
+
+
+def device_of(module: torch.nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
+def dtype_of(module: torch.nn.Module) -> torch.dtype:
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)

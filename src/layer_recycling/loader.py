@@ -1,0 +1,131 @@
+"""Training data: map-style datasets over stored states (or over model inputs, for a store that keeps nothing).
+
+Every epoch reads only the store; the bottom ran once, in ``fill``, before the first batch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+
+from . import data
+from .fill import compute, dtype_of, missing
+
+if TYPE_CHECKING:
+    from .model import Recycled
+    from .stores import Store
+
+
+class CachedDataset(torch.utils.data.Dataset):
+    """Item i is ``{"states": (n_i, h), labels...}`` read from the store; ``collate`` re-pads a batch."""
+
+    def __init__(self, store: Store, items: list[tuple[str, dict, int | None]], dtype: torch.dtype):
+        self.store, self.items, self.dtype = store, items, dtype
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        # One batched read per batch: DataLoader calls this when the dataset defines it.
+        keys = [self.items[i][0] for i in indices]
+        states = self.store.get_many(keys, dtype=self.dtype)
+        return [{"states": s, **self.items[i][1]} for s, i in zip(states, indices)]
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        states = [r.pop("states") for r in rows]
+        if self.items[0][2] is None:
+            return {"states": torch.stack(states), **data.collate_labels(rows, None, None)}
+        lengths = [s.shape[0] for s in states]
+        t = max(lengths)
+        batch = {"states": data.pad(states), "attention_mask": data.mask_for(lengths, t)}
+        return {**batch, **data.collate_labels(rows, lengths, t)}
+
+
+class InputDataset(torch.utils.data.Dataset):
+    """Item i is the unpadded model inputs and labels of example i; ``collate`` pads them into a model batch."""
+
+    def __init__(self, rows: list[tuple[dict, dict]], pad_id: int, ragged: bool):
+        self.rows, self.pad_id, self.ragged = rows, pad_id, ragged
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[dict, dict]:
+        return self.rows[i]
+
+    def collate(self, rows: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
+        batch = data.collate_inputs([r for r, _ in rows], self.pad_id, ragged=self.ragged)
+        lengths = [data.length(r) for r, _ in rows] if self.ragged else None
+        t = batch["input_ids"].shape[1] if self.ragged else None
+        return {**batch, **data.collate_labels([y for _, y in rows], lengths, t)}
+
+
+def make_loader(
+    rec: Recycled, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False, fill_batch_size: int = 32,
+    progress: bool = True, group_by_length: bool = False, seed: int | None = None, **dataloader_kwargs,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``examples`` for training the top (see ``Recycled.loader``)."""
+    encoded = [rec.encode(e) for e in examples]
+    if not encoded:
+        raise ValueError("loader() got no examples; pass a non-empty list (or iterable) of examples")
+    _check_labels(encoded)
+    lengths = [data.length(inputs) for _, inputs, _ in encoded] if rec.arch.masked else None
+    if rec.store.keeps:
+        compute(rec, missing(rec, ((k, i) for k, i, _ in encoded)), fill_batch_size, progress)
+        items = [(k, y, n) for (k, _, y), n in zip(encoded, lengths or [None] * len(encoded))]
+        dataset: Any = CachedDataset(rec.store, items, dtype=dtype_of(rec.top))
+    else:  # nothing kept: batches of model inputs, the bottom runs on each
+        dataset = InputDataset([(i, y) for _, i, y in encoded], rec.pad_id, ragged=rec.arch.masked)
+    return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
+
+
+def input_loader(model: torch.nn.Module, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False,
+                 group_by_length: bool = False, seed: int | None = None, **dataloader_kwargs
+                 ) -> torch.utils.data.DataLoader:
+    """Padded batches of ``model``'s inputs and labels: for training a whole, un-recycled model the same way."""
+    from .arch import lookup
+    from .model import input_names_of
+
+    arch = lookup(model)
+    names = input_names_of(model, arch.generic)
+    rows = [data.parts(data.normalize(e, names), names) for e in examples]
+    if not rows:
+        raise ValueError("input_loader() got no examples; pass a non-empty list (or iterable) of examples")
+    _check_labels([("", i, y) for i, y in rows])
+    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+    dataset = InputDataset(rows, pad_id, ragged=arch.masked)
+    lengths = [data.length(i) for i, _ in rows] if arch.masked else None
+    return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
+
+
+def dataloader(dataset: CachedDataset | InputDataset, lengths: list[int] | None, batch_size: int, shuffle: bool,
+               group_by_length: bool, seed: int | None, **dataloader_kwargs) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``dataset``, in batches of similar ``lengths`` when ``group_by_length``."""
+    if group_by_length and lengths is not None:
+        if dataloader_kwargs.get("drop_last"):
+            raise ValueError(
+                "loader(drop_last=True, group_by_length=True): batches of similar lengths come from a batch "
+                "sampler, which DataLoader cannot combine with drop_last. Drop one of the two options"
+            )
+        sampler = data.LengthGroupedBatches(lengths, batch_size, shuffle, seed)
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate,
+                                           **dataloader_kwargs)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                                       collate_fn=dataset.collate, **dataloader_kwargs)
+
+
+def _check_labels(encoded: list[tuple[str, dict, dict]]) -> None:
+    """All examples carry the same label fields: a batch cannot mix labelled and unlabelled examples."""
+    names = set(encoded[0][2])
+    for i, (_, _, labels) in enumerate(encoded):
+        if set(labels) != names:
+            have = sorted(labels) or "no labels"
+            raise ValueError(
+                f"example {i} has {have}, but example 0 has {sorted(names) or 'no labels'}: every example of a "
+                f"loader needs the same label fields. Add the missing labels, or leave labels out of all examples"
+            )

@@ -1,0 +1,203 @@
+"""``recycle``: the user's model cut at block k; its frozen bottom fills a store, its top trains and serves from it.
+
+The module's own forward is pure: stored states in, the model's outputs out. Keys, store reads and writes live
+in ``fill``, ``loader`` and ``serve``; the methods here only delegate to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from . import data, fill, loader, serve
+from .config import RecycleConfig
+from .fingerprint import fingerprint_of
+from .keys import digest
+from .split import split
+from .stores import MemoryStore, NullStore, Store, check_store
+
+_NOT_INPUTS = {
+    "inputs_embeds", "use_cache", "output_attentions", "output_hidden_states", "return_dict", "cache",
+    "past_key_values", "cache_position", "head_mask", "encoder_hidden_states", "encoder_attention_mask",
+    "logits_to_keep", "interpolate_pos_encoding", "kwargs", "args", *data.LABEL_NAMES,
+}
+_DEFAULT_STORE: Any = object()
+
+
+@dataclasses.dataclass
+class Stats:
+    """Counters of one recycled model (per process)."""
+
+    hits: int = 0  # examples served from the store at inference
+    misses: int = 0  # examples the bottom ran on at inference
+    stored: int = 0  # entries this model wrote to the store
+    bottom_calls: int = 0  # batches the bottom ran on (fill and inference)
+    bottom_examples: int = 0  # examples the bottom ran on (fill and inference)
+
+
+class Recycled(nn.Module):
+    """A model split at block ``at``: the frozen ``bottom`` fills a store, the ``top`` runs on stored states.
+
+    ``rec(**model_inputs)`` serves: hits come from the store and the bottom runs only on the misses.
+    ``rec(states=..., attention_mask=..., labels=...)`` (batches from ``loader``) runs the top alone.
+    The top's train/eval mode follows the wrapper's (train mode from construction, as any new module); the
+    bottom always runs in eval mode.
+    """
+
+    def __init__(self, model: nn.Module, config: RecycleConfig, store: Store,
+                 key: Callable[[Any], Any] | None = None, tokenizer: Any = None):
+        super().__init__()
+        self.config, self.store, self.key_fn = config, check_store(store), key
+        s = split(model, config.at, config.blocks)
+        self.bottom, self.top, self.at, self.num_layers, self.arch = s.bottom, s.top, s.at, s.num_layers, s.arch
+        self.bottom.requires_grad_(False)
+        self.input_names = input_names_of(model, generic=s.arch.generic)
+        self.pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+        self.stats = Stats()
+        self.fingerprint = fingerprint_of(
+            self.bottom, model=model, at=s.at, num_layers=s.num_layers, blocks=s.arch.blocks,
+            codec=self.store.codec, tokenizer=tokenizer, preprocess=config.preprocess,
+        )
+        self.store.bind_fingerprint(self.fingerprint)
+        self.train(self.training)  # the top leaves from_pretrained's eval mode with the wrapper
+
+    @property
+    def level(self) -> float:
+        """The recycled fraction of blocks."""
+        return self.at / self.num_layers if self.num_layers else 0.0
+
+    def train(self, mode: bool = True) -> Recycled:
+        super().train(mode)
+        self.bottom.eval()  # recycled blocks never train: their cached outputs stand for every epoch
+        return self
+
+    def encode(self, example: Any) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(key, unpadded model inputs, labels) of one raw example."""
+        ex = data.normalize(example, self.input_names)
+        inputs, labels = data.parts(ex, self.input_names)
+        key = digest(self.key_fn(example)) if self.key_fn is not None else serve.row_key(inputs)
+        return key, inputs, labels
+
+    # ---- the model ----------------------------------------------------------------------------------------
+
+    def forward(self, *args: torch.Tensor, states: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, **inputs: torch.Tensor):
+        """``rec(states=(b, n, h), attention_mask=(b, n), **labels)`` runs the top on stored states.
+
+        ``rec(**model_inputs)`` (no ``states``) serves through the store (``serve.serve``). Returns what the
+        model returns, with a loss when labels are given.
+        """
+        if states is None:
+            named = dict(zip(self.input_names, args))
+            return serve.serve(self, {**named, "attention_mask": attention_mask, **inputs})
+        return self._top(states, attention_mask, inputs)
+
+    def _top(self, states: torch.Tensor, mask: torch.Tensor | None, labels: dict[str, torch.Tensor]):
+        self._check_frozen()
+        unknown = sorted(set(labels) - set(data.LABEL_NAMES))
+        if unknown:
+            raise TypeError(f"with states=, expected attention_mask and labels {list(data.LABEL_NAMES)}; got {unknown}")
+        refused = sorted(set(labels) - self.top.accepts)
+        if refused:
+            takes = sorted(set(data.LABEL_NAMES) & self.top.accepts) or "none: it computes no loss"
+            raise TypeError(
+                f"{type(self.top.model).__name__} takes no {refused} (its labels: {takes}). Drop those fields "
+                f"from the examples, or call rec(states=batch['states']) and compute the loss yourself"
+            )
+        kwargs = {"attention_mask": mask} if self.arch.masked and mask is not None else {}
+        return self.top(states, **kwargs, **labels)
+
+    def _check_frozen(self) -> None:
+        trainable = [n for n, p in self.bottom.named_parameters() if p.requires_grad]
+        if trainable:
+            raise RuntimeError(
+                f"the recycled bottom has trainable parameters ({', '.join(trainable[:3])}"
+                f"{', ...' if len(trainable) > 3 else ''}): training them would make every stored state stale. "
+                f"Freeze them (rec.bottom.requires_grad_(False)) or recycle fewer blocks (lower `at`)."
+            )
+
+    # ---- the stages ---------------------------------------------------------------------------------------
+
+    def fill(self, examples: Iterable[Any], batch_size: int = 32, progress: bool = True) -> int:
+        """Run the bottom once per distinct example not yet stored; returns how many entries were added.
+
+        Duplicates within ``examples`` and keys already in the store are skipped: a second fill is free.
+        """
+        return fill.fill(self, examples, batch_size, progress)
+
+    def loader(self, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False, fill_batch_size: int = 32,
+               progress: bool = True, group_by_length: bool = False, seed: int | None = None,
+               **dataloader_kwargs) -> torch.utils.data.DataLoader:
+        """A DataLoader of training batches ``{"states", "attention_mask", labels...}`` read from the store.
+
+        Missing entries are filled first, once; after that no batch runs the bottom (with ``store=None`` the
+        batches hold model inputs instead, and the bottom runs on each). Pass a batch to the model:
+        ``rec(**batch).loss``. ``group_by_length`` batches examples of similar length together (shuffled when
+        ``shuffle``), so less padding is computed. Other keyword arguments go to ``torch.utils.data.DataLoader``.
+        """
+        return loader.make_loader(self, examples, batch_size, shuffle, fill_batch_size, progress, group_by_length,
+                                  seed, **dataloader_kwargs)
+
+    def predict(self, examples: Iterable[Any], batch_size: int = 32, progress: bool = True) -> list[dict]:
+        """Outputs for raw examples in order (one dict of tensors each), keyed as ``fill`` keys them."""
+        return serve.predict(self, examples, batch_size, progress)
+
+    def verify(self, examples: Iterable[Any], sample: int = 32, rtol: float | None = None, atol: float = 1e-4,
+               seed: int = 0) -> fill.VerifyReport:
+        """Re-compute a random sample of stored entries and compare them with the store.
+
+        Inputs that change between epochs (random augmentation) are frozen into the cache when ``key=`` keys
+        the raw object; this check finds it. Warns and reports the mismatched keys.
+        """
+        return fill.verify(self, examples, sample, rtol, atol, seed)
+
+
+def recycle(
+    model: nn.Module,
+    at: int | float | None = None,
+    store: Store | None = _DEFAULT_STORE,
+    *,
+    config: RecycleConfig | None = None,
+    key: Callable[[Any], Any] | None = None,
+    tokenizer: Any = None,
+    **options: Any,
+) -> Recycled:
+    """Recycle the bottom ``at`` blocks of ``model`` (int count or fraction; 0.5 of 6 blocks is 3).
+
+    Args:
+        model: a transformers model (base or task head) or any ``nn.Module`` with a block list. It is not
+            changed, except that the recycled blocks' parameters stop requiring gradients.
+        at: overrides ``config.at`` (default 0.5).
+        store: where states live; default a new ``MemoryStore()``. ``None`` keeps nothing (a ``NullStore``:
+            the bottom runs every call, the frozen-without-cache baseline).
+        config: a ``RecycleConfig``; ``options`` (its field names: ``blocks``, ``store_misses``,
+            ``preprocess``) override its fields.
+        key: ``example -> object`` to key examples yourself (e.g. an image file's bytes); default: a digest
+            of the model inputs that reach the bottom.
+        tokenizer: folded into the fingerprint, with ``preprocess`` (the tokenizer's call arguments).
+    Raises:
+        FingerprintMismatch: ``store`` was filled by a different bottom.
+        TypeError: an option that ``RecycleConfig`` does not have.
+    """
+    fields = {f.name for f in dataclasses.fields(RecycleConfig)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise TypeError(f"recycle() got unknown options {unknown}; expected some of {sorted(fields)}")
+    given = {**options, **({"at": at} if at is not None else {})}
+    config = dataclasses.replace(config or RecycleConfig(), **given)
+    store = MemoryStore() if store is _DEFAULT_STORE else NullStore() if store is None else store
+    return Recycled(model, config, store, key=key, tokenizer=tokenizer)
+
+
+def input_names_of(model: nn.Module, generic: bool) -> tuple[str, ...]:
+    """The model's forward inputs that reach the bottom, in signature order."""
+    target = model if generic else model.base_model
+    params = [p for p in inspect.signature(target.forward).parameters.values()
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if generic:
+        return tuple(p.name for p in params[:1])
+    return tuple(p.name for p in params if p.name not in _NOT_INPUTS)

@@ -1,0 +1,20 @@
+"""NullStore: the store API with nothing kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import layer_recycling as lr
+
+
+def test_null_store_keeps_nothing():
+    store = lr.NullStore()
+    assert isinstance(store, lr.Store) and not store.keeps
+    store.put_many(["a"], [torch.ones(1)])
+    store["b"] = torch.ones(1)
+    assert len(store) == 0 and "a" not in store and list(store) == [] and store.volume() == 0
+    assert np.array_equal(store.contains_many(["a", "b"]), [False, False])
+    with pytest.raises(KeyError, match="NullStore keeps nothing"):
+        store.get_many(["a"])
