@@ -72,3 +72,13 @@ def test_unkeyable_objects_name_their_type_and_the_key_option(obj, name):
     with pytest.raises(TypeError, match=name) as info:
         lr.digest(obj)
     assert "key=" in str(info.value)
+
+
+def test_palette_images_key_their_palette():
+    Image = pytest.importorskip("PIL.Image")
+    a = Image.new("P", (2, 2), 0)
+    b = a.copy()
+    a.putpalette([255, 0, 0] * 256)
+    b.putpalette([0, 0, 255] * 256)
+    assert a.tobytes() == b.tobytes()  # the same indices, other colours
+    assert lr.digest(a) != lr.digest(b)

@@ -227,3 +227,14 @@ def test_grouped_batches_cover_every_example_once_with_less_padding(bert):
     assert pads["grouped"] < pads["plain"] / 2
     first, second = ([b["labels"].tolist() for b in grouped] for _ in range(2))
     assert first != second  # a new order each epoch
+
+
+def test_a_user_key_given_to_two_different_inputs_is_refused_at_fill_and_flagged_by_verify(bert):
+    examples = [dict(e, id=i // 2) for i, e in enumerate(text_examples(4))]  # ids 0, 0, 1, 1: collisions
+    rec = lr.recycle(bert, at=2, key=lambda ex: ex["id"])
+    with pytest.raises(ValueError, match="examples 0 and 1 the same key.*inputs differ"):
+        rec.fill(examples, progress=False)
+    rec.fill(examples[::2], progress=False)  # one example per id: no collision within the fill
+    with pytest.warns(UserWarning, match="more than one distinct input"):
+        report = rec.verify(examples)
+    assert not report.ok and len(report.mismatched) == 2

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data
+from .keys import digest
 
 if TYPE_CHECKING:
     from .model import Recycled
@@ -68,13 +69,31 @@ def compute(rec: Recycled, pending: dict[str, dict], batch_size: int, progress: 
 
 
 def missing(rec: Recycled, keyed: Iterable[tuple[str, dict]]) -> dict[str, dict]:
-    """The (key -> inputs) of ``keyed`` that the store lacks, each key once."""
+    """The (key -> inputs) of ``keyed`` that the store lacks, each key once.
+
+    Raises:
+        ValueError: a ``key=`` function gave one key to two different inputs (their states would be mixed up).
+    """
     first: dict[str, dict] = {}
-    for key, inputs in keyed:
+    seen: dict[str, tuple[int, str]] = {}  # key -> (first example, digest of its inputs), for user keys
+    for i, (key, inputs) in enumerate(keyed):
+        if rec.key_fn is not None:
+            _check_collision(seen, key, i, inputs)
         first.setdefault(key, inputs)
     keys = list(first)
     stored = rec.store.contains_many(keys) if keys else []
     return {k: first[k] for k, held in zip(keys, stored) if not held}
+
+
+def _check_collision(seen: dict[str, tuple[int, str]], key: str, i: int, inputs: dict) -> None:
+    check = digest(data.key_fields(inputs))
+    j, was = seen.setdefault(key, (i, check))
+    if was != check:
+        raise ValueError(
+            f"key= gave examples {j} and {i} the same key {key[:12]}... but their model inputs differ: one stored "
+            f"state would serve both. Make the key function unique per input (e.g. include every field that "
+            f"changes the inputs), or drop key= to key by content"
+        )
 
 
 def fill(rec: Recycled, examples: Iterable[Any], batch_size: int = 32, progress: bool = True) -> int:
@@ -92,8 +111,14 @@ def verify(rec: Recycled, examples: Iterable[Any], sample: int = 32, rtol: float
     if not rec.store.keeps:
         raise ValueError("verify() needs a store that keeps entries; this model was made with store=None")
     stored: dict[str, dict] = {}
+    collided: dict[str, None] = {}
+    checks: dict[str, str] = {}
     for key, inputs, _ in map(rec.encode, examples):
         stored.setdefault(key, inputs)
+        if rec.key_fn is not None:
+            check = digest(data.key_fields(inputs))
+            if checks.setdefault(key, check) != check:  # one key, two different inputs
+                collided[key] = None
     held = rec.store.contains_many(list(stored)) if stored else []
     stored = {k: v for (k, v), h in zip(stored.items(), held) if h}
     keys = random.Random(seed).sample(sorted(stored), min(sample, len(stored)))
@@ -106,7 +131,13 @@ def verify(rec: Recycled, examples: Iterable[Any], sample: int = 32, rtol: float
         worst = max(worst, float((now - was).abs().max()) if now.shape == was.shape else float("inf"))
         if now.shape != was.shape or not torch.allclose(now, was, rtol=rtol, atol=atol):
             mismatched.append(key)
-    report = VerifyReport(checked=len(keys), mismatched=mismatched, max_abs_diff=worst)
+    report = VerifyReport(checked=len(keys), mismatched=mismatched + list(collided), max_abs_diff=worst)
+    if collided:
+        warnings.warn(
+            f"key= gave {len(collided)} key(s) to more than one distinct input (first: {next(iter(collided))}): "
+            f"the store serves one state for all of them. Make the key function unique per input",
+            stacklevel=3,
+        )
     if mismatched:
         warnings.warn(
             f"{len(mismatched)} of {len(keys)} re-computed entries differ from the store (max abs diff "

@@ -54,6 +54,8 @@ def _feed(h, obj: Any) -> None:
     elif _is_pil_image(obj):
         _frame(h, b"P", f"{obj.mode}:{obj.size[0]}x{obj.size[1]}".encode())
         _frame(h, b"p", obj.tobytes())
+        if obj.mode in ("P", "PA"):  # pixels are palette indices: the palette decides the colours
+            _frame(h, b"c", bytes(obj.getpalette() or []))
     elif isinstance(obj, Mapping):
         _feed_mapping(h, obj)
     elif isinstance(obj, (list, tuple)):
