@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import warnings
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -53,16 +53,21 @@ def bottom_states(rec: Recycled, rows: list[dict[str, torch.Tensor]], device: to
     return [out[i, : data.length(r)] for i, r in enumerate(rows)]
 
 
-def compute(rec: Recycled, pending: dict[str, dict], batch_size: int, progress: bool) -> None:
-    """Run the bottom on ``pending`` (key -> unpadded inputs) in length-sorted batches and store the states."""
+def compute(rec: Recycled, pending: dict[str, dict], batch_size: int, progress: bool,
+            states_of: Callable[[list[str], list[dict]], list[torch.Tensor]] | None = None) -> None:
+    """Run the bottom on ``pending`` (key -> unpadded inputs) in length-sorted batches and store the states.
+
+    ``states_of(keys, rows)`` replaces the bottom (a stacked fill reads a lower store and runs the middle).
+    """
     keys = list(pending)
     if rec.arch.masked:  # similar lengths together: less padding to compute
         keys.sort(key=lambda k: data.length(pending[k]), reverse=True)
     device = device_of(rec.bottom)
+    states_of = states_of or (lambda _, rows: bottom_states(rec, rows, device))
     with tqdm(total=len(keys), unit="ex", desc="fill", disable=not progress or not keys) as bar:
         for start in range(0, len(keys), batch_size):
             chunk = keys[start : start + batch_size]
-            rec.store.put_many(chunk, bottom_states(rec, [pending[k] for k in chunk], device))
+            rec.store.put_many(chunk, states_of(chunk, [pending[k] for k in chunk]))
             rec.stats.stored += len(chunk)
             bar.update(len(chunk))
     rec.store.flush()
@@ -96,12 +101,22 @@ def _check_collision(seen: dict[str, tuple[int, str]], key: str, i: int, inputs:
         )
 
 
-def fill(rec: Recycled, examples: Iterable[Any], batch_size: int = 32, progress: bool = True) -> int:
-    """Run the bottom once per distinct example not yet stored; returns how many entries were added."""
+def fill(rec: Recycled, examples: Iterable[Any], batch_size: int = 32, progress: bool = True,
+         start_from: Recycled | None = None) -> int:
+    """Run the bottom once per distinct example not yet stored; returns how many entries were added.
+
+    ``start_from``: the same model recycled at a lower level; its store feeds this fill, and only the blocks
+    between the two levels run (see ``stack.py``).
+    """
     if not rec.store.keeps:
         return 0  # a NullStore keeps nothing: the bottom runs on every batch instead
     pending = missing(rec, ((key, inputs) for key, inputs, _ in map(rec.encode, examples)))
-    compute(rec, pending, batch_size, progress)
+    if start_from is None:
+        compute(rec, pending, batch_size, progress)
+    else:
+        from .stack import stacked_states
+
+        compute(rec, pending, batch_size, progress, stacked_states(rec, start_from, pending, batch_size, progress))
     return len(pending)
 
 

@@ -52,6 +52,7 @@ class Recycled(nn.Module):
                  key: Callable[[Any], Any] | None = None, tokenizer: Any = None):
         super().__init__()
         self.config, self.store, self.key_fn = config, check_store(store), key
+        object.__setattr__(self, "source", model)  # not a submodule: its parameters are the halves' already
         s = split(model, config.at, config.blocks)
         self.bottom, self.top, self.at, self.num_layers, self.arch = s.bottom, s.top, s.at, s.num_layers, s.arch
         self.bottom.requires_grad_(False)
@@ -122,12 +123,15 @@ class Recycled(nn.Module):
 
     # ---- the stages ---------------------------------------------------------------------------------------
 
-    def fill(self, examples: Iterable[Any], batch_size: int = 32, progress: bool = True) -> int:
+    def fill(self, examples: Iterable[Any], batch_size: int = 32, progress: bool = True,
+             start_from: Recycled | None = None) -> int:
         """Run the bottom once per distinct example not yet stored; returns how many entries were added.
 
         Duplicates within ``examples`` and keys already in the store are skipped: a second fill is free.
+        ``start_from``: the same model recycled at a lower level (a lossless store): only the blocks between
+        the two levels run, on its stored states; its store is filled first where it lacks an example.
         """
-        return fill.fill(self, examples, batch_size, progress)
+        return fill.fill(self, examples, batch_size, progress, start_from)
 
     def loader(self, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False, fill_batch_size: int = 32,
                progress: bool = True, group_by_length: bool = False, seed: int | None = None,

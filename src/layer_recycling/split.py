@@ -169,15 +169,51 @@ def split(model: nn.Module, at: int | float, blocks: str | None = None) -> Split
     if arch.bottom_fix is not None:
         bottom_edits.update(arch.bottom_fix(base, k))
     bottom = Bottom(replace(base, bottom_edits))
-    top_edits = {arch.blocks: nn.ModuleList(layers[k:])}
-    for name in arch.seam:
-        top_edits[name] = Seam(_get(base, name), arch.entry, arch.keep)
-    top_edits.update({n: nn.Identity() for n in arch.blank if getattr(base, n, None) is not None})
-    top_edits.update({n: Zeros(_get(base, n)) for n in arch.zero})
-    if arch.top_fix is not None:
-        top_edits.update(arch.top_fix(base, k))
+    top_edits = _above(base, arch, layers, k)
     top = Top(replace(model, {_join(prefix, p): m for p, m in top_edits.items()}), arch.entry)
     return Split(bottom=bottom, top=top, at=k, num_layers=len(layers), arch=arch)
+
+
+def _above(base: nn.Module, arch: Arch, layers: nn.ModuleList, k: int) -> dict[str, nn.Module | None]:
+    """Edits of ``base`` that feed it the states at block k: the blocks from k on, the stem seamed or blanked."""
+    edits: dict[str, nn.Module | None] = {arch.blocks: nn.ModuleList(layers[k:])}
+    for name in arch.seam:
+        edits[name] = Seam(_get(base, name), arch.entry, arch.keep)
+    edits.update({n: nn.Identity() for n in arch.blank if getattr(base, n, None) is not None})
+    edits.update({n: Zeros(_get(base, n)) for n in arch.zero})
+    if arch.top_fix is not None:
+        edits.update(arch.top_fix(base, k))
+    return edits
+
+
+class Middle(nn.Module):
+    """Blocks j..k of a model: (states at block j (b, t, h), attention_mask (b, t)) -> states at block k."""
+
+    def __init__(self, run: nn.Module, entry: str | None):
+        super().__init__()
+        self.run, self.entry = run, entry
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.entry is None:
+            return self.run(states)
+        return self.run(**{self.entry: states}, attention_mask=attention_mask)
+
+
+def middle(model: nn.Module, j: int, k: int, blocks: str | None = None) -> Middle:
+    """The blocks ``j..k`` of ``model`` (0 <= j < k <= L), fed the states a split at ``j`` stores.
+
+    A store filled at level j feeds a fill at level k through it: only these blocks run.
+    """
+    arch = lookup(model, blocks)
+    root = model if arch.generic else model.base_model
+    layers = _block_list(root, arch.blocks)
+    if not 0 <= j < k <= len(layers):
+        raise ValueError(f"blocks {j}..{k}: expected 0 <= j < k <= {len(layers)} (the model has {len(layers)} blocks)")
+    if arch.generic:
+        return Middle(nn.Sequential(*layers[j:k]), None)
+    edits = {**_above(root, arch, layers, j), arch.blocks: nn.ModuleList(layers[j:k])}
+    edits.update({t: nn.Identity() for t in arch.tail if getattr(root, t, None) is not None})
+    return Middle(Bottom(replace(root, edits)), arch.entry)
 
 
 def _block_list(root: nn.Module, path: str) -> nn.ModuleList | nn.Sequential:
