@@ -66,10 +66,15 @@ def test_the_stored_codec_counts(bert):
     assert native["codec"] != half["codec"] and native["weights"] == half["weights"]
 
 
-def test_the_config_counts(bert):
+def test_the_config_counts_and_mismatches_say_what_differs_in_words(bert):
     other = text_model("bert", "ForSequenceClassification")
     other.config.layer_norm_eps = 1e-5
-    assert lr.recycle(bert, 2, None).fingerprint.parts["model"] != lr.recycle(other, 2, None).fingerprint.parts["model"]
+    store = lr.MemoryStore()
+    lr.recycle(bert, 2, store)
+    with pytest.raises(lr.FingerprintMismatch, match="config field layer_norm_eps: 1e-12 != 1e-05"):
+        lr.recycle(other, 2, store)
+    with pytest.raises(lr.FingerprintMismatch, match="split: stored 2 of 4 blocks of encoder.layer; now 3 of 4"):
+        lr.recycle(bert, 3, store)
 
 
 def test_a_reload_in_a_new_process_gives_the_same_fingerprint(bert, tmp_path):

@@ -16,7 +16,7 @@ from torch import nn
 
 from .keys import DIGEST_SIZE, digest
 
-FORMAT_VERSION = 2  # 2: the stored form is named "codec" (it was "dtype")
+FORMAT_VERSION = 2  # 2: readable parts (model class, config fields, split); the stored form is "codec"
 
 # Config fields that only shape the head or record provenance: changing them leaves the bottom's output alone.
 _HEAD_ONLY_CONFIG = {
@@ -32,7 +32,7 @@ class FingerprintMismatch(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Fingerprint:
-    """Named digests of what decides the bottom's output, and their combined digest ``value``."""
+    """Named parts of what decides the bottom's output (readable where short), and their combined ``digest``."""
 
     parts: dict[str, str]
 
@@ -42,16 +42,31 @@ class Fingerprint:
         return digest(self.parts)
 
     def check(self, recorded: dict[str, str], where: str) -> None:
-        """Raise ``FingerprintMismatch`` naming each part in which ``recorded`` differs from this one."""
+        """Raise ``FingerprintMismatch`` saying in words how ``recorded`` differs from this one."""
         names = sorted(set(recorded) | set(self.parts))
         differ = [n for n in names if recorded.get(n) != self.parts.get(n)]
         if differ:
-            detail = "; ".join(f"{n}: stored {recorded.get(n, '-')[:12]} != now {self.parts.get(n, '-')[:12]}" for n in differ)
+            detail = "; ".join(explain(n, recorded.get(n), self.parts.get(n)) for n in differ)
             raise FingerprintMismatch(
                 f"{where} was filled by a different bottom ({', '.join(differ)} differ: {detail}). Its entries "
                 f"would be wrong for this model. Use a new store (or a new directory), or load the model, split "
                 f"and preprocessing that filled it."
             )
+
+
+def explain(part: str, stored: str | None, now: str | None) -> str:
+    """One part's difference in words: config fields that differ, readable values, or digest prefixes."""
+    if part == "config" and stored and now and stored.startswith("{") and now.startswith("{"):
+        a, b = json.loads(stored), json.loads(now)
+        fields = [f"{k}: {a.get(k, '-')} != {b.get(k, '-')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        return "config field " + ", ".join(fields[:5]) + (f" (+{len(fields) - 5} more)" if len(fields) > 5 else "")
+    if _readable(stored) and _readable(now):
+        return f"{part}: stored {stored}; now {now}"
+    return f"{part}: stored {(stored or '-')[:12]} != now {(now or '-')[:12]}"
+
+
+def _readable(value: str | None) -> bool:
+    return value is not None and len(value) <= 80 and not (len(value) >= 32 and all(c in "0123456789abcdef" for c in value))
 
 
 def fingerprint_of(
@@ -68,8 +83,9 @@ def fingerprint_of(
     """Fingerprint of ``bottom`` (a half of ``model`` split at ``at`` of ``num_layers``) stored as ``codec``."""
     parts = {
         "format": str(FORMAT_VERSION),
-        "model": _model_digest(model, bottom),
-        "split": digest({"at": at, "num_layers": num_layers, "blocks": blocks}),
+        "model": _class_name(model),
+        "config": _config(model, bottom),
+        "split": f"{at} of {num_layers} blocks of {blocks or 'the model'}",
         "weights": weights_digest(bottom),
         "codec": codec,
     }
@@ -89,14 +105,18 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _model_digest(model: nn.Module, bottom: nn.Module) -> str:
+def _class_name(model: nn.Module) -> str:
     base = getattr(model, "base_model", model)
+    return f"{type(base).__module__}.{type(base).__qualname__}"
+
+
+def _config(model: nn.Module, bottom: nn.Module) -> str:
+    """The model config's fields that can change the bottom's output, as canonical JSON (a plain module: a digest)."""
     config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        described = {k: v for k, v in config.to_dict().items() if k not in _HEAD_ONLY_CONFIG}
-    else:
-        described = repr(bottom)  # a plain module: its structure (layer types and sizes) describes it
-    return digest({"class": f"{type(base).__module__}.{type(base).__qualname__}", "config": _jsonable(described)})
+    if config is None or not hasattr(config, "to_dict"):
+        return digest(repr(bottom))  # a plain module: its structure (layer types and sizes) describes it
+    described = {k: v for k, v in config.to_dict().items() if k not in _HEAD_ONLY_CONFIG}
+    return json.dumps(_jsonable(described), sort_keys=True, separators=(",", ":"))
 
 
 def _tokenizer_digest(tokenizer: Any) -> str | None:

@@ -62,7 +62,7 @@ def check_stackable(rec: Recycled, lower: Recycled) -> None:
     s = split(rec.source, lower.at, rec.config.blocks)
     own = fingerprint_of(s.bottom, model=rec.source, at=s.at, num_layers=s.num_layers, blocks=s.arch.blocks,
                          codec=lower.store.codec).parts
-    parts = [p for p in ("model", "split", "weights") if lower.fingerprint.parts.get(p) != own[p]]
+    parts = [p for p in ("model", "config", "split", "weights") if lower.fingerprint.parts.get(p) != own[p]]
     parts += ["preprocess"] if lower.fingerprint.parts.get("preprocess") != rec.fingerprint.parts.get("preprocess") else []
     if parts:
         raise FingerprintMismatch(
