@@ -23,7 +23,7 @@ def test_an_empty_loader_and_drop_last_with_grouping_are_explained(bert):
     rec = lr.recycle(bert, at=2)
     with pytest.raises(ValueError, match="got no examples"):
         rec.loader([], progress=False)
-    with pytest.raises(ValueError, match="drop_last=True, group_by_length=True.*Drop one"):
+    with pytest.raises(ValueError, match="drop_last=True.*group_by_length=True.*Drop drop_last"):
         rec.loader(text_examples(), group_by_length=True, drop_last=True, progress=False)
 
 

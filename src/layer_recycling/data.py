@@ -195,18 +195,25 @@ def collate_labels(
 
 
 class LengthGroupedBatches(torch.utils.data.Sampler):
-    """Batches of similar lengths: shuffle, sort within windows of 50 batches, cut, shuffle the batches.
+    """One rank's batches of an epoch: shuffled, grouped by length, and (with ``world`` > 1) a disjoint share.
 
-    Each epoch draws a new order (seeded from ``seed`` and the epoch) when ``shuffle``; ``set_epoch`` picks it.
+    Each epoch draws a new order from ``seed`` and the epoch (``set_epoch`` picks one; each pass moves to the
+    next). Examples are sorted by length within windows of 50 batches (``group=True``) so that batches hold
+    similar lengths. As ``DistributedSampler``: the order is padded by repeating its first examples to a
+    multiple of ``world``, and rank r takes every world-th example, so every rank gets equally many batches.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int | None = None):
-        self.lengths, self.batch_size, self.shuffle = list(lengths), batch_size, shuffle
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int | None = None,
+                 *, rank: int = 0, world: int = 1, group: bool = True):
+        self.lengths, self.batch_size, self.shuffle, self.group = list(lengths), batch_size, shuffle, group
         self.seed = seed if seed is not None else random.randrange(2**31)
-        self.epoch = 0
+        self.rank, self.world, self.epoch = rank, world, 0
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        return -(-self._per_rank() // self.batch_size)
+
+    def _per_rank(self) -> int:
+        return -(-len(self.lengths) // self.world)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -217,10 +224,13 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         order = list(range(len(self.lengths)))
         if self.shuffle:
             rng.shuffle(order)
-        window = self.batch_size * 50
-        order = [i for s in range(0, len(order), window)
-                 for i in sorted(order[s : s + window], key=self.lengths.__getitem__, reverse=True)]
+        order += order[: self._per_rank() * self.world - len(order)]
+        order = order[self.rank :: self.world]
+        if self.group:
+            window = self.batch_size * 50
+            order = [i for s in range(0, len(order), window)
+                     for i in sorted(order[s : s + window], key=self.lengths.__getitem__, reverse=True)]
         batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
-        if self.shuffle:
+        if self.shuffle and self.group:
             rng.shuffle(batches)
         return iter(batches)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from . import data
+from . import data, distributed
 from .keys import digest
 
 if TYPE_CHECKING:
@@ -102,22 +102,52 @@ def _check_collision(seen: dict[str, tuple[int, str]], key: str, i: int, inputs:
 
 
 def fill(rec: Recycled, examples: Iterable[Any], batch_size: int = 32, progress: bool = True,
-         start_from: Recycled | None = None) -> int:
+         start_from: Recycled | None = None, group: Any = None) -> int:
     """Run the bottom once per distinct example not yet stored; returns how many entries were added.
 
     ``start_from``: the same model recycled at a lower level; its store feeds this fill, and only the blocks
-    between the two levels run (see ``stack.py``).
+    between the two levels run (see ``stack.py``). In a process group each rank computes its share.
     """
+    keyed = [(key, inputs) for key, inputs, _ in map(rec.encode, examples)]
+    return fill_keyed(rec, keyed, batch_size, progress, start_from, group)
+
+
+def fill_keyed(rec: Recycled, keyed: list[tuple[str, dict]], batch_size: int, progress: bool,
+               start_from: Recycled | None = None, group: Any = None) -> int:
+    """``fill`` for examples already keyed: (key, unpadded inputs) pairs."""
     if not rec.store.keeps:
         return 0  # a NullStore keeps nothing: the bottom runs on every batch instead
-    pending = missing(rec, ((key, inputs) for key, inputs, _ in map(rec.encode, examples)))
-    if start_from is None:
-        compute(rec, pending, batch_size, progress)
+    ranks = distributed.active_group(group)
+    if ranks is not None and not getattr(rec.store, "shared", False):
+        distributed.warn_unshared(rec.store)
+        ranks = None
+    if ranks is None:
+        pending = missing(rec, keyed)
+        _compute(rec, pending, batch_size, progress, start_from)
+        return len(pending)
+    group, rank, world = ranks
+    distributed.barrier(group)  # every rank reads the store in one state ...
+    pending = missing(rec, keyed)
+    distributed.barrier(group)  # ... before any rank writes to it
+    lengths = {k: data.length(v) if rec.arch.masked else 1 for k, v in pending.items()}
+    _compute(rec, distributed.share(pending, lengths, rank, world), batch_size, progress, start_from)
+    distributed.barrier(group)
+    merged = rec.store.compact() if rank == 0 and hasattr(rec.store, "compact") else None
+    snapshot = distributed.broadcast(merged, group)  # its name travels through the group, never a listing
+    if hasattr(rec.store, "open_snapshot"):
+        rec.store.open_snapshot(snapshot)
     else:
-        from .stack import stacked_states
-
-        compute(rec, pending, batch_size, progress, stacked_states(rec, start_from, pending, batch_size, progress))
+        rec.store.refresh()
     return len(pending)
+
+
+def _compute(rec: Recycled, pending: dict[str, dict], batch_size: int, progress: bool,
+             start_from: Recycled | None) -> None:
+    if start_from is None:
+        return compute(rec, pending, batch_size, progress)
+    from .stack import stacked_states
+
+    compute(rec, pending, batch_size, progress, stacked_states(rec, start_from, pending, batch_size, progress))
 
 
 def verify(rec: Recycled, examples: Iterable[Any], sample: int = 32, rtol: float | None = None,

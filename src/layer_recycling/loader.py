@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-from . import data
-from .fill import compute, dtype_of, missing
+from . import data, distributed
+from .fill import dtype_of, fill_keyed
 
 if TYPE_CHECKING:
     from .model import Recycled
@@ -75,7 +75,7 @@ def make_loader(
     _check_labels(encoded)
     lengths = [data.length(inputs) for _, inputs, _ in encoded] if rec.arch.masked else None
     if rec.store.keeps:
-        compute(rec, missing(rec, ((k, i) for k, i, _ in encoded)), fill_batch_size, progress)
+        fill_keyed(rec, [(k, i) for k, i, _ in encoded], fill_batch_size, progress)
         items = [(k, y, n) for (k, _, y), n in zip(encoded, lengths or [None] * len(encoded))]
         dataset: Any = CachedDataset(rec.store, items, dtype=dtype_of(rec.top))
     else:  # nothing kept: batches of model inputs, the bottom runs on each
@@ -104,19 +104,31 @@ def input_loader(model: torch.nn.Module, examples: Iterable[Any], batch_size: in
 
 def dataloader(dataset: CachedDataset | InputDataset, lengths: list[int] | None, batch_size: int, shuffle: bool,
                group_by_length: bool, seed: int | None, **dataloader_kwargs) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``dataset``, in batches of similar ``lengths`` when ``group_by_length``."""
-    if group_by_length and lengths is not None:
-        if dataloader_kwargs.get("drop_last"):
-            raise ValueError(
-                "loader(drop_last=True, group_by_length=True): batches of similar lengths come from a batch "
-                "sampler, which DataLoader cannot combine with drop_last. Drop one of the two options"
-            )
-        sampler = data.LengthGroupedBatches(lengths, batch_size, shuffle, seed)
-        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate,
-                                           **dataloader_kwargs)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                                       collate_fn=dataset.collate, **dataloader_kwargs)
+    """A DataLoader over ``dataset``: in batches of similar ``lengths`` when ``group_by_length``, and in a
+    process group (torchrun) each rank's disjoint, equal share of every epoch. ``sampler=``/``batch_sampler=``
+    in ``dataloader_kwargs`` replace ours."""
+    common = dict(collate_fn=dataset.collate, **dataloader_kwargs)
+    if "batch_sampler" in dataloader_kwargs:
+        return torch.utils.data.DataLoader(dataset, **common)
+    if "sampler" in dataloader_kwargs:
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, **common)
+    ranks = distributed.active_group()
+    grouped = group_by_length and lengths is not None
+    if not grouped and ranks is None:
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                                           **common)
+    if dataloader_kwargs.get("drop_last"):
+        raise ValueError(
+            "loader(drop_last=True) with group_by_length=True or in a process group: those batches come from a "
+            "batch sampler, which DataLoader cannot combine with drop_last. Drop drop_last"
+        )
+    _, rank, world = ranks or (None, 0, 1)
+    if ranks is not None and seed is None:
+        seed = distributed.broadcast(torch.randint(2**31, ()).item(), ranks[0])  # one order for all ranks
+    sampler = data.LengthGroupedBatches(lengths or [1] * len(dataset), batch_size, shuffle, seed, rank=rank,
+                                        world=world, group=grouped)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
 
 
 def _check_labels(encoded: list[tuple[str, dict, dict]]) -> None:

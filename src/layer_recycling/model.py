@@ -124,14 +124,17 @@ class Recycled(nn.Module):
     # ---- the stages ---------------------------------------------------------------------------------------
 
     def fill(self, examples: Iterable[Any], batch_size: int = 32, progress: bool = True,
-             start_from: Recycled | None = None) -> int:
+             start_from: Recycled | None = None, group: Any = None) -> int:
         """Run the bottom once per distinct example not yet stored; returns how many entries were added.
 
         Duplicates within ``examples`` and keys already in the store are skipped: a second fill is free.
         ``start_from``: the same model recycled at a lower level (a lossless store): only the blocks between
         the two levels run, on its stored states; its store is filled first where it lacks an example.
+        In a process group (``torch.distributed`` initialised, or ``group=``) with a store all ranks share
+        (a ``DiskStore``), every rank passes the same examples and computes a disjoint share of the missing
+        keys, balanced by token count; then all ranks see every entry.
         """
-        return fill.fill(self, examples, batch_size, progress, start_from)
+        return fill.fill(self, examples, batch_size, progress, start_from, group)
 
     def loader(self, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False, fill_batch_size: int = 32,
                progress: bool = True, group_by_length: bool = False, seed: int | None = None,

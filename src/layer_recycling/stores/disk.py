@@ -93,7 +93,12 @@ class DiskStore:
     def __contains__(self, key: object) -> bool:
         return isinstance(key, str) and self._find(key) is not None
 
+    def refresh(self) -> None:
+        """See entries other processes committed since this object last looked."""
+        self._refresh()
+
     keeps = True
+    shared = True  # every process that opens the directory sees the same entries
 
     def contains_many(self, keys: Sequence[str]) -> np.ndarray:
         return np.fromiter((k in self for k in keys), dtype=bool, count=len(keys))

@@ -1,0 +1,128 @@
+"""Two ranks with the gloo backend (spawned here, shut down at the end): fill, loaders and DDP training."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import layer_recycling as lr
+from conftest import text_examples, text_model
+
+WORLD = 2
+
+
+def _init(rank: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
+                                         world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+
+
+def _run(worker, folder: Path, *args) -> None:
+    torch.multiprocessing.spawn(worker, args=(str(folder), *args), nprocs=WORLD, join=True)
+
+
+def _fill_worker(rank: int, folder: str) -> None:
+    _init(rank, folder)
+    try:
+        rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(f"{folder}/store"))
+        added = rec.fill(text_examples(11) * 2, batch_size=1, progress=False)
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(
+            {"added": added, "bottom_examples": rec.stats.bottom_examples, "seen": len(rec.store)}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_ranks_fill_each_key_once_and_equal_one_process(tmp_path):
+    _run(_fill_worker, tmp_path)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert [r["added"] for r in ranks] == [11, 11] and [r["seen"] for r in ranks] == [11, 11]
+    assert sum(r["bottom_examples"] for r in ranks) == 11 and min(r["bottom_examples"] for r in ranks) >= 4
+    alone = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "one"))
+    alone.fill(text_examples(11), batch_size=1, progress=False)
+    shared = lr.DiskStore(tmp_path / "store", readonly=True)
+    keys = sorted(alone.store)
+    assert sorted(shared) == keys
+    for a, b in zip(alone.store.get_many(keys), shared.get_many(keys)):
+        assert torch.equal(a, b)  # byte-identical: each example ran alone (batch_size=1) in both fills
+
+
+def _loader_worker(rank: int, folder: str) -> None:
+    _init(rank, folder)
+    try:
+        rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(f"{folder}/store"))
+        examples = [dict(e, label=i) for i, e in enumerate(text_examples(23, lengths=tuple(range(2, 30))))]
+        epochs = {}
+        for grouped in (False, True):
+            loader = rec.loader(examples, batch_size=4, shuffle=True, seed=7, group_by_length=grouped, progress=False)
+            epochs[str(grouped)] = []
+            for epoch in range(2):
+                loader.batch_sampler.set_epoch(epoch)
+                epochs[str(grouped)].append([b["labels"].tolist() for b in loader])
+        Path(folder, f"rank{rank}.json").write_text(json.dumps(epochs))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_each_rank_reads_an_equal_disjoint_share_of_every_epoch(tmp_path):
+    _run(_loader_worker, tmp_path)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    for grouped in ("False", "True"):
+        for epoch in range(2):
+            batches = [ranks[r][grouped][epoch] for r in range(WORLD)]
+            assert len(batches[0]) == len(batches[1]) == 3  # 23 examples padded to 24, 12 per rank
+            seen = [sorted(x for b in batches[r] for x in b) for r in range(WORLD)]
+            assert len(seen[0]) == len(seen[1]) == 12
+            assert sorted(set(seen[0]) | set(seen[1])) == list(range(23))  # every example, one repeated to pad
+            assert len(set(seen[0]) & set(seen[1])) <= 1
+        assert ranks[0][grouped][0] != ranks[0][grouped][1]  # a new order each epoch
+
+
+def _ddp_worker(rank: int, folder: str, steps: int) -> None:
+    _init(rank, folder)
+    try:
+        torch.manual_seed(0)
+        rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(f"{folder}/store"))
+        rec.eval()  # dropout off: the single-process reference must draw the same numbers
+        loader = rec.loader(text_examples(16), batch_size=2, shuffle=True, seed=3, progress=False)
+        model = torch.nn.parallel.DistributedDataParallel(rec)  # the one-line wrap: the bottom has no grads
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+        batches = []
+        for step, batch in zip(range(steps), loader):
+            batches.append(batch["labels"].tolist())
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        if rank == 0:
+            torch.save({k: v for k, v in rec.top.state_dict().items()}, f"{folder}/top.pt")
+        Path(folder, f"rank{rank}.json").write_text(json.dumps({"calls": rec.stats.bottom_examples}))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_training_of_the_top_equals_one_process_on_the_same_global_batches(tmp_path):
+    steps = 3
+    _run(_ddp_worker, tmp_path, steps)
+    torch.manual_seed(0)
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "store"))
+    rec.eval()
+    examples = text_examples(16)
+    shares = []
+    for rank in range(WORLD):  # the batches each rank read: the same sampler, told its rank
+        sampler = lr.data.LengthGroupedBatches([1] * 16, 2, shuffle=True, seed=3, rank=rank, world=WORLD, group=False)
+        shares.append(list(sampler))
+    dataset = rec.loader(examples, batch_size=2, progress=False).dataset
+    opt = torch.optim.SGD([p for p in rec.parameters() if p.requires_grad], lr=0.5)
+    for step in range(steps):
+        losses = [rec(**dataset.collate(dataset.__getitems__(shares[r][step]))).loss for r in range(WORLD)]
+        (sum(losses) / WORLD).backward()  # DDP averages the ranks' gradients
+        opt.step()
+        opt.zero_grad()
+    trained = torch.load(tmp_path / "top.pt")
+    worst = max(float((trained[k] - v).abs().max()) for k, v in rec.top.state_dict().items())
+    assert worst <= 1e-5
+    assert sum(json.loads((tmp_path / f"rank{r}.json").read_text())["calls"] for r in range(WORLD)) == 16
