@@ -19,7 +19,7 @@ WORLD = 2
 def _init(rank: int, folder: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
-                                         world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+                                         world_size=WORLD, timeout=datetime.timedelta(seconds=20))
 
 
 def _run(worker, folder: Path, *args) -> None:
@@ -126,3 +126,38 @@ def test_ddp_training_of_the_top_equals_one_process_on_the_same_global_batches(t
     worst = max(float((trained[k] - v).abs().max()) for k, v in rec.top.state_dict().items())
     assert worst <= 1e-5
     assert sum(json.loads((tmp_path / f"rank{r}.json").read_text())["calls"] for r in range(WORLD)) == 16
+
+
+def _dying_worker(rank: int, folder: str) -> None:
+    _init(rank, folder)
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(f"{folder}/store"))
+    if rank == 1:  # killed after its third committed entry, mid-fill
+        put, count = rec.store.put_many, [0]
+
+        def put_then_die(keys, values):
+            put(keys, values)
+            rec.store.flush()
+            count[0] += 1
+            if count[0] == 3:
+                os._exit(9)
+
+        rec.store.put_many = put_then_die
+    rec.fill(text_examples(11), batch_size=1, progress=False)
+
+
+def test_a_rank_killed_mid_fill_then_a_rerun_completes_the_store(tmp_path):
+    with pytest.raises(Exception):
+        _run(_dying_worker, tmp_path)
+    partial = len(lr.DiskStore(tmp_path / "store", readonly=True))
+    assert 3 <= partial < 11
+    for name in ("rendezvous", "rank0.json", "rank1.json"):
+        (tmp_path / name).unlink(missing_ok=True)
+    _run(_fill_worker, tmp_path)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    assert sum(r["bottom_examples"] for r in ranks) == 11 - partial  # only the missing keys ran
+    alone = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "one"))
+    alone.fill(text_examples(11), batch_size=1, progress=False)
+    shared = lr.DiskStore(tmp_path / "store", readonly=True)
+    keys = sorted(alone.store)
+    assert sorted(shared) == keys
+    assert all(torch.equal(a, b) for a, b in zip(alone.store.get_many(keys), shared.get_many(keys)))

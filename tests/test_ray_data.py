@@ -1,0 +1,55 @@
+"""A local Ray (2 CPUs, no dashboard, shut down at the end) fills the store as one process would."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import layer_recycling as lr
+from conftest import text_examples, text_model
+
+ray = pytest.importorskip("ray", reason="the ray extra: pip install 'layer-recycling[ray]'")
+
+
+def make(path: str) -> lr.Recycled:
+    return lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(path))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    here = Path(__file__).parent
+    path = os.pathsep.join([str(here), str(here.parent / "src"), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_fill_equals_one_process_and_runs_each_key_once(local_ray, tmp_path):
+    from layer_recycling.integrations.ray_data import fill_from_dataset
+
+    examples = text_examples(13)
+    dataset = local_ray.data.from_items(examples + examples[:5])  # duplicates: computed once
+    summary = fill_from_dataset(functools.partial(make, str(tmp_path / "store")), dataset, batch_size=1,
+                                concurrency=2, num_cpus=0.5)
+    assert summary["computed"] == 13
+    alone = make(str(tmp_path / "one"))
+    alone.fill(examples, batch_size=1, progress=False)
+    filled = lr.DiskStore(tmp_path / "store", readonly=True)
+    keys = sorted(alone.store)
+    assert sorted(filled) == keys
+    assert all(torch.equal(a, b) for a, b in zip(alone.store.get_many(keys), filled.get_many(keys)))
+
+
+@pytest.mark.slow
+def test_a_second_ray_fill_is_free(local_ray, tmp_path):
+    from layer_recycling.integrations.ray_data import fill_from_dataset
+
+    dataset = local_ray.data.from_items(text_examples(6))
+    factory = functools.partial(make, str(tmp_path / "store"))
+    assert fill_from_dataset(factory, dataset, batch_size=2, num_cpus=0.5)["computed"] == 6
+    assert fill_from_dataset(factory, dataset, batch_size=2, num_cpus=0.5)["computed"] == 0
