@@ -47,7 +47,7 @@ def main() -> None:
     examples = [{**tok(text, **call), "label": label} for text, label in train]
 
     rec = lr.recycle(model, at=args.at, tokenizer=tok, preprocess=call)
-    print(f"recycling {rec.at} of {rec.num_layers} blocks of all-MiniLM-L6-v2; fingerprint {rec.fingerprint[:12]}")
+    print(f"recycling {rec.at} of {rec.num_layers} blocks of all-MiniLM-L6-v2; fingerprint {rec.fingerprint.digest[:12]}")
     start = time.perf_counter()
     loader = rec.loader(examples, batch_size=32, shuffle=True, group_by_length=True, seed=0)  # fills once
     print(f"fill: {len(rec.store)} entries in {time.perf_counter() - start:.1f} s")

@@ -161,3 +161,17 @@ def test_a_rank_killed_mid_fill_then_a_rerun_completes_the_store(tmp_path):
     keys = sorted(alone.store)
     assert sorted(shared) == keys
     assert all(torch.equal(a, b) for a, b in zip(alone.store.get_many(keys), shared.get_many(keys)))
+
+
+def test_the_ddp_example_runs_under_torchrun(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(root / "examples" / "ddp.py"), "--store", str(tmp_path / "store"), "--model", "tiny",
+           "--examples", "80", "--epochs", "2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("epoch 2: 2 batches") == 2  # each rank: 40 of the 80 examples (rank lines may interleave)
+    assert len(lr.DiskStore(tmp_path / "store", readonly=True)) == 80

@@ -80,7 +80,8 @@ def row_key(inputs: dict[str, torch.Tensor]) -> str:
 
 
 def _is_per_token(v: torch.Tensor, layout: data.Layout) -> bool:
-    return v.dim() >= 2 and v.shape[1] == layout.t
+    # Per-token labels are class ids (b, t); float (b, labels) are multi-label targets, whatever their width.
+    return v.dim() >= 2 and v.shape[1] == layout.t and not v.is_floating_point()
 
 
 def restore(out: Any, layout: data.Layout) -> Any:
