@@ -11,6 +11,8 @@ from typing import Callable
 
 from torch import nn
 
+from .heads import LastTokenClassifier
+
 
 @dataclasses.dataclass(frozen=True)
 class Arch:
@@ -36,8 +38,9 @@ class Arch:
     """Family-specific edits of the top: (base model, split index) -> {dotted path in base: replacement}."""
     bottom_fix: Callable[[nn.Module, int], dict[str, nn.Module | None]] | None = None
     """Family-specific edits of the bottom, like ``top_fix``."""
-    unsupported_heads: tuple[str, ...] = ()
-    """Head class suffixes the top cannot feed (they read ``input_ids``, which the top does not receive)."""
+    heads: tuple[tuple[str, Callable[[nn.Module], nn.Module]], ...] = ()
+    """(head class suffix, wrapper): heads that read ``input_ids``, which the top does not receive, restated
+    by a wrapper of the top model (e.g. ``heads.LastTokenClassifier``)."""
     generic: bool = False
     """A plain ``nn.Module``: the bottom is stem + blocks run in order, the top is the model with its stem blanked."""
 
@@ -64,9 +67,9 @@ def _deberta_bottom(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
     return {"encoder": _EmptyEncoder()} if at == 0 else {}
 
 
-# Decoder classifiers pool the last non-pad token, found from input_ids: fed states, they would pool padding.
-_LAST_TOKEN = ("ForSequenceClassification",)
-_DECODER = Arch(blocks="layers", tail=("norm",), unsupported_heads=_LAST_TOKEN)
+# Decoder classifiers pool the last non-pad token, found from input_ids: fed states, the top pools it from the mask.
+_LAST_TOKEN = (("ForSequenceClassification", LastTokenClassifier),)
+_DECODER = Arch(blocks="layers", tail=("norm",), heads=_LAST_TOKEN)
 _BERT = Arch(blocks="encoder.layer", seam=("embeddings",), tail=("pooler",))
 
 TABLE: dict[str, Arch] = {
@@ -89,7 +92,7 @@ TABLE: dict[str, Arch] = {
         tail=("layernorm", "pooler"),
         masked=False,
     ),
-    "gpt2": Arch(blocks="h", zero=("wpe",), blank=("drop",), tail=("ln_f",), unsupported_heads=_LAST_TOKEN),
+    "gpt2": Arch(blocks="h", zero=("wpe",), blank=("drop",), tail=("ln_f",), heads=_LAST_TOKEN),
     "llama": _DECODER,
     "mistral": _DECODER,
     "qwen2": _DECODER,
@@ -101,11 +104,6 @@ def lookup(model: nn.Module, blocks: str | None = None) -> Arch:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type in TABLE:
         arch = TABLE[model_type]
-        if type(model).__name__.endswith(arch.unsupported_heads):
-            raise ValueError(
-                f"{type(model).__name__} is not supported: its head reads input_ids, which the recycled top does "
-                f"not receive. Recycle the base model ({type(model.base_model).__name__}) and put your head on it."
-            )
         return arch if blocks is None else dataclasses.replace(arch, blocks=blocks)
     if model_type is not None and blocks is None:
         known = ", ".join(sorted(TABLE))

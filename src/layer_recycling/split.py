@@ -176,7 +176,11 @@ def split(model: nn.Module, at: int | float, blocks: str | None = None) -> Split
     top_edits.update({n: Zeros(_get(base, n)) for n in arch.zero})
     if arch.top_fix is not None:
         top_edits.update(arch.top_fix(base, k))
-    top = Top(replace(model, {_join(prefix, p): m for p, m in top_edits.items()}), arch.entry)
+    top_model = replace(model, {_join(prefix, p): m for p, m in top_edits.items()})
+    for suffix, wrap in arch.heads:  # heads that read input_ids are restated on states
+        if type(model).__name__.endswith(suffix):
+            top_model = wrap(top_model)
+    top = Top(top_model, arch.entry)
     return Split(bottom=bottom, top=top, at=k, num_layers=len(layers), arch=arch)
 
 
