@@ -23,6 +23,9 @@ class RecycleConfig:
     """At inference, store the states of examples the store did not hold (misses)."""
     preprocess: dict | None = None
     """The tokenizer's call arguments (max_length, truncation, ...): part of the fingerprint."""
+    untie: bool = False
+    """Give the top its own trainable copy of parameters tied to the frozen bottom (an LM head tied to the input
+    embeddings); False keeps them tied, hence frozen, and warns."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,7 +17,7 @@ from . import data, fill, loader, serve
 from .config import RecycleConfig
 from .fingerprint import fingerprint_of
 from .keys import digest
-from .split import split
+from .split import resolve_ties, split
 from .stores import MemoryStore, NullStore, Store, check_store
 
 _NOT_INPUTS = {
@@ -52,7 +52,7 @@ class Recycled(nn.Module):
                  key: Callable[[Any], Any] | None = None, tokenizer: Any = None):
         super().__init__()
         self.config, self.store, self.key_fn = config, check_store(store), key
-        s = split(model, config.at, config.blocks)
+        s = resolve_ties(split(model, config.at, config.blocks), config.untie)
         self.bottom, self.top, self.at, self.num_layers, self.arch = s.bottom, s.top, s.at, s.num_layers, s.arch
         self.bottom.requires_grad_(False)
         self.input_names = input_names_of(model, generic=s.arch.generic)

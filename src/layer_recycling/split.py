@@ -215,3 +215,49 @@ def _split_generic(model: nn.Module, at: int | float, arch: Arch) -> Split:
     edits = {_join(head, n): nn.Identity() for n in names[: names.index(name)]}
     edits[arch.blocks] = type(layers)(*layers[k:]) if isinstance(layers, nn.Sequential) else nn.ModuleList(layers[k:])
     return Split(bottom=bottom, top=Top(replace(model, edits), None), at=k, num_layers=len(layers), arch=arch)
+
+
+def tied(s: Split) -> dict[str, str]:
+    """Parameters of modules only the top runs that are the same tensor as a bottom parameter: {top: bottom name}.
+
+    The top still holds stem modules it never runs (shared with the bottom): those are not counted. What is
+    left is a head tied to a frozen module, such as an LM head tied to the input embeddings (GPT-2, Llama).
+    """
+    in_bottom = {id(m) for m in s.bottom.modules()}
+    bottom = {id(p): n for n, p in s.bottom.named_parameters(remove_duplicate=False)}
+    found = {}
+    for path, module in s.top.model.named_modules(remove_duplicate=False):
+        if id(module) not in in_bottom:
+            found.update({_join(path, n): bottom[id(p)] for n, p in module.named_parameters(recurse=False)
+                          if id(p) in bottom})
+    return found
+
+
+def untie(s: Split, names: list[str]) -> Split:
+    """``s`` with the top's parameters ``names`` replaced by trainable copies; the user's model is unchanged."""
+    edits = {}
+    for name in names:
+        path, _, attr = name.rpartition(".")
+        module = edits.get(path) or _shallow(_get(s.top.model, path))
+        module._parameters[attr] = nn.Parameter(module._parameters[attr].detach().clone())
+        edits[path] = module
+    root = edits.pop("", s.top.model)  # a parameter of the top model itself
+    return dataclasses.replace(s, top=Top(replace(root, edits), s.top.entry))
+
+
+def resolve_ties(s: Split, untie_them: bool) -> Split:
+    """Untie the top's parameters shared with the frozen bottom when ``untie_them``, else warn, naming them."""
+    shared = tied(s)
+    if not shared:
+        return s
+    if untie_them:
+        return untie(s, list(shared))
+    pairs = ", ".join(f"{t} (= {b})" for t, b in shared.items())
+    warnings.warn(
+        f"the trainable top has parameters tied to the frozen bottom: {pairs}. They stay frozen with the bottom "
+        f"and will not train (an LM head tied to the input embeddings). Pass untie=True "
+        f"(lr.recycle(model, at, untie=True)) to give the top its own trainable copy; your model is not changed "
+        f"and stored states stay valid.",
+        stacklevel=4,  # the caller of recycle()
+    )
+    return s
