@@ -330,3 +330,41 @@ def test_untie_gives_the_top_a_trainable_head_and_leaves_the_model_alone(family)
     assert losses[-1] < losses[0] * 0.5, losses
     assert torch.equal(model.get_input_embeddings().weight, embedding)  # the user's model is unchanged
     assert model.lm_head.weight is model.get_input_embeddings().weight  # and still tied
+
+
+def _megatron() -> nn.Module:
+    torch.manual_seed(0)
+    config = T.MegatronBertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
+                                  intermediate_size=37, max_position_embeddings=64, num_labels=LABELS)
+    return T.MegatronBertForSequenceClassification(config).eval()
+
+
+def test_an_override_split_that_misses_a_final_norm_refuses_itself():
+    model = _megatron()  # its encoder applies a LayerNorm after the block list: the bottom would apply it too
+    rec = lr.recycle(model, at=2, blocks="encoder.layer").eval()
+    words = r"MegatronBert.*blocks= override.*max abs diff .* in logits.*check_split=False"
+    with pytest.raises(ValueError, match=words):
+        rec.fill(text_examples(), progress=False)
+    with pytest.raises(ValueError, match="max abs diff"):  # the refusal stands: serving refuses too
+        rec(**padded_batch(text_examples()))
+    assert len(rec.store) == 0
+
+
+def test_a_correct_generic_split_checks_itself_once_and_silently():
+    model = cnn_model()
+    rec = lr.recycle(model, at=2)  # train mode: the check compares in eval mode, then restores the modes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec.fill([(x, 0) for x in torch.randn(6, 3, 8, 8)], batch_size=4, progress=False)
+    assert not rec.bottom._forward_pre_hooks and rec.stats.bottom_examples == 6  # removed after the first batch
+    assert rec.top.training and not model.training and not rec.bottom.training
+
+
+def test_table_splits_do_not_run_the_check(bert):
+    rec = lr.recycle(bert, at=2)
+    assert not rec.bottom._forward_pre_hooks
+
+
+def test_a_transformers_model_takes_one_block_path(bert):
+    with pytest.raises(ValueError, match="has one block list"):
+        lr.recycle(bert, at=2, blocks=["encoder.layer", "encoder.layer"])

@@ -146,14 +146,15 @@ class Split:
         return self.at / self.num_layers if self.num_layers else 0.0
 
 
-def split(model: nn.Module, at: int | float, blocks: str | None = None) -> Split:
+def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = None) -> Split:
     """Cut ``model`` after ``at`` blocks (int count or fraction, see ``resolve_at``).
 
     Args:
         model: a transformers model from the architecture table (base or task head), or any ``nn.Module``
             whose blocks are an ``nn.ModuleList``/``nn.Sequential``.
         at: blocks to recycle (see ``resolve_at``).
-        blocks: dotted path of the block list, overriding the table or the automatic search.
+        blocks: dotted path of the block list, overriding the table or the automatic search; for a generic model
+            a list of consecutive stage lists (``["layer1", "layer2", "layer3", "layer4"]``) counted as one.
     Raises:
         ValueError: unknown architecture or bad level; the message says how to name the block list.
     """
@@ -201,20 +202,50 @@ def _block_list(root: nn.Module, path: str) -> nn.ModuleList | nn.Sequential:
 
 
 def _split_generic(model: nn.Module, at: int | float, arch: Arch) -> Split:
-    """Any module: its children before the block list form the stem, applied in registration order."""
-    layers = _block_list(model, arch.blocks)
-    k = resolve_at(at, len(layers))
-    if not arch.blocks:  # the model is itself the sequence of blocks
-        bottom, top = nn.Sequential(*layers[:k]), nn.Sequential(*layers[k:])
-        return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=len(layers), arch=arch)
-    head, _, name = arch.blocks.rpartition(".")
-    owner = _get(model, head)
-    names = list(owner._modules)
-    stem = [owner._modules[n] for n in names[: names.index(name)]]
-    bottom = nn.Sequential(*stem, *layers[:k])
-    edits = {_join(head, n): nn.Identity() for n in names[: names.index(name)]}
-    edits[arch.blocks] = type(layers)(*layers[k:]) if isinstance(layers, nn.Sequential) else nn.ModuleList(layers[k:])
-    return Split(bottom=bottom, top=Top(replace(model, edits), None), at=k, num_layers=len(layers), arch=arch)
+    """Any module: the modules registered before the block list(s) form the stem, applied in registration order."""
+    paths = arch.blocks if isinstance(arch.blocks, tuple) else (arch.blocks,)
+    lists = [_block_list(model, p) for p in paths]
+    blocks = [b for layers in lists for b in layers]
+    k = resolve_at(at, len(blocks))
+    if paths == ("",):  # the model is itself the sequence of blocks
+        bottom, top = nn.Sequential(*blocks[:k]), nn.Sequential(*blocks[k:])
+        return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=len(blocks), arch=arch)
+    _check_consecutive(model, paths)
+    stem = _stem(model, paths[0])
+    bottom = nn.Sequential(*stem.values(), *blocks[:k])
+    edits: dict[str, nn.Module | None] = {p: nn.Identity() for p in stem}
+    done = 0
+    for path, layers in zip(paths, lists):  # each list keeps its blocks past the k-th of the whole run
+        rest = list(layers)[max(k - done, 0):]
+        edits[path] = nn.Sequential(*rest) if isinstance(layers, nn.Sequential) else nn.ModuleList(rest)
+        done += len(layers)
+    return Split(bottom=bottom, top=Top(replace(model, edits), None), at=k, num_layers=len(blocks), arch=arch)
+
+
+def _stem(model: nn.Module, path: str) -> dict[str, nn.Module]:
+    """{dotted path: module} registered before ``path`` at every level above it, outermost first."""
+    stem, owner, prefix = {}, model, ""
+    for part in path.split("."):
+        for name, child in owner.named_children():
+            if name == part:
+                break
+            stem[_join(prefix, name)] = child
+        owner, prefix = getattr(owner, part), _join(prefix, part)
+    return stem
+
+
+def _check_consecutive(model: nn.Module, paths: tuple[str, ...]) -> None:
+    # Modules between two stage lists would run in neither half, or twice: refuse such a list of paths.
+    owner_path = paths[0].rpartition(".")[0]
+    order = [n for n, _ in _get(model, owner_path).named_children()]
+    mine = [p.rpartition(".")[2] for p in paths]  # each path exists: _block_list checked it
+    start = order.index(mine[0])
+    if any(p.rpartition(".")[0] != owner_path for p in paths) or order[start : start + len(mine)] != mine:
+        raise ValueError(
+            f"blocks={list(paths)}: several block lists must be consecutive children of one module, in order "
+            f"(e.g. ['layer1', 'layer2', 'layer3', 'layer4']); {type(model).__name__} has "
+            f"{owner_path or 'children'} {order}. Pass consecutive stage lists, or one list"
+        )
 
 
 def tied(s: Split) -> dict[str, str]:
