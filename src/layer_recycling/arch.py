@@ -1,6 +1,7 @@
 """The one table of architecture knowledge: where each model family keeps its blocks and what its top needs.
 
-Everything family-specific lives here, keyed by transformers' ``config.model_type``; models outside the table
+Everything family-specific lives here, keyed by transformers' ``config.model_type`` (other models by package and
+class, ``model_key``); models outside the table
 fall back to a generic rule (the block list is the largest ``ModuleList``/``Sequential``) or to a user override.
 """
 
@@ -12,6 +13,7 @@ from typing import Callable
 
 from torch import nn
 
+from . import halves
 from .heads import LastTokenClassifier
 
 
@@ -45,6 +47,9 @@ class Arch:
     by a wrapper of the top model (e.g. ``heads.LastTokenClassifier``)."""
     generic: bool = False
     """A plain ``nn.Module``: the bottom is stem + blocks run in order, the top is the model with its stem blanked."""
+    build: Callable[[nn.Module, int], tuple[nn.Module, nn.Module]] | None = None
+    """For a model whose forward() does work outside its modules (a ViT's class token): (model, split index) ->
+    (bottom, top) built by hand (``halves``); ``blocks`` names the list the split index counts."""
     tested: bool = True
     """The split is proven equal to the un-split model by this library's tests (a table entry); False (the generic
     rule, a ``blocks=`` override): it compares itself with the model on its first batch (``checks.SplitCheck``)."""
@@ -101,7 +106,25 @@ TABLE: dict[str, Arch] = {
     "llama": _DECODER,
     "mistral": _DECODER,
     "qwen2": _DECODER,
+    # Models without a transformers config are keyed "<package>.<class>" (see ``model_key``). ResNets, EfficientNets
+    # and ConvNeXts need no entry: the generic rule finds their stage lists, and the split checks itself.
+    # The ViT entries were tested against stand-ins only (the packages do not install here): they check themselves.
+    "timm.VisionTransformer": Arch(
+        blocks="blocks", entry=None, masked=False, generic=True, build=halves.timm_vit, tested=False
+    ),
+    "torchvision.VisionTransformer": Arch(
+        blocks="encoder.layers", entry=None, masked=False, generic=True, build=halves.torchvision_vit, tested=False
+    ),
 }
+
+
+def model_key(model: nn.Module) -> str | None:
+    """The table key of ``model``: transformers' ``config.model_type``, else ``"<package>.<class name>"``."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type is not None:
+        return model_type
+    cls = type(model)
+    return f"{cls.__module__.partition('.')[0]}.{cls.__qualname__}"
 
 
 def lookup(model: nn.Module, blocks: str | list[str] | tuple[str, ...] | None = None) -> Arch:
@@ -113,11 +136,12 @@ def lookup(model: nn.Module, blocks: str | list[str] | tuple[str, ...] | None = 
             f"blocks={list(blocks)}: a transformers model ({type(model).__name__}) has one block list; pass its "
             f"dotted path as a str, e.g. blocks='encoder.layer'"
         )
-    if model_type in TABLE:
-        arch = TABLE[model_type]
+    key = model_key(model)
+    if key in TABLE:
+        arch = TABLE[key]
         if blocks is None or blocks == arch.blocks:
             return arch
-        return dataclasses.replace(arch, blocks=blocks, tested=False)
+        return dataclasses.replace(arch, blocks=blocks, tested=False, build=None)
     if model_type is not None and blocks is None:
         known = ", ".join(sorted(TABLE))
         raise ValueError(

@@ -80,6 +80,15 @@ class SplitCheck:
         )
 
 
+def source_of(arch: Any, overridden: bool) -> str:
+    """Where a split's block list came from, for the refusal."""
+    if overridden:
+        return "blocks= override"
+    if arch.build is not None:
+        return "architecture table, an entry tested against a stand-in of the package only"
+    return "generic rule"
+
+
 def _batch_size(args: tuple, kwargs: dict) -> int:
     first = next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
     return first.shape[0] if first.dim() else 1

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import data, fill, loader, serve
-from .checks import SplitCheck
+from .checks import SplitCheck, source_of
 from .config import RecycleConfig
 from .fingerprint import fingerprint_of
 from .keys import digest
@@ -57,8 +57,7 @@ class Recycled(nn.Module):
         self.bottom, self.top, self.at, self.num_layers, self.arch = s.bottom, s.top, s.at, s.num_layers, s.arch
         self.bottom.requires_grad_(False)
         if config.check_split and not s.arch.tested:  # a split no test proved exact checks its first batch
-            source = "blocks= override" if config.blocks is not None else "generic rule"
-            SplitCheck(model, s, source).attach(self.bottom)
+            SplitCheck(model, s, source_of(s.arch, config.blocks is not None)).attach(self.bottom)
         self.input_names = input_names_of(model, generic=s.arch.generic)
         self.pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
         self.stats = Stats()

@@ -159,6 +159,11 @@ def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = No
         ValueError: unknown architecture or bad level; the message says how to name the block list.
     """
     arch = lookup(model, blocks)
+    if arch.build is not None:
+        layers = _block_list(model, arch.blocks)
+        k = resolve_at(at, len(layers))
+        bottom, top = arch.build(model, k)
+        return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=len(layers), arch=arch)
     if arch.generic:
         return _split_generic(model, at, arch)
     base = model.base_model
