@@ -368,3 +368,17 @@ def test_table_splits_do_not_run_the_check(bert):
 def test_a_transformers_model_takes_one_block_path(bert):
     with pytest.raises(ValueError, match="has one block list"):
         lr.recycle(bert, at=2, blocks=["encoder.layer", "encoder.layer"])
+
+
+@pytest.mark.parametrize("head", ["Model", "ForSequenceClassification", "ForTokenClassification"])
+def test_a_correct_override_split_passes_its_check_and_serves_exactly(head):
+    torch.manual_seed(0)
+    config = T.ErnieConfig(vocab_size=99, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
+                           intermediate_size=37, max_position_embeddings=64, num_labels=LABELS)
+    model = getattr(T, "Ernie" + head)(config).eval()  # not in the table: its block list is named by hand
+    rec = lr.recycle(model, at=2, blocks="encoder.layer").eval()
+    rec.fill(text_examples(), batch_size=4, progress=False)
+    batch = padded_batch(text_examples())
+    with torch.no_grad():
+        assert max_diff(model(**batch), rec(**batch), batch["attention_mask"]) <= 1e-5
+    assert not rec.bottom._forward_pre_hooks
