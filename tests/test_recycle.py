@@ -382,3 +382,26 @@ def test_a_correct_override_split_passes_its_check_and_serves_exactly(head):
     with torch.no_grad():
         assert max_diff(model(**batch), rec(**batch), batch["attention_mask"]) <= 1e-5
     assert not rec.bottom._forward_pre_hooks
+
+
+def test_the_check_compares_an_untied_head_with_its_own_copy():
+    class TiedNet(nn.Module):  # a generic model whose head is tied to its stem: the split checks itself
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(4, 4, bias=False)
+            self.blocks = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(4)])
+            self.head = nn.Linear(4, 4, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, x):
+            return self.head(self.blocks(self.embed(x)))
+
+    torch.manual_seed(0)
+    model = TiedNet().eval()
+    with pytest.warns(UserWarning, match=r"head\.weight \(= 0\.weight\)"):
+        lr.recycle(model, at=2)
+    rec = lr.recycle(model, at=2, untie=True)
+    with torch.no_grad():
+        rec.top.model.head.weight.add_(1.0)  # the top trained before the bottom's first batch
+    rec.fill([(x, 0) for x in torch.randn(4, 4)], progress=False)  # no refusal: the check uses the copy
+    assert not rec.bottom._forward_pre_hooks

@@ -55,7 +55,7 @@ class SplitCheck:
         kwargs = {n: _head(v, b) for n, v in kwargs.items()}
         mask = kwargs.get("attention_mask") if self.split.arch.masked else None
         with torch.no_grad(), _eval(self.model, self.split.bottom, self.split.top):
-            want = self.model(*args, **kwargs)
+            want = self._reference(args, kwargs)
             try:
                 got = self.split.top(self.split.bottom(*args, **kwargs),
                                      **({"attention_mask": mask} if mask is not None else {}))
@@ -65,6 +65,15 @@ class SplitCheck:
         if diff is None:
             return None
         return self._refusal(f"max abs diff {diff:.3g} in {name}", min(b, SAMPLE))
+
+    def _reference(self, args: tuple, kwargs: dict) -> Any:
+        """The whole model's output, with the top's untied copies in place of the tied originals: the top may
+        have trained before the bottom's first call (a store filled elsewhere)."""
+        own = dict(self.model.named_parameters(remove_duplicate=False))
+        copies = {n: self.split.top.model.get_parameter(n) for n in self.split.untied if n in own}
+        if not copies:
+            return self.model(*args, **kwargs)
+        return torch.func.functional_call(self.model, copies, args, kwargs, tie_weights=False)
 
     def _refusal(self, what: str, n: int) -> ValueError:
         s = self.split

@@ -139,6 +139,7 @@ class Split:
     at: int
     num_layers: int
     arch: Arch
+    untied: tuple[str, ...] = ()  # top parameters (dotted names) that are trainable copies of the model's
 
     @property
     def level(self) -> float:
@@ -278,7 +279,7 @@ def untie(s: Split, names: list[str]) -> Split:
         module._parameters[attr] = nn.Parameter(module._parameters[attr].detach().clone())
         edits[path] = module
     root = edits.pop("", s.top.model)  # a parameter of the top model itself
-    return dataclasses.replace(s, top=Top(replace(root, edits), s.top.entry))
+    return dataclasses.replace(s, top=Top(replace(root, edits), s.top.entry), untied=tuple(names))
 
 
 def resolve_ties(s: Split, untie_them: bool) -> Split:
