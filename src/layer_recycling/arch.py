@@ -1,8 +1,8 @@
 """The one table of architecture knowledge: where each model family keeps its blocks and what its top needs.
 
 Everything family-specific lives here, keyed by transformers' ``config.model_type`` (other models by package and
-class, ``model_key``); models outside the table
-fall back to a generic rule (the block list is the largest ``ModuleList``/``Sequential``) or to a user override.
+class, see ``model_key``); models outside the table fall back to a generic rule (the block list is the largest
+``ModuleList``/``Sequential``, or a run of stage lists) or to a user override.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ TABLE: dict[str, Arch] = {
 }
 
 
-def model_key(model: nn.Module) -> str | None:
+def model_key(model: nn.Module) -> str:
     """The table key of ``model``: transformers' ``config.model_type``, else ``"<package>.<class name>"``."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type is not None:

@@ -53,7 +53,7 @@ class Recycled(nn.Module):
                  key: Callable[[Any], Any] | None = None, tokenizer: Any = None):
         super().__init__()
         self.config, self.store, self.key_fn = config, check_store(store), key
-        s = resolve_ties(split(model, config.at, config.blocks), config.untie)
+        s = resolve_ties(split(model, config.at, config.blocks), config.untie, model)
         self.bottom, self.top, self.at, self.num_layers, self.arch = s.bottom, s.top, s.at, s.num_layers, s.arch
         self.bottom.requires_grad_(False)
         if config.check_split and not s.arch.tested:  # a split no test proved exact checks its first batch

@@ -222,8 +222,8 @@ def _split_generic(model: nn.Module, at: int | float, arch: Arch) -> Split:
     edits: dict[str, nn.Module | None] = {p: nn.Identity() for p in stem}
     done = 0
     for path, layers in zip(paths, lists):  # each list keeps its blocks past the k-th of the whole run
-        rest = list(layers)[max(k - done, 0):]
-        edits[path] = nn.Sequential(*rest) if isinstance(layers, nn.Sequential) else nn.ModuleList(rest)
+        rest = list(layers)[max(k - done, 0) :]
+        edits[path] = type(layers)(*rest) if isinstance(layers, nn.Sequential) else nn.ModuleList(rest)
         done += len(layers)
     return Split(bottom=bottom, top=Top(replace(model, edits), None), at=k, num_layers=len(blocks), arch=arch)
 
@@ -254,14 +254,17 @@ def _check_consecutive(model: nn.Module, paths: tuple[str, ...]) -> None:
         )
 
 
-def tied(s: Split) -> dict[str, str]:
+def tied(s: Split, model: nn.Module | None = None) -> dict[str, str]:
     """Parameters of modules only the top runs that are the same tensor as a bottom parameter: {top: bottom name}.
 
     The top still holds stem modules it never runs (shared with the bottom): those are not counted. What is
     left is a head tied to a frozen module, such as an LM head tied to the input embeddings (GPT-2, Llama).
+    Bottom parameters are named as in ``model`` (its first name for a shared tensor) when it is given.
     """
     in_bottom = {id(m) for m in s.bottom.modules()}
     bottom = {id(p): n for n, p in s.bottom.named_parameters(remove_duplicate=False)}
+    if model is not None:
+        bottom.update({id(p): n for n, p in model.named_parameters() if id(p) in bottom})
     found = {}
     for path, module in s.top.model.named_modules(remove_duplicate=False):
         if id(module) not in in_bottom:
@@ -282,9 +285,9 @@ def untie(s: Split, names: list[str]) -> Split:
     return dataclasses.replace(s, top=Top(replace(root, edits), s.top.entry), untied=tuple(names))
 
 
-def resolve_ties(s: Split, untie_them: bool) -> Split:
+def resolve_ties(s: Split, untie_them: bool, model: nn.Module | None = None) -> Split:
     """Untie the top's parameters shared with the frozen bottom when ``untie_them``, else warn, naming them."""
-    shared = tied(s)
+    shared = tied(s, model)
     if not shared:
         return s
     if untie_them:
