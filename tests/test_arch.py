@@ -192,6 +192,8 @@ class ConvNeXtStage(nn.Module):
 class ConvNeXt(nn.Module):
     """timm.models.convnext.ConvNeXt: stem, stages (ConvNeXtStage: downsample, blocks), norm_pre, head."""
 
+    __module__, __qualname__ = "timm.models.convnext", "ConvNeXt"
+
     def __init__(self, depths=(1, 1, 3, 1), num_classes: int = 5):
         super().__init__()
         dims = (8, 12, 16, 20)
@@ -202,8 +204,14 @@ class ConvNeXt(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), LayerNorm2d(dims[-1]), nn.Flatten(1),
                                   nn.Linear(dims[-1], num_classes))  # NormMlpClassifierHead
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_pre(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm_pre(self.stages(self.stem(x))))
+        return self.forward_head(self.forward_features(x))
 
 
 # ---- timm.models.vision_transformer / torchvision.models.vision_transformer ---------------------------------------
@@ -320,17 +328,17 @@ def _built(cls, size: int = 32) -> nn.Module:
     return model.eval()
 
 
-# (model, expected block list, blocks counted)
+# (model, expected block list, blocks counted): stage lists found by the generic rule; ConvNeXt by its table entry
 EXACT = {
     "torchvision-resnet": (TorchvisionResNet, ("layer1", "layer2", "layer3", "layer4"), 8),
     "timm-resnet": (TimmResNet, ("layer1", "layer2", "layer3", "layer4"), 8),
     "torchvision-efficientnet": (EfficientNet, tuple(f"features.{i}" for i in range(1, 5)), 8),
-    "timm-convnext": (ConvNeXt, "stages", 4),
+    "timm-convnext": (ConvNeXt, "stages", 6),  # the blocks of its stages (1, 1, 3, 1), not the 4 stages
 }
 
 
 @pytest.mark.parametrize("name", EXACT)
-def test_stage_lists_count_as_one_block_list(name):
+def test_levels_count_the_blocks_of_all_stages(name):
     cls, blocks, count = EXACT[name]
     s = lr.split(_built(cls), 0.5)
     assert s.arch.blocks == blocks and s.num_layers == count and s.at == count // 2
@@ -346,6 +354,14 @@ def test_vision_splits_equal_the_model_and_pass_their_check(name, frac):
         expected, actual = model(x), rec(x)
     assert rec.stats.hits == 6 and not rec.bottom._forward_pre_hooks  # the passed check removed itself
     assert float((expected - actual).abs().max()) <= 1e-5
+    _assert_halves_partition(model, rec)
+
+
+def _assert_halves_partition(model: nn.Module, rec: lr.Recycled) -> None:
+    """Every parameter of the model sits in exactly one half, and the top's all train."""
+    top, bottom = {id(p) for p in rec.top.parameters()}, {id(p) for p in rec.bottom.parameters()}
+    assert top.isdisjoint(bottom) and top | bottom == {id(p) for p in model.parameters()}
+    assert all(p.requires_grad for p in rec.top.parameters())
 
 
 def test_a_list_of_paths_names_stage_lists():
@@ -371,12 +387,7 @@ def test_vit_table_entries_equal_the_model(name, at):
     with torch.no_grad():
         assert float((model(x) - rec(x)).abs().max()) <= 1e-5
     assert rec.stats.hits == 6 and not rec.bottom._forward_pre_hooks
-    # the halves share no parameter (nothing tied) and the bottom holds none of the top's
-    top = {id(p) for p in rec.top.parameters()}
-    assert top and top.isdisjoint(id(p) for p in rec.bottom.parameters())
-    assert all(p.requires_grad for p in rec.top.parameters())
-    assert sum(p.numel() for p in [*rec.top.parameters(), *rec.bottom.parameters()]) == sum(
-        p.numel() for p in model.parameters())
+    _assert_halves_partition(model, rec)
 
 
 class TorchvisionViTLike(TorchvisionVisionTransformer):

@@ -47,9 +47,9 @@ class Arch:
     by a wrapper of the top model (e.g. ``heads.LastTokenClassifier``)."""
     generic: bool = False
     """A plain ``nn.Module``: the bottom is stem + blocks run in order, the top is the model with its stem blanked."""
-    build: Callable[[nn.Module, int], tuple[nn.Module, nn.Module]] | None = None
-    """For a model whose forward() does work outside its modules (a ViT's class token): (model, split index) ->
-    (bottom, top) built by hand (``halves``); ``blocks`` names the list the split index counts."""
+    build: Callable[[nn.Module, int | float], tuple[nn.Module, nn.Module, int, int]] | None = None
+    """For a model no list of modules run in order reproduces (a ViT's class token, ConvNeXt's stages): (model,
+    ``at``) -> (bottom, top, blocks recycled, blocks in all), built by hand (``halves``)."""
     tested: bool = True
     """The split is proven equal to the un-split model by this library's tests (a table entry); False (the generic
     rule, a ``blocks=`` override): it compares itself with the model on its first batch (``checks.SplitCheck``)."""
@@ -106,15 +106,17 @@ TABLE: dict[str, Arch] = {
     "llama": _DECODER,
     "mistral": _DECODER,
     "qwen2": _DECODER,
-    # Models without a transformers config are keyed "<package>.<class>" (see ``model_key``). ResNets, EfficientNets
-    # and ConvNeXts need no entry: the generic rule finds their stage lists, and the split checks itself.
-    # The ViT entries were tested against stand-ins only (the packages do not install here): they check themselves.
+    # Models without a transformers config are keyed "<package>.<class>" (see ``model_key``). ResNets and
+    # EfficientNets need no entry: the generic rule finds their stage lists, and the split checks itself. The
+    # entries below were tested against stand-ins only (the packages do not install here): they check themselves.
     "timm.VisionTransformer": Arch(
         blocks="blocks", entry=None, masked=False, generic=True, build=halves.timm_vit, tested=False
     ),
     "torchvision.VisionTransformer": Arch(
         blocks="encoder.layers", entry=None, masked=False, generic=True, build=halves.torchvision_vit, tested=False
     ),
+    "timm.ConvNeXt": Arch(blocks="stages", entry=None, masked=False, generic=True, build=halves.timm_convnext,
+                          tested=False),
 }
 
 

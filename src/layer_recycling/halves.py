@@ -1,8 +1,9 @@
 """Halves of vision models whose forward() does work outside their modules, built by hand for the table.
 
 A ViT concatenates its class token and adds its position embedding in forward(), so no list of modules run in
-order reproduces it. Each builder returns (bottom, top) as ``Steps`` over shallow copies of the model: the bottom
-copy holds only the stem and the first k blocks, the top copy only what runs above them, so that freezing and
+order reproduces it; a ConvNeXt keeps its blocks inside stages that begin with a downsampling layer. Each builder
+takes (model, at) and returns (bottom, top, blocks recycled, blocks in all) over shallow copies of the model: the
+bottom holds only the stem and the first k blocks, the top only what runs above them, so that freezing and
 fingerprinting the bottom never touch the top (and the top shares no parameter with the bottom).
 """
 
@@ -57,10 +58,20 @@ def _before(model: nn.Module, name: str) -> tuple[str, ...]:
 _TIMM_STEM_PARAMS = ("cls_token", "reg_token", "pos_embed")
 
 
-def timm_vit(model: nn.Module, k: int) -> tuple[nn.Module, nn.Module]:
+Built = tuple[nn.Module, nn.Module, int, int]  # bottom, top, blocks recycled, blocks in all
+
+
+def _resolve(at: int | float, num_layers: int) -> int:
+    from .split import resolve_at
+
+    return resolve_at(at, num_layers)
+
+
+def timm_vit(model: nn.Module, at: int | float) -> Built:
+    k = _resolve(at, len(model.blocks))
     bottom = _cut(model, "blocks", k, _after(model, "blocks"), (), bottom=True)
     top = _cut(model, "blocks", k, _before(model, "blocks"), _TIMM_STEM_PARAMS, bottom=False)
-    return Steps(bottom, _timm_vit_bottom), Steps(top, _timm_vit_top)
+    return Steps(bottom, _timm_vit_bottom), Steps(top, _timm_vit_top), k, len(model.blocks)
 
 
 def _timm_vit_bottom(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -75,11 +86,12 @@ def _timm_vit_top(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # ---- torchvision.models.vision_transformer.VisionTransformer -------------------------------------------------------
 
 
-def torchvision_vit(model: nn.Module, k: int) -> tuple[nn.Module, nn.Module]:
+def torchvision_vit(model: nn.Module, at: int | float) -> Built:
+    k = _resolve(at, len(model.encoder.layers))
     bottom = _cut(model, "encoder.layers", k, ("encoder.ln", "heads"), (), bottom=True)
     top = _cut(model, "encoder.layers", k, ("conv_proj", "encoder.dropout"),
                ("class_token", "encoder.pos_embedding"), bottom=False)
-    return Steps(bottom, _torchvision_vit_bottom), Steps(top, _torchvision_vit_top)
+    return Steps(bottom, _torchvision_vit_bottom), Steps(top, _torchvision_vit_top), k, len(model.encoder.layers)
 
 
 def _torchvision_vit_bottom(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -91,3 +103,28 @@ def _torchvision_vit_bottom(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _torchvision_vit_top(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return m.heads(m.encoder.ln(m.encoder.layers(x))[:, 0])  # the class token's state -> logits
+
+
+# ---- timm.models.convnext.ConvNeXt: stem, stages (downsample, blocks), norm_pre, head ------------------------------
+
+
+def timm_convnext(model: nn.Module, at: int | float) -> Built:
+    """Counts the blocks of all stages; a stage cut inside runs its downsample in the bottom, a stage that starts
+    the top runs its own."""
+    from .split import replace
+
+    k = _resolve(at, sum(len(stage.blocks) for stage in model.stages))
+    below, above, done = [], [], 0
+    for stage in model.stages:
+        j = min(max(k - done, 0), len(stage.blocks))  # this stage's blocks in the bottom
+        if j == len(stage.blocks):
+            below.append(stage)
+        elif j == 0:
+            above.append(stage)
+        else:
+            below.append(replace(stage, {"blocks": nn.Sequential(*list(stage.blocks)[:j])}))
+            above.append(replace(stage, {"downsample": nn.Identity(), "blocks": nn.Sequential(*list(stage.blocks)[j:])}))
+        done += len(stage.blocks)
+    bottom = nn.Sequential(model.stem, *below)  # forward_features up to the split
+    top = replace(model, {"stem": nn.Identity(), "stages": nn.Sequential(*above)})  # its forward() runs the rest
+    return bottom, top, k, done

@@ -161,10 +161,8 @@ def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = No
     """
     arch = lookup(model, blocks)
     if arch.build is not None:
-        layers = _block_list(model, arch.blocks)
-        k = resolve_at(at, len(layers))
-        bottom, top = arch.build(model, k)
-        return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=len(layers), arch=arch)
+        bottom, top, k, num_layers = arch.build(model, at)
+        return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=num_layers, arch=arch)
     if arch.generic:
         return _split_generic(model, at, arch)
     base = model.base_model
