@@ -416,3 +416,26 @@ def test_the_check_can_be_skipped_for_models_too_large_to_run_twice():
     rec.fill([(xi, 0) for xi in x], progress=False)
     with torch.no_grad():
         assert float((model(x) - rec(x)).abs().max()) > 0.1  # what the check exists to catch
+
+
+REAL = {  # the real packages, where they import (not here: see the module docstring)
+    "torchvision-resnet18": ("torchvision.models", lambda m: m.resnet18(num_classes=5), 64),
+    "torchvision-efficientnet_b0": ("torchvision.models", lambda m: m.efficientnet_b0(num_classes=5), 64),
+    "torchvision-vit": ("torchvision.models", lambda m: m.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=4, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=5), 32),
+    "timm-resnet18": ("timm", lambda m: m.create_model("resnet18", num_classes=5), 64),
+    "timm-convnext_atto": ("timm", lambda m: m.create_model("convnext_atto", num_classes=5), 64),
+    "timm-vit_tiny": ("timm", lambda m: m.create_model("vit_tiny_patch16_224", img_size=32, num_classes=5), 32),
+}
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_the_real_packages_split_exactly(name):
+    package, make, size = REAL[name]
+    torch.manual_seed(0)
+    model, x = make(pytest.importorskip(package)).eval(), torch.randn(4, 3, size, size)
+    rec = lr.recycle(model, at=0.5).eval()
+    rec.fill([(xi, 0) for xi in x], progress=False)
+    with torch.no_grad():
+        assert float((model(x) - rec(x)).abs().max()) <= 1e-5
+    assert 0 < rec.at < rec.num_layers and rec.num_layers >= 4
