@@ -3,7 +3,7 @@
 torchvision 0.28 (the release for torch 2.13) ships only CUDA-linked wheels, which do not load against the CPU
 torch here, and timm imports torchvision: so these are local stand-ins with the real classes' module names and
 forward logic (torchvision ResNet / EfficientNet / VisionTransformer, timm ResNet / ConvNeXt / VisionTransformer),
-at toy widths.
+at toy widths. ``test_the_real_packages_split_exactly`` runs the real models where the packages import.
 """
 
 from __future__ import annotations
