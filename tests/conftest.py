@@ -128,3 +128,28 @@ def tiny_model_dir(tmp_path_factory):
     torch.manual_seed(0)
     T.BertModel(T.BertConfig(**{**_COMMON, "vocab_size": len(vocab)})).save_pretrained(folder)
     return folder
+
+
+# Decoder sequence classifiers: num_labels and a label per example for each problem_type transformers infers.
+PROBLEMS = {
+    "regression": (1, lambda i: 0.5 * i - 1.0),
+    "single_label_classification": (LABELS, lambda i: i % LABELS),
+    "multi_label_classification": (LABELS, lambda i: [float(i % 2), 1.0, float(i % 3 == 0)]),
+}
+
+
+def decoder_classifier(family: str, problem: str, seed: int = 0) -> nn.Module:
+    """A tiny GPT-2/Llama/Mistral/Qwen2 ForSequenceClassification with ``PROBLEMS[problem]``'s num_labels."""
+    torch.manual_seed(seed)
+    common = {k: v for k, v in _COMMON.items() if k != "num_labels"}
+    configs = {
+        "gpt2": lambda: T.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0),
+        "llama": lambda: T.LlamaConfig(**common, num_key_value_heads=1, bos_token_id=0, eos_token_id=0),
+        "mistral": lambda: T.MistralConfig(**common, num_key_value_heads=1, bos_token_id=0, eos_token_id=0),
+        "qwen2": lambda: T.Qwen2Config(**common, num_key_value_heads=1, bos_token_id=0, eos_token_id=0),
+    }
+    config = configs[family]()
+    config.num_labels = PROBLEMS[problem][0]
+    names = {"gpt2": "GPT2", "llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}
+    return getattr(T, names[family] + "ForSequenceClassification")(config).eval()

@@ -145,6 +145,7 @@ def _dying_worker(rank: int, folder: str) -> None:
     rec.fill(text_examples(11), batch_size=1, progress=False)
 
 
+@pytest.mark.slow  # a killed rank aborts its peer: about 10 s, and timing-sensitive on a busy machine
 def test_a_rank_killed_mid_fill_then_a_rerun_completes_the_store(tmp_path):
     with pytest.raises(Exception):
         _run(_dying_worker, tmp_path)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+import transformers as T
 from torch import nn
 
 import layer_recycling as lr
-from conftest import LAYERS, LABELS, TEXT_CASES, cnn_model, text_examples, text_model, vit_model
+from conftest import (LABELS, LAYERS, PROBLEMS, TEXT_CASES, cnn_model, decoder_classifier, text_examples, text_model,
+                      vit_model)
 from helpers import max_diff, padded_batch
 
 LEVELS = [0, 1, LAYERS // 2, LAYERS]
@@ -238,3 +242,179 @@ def test_a_user_key_given_to_two_different_inputs_is_refused_at_fill_and_flagged
     with pytest.warns(UserWarning, match="more than one distinct input"):
         report = rec.verify(examples)
     assert not report.ok and len(report.mismatched) == 2
+
+
+def _left_padded(examples: list[dict], pad_id: int = 0, extra: int = 2) -> dict[str, torch.Tensor]:
+    """Left-pad examples as a decoder tokenizer does (``padding_side="left"``)."""
+    t = max(len(e["input_ids"]) for e in examples) + extra
+    ids = torch.full((len(examples), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), t), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, t - n :], mask[i, t - n :] = torch.tensor(e["input_ids"]), 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _per_example(model, examples: list[dict]):
+    """(logits (b, num_labels), mean loss) of ``model`` run on each example alone, unpadded."""
+    logits, losses = [], []
+    with torch.no_grad():
+        for e in examples:
+            out = model(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["label"]]))
+            logits.append(out.logits[0])
+            losses.append(out.loss)
+    return torch.stack(logits), torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("at", LEVELS)
+def test_decoder_classifier_served_equals_the_model_per_example(family, problem, side, at):
+    model = decoder_classifier(family, problem)
+    examples = [dict(e, label=PROBLEMS[problem][1](i)) for i, e in enumerate(text_examples(8))]
+    rec = lr.recycle(model, at=at).eval()
+    rec.fill(examples[::2], progress=False)  # hits and misses in one batch
+    batch = (padded_batch if side == "right" else _left_padded)(examples)
+    labels = torch.tensor([e["label"] for e in examples])
+    with torch.no_grad():
+        out = rec(**batch, labels=labels)
+    logits, loss = _per_example(model, examples)
+    assert rec.stats.hits == 4 and rec.stats.misses == 4
+    assert out.logits.shape == logits.shape
+    assert float((out.logits - logits).abs().max()) <= 1e-5
+    assert abs(float(out.loss) - float(loss)) <= 1e-5
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+def test_decoder_classifier_trains_from_the_store_with_the_models_loss(family, problem):
+    model = decoder_classifier(family, problem)
+    examples = [dict(e, label=PROBLEMS[problem][1](i)) for i, e in enumerate(text_examples(6))]
+    rec = lr.recycle(model, at=2).eval()
+    batch = next(iter(rec.loader(examples, batch_size=6, progress=False)))
+    with torch.no_grad():
+        out = rec(**batch)
+    logits, loss = _per_example(model, examples)
+    assert float((out.logits - logits).abs().max()) <= 1e-5 and abs(float(out.loss) - float(loss)) <= 1e-5
+    assert model.config.problem_type == problem  # inferred from the labels, as transformers does
+
+
+def _tied_lm(family: str) -> nn.Module:
+    torch.manual_seed(0)
+    if family == "gpt2":
+        return text_model("gpt2", "LMHeadModel")
+    config = T.LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
+                           num_key_value_heads=1, intermediate_size=37, tie_word_embeddings=True)
+    return T.LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_head_tied_to_the_frozen_embeddings_is_named_in_a_warning(family):
+    model = _tied_lm(family)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    embeddings = "transformer.wte" if family == "gpt2" else "model.embed_tokens"
+    words = rf"tied to the frozen bottom: lm_head\.weight \(= {embeddings}\.weight\).*untie=True"
+    with pytest.warns(UserWarning, match=words):
+        rec = lr.recycle(model, at=2)
+    assert not rec.top.model.lm_head.weight.requires_grad  # frozen with the bottom, hence the warning
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_untie_gives_the_top_a_trainable_head_and_leaves_the_model_alone(family):
+    model = _tied_lm(family)
+    embedding = model.get_input_embeddings().weight.detach().clone()
+    examples = [{"input_ids": e["input_ids"], "labels": e["input_ids"]} for e in text_examples(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # untied: no warning
+        rec = lr.recycle(model, at=LAYERS, untie=True)
+    head = rec.top.model.lm_head.weight
+    assert head.requires_grad and head is not model.lm_head.weight
+    batch = next(iter(rec.loader(examples, batch_size=4, progress=False)))
+    opt = torch.optim.AdamW([p for p in rec.parameters() if p.requires_grad], lr=1e-2)
+    rec.train()
+    losses = []
+    for _ in range(40):
+        loss = rec(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.5, losses
+    assert torch.equal(model.get_input_embeddings().weight, embedding)  # the user's model is unchanged
+    assert model.lm_head.weight is model.get_input_embeddings().weight  # and still tied
+
+
+def _megatron() -> nn.Module:
+    torch.manual_seed(0)
+    config = T.MegatronBertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
+                                  intermediate_size=37, max_position_embeddings=64, num_labels=LABELS)
+    return T.MegatronBertForSequenceClassification(config).eval()
+
+
+def test_an_override_split_that_misses_a_final_norm_refuses_itself():
+    model = _megatron()  # its encoder applies a LayerNorm after the block list: the bottom would apply it too
+    rec = lr.recycle(model, at=2, blocks="encoder.layer").eval()
+    words = r"MegatronBert.*blocks= override.*max abs diff .* in logits.*check_split=False"
+    with pytest.raises(ValueError, match=words):
+        rec.fill(text_examples(), progress=False)
+    with pytest.raises(ValueError, match="max abs diff"):  # the refusal stands: serving refuses too
+        rec(**padded_batch(text_examples()))
+    assert len(rec.store) == 0
+
+
+def test_a_correct_generic_split_checks_itself_once_and_silently():
+    model = cnn_model()
+    rec = lr.recycle(model, at=2)  # train mode: the check compares in eval mode, then restores the modes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec.fill([(x, 0) for x in torch.randn(6, 3, 8, 8)], batch_size=4, progress=False)
+    assert not rec.bottom._forward_pre_hooks and rec.stats.bottom_examples == 6  # removed after the first batch
+    assert rec.top.training and not model.training and not rec.bottom.training
+
+
+def test_table_splits_do_not_run_the_check(bert):
+    rec = lr.recycle(bert, at=2)
+    assert not rec.bottom._forward_pre_hooks
+
+
+def test_a_transformers_model_takes_one_block_path(bert):
+    with pytest.raises(ValueError, match="has one block list"):
+        lr.recycle(bert, at=2, blocks=["encoder.layer", "encoder.layer"])
+
+
+@pytest.mark.parametrize("head", ["Model", "ForSequenceClassification", "ForTokenClassification"])
+def test_a_correct_override_split_passes_its_check_and_serves_exactly(head):
+    torch.manual_seed(0)
+    config = T.ErnieConfig(vocab_size=99, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
+                           intermediate_size=37, max_position_embeddings=64, num_labels=LABELS)
+    model = getattr(T, "Ernie" + head)(config).eval()  # not in the table: its block list is named by hand
+    rec = lr.recycle(model, at=2, blocks="encoder.layer").eval()
+    rec.fill(text_examples(), batch_size=4, progress=False)
+    batch = padded_batch(text_examples())
+    with torch.no_grad():
+        assert max_diff(model(**batch), rec(**batch), batch["attention_mask"]) <= 1e-5
+    assert not rec.bottom._forward_pre_hooks
+
+
+def test_the_check_compares_an_untied_head_with_its_own_copy():
+    class TiedNet(nn.Module):  # a generic model whose head is tied to its stem: the split checks itself
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(4, 4, bias=False)
+            self.blocks = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.Tanh()) for _ in range(4)])
+            self.head = nn.Linear(4, 4, bias=False)
+            self.head.weight = self.embed.weight
+
+        def forward(self, x):
+            return self.head(self.blocks(self.embed(x)))
+
+    torch.manual_seed(0)
+    model = TiedNet().eval()
+    with pytest.warns(UserWarning, match=r"head\.weight \(= embed\.weight\)"):
+        lr.recycle(model, at=2)
+    rec = lr.recycle(model, at=2, untie=True)
+    with torch.no_grad():
+        rec.top.model.head.weight.add_(1.0)  # the top trained before the bottom's first batch
+    rec.fill([(x, 0) for x in torch.randn(4, 4)], progress=False)  # no refusal: the check uses the copy
+    assert not rec.bottom._forward_pre_hooks

@@ -8,7 +8,7 @@ import transformers as T
 from torch import nn
 
 import layer_recycling as lr
-from conftest import LAYERS, TEXT_CASES, cnn_model, text_examples, text_model, vit_model
+from conftest import LAYERS, TEXT_CASES, cnn_model, decoder_classifier, text_examples, text_model, vit_model
 from helpers import max_diff, padded_batch
 
 LEVELS = [0, 1, LAYERS // 2, LAYERS]
@@ -93,10 +93,17 @@ def test_unknown_transformers_model_names_the_fix():
         lr.split(model, 1)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_decoder_classifiers_that_read_input_ids_are_refused(family):
-    with pytest.raises(ValueError, match="reads input_ids.*base model"):
-        lr.split(text_model(family, "ForSequenceClassification"), 1)
+@pytest.mark.parametrize("family", ["gpt2", "llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("at", LEVELS)
+def test_decoder_classifier_top_pools_the_last_real_token(family, at):
+    model = decoder_classifier(family, "single_label_classification")
+    examples = text_examples()
+    batch = padded_batch(examples)  # right-padded, as batches inside the library are
+    s = lr.split(model, at)
+    with torch.no_grad():
+        logits = s.top(s.bottom(**batch), attention_mask=batch["attention_mask"]).logits
+        for i, e in enumerate(examples):  # the un-recycled model, each example alone
+            assert float((model(input_ids=torch.tensor([e["input_ids"]])).logits[0] - logits[i]).abs().max()) <= 1e-5
 
 
 def test_module_without_block_list_names_the_fix():

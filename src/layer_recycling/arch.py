@@ -1,23 +1,29 @@
 """The one table of architecture knowledge: where each model family keeps its blocks and what its top needs.
 
-Everything family-specific lives here, keyed by transformers' ``config.model_type``; models outside the table
-fall back to a generic rule (the block list is the largest ``ModuleList``/``Sequential``) or to a user override.
+Everything family-specific lives here, keyed by transformers' ``config.model_type`` (other models by package and
+class, see ``model_key``); models outside the table fall back to a generic rule (the block list is the largest
+``ModuleList``/``Sequential``, or a run of stage lists) or to a user override.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Callable
 
 from torch import nn
+
+from . import halves
+from .heads import LastTokenClassifier
 
 
 @dataclasses.dataclass(frozen=True)
 class Arch:
     """How to cut one family of models. Paths are dotted attribute names inside the base model."""
 
-    blocks: str
-    """The list of repeated blocks (``nn.ModuleList``/``nn.Sequential``) that the split index counts."""
+    blocks: str | tuple[str, ...]
+    """The list of repeated blocks (``nn.ModuleList``/``nn.Sequential``) that the split index counts; for a generic
+    model a tuple of consecutive stage lists (ResNet's ``layer1``..``layer4``) whose blocks count as one list."""
     entry: str | None = "inputs_embeds"
     """The base model's forward argument that carries states past the stem into the blocks (None: positional)."""
     seam: tuple[str, ...] = ()
@@ -36,10 +42,17 @@ class Arch:
     """Family-specific edits of the top: (base model, split index) -> {dotted path in base: replacement}."""
     bottom_fix: Callable[[nn.Module, int], dict[str, nn.Module | None]] | None = None
     """Family-specific edits of the bottom, like ``top_fix``."""
-    unsupported_heads: tuple[str, ...] = ()
-    """Head class suffixes the top cannot feed (they read ``input_ids``, which the top does not receive)."""
+    heads: tuple[tuple[str, Callable[[nn.Module], nn.Module]], ...] = ()
+    """(head class suffix, wrapper): heads that read ``input_ids``, which the top does not receive, restated
+    by a wrapper of the top model (e.g. ``heads.LastTokenClassifier``)."""
     generic: bool = False
     """A plain ``nn.Module``: the bottom is stem + blocks run in order, the top is the model with its stem blanked."""
+    build: Callable[[nn.Module, int | float], tuple[nn.Module, nn.Module, int, int]] | None = None
+    """For a model no list of modules run in order reproduces (a ViT's class token, ConvNeXt's stages): (model,
+    ``at``) -> (bottom, top, blocks recycled, blocks in all), built by hand (``halves``)."""
+    tested: bool = True
+    """The split is proven equal to the un-split model by this library's tests (a table entry); False (the generic
+    rule, a ``blocks=`` override): it compares itself with the model on its first batch (``checks.SplitCheck``)."""
 
 
 class _EmptyEncoder(nn.Module):
@@ -64,9 +77,9 @@ def _deberta_bottom(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
     return {"encoder": _EmptyEncoder()} if at == 0 else {}
 
 
-# Decoder classifiers pool the last non-pad token, found from input_ids: fed states, they would pool padding.
-_LAST_TOKEN = ("ForSequenceClassification",)
-_DECODER = Arch(blocks="layers", tail=("norm",), unsupported_heads=_LAST_TOKEN)
+# Decoder classifiers pool the last non-pad token, found from input_ids: fed states, the top pools it from the mask.
+_LAST_TOKEN = (("ForSequenceClassification", LastTokenClassifier),)
+_DECODER = Arch(blocks="layers", tail=("norm",), heads=_LAST_TOKEN)
 _BERT = Arch(blocks="encoder.layer", seam=("embeddings",), tail=("pooler",))
 
 TABLE: dict[str, Arch] = {
@@ -89,24 +102,48 @@ TABLE: dict[str, Arch] = {
         tail=("layernorm", "pooler"),
         masked=False,
     ),
-    "gpt2": Arch(blocks="h", zero=("wpe",), blank=("drop",), tail=("ln_f",), unsupported_heads=_LAST_TOKEN),
+    "gpt2": Arch(blocks="h", zero=("wpe",), blank=("drop",), tail=("ln_f",), heads=_LAST_TOKEN),
     "llama": _DECODER,
     "mistral": _DECODER,
     "qwen2": _DECODER,
+    # Models without a transformers config are keyed "<package>.<class>" (see ``model_key``). ResNets and
+    # EfficientNets need no entry: the generic rule finds their stage lists, and the split checks itself. The
+    # entries below were tested against stand-ins only (the packages do not install here): they check themselves.
+    "timm.VisionTransformer": Arch(
+        blocks="blocks", entry=None, masked=False, generic=True, build=halves.timm_vit, tested=False
+    ),
+    "torchvision.VisionTransformer": Arch(
+        blocks="encoder.layers", entry=None, masked=False, generic=True, build=halves.torchvision_vit, tested=False
+    ),
+    "timm.ConvNeXt": Arch(blocks="stages", entry=None, masked=False, generic=True, build=halves.timm_convnext,
+                          tested=False),
 }
 
 
-def lookup(model: nn.Module, blocks: str | None = None) -> Arch:
-    """The table entry for ``model``; ``blocks`` names the block list explicitly (an override)."""
+def model_key(model: nn.Module) -> str:
+    """The table key of ``model``: transformers' ``config.model_type``, else ``"<package>.<class name>"``."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type in TABLE:
-        arch = TABLE[model_type]
-        if type(model).__name__.endswith(arch.unsupported_heads):
-            raise ValueError(
-                f"{type(model).__name__} is not supported: its head reads input_ids, which the recycled top does "
-                f"not receive. Recycle the base model ({type(model.base_model).__name__}) and put your head on it."
-            )
-        return arch if blocks is None else dataclasses.replace(arch, blocks=blocks)
+    if model_type is not None:
+        return model_type
+    cls = type(model)
+    return f"{cls.__module__.partition('.')[0]}.{cls.__qualname__}"
+
+
+def lookup(model: nn.Module, blocks: str | list[str] | tuple[str, ...] | None = None) -> Arch:
+    """The table entry for ``model``; ``blocks`` names the block list(s) explicitly (an override)."""
+    blocks = _paths(blocks)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type is not None and isinstance(blocks, tuple):
+        raise ValueError(
+            f"blocks={list(blocks)}: a transformers model ({type(model).__name__}) has one block list; pass its "
+            f"dotted path as a str, e.g. blocks='encoder.layer'"
+        )
+    key = model_key(model)
+    if key in TABLE:
+        arch = TABLE[key]
+        if blocks is None or blocks == arch.blocks:
+            return arch
+        return dataclasses.replace(arch, blocks=blocks, tested=False, build=None)
     if model_type is not None and blocks is None:
         known = ", ".join(sorted(TABLE))
         raise ValueError(
@@ -115,16 +152,35 @@ def lookup(model: nn.Module, blocks: str | None = None) -> Arch:
             f"split(model, at, blocks='encoder.layer'), or add an entry to layer_recycling.arch.TABLE."
         )
     if model_type is not None:
-        return Arch(blocks=blocks, seam=("embeddings",), tail=())
-    return Arch(blocks=blocks or find_blocks(model), entry=None, masked=False, generic=True)
+        return Arch(blocks=blocks, seam=("embeddings",), tail=(), tested=False)
+    found = find_blocks(model) if blocks is None else blocks
+    return Arch(blocks=found, entry=None, masked=False, generic=True, tested=False)
 
 
-def find_blocks(model: nn.Module) -> str:
-    """Dotted path of the largest ``ModuleList``/``Sequential`` child of ``model`` (the block list)."""
+def _paths(blocks: str | list[str] | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+    """``blocks=`` as given: one path is a str, several (stage lists) a tuple."""
+    if blocks is None or isinstance(blocks, str):
+        return blocks
+    paths = tuple(blocks)
+    if not paths or not all(isinstance(p, str) for p in paths):
+        raise TypeError(f"blocks={blocks!r}: expected a dotted path (str) or a non-empty list of dotted paths")
+    return paths[0] if len(paths) == 1 else paths
+
+
+def find_blocks(model: nn.Module) -> str | tuple[str, ...]:
+    """The block list of ``model``: its largest ``ModuleList``/``Sequential`` child, or a run of stage lists.
+
+    Stage lists (ResNet's ``layer1``..``layer4``, torchvision EfficientNet's ``features.1``..``features.7``) are
+    consecutive plain lists named ``<prefix><i>`` whose items are composite blocks; when they hold more blocks
+    than the largest single list, their blocks count as one list, so levels mean the same fraction of the network.
+    """
     best, best_len = None, 1
     for name, child in model.named_children():
         if isinstance(child, (nn.ModuleList, nn.Sequential)) and len(child) > best_len:
             best, best_len = name, len(child)
+    stages = _stage_run(model) or (_stage_run(_get(model, best), best) if best else None)
+    if stages and sum(len(_get(model, p)) for p in stages) > best_len:
+        return stages
     if isinstance(model, nn.Sequential) and best is None:
         return ""
     if best is None:
@@ -132,6 +188,37 @@ def find_blocks(model: nn.Module) -> str:
         raise ValueError(
             f"could not find a block list in {type(model).__name__} (children: {found}). Expected a child "
             f"nn.ModuleList or nn.Sequential of at least 2 blocks; name it with blocks='features' "
-            f"(a dotted path), or wrap the model in nn.Sequential."
+            f"(a dotted path, or a list of them for stage lists), or wrap the model in nn.Sequential."
         )
     return best
+
+
+_NUMBERED = re.compile(r"^(.*?)(\d+)$")
+
+
+def _stage_run(owner: nn.Module, prefix: str = "") -> tuple[str, ...] | None:
+    """The longest run of consecutive children of ``owner`` that are stage lists named ``<p>1, <p>2, ...``."""
+    runs, run, last = [], [], None
+    for name, child in owner.named_children():
+        m = _NUMBERED.match(name)
+        key = (m.group(1), int(m.group(2))) if m and _is_stage(child) else None
+        if key and run and last and key == (last[0], last[1] + 1):
+            run.append(name)
+        else:
+            runs.append(run)
+            run = [name] if key else []
+        last = key
+    runs.append(run)
+    best = max(runs, key=lambda r: sum(len(getattr(owner, n)) for n in r))
+    return tuple(f"{prefix}.{n}" if prefix else n for n in best) if len(best) >= 2 else None
+
+
+def _is_stage(child: nn.Module) -> bool:
+    # A plain list of composite blocks; a list of torch.nn layers (conv, norm, act) is one block, not a stage.
+    return type(child) in (nn.Sequential, nn.ModuleList) and len(child) > 0 and all(
+        not type(b).__module__.startswith("torch.nn") for b in child
+    )
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    return module.get_submodule(path) if path else module

@@ -23,6 +23,13 @@ class RecycleConfig:
     """At inference, store the states of examples the store did not hold (misses)."""
     preprocess: dict | None = None
     """The tokenizer's call arguments (max_length, truncation, ...): part of the fingerprint."""
+    check_split: bool = True
+    """A split outside the architecture table (the generic rule, a ``blocks=`` override) compares itself with the
+    whole model on the first batch its bottom sees (one more forward on up to 4 examples) and refuses if they
+    differ; False skips that, for models too large to run twice."""
+    untie: bool = False
+    """Give the top its own trainable copy of parameters tied to the frozen bottom (an LM head tied to the input
+    embeddings); False keeps them tied, hence frozen, and warns."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

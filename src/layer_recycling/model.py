@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from . import data, fill, loader, serve
+from .checks import SplitCheck, source_of
 from .config import RecycleConfig
 from .fingerprint import fingerprint_of
 from .keys import digest
-from .split import split
+from .split import resolve_ties, split
 from .stores import MemoryStore, NullStore, Store, check_store
 
 _NOT_INPUTS = {
@@ -53,9 +54,11 @@ class Recycled(nn.Module):
         super().__init__()
         self.config, self.store, self.key_fn = config, check_store(store), key
         object.__setattr__(self, "source", model)  # not a submodule: its parameters are the halves' already
-        s = split(model, config.at, config.blocks)
+        s = resolve_ties(split(model, config.at, config.blocks), config.untie, model)
         self.bottom, self.top, self.at, self.num_layers, self.arch = s.bottom, s.top, s.at, s.num_layers, s.arch
         self.bottom.requires_grad_(False)
+        if config.check_split and not s.arch.tested:  # a split no test proved exact checks its first batch
+            SplitCheck(model, s, source_of(s.arch, config.blocks is not None)).attach(self.bottom)
         self.input_names = input_names_of(model, generic=s.arch.generic)
         self.pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
         self.stats = Stats()
@@ -182,7 +185,7 @@ def recycle(
         store: where states live; default a new ``MemoryStore()``. ``None`` keeps nothing (a ``NullStore``:
             the bottom runs every call, the frozen-without-cache baseline).
         config: a ``RecycleConfig``; ``options`` (its field names: ``blocks``, ``store_misses``,
-            ``preprocess``) override its fields.
+            ``preprocess``, ``check_split``, ``untie``) override its fields.
         key: ``example -> object`` to key examples yourself (e.g. an image file's bytes); default: a digest
             of the model inputs that reach the bottom.
         tokenizer: folded into the fingerprint, with ``preprocess`` (the tokenizer's call arguments).

@@ -139,6 +139,7 @@ class Split:
     at: int
     num_layers: int
     arch: Arch
+    untied: tuple[str, ...] = ()  # top parameters (dotted names) that are trainable copies of the model's
 
     @property
     def level(self) -> float:
@@ -146,18 +147,22 @@ class Split:
         return self.at / self.num_layers if self.num_layers else 0.0
 
 
-def split(model: nn.Module, at: int | float, blocks: str | None = None) -> Split:
+def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = None) -> Split:
     """Cut ``model`` after ``at`` blocks (int count or fraction, see ``resolve_at``).
 
     Args:
         model: a transformers model from the architecture table (base or task head), or any ``nn.Module``
             whose blocks are an ``nn.ModuleList``/``nn.Sequential``.
         at: blocks to recycle (see ``resolve_at``).
-        blocks: dotted path of the block list, overriding the table or the automatic search.
+        blocks: dotted path of the block list, overriding the table or the automatic search; for a generic model
+            a list of consecutive stage lists (``["layer1", "layer2", "layer3", "layer4"]``) counted as one.
     Raises:
         ValueError: unknown architecture or bad level; the message says how to name the block list.
     """
     arch = lookup(model, blocks)
+    if arch.build is not None:
+        bottom, top, k, num_layers = arch.build(model, at)
+        return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=num_layers, arch=arch)
     if arch.generic:
         return _split_generic(model, at, arch)
     base = model.base_model
@@ -169,8 +174,11 @@ def split(model: nn.Module, at: int | float, blocks: str | None = None) -> Split
     if arch.bottom_fix is not None:
         bottom_edits.update(arch.bottom_fix(base, k))
     bottom = Bottom(replace(base, bottom_edits))
-    top_edits = _above(base, arch, layers, k)
-    top = Top(replace(model, {_join(prefix, p): m for p, m in top_edits.items()}), arch.entry)
+    top_model = replace(model, {_join(prefix, p): m for p, m in _above(base, arch, layers, k).items()})
+    for suffix, wrap in arch.heads:  # heads that read input_ids are restated on states
+        if type(model).__name__.endswith(suffix):
+            top_model = wrap(top_model)
+    top = Top(top_model, arch.entry)
     return Split(bottom=bottom, top=top, at=k, num_layers=len(layers), arch=arch)
 
 
@@ -199,14 +207,17 @@ class Middle(nn.Module):
         return self.run(**{self.entry: states}, attention_mask=attention_mask)
 
 
-def middle(model: nn.Module, j: int, k: int, blocks: str | None = None) -> Middle:
+def middle(model: nn.Module, j: int, k: int, blocks: str | list[str] | None = None) -> Middle:
     """The blocks ``j..k`` of ``model`` (0 <= j < k <= L), fed the states a split at ``j`` stores.
 
     A store filled at level j feeds a fill at level k through it: only these blocks run.
     """
     arch = lookup(model, blocks)
+    if arch.build is not None:
+        raise ValueError(f"{type(model).__name__} is split by a hand-made builder: fill each level from scratch")
     root = model if arch.generic else model.base_model
-    layers = _block_list(root, arch.blocks)
+    paths = arch.blocks if isinstance(arch.blocks, tuple) else (arch.blocks,)
+    layers = [b for p in paths for b in _block_list(root, p)]
     if not 0 <= j < k <= len(layers):
         raise ValueError(f"blocks {j}..{k}: expected 0 <= j < k <= {len(layers)} (the model has {len(layers)} blocks)")
     if arch.generic:
@@ -233,17 +244,96 @@ def _block_list(root: nn.Module, path: str) -> nn.ModuleList | nn.Sequential:
 
 
 def _split_generic(model: nn.Module, at: int | float, arch: Arch) -> Split:
-    """Any module: its children before the block list form the stem, applied in registration order."""
-    layers = _block_list(model, arch.blocks)
-    k = resolve_at(at, len(layers))
-    if not arch.blocks:  # the model is itself the sequence of blocks
-        bottom, top = nn.Sequential(*layers[:k]), nn.Sequential(*layers[k:])
-        return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=len(layers), arch=arch)
-    head, _, name = arch.blocks.rpartition(".")
-    owner = _get(model, head)
-    names = list(owner._modules)
-    stem = [owner._modules[n] for n in names[: names.index(name)]]
-    bottom = nn.Sequential(*stem, *layers[:k])
-    edits = {_join(head, n): nn.Identity() for n in names[: names.index(name)]}
-    edits[arch.blocks] = type(layers)(*layers[k:]) if isinstance(layers, nn.Sequential) else nn.ModuleList(layers[k:])
-    return Split(bottom=bottom, top=Top(replace(model, edits), None), at=k, num_layers=len(layers), arch=arch)
+    """Any module: the modules registered before the block list(s) form the stem, applied in registration order."""
+    paths = arch.blocks if isinstance(arch.blocks, tuple) else (arch.blocks,)
+    lists = [_block_list(model, p) for p in paths]
+    blocks = [b for layers in lists for b in layers]
+    k = resolve_at(at, len(blocks))
+    if paths == ("",):  # the model is itself the sequence of blocks
+        bottom, top = nn.Sequential(*blocks[:k]), nn.Sequential(*blocks[k:])
+        return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=len(blocks), arch=arch)
+    _check_consecutive(model, paths)
+    stem = _stem(model, paths[0])
+    bottom = nn.Sequential(*stem.values(), *blocks[:k])
+    edits: dict[str, nn.Module | None] = {p: nn.Identity() for p in stem}
+    done = 0
+    for path, layers in zip(paths, lists):  # each list keeps its blocks past the k-th of the whole run
+        rest = list(layers)[max(k - done, 0) :]
+        edits[path] = type(layers)(*rest) if isinstance(layers, nn.Sequential) else nn.ModuleList(rest)
+        done += len(layers)
+    return Split(bottom=bottom, top=Top(replace(model, edits), None), at=k, num_layers=len(blocks), arch=arch)
+
+
+def _stem(model: nn.Module, path: str) -> dict[str, nn.Module]:
+    """{dotted path: module} registered before ``path`` at every level above it, outermost first."""
+    stem, owner, prefix = {}, model, ""
+    for part in path.split("."):
+        for name, child in owner.named_children():
+            if name == part:
+                break
+            stem[_join(prefix, name)] = child
+        owner, prefix = getattr(owner, part), _join(prefix, part)
+    return stem
+
+
+def _check_consecutive(model: nn.Module, paths: tuple[str, ...]) -> None:
+    # Modules between two stage lists would run in neither half, or twice: refuse such a list of paths.
+    owner_path = paths[0].rpartition(".")[0]
+    order = [n for n, _ in _get(model, owner_path).named_children()]
+    mine = [p.rpartition(".")[2] for p in paths]  # each path exists: _block_list checked it
+    start = order.index(mine[0])
+    if any(p.rpartition(".")[0] != owner_path for p in paths) or order[start : start + len(mine)] != mine:
+        raise ValueError(
+            f"blocks={list(paths)}: several block lists must be consecutive children of one module, in order "
+            f"(e.g. ['layer1', 'layer2', 'layer3', 'layer4']); {type(model).__name__} has "
+            f"{owner_path or 'children'} {order}. Pass consecutive stage lists, or one list"
+        )
+
+
+def tied(s: Split, model: nn.Module | None = None) -> dict[str, str]:
+    """Parameters of modules only the top runs that are the same tensor as a bottom parameter: {top: bottom name}.
+
+    The top still holds stem modules it never runs (shared with the bottom): those are not counted. What is
+    left is a head tied to a frozen module, such as an LM head tied to the input embeddings (GPT-2, Llama).
+    Bottom parameters are named as in ``model`` (its first name for a shared tensor) when it is given.
+    """
+    in_bottom = {id(m) for m in s.bottom.modules()}
+    bottom = {id(p): n for n, p in s.bottom.named_parameters(remove_duplicate=False)}
+    if model is not None:
+        bottom.update({id(p): n for n, p in model.named_parameters() if id(p) in bottom})
+    found = {}
+    for path, module in s.top.model.named_modules(remove_duplicate=False):
+        if id(module) not in in_bottom:
+            found.update({_join(path, n): bottom[id(p)] for n, p in module.named_parameters(recurse=False)
+                          if id(p) in bottom})
+    return found
+
+
+def untie(s: Split, names: list[str]) -> Split:
+    """``s`` with the top's parameters ``names`` replaced by trainable copies; the user's model is unchanged."""
+    edits = {}
+    for name in names:
+        path, _, attr = name.rpartition(".")
+        module = edits.get(path) or _shallow(_get(s.top.model, path))
+        module._parameters[attr] = nn.Parameter(module._parameters[attr].detach().clone())
+        edits[path] = module
+    root = edits.pop("", s.top.model)  # a parameter of the top model itself
+    return dataclasses.replace(s, top=Top(replace(root, edits), s.top.entry), untied=tuple(names))
+
+
+def resolve_ties(s: Split, untie_them: bool, model: nn.Module | None = None) -> Split:
+    """Untie the top's parameters shared with the frozen bottom when ``untie_them``, else warn, naming them."""
+    shared = tied(s, model)
+    if not shared:
+        return s
+    if untie_them:
+        return untie(s, list(shared))
+    pairs = ", ".join(f"{t} (= {b})" for t, b in shared.items())
+    warnings.warn(
+        f"the trainable top has parameters tied to the frozen bottom: {pairs}. They stay frozen with the bottom "
+        f"and will not train (an LM head tied to the input embeddings). Pass untie=True "
+        f"(lr.recycle(model, at, untie=True)) to give the top its own trainable copy; your model is not changed "
+        f"and stored states stay valid.",
+        stacklevel=4,  # the caller of recycle()
+    )
+    return s

@@ -1,0 +1,150 @@
+"""Splits that no test of this library proves exact check themselves on the first batch their bottom sees.
+
+A generic split assumes ``forward()`` is stem -> blocks -> head; a ``blocks=`` override assumes nothing runs
+between the block list and the head. Either can be wrong without an error (a ViT that adds a class token in
+``forward()``, an encoder with a final norm after its blocks), and then every served output would be wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .split import Split
+
+SAMPLE = 4  # examples compared: the check runs the whole model once more, and bottom then top, on this many
+RTOL, ATOL = 1e-4, 1e-5  # both paths run the same modules in the same order: only rounding may differ
+
+
+class SplitCheck:
+    """A forward pre-hook on the bottom: its first call compares bottom -> top with the model on a few rows.
+
+    A passing check removes itself; a failing one raises ``ValueError`` on that call and on every later call.
+    """
+
+    def __init__(self, model: nn.Module, split: Split, source: str):
+        self.model, self.split, self.source = model, split, source  # source: where the block list came from
+        self.error: ValueError | None = None
+        self._running = False
+
+    def attach(self, bottom: nn.Module) -> SplitCheck:
+        self._handle = bottom.register_forward_pre_hook(self, with_kwargs=True)
+        return self
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._running:  # the check's own call of the bottom
+            return None
+        if self.error is None:
+            self._running = True
+            try:
+                self.error = self._compare(args, kwargs)
+            finally:
+                self._running = False
+        if self.error is not None:
+            raise self.error
+        self._handle.remove()
+        return None
+
+    def _compare(self, args: tuple, kwargs: dict) -> ValueError | None:
+        b = _batch_size(args, kwargs)
+        args = tuple(_head(a, b) for a in args)
+        kwargs = {n: _head(v, b) for n, v in kwargs.items()}
+        mask = kwargs.get("attention_mask") if self.split.arch.masked else None
+        with torch.no_grad(), _eval(self.model, self.split.bottom, self.split.top):
+            want = self._reference(args, kwargs)
+            try:
+                got = self.split.top(self.split.bottom(*args, **kwargs),
+                                     **({"attention_mask": mask} if mask is not None else {}))
+            except Exception as err:  # noqa: BLE001 - any failure of the halves is the finding
+                return self._refusal(f"bottom then top fails: {type(err).__name__}: {err}", min(b, SAMPLE))
+        diff, name = _max_diff(want, got, mask)
+        if diff is None:
+            return None
+        return self._refusal(f"max abs diff {diff:.3g} in {name}", min(b, SAMPLE))
+
+    def _reference(self, args: tuple, kwargs: dict) -> Any:
+        """The whole model's output, with the top's untied copies in place of the tied originals: the top may
+        have trained before the bottom's first call (a store filled elsewhere)."""
+        own = dict(self.model.named_parameters(remove_duplicate=False))
+        copies = {n: self.split.top.model.get_parameter(n) for n in self.split.untied if n in own}
+        if not copies:
+            return self.model(*args, **kwargs)
+        return torch.func.functional_call(self.model, copies, args, kwargs, tie_weights=False)
+
+    def _refusal(self, what: str, n: int) -> ValueError:
+        s = self.split
+        return ValueError(
+            f"the split of {type(self.model).__name__} at {s.at} of {s.num_layers} blocks (blocks={s.arch.blocks!r}, "
+            f"from the {self.source}) is not what the model's forward() computes: on the first {n} example(s), {what}. "
+            f"A split outside the architecture table assumes forward() is stem -> blocks -> head, with no work "
+            f"between them outside the model's modules (a class token, a position embedding) and nothing after the "
+            f"block list but the head (a final norm). Fix: name the block list(s) with blocks='<dotted.path>' (or a "
+            f"list of stage lists), add an entry to layer_recycling.arch.TABLE, or wrap the model so that forward() "
+            f"is just stem -> blocks -> head. This check runs the whole model once more on up to {SAMPLE} examples; "
+            f"for a model too large to run twice, pass check_split=False to skip it (at your own risk)."
+        )
+
+
+def source_of(arch: Any, overridden: bool) -> str:
+    """Where a split's block list came from, for the refusal."""
+    if overridden:
+        return "blocks= override"
+    if arch.build is not None:
+        return "architecture table, an entry tested against a stand-in of the package only"
+    return "generic rule"
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int:
+    first = next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor))
+    return first.shape[0] if first.dim() else 1
+
+
+def _head(value: Any, b: int) -> Any:
+    """The first ``SAMPLE`` rows of a batched tensor; anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == b:
+        return value[:SAMPLE]
+    return value
+
+
+@contextlib.contextmanager
+def _eval(*modules: nn.Module):
+    """Eval mode for the comparison (dropout off, norm statistics frozen); the modes are restored after."""
+    modes = {m: m.training for root in modules for m in root.modules()}
+    try:
+        for root in modules:
+            root.eval()
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _tensors(out: Any) -> dict[str, torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return {"output": out}
+    if isinstance(out, (tuple, list)):
+        return {f"output[{i}]": v for i, v in enumerate(out) if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)} if hasattr(out, "items") else {}
+
+
+def _max_diff(want: Any, got: Any, mask: torch.Tensor | None) -> tuple[float | None, str]:
+    """(largest abs difference, output name) where outputs differ beyond rounding; (None, "") when they agree."""
+    a_all, b_all = _tensors(want), _tensors(got)
+    for name, a in a_all.items():
+        b = b_all.get(name)
+        if b is None or a.shape != b.shape:
+            return float("inf"), f"{name} (shape {tuple(a.shape)} from the model, "\
+                f"{'none' if b is None else tuple(b.shape)} from the split)"
+        if mask is not None and a.dim() >= 2 and a.shape[:2] == mask.shape:  # per-token: real positions only
+            a, b = a[mask.bool()], b[mask.bool()]
+        if a.numel() == 0:
+            continue
+        a, b = a.float(), b.float()
+        diff = float((a - b).abs().max())
+        if not diff <= ATOL + RTOL * float(a.abs().max()):  # also catches NaN
+            return diff, name
+    return None, ""

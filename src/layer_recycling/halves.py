@@ -1,0 +1,130 @@
+"""Halves of vision models whose forward() does work outside their modules, built by hand for the table.
+
+A ViT concatenates its class token and adds its position embedding in forward(), so no list of modules run in
+order reproduces it; a ConvNeXt keeps its blocks inside stages that begin with a downsampling layer. Each builder
+takes (model, at) and returns (bottom, top, blocks recycled, blocks in all) over shallow copies of the model: the
+bottom holds only the stem and the first k blocks, the top only what runs above them, so that freezing and
+fingerprinting the bottom never touch the top (and the top shares no parameter with the bottom).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class Steps(nn.Module):
+    """One half of a model: ``fn(model, x)`` on a shallow copy of the model cut at the split."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[nn.Module, torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.model, x)
+
+
+def _cut(model: nn.Module, blocks: str, k: int, drop: tuple[str, ...], unset: tuple[str, ...], bottom: bool):
+    """A shallow copy of ``model`` with the blocks before (bottom) or from (top) ``k``, ``drop`` modules blanked
+    and the parameters at the dotted paths ``unset`` removed (that half never reads them)."""
+    from .split import _shallow, replace
+
+    layers = model.get_submodule(blocks)
+    kept = nn.Sequential(*(list(layers)[:k] if bottom else list(layers)[k:]))
+    edits = {blocks: kept, **{p: nn.Identity() for p in drop}}
+    owners = {p.rpartition(".")[0] for p in unset} - {""}  # replace() always copies the root
+    on_path = lambda o: any(e == o or e.startswith(o + ".") for e in edits)  # noqa: E731 - copied by replace()
+    copy = replace(model, {**{o: _shallow(model.get_submodule(o)) for o in owners if not on_path(o)}, **edits})
+    for path in unset:
+        owner, _, name = path.rpartition(".")
+        (copy.get_submodule(owner) if owner else copy)._parameters.pop(name, None)
+    return copy
+
+
+def _after(model: nn.Module, name: str) -> tuple[str, ...]:
+    names = list(model._modules)
+    return tuple(n for n in names[names.index(name) + 1 :] if model._modules[n] is not None)
+
+
+def _before(model: nn.Module, name: str) -> tuple[str, ...]:
+    names = list(model._modules)
+    return tuple(n for n in names[: names.index(name)] if model._modules[n] is not None)
+
+
+# ---- timm.models.vision_transformer.VisionTransformer: forward_features, then forward_head ------------------------
+
+_TIMM_STEM_PARAMS = ("cls_token", "reg_token", "pos_embed")
+
+
+Built = tuple[nn.Module, nn.Module, int, int]  # bottom, top, blocks recycled, blocks in all
+
+
+def _resolve(at: int | float, num_layers: int) -> int:
+    from .split import resolve_at
+
+    return resolve_at(at, num_layers)
+
+
+def timm_vit(model: nn.Module, at: int | float) -> Built:
+    k = _resolve(at, len(model.blocks))
+    bottom = _cut(model, "blocks", k, _after(model, "blocks"), (), bottom=True)
+    top = _cut(model, "blocks", k, _before(model, "blocks"), _TIMM_STEM_PARAMS, bottom=False)
+    return Steps(bottom, _timm_vit_bottom), Steps(top, _timm_vit_top), k, len(model.blocks)
+
+
+def _timm_vit_bottom(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # forward_features up to the split: (b, 3, h, w) -> tokens (b, prefix + patches, d)
+    return m.blocks(m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x)))))
+
+
+def _timm_vit_top(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m.forward_head(m.norm(m.blocks(x)))  # tokens (b, n, d) -> logits (b, classes)
+
+
+# ---- torchvision.models.vision_transformer.VisionTransformer -------------------------------------------------------
+
+
+def torchvision_vit(model: nn.Module, at: int | float) -> Built:
+    k = _resolve(at, len(model.encoder.layers))
+    bottom = _cut(model, "encoder.layers", k, ("encoder.ln", "heads"), (), bottom=True)
+    top = _cut(model, "encoder.layers", k, ("conv_proj", "encoder.dropout"),
+               ("class_token", "encoder.pos_embedding"), bottom=False)
+    return Steps(bottom, _torchvision_vit_bottom), Steps(top, _torchvision_vit_top), k, len(model.encoder.layers)
+
+
+def _torchvision_vit_bottom(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # VisionTransformer.forward and Encoder.forward up to the split: (b, 3, h, w) -> tokens (b, 1 + patches, d)
+    x = m._process_input(x)
+    x = torch.cat([m.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+    return m.encoder.layers(m.encoder.dropout(x + m.encoder.pos_embedding))
+
+
+def _torchvision_vit_top(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return m.heads(m.encoder.ln(m.encoder.layers(x))[:, 0])  # the class token's state -> logits
+
+
+# ---- timm.models.convnext.ConvNeXt: stem, stages (downsample, blocks), norm_pre, head ------------------------------
+
+
+def timm_convnext(model: nn.Module, at: int | float) -> Built:
+    """Counts the blocks of all stages; a stage cut inside runs its downsample in the bottom, a stage that starts
+    the top runs its own."""
+    from .split import replace
+
+    k = _resolve(at, sum(len(stage.blocks) for stage in model.stages))
+    below, above, done = [], [], 0
+    for stage in model.stages:
+        j = min(max(k - done, 0), len(stage.blocks))  # this stage's blocks in the bottom
+        if j == len(stage.blocks):
+            below.append(stage)
+        elif j == 0:
+            above.append(stage)
+        else:
+            below.append(replace(stage, {"blocks": nn.Sequential(*list(stage.blocks)[:j])}))
+            above.append(replace(stage, {"downsample": nn.Identity(), "blocks": nn.Sequential(*list(stage.blocks)[j:])}))
+        done += len(stage.blocks)
+    bottom = nn.Sequential(model.stem, *below)  # forward_features up to the split
+    top = replace(model, {"stem": nn.Identity(), "stages": nn.Sequential(*above)})  # its forward() runs the rest
+    return bottom, top, k, done
