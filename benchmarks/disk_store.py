@@ -23,29 +23,17 @@ import transformers
 
 import layer_recycling as lr
 from layer_recycling import data
-from layer_recycling.assets import minilm_path, movie_reviews
-from train_step import _meta
+from layer_recycling.bench.assets import minilm_path, movie_reviews
+from layer_recycling.bench.runner import train_epochs
+from timing import meta, timed
 
 CODECS = ["float32", "float16", "bfloat16", "int8"]
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def _epoch(rec: lr.Recycled, examples: list[dict], seed: int = 0) -> float:
     """Seconds of one training epoch of the top, batches from ``rec``'s store."""
     loader = rec.loader(examples, batch_size=32, shuffle=True, seed=seed, progress=False)
-    opt = torch.optim.AdamW([p for p in rec.parameters() if p.requires_grad], lr=1e-5)
-    rec.train()
-    start = time.perf_counter()
-    for batch in loader:
-        rec(**batch).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+    return train_epochs(rec, loader, [p for p in rec.parameters() if p.requires_grad], 1e-5, 1, "epoch")[0]
 
 
 def _bare_bottom(rec: lr.Recycled, examples: list[dict]) -> float:
@@ -94,7 +82,7 @@ def main() -> None:
     tokens = sum(len(e["input_ids"]) for e in examples)
     hidden = model.config.hidden_size
     print(f"{len(examples)} IMDB reviews, {tokens} tokens (mean {tokens / len(examples):.0f}, cut at {args.tokens})")
-    result: dict = {"config": {k: str(v) for k, v in vars(args).items()}, "tokens": tokens, "meta": _meta()}
+    result: dict = {"config": {k: str(v) for k, v in vars(args).items()}, "tokens": tokens, "meta": meta()}
 
     # Fill throughput: the bare bottom on the same length-sorted batches, then a fill into each codec's store.
     bare = lr.recycle(model, at=args.at, store=lr.MemoryStore(), tokenizer=tok, preprocess=call)
@@ -104,7 +92,7 @@ def main() -> None:
     for codec in CODECS:
         stores[codec] = lr.DiskStore(args.dir / codec, dtype=codec)
         rec = lr.recycle(model, at=args.at, store=stores[codec], tokenizer=tok, preprocess=call)
-        _, fills[codec] = _timed(lambda: rec.fill(examples, batch_size=32, progress=False))
+        _, fills[codec] = timed(lambda: rec.fill(examples, batch_size=32, progress=False))
     padded = len(examples) * args.tokens * hidden * 4
     sizes = {c: s.info()["bytes"] / len(examples) for c, s in stores.items()}
     result["bytes_per_example"] = {"fp32_padded": padded / len(examples), **sizes}

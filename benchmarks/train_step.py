@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import transformers
 
 import layer_recycling as lr
-from layer_recycling.assets import minilm_path, movie_reviews
-from layer_recycling.bench.runner import environment
+from layer_recycling.bench.assets import minilm_path, movie_reviews
+from timing import meta, seconds
 
 
 def _step(fn, params):
@@ -35,12 +34,6 @@ def _step(fn, params):
         opt.zero_grad(set_to_none=True)
 
     return run
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -95,10 +88,10 @@ def main() -> None:
     for r in range(args.rounds):
         # Alternate the order each round: the step after another setting's is slower (caches, allocator).
         for name in (list(steps) if r % 2 == 0 else list(reversed(steps))):
-            times[name].append(_time(steps[name]))
+            times[name].append(seconds(steps[name]))
         with torch.no_grad():
             for name, fn in serve.items():
-                times[name].append(_time(fn))
+                times[name].append(seconds(fn))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1] * 1e3:.0f} ms" for k, v in times.items()))
     assert rec.stats.bottom_calls == calls, "the recycled step ran the bottom"
 
@@ -110,17 +103,13 @@ def main() -> None:
         "inference_full_over_hits": med["full_forward"] / med["recycled_all_hits"],
     }
     result = {"config": vars(args) | {"out": str(args.out)}, "median_s": med, "all_s": times, "ratios": ratios,
-              "meta": _meta()}
+              "meta": meta()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print("\nmedian per step: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in med.items()))
     for k, v in ratios.items():
         print(f"{k:>28}: {v:.2f}x")
     print(f"wrote {args.out}")
-
-
-def _meta() -> dict:
-    return environment()  # versions, git commit and machine, as every harness result records them
 
 
 if __name__ == "__main__":

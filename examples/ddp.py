@@ -26,7 +26,7 @@ def model_and_examples(name: str, count: int):
         examples = [{"input_ids": torch.randint(3, 99, (n,), generator=g).tolist(), "label": i % 2}
                     for i, n in enumerate(lengths)]
         return transformers.BertForSequenceClassification(config), examples
-    from layer_recycling.assets import minilm_path, movie_reviews
+    from layer_recycling.bench.assets import minilm_path, movie_reviews
 
     tok = transformers.AutoTokenizer.from_pretrained(minilm_path())
     model = transformers.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)

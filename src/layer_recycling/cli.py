@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .bench.tasks import KINDS
+
 EPILOG = """examples:
   recycle bench --task seq-cls --dataset rotten_tomatoes --model minilm --train 2000 --test 1000 --out results/rt
   recycle report results/rt --max-drop 1
@@ -27,7 +29,7 @@ def _levels(text: str) -> list[float]:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="seq-cls", choices=["seq-cls", "token-cls", "qa", "image-cls"])
+    p.add_argument("--task", default="seq-cls", choices=KINDS)
     p.add_argument("--dataset", default="rotten_tomatoes",
                    help="rotten_tomatoes, imdb, wnut16, fashion_mnist, or a file (csv/tsv/jsonl, CoNLL, SQuAD json)")
     p.add_argument("--test-file", help="a separate test file (default: a seeded 20%% split of --dataset)")
@@ -127,7 +129,7 @@ def _inspect(args) -> int:
 
 
 def _recycled(args):
-    from . import recycle
+    from .model import recycle
     from .bench.catalog import model_factory, tokenizer_for
     from .stores import DiskStore
 

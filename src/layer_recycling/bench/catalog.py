@@ -12,12 +12,12 @@ from typing import Callable
 
 from torch import nn
 
-from .. import assets
-from .tasks import Task, image_task, qa_task, sequence_task, token_task
+from . import assets
+from .sources import seeded_split
+from .tasks import KINDS, Task, image_task, qa_task, sequence_task, token_task
 
 TEXT_MODELS = {"minilm": assets.minilm_path, "mpnet": assets.mpnet_path}
 IMAGE_MODELS = ("efficientnet-lite0",)
-KINDS = ("seq-cls", "token-cls", "qa", "image-cls")
 _AUTO = {"seq-cls": "AutoModelForSequenceClassification", "token-cls": "AutoModelForTokenClassification",
          "qa": "AutoModelForQuestionAnswering", "image-cls": "AutoModelForImageClassification"}
 
@@ -40,7 +40,7 @@ def model_dir(name: str) -> Path | None:
 def model_factory(name: str, kind: str, num_labels: int) -> Callable[[], nn.Module]:
     """A function that builds a fresh model with a new ``kind`` head each time it is called."""
     if name in IMAGE_MODELS:
-        from ..vision import efficientnet_lite0
+        from .vision import efficientnet_lite0
 
         return lambda: efficientnet_lite0(num_classes=num_labels)
     import transformers
@@ -60,13 +60,6 @@ def _take(items: list, n: int | None, seed: int) -> list:
     if n is None or n >= len(items):
         return items
     return random.Random(seed).sample(items, n)
-
-
-def _split(items: list, test_size: float, seed: int) -> tuple[list, list]:
-    items = list(items)
-    random.Random(seed).shuffle(items)
-    cut = round(len(items) * test_size)
-    return items[cut:], items[:cut]
 
 
 def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, test: int | None = None,
@@ -96,7 +89,7 @@ def _load(kind, dataset, model, train, test, max_length, test_file, seed) -> Tas
 def _text_pairs(dataset: str, test_file: str | None, seed: int):
     if dataset in ("rotten_tomatoes", "imdb"):
         return assets.movie_reviews(dataset, seed=seed), ["negative", "positive"]
-    from ..sources import read_text_labels
+    from .sources import read_text_labels
 
     pairs, names = read_text_labels(dataset)
     if test_file:
@@ -104,28 +97,28 @@ def _text_pairs(dataset: str, test_file: str | None, seed: int):
         if test_names != names:
             raise ValueError(f"{test_file} has labels {test_names}, but {dataset} has {names}")
         return (pairs, test), names
-    return _split(pairs, 0.2, seed), names
+    return seeded_split(pairs, 0.2, seed, label_of=lambda pair: pair[1]), names
 
 
 def _conll(dataset: str, test_file: str | None, seed: int):
-    from .. import sources
+    from . import sources
 
     if dataset == "wnut16":
         return sources.wnut16(seed=seed)
     sentences = sources.read_conll(dataset)
-    return (sentences, sources.read_conll(test_file)) if test_file else _split(sentences, 0.2, seed)
+    return (sentences, sources.read_conll(test_file)) if test_file else seeded_split(sentences, 0.2, seed)
 
 
 def _squad(dataset: str, test_file: str | None, seed: int):
-    from ..sources import read_squad
+    from .sources import read_squad
 
     examples = read_squad(dataset)
-    return (examples, read_squad(test_file)) if test_file else _split(examples, 0.2, seed)
+    return (examples, read_squad(test_file)) if test_file else seeded_split(examples, 0.2, seed)
 
 
 def _image(dataset: str, train: int | None, test: int | None, seed: int) -> Task:
-    from .. import sources
-    from ..vision import grayscale_transform
+    from . import sources
+    from .vision import grayscale_transform
 
     if dataset != "fashion_mnist":
         raise ValueError(f"image dataset {dataset!r}: the built-in is 'fashion_mnist'")

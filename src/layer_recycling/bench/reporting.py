@@ -11,6 +11,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from .settings import SETTINGS
+
 REQUIRED = ("task", "dataset", "model", "setting", "level", "at", "codec", "metric", "score", "fill_s",
             "train_s_per_epoch", "end_to_end_s", "infer_hits_per_s", "infer_misses_per_s", "cache_bytes", "seed",
             "meta")
@@ -52,8 +54,7 @@ def summarize(results: list[dict]) -> list[dict]:
         row["speedup"] = full["end_to_end_s"] / row["end_to_end_s"] if full else None
         row["vs_frozen"] = frozen["end_to_end_s"] / row["end_to_end_s"] if frozen else None
         row["drop"] = full["score"] - row["score"] if full else None
-    order = {"full": 0, "frozen": 1, "recycled": 2, "recycled+lora": 3}
-    return sorted(rows, key=lambda r: (order[r["setting"]], r["codec"] not in (None, "float32"), r["codec"] or "",
+    return sorted(rows, key=lambda r: (SETTINGS.index(r["setting"]), r["codec"] not in (None, "float32"), r["codec"] or "",
                                        r["level"]))
 
 
@@ -111,7 +112,7 @@ def plot(rows: list[dict], path: str | Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = {"full": "tab:red", "frozen": "tab:gray", "recycled": "tab:blue", "recycled+lora": "tab:purple"}
+    colors = dict(zip(SETTINGS, ("tab:red", "tab:gray", "tab:blue", "tab:purple")))
     for i, r in enumerate(sorted(rows, key=lambda r: r["speedup"])):
         ax.errorbar(r["speedup"], r["score"], yerr=r["score_sd"] or None, fmt="o", capsize=3,
                     color=colors[r["setting"]])

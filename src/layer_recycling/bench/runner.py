@@ -6,14 +6,14 @@ Settings: ``full`` fine-tuning, ``frozen`` (bottom frozen, no cache), ``recycled
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
 import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -23,39 +23,8 @@ from .. import data
 from ..loader import input_loader
 from ..model import Recycled, recycle
 from ..stores import DiskStore, MemoryStore
+from .settings import Setting, TrainConfig
 from .tasks import Task
-
-SETTINGS = ("full", "frozen", "recycled", "recycled+lora")
-
-
-@dataclasses.dataclass
-class Setting:
-    """One row of the sweep."""
-
-    name: str  # one of SETTINGS
-    level: float = 0.0  # recycled (or frozen) fraction of blocks
-    codec: str = "float32"  # how the store keeps states (recycled settings)
-
-    @property
-    def label(self) -> str:
-        if self.name == "full":
-            return "full"
-        codec = "" if self.codec == "float32" else f" {self.codec}"
-        return f"{self.name} {round(self.level * 100)}%{codec}"
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """How each setting trains: the same for every setting of a sweep."""
-
-    epochs: int = 2
-    batch_size: int = 32
-    lr: float = 5e-5
-    lora_lr: float = 1e-3
-    lora_rank: int = 8
-    seed: int = 0
-    store_dir: str | None = None  # None: memory store for float32, a temporary directory for other codecs
-
 
 def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: TrainConfig) -> dict:
     """Train ``setting`` on ``task`` and return its measurements (see ``result_fields``)."""
@@ -186,3 +155,26 @@ def environment() -> dict:
         commit = None
     return {**versions, "git_commit": commit, "python": platform.python_version(), "machine": platform.machine(),
             "cpus": os.cpu_count(), "threads": torch.get_num_threads()}
+
+
+def sweep(task: Task, model: str, make_model: Callable[[], nn.Module], settings: list[Setting],
+          cfg: TrainConfig, out: str | Path, seeds: Sequence[int] = (0,), echo: Callable[[str], None] = print
+          ) -> list[dict]:
+    """Run every setting for every seed; write ``out/<dataset>-<model>-<label>-seed<k>.json`` for each run."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = environment()
+    results = []
+    for seed in seeds:
+        for setting in settings:
+            result = run(task, setting, make_model, TrainConfig(**{**cfg.__dict__, "seed": seed}))
+            result.update(task=task.kind, dataset=task.dataset, model=Path(model).name, model_source=str(model),
+                          seed=seed, meta=meta,
+                          config={**cfg.__dict__, "seed": seed, "train_examples": len(task.train),
+                                  "test_examples": len(task.test)})
+            name = f"{task.dataset}-{Path(model).name}-{setting.label}-seed{seed}".replace(" ", "_").replace("%", "pct")
+            (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+            results.append(result)
+            echo(f"{setting.label:>24}  {task.metric} {result['score']:6.2f}  end-to-end {result['end_to_end_s']:7.1f} s"
+                 f"  (fill {result['fill_s']:.1f} s, {result['train_s_per_epoch']:.1f} s/epoch)")
+    return results

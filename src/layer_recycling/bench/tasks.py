@@ -11,7 +11,8 @@ from typing import Any, Callable
 
 import torch
 
-from .. import data, metrics
+from .. import data
+from . import metrics
 
 Forward = Callable[..., Any]
 
@@ -68,7 +69,7 @@ def _evaluate_tokens(task: Task, forward: Forward, batch_size: int) -> dict[str,
 
 
 def _evaluate_qa(task: Task, forward: Forward, batch_size: int) -> dict[str, float]:
-    from ..qa import predict_answers
+    from .qa import predict_answers
 
     starts, ends = [], []
     for batch in task.batches(task.test, batch_size, TEXT_INPUTS):
@@ -85,6 +86,7 @@ def _evaluate_qa(task: Task, forward: Forward, batch_size: int) -> dict[str, flo
 EVALUATORS = {"seq-cls": _evaluate_classes, "image-cls": _evaluate_classes, "token-cls": _evaluate_tokens,
               "qa": _evaluate_qa}
 METRIC = {"seq-cls": "accuracy", "image-cls": "accuracy", "token-cls": "entity_f1", "qa": "squad_f1"}
+KINDS = tuple(EVALUATORS)  # the task kinds the harness runs
 
 
 def sequence_task(dataset: str, train: list[tuple[str, int]], test: list[tuple[str, int]], tokenizer,
@@ -121,7 +123,7 @@ def token_task(dataset: str, train: list[tuple[list[str], list[str]]], test: lis
 
 def qa_task(dataset: str, train: list[dict], test: list[dict], tokenizer, max_length: int, stride: int) -> Task:
     """Extractive QA on SQuAD-format examples, cut into overlapping windows."""
-    from ..qa import eval_features, train_features
+    from .qa import eval_features, train_features
 
     return Task("qa", dataset, train_features(train, tokenizer, max_length, stride),
                 eval_features(test, tokenizer, max_length, stride), 2, METRIC["qa"], EVALUATORS["qa"],

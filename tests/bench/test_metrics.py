@@ -1,11 +1,11 @@
-"""Hand-computed values and edge cases for every metric in ``layer_recycling.metrics``."""
+"""Hand-computed values and edge cases for every metric in ``layer_recycling.bench.metrics``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from layer_recycling.metrics import (
+from layer_recycling.bench.metrics import (
     METRICS,
     accuracy,
     entity_f1,

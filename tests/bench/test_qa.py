@@ -9,7 +9,8 @@ import types
 import pytest
 import torch
 
-from layer_recycling import data, qa
+from layer_recycling import data
+from layer_recycling.bench import qa
 
 MAX_LENGTH, STRIDE = 32, 8  # small windows, so the long context needs several
 

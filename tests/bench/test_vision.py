@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import layer_recycling as lr
-from layer_recycling import vision
+from layer_recycling.bench import vision
 
 LEVELS = [0, 1, 8, 16]
 
