@@ -69,6 +69,9 @@ def test_bench_seq_cls_writes_results_report_and_plot(tmp_path, tiny_model_dir, 
         assert r["meta"]["torch"] and r["config"]["train_examples"] == 38
     recycled = next(r for r in results if r["label"] == "recycled 50%")
     assert recycled["at"] == 2 and recycled["cache_bytes"] > 0 and recycled["fill_s"] > 0
+    by_label = {r["label"]: r["fill_from_at"] for r in results}  # each level's fill stacked on the one below
+    assert by_label["recycled 0%"] is None and by_label["recycled 50%"] == 0 and by_label["recycled 100%"] == 2
+    assert by_label["recycled 50% int8"] == 0 and by_label["frozen 50%"] is None
     lora = next(r for r in results if r["setting"] == "recycled+lora")
     assert lora["trainable_params"] < recycled["trainable_params"]
     assert (out / "report.md").exists() and (out / f"reviews.csv-{tiny_model_dir.name}.png").exists()

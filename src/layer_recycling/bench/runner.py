@@ -22,16 +22,23 @@ from tqdm.auto import tqdm
 from .. import data
 from ..loader import input_loader
 from ..model import Recycled, recycle
+from ..stack import LOSSLESS
 from ..stores import DiskStore, MemoryStore
 from .settings import Setting, TrainConfig
 from .tasks import Task
 
-def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: TrainConfig) -> dict:
-    """Train ``setting`` on ``task`` and return its measurements (see ``result_fields``)."""
+
+def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: TrainConfig,
+        lower: dict[int, Recycled] | None = None) -> dict:
+    """Train ``setting`` on ``task`` and return its measurements.
+
+    ``lower``: recycled runs of this sweep by block count; the highest below this level feeds its fill (a
+    stacked fill: only the blocks between run), and a lossless recycled run adds itself for the next.
+    """
     _reset_peak_memory()
     torch.manual_seed(cfg.seed)
     model = make_model()
-    store_path = None
+    store_path, below = None, None
     if setting.name == "full":
         trainable, forward, fill_s, cache = list(model.parameters()), model, 0.0, None
     else:
@@ -40,9 +47,12 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
         if setting.name == "recycled+lora":
             _add_lora(rec, cfg.lora_rank)
         trainable, forward, cache = [p for p in rec.parameters() if p.requires_grad], rec, store
+        below = max((r for at, r in (lower or {}).items() if at < rec.at), key=lambda r: r.at, default=None)
         start = time.perf_counter()
-        rec.fill(task.train, batch_size=cfg.batch_size, progress=False)
+        rec.fill(task.train, batch_size=cfg.batch_size, progress=False, start_from=below if rec.store.keeps else None)
         fill_s = time.perf_counter() - start
+        if lower is not None and setting.name == "recycled" and rec.store.codec in LOSSLESS:
+            lower[rec.at] = rec
     batches = _train_batches(task, forward, cfg)
     lr = cfg.lora_lr if setting.name == "recycled+lora" else cfg.lr
     epochs_s = train_epochs(forward, batches, trainable, lr, cfg.epochs, setting.label)
@@ -58,7 +68,8 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
         "setting": setting.name, "label": setting.label, "level": setting.level if setting.name != "full" else 0.0,
         "at": getattr(forward, "at", 0), "codec": setting.codec if setting.name.startswith("recycled") else None,
         "metric": task.metric, "score": scores[task.metric], "scores": scores,
-        "fill_s": fill_s, "train_s_per_epoch": sum(epochs_s) / len(epochs_s), "epochs_s": epochs_s,
+        "fill_s": fill_s, "fill_from_at": below.at if below is not None and cache is not None else None,
+        "train_s_per_epoch": sum(epochs_s) / len(epochs_s), "epochs_s": epochs_s,
         "end_to_end_s": fill_s + sum(epochs_s), "infer_hits_per_s": len(task.test) / hits_s,
         "infer_misses_per_s": len(task.test) / first_s, "cache_bytes": cache.volume() if cache is not None else 0,
         "trainable_params": sum(p.numel() for p in trainable), "peak_mem_mb": _peak_memory_mb(),
@@ -166,8 +177,9 @@ def sweep(task: Task, model: str, make_model: Callable[[], nn.Module], settings:
     meta = environment()
     results = []
     for seed in seeds:
-        for setting in settings:
-            result = run(task, setting, make_model, TrainConfig(**{**cfg.__dict__, "seed": seed}))
+        lower: dict[int, Recycled] = {}  # each level's fill starts from the store of the level below
+        for setting in sorted(settings, key=lambda s: (s.name != "recycled", s.level)):
+            result = run(task, setting, make_model, TrainConfig(**{**cfg.__dict__, "seed": seed}), lower)
             result.update(task=task.kind, dataset=task.dataset, model=Path(model).name, model_source=str(model),
                           seed=seed, meta=meta,
                           config={**cfg.__dict__, "seed": seed, "train_examples": len(task.train),
