@@ -21,8 +21,8 @@ def make(path: str) -> lr.Recycled:
 
 @pytest.fixture(scope="module")
 def local_ray():
-    here = Path(__file__).parent
-    path = os.pathsep.join([str(here), str(here.parent / "src"), os.environ.get("PYTHONPATH", "")])
+    here, tests = Path(__file__).parent, Path(__file__).parents[1]  # this module and conftest, for the workers
+    path = os.pathsep.join([str(here), str(tests), str(tests.parent / "src"), os.environ.get("PYTHONPATH", "")])
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
     yield ray
