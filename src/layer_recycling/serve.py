@@ -41,8 +41,7 @@ def lookup(rec: Recycled, keys: Sequence[str], rows: Sequence[dict[str, torch.Te
         states = bottom_states(rec, list(misses.values()), device)
         found.update(zip(misses, (s.to(dtype) for s in states)))
         if rec.config.store_misses and rec.store.keeps:
-            rec.store.put_many(list(misses), states)
-            rec.store.flush()
+            rec.store.put_many(list(misses), states)  # readable at once; durable at the store's next commit
             rec.stats.stored += len(misses)
     rec.stats.misses += sum(k in misses for k in keys)
     rec.stats.hits += sum(k not in misses for k in keys)
