@@ -109,3 +109,23 @@ def test_predict_cuts_per_token_outputs_to_each_example():
     assert [o["logits"].shape[0] for o in outputs] == [len(e["input_ids"]) for e in examples]
     for e, out in zip(examples, outputs):
         assert float((out["logits"] - alone(model, e)["logits"]).abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_output_hidden_states_pass_through_and_start_at_the_stored_block(side):
+    model = text_model("bert", "Model")
+    examples = text_examples(4)
+    rec = lr.recycle(model, at=2).eval()
+    batch = padded(examples, side)
+    right = padded(examples, "right")
+    with torch.no_grad():
+        out = rec(**batch, output_hidden_states=True, return_dict=True)
+        at_block_2 = lr.split(model, 2).bottom(**right)
+        last = model(**right).last_hidden_state
+    assert len(out.hidden_states) == LAYERS - 2 + 1  # the stored state at block 2, then each top block
+    real, real_right = batch["attention_mask"].bool(), right["attention_mask"].bool()
+    for got, ref in ((out.hidden_states[0], at_block_2), (out.hidden_states[-1], last)):
+        assert float((got[real] - ref[real_right]).abs().max()) <= 1e-5
+    batch_from_store = next(iter(rec.loader(examples, batch_size=4, progress=False)))
+    with torch.no_grad():
+        assert len(rec(**batch_from_store, output_hidden_states=True).hidden_states) == LAYERS - 1

@@ -67,6 +67,7 @@ class Recycled(nn.Module):
             codec=self.store.codec, tokenizer=tokenizer, preprocess=config.preprocess,
         )
         self.store.bind_fingerprint(self.fingerprint)
+        self.accepts_loss_kwargs = getattr(s.top.model, "accepts_loss_kwargs", s.top.takes_kwargs)  # as Trainer reads it
         self.train(self.training)  # the top leaves from_pretrained's eval mode with the wrapper
 
     @property
@@ -89,31 +90,42 @@ class Recycled(nn.Module):
     # ---- the model ----------------------------------------------------------------------------------------
 
     def forward(self, *args: torch.Tensor, states: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, **inputs: torch.Tensor):
+                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None,
+                output_hidden_states: bool | None = None, output_attentions: bool | None = None,
+                return_dict: bool | None = None, num_items_in_batch: Any = None, **inputs: torch.Tensor):
         """``rec(states=(b, n, h), attention_mask=(b, n), **labels)`` runs the top on stored states.
 
         ``rec(**model_inputs)`` (no ``states``) serves through the store (``serve.serve``). Returns what the
-        model returns, with a loss when labels are given.
+        model returns, with a loss when labels are given. The keywords are named so that trainers (HF
+        ``Trainer``'s ``remove_unused_columns``) keep these columns. ``output_hidden_states`` gives the top's
+        hidden states: the first is the stored state at block k (the recycled blocks' own states are not
+        stored); ``num_items_in_batch`` reaches the model's loss as it would without recycling.
         """
+        given = {"labels": labels, "start_positions": start_positions, "end_positions": end_positions,
+                 "output_hidden_states": output_hidden_states, "output_attentions": output_attentions,
+                 "return_dict": return_dict}
+        extra = {k: v for k, v in given.items() if v is not None}
+        if num_items_in_batch is not None and self.accepts_loss_kwargs:
+            extra["num_items_in_batch"] = num_items_in_batch
         if states is None:
             named = dict(zip(self.input_names, args))
-            return serve.serve(self, {**named, "attention_mask": attention_mask, **inputs})
-        return self._top(states, attention_mask, inputs)
+            return serve.serve(self, {**named, "attention_mask": attention_mask, **inputs}, extra)
+        if inputs:
+            raise TypeError(f"with states=, expected attention_mask, labels and output options; got {sorted(inputs)}")
+        return self._top(states, attention_mask, extra)
 
-    def _top(self, states: torch.Tensor, mask: torch.Tensor | None, labels: dict[str, torch.Tensor]):
+    def _top(self, states: torch.Tensor, mask: torch.Tensor | None, extra: dict[str, Any]):
         self._check_frozen()
-        unknown = sorted(set(labels) - set(data.LABEL_NAMES))
-        if unknown:
-            raise TypeError(f"with states=, expected attention_mask and labels {list(data.LABEL_NAMES)}; got {unknown}")
-        refused = sorted(set(labels) - self.top.accepts)
-        if refused:
+        refused = sorted(set(extra) - self.top.accepts)
+        if refused and not self.top.takes_kwargs:
             takes = sorted(set(data.LABEL_NAMES) & self.top.accepts) or "none: it computes no loss"
             raise TypeError(
                 f"{type(self.top.model).__name__} takes no {refused} (its labels: {takes}). Drop those fields "
                 f"from the examples, or call rec(states=batch['states']) and compute the loss yourself"
             )
         kwargs = {"attention_mask": mask} if self.arch.masked and mask is not None else {}
-        return self.top(states, **kwargs, **labels)
+        return self.top(states, **kwargs, **extra)
 
     def _check_frozen(self) -> None:
         trainable = [n for n, p in self.bottom.named_parameters() if p.requires_grad]

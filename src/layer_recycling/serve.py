@@ -48,10 +48,13 @@ def lookup(rec: Recycled, keys: Sequence[str], rows: Sequence[dict[str, torch.Te
     return [found[k] for k in keys]
 
 
-def serve(rec: Recycled, inputs: dict[str, torch.Tensor]) -> Any:
-    """The model's output for a batch of ordinary model inputs (padded on either side), labels optional."""
+def serve(rec: Recycled, inputs: dict[str, torch.Tensor], extra: dict[str, Any]) -> Any:
+    """The model's output for a batch of ordinary model inputs (padded on either side).
+
+    ``extra``: labels and output options for the top; per-token labels follow the rows into the library's layout.
+    """
     inputs = {n: v for n, v in inputs.items() if v is not None}
-    labels = {n: inputs.pop(n) for n in data.LABEL_NAMES if n in inputs}
+    labels = dict(extra)
     unknown = sorted(set(inputs) - set(rec.input_names))
     if unknown:
         raise TypeError(f"unexpected model inputs {unknown}; this model takes {list(rec.input_names)} and labels")
@@ -80,7 +83,7 @@ def row_key(inputs: dict[str, torch.Tensor]) -> str:
 
 def _is_per_token(v: torch.Tensor, layout: data.Layout) -> bool:
     # Per-token labels are class ids (b, t); float (b, labels) are multi-label targets, whatever their width.
-    return v.dim() >= 2 and v.shape[1] == layout.t and not v.is_floating_point()
+    return isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[1] == layout.t and not v.is_floating_point()
 
 
 def restore(out: Any, layout: data.Layout) -> Any:

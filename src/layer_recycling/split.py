@@ -122,7 +122,9 @@ class Top(nn.Module):
     def __init__(self, model: nn.Module, entry: str | None):
         super().__init__()
         self.model, self.entry = model, entry
-        self.accepts = frozenset(inspect.signature(model.forward).parameters)
+        params = inspect.signature(model.forward).parameters
+        self.accepts = frozenset(params)
+        self.takes_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
 
     def forward(self, states: torch.Tensor, **kwargs):
         if self.entry is None:
