@@ -105,3 +105,12 @@ def test_the_tokenizer_counts(bert, tmp_path):
     assert fa == lr.recycle(bert, 2, None, tokenizer=make({"[UNK]": 0, "good": 1, "bad": 2})).fingerprint.digest
     assert fa != lr.recycle(bert, 2, None, tokenizer=b).fingerprint.digest
     assert fa != lr.recycle(bert, 2, None).fingerprint.digest
+
+
+def test_dropout_rates_and_the_dtype_field_do_not_count(bert):
+    store = lr.MemoryStore()
+    lr.recycle(bert, 2, store)
+    other = text_model("bert", "ForSequenceClassification")
+    other.config.hidden_dropout_prob, other.config.attention_probs_dropout_prob = 0.3, 0.0
+    other.config.dtype = "float32"
+    assert lr.recycle(other, 2, store).at == 2  # the same states in eval mode: the store is accepted

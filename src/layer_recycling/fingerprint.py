@@ -22,7 +22,7 @@ FORMAT_VERSION = 2  # 2: readable parts (model class, config fields, split); the
 _HEAD_ONLY_CONFIG = {
     "_name_or_path", "architectures", "transformers_version", "id2label", "label2id", "num_labels",
     "problem_type", "classifier_dropout", "finetuning_task", "output_hidden_states", "output_attentions",
-    "return_dict", "use_cache", "_attn_implementation_autoset",
+    "return_dict", "use_cache", "_attn_implementation_autoset", "tie_word_embeddings",
 }
 
 
@@ -105,6 +105,12 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _inert(field: str) -> bool:
+    """Config fields that cannot change an eval-mode bottom: dropout rates (off in eval), and the dtype field
+    (the weights' own dtype is in the weights digest; the field reads None or "float32" for the same weights)."""
+    return "dropout" in field or field in ("layerdrop", "dtype", "torch_dtype")
+
+
 def _class_name(model: nn.Module) -> str:
     base = getattr(model, "base_model", model)
     return f"{type(base).__module__}.{type(base).__qualname__}"
@@ -115,7 +121,7 @@ def _config(model: nn.Module, bottom: nn.Module) -> str:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "to_dict"):
         return digest(repr(bottom))  # a plain module: its structure (layer types and sizes) describes it
-    described = {k: v for k, v in config.to_dict().items() if k not in _HEAD_ONLY_CONFIG}
+    described = {k: v for k, v in config.to_dict().items() if k not in _HEAD_ONLY_CONFIG and not _inert(k)}
     return json.dumps(_jsonable(described), sort_keys=True, separators=(",", ":"))
 
 

@@ -26,6 +26,11 @@ class CachedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def lengths(self) -> list[int] | None:
+        """Tokens of each example (None for inputs that are not token sequences): for length-grouped samplers."""
+        return None if not self.items or self.items[0][2] is None else [n for _, _, n in self.items]
+
     def __getitem__(self, i: int) -> dict:
         return self.__getitems__([i])[0]
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from . import data, fill, loader, serve
+from . import data, fill, loader, saving, serve
 from .checks import SplitCheck, source_of
 from .config import RecycleConfig
 from .fingerprint import fingerprint_of
@@ -55,6 +57,7 @@ class Recycled(nn.Module):
         self.config, self.store, self.key_fn = config, check_store(store), key
         object.__setattr__(self, "source", model)  # not a submodule: its parameters are the halves' already
         s = resolve_ties(split(model, config.at, config.blocks), config.untie, model)
+        self.untied = s.untied  # head parameters the top holds its own trainable copies of
         self.bottom, self.top, self.at, self.num_layers, self.arch = s.bottom, s.top, s.at, s.num_layers, s.arch
         self.bottom.requires_grad_(False)
         if config.check_split and not s.arch.tested:  # a split no test proved exact checks its first batch
@@ -136,6 +139,21 @@ class Recycled(nn.Module):
                 f"Freeze them (rec.bottom.requires_grad_(False)) or recycle fewer blocks (lower `at`)."
             )
 
+    # ---- saving: the whole model, as from_pretrained and trainers load it ----------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> Path:
+        """Write the whole model (bottom and trained top) as ``from_pretrained`` loads it, with
+        ``recycling_config.json`` (level, blocks, codec, fingerprint) to recycle it again on the same store."""
+        return saving.save_pretrained(self, directory, **kwargs)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """The whole model's state dict, in its own names (what ``from_pretrained`` checkpoints hold)."""
+        return saving.state_dict(self)
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
+        """Load a whole model's state dict (``state_dict()``'s form) into the model and the top."""
+        return saving.load_state_dict(self, state_dict, strict)
+
     # ---- the stages ---------------------------------------------------------------------------------------
 
     def fill(self, examples: Iterable[Any], batch_size: int = 32, progress: bool = True,
@@ -163,6 +181,11 @@ class Recycled(nn.Module):
         """
         return loader.make_loader(self, examples, batch_size, shuffle, fill_batch_size, progress, group_by_length,
                                   seed, **dataloader_kwargs)
+
+    def dataset(self, examples: Iterable[Any], fill_batch_size: int = 32, progress: bool = True):
+        """The training dataset over ``examples`` (filled first, once): items ``{"states", labels...}``, a
+        ``collate`` for batches, and ``lengths``. For trainers that build their own loaders (HF ``Trainer``)."""
+        return loader.make_loader(self, examples, fill_batch_size=fill_batch_size, progress=progress).dataset
 
     def predict(self, examples: Iterable[Any], batch_size: int = 32, progress: bool = True) -> list[dict]:
         """Outputs for raw examples in order (one dict of tensors each), keyed as ``fill`` keys them."""
