@@ -18,6 +18,7 @@ from torch import nn
 from . import data, fill, loader, saving, serve
 from .checks import SplitCheck, source_of
 from .config import RecycleConfig
+from .integrations import peft
 from .fingerprint import fingerprint_of
 from .keys import digest
 from .split import resolve_ties, split
@@ -55,10 +56,12 @@ class Recycled(nn.Module):
                  key: Callable[[Any], Any] | None = None, tokenizer: Any = None):
         super().__init__()
         self.config, self.store, self.key_fn = config, check_store(store), key
+        model, adapters = peft.unwrap(model)  # a PEFT model: split the model it wraps, adapters in place
         object.__setattr__(self, "source", model)  # not a submodule: its parameters are the halves' already
         s = resolve_ties(split(model, config.at, config.blocks), config.untie, model)
         self.untied = s.untied  # head parameters the top holds its own trainable copies of
         self.bottom, self.top, self.at, self.num_layers, self.arch = s.bottom, s.top, s.at, s.num_layers, s.arch
+        peft.warn_frozen(adapters, self.bottom)
         self.bottom.requires_grad_(False)
         if config.check_split and not s.arch.tested:  # a split no test proved exact checks its first batch
             SplitCheck(model, s, source_of(s.arch, config.blocks is not None)).attach(self.bottom)

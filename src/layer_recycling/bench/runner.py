@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import data
+from ..integrations.peft import add_lora
 from ..loader import input_loader
 from ..model import Recycled, recycle
 from ..stack import LOSSLESS
@@ -45,7 +46,7 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
         store, store_path = _store(setting, cfg)
         rec = recycle(model, at=setting.level, store=store)
         if setting.name == "recycled+lora":
-            _add_lora(rec, cfg.lora_rank)
+            add_lora(rec, r=cfg.lora_rank)
         trainable, forward, cache = [p for p in rec.parameters() if p.requires_grad], rec, store
         below = max((r for at, r in (lower or {}).items() if at < rec.at), key=lambda r: r.at, default=None)
         start = time.perf_counter()
@@ -109,22 +110,6 @@ def train_epochs(forward: nn.Module, batches, params: list, lr: float, epochs: i
             opt.zero_grad(set_to_none=True)
         seconds.append(time.perf_counter() - start)
     return seconds
-
-
-def _add_lora(rec: Recycled, rank: int) -> None:
-    """LoRA adapters on the top blocks; only they and the task head train (the paper's best variant)."""
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as TARGETS
-
-    model = rec.top.model
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in TARGETS:
-        raise ValueError(f"no default LoRA target modules for model type {model_type!r}; LoRA runs need one")
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS[model_type]), model)
-    prefix, bottom = getattr(model, "base_model_prefix", ""), {id(p) for p in rec.bottom.parameters()}
-    for name, p in model.named_parameters():
-        head = bool(prefix) and not name.startswith(prefix + ".")
-        p.requires_grad_(("lora_" in name or head) and id(p) not in bottom)
 
 
 def _reset_peak_memory() -> None:
