@@ -125,3 +125,51 @@ def test_bad_levels_are_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--levels", "0.5,2"])
     assert "fraction in [0, 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, value", [("3", 3), ("1", 1), ("0.5", 0.5), ("1.0", 1.0)])
+def test_at_means_what_it_means_in_python(text, value):
+    from layer_recycling.cli import parser
+
+    args = parser().parse_args(["fill", "--store", "s", "--at", text])
+    assert args.at == value and type(args.at) is type(value)
+
+
+def test_a_fraction_above_one_is_refused_with_the_fix(capsys):
+    with pytest.raises(SystemExit):
+        main(["fill", "--store", "s", "--at", "2.5"])
+    assert "for a number of blocks pass an integer" in capsys.readouterr().err
+
+
+def test_help_shows_defaults_and_fill_takes_no_training_options(capsys):
+    from layer_recycling.cli import parser
+
+    with pytest.raises(SystemExit):
+        parser().parse_args(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.5)" in text and "(default: results/bench)" in text
+    with pytest.raises(SystemExit):
+        parser().parse_args(["fill", "--store", "s", "--epochs", "3"])
+    assert "unrecognized arguments: --epochs" in capsys.readouterr().err
+
+
+def test_store_and_input_errors_exit_2_with_one_line(tmp_path, tiny_model_dir, reviews, capsys):
+    store = tmp_path / "store"
+    assert main(["fill", "--dataset", str(reviews), "--model", str(tiny_model_dir), "--store", str(store)]) == 0
+    capsys.readouterr()
+    fill = ["fill", "--dataset", str(reviews), "--model", str(tiny_model_dir), "--store", str(store)]
+    assert main([*fill, "--at", "3"]) == 2  # another split: refused
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "FingerprintMismatch" in errors[0] and "split: stored 2 of 4" in errors[0]
+    shard = next(store.glob("shard-*.bin"))
+    shard.write_bytes(shard.read_bytes()[:-7])  # damage: truncated
+    assert main(fill) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "StoreCorrupted" in errors[0] and "truncated" in errors[0]
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["inspect", str(a_file)]) == 2 and "is a file" in capsys.readouterr().err
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / ".cache.json").write_text("{}")
+    assert main(["report", str(hidden)]) == 2 and "holds no result files" in capsys.readouterr().err

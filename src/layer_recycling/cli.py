@@ -12,7 +12,7 @@ from .bench.tasks import KINDS
 EPILOG = """examples:
   recycle bench --task seq-cls --dataset rotten_tomatoes --model minilm --train 2000 --test 1000 --out results/rt
   recycle report results/rt --max-drop 1
-  recycle fill --dataset imdb --model minilm --at 0.5 --store cache/imdb --dtype float16
+  recycle fill --dataset imdb --model minilm --at 0.5 --store cache/imdb --codec float16
   recycle train --dataset imdb --model minilm --at 0.5 --store cache/imdb --epochs 3 --save models/imdb
   recycle inspect cache/imdb
 """
@@ -28,7 +28,27 @@ def _levels(text: str) -> list[float]:
     return levels
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every option's default in --help, and the epilog's examples as written."""
+
+
+def _at(text: str) -> int | float:
+    """``--at`` as ``at`` in Python: "3" is 3 blocks, "0.5" half of them; "2.5" is neither."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--at {text!r}: expected a block count (3) or a fraction (0.5)") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"--at {text}: a fraction must lie in [0, 1]; for a number of blocks pass an integer (e.g. --at 3)")
+    return value
+
+
+def _data_args(p: argparse.ArgumentParser, training: bool = True) -> None:
     p.add_argument("--task", default="seq-cls", choices=KINDS)
     p.add_argument("--dataset", default="rotten_tomatoes",
                    help="rotten_tomatoes, imdb, wnut16, fashion_mnist, or a file (csv/tsv/jsonl, CoNLL, SQuAD json)")
@@ -36,51 +56,61 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="minilm", help="minilm, mpnet, efficientnet-lite0, or a transformers folder")
     p.add_argument("--train", type=int, help="use at most this many training examples")
     p.add_argument("--test", type=int, help="use at most this many test examples")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per text (default 128)")
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-length", type=int, default=128, help="tokens per text")
+    p.add_argument("--batch-size", type=int, default=32, help="examples per batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data split (and of training)")
+    if training:
+        p.add_argument("--epochs", type=int, default=2, help="training epochs")
+        p.add_argument("--lr", type=float, default=5e-5, help="learning rate (AdamW)")
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="recycle", description="Layer recycling: cache a frozen bottom, train and "
                                  "serve the top, and measure the tradeoff.", epilog=EPILOG,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=_Help)
     sub = ap.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("bench", help="run full, frozen and each recycling level; print the table")
+    b = sub.add_parser("bench", help="run full, frozen and each recycling level; print the table",
+                       formatter_class=_Help)
     _data_args(b)
-    b.add_argument("--levels", type=_levels, default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    b.add_argument("--frozen-level", type=float, default=0.5)
+    b.add_argument("--levels", type=_levels, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="recycled fractions")
+    b.add_argument("--frozen-level", type=float, default=0.5, help="the frozen-without-cache baseline's fraction")
     b.add_argument("--codecs", default="float16,int8", help="extra codecs at 50%% (comma list, '' for none)")
     b.add_argument("--no-lora", action="store_true", help="skip the LoRA-on-top setting")
     b.add_argument("--seeds", default="0", help="comma list of seeds (mean and spread are reported)")
-    b.add_argument("--max-drop", type=float, default=1.0, help="points of score you accept to lose (default 1)")
-    b.add_argument("--out", type=Path, default=Path("results/bench"))
-    r = sub.add_parser("report", help="table, plot and recommendation from a folder of results")
-    r.add_argument("folder", type=Path)
-    r.add_argument("--max-drop", type=float, default=1.0)
-    i = sub.add_parser("inspect", help="what a disk store holds")
-    i.add_argument("store", type=Path)
+    b.add_argument("--max-drop", type=float, default=1.0, help="points of score you accept to lose")
+    b.add_argument("--out", type=Path, default=Path("results/bench"), help="folder for the result files")
+    r = sub.add_parser("report", help="table, plot and recommendation from a folder of results",
+                       formatter_class=_Help)
+    r.add_argument("folder", type=Path, help="a folder of result files written by bench")
+    r.add_argument("--max-drop", type=float, default=1.0, help="points of score you accept to lose")
+    i = sub.add_parser("inspect", help="what a disk store holds", formatter_class=_Help)
+    i.add_argument("store", type=Path, help="the store's directory")
     for name, text in (("fill", "fill a disk store with the bottom's states"),
                        ("train", "train the top from a disk store and score it")):
-        p = sub.add_parser(name, help=text)
-        _data_args(p)
-        p.add_argument("--at", type=float, default=0.5, help="recycled fraction (or block count if > 1)")
-        p.add_argument("--store", type=Path, required=True)
-        p.add_argument("--dtype", default=None, help="float32, float16, bfloat16 or int8 (a new store)")
+        p = sub.add_parser(name, help=text, formatter_class=_Help)
+        _data_args(p, training=name == "train")
+        p.add_argument("--at", type=_at, default=0.5,
+                       help="blocks to recycle: an integer is a block count (3), a fraction a level (0.5)")
+        p.add_argument("--store", type=Path, required=True, help="the store's directory")
+        p.add_argument("--codec", default=None, help="float32, float16, bfloat16 or int8 (a new store; "
+                       "default: what the store holds, float32 for a new one)")
+        p.add_argument("--dtype", dest="codec", help=argparse.SUPPRESS)  # the old name of --codec
         if name == "train":
             p.add_argument("--save", type=Path, help="save the trained model here (save_pretrained)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .stores import DiskFull, StoreCorrupted
+
     args = parser().parse_args(argv)
     try:
         return {"bench": _bench, "report": _report, "inspect": _inspect, "fill": _fill, "train": _train}[
             args.command](args)
-    except (FileNotFoundError, ValueError, ModuleNotFoundError) as err:
-        print(f"recycle {args.command}: error: {err}", file=sys.stderr)
+    except (OSError, ValueError, TypeError, ModuleNotFoundError, StoreCorrupted, DiskFull) as err:
+        # One line a user can act on (every such error says what and how to fix), never a traceback.
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"recycle {args.command}: error: {type(err).__name__}: {message}", file=sys.stderr)
         return 2
 
 
@@ -91,10 +121,22 @@ def _task(args):
                      max_length=args.max_length, test_file=args.test_file, seed=args.seed)
 
 
+def _require(modules: dict[str, str]) -> None:
+    """Check optional dependencies before any work: {module: what needs it}."""
+    import importlib.util
+
+    missing = {m: why for m, why in modules.items() if importlib.util.find_spec(m) is None}
+    if missing:
+        needs = "; ".join(f"{m} (for {why})" for m, why in missing.items())
+        raise ModuleNotFoundError(f"missing {needs}: pip install 'layer-recycling[bench]'")
+
+
 def _bench(args) -> int:
     from .bench import TrainConfig, default_settings, report, sweep
     from .bench.catalog import model_factory
 
+    _require({"matplotlib": "the plot", "transformers": "text models and tokenizers",
+              **({} if args.no_lora else {"peft": "the LoRA setting (or pass --no-lora)"})})
     task = _task(args)
     codecs = [c for c in args.codecs.split(",") if c.strip()]
     lora = not args.no_lora and task.kind != "image-cls"
@@ -122,6 +164,8 @@ def _report(args) -> int:
 def _inspect(args) -> int:
     from .stores import DiskStore
 
+    if args.store.is_file():
+        raise NotADirectoryError(f"{args.store} is a file; expected a store's directory")
     if not (args.store / "manifest.json").exists():
         raise FileNotFoundError(f"no store at {args.store} (no manifest.json)")
     print(json.dumps(DiskStore(args.store, readonly=True).info(), indent=2))
@@ -135,9 +179,10 @@ def _recycled(args):
 
     task = _task(args)
     model = model_factory(args.model, task.kind, task.num_labels)()
-    at = int(args.at) if args.at > 1 else args.at
+    if args.store.is_file():
+        raise NotADirectoryError(f"--store {args.store} is a file; expected a directory (new or holding a store)")
     tok = tokenizer_for(args.model) if task.kind != "image-cls" else None
-    rec = recycle(model, at=at, store=DiskStore(args.store, dtype=args.dtype), tokenizer=tok,
+    rec = recycle(model, at=args.at, store=DiskStore(args.store, dtype=args.codec), tokenizer=tok,
                   preprocess={"max_length": args.max_length, "task": task.kind})
     return task, model, rec
 
@@ -161,8 +206,8 @@ def _train(args) -> int:
     scores = task.evaluate(rec)
     print(f"trained {args.epochs} epochs in {sum(seconds):.1f} s; " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
     if args.save:
-        model.save_pretrained(args.save)  # the model shares the trained top's parameters
-        print(f"saved the model to {args.save}")
+        rec.save_pretrained(args.save)  # the whole model, and how it was recycled
+        print(f"saved the model to {args.save} (with recycling_config.json)")
     return 0
 
 

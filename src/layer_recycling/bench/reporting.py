@@ -21,17 +21,20 @@ REQUIRED = ("task", "dataset", "model", "setting", "level", "at", "codec", "metr
 def load(folder: str | Path) -> list[dict]:
     """Every result in ``folder`` (``*.json``), checked for the fields a report needs."""
     folder = Path(folder)
+    if folder.is_file():
+        raise NotADirectoryError(f"{folder} is a file; expected the folder that `recycle bench --out` wrote")
     if not folder.is_dir():
         raise FileNotFoundError(f"no results folder at {folder}; run `recycle bench --out {folder}` first")
     results = []
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")):  # skip hidden files
         result = json.loads(path.read_text())
         missing = [f for f in REQUIRED if f not in result]
         if missing:
             raise ValueError(f"{path} is not a benchmark result: it lacks {missing}")
         results.append(result)
     if not results:
-        raise ValueError(f"{folder} holds no result files (*.json)")
+        raise ValueError(f"{folder} holds no result files (*.json, hidden files skipped); run `recycle bench "
+                         f"--out {folder}` first")
     return results
 
 
@@ -144,8 +147,12 @@ def report(folder: str | Path, max_drop: float = 1.0) -> str:
     for (task, dataset, model), runs in sorted(sweeps.items()):
         rows = summarize(runs)
         title = f"{task} on {dataset} with {model}"
-        png = plot(rows, Path(folder) / f"{dataset}-{model}.png".replace("/", "_"), title)
-        parts.append(markdown(rows, title, max_drop) + f"\n\n![{title}]({png.name})\n")
+        try:
+            png = plot(rows, Path(folder) / f"{dataset}-{model}.png".replace("/", "_"), title)
+            picture = f"![{title}]({png.name})"
+        except ImportError as err:  # the table stands on its own; say why there is no picture
+            picture = f"(no plot: {err.name or 'matplotlib'} is not installed; pip install 'layer-recycling[bench]')"
+        parts.append(markdown(rows, title, max_drop) + f"\n\n{picture}\n")
     text = "\n".join(parts)
     (Path(folder) / "report.md").write_text(text)
     return text
