@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -27,6 +28,16 @@ def test_quickstart_and_disk_store_run(tmp_path, monkeypatch):
     info = namespace["lr"].DiskStore("cache/minilm-rt", readonly=True).info()
     assert info["entries"] == 4 and info["codec"] == "float16"
     assert len(namespace["loader"]) == 1  # 4 examples, batch_size=32
+
+    with pytest.warns(UserWarning, match="adapter weights sit in the recycled bottom"):
+        exec(compile(_block("With Trainer, PEFT, Lightning"), str(README), "exec"), namespace)
+    import transformers
+
+    saved = transformers.AutoModelForSequenceClassification.from_pretrained("out/model").eval()
+    batch = namespace["tok"](["a joy"], return_tensors="pt")
+    rec = namespace["rec"].eval()
+    with torch.no_grad():
+        assert float((saved(**batch).logits - rec(**batch).logits).abs().max()) <= 1e-5
 
 
 def test_readme_starts_with_the_two_commands():
