@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import layer_recycling as lr
-from conftest import text_model
+from conftest import text_examples, text_model
 
 
 def _nudge(param: torch.Tensor) -> None:
@@ -114,3 +114,21 @@ def test_dropout_rates_and_the_dtype_field_do_not_count(bert):
     other.config.hidden_dropout_prob, other.config.attention_probs_dropout_prob = 0.3, 0.0
     other.config.dtype = "float32"
     assert lr.recycle(other, 2, store).at == 2  # the same states in eval mode: the store is accepted
+
+
+def test_states_under_autocast_are_their_own_kind(bert):
+    examples = text_examples(3)
+    store = lr.MemoryStore()
+    rec = lr.recycle(bert, 2, store)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(ValueError, match="autocast=.bfloat16."):
+        rec.fill(examples, progress=False)
+    assert len(store) == 0
+    half = lr.recycle(bert, 2, lr.MemoryStore(), autocast="bfloat16")
+    assert half.fingerprint.parts["autocast"] == "bfloat16"
+    half.fill(examples, progress=False)
+    with pytest.raises(lr.FingerprintMismatch, match="autocast"):
+        lr.recycle(bert, 2, half.store)  # a full-precision model refuses bfloat16 states
+    full = lr.recycle(bert, 2, lr.MemoryStore())
+    full.fill(examples, progress=False)
+    key = next(iter(full.store))
+    assert not torch.equal(half.store[key].float(), full.store[key])  # they are other states

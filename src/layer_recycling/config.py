@@ -23,6 +23,8 @@ class RecycleConfig:
     """At inference, store the states of examples the store did not hold (misses)."""
     preprocess: dict | None = None
     """The tokenizer's call arguments (max_length, truncation, ...): part of the fingerprint."""
+    autocast: str | None = None
+    """Run the bottom under ``torch.autocast`` with this dtype ("bfloat16", "float16"): part of the fingerprint."""
     check_split: bool = True
     """A split outside the architecture table (the generic rule, a ``blocks=`` override) compares itself with the
     whole model on the first batch its bottom sees (one more forward on up to 4 examples) and refuses if they

@@ -5,6 +5,7 @@ Functions here take the recycled model (``model.Recycled``) for its bottom, stor
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import warnings
@@ -39,9 +40,26 @@ def run_bottom(rec: Recycled, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     rec.bottom.eval()
     rec.stats.bottom_calls += 1
     rec.stats.bottom_examples += next(iter(batch.values())).shape[0]
-    if rec.arch.generic:
-        return rec.bottom(*batch.values())
-    return rec.bottom(**batch)
+    device = next(iter(batch.values())).device
+    with _autocast(rec.config.autocast, device):
+        if rec.arch.generic:
+            return rec.bottom(*batch.values())
+        return rec.bottom(**batch)
+
+
+def _autocast(wanted: str | None, device: torch.device):
+    """The autocast the store's states were made under; running under another one would mix two kinds."""
+    ambient = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    ambient = str(ambient).removeprefix("torch.") if ambient is not None else None
+    if ambient is not None and ambient != wanted:
+        raise ValueError(
+            f"the bottom would run under torch.autocast({ambient}), but this model's states are "
+            f"{wanted + ' autocast' if wanted else 'full precision'} (its store holds those). Pass "
+            f"recycle(..., autocast={ambient!r}) with a store of its own, or run the fill and serving outside autocast"
+        )
+    if wanted is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, wanted))
 
 
 def bottom_states(rec: Recycled, rows: list[dict[str, torch.Tensor]], device: torch.device) -> list[torch.Tensor]:

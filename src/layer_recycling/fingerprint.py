@@ -79,6 +79,7 @@ def fingerprint_of(
     codec: str,
     tokenizer: Any = None,
     preprocess: dict | None = None,
+    autocast: str | None = None,
 ) -> Fingerprint:
     """Fingerprint of ``bottom`` (a half of ``model`` split at ``at`` of ``num_layers``) stored as ``codec``."""
     parts = {
@@ -89,6 +90,8 @@ def fingerprint_of(
         "weights": weights_digest(bottom),
         "codec": codec,
     }
+    if autocast is not None:  # states computed in lower precision are other states
+        parts["autocast"] = autocast
     if tokenizer is not None or preprocess:
         parts["preprocess"] = digest({"tokenizer": _tokenizer_digest(tokenizer), "call": _jsonable(preprocess or {})})
     return Fingerprint(parts)

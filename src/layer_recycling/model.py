@@ -70,7 +70,7 @@ class Recycled(nn.Module):
         self.stats = Stats()
         self.fingerprint = fingerprint_of(
             self.bottom, model=model, at=s.at, num_layers=s.num_layers, blocks=s.arch.blocks,
-            codec=self.store.codec, tokenizer=tokenizer, preprocess=config.preprocess,
+            codec=self.store.codec, tokenizer=tokenizer, preprocess=config.preprocess, autocast=config.autocast,
         )
         self.store.bind_fingerprint(self.fingerprint)
         self.accepts_loss_kwargs = getattr(s.top.model, "accepts_loss_kwargs", s.top.takes_kwargs)  # as Trainer reads it
