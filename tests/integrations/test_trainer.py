@@ -84,3 +84,14 @@ def test_recycled_trainer_resumes_from_a_checkpoint(tmp_path):
     assert resumed.state.global_step == 4
     worst = max(float((a - b).abs().max()) for a, b in zip(rec.top.parameters(), resumed_rec.top.parameters()))
     assert worst <= 1e-5  # the resumed run ends where the uninterrupted one did
+
+
+def test_recycled_trainer_groups_by_the_stored_lengths_in_training_and_evaluation(tmp_path):
+    from layer_recycling.integrations.trainer import RecycledTrainer
+
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2)
+    dataset = rec.dataset(text_examples(16), progress=False)
+    trainer = RecycledTrainer(model=rec, args=_args(tmp_path, max_steps=2, train_sampling_strategy="group_by_length"),
+                              train_dataset=dataset, eval_dataset=dataset, data_collator=dataset.collate)
+    trainer.train()
+    assert "eval_loss" in trainer.evaluate()  # the stock Trainer would look for input_ids to measure lengths

@@ -39,3 +39,12 @@ class RecycledTrainer(transformers.Trainer):
             return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
                                         lengths=lengths)
         return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        lengths = getattr(eval_dataset, "lengths", None)
+        if self.args.train_sampling_strategy == "group_by_length" and lengths is not None:
+            # As for training: Trainer groups eval batches too, and would read every item to measure it.
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return LengthGroupedSampler(self.args.eval_batch_size, lengths=lengths,
+                                        generator=torch.Generator().manual_seed(seed))
+        return super()._get_eval_sampler(eval_dataset)
