@@ -111,7 +111,7 @@ def weights_digest(module: nn.Module) -> str:
 def _inert(field: str) -> bool:
     """Config fields that cannot change an eval-mode bottom: dropout rates (off in eval), and the dtype field
     (the weights' own dtype is in the weights digest; the field reads None or "float32" for the same weights)."""
-    return "dropout" in field or field in ("layerdrop", "dtype", "torch_dtype")
+    return "dropout" in field or "drop_path" in field or field in ("layerdrop", "dtype", "torch_dtype")
 
 
 def _class_name(model: nn.Module) -> str:
