@@ -73,6 +73,8 @@ class DiskStore:
                 f"{self.path} holds a {self.codec!r} store, but codec={codec!r} was asked for; open it with "
                 f"codec=None (or {self.codec!r}), or use a new path for a {requested!r} store"
             )
+        if not readonly and not os.access(self.path, os.W_OK):
+            raise PermissionError(f"cannot write to {self.path}; open a finished store with readonly=True")
         self._refresh()
         if not readonly:
             self.cleanup()
