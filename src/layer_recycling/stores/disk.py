@@ -20,7 +20,7 @@ import torch
 from ..fingerprint import Fingerprint
 from . import snapshot as snap
 from .codecs import CODECS, SCALE_DTYPE, codec_name, decode, encode
-from .files import DiskFull, StoreCorrupted, atomic_write, key_bytes, key_strs, maybe_key_bytes, read_signed, signed
+from .files import DiskFull, StoreCorrupted, create_once, key_bytes, key_strs, maybe_key_bytes, read_signed, signed
 from .legacy import convert  # noqa: F401  (lr.stores.disk.convert(path) upgrades a format-1 store)
 from .segments import FORMAT, SEGMENT, WRITER, Segment, files_of, read_header, write_segment
 from .store_files import STORE, FINGERPRINT, cleanup, create, read_store, refuse_legacy
@@ -174,11 +174,7 @@ class DiskStore:
         if self.fingerprint_parts is None and self.readonly:
             self._bound = dict(fingerprint.parts)  # nothing may be written: remember it in this object only
         elif self.fingerprint_parts is None:
-            tmp = self.path / f"{FINGERPRINT}.{uuid.uuid4().hex[:8]}.tmp"
-            atomic_write(tmp, [signed(dict(fingerprint.parts))])
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, self.path / FINGERPRINT)  # create-if-absent: the first writer's fingerprint wins
-            os.unlink(tmp)
+            create_once(self.path / FINGERPRINT, signed(dict(fingerprint.parts)))  # the first writer's wins
         fingerprint.check(self.fingerprint_parts, where=repr(self))
 
     def get_many(

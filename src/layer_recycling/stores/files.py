@@ -202,3 +202,26 @@ def pad(n: int, align: int = 64) -> int:
 def raw_bytes(a: np.ndarray) -> np.ndarray:
     """The bytes of ``a`` as a flat uint8 array (no copy when contiguous; works for empty arrays too)."""
     return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+def create_once(path: Path, data: bytes) -> bool:
+    """Create ``path`` with ``data`` unless it exists (hard link of a synced temp): of racing creators one wins.
+
+    Returns whether this call created it.
+    """
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+        created = True
+    except FileExistsError:
+        created = False
+    finally:
+        os.unlink(tmp)
+    fsync_dir(path.parent)
+    return created

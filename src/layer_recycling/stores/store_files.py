@@ -6,11 +6,10 @@ import contextlib
 import os
 import re
 import time
-import uuid
 from pathlib import Path
 
 from .codecs import CODECS
-from .files import StoreCorrupted, atomic_write, read_signed, signed
+from .files import StoreCorrupted, create_once, read_signed, signed
 from .segments import FORMAT, SEGMENT, files_of
 from .snapshot import CURRENT, SNAPSHOT
 
@@ -41,11 +40,7 @@ def create(path: Path, codec: str, readonly: bool) -> None:
     if foreign:
         raise ValueError(f"{path} holds other files ({', '.join(sorted(foreign)[:3])}) but no {STORE}: it is not a "
                          f"DiskStore. Pass a new or empty directory.")
-    tmp = path / f"{STORE}.{uuid.uuid4().hex[:8]}.tmp"
-    atomic_write(tmp, [signed({"format": FORMAT, "codec": codec, "created_by": f"layer_recycling {__version__}"})])
-    with contextlib.suppress(FileExistsError):
-        os.link(tmp, path / STORE)  # create-if-absent: of two processes creating the store, one wins
-    os.unlink(tmp)
+    create_once(path / STORE, signed({"format": FORMAT, "codec": codec, "created_by": f"layer_recycling {__version__}"}))
 
 
 def read_store(path: Path) -> dict:
