@@ -311,26 +311,34 @@ def convert(path, dest=None, segment_bytes: int = 64 << 20) -> Path:
     path = Path(path).absolute()
     manifest = parse_manifest((path / MANIFEST).read_bytes(), path / MANIFEST)
     target = Path(dest).absolute() if dest is not None else path.with_name(f"{path.name}.convert-{uuid.uuid4().hex[:8]}")
-    new = DiskStore(target, codec=manifest["codec"], segment_bytes=segment_bytes)
-    codec = CODECS[manifest["codec"]]
-    for rec in manifest["shards"]:
-        shard = read_header(path, rec, manifest)
-        data, scales = map_shard(path, shard, manifest, verify=True)
-        if codec.scaled:  # re-encoding int8 from its decoded floats would round twice: copy the bytes instead
-            _put_raw(new, shard, data, scales)
-            continue
-        new.put_many(shard.keys, [decode(np.ascontiguousarray(data[o : o + n]), None, codec, "cpu", None)
-                                  for o, n in zip(shard.offsets, shard.lengths)])
-    new.close()
-    if manifest["fingerprint"] is not None and new.fingerprint_parts is None:
-        from ..fingerprint import Fingerprint
+    try:
+        new = DiskStore(target, codec=manifest["codec"], segment_bytes=segment_bytes)
+        codec = CODECS[manifest["codec"]]
+        for rec in manifest["shards"]:
+            shard = read_header(path, rec, manifest)
+            data, scales = map_shard(path, shard, manifest, verify=True)
+            if codec.scaled:  # re-encoding int8 from its decoded floats would round twice: copy the bytes instead
+                _put_raw(new, shard, data, scales)
+                continue
+            new.put_many(shard.keys, [decode(np.array(data[o : o + n]), None, codec, "cpu", None)
+                                      for o, n in zip(shard.offsets, shard.lengths)])
+        new.close()
+        if manifest["fingerprint"] is not None and new.fingerprint_parts is None:
+            from ..fingerprint import Fingerprint
 
-        new.bind_fingerprint(Fingerprint(manifest["fingerprint"]))
+            new.bind_fingerprint(Fingerprint(manifest["fingerprint"]))
+    except BaseException:
+        if dest is None:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     if dest is not None:
         return target
     names = sorted(os.listdir(target), key=lambda n: n == STORE)  # store.json last: it makes the store new
     for name in names:
         os.replace(target / name, path / name)
+    from .files import fsync_dir
+
+    fsync_dir(path)  # the new store is durable before the old files go
     os.rmdir(target)
     for rec in manifest["shards"]:
         with contextlib.suppress(FileNotFoundError):
