@@ -357,7 +357,8 @@ class DiskStore:
                         f"store per state shape."
                     )
                 if not have and key not in batch:
-                    batch[key] = encode(value, codec, key)
+                    batch[key] = value
+            batch = _encode_batch(batch, codec)
             for key, (data, sc) in batch.items():
                 self._buffer[key] = (data, sc)
                 self._buffered += data.nbytes
@@ -431,3 +432,19 @@ class DiskStore:
             "snapshot": self._snap.generation if self._snap else None, "unmerged": len(self._unmerged),
             "rows": sum(s.header["rows"] for s in self._all), "buffered": len(self._buffer),
         }
+
+
+def _encode_batch(batch: dict, codec) -> dict:
+    """{key: value} as {key: (bytes, scales)}, encoded in one torch call for the batch (per entry it costs
+    more than the copy); views into one array. Falls back to one call per entry to name a bad entry's key."""
+    if not batch:
+        return {}
+    values = list(batch.values())
+    try:
+        data, scales = encode(torch.cat([v.reshape(v.shape[0], *values[0].shape[1:]) for v in values]), codec, "")
+    except (ValueError, RuntimeError):
+        return {k: encode(v, codec, k) for k, v in batch.items()}
+    cuts = np.cumsum([v.shape[0] for v in values])[:-1]
+    datas = np.split(data, cuts)
+    scaled = np.split(scales, cuts) if scales is not None else [None] * len(values)
+    return dict(zip(batch, zip(datas, scaled)))

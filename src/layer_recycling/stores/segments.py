@@ -45,11 +45,12 @@ def write_segment(root: Path, name: str, token: str, codec: str, feature: list[i
     lengths = np.array([d.shape[0] for d in datas], SPAN_DTYPE)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(SPAN_DTYPE) if len(datas) else lengths
     rows = int(lengths.sum())
-    parts = [raw_bytes(d) for d in datas]
+    parts = [raw_bytes(np.concatenate(datas))] if datas else []  # one write and one hash, not one per entry
     data_end = sum(p.size for p in parts)
     scales_start = data_end + pad(data_end)
     if CODECS[codec].scaled:
-        parts += [bytes(pad(data_end)), raw_bytes(np.concatenate(scales) if scales else np.empty(0, SCALE_DTYPE))]
+        parts += [np.zeros(pad(data_end), np.uint8),
+                  raw_bytes(np.concatenate(scales) if scales else np.empty(0, SCALE_DTYPE))]
     order = np.argsort(keys, kind="stable")
     keys_raw = npy_bytes(keys[order])
     spans_raw = npy_bytes(np.stack([offsets, lengths], axis=1)[order] if len(datas) else np.empty((0, 2), SPAN_DTYPE))
