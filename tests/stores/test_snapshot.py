@@ -24,18 +24,23 @@ def _compact(path: str) -> None:
 
 
 def test_a_merge_killed_midway_leaves_the_previous_generation(tmp_path):
-    path, names, rng = tmp_path / "s", keys(6000), random.Random(0)
+    path, names, rng = tmp_path / "s", keys(6200), random.Random(0)
     fill(str(path), names[:4000], 100)  # 40 segments
     early = DiskStore(path, readonly=True)  # a reader opened before any merge
     outcomes = {"kept": 0, "new": 0}
-    for trial in range(12):
+    span = 0.05
+    for trial in range(14):
         batch = names[4000 + 150 * trial : 4150 + 150 * trial]
         fill(str(path), batch, 150)  # something new to merge each time
         before = read_current(path)
         child = FORK.Process(target=_compact, args=(str(path),))
+        started = time.perf_counter()
         child.start()
-        time.sleep(rng.uniform(0.0, 0.1))
-        os.kill(child.pid, signal.SIGKILL)
+        if trial < 2:  # the first two run whole: how long a merge takes here sets where the kills land
+            child.join()
+            span = max(span, time.perf_counter() - started) if trial == 1 else span
+        time.sleep(rng.uniform(0.0, span))
+        os.kill(child.pid, signal.SIGKILL) if child.exitcode is None else None
         child.join()
         after = read_current(path)
         reader = check_store(path)  # opens whole: a generation whose files all check out
@@ -47,7 +52,7 @@ def test_a_merge_killed_midway_leaves_the_previous_generation(tmp_path):
             outcomes["new"] += 1
             assert reader.info()["unmerged"] == 0
     print(outcomes)
-    assert outcomes["kept"] >= 1  # some kills landed mid-merge
+    assert outcomes["kept"] >= 1 and outcomes["new"] >= 2  # some kills landed mid-merge
     assert sorted(early) == sorted(names[:4000]) or len(early) >= 4000
     assert all(torch.equal(a, value(k).half()) for a, k in zip(early.get_many(names[:50]), names[:50]))
     early.refresh()  # and then it moves on to the newest generation

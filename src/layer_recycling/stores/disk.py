@@ -11,6 +11,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -26,6 +27,8 @@ from .segments import FORMAT, SEGMENT, WRITER, Segment, files_of, read_header, w
 from .store_files import STORE, FINGERPRINT, cleanup, create, read_store, refuse_legacy
 
 __all__ = ["DiskFull", "DiskStore", "StoreCorrupted", "convert"]
+
+MAX_OPEN_FILES = 256  # data file descriptors one store keeps open per process
 
 
 class DiskStore:
@@ -92,6 +95,7 @@ class DiskStore:
         self._buffered = 0
         self._fp_cache, self._bound = None, None
         self._lock = threading.RLock()
+        self._open_files: OrderedDict[str, Segment] = OrderedDict()  # data files open here, least recent first
 
     # ---- pickling: path and settings travel, maps reopen lazily in the new process ------------------------
 
@@ -251,12 +255,15 @@ class DiskStore:
         for k, seg, (lo, _), n in zip(keys, segs, spans, lengths):
             if seg is None:
                 data, sc = self._buffer[k]
-                lo = 0
+                raw[at : at + n] = data
+                if scales is not None:
+                    scales[at : at + n] = sc
             else:
-                data, sc = seg.data()
-            raw[at : at + n] = data[lo : lo + n]  # touches only these rows' pages of the map
-            if scales is not None:
-                scales[at : at + n] = sc[lo : lo + n]
+                seg.read_into(int(lo), raw[at : at + n], scales[at : at + n] if scales is not None else None)
+                self._open_files[seg.name] = seg
+                self._open_files.move_to_end(seg.name)
+                while len(self._open_files) > MAX_OPEN_FILES:  # a 100M-entry store has thousands of segments
+                    self._open_files.popitem(last=False)[1].close_file()
             at += n
         return list(decode(raw, scales, codec, device, dtype).split(lengths))
 

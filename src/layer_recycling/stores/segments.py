@@ -126,6 +126,7 @@ class Segment:
     _index: tuple | None = None
     _data: tuple | None = None
     _verified: bool = False
+    _file: tuple | None = None  # (pid, descriptor) of the data file
 
     @property
     def name(self) -> str:
@@ -165,8 +166,51 @@ class Segment:
             self._data = data, scales
         return self._data
 
+    def read_into(self, lo: int, out: np.ndarray, scales_out: np.ndarray | None) -> None:
+        """Copy rows ``lo : lo + len(out)`` (and their scales) into ``out`` with pread, not a map: a map's page
+        faults pull whole large folios (2 MB here) into the process, a pread copies only the rows asked for."""
+        fd = self._fd()
+        h, rowbytes = self.header, out[:1].nbytes if len(out) else 0
+        if len(out):
+            _pread_into(fd, out, lo * rowbytes)
+        if scales_out is not None and len(scales_out):
+            _pread_into(fd, scales_out, h["scales_start"] + lo * SCALE_DTYPE.itemsize)
+
+    def _fd(self) -> int:
+        pid = os.getpid()
+        if self._file is None or self._file[0] != pid:  # a forked child opens its own (and may be closed apart)
+            path = self.root / f"{self.name}.{self.header['token']}.data"
+            fd = open_ro(path)
+            size = os.fstat(fd).st_size
+            if size != self.header["data_bytes"]:
+                os.close(fd)
+                raise StoreCorrupted(f"{path} has {size} bytes, its index says {self.header['data_bytes']}: "
+                                     f"truncated or replaced")
+            if not self._verified and hash_fd(fd) != self.header["data_blake2b"]:
+                os.close(fd)
+                raise StoreCorrupted(f"{path} fails its checksum: the file was altered or damaged after it was "
+                                     f"written")
+            self._verified = True
+            self._file = (pid, fd)
+        return self._file[1]
+
+    def close_file(self) -> None:
+        if self._file is not None and self._file[0] == os.getpid():
+            os.close(self._file[1])
+        self._file = None
+
     def drop_maps(self) -> None:
         self._index, self._data = None, None
+        self.close_file()
+
+
+def _pread_into(fd: int, out: np.ndarray, offset: int) -> None:
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    while len(view):
+        got = os.preadv(fd, [view], offset)
+        if got <= 0:
+            raise StoreCorrupted(f"a segment data file ended early at byte {offset}")
+        view, offset = view[got:], offset + got
 
 
 def check_index(keys: np.ndarray, spans: np.ndarray, rows: int, path: Path, chunk: int = 1 << 18) -> None:
