@@ -96,8 +96,10 @@ opened = time.perf_counter() - t
 t = time.perf_counter(); held = s.contains_many(keys); lookup = time.perf_counter() - t
 assert held.all(); index = rss() - before
 t = time.perf_counter(); got = s.get_many(keys); read = time.perf_counter() - t
+status = {l.split(':')[0]: int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(('RssAnon', 'RssFile'))}
 print(json.dumps({"open_s": opened, "lookup_s": lookup, "rss_growth": index, "first_read_s": read,
-                  "rss_growth_after_read": rss() - before}))
+                  "rss_growth_after_read": rss() - before, "rss_anon_after": status["RssAnon"],
+                  "rss_file_after": status["RssFile"]}))
 """
 
 
