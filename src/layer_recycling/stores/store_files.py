@@ -26,7 +26,7 @@ def refuse_legacy(path: Path) -> None:
         raise ValueError(
             f"{path} holds a DiskStore of format 1 ({LEGACY} and shard-*.bin); this version reads format {FORMAT}. "
             f"Convert it once with `python -c \"import layer_recycling as lr; lr.stores.disk.convert('{path}')\"` "
-            f"(in place; pass dest= for a copy), or open it with layer_recycling < 0.2"
+            f"(in place; pass dest= for a copy; the old files are removed once the new ones are in place)"
         )
 
 
