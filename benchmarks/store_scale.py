@@ -7,8 +7,9 @@ States are synthetic float16, hidden 384, ``--tokens`` (default 4) tokens per en
 per-entry index cost smaller relative to the data. Keys are 20-byte blake2b digests as ``lr.digest`` makes.
 
 Reports, per size: time per segment commit at the start vs the end of the fill; the whole fill vs writing the
-same bytes to one file with numpy (+ fsync); open time and RSS growth after open + one batched lookup (``contains_many`` of 32
-random keys, in a fresh process), and after reading them (the first read hashes each segment it touches); random batches of 32 with a warm page cache (GB/s); merge time (and a projection to 100M
+same bytes to one file with numpy (+ fsync); open time and RSS growth after open + one batched lookup
+(``contains_many`` of 32 random keys, in a fresh process), and after reading them (the first read hashes each
+segment it touches); random batches of 32 with a warm page cache (GB/s); merge time (and a projection to 100M
 entries by fitting t = c * n * log2(n) to the largest measured size); and at the largest size, one epoch
 through a DataLoader with 4 workers with each worker's RSS (anonymous and file-backed). Writes JSON.
 """
@@ -89,14 +90,16 @@ def rss():
 import torch, numpy
 from layer_recycling.stores.disk import DiskStore
 n = int(sys.argv[2])
-keys = [hashlib.blake2b(i.to_bytes(8, 'little'), digest_size=20).hexdigest() for i in random.Random(1).sample(range(n), 32)]
+picks = random.Random(1).sample(range(n), 32)
+keys = [hashlib.blake2b(i.to_bytes(8, 'little'), digest_size=20).hexdigest() for i in picks]
 before = rss(); t = time.perf_counter()
 s = DiskStore(sys.argv[1], readonly=True)
 opened = time.perf_counter() - t
 t = time.perf_counter(); held = s.contains_many(keys); lookup = time.perf_counter() - t
 assert held.all(); index = rss() - before
 t = time.perf_counter(); got = s.get_many(keys); read = time.perf_counter() - t
-status = {l.split(':')[0]: int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith(('RssAnon', 'RssFile'))}
+lines = [l for l in open('/proc/self/status') if l.startswith(('RssAnon', 'RssFile'))]
+status = {l.split(':')[0]: int(l.split()[1]) * 1024 for l in lines}
 print(json.dumps({"open_s": opened, "lookup_s": lookup, "rss_growth": index, "first_read_s": read,
                   "rss_growth_after_read": rss() - before, "rss_anon_after": status["RssAnon"],
                   "rss_file_after": status["RssFile"]}))

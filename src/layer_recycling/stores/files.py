@@ -190,7 +190,9 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_all(fd: int, data) -> None:
-    view = memoryview(data).cast("B") if not isinstance(data, np.ndarray) else memoryview(data.reshape(-1).view(np.uint8))
+    if isinstance(data, np.ndarray):
+        data = data.reshape(-1).view(np.uint8)
+    view = memoryview(data).cast("B")
     while len(view):
         view = view[os.write(fd, view):]
 

@@ -310,7 +310,8 @@ def convert(path, dest=None, segment_bytes: int = 64 << 20) -> Path:
 
     path = Path(path).absolute()
     manifest = parse_manifest((path / MANIFEST).read_bytes(), path / MANIFEST)
-    target = Path(dest).absolute() if dest is not None else path.with_name(f"{path.name}.convert-{uuid.uuid4().hex[:8]}")
+    scratch = path.with_name(f"{path.name}.convert-{uuid.uuid4().hex[:8]}")
+    target = Path(dest).absolute() if dest is not None else scratch
     try:
         new = DiskStore(target, codec=manifest["codec"], segment_bytes=segment_bytes)
         codec = CODECS[manifest["codec"]]

@@ -40,7 +40,8 @@ def create(path: Path, codec: str, readonly: bool) -> None:
     if foreign:
         raise ValueError(f"{path} holds other files ({', '.join(sorted(foreign)[:3])}) but no {STORE}: it is not a "
                          f"DiskStore. Pass a new or empty directory.")
-    create_once(path / STORE, signed({"format": FORMAT, "codec": codec, "created_by": f"layer_recycling {__version__}"}))
+    created_by = f"layer_recycling {__version__}"
+    create_once(path / STORE, signed({"format": FORMAT, "codec": codec, "created_by": created_by}))
 
 
 def read_store(path: Path) -> dict:
