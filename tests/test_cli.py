@@ -161,11 +161,11 @@ def test_store_and_input_errors_exit_2_with_one_line(tmp_path, tiny_model_dir, r
     assert main([*fill, "--at", "3"]) == 2  # another split: refused
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and "FingerprintMismatch" in errors[0] and "split: stored 2 of 4" in errors[0]
-    shard = next(store.glob("shard-*.bin"))
-    shard.write_bytes(shard.read_bytes()[:-7])  # damage: truncated
-    assert main(fill) == 2
+    data = next(store.glob("seg-*.data"))
+    data.write_bytes(data.read_bytes()[:-7])  # damage: a segment's data truncated
+    assert main(["train", *fill[1:], "--epochs", "1"]) == 2  # training reads the states: the damage is found
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert len(errors) == 1 and "StoreCorrupted" in errors[0] and "truncated" in errors[0]
+    assert len(errors) == 1 and "StoreCorrupted" in errors[0] and str(data.name) in errors[0]
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert main(["inspect", str(a_file)]) == 2 and "is a file" in capsys.readouterr().err

@@ -163,11 +163,14 @@ def _report(args) -> int:
 
 def _inspect(args) -> int:
     from .stores import DiskStore
+    from .stores.store_files import LEGACY, STORE, refuse_legacy
 
     if args.store.is_file():
         raise NotADirectoryError(f"{args.store} is a file; expected a store's directory")
-    if not (args.store / "manifest.json").exists():
-        raise FileNotFoundError(f"no store at {args.store} (no manifest.json)")
+    if not (args.store / STORE).exists():
+        if (args.store / LEGACY).exists():
+            refuse_legacy(args.store)  # says it is format 1 and how to convert it
+        raise FileNotFoundError(f"no store at {args.store} (no {STORE})")
     print(json.dumps(DiskStore(args.store, readonly=True).info(), indent=2))
     return 0
 

@@ -1,6 +1,7 @@
-"""A persistent store on disk: immutable memory-mapped shards, made visible only by an atomically written manifest.
+"""A persistent store on disk: immutable segments, one writer each, and a merged memory-mapped key index.
 
-Crash-safe, checksummed, pickle-free; processes share a store through a lock file. Format: ``shards.py``.
+No lock: every writer writes only its own files, commits by one atomic rename, and a merge publishes a new
+generation by replacing ``CURRENT``. Format: ``segments.py`` and ``snapshot.py``; the old format: ``legacy.py``.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -16,95 +19,121 @@ import numpy as np
 import torch
 
 from ..fingerprint import Fingerprint
+from . import snapshot as snap
 from .codecs import CODECS, SCALE_DTYPE, codec_name, decode, encode
-from .shards import (
-    MANIFEST, DiskFull, Shard, StoreCorrupted, atomic_write, is_ours, manifest_bytes, map_shard, new_manifest,
-    parse_manifest, read_header, write_shard,
-)
+from .files import DiskFull, StoreCorrupted, create_once, key_bytes, key_strs, maybe_key_bytes, read_signed, signed
+from .legacy import convert  # noqa: F401  (lr.stores.disk.convert(path) upgrades a format-1 store)
+from .segments import FORMAT, SEGMENT, WRITER, Segment, files_of, read_header, write_segment
+from .store_files import STORE, FINGERPRINT, cleanup, create, read_store, refuse_legacy
 
-__all__ = ["DiskFull", "DiskStore", "StoreCorrupted"]
+__all__ = ["DiskFull", "DiskStore", "StoreCorrupted", "convert"]
 
-LOCK = ".lock"
-_MAX_MAPS = 256  # maps open per process: each holds a file descriptor
+MAX_OPEN_FILES = 256  # data file descriptors one store keeps open per process
 
 
 class DiskStore:
     """Per-example states in a directory, ragged (dim 0 varies per entry, trailing dims are fixed per store).
 
-    Each ``put_many`` call writes its new entries as one immutable shard and commits it by rewriting
-    ``manifest.json`` atomically, so entries are durable when it returns (``fill`` never calls ``flush``);
-    pass batches of a few MB rather than single entries. A key already stored is kept, never overwritten.
+    ``put_many`` buffers entries (readable in this process at once); a segment commits when the buffer holds
+    ``segment_bytes``, on ``flush()`` and on ``close()``. A key already stored is kept, never overwritten.
 
     Args:
         path: the store's directory; created (with its parents) when it holds no store yet.
-        dtype: the codec: None (a new store keeps float32; an existing one keeps its own), ``"float32"``,
-            ``"float16"``, ``"bfloat16"`` or ``"int8"`` (per-row absmax scale), or the matching torch dtype.
-        readonly: open a finished store without writing anything (not even a lock file).
+        codec: None (a new store keeps float32; an existing one keeps its own), ``"float32"``, ``"float16"``,
+            ``"bfloat16"`` or ``"int8"`` (per-row absmax scale), or the matching torch dtype. ``dtype=`` is its
+            deprecated alias.
+        readonly: open a finished store without writing anything.
+        writer: this writer's name (letters, digits, ``._-``); default: a fresh run id plus the pid. A retried
+            task that passes its own name (``"ray-task-7"``) replaces its segments instead of adding copies.
+        segment_bytes: buffer size at which a segment commits.
+        compact_after: merge automatically once this many segments are not in the snapshot.
     Raises:
-        StoreCorrupted: the manifest or a shard header is damaged.
-        FingerprintMismatch: (from ``bind_fingerprint``) the store was filled by a different bottom.
+        StoreCorrupted: a store file is damaged; ValueError: the directory holds a format-1 store (convert it).
     """
 
-    def __init__(self, path: str | os.PathLike, dtype: str | torch.dtype | None = None, readonly: bool = False):
-        self._setup(Path(path).absolute(), readonly)  # absolute: a spawned worker may start elsewhere
-        requested = codec_name(dtype)
-        if not (self.path / MANIFEST).exists():
-            self._create(requested or "float32")
-        self._refresh()
+    keeps = True
+    shared = True  # every process that opens the directory sees the same committed entries
+
+    def __init__(self, path: str | os.PathLike, codec: str | torch.dtype | None = None, readonly: bool = False,
+                 writer: str | None = None, segment_bytes: int = 64 << 20, compact_after: int = 64,
+                 dtype: str | torch.dtype | None = None):
+        if dtype is not None:
+            import warnings
+
+            warnings.warn("DiskStore(dtype=) is deprecated; pass codec=", DeprecationWarning, stacklevel=2)
+            codec = codec if codec is not None else dtype
+        if writer is not None and not WRITER.fullmatch(writer):
+            raise ValueError(f"writer={writer!r}: expected 1-80 letters, digits, '.', '_' or '-'")
+        self._setup(Path(path).absolute(), readonly, writer, segment_bytes, compact_after)
+        requested = codec_name(codec)
+        refuse_legacy(self.path)
+        if not (self.path / STORE).exists():
+            create(self.path, requested or "float32", readonly)
+        self._store = read_store(self.path)
+        self.codec = self._store["codec"]
         if requested is not None and requested != self.codec:
             raise ValueError(
-                f"{self.path} holds a {self.codec!r} store, but dtype={dtype!r} was asked for; open it with "
-                f"dtype=None (or {self.codec!r}), or use a new path for a {requested!r} store"
+                f"{self.path} holds a {self.codec!r} store, but codec={codec!r} was asked for; open it with "
+                f"codec=None (or {self.codec!r}), or use a new path for a {requested!r} store"
             )
+        if not readonly and not os.access(self.path, os.W_OK):
+            raise PermissionError(f"cannot write to {self.path}; open a finished store with readonly=True")
+        self._refresh()
         if not readonly:
-            with self._locked():  # under the lock: another writer's temp files are never in flight here
-                self._refresh()
-                self._remove_orphans()
+            self.cleanup()
 
-    def _setup(self, path: Path, readonly: bool) -> None:
-        self.path, self.readonly = path, readonly
-        self.codec = ""
-        self._pid, self._maps, self._verified, self._lock_fd = os.getpid(), OrderedDict(), set(), None
-        self._stat, self._manifest, self._shards, self._index = None, {}, {}, {}
-        self._bound: dict[str, str] | None = None  # a read-only store's fingerprint, held in memory
-        self._thread_lock = threading.Lock()  # flock does not exclude threads sharing one descriptor
+    def _setup(self, path: Path, readonly: bool, writer, segment_bytes: int, compact_after: int) -> None:
+        self.path, self.readonly, self._writer = path, readonly, writer
+        self.segment_bytes, self.compact_after = segment_bytes, compact_after
+        self._pid, self._run, self._seq = os.getpid(), uuid.uuid4().hex[:8], 0
+        self._snap: snap.Snapshot | None = None
+        self._current_sig, self._dir_sig = None, None
+        self._unmerged: list[Segment] = []
+        self._known: dict[tuple[str, str], Segment] = {}  # (name, token) -> Segment: maps survive a refresh
+        self._headers: dict[str, tuple[int, dict]] = {}  # committed header file -> (inode, header)
+        self._buffer: dict[str, tuple] = {}  # uncommitted entries: bounded by segment_bytes, not by the store
+        self._buffered = 0
+        self._fp_cache, self._bound = None, None
+        self._lock = threading.RLock()
+        self._open_files: OrderedDict[str, Segment] = OrderedDict()  # data files open here, least recent first
 
-    # ---- pickling: path and config travel, maps and descriptors reopen in the new process -------------
+    # ---- pickling: path and settings travel, maps reopen lazily in the new process ------------------------
 
     def __getstate__(self) -> dict:
-        return {"path": str(self.path), "readonly": self.readonly, "bound": self._bound}
+        return {"path": str(self.path), "readonly": self.readonly, "writer": self._writer, "bound": self._bound,
+                "segment_bytes": self.segment_bytes, "compact_after": self.compact_after}
 
     def __setstate__(self, state: dict) -> None:
-        self._setup(Path(state["path"]), state["readonly"])
+        self._setup(Path(state["path"]), state["readonly"], state["writer"], state["segment_bytes"],
+                    state["compact_after"])
         self._bound = state["bound"]
+        self._store = read_store(self.path)
+        self.codec = self._store["codec"]
         self._refresh()
 
-    # ---- dict verbs -----------------------------------------------------------------------------------
+    # ---- dict verbs -----------------------------------------------------------------------------------------
 
     def __repr__(self) -> str:
         return f"DiskStore({str(self.path)!r}, {len(self)} entries, codec={self.codec})"
 
+    def _all_keys(self) -> np.ndarray:
+        self._after_fork()
+        parts = [np.asarray(self._snap.keys)] if self._snap is not None else []
+        parts += [np.asarray(s.index()[0]) for s in self._unmerged]
+        if self._buffer:
+            parts.append(key_bytes(list(self._buffer)))
+        return np.unique(np.concatenate(parts)) if parts else np.empty(0, "S20")
+
     def __len__(self) -> int:
-        return len(self._index)
+        if not self._unmerged and not self._buffer:
+            return len(self._snap.keys) if self._snap is not None else 0
+        return len(self._all_keys())
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._index))
+        return iter(key_strs(self._all_keys()))
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self._find(key) is not None
-
-    def refresh(self) -> None:
-        """See entries other processes committed since this object last looked."""
-        self._refresh()
-
-    keeps = True
-    shared = True  # every process that opens the directory sees the same entries
-
-    def contains_many(self, keys: Sequence[str]) -> np.ndarray:
-        return np.fromiter((k in self for k in keys), dtype=bool, count=len(keys))
-
-    def volume(self) -> int:
-        return self.info()["bytes"]
+        return bool(self.contains_many([key])[0])
 
     def __getitem__(self, key: str) -> torch.Tensor:
         return self.get_many([key])[0]
@@ -112,9 +141,45 @@ class DiskStore:
     def __setitem__(self, key: str, value: torch.Tensor) -> None:
         self.put_many([key], [value])
 
+    def refresh(self) -> None:
+        """See segments other writers committed and the generation ``CURRENT`` names now."""
+        self._refresh()
+
+    def open_snapshot(self, generation: str | None) -> None:
+        """Open generation ``generation`` (as ``compact`` returned it) plus segments committed after it."""
+        with self._lock:
+            if generation is not None and (self._snap is None or self._snap.generation != generation):
+                self._snap = snap.load(self.path, generation, None, self._known)
+                self._current_sig = None  # a later refresh follows CURRENT again
+            self._refresh(keep_snapshot=generation is not None)
+
+    def contains_many(self, keys: Sequence[str]) -> np.ndarray:
+        found = self._locate(keys)[0]
+        if not found.all():
+            self._refresh()  # entries another process committed since become visible
+            found = self._locate(keys)[0]
+        return found
+
+    def volume(self) -> int:
+        return self.info()["bytes"]
+
     @property
     def fingerprint_parts(self) -> dict[str, str] | None:
-        return self._manifest.get("fingerprint") or self._bound
+        if self._fp_cache is None:
+            with contextlib.suppress(FileNotFoundError):
+                doc = read_signed(self.path / FINGERPRINT, "fingerprint")
+                if not all(isinstance(v, str) for v in doc.values()):
+                    raise StoreCorrupted(f"{self.path / FINGERPRINT} holds parts that are not strs")
+                self._fp_cache = doc
+        return self._fp_cache or self._bound
+
+    def bind_fingerprint(self, fingerprint: Fingerprint) -> None:
+        """Record ``fingerprint`` in a store that has none, or check it against the recorded one."""
+        if self.fingerprint_parts is None and self.readonly:
+            self._bound = dict(fingerprint.parts)  # nothing may be written: remember it in this object only
+        elif self.fingerprint_parts is None:
+            create_once(self.path / FINGERPRINT, signed(dict(fingerprint.parts)))  # the first writer's wins
+        fingerprint.check(self.fingerprint_parts, where=repr(self))
 
     def get_many(
         self, keys: Sequence[str], device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -123,65 +188,231 @@ class DiskStore:
 
         Raises:
             KeyError: a key is not stored.
-            StoreCorrupted: the shard holding a key fails its checksum or size check.
+            StoreCorrupted: the segment holding a key fails its checksum or size check.
         """
-        found = []
-        for key in keys:
-            hit = self._find(key) if isinstance(key, str) else None
-            if hit is None:
-                raise KeyError(f"key {key!r} is not in the store ({len(self)} entries at {self.path}); fill it first")
-            found.append(hit)
-        return self._read(found, device, dtype) if found else []
+        if not len(keys):
+            return []
+        found, segs, spans = self._locate(keys)
+        if not found.all():
+            self._refresh()
+            found, segs, spans = self._locate(keys)
+        if not found.all():
+            key = keys[int(np.argmin(found))]
+            raise KeyError(f"key {key!r} is not in the store ({len(self)} entries at {self.path}); fill it first")
+        return self._read(keys, segs, spans, device, dtype)
+
+    # ---- lookup: one searchsorted per index for the whole batch ----------------------------------------------
+
+    def _locate(self, keys: Sequence) -> tuple[np.ndarray, list, np.ndarray]:
+        """(found mask, Segment or None per key, spans (n, 2)); buffered keys have segment None."""
+        with self._lock:
+            self._after_fork()
+            q, valid = maybe_key_bytes(list(keys))
+            n = len(q)
+            best = np.full(n, np.iinfo(np.int64).max)  # rank of the winning segment: its name, then recency
+            where = np.full(n, -1, np.int64)
+            spans = np.zeros((n, 2), np.int64)
+            sources = self._sources()
+            for src, (sorted_keys, locs, seg_of, rank_of) in enumerate(sources):
+                if not len(sorted_keys):
+                    continue
+                i = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
+                hit = valid & (np.asarray(sorted_keys[i]) == q)
+                seg = seg_of(i[hit])
+                rank = rank_of(seg)
+                m = rank < best[hit]
+                idx = np.flatnonzero(hit)[m]
+                best[idx], where[idx] = rank[m], seg[m]
+                spans[idx] = np.asarray(locs[i[idx]])[:, -2:]
+            found = where >= 0
+            segs = [self._all[w] if w >= 0 else None for w in where]
+            if self._buffer:
+                for j, k in enumerate(keys):
+                    if not found[j] and isinstance(k, str) and k in self._buffer:
+                        found[j] = True
+            return found, segs, spans
+
+    def _sources(self):
+        """Per index: (sorted keys, locations, row -> global segment id, segment ids -> rank)."""
+        out = []
+        ranks = self._ranks
+        if self._snap is not None:
+            loc = self._snap.loc
+            out.append((self._snap.keys, loc, lambda i, loc=loc: np.asarray(loc[i, 0]), lambda s: ranks[s]))
+        base = len(self._snap.segments) if self._snap is not None else 0
+        for j, seg in enumerate(self._unmerged):
+            k, spans = seg.index()
+            out.append((k, spans, lambda i, g=base + j: np.full(len(i), g), lambda s: ranks[s]))
+        return out
+
+    def _read(self, keys, segs, spans, device, dtype) -> list[torch.Tensor]:
+        """Gather the rows into one buffer, move and decode it once, and cut it per entry."""
+        codec, feature = CODECS[self.codec], self._feature()
+        lengths = [int(n) if s is not None else self._buffer[k][0].shape[0] for k, s, (_, n) in zip(keys, segs, spans)]
+        raw = np.empty((sum(lengths), *feature), codec.storage)
+        scales = np.empty(sum(lengths), SCALE_DTYPE) if codec.scaled else None
+        at = 0
+        for k, seg, (lo, _), n in zip(keys, segs, spans, lengths):
+            if seg is None:
+                data, sc = self._buffer[k]
+                raw[at : at + n] = data
+                if scales is not None:
+                    scales[at : at + n] = sc
+            else:
+                seg.read_into(int(lo), raw[at : at + n], scales[at : at + n] if scales is not None else None)
+                self._open_files[seg.name] = seg
+                self._open_files.move_to_end(seg.name)
+                while len(self._open_files) > MAX_OPEN_FILES:  # a 100M-entry store has thousands of segments
+                    self._open_files.popitem(last=False)[1].close_file()
+            at += n
+        return list(decode(raw, scales, codec, device, dtype).split(lengths))
+
+    def _after_fork(self) -> None:
+        if os.getpid() != self._pid:  # the parent's buffer is the parent's to commit; maps stay valid
+            self._pid, self._buffer, self._buffered, self._seq = os.getpid(), {}, 0, 0
+            self._lock = threading.RLock()  # a thread of the parent may have held it at the fork
+
+    # ---- the directory: segments and the current generation ------------------------------------------------
+
+    def _refresh(self, keep_snapshot: bool = False) -> None:
+        with self._lock:
+            self._after_fork()
+            if not keep_snapshot:
+                current = snap.read_current(self.path)
+                if current is not None and (self._snap is None or current[0] != self._snap.generation):
+                    self._snap = snap.load(self.path, *current, self._known)
+            headers = {}
+            for entry in os.scandir(self.path):
+                if SEGMENT.fullmatch(entry.name):
+                    inode, h = self._headers.get(entry.name, (None, None))
+                    if inode != entry.inode():
+                        try:
+                            h = read_header(self.path, entry.name[:-5])
+                        except FileNotFoundError:
+                            continue  # replaced between the listing and the read: the next refresh sees it
+                    headers[entry.name] = (entry.inode(), h)
+            self._headers = headers
+            merged = {(h["name"], h["token"]) for h in self._snap.header["segments"]} if self._snap else set()
+            unmerged = []
+            for _, h in sorted(headers.values(), key=lambda ih: ih[1]["name"]):
+                if (h["name"], h["token"]) not in merged:
+                    seg = self._known.get((h["name"], h["token"]))
+                    if seg is None or seg.header != h:
+                        seg = self._known[(h["name"], h["token"])] = Segment(self.path, h)
+                    unmerged.append(seg)
+            self._unmerged = unmerged
+            for seg in self._snap.segments if self._snap else []:
+                self._known.setdefault((seg.name, seg.header["token"]), seg)
+            self._all = [*(self._snap.segments if self._snap else []), *unmerged]
+            order = sorted(range(len(self._all)), key=lambda i: (self._all[i].name, i < len(self._all) - len(unmerged)))
+            self._ranks = np.empty(len(order), np.int64)
+            self._ranks[order] = np.arange(len(order))
+            shapes = {tuple(s.header["feature_shape"]) for s in self._all if s.header["rows"] or s.header["entries"]}
+            if any(s.header["codec"] != self.codec for s in self._all) or len(shapes) > 1:
+                raise StoreCorrupted(f"{self.path} holds segments of different codecs or shapes ({sorted(shapes)})")
+
+    def _feature(self) -> list[int] | None:
+        for seg in self._all:
+            if seg.header["entries"]:
+                return seg.header["feature_shape"]
+        for data, _ in self._buffer.values():
+            return list(data.shape[1:])
+        return None
+
+    def cleanup(self, grace: float = 3600.0) -> int:
+        """Delete files no committed index names (killed writers' leftovers, old generations) older than ``grace``
+        seconds: younger ones may belong to a writer still committing. Returns how many were deleted."""
+        if self.readonly:
+            return 0
+        return cleanup(self.path, self._snap, self._headers, grace)
+
+    # ---- writing --------------------------------------------------------------------------------------------
 
     def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor]) -> None:
-        """Store new entries as one shard and commit it; keys already stored are skipped.
+        """Buffer new entries (readable here at once, durable after ``flush``); keys already stored are skipped.
 
         Raises:
-            TypeError / ValueError: a key is not a str, a value not a floating tensor of >= 1 dim, its trailing
-                shape differs from the store's, or the codec cannot hold its values.
+            TypeError / ValueError: a key is not a hex digest (use ``lr.digest``), a value not a floating tensor
+                of >= 1 dim, its trailing shape differs from the store's, or the codec cannot hold its values.
             PermissionError: the store was opened with ``readonly=True``.
-            DiskFull: no space left; the store is as it was before the call.
+            DiskFull: no space left (when a segment commits); the store is as it was before that commit.
         """
         if self.readonly:
             raise PermissionError(
                 f"{self!r} was opened with readonly=True and refuses new entries; open it with readonly=False "
                 f"(in a writable directory) to fill it, or serve with recycle(..., store_misses=False)"
             )
-        batch = self._encode(keys, values)
-        if not batch:
-            return
-        with self._locked():
-            self._refresh()  # another writer may have committed some of these keys meanwhile
-            batch = {k: v for k, v in batch.items() if k not in self._index}
-            if batch:
-                feature = self._feature_of(batch)
-                record = write_shard(self.path, self.codec, batch)
-                try:
-                    self._commit(shards=[*self._manifest["shards"], record], feature_shape=feature)
-                except BaseException:
-                    self._discard_uncommitted(record["name"])
-                    raise
-
-    def bind_fingerprint(self, fingerprint: Fingerprint) -> None:
-        """Record ``fingerprint`` in a store that has none, or check it against the recorded one."""
-        if self.fingerprint_parts is None and self.readonly:
-            self._bound = dict(fingerprint.parts)  # nothing may be written: remember it in this object only
-        elif self.fingerprint_parts is None:
-            with self._locked():
-                self._refresh()
-                if self._manifest["fingerprint"] is None:
-                    self._commit(fingerprint=dict(fingerprint.parts))
-        fingerprint.check(self.fingerprint_parts, where=repr(self))
+        keys, values = list(keys), list(values)
+        if len(keys) != len(values):
+            raise ValueError(f"put_many got {len(keys)} keys but {len(values)} values")
+        key_bytes(keys)
+        with self._lock:
+            self._after_fork()
+            stored = self._locate(keys)[0]
+            batch, codec, feature = {}, CODECS[self.codec], self._feature()
+            for key, value, have in zip(keys, values, stored):
+                if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 1):
+                    got = (f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                           else type(value).__name__)
+                    raise TypeError(f"store values are floating tensors of >= 1 dim (n, ...), got a {got} for key "
+                                    f"{key!r}")
+                feature = list(value.shape[1:]) if feature is None else feature
+                if list(value.shape[1:]) != feature:
+                    raise ValueError(
+                        f"entry {key!r} has shape {tuple(value.shape)}, but this store holds entries of shape "
+                        f"({', '.join(['n', *map(str, feature)])}): dim 0 may vary, trailing dims may not. Use one "
+                        f"store per state shape."
+                    )
+                if not have and key not in batch:
+                    batch[key] = value
+            batch = _encode_batch(batch, codec)
+            for key, (data, sc) in batch.items():
+                self._buffer[key] = (data, sc)
+                self._buffered += data.nbytes
+            if self._buffered >= self.segment_bytes:
+                self.flush()
 
     def flush(self) -> None:
-        """Nothing to do: ``put_many`` commits before it returns. Kept so callers may flush any store."""
+        """Commit the buffered entries as one segment (durable when this returns)."""
+        with self._lock:
+            self._after_fork()
+            if not self._buffer or self.readonly:
+                return
+            writer = self._writer or f"{self._run}-{os.getpid()}"
+            name = f"seg-{writer}-{self._seq:06d}"
+            keys = list(self._buffer)
+            datas = [d for d, _ in self._buffer.values()]
+            scales = [s for _, s in self._buffer.values()] if CODECS[self.codec].scaled else None
+            write_segment(self.path, name, uuid.uuid4().hex[:12], self.codec, self._feature(), key_bytes(keys),
+                          datas, scales)
+            self._seq += 1
+            self._buffer, self._buffered = {}, 0
+            self._refresh()
+            if len(self._unmerged) > self.compact_after:
+                self.compact()
+
+    def compact(self) -> str | None:
+        """Merge every committed segment into a new generation and publish it; returns its name (None: empty).
+
+        Data files are never rewritten; a merge killed midway leaves readers on the previous generation.
+        """
+        if self.readonly:
+            raise PermissionError(f"{self!r} was opened with readonly=True: compact() writes; open it writable")
+        with self._lock:
+            self.flush()
+            self._refresh()
+            if not self._unmerged:
+                return self._snap.generation if self._snap else None
+            generation = snap.merge(self.path, self._snap, self._unmerged)
+            self.open_snapshot(generation)
+            return generation
 
     def close(self) -> None:
-        """Drop this process's maps and lock descriptor; the store reopens them lazily if used again."""
-        self._maps.clear()
-        if self._lock_fd is not None and self._pid == os.getpid():
-            os.close(self._lock_fd)
-        self._lock_fd = None
+        """Commit what is buffered and drop this process's maps; the store reopens them lazily if used again."""
+        if not self.readonly:
+            self.flush()
+        for seg in self._known.values():
+            seg.drop_maps()
 
     def __enter__(self) -> DiskStore:
         return self
@@ -190,178 +421,37 @@ class DiskStore:
         self.close()
 
     def info(self) -> dict:
-        """A summary: entries, tokens (sum of first dims), bytes on disk, codec, fingerprint, created-by version."""
-        records = self._manifest["shards"]
+        """Entries, bytes on disk, codec, feature shape, fingerprint, segments, snapshot generation, unmerged."""
+        files = set()
+        for seg in self._all:
+            files.update(files_of(seg.header))
+        if self._snap is not None:
+            g = self._snap.generation
+            files.update({snap.CURRENT, f"snap-{g}.json", f"snap-{g}.keys.npy", f"snap-{g}.loc.npy"})
+        size = 0
+        for f in files:
+            with contextlib.suppress(FileNotFoundError):
+                size += os.stat(self.path / f).st_size
         return {
-            "path": str(self.path), "entries": sum(r["entries"] for r in records), "keys": len(self._index),
-            "tokens": sum(s.lengths[i] for s, i in self._index.values()), "shards": len(records),
-            "bytes": sum(r["bytes"] for r in records) + (self.path / MANIFEST).stat().st_size,
-            "codec": self.codec, "feature_shape": self._manifest["feature_shape"],
-            "fingerprint": self.fingerprint_parts, "created_by": self._manifest["created_by"],
+            "path": str(self.path), "format": FORMAT, "entries": len(self), "bytes": size, "codec": self.codec,
+            "feature_shape": self._feature(), "fingerprint": self.fingerprint_parts,
+            "created_by": self._store["created_by"], "segments": len(self._headers),
+            "snapshot": self._snap.generation if self._snap else None, "unmerged": len(self._unmerged),
+            "rows": sum(s.header["rows"] for s in self._all), "buffered": len(self._buffer),
         }
 
-    # ---- reading ------------------------------------------------------------------------------------------
 
-    def _find(self, key: str) -> tuple[Shard, int] | None:
-        hit = self._index.get(key)
-        if hit is None:
-            self._refresh()  # one stat: entries another process committed since become visible
-            hit = self._index.get(key)
-        return hit
-
-    def _read(self, found: list[tuple[Shard, int]], device, dtype: torch.dtype | None) -> list[torch.Tensor]:
-        """Gather the rows of ``found`` into one buffer, move and decode it once, and cut it per entry."""
-        codec, lengths = CODECS[self.codec], [shard.lengths[i] for shard, i in found]
-        raw = np.empty((sum(lengths), *self._manifest["feature_shape"]), codec.storage)  # (rows, *feature)
-        scales = np.empty(sum(lengths), SCALE_DTYPE) if codec.scaled else None
-        at = 0
-        for (shard, i), n in zip(found, lengths):
-            data, shard_scales = self._mapped(shard)
-            lo = shard.offsets[i]
-            raw[at : at + n] = data[lo : lo + n]  # touches only these rows' pages of the map
-            if scales is not None:
-                scales[at : at + n] = shard_scales[lo : lo + n]
-            at += n
-        return list(decode(raw, scales, codec, device, dtype).split(lengths))
-
-    def _mapped(self, shard: Shard) -> tuple[np.ndarray, np.ndarray | None]:
-        self._after_fork()
-        name = shard.record["name"]
-        maps = self._maps.get(name)
-        if maps is None:
-            maps = map_shard(self.path, shard, self._manifest, verify=name not in self._verified)
-            self._verified.add(name)
-            self._maps[name] = maps
-            while len(self._maps) > _MAX_MAPS:
-                self._maps.popitem(last=False)  # least recently used; it unmaps once no read holds it
-        else:
-            self._maps.move_to_end(name)
-        return maps
-
-    def _after_fork(self) -> None:
-        if os.getpid() != self._pid:  # maps and the lock descriptor belong to the parent: reopen ours
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-            self._pid, self._maps, self._lock_fd = os.getpid(), OrderedDict(), None
-            self._thread_lock = threading.Lock()  # a thread of the parent may have held it at the fork
-
-    # ---- the manifest -------------------------------------------------------------------------------------
-
-    def _refresh(self) -> None:
-        """Re-read the manifest if another writer replaced it since this object last read it."""
-        path = self.path / MANIFEST
-        try:
-            if _signature(os.stat(path)) == self._stat:  # one stat per miss: cheap enough for fill's checks
-                return
-            with open(path, "rb") as f:
-                signature, raw = _signature(os.fstat(f.fileno())), f.read()
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"no DiskStore at {self.path} (no {MANIFEST}); open it with readonly=False to create one"
-            ) from None
-        self._load(parse_manifest(raw, path))
-        self._stat = signature
-
-    def _load(self, manifest: dict) -> None:
-        shards, index = {}, {}
-        for rec in manifest["shards"]:
-            known = self._shards.get(rec["name"])
-            shard = known if known is not None and known.record == rec else read_header(self.path, rec, manifest)
-            shards[rec["name"]] = shard
-            for i, key in enumerate(shard.keys):
-                index.setdefault(key, (shard, i))  # a key twice (only by hand) serves its first copy
-        self._manifest, self._shards, self._index, self.codec = manifest, shards, index, manifest["codec"]
-
-    def _commit(self, **changes) -> None:
-        """Write the manifest with ``changes`` atomically (caller holds the lock) and adopt it."""
-        manifest = {**self._manifest, **changes}
-        path = self.path / MANIFEST
-        atomic_write(path, [manifest_bytes(manifest)])
-        self._load(manifest)
-        self._stat = _signature(os.stat(path))
-
-    def _create(self, codec: str) -> None:
-        if self.readonly:
-            raise FileNotFoundError(f"no DiskStore at {self.path} (no {MANIFEST}); open it with readonly=False")
-        from .. import __version__  # here, not at import time: the package imports this module
-
-        self.path.mkdir(parents=True, exist_ok=True)
-        with self._locked():
-            if (self.path / MANIFEST).exists():
-                return  # another process created it meanwhile
-            foreign = [p.name for p in self.path.iterdir() if p.name != LOCK and not is_ours(p.name)]
-            if foreign:
-                raise ValueError(
-                    f"{self.path} holds other files ({', '.join(sorted(foreign)[:3])}) but no {MANIFEST}: it is "
-                    f"not a DiskStore. Pass a new or empty directory."
-                )
-            manifest = new_manifest(codec, created_by=f"layer_recycling {__version__}")
-            atomic_write(self.path / MANIFEST, [manifest_bytes(manifest)])
-
-    def _discard_uncommitted(self, name: str) -> None:
-        """Delete a shard whose commit failed, unless the manifest on disk names it after all."""
-        with contextlib.suppress(OSError):
-            if name.encode() not in (self.path / MANIFEST).read_bytes():
-                os.unlink(self.path / name)
-
-    def _remove_orphans(self) -> None:
-        """Delete temp files and shards no manifest names: what killed writers left behind."""
-        live = set(self._shards)
-        for entry in os.scandir(self.path):
-            if is_ours(entry.name) and entry.name not in live:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-
-    @contextlib.contextmanager
-    def _locked(self):
-        import fcntl  # POSIX only: imported here so that reading stays possible where it is missing
-
-        self._after_fork()
-        if self._lock_fd is None:
-            try:
-                self._lock_fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise PermissionError(
-                    f"cannot write to {self.path} ({e.strerror}); open a finished store with readonly=True"
-                ) from e
-        with self._thread_lock:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-    # ---- writing ------------------------------------------------------------------------------------------
-
-    def _encode(self, keys: Iterable[str], values: Iterable[torch.Tensor]) -> dict:
-        """{key: (bytes (n, *feature), scales (n,) or None)} for the keys not stored yet, first copy wins."""
-        batch, codec = {}, CODECS[self.codec]
-        for key, value in zip(keys, values, strict=True):
-            if not isinstance(key, str):
-                raise TypeError(f"store keys are str content digests, got {type(key).__name__}; use lr.digest(obj)")
-            if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 1):
-                got = f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else \
-                    type(value).__name__
-                raise TypeError(f"store values are floating tensors of >= 1 dim (n, ...), got a {got} for key {key!r}")
-            if key not in batch and key not in self._index:
-                batch[key] = encode(value, codec, key)
-        self._feature_of(batch)
-        return batch
-
-    def _feature_of(self, batch: dict) -> list[int] | None:
-        """The store's trailing shape, checked against every entry of ``batch``."""
-        expected = self._manifest["feature_shape"]
-        for key, (data, _) in batch.items():
-            expected = list(data.shape[1:]) if expected is None else expected
-            if list(data.shape[1:]) != expected:
-                raise ValueError(
-                    f"entry {key!r} has shape {tuple(data.shape)}, but this store holds entries of shape "
-                    f"({', '.join(['n', *map(str, expected)])}): dim 0 may vary, trailing dims may not. Use one "
-                    f"store per state shape."
-                )
-        return expected
-
-
-def _signature(st: os.stat_result) -> tuple[int, int, int]:
-    """What changes when the manifest is replaced: os.replace gives it a new inode."""
-    return st.st_ino, st.st_mtime_ns, st.st_size
+def _encode_batch(batch: dict, codec) -> dict:
+    """{key: value} as {key: (bytes, scales)}, encoded in one torch call for the batch (per entry it costs
+    more than the copy); views into one array. Falls back to one call per entry to name a bad entry's key."""
+    if not batch:
+        return {}
+    values = list(batch.values())
+    try:
+        data, scales = encode(torch.cat([v.reshape(v.shape[0], *values[0].shape[1:]) for v in values]), codec, "")
+    except (ValueError, RuntimeError):
+        return {k: encode(v, codec, k) for k, v in batch.items()}
+    cuts = np.cumsum([v.shape[0] for v in values])[:-1]
+    datas = np.split(data, cuts)
+    scaled = np.split(scales, cuts) if scales is not None else [None] * len(values)
+    return dict(zip(batch, zip(datas, scaled)))

@@ -1,6 +1,7 @@
-"""DiskStore's file format: shards (magic, JSON header, 64-aligned arrays) and a self-checksummed JSON manifest.
+"""DiskStore's format 1 (up to layer_recycling 0.1): shards (magic, JSON header, 64-aligned arrays) and a
+self-checksummed JSON manifest. Kept to read old stores for ``convert`` (and to write them in its tests).
 
-Everything read is validated before use; nothing is unpickled. Writes are all-or-nothing (temp, fsync, rename).
+Everything read is validated before use; nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -35,12 +36,7 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 _RECORD = {"name": str, "bytes": int, "blake2b": str, "header_blake2b": str, "entries": int, "rows": int}
 
 
-class StoreCorrupted(RuntimeError):
-    """A store file is truncated, altered or not a DiskStore file; nothing in it is served."""
-
-
-class DiskFull(OSError):
-    """The disk (or quota) ran out while writing; entries committed before are intact."""
+from .files import DiskFull, StoreCorrupted  # noqa: E402  (one error type for both formats)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,3 +288,78 @@ def _blake(data: bytes) -> str:
 
 def _canonical(obj) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+# ---- conversion to the current format -------------------------------------------------------------------------
+
+
+def convert(path, dest=None, segment_bytes: int = 64 << 20) -> Path:
+    """Rewrite the format-1 store at ``path`` in the current format, in place or (``dest``) into a new directory.
+
+    In place, the new files are built in a sibling directory first and moved in; ``store.json`` moves last, so a
+    conversion killed midway leaves the old store readable by ``convert`` again. Returns the converted path.
+
+    Raises:
+        StoreCorrupted: the old store is damaged; ValueError: a key is not an ``lr.digest`` hex digest.
+    """
+    import uuid
+
+    from .codecs import decode
+    from .disk import DiskStore
+    from .store_files import STORE
+
+    path = Path(path).absolute()
+    manifest = parse_manifest((path / MANIFEST).read_bytes(), path / MANIFEST)
+    scratch = path.with_name(f"{path.name}.convert-{uuid.uuid4().hex[:8]}")
+    target = Path(dest).absolute() if dest is not None else scratch
+    try:
+        new = DiskStore(target, codec=manifest["codec"], segment_bytes=segment_bytes)
+        codec = CODECS[manifest["codec"]]
+        for rec in manifest["shards"]:
+            shard = read_header(path, rec, manifest)
+            data, scales = map_shard(path, shard, manifest, verify=True)
+            if codec.scaled:  # re-encoding int8 from its decoded floats would round twice: copy the bytes instead
+                _put_raw(new, shard, data, scales)
+                continue
+            new.put_many(shard.keys, [decode(np.array(data[o : o + n]), None, codec, "cpu", None)
+                                      for o, n in zip(shard.offsets, shard.lengths)])
+        new.close()
+        if manifest["fingerprint"] is not None and new.fingerprint_parts is None:
+            from ..fingerprint import Fingerprint
+
+            new.bind_fingerprint(Fingerprint(manifest["fingerprint"]))
+    except BaseException:
+        if dest is None:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    if dest is not None:
+        return target
+    names = sorted(os.listdir(target), key=lambda n: n == STORE)  # store.json last: it makes the store new
+    for name in names:
+        os.replace(target / name, path / name)
+    from .files import fsync_dir
+
+    fsync_dir(path)  # the new store is durable before the old files go
+    os.rmdir(target)
+    for rec in manifest["shards"]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path / rec["name"])
+    os.unlink(path / MANIFEST)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path / ".lock")
+    return path
+
+
+def _put_raw(store, shard: Shard, data: np.ndarray, scales: np.ndarray) -> None:
+    """Add int8 entries with their stored bytes and scales unchanged (bypassing the encoder)."""
+    from .files import key_bytes
+
+    key_bytes(shard.keys)  # refuses keys that are not digests, naming the fix
+    have = store.contains_many(shard.keys)
+    with store._lock:
+        for k, o, n, h in zip(shard.keys, shard.offsets, shard.lengths, have):
+            if not h and k not in store._buffer:
+                store._buffer[k] = (np.array(data[o : o + n]), np.array(scales[o : o + n]))
+                store._buffered += data[o : o + n].nbytes
+        if store._buffered >= store.segment_bytes:
+            store.flush()

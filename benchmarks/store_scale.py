@@ -1,0 +1,206 @@
+"""DiskStore at 10k, 100k and 1M entries: commit cost over a fill, open time, index memory, reads, merge, workers.
+
+    PYTHONPATH=src python benchmarks/store_scale.py --dir /tmp/lr-scale --sizes 10000 100000 1000000
+
+States are synthetic float16, hidden 384, ``--tokens`` (default 4) tokens per entry, so that a 1M-entry store
+(about 3 GB) fits on this disk; real text states have ~100-500 tokens and larger segments, which only makes the
+per-entry index cost smaller relative to the data. Keys are 20-byte blake2b digests as ``lr.digest`` makes.
+
+Reports, per size: time per segment commit at the start vs the end of the fill; the whole fill vs writing the
+same bytes to one file with numpy (+ fsync); open time and RSS growth after open + one batched lookup
+(``contains_many`` of 32 random keys, in a fresh process), and after reading them (the first read hashes each
+segment it touches); random batches of 32 with a warm page cache (GB/s); merge time (and a projection to 100M
+entries by fitting t = c * n * log2(n) to the largest measured size); and at the largest size, one epoch
+through a DataLoader with 4 workers with each worker's RSS (anonymous and file-backed). Writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from layer_recycling.stores.disk import DiskStore
+from timing import meta, timed
+
+HIDDEN = 384
+
+
+def key(i: int) -> str:
+    return hashlib.blake2b(i.to_bytes(8, "little"), digest_size=20).hexdigest()
+
+
+def _pool(tokens: int) -> torch.Tensor:
+    return torch.randn(4096 + tokens, HIDDEN, generator=torch.Generator().manual_seed(0)).half()
+
+
+def fill(path: Path, n: int, tokens: int, segment_bytes: int) -> dict:
+    """Fill ``n`` entries through put_many in batches of 32; time each put_many that committed a segment."""
+    pool, store = _pool(tokens), DiskStore(path, codec="float16", segment_bytes=segment_bytes)
+    commits, start = [], time.perf_counter()
+    for lo in range(0, n, 32):
+        ids = range(lo, min(n, lo + 32))
+        values = [pool[i % 4096 : i % 4096 + tokens] for i in ids]
+        seq = store._seq
+        _, t = timed(lambda: store.put_many([key(i) for i in ids], values))
+        if store._seq != seq:
+            commits.append(t)
+    _, t_close = timed(store.close)
+    commits.append(t_close)
+    total = time.perf_counter() - start
+    k = max(1, min(3, len(commits) // 3))
+    return {"fill_s": total, "segments": len(commits), "commit_start_s": statistics.median(commits[:k]),
+            "commit_end_s": statistics.median(commits[-k:]), "commits_s": commits,
+            "bytes": store.info()["bytes"]}
+
+
+def numpy_baseline(path: Path, nbytes: int) -> float:
+    """Seconds to write ``nbytes`` of float16 to one file with numpy, in 64 MB chunks, then fsync."""
+    chunk = np.random.default_rng(0).standard_normal((64 << 20) // 2).astype(np.float16)
+    start = time.perf_counter()
+    with open(path, "wb") as f:
+        left = nbytes
+        while left > 0:
+            part = chunk[: max(1, min(len(chunk), left // 2))]
+            part.tofile(f)
+            left -= part.nbytes
+        f.flush()
+        os.fsync(f.fileno())
+    t = time.perf_counter() - start
+    path.unlink()
+    return t
+
+
+OPEN_PROBE = """
+import json, random, sys, time, hashlib
+def rss():
+    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]) * 1024
+import torch, numpy
+from layer_recycling.stores.disk import DiskStore
+n = int(sys.argv[2])
+picks = random.Random(1).sample(range(n), 32)
+keys = [hashlib.blake2b(i.to_bytes(8, 'little'), digest_size=20).hexdigest() for i in picks]
+before = rss(); t = time.perf_counter()
+s = DiskStore(sys.argv[1], readonly=True)
+opened = time.perf_counter() - t
+t = time.perf_counter(); held = s.contains_many(keys); lookup = time.perf_counter() - t
+assert held.all(); index = rss() - before
+t = time.perf_counter(); got = s.get_many(keys); read = time.perf_counter() - t
+lines = [l for l in open('/proc/self/status') if l.startswith(('RssAnon', 'RssFile'))]
+status = {l.split(':')[0]: int(l.split()[1]) * 1024 for l in lines}
+print(json.dumps({"open_s": opened, "lookup_s": lookup, "rss_growth": index, "first_read_s": read,
+                  "rss_growth_after_read": rss() - before, "rss_anon_after": status["RssAnon"],
+                  "rss_file_after": status["RssFile"]}))
+"""
+
+
+def open_probe(path: Path, n: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", OPEN_PROBE, str(path), str(n)], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    res = json.loads(out.stdout)
+    res["rss_bytes_per_entry"] = res["rss_growth"] / n
+    return res
+
+
+def random_reads(path: Path, n: int, batches: int = 300) -> dict:
+    store, rng = DiskStore(path, readonly=True), random.Random(2)
+    picks = [[key(i) for i in rng.sample(range(n), 32)] for _ in range(batches)]
+    for p in picks:
+        store.get_many(p)  # warm the page cache (and hash each touched segment once)
+    got, t = timed(lambda: [store.get_many(p) for p in picks])
+    nbytes = sum(x.numel() * 2 for batch in got for x in batch)
+    return {"batch_ms": 1000 * t / batches, "gb_per_s": nbytes / t / 1e9}
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Batch i is 32 keys computed from positions: the dataset holds nothing per entry."""
+
+    def __init__(self, store: DiskStore, order: np.ndarray):
+        self.store, self.order = store, order
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / 32)
+
+    def __getitem__(self, i: int):
+        ids = self.order[32 * i : 32 * i + 32]
+        states = self.store.get_many([key(int(j)) for j in ids])
+        status = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in open("/proc/self/status")
+                  if l.startswith(("VmRSS", "RssAnon", "RssFile"))}
+        info = torch.utils.data.get_worker_info()
+        return sum(s.shape[0] for s in states), (info.id if info else -1), status
+
+
+def epoch(path: Path, n: int, workers: int = 4) -> dict:
+    order = np.random.default_rng(3).permutation(n)
+    loader = torch.utils.data.DataLoader(_Batches(DiskStore(path, readonly=True), order), batch_size=None,
+                                         num_workers=workers, multiprocessing_context="fork")
+    peak: dict[int, dict] = {}
+    rows, start = 0, time.perf_counter()
+    for got, wid, status in loader:
+        rows += got
+        peak[wid] = {k: max(v, peak.get(wid, {}).get(k, 0)) for k, v in status.items()}
+    return {"epoch_s": time.perf_counter() - start, "rows": rows, "workers": workers,
+            "per_worker_peak_mb": {w: {k: round(v / 1e6, 1) for k, v in p.items()} for w, p in sorted(peak.items())}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/lr-scale"))
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--tokens", type=int, default=4)
+    ap.add_argument("--segment-mb", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/store_scale.json"))
+    ap.add_argument("--keep", action="store_true", help="keep the stores (deleted by default)")
+    args = ap.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    results = {"meta": meta(), "tokens": args.tokens, "hidden": HIDDEN, "segment_mb": args.segment_mb, "sizes": {}}
+    for n in args.sizes:
+        path = args.dir / f"store-{n}"
+        shutil.rmtree(path, ignore_errors=True)
+        r = fill(path, n, args.tokens, args.segment_mb << 20)
+        _, r["merge_s"] = timed(lambda: DiskStore(path).compact())
+        r.update(open_probe(path, n))
+        r.update(random_reads(path, n))
+        if n == max(args.sizes):
+            r["epoch"] = epoch(path, n)
+        # Last: the baseline's 3 GB of writeback would otherwise slow the reads measured above (seen: 3x).
+        r["numpy_s"] = numpy_baseline(args.dir / "baseline.bin", r["bytes"])
+        del r["commits_s"][3:-3]
+        results["sizes"][n] = r
+        print(json.dumps({k: v for k, v in r.items() if k != "commits_s"}), flush=True)
+        if not args.keep:
+            shutil.rmtree(path)
+    big = max(args.sizes)
+    rb = results["sizes"][big]
+    c = rb["merge_s"] / (big * math.log2(big))
+    results["merge_projection_100M_s"] = c * 1e8 * math.log2(1e8)
+    print(f"\n{'entries':>9} {'fill s':>8} {'numpy s':>8} {'ratio':>6} {'segs':>5} {'commit start':>13} "
+          f"{'commit end':>11} {'merge s':>8} {'open s':>7} {'B/entry':>8} {'batch ms':>9} {'GB/s':>6}")
+    for n, r in results["sizes"].items():
+        print(f"{n:>9} {r['fill_s']:>8.1f} {r['numpy_s']:>8.1f} {r['fill_s'] / r['numpy_s']:>6.2f} "
+              f"{r['segments']:>5} {r['commit_start_s'] * 1e3:>11.0f}ms {r['commit_end_s'] * 1e3:>9.0f}ms "
+              f"{r['merge_s']:>8.2f} {r['open_s']:>7.3f} {r['rss_bytes_per_entry']:>8.1f} {r['batch_ms']:>9.2f} "
+              f"{r['gb_per_s']:>6.2f}")
+    print(f"merge at 100M entries, projected as c * n log2 n from {big}: {results['merge_projection_100M_s']:.0f} s")
+    if "epoch" in rb:
+        print(f"epoch over {big} entries, 4 workers: {rb['epoch']['epoch_s']:.1f} s; per-worker peak "
+              f"{rb['epoch']['per_worker_peak_mb']}")
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

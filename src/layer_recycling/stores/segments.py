@@ -1,0 +1,236 @@
+"""Segments: the immutable unit a writer commits. One data file of ragged rows plus a sorted binary key index.
+
+Files of segment ``seg-<writer>-<seq>`` (``<token>`` is fresh per commit, so a retried writer that reuses its
+name never overwrites a file a reader may still need):
+
+- ``<name>.<token>.data``: the rows of every entry in the codec's storage dtype, then (int8) their float32
+  scales, each section 64-aligned;
+- ``<name>.<token>.keys.npy``: the keys as 20-byte digests, sorted, unique (``S20``);
+- ``<name>.<token>.spans.npy``: int64 (entries, 2): each key's first row and row count;
+- ``<name>.json``: the index header, written last: names the token, sizes and blake2b checksums of the three
+  files above. Its atomic rename is the commit: files no header names are leftovers of a killed writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import mmap
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .codecs import CODECS, SCALE_DTYPE
+from .files import (
+    KEY_DTYPE, StoreCorrupted, atomic_write, blake, fsync_dir, hash_fd, is_hex, load_npy, npy_bytes, open_ro, pad,
+    raw_bytes, read_signed, signed,
+)
+
+FORMAT = 2
+SEGMENT = re.compile(r"seg-(?P<writer>[A-Za-z0-9_.-]{1,80})-(?P<seq>[0-9]{6})\.json")
+WRITER = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+TOKEN = re.compile(r"[0-9a-f]{12}")
+SPAN_DTYPE = np.dtype("<i8")
+
+
+def write_segment(root: Path, name: str, token: str, codec: str, feature: list[int], keys: np.ndarray,
+                  datas: list[np.ndarray], scales: list[np.ndarray] | None) -> dict:
+    """Write and commit one segment; returns its header. ``keys`` (KEY_DTYPE) are unique, in ``datas``' order.
+
+    Raises:
+        DiskFull: no space left; nothing of this segment is committed (its temp files are removed).
+    """
+    lengths = np.array([d.shape[0] for d in datas], SPAN_DTYPE)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(SPAN_DTYPE) if len(datas) else lengths
+    rows = int(lengths.sum())
+    parts = [raw_bytes(np.concatenate(datas))] if datas else []  # one write and one hash, not one per entry
+    data_end = sum(p.size for p in parts)
+    scales_start = data_end + pad(data_end)
+    if CODECS[codec].scaled:
+        parts += [np.zeros(pad(data_end), np.uint8),
+                  raw_bytes(np.concatenate(scales) if scales else np.empty(0, SCALE_DTYPE))]
+    order = np.argsort(keys, kind="stable")
+    keys_raw = npy_bytes(keys[order])
+    spans_raw = npy_bytes(np.stack([offsets, lengths], axis=1)[order] if len(datas) else np.empty((0, 2), SPAN_DTYPE))
+    data_hash = _hash_parts(parts)
+    stem = f"{name}.{token}"
+    atomic_write(root / f"{stem}.data", parts, sync_dir=False)
+    atomic_write(root / f"{stem}.keys.npy", [keys_raw], sync_dir=False)
+    atomic_write(root / f"{stem}.spans.npy", [spans_raw], sync_dir=False)
+    fsync_dir(root)  # the three renames are durable before the header that names them
+    header = {"format": FORMAT, "name": name, "token": token, "codec": codec, "feature_shape": feature,
+              "entries": len(keys), "rows": rows, "data_bytes": sum(len(memoryview(p)) for p in parts),
+              "scales_start": scales_start, "data_blake2b": data_hash, "keys_blake2b": blake(keys_raw),
+              "spans_blake2b": blake(spans_raw)}
+    atomic_write(root / f"{name}.json", [signed(header)])  # the commit
+    return header
+
+
+def _hash_parts(parts) -> str:
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=32)
+    for p in parts:
+        h.update(p)
+    return h.hexdigest()
+
+
+def files_of(header: dict) -> list[str]:
+    stem = f"{header['name']}.{header['token']}"
+    return [f"{header['name']}.json", f"{stem}.data", f"{stem}.keys.npy", f"{stem}.spans.npy"]
+
+
+_FIELDS = {"format": int, "name": str, "token": str, "codec": str, "feature_shape": list, "entries": int, "rows": int,
+           "data_bytes": int, "scales_start": int, "data_blake2b": str, "keys_blake2b": str, "spans_blake2b": str}
+
+
+def read_header(root: Path, name: str) -> dict:
+    """The checked header of committed segment ``name`` (without ``.json``).
+
+    Raises:
+        StoreCorrupted: damaged, or fields of the wrong kind or inconsistent with each other.
+    """
+    path = root / f"{name}.json"
+    return check_header(read_signed(path, "segment index header"), name, path)
+
+
+def check_header(h: dict, name: str, path: Path) -> dict:
+    """``h`` if it is a consistent header of segment ``name``; else StoreCorrupted naming ``path``."""
+    codec = CODECS.get(h.get("codec"))
+    ok = (all(type(h.get(k)) is t for k, t in _FIELDS.items()) and h["format"] == FORMAT and h["name"] == name
+          and codec is not None and bool(TOKEN.fullmatch(h["token"])) and _ints(h["feature_shape"])
+          and min(h["entries"], h["rows"], h["data_bytes"], h["scales_start"]) >= 0
+          and all(is_hex(h[k]) for k in ("data_blake2b", "keys_blake2b", "spans_blake2b")))
+    if ok:
+        end = h["rows"] * math.prod(h["feature_shape"]) * codec.storage.itemsize
+        size = h["scales_start"] + h["rows"] * SCALE_DTYPE.itemsize if codec.scaled else end
+        ok = h["data_bytes"] == size and h["scales_start"] == end + pad(end)
+    if not ok:
+        raise StoreCorrupted(f"{path} is not a segment index header of format {FORMAT} (fields of the wrong kind "
+                             f"or sizes that do not add up)")
+    return h
+
+
+def _ints(xs) -> bool:
+    return isinstance(xs, list) and all(type(x) is int and x >= 0 for x in xs)
+
+
+@dataclasses.dataclass
+class Segment:
+    """A committed segment: its header, and (lazily, per process) its index arrays and its data map."""
+
+    root: Path
+    header: dict
+    _index: tuple | None = None
+    _data: tuple | None = None
+    _verified: bool = False
+    _file: tuple | None = None  # (pid, descriptor) of the data file
+
+    @property
+    def name(self) -> str:
+        return self.header["name"]
+
+    def index(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted keys, spans (entries, 2)) memory-mapped, checked on first use in this process."""
+        if self._index is None:
+            h, stem = self.header, self.root / f"{self.name}.{self.header['token']}"
+            keys = load_npy(Path(f"{stem}.keys.npy"), h["keys_blake2b"], KEY_DTYPE, (h["entries"],))
+            spans = load_npy(Path(f"{stem}.spans.npy"), h["spans_blake2b"], SPAN_DTYPE, (h["entries"], 2))
+            check_index(keys, spans, h["rows"], Path(f"{stem}.keys.npy"))
+            self._index = keys, spans
+        return self._index
+
+    def data(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(rows (rows, *feature), scales (rows,) or None) memory-mapped; the file is hashed before first use."""
+        if self._data is None:
+            h = self.header
+            path, codec, feature = self.root / f"{self.name}.{h['token']}.data", CODECS[h["codec"]], h["feature_shape"]
+            fd = open_ro(path)
+            try:
+                size = os.fstat(fd).st_size
+                if size != h["data_bytes"]:
+                    raise StoreCorrupted(f"{path} has {size} bytes, its index says {h['data_bytes']}: truncated or "
+                                         f"replaced")
+                if not self._verified and hash_fd(fd) != h["data_blake2b"]:
+                    raise StoreCorrupted(f"{path} fails its checksum: the file was altered or damaged after it was "
+                                         f"written")
+                self._verified = True
+                mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if size else b""
+            finally:
+                os.close(fd)
+            data = np.frombuffer(mm, codec.storage, count=h["rows"] * math.prod(feature)).reshape(h["rows"], *feature)
+            scales = (np.frombuffer(mm, SCALE_DTYPE, count=h["rows"], offset=h["scales_start"])
+                      if codec.scaled else None)
+            self._data = data, scales
+        return self._data
+
+    def read_into(self, lo: int, out: np.ndarray, scales_out: np.ndarray | None) -> None:
+        """Copy rows ``lo : lo + len(out)`` (and their scales) into ``out`` with pread, not a map: a map's page
+        faults pull whole large folios (2 MB here) into the process, a pread copies only the rows asked for."""
+        fd = self._fd()
+        h, rowbytes = self.header, out[:1].nbytes if len(out) else 0
+        if len(out):
+            _pread_into(fd, out, lo * rowbytes)
+        if scales_out is not None and len(scales_out):
+            _pread_into(fd, scales_out, h["scales_start"] + lo * SCALE_DTYPE.itemsize)
+
+    def _fd(self) -> int:
+        pid = os.getpid()
+        if self._file is None or self._file[0] != pid:  # a forked child opens its own (and may be closed apart)
+            path = self.root / f"{self.name}.{self.header['token']}.data"
+            fd = open_ro(path)
+            size = os.fstat(fd).st_size
+            if size != self.header["data_bytes"]:
+                os.close(fd)
+                raise StoreCorrupted(f"{path} has {size} bytes, its index says {self.header['data_bytes']}: "
+                                     f"truncated or replaced")
+            if not self._verified and hash_fd(fd) != self.header["data_blake2b"]:
+                os.close(fd)
+                raise StoreCorrupted(f"{path} fails its checksum: the file was altered or damaged after it was "
+                                     f"written")
+            self._verified = True
+            self._file = (pid, fd)
+        return self._file[1]
+
+    def close_file(self) -> None:
+        if self._file is not None and self._file[0] == os.getpid():
+            os.close(self._file[1])
+        self._file = None
+
+    def drop_maps(self) -> None:
+        self._index, self._data = None, None
+        self.close_file()
+
+
+def _pread_into(fd: int, out: np.ndarray, offset: int) -> None:
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    while len(view):
+        got = os.preadv(fd, [view], offset)
+        if got <= 0:
+            raise StoreCorrupted(f"a segment data file ended early at byte {offset}")
+        view, offset = view[got:], offset + got
+
+
+def check_index(keys: np.ndarray, spans: np.ndarray, rows: int, path: Path, chunk: int = 1 << 18) -> None:
+    """Refuse keys out of order or repeated, and spans outside the data (a forged but re-signed index).
+
+    Chunked, and the pages are released after: checking a 100M-entry index must not make it resident.
+    """
+    for lo in range(0, len(keys), chunk):
+        k = keys[lo : lo + chunk + 1]
+        s = spans[lo : lo + chunk]
+        if (len(k) > 1 and not bool(np.all(k[1:] > k[:-1]))) or (len(s) and (
+                s.min() < 0 or bool(np.any(s[:, 0] + s[:, 1] > rows)))):
+            raise StoreCorrupted(f"{path} is an invalid index: keys out of order or repeated, or row spans outside "
+                                 f"the data ({rows} rows)")
+    release(keys, spans)
+
+
+def release(*arrays) -> None:
+    """Drop the pages of memory-mapped arrays from this process (they stay in the page cache)."""
+    for a in arrays:
+        mm = getattr(a, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_DONTNEED)

@@ -1,0 +1,79 @@
+"""The store-wide files: ``store.json`` (format, codec), ``fingerprint.json``, and cleaning up leftovers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from pathlib import Path
+
+from .codecs import CODECS
+from .files import StoreCorrupted, create_once, read_signed, signed
+from .segments import FORMAT, SEGMENT, files_of
+from .snapshot import CURRENT, SNAPSHOT
+
+STORE = "store.json"
+FINGERPRINT = "fingerprint.json"
+LEGACY = "manifest.json"
+_OURS = re.compile(r"(seg-[A-Za-z0-9_.-]{1,80}-[0-9]{6}(\.[0-9a-f]{12}\.(data|keys\.npy|spans\.npy)|\.json)"
+                   r"|snap-g[0-9]{6}-[0-9a-f]{8}\.(json|keys\.npy|loc\.npy)|CURRENT|store\.json|fingerprint\.json)"
+                   r"(\.[0-9a-f]{8}\.tmp)?")
+
+
+def refuse_legacy(path: Path) -> None:
+    if (path / LEGACY).exists() and not (path / STORE).exists():
+        raise ValueError(
+            f"{path} holds a DiskStore of format 1 ({LEGACY} and shard-*.bin); this version reads format {FORMAT}. "
+            f"Convert it once with `python -c \"import layer_recycling as lr; lr.stores.disk.convert('{path}')\"` "
+            f"(in place; pass dest= for a copy; the old files are removed once the new ones are in place)"
+        )
+
+
+def create(path: Path, codec: str, readonly: bool) -> None:
+    if readonly:
+        raise FileNotFoundError(f"no DiskStore at {path} (no {STORE}); open it with readonly=False to create one")
+    from .. import __version__  # here, not at import time: the package imports this module
+
+    path.mkdir(parents=True, exist_ok=True)
+    foreign = [p.name for p in path.iterdir() if not _OURS.fullmatch(p.name)]
+    if foreign:
+        raise ValueError(f"{path} holds other files ({', '.join(sorted(foreign)[:3])}) but no {STORE}: it is not a "
+                         f"DiskStore. Pass a new or empty directory.")
+    created_by = f"layer_recycling {__version__}"
+    create_once(path / STORE, signed({"format": FORMAT, "codec": codec, "created_by": created_by}))
+
+
+def read_store(path: Path) -> dict:
+    try:
+        doc = read_signed(path / STORE, "store header")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no DiskStore at {path} (no {STORE}); open it with readonly=False") from None
+    if not (doc.get("format") == FORMAT and doc.get("codec") in CODECS and isinstance(doc.get("created_by"), str)):
+        raise StoreCorrupted(f"{path / STORE} is not a store header of format {FORMAT} (got format "
+                             f"{doc.get('format')!r}, codec {doc.get('codec')!r})")
+    return doc
+
+
+def cleanup(path: Path, snapshot, headers: dict, grace: float) -> int:
+    """Delete our files that no committed header nor the current generation names, older than ``grace`` s."""
+    live = {STORE, FINGERPRINT, CURRENT}
+    for _, h in headers.values():
+        live.update(files_of(h))
+    if snapshot is not None:
+        for h in snapshot.header["segments"]:
+            live.update(files_of(h)[1:])
+        live.update(f"snap-{snapshot.generation}.{x}" for x in ("json", "keys.npy", "loc.npy"))
+    now, removed = time.time(), 0
+    for entry in os.scandir(path):
+        if entry.name in live or not _OURS.fullmatch(entry.name) or SEGMENT.fullmatch(entry.name):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if now - entry.stat().st_mtime >= grace:
+                os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+__all__ = ["CURRENT", "FINGERPRINT", "LEGACY", "SNAPSHOT", "STORE", "cleanup", "create", "read_store",
+           "refuse_legacy"]

@@ -1,0 +1,162 @@
+"""The merged snapshot: merges killed midway, damaged pointer and snapshot files, one answer per key."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from layer_recycling.stores.disk import DiskStore, StoreCorrupted
+from layer_recycling.stores.files import blake, npy_bytes, signed
+from layer_recycling.stores.snapshot import read_current
+from store_helpers import FORK, check_store, fill, keys, value
+
+
+def _compact(path: str) -> None:
+    DiskStore(path).compact()
+
+
+def test_a_merge_killed_midway_leaves_the_previous_generation(tmp_path):
+    path, names, rng = tmp_path / "s", keys(6200), random.Random(0)
+    fill(str(path), names[:4000], 100)  # 40 segments
+    early = DiskStore(path, readonly=True)  # a reader opened before any merge
+    outcomes = {"kept": 0, "new": 0}
+    span = 0.05
+    for trial in range(14):
+        batch = names[4000 + 150 * trial : 4150 + 150 * trial]
+        fill(str(path), batch, 150)  # something new to merge each time
+        before = read_current(path)
+        child = FORK.Process(target=_compact, args=(str(path),))
+        started = time.perf_counter()
+        child.start()
+        if trial < 2:  # the first two run whole: how long a merge takes here sets where the kills land
+            child.join()
+            span = max(span, time.perf_counter() - started) if trial == 1 else span
+        time.sleep(rng.uniform(0.0, span))
+        os.kill(child.pid, signal.SIGKILL) if child.exitcode is None else None
+        child.join()
+        after = read_current(path)
+        reader = check_store(path)  # opens whole: a generation whose files all check out
+        assert reader.info()["snapshot"] == (after[0] if after else None)
+        assert len(reader) == 4150 + 150 * trial
+        if after == before:
+            outcomes["kept"] += 1
+        else:
+            outcomes["new"] += 1
+            assert reader.info()["unmerged"] == 0
+    print(outcomes)
+    assert outcomes["kept"] >= 1 and outcomes["new"] >= 2  # some kills landed mid-merge
+    assert sorted(early) == sorted(names[:4000]) or len(early) >= 4000
+    assert all(torch.equal(a, value(k).half()) for a, k in zip(early.get_many(names[:50]), names[:50]))
+    early.refresh()  # and then it moves on to the newest generation
+    assert early.info()["snapshot"] == DiskStore(path, readonly=True).info()["snapshot"]
+
+
+def test_open_snapshot_pins_a_generation_plus_later_segments(tmp_path):
+    path = tmp_path / "s"
+    fill(str(path), keys(30), 10)
+    first = DiskStore(path).compact()
+    fill(str(path), keys(40), 10)
+    second = DiskStore(path).compact()
+    fill(str(path), keys(45), 10)
+    store = DiskStore(path, readonly=True)
+    store.open_snapshot(first)
+    assert store.info()["snapshot"] == first and len(store) == 45 and store.info()["unmerged"] >= 1
+    store.open_snapshot(second)
+    assert store.info()["snapshot"] == second and store.info()["unmerged"] == 1
+    assert DiskStore(path).compact() != second  # a third generation
+    with pytest.raises(StoreCorrupted, match="snap-g000009"):
+        store.open_snapshot("g000009-00000000")
+
+
+def test_duplicates_have_one_answer_the_lowest_segment_name(tmp_path):
+    k = keys(3)
+    writers = {w: DiskStore(tmp_path / "s", writer=w) for w in "bac"}  # all open before any commits: no one
+    for fill_value, (w, s) in enumerate(writers.items(), start=2):  # sees another's copy, each writes its own
+        s.put_many(k, [torch.full((2, 4), 1.0 if w == "a" else float(fill_value))] * 3)
+    for s in writers.values():
+        s.close()
+    store = DiskStore(tmp_path / "s", readonly=True)
+    assert len(store) == 3 and list(store) == sorted(k)
+    assert all(float(t[0, 0]) == 1.0 for t in store.get_many(k))
+    DiskStore(tmp_path / "s").compact()
+    merged = DiskStore(tmp_path / "s", readonly=True)
+    assert merged.info()["unmerged"] == 0 and len(merged) == 3
+    assert all(float(t[0, 0]) == 1.0 for t in merged.get_many(k))
+    s = DiskStore(tmp_path / "s", writer="0")  # a lower name after the merge: it wins there and after the next
+    s._buffer[k[0]] = (np.zeros((1, 4), np.float32), None)  # bypass "already stored": plant a second copy
+    s._buffered = 16
+    s.flush()
+    assert float(DiskStore(tmp_path / "s", readonly=True)[k[0]][0, 0]) == 0.0
+    DiskStore(tmp_path / "s").compact()
+    assert float(DiskStore(tmp_path / "s", readonly=True)[k[0]][0, 0]) == 0.0
+
+
+# ---- damaged and forged pointer and snapshot files ---------------------------------------------------------------
+
+
+def _merged(path: Path) -> str:
+    fill(str(path), keys(20), 5, codec="float32")
+    return DiskStore(path).compact()
+
+
+def test_a_damaged_pointer_is_refused(tmp_path):
+    path = tmp_path / "s"
+    generation = _merged(path)
+    current = (path / "CURRENT").read_bytes()
+    doc = json.loads(current)["doc"]
+    forgeries = [b"", b"{}", b"not json", current[:-3], signed({"generation": "g000099-00000000",
+                                                             "blake2b": doc["blake2b"]}),
+                 signed({"generation": generation, "blake2b": "0" * 64}), signed({"generation": "../x"}),
+                 signed({**doc, "generation": 5})]
+    for bad in forgeries:
+        (path / "CURRENT").write_bytes(bad)
+        with pytest.raises(StoreCorrupted):
+            DiskStore(path, readonly=True)
+        with pytest.raises(StoreCorrupted):
+            DiskStore(path)
+    (path / "CURRENT").write_bytes(current)
+    assert len(DiskStore(path, readonly=True)) == 20
+
+
+def _forge_snapshot(path: Path, edit) -> None:
+    """Apply ``edit(keys, loc, header)`` to the current generation, re-signing it and CURRENT."""
+    gen = read_current(path)[0]
+    h = json.loads((path / f"snap-{gen}.json").read_bytes())["doc"]
+    k, loc = np.load(path / f"snap-{gen}.keys.npy").copy(), np.load(path / f"snap-{gen}.loc.npy").copy()
+    k, loc = edit(k, loc, h)
+    rk, rl = npy_bytes(k), npy_bytes(loc)
+    (path / f"snap-{gen}.keys.npy").write_bytes(rk)
+    (path / f"snap-{gen}.loc.npy").write_bytes(rl)
+    h.update(keys_blake2b=blake(rk), loc_blake2b=blake(rl), entries=len(k))
+    header = signed(h)
+    (path / f"snap-{gen}.json").write_bytes(header)
+    (path / "CURRENT").write_bytes(signed({"generation": gen, "blake2b": blake(header)}))
+
+
+SNAPSHOT_FORGERIES = {
+    "segment beyond the list": lambda k, loc, h: (k, loc + np.array([[100, 0, 0]])),
+    "negative segment": lambda k, loc, h: (k, loc - np.array([[100, 0, 0]])),
+    "span past its segment": lambda k, loc, h: (k, loc + np.array([[0, 0, 10**6]])),
+    "keys out of order": lambda k, loc, h: (k[::-1].copy(), loc),
+    "fewer locations": lambda k, loc, h: (k, loc[:-1]),
+    "segment list emptied": lambda k, loc, h: (k, loc) if h.update(segments=[]) is None else None,
+    "segment header forged": lambda k, loc, h: (k, loc) if h["segments"][0].update(codec="pickle") is None else None,
+    "another format": lambda k, loc, h: (k, loc) if h.update(format=1) is None else None,
+}
+
+
+@pytest.mark.parametrize("forgery", SNAPSHOT_FORGERIES, ids=list(SNAPSHOT_FORGERIES))
+def test_forged_snapshots_are_refused(tmp_path, forgery):
+    path = tmp_path / "s"
+    _merged(path)
+    _forge_snapshot(path, SNAPSHOT_FORGERIES[forgery])
+    with pytest.raises(StoreCorrupted, match="snap-"):
+        DiskStore(path, readonly=True)
