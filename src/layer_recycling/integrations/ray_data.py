@@ -7,6 +7,7 @@ tasks, hash-partitioned by key (duplicates meet in one block), and only keys the
 from __future__ import annotations
 
 import functools
+import uuid
 from typing import Any, Callable
 
 import numpy as np
@@ -93,22 +94,26 @@ def _sink_class():
 
         def __init__(self, store):
             self.store, self.summary = store, {}
+            self.run = uuid.uuid4().hex[:8]  # this fill's writers: a later fill never replaces their segments
 
         def write(self, blocks, ctx) -> dict:
             from ray.data.block import BlockAccessor
 
+            # One writer name per task of this fill: a retried task replaces its own segment, never adds a twin.
+            store = type(self.store)(self.store.path, writer=f"ray-{self.run}-task-{ctx.task_idx}")
             written = 0
             for block in blocks:
                 frame = BlockAccessor.for_block(block).to_pandas()
                 values = [torch.from_numpy(np.array(s, dtype=np.float32).reshape(shape))
                           for s, shape in zip(frame["state"], frame["shape"])]
-                self.store.put_many(list(frame[KEY]), values)
+                store.put_many(list(frame[KEY]), values)
                 written += len(values)
-            self.store.flush()
+            store.close()  # commits what it buffered
             return {"task": ctx.task_idx, "entries": written}
 
         def on_write_complete(self, write_result) -> None:
-            merged = self.store.compact() if hasattr(self.store, "compact") else None
+            self.store.refresh()
+            merged = self.store.compact()  # one merged snapshot, published once; a failed write publishes none
             self.summary.update(computed=sum(r["entries"] for r in write_result.write_returns),
                                 segments=write_result.write_returns, snapshot=merged)
 
