@@ -377,3 +377,9 @@ def test_planted_pickles_are_refused_and_never_run(tmp_path):
     with pytest.raises(StoreCorrupted, match="keys.npy"):
         opens_and_reads(path)
     assert not sentinel.exists()
+
+
+def test_a_file_where_a_store_directory_is_expected_is_named(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match="that is a file; a store is a directory"):
+        DiskStore(tmp_path / "f")

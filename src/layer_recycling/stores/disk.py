@@ -64,6 +64,9 @@ class DiskStore:
             codec = codec if codec is not None else dtype
         if writer is not None and not WRITER.fullmatch(writer):
             raise ValueError(f"writer={writer!r}: expected 1-80 letters, digits, '.', '_' or '-'")
+        if Path(path).is_file():
+            raise NotADirectoryError(f"DiskStore({str(path)!r}): that is a file; a store is a directory (new or "
+                                     f"holding a store). Pass a directory path")
         self._setup(Path(path).absolute(), readonly, writer, segment_bytes, compact_after)
         requested = codec_name(codec)
         refuse_legacy(self.path)
