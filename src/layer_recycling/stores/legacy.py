@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import itertools
 import json
@@ -28,7 +27,6 @@ from .codecs import CODECS, SCALE_DTYPE
 FORMAT = 1
 MANIFEST = "manifest.json"
 MAGIC = b"LRSHARD1"  # then the header length (<Q), the JSON header, then the arrays, each 64-aligned
-_ALIGN = 64
 _MAX_HEADER = 1 << 28  # a length field beyond this is damage, not a header worth reading
 _SHARD = re.compile(r"shard-[0-9a-f]{32}\.bin")  # also keeps a hand-made manifest from naming ../anything
 _TEMP = re.compile(r"(shard-[0-9a-f]{32}\.bin|manifest\.json)\.[0-9a-f]{8}\.tmp")
@@ -37,6 +35,8 @@ _RECORD = {"name": str, "bytes": int, "blake2b": str, "header_blake2b": str, "en
 
 
 from .files import DiskFull, StoreCorrupted  # noqa: E402  (one error type for both formats)
+from .files import atomic_write, blake as _blake, canonical as _canonical, hash_fd as _hash_fd  # noqa: E402
+from .files import pad as _pad, raw_bytes as _raw_bytes  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,74 +222,6 @@ def _open(path: Path) -> int:
         raise StoreCorrupted(f"{path} is named in the manifest but missing") from None
 
 
-def _hash_fd(fd: int) -> str:
-    """blake2b of a whole file, read in 1 MiB chunks (not mapped: hashing must not grow the process's memory)."""
-    h, pos = hashlib.blake2b(digest_size=32), 0
-    while chunk := os.pread(fd, 1 << 20, pos):
-        h.update(chunk)
-        pos += len(chunk)
-    return h.hexdigest()
-
-
-# ---- writing ------------------------------------------------------------------------------------------------
-
-
-def atomic_write(path: Path, parts: list) -> None:
-    """Write ``parts`` (bytes or uint8 arrays) to ``path`` all-or-nothing: temp, fsync, rename, fsync the dir.
-
-    Raises:
-        DiskFull: no space (or quota) left; the temp file is removed and ``path`` is unchanged.
-    """
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            for p in parts:
-                _write_all(fd, p)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise DiskFull(
-            e.errno, f"no space left writing {path}: {sum(map(len, parts))} bytes needed, "
-            f"{shutil.disk_usage(path.parent).free} free. Entries committed before are intact; free space or move "
-            f"the store, then fill again to resume",
-        ) from e
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a power loss
-    finally:
-        os.close(dir_fd)
-
-
-def _write_all(fd: int, data) -> None:
-    view = memoryview(data)
-    while len(view):
-        view = view[os.write(fd, view):]
-
-
-def _pad(n: int) -> int:
-    return -n % _ALIGN
-
-
-def _raw_bytes(a: np.ndarray) -> np.ndarray:
-    """The bytes of ``a`` as a flat uint8 array (no copy when contiguous; works for empty arrays too)."""
-    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-
-
-def _blake(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=32).hexdigest()
-
-
-def _canonical(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
 # ---- conversion to the current format -------------------------------------------------------------------------
 
 
@@ -302,8 +234,6 @@ def convert(path, dest=None, segment_bytes: int = 64 << 20) -> Path:
     Raises:
         StoreCorrupted: the old store is damaged; ValueError: a key is not an ``lr.digest`` hex digest.
     """
-    import uuid
-
     from .codecs import decode
     from .disk import DiskStore
     from .store_files import STORE
