@@ -90,7 +90,7 @@ def main() -> None:
     bare.fill(examples, progress=False)
     stores, fills = {}, {}
     for codec in CODECS:
-        stores[codec] = lr.DiskStore(args.dir / codec, dtype=codec)
+        stores[codec] = lr.DiskStore(args.dir / codec, codec=codec)
         rec = lr.recycle(model, at=args.at, store=stores[codec], tokenizer=tok, preprocess=call)
         _, fills[codec] = timed(lambda: rec.fill(examples, batch_size=32, progress=False))
     padded = len(examples) * args.tokens * hidden * 4

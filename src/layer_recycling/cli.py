@@ -185,7 +185,7 @@ def _recycled(args):
     if args.store.is_file():
         raise NotADirectoryError(f"--store {args.store} is a file; expected a directory (new or holding a store)")
     tok = tokenizer_for(args.model) if task.kind != "image-cls" else None
-    rec = recycle(model, at=args.at, store=DiskStore(args.store, dtype=args.codec), tokenizer=tok,
+    rec = recycle(model, at=args.at, store=DiskStore(args.store, codec=args.codec), tokenizer=tok,
                   preprocess={"max_length": args.max_length, "task": task.kind})
     return task, model, rec
 

@@ -86,7 +86,7 @@ def _store(setting: Setting, cfg: TrainConfig):
     if setting.codec == "float32" and cfg.store_dir is None:
         return MemoryStore(), None
     path = Path(tempfile.mkdtemp(prefix="lr-bench-", dir=cfg.store_dir))
-    return DiskStore(path / "store", dtype=setting.codec), path
+    return DiskStore(path / "store", codec=setting.codec), path
 
 
 def _train_batches(task: Task, forward: nn.Module, cfg: TrainConfig):

@@ -34,18 +34,18 @@ SCALE_DTYPE = np.dtype("<f4")
 _ALIASES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int8: "int8"}
 
 
-def codec_name(dtype: str | torch.dtype | None) -> str | None:
-    """The codec name of a ``dtype`` argument (None stays None: "as stored, float32 for a new store").
+def codec_name(codec: str | torch.dtype | None) -> str | None:
+    """The name of a ``codec`` argument, a name or a torch dtype (None stays None: "as stored, float32 if new").
 
     Raises:
-        ValueError: ``dtype`` names no codec.
+        ValueError: ``codec`` names no codec.
     """
-    if dtype is None:
+    if codec is None:
         return None
-    name = _ALIASES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else str(dtype).removeprefix("torch.")
+    name = _ALIASES.get(codec, codec) if isinstance(codec, torch.dtype) else str(codec).removeprefix("torch.")
     if name not in CODECS:
         raise ValueError(
-            f"DiskStore(dtype={dtype!r}): expected one of {sorted(CODECS)} (or the torch dtypes float32, float16, "
+            f"codec={codec!r}: expected one of {sorted(CODECS)} (or the torch dtypes float32, float16, "
             f"bfloat16, int8); float16 halves the size, int8 quarters it with a per-token scale"
         )
     return name
