@@ -47,3 +47,12 @@ def test_grouped_sampler_follows_set_epoch():
     assert list(sampler) == first
     sampler.set_epoch(6)
     assert list(sampler) != first
+
+
+def test_a_sampler_or_batch_sampler_of_your_own_is_used(bert):
+    examples = [dict(e, label=i) for i, e in enumerate(text_examples(6))]
+    rec = lr.recycle(bert, at=2)
+    batches = list(rec.loader(examples, batch_sampler=[[5, 0], [2, 3, 4]], progress=False))
+    assert [b["labels"].tolist() for b in batches] == [[5, 0], [2, 3, 4]]
+    ordered = list(rec.loader(examples, batch_size=3, sampler=[4, 3, 2, 1, 0, 5], progress=False))
+    assert [b["labels"].tolist() for b in ordered] == [[4, 3, 2], [1, 0, 5]]
