@@ -66,7 +66,8 @@ def test_bench_seq_cls_writes_results_report_and_plot(tmp_path, tiny_model_dir, 
                       "recycled 50% int8"}
     for r in results:
         assert set(REQUIRED) <= r.keys() and r["metric"] == "accuracy" and 0 <= r["score"] <= 100
-        assert r["meta"]["torch"] and r["config"]["train_examples"] == 38
+        assert r["meta"]["torch"] and r["config"]["train_examples"] == 34  # 38, less 4 held out for validation
+        assert r["val_score"] is not None and r["val_scores"][r["metric"]] == r["val_score"]
     recycled = next(r for r in results if r["label"] == "recycled 50%")
     assert recycled["at"] == 2 and recycled["cache_bytes"] > 0 and recycled["fill_s"] > 0
     by_label = {r["label"]: r["fill_from_at"] for r in results}  # each level's fill stacked on the one below

@@ -78,6 +78,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--no-lora", action="store_true", help="skip the LoRA-on-top setting")
     b.add_argument("--seeds", default="0", help="comma list of seeds (mean and spread are reported)")
     b.add_argument("--max-drop", type=float, default=1.0, help="points of score you accept to lose")
+    b.add_argument("--val", type=float, default=0.1, help="fraction of the training examples held out to choose "
+                   "the level on (the test split then checks the choice); 0 for none")
     b.add_argument("--out", type=Path, default=Path("results/bench"), help="folder for the result files")
     r = sub.add_parser("report", help="table, plot and recommendation from a folder of results",
                        formatter_class=_Help)
@@ -118,7 +120,8 @@ def _task(args):
     from .bench.catalog import load_task
 
     return load_task(args.task, args.dataset, args.model, train=args.train, test=args.test,
-                     max_length=args.max_length, test_file=args.test_file, seed=args.seed)
+                     max_length=args.max_length, test_file=args.test_file, seed=args.seed,
+                     val=getattr(args, "val", 0.0))
 
 
 def _require(modules: dict[str, str]) -> None:
@@ -144,9 +147,11 @@ def _bench(args) -> int:
         print("LoRA skipped: its target modules are known for transformers models only")
     settings = default_settings(args.levels, args.frozen_level, codecs, lora=lora)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    print(f"{task.kind} on {task.dataset}: {len(task.train)} train / {len(task.test)} test examples, "
-          f"model {args.model}, {len(settings)} settings")
+    print(f"{task.kind} on {task.dataset}: {len(task.train)} train / {len(task.val)} validation / "
+          f"{len(task.test)} test examples, model {args.model}, {len(settings)} settings")
     seeds = [int(s) for s in args.seeds.split(",")]
+    if len(seeds) == 1:
+        print("one seed: differences of about a point are within its noise; --seeds 0,1,2 reports mean and spread")
     sweep(task, args.model, model_factory(args.model, task.kind, task.num_labels), settings, cfg, args.out, seeds)
     print()
     print(report(args.out, args.max_drop))

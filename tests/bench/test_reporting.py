@@ -68,3 +68,23 @@ def test_a_folder_without_results_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no result files"):
         rp.load(tmp_path / "empty")
+
+
+def test_the_recommendation_is_chosen_on_validation_and_checked_on_test():
+    def run(label, setting, level, score, val, seconds):
+        r = _result(label, setting, level, score, seconds)
+        r["val_score"] = val
+        return r
+
+    results = [run("full", "full", 0.0, 80.0, 80.0, 100.0),
+               run("recycled 50%", "recycled", 0.5, 79.5, 76.0, 50.0),   # test says fine, validation says no
+               run("recycled 25%", "recycled", 0.25, 78.0, 79.5, 70.0)]  # validation says fine, test drops 2
+    rows = rp.summarize(results)
+    assert rp.recommend(rows, max_drop=1.0)["label"] == "recycled 25%"
+    text = rp.recommendation_text(rows, 1.0)
+    assert "chosen on validation" in text and "did NOT stay within" in text
+    for r in results:
+        del r["val_score"]
+    old = rp.summarize(results)  # results written before validation splits: the test drop, with a note saying so
+    assert rp.recommend(old, 1.0)["label"] == "recycled 50%"
+    assert "no validation scores" in rp.recommendation_text(old, 1.0)

@@ -63,10 +63,17 @@ def _take(items: list, n: int | None, seed: int) -> list:
 
 
 def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, test: int | None = None,
-              max_length: int = 128, test_file: str | None = None, seed: int = 0) -> Task:
-    """The ``kind`` task on ``dataset`` prepared for ``model``; ``train``/``test`` cap the example counts."""
+              max_length: int = 128, test_file: str | None = None, seed: int = 0, val: float = 0.0) -> Task:
+    """The ``kind`` task on ``dataset`` prepared for ``model``; ``train``/``test`` cap the example counts.
+
+    ``val``: the fraction of the training examples held out as a validation split (seeded; stratified by label
+    for classification). QA keeps none: its windows of one question must not straddle the two splits.
+    """
     task = _load(kind, dataset, model, train, test, max_length, test_file, seed)
     task.dataset = Path(dataset).name  # a file's name, not its path, in results and reports
+    if val and kind != "qa":
+        label_of = (lambda e: int(e["labels"])) if kind in ("seq-cls", "image-cls") else None
+        task.train, task.val = seeded_split(task.train, val, seed, label_of=label_of)
     return task
 
 

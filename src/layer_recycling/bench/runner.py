@@ -65,6 +65,7 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
     if cache is not None:
         task.evaluate(forward)  # now all hits
     hits_s = time.perf_counter() - start if cache is not None else first_s
+    val_scores = task.evaluate_val(forward)  # after the timed passes: it does not count in inference speed
     result = {
         "setting": setting.name, "label": setting.label, "level": setting.level if setting.name != "full" else 0.0,
         "at": getattr(forward, "at", 0), "codec": setting.codec if setting.name.startswith("recycled") else None,
@@ -73,6 +74,7 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
         "train_s_per_epoch": sum(epochs_s) / len(epochs_s), "epochs_s": epochs_s,
         "end_to_end_s": fill_s + sum(epochs_s), "infer_hits_per_s": len(task.test) / hits_s,
         "infer_misses_per_s": len(task.test) / first_s, "cache_bytes": cache.volume() if cache is not None else 0,
+        "val_score": val_scores[task.metric] if val_scores else None, "val_scores": val_scores,
         "trainable_params": sum(p.numel() for p in trainable), "peak_mem_mb": _peak_memory_mb(),
     }
     if store_path is not None:

@@ -31,6 +31,11 @@ class Task:
     label_names: list[str] | None = None
     pad_id: int = 0
     extra: dict = dataclasses.field(default_factory=dict)  # e.g. QA's raw examples for answer extraction
+    val: list[dict] = dataclasses.field(default_factory=list)  # held out of train: levels are chosen on it
+
+    def evaluate_val(self, forward: Forward, batch_size: int = 64) -> dict[str, float] | None:
+        """``evaluate`` on the validation examples (None when there are none)."""
+        return dataclasses.replace(self, test=self.val).evaluate(forward, batch_size) if self.val else None
 
     def evaluate(self, forward: Forward, batch_size: int = 64) -> dict[str, float]:
         with torch.no_grad():
