@@ -174,3 +174,10 @@ def test_store_and_input_errors_exit_2_with_one_line(tmp_path, tiny_model_dir, r
     hidden.mkdir()
     (hidden / ".cache.json").write_text("{}")
     assert main(["report", str(hidden)]) == 2 and "holds no result files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, seeds", [("3", [0, 1, 2]), ("1", [0]), ("0,4", [0, 4]), ("7,", [7])])
+def test_seeds_are_a_count_or_a_list(text, seeds):
+    from layer_recycling.cli import parser
+
+    assert parser().parse_args(["bench", "--seeds", text]).seeds == seeds

@@ -48,6 +48,19 @@ def _at(text: str) -> int | float:
     return value
 
 
+def _seeds(text: str) -> list[int]:
+    """``--seeds 3`` is seeds 0, 1, 2; ``--seeds 0,4`` those seeds."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected a count (3) or a comma list (0,1,2)") from None
+    if "," in text:
+        return values
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: a count is at least 1; for one seed s pass --seeds s,")
+    return list(range(values[0]))
+
+
 def _data_args(p: argparse.ArgumentParser, training: bool = True) -> None:
     p.add_argument("--task", default="seq-cls", choices=KINDS)
     p.add_argument("--dataset", default="rotten_tomatoes",
@@ -76,7 +89,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--frozen-level", type=float, default=0.5, help="the frozen-without-cache baseline's fraction")
     b.add_argument("--codecs", default="float16,int8", help="extra codecs at 50%% (comma list, '' for none)")
     b.add_argument("--no-lora", action="store_true", help="skip the LoRA-on-top setting")
-    b.add_argument("--seeds", default="0", help="comma list of seeds (mean and spread are reported)")
+    b.add_argument("--seeds", type=_seeds, default="1", help="a count (3: seeds 0, 1, 2) or a comma list of seeds; with more "
+                   "than one the report gives mean, sd and 95%% intervals and flags borderline levels")
     b.add_argument("--max-drop", type=float, default=1.0, help="points of score you accept to lose")
     b.add_argument("--val", type=float, default=0.1, help="fraction of the training examples held out to choose "
                    "the level on (the test split then checks the choice); 0 for none")
@@ -149,7 +163,7 @@ def _bench(args) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     print(f"{task.kind} on {task.dataset}: {len(task.train)} train / {len(task.val)} validation / "
           f"{len(task.test)} test examples, model {args.model}, {len(settings)} settings")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     if len(seeds) == 1:
         print("one seed: differences of about a point are within its noise; --seeds 0,1,2 reports mean and spread")
     sweep(task, args.model, model_factory(args.model, task.kind, task.num_labels), settings, cfg, args.out, seeds)

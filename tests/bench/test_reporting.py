@@ -88,3 +88,24 @@ def test_the_recommendation_is_chosen_on_validation_and_checked_on_test():
     old = rp.summarize(results)  # results written before validation splits: the test drop, with a note saying so
     assert rp.recommend(old, 1.0)["label"] == "recycled 50%"
     assert "no validation scores" in rp.recommendation_text(old, 1.0)
+
+
+def test_spread_figures_on_known_values_and_a_borderline_flag():
+    assert rp.interval([1.0, 2.0, 3.0]) == (2.0, 1.0, pytest.approx(4.303 / 3 ** 0.5))
+    assert rp.interval([5.0]) == (5.0, None, None)
+    results = []
+    for seed, (full_val, rec_val) in enumerate([(80.0, 80.0), (80.0, 78.0), (80.0, 80.5)]):
+        for label, setting, level, val, seconds in (("full", "full", 0.0, full_val, 100.0),
+                                                    ("recycled 50%", "recycled", 0.5, rec_val, 50.0 + seed)):
+            r = _result(label, setting, level, val, seconds, seed=seed)
+            r["val_score"] = val
+            results.append(r)
+    rows = rp.summarize(results)
+    row = next(r for r in rows if r["label"] == "recycled 50%")
+    drops = [0.0, 2.0, -0.5]  # mean 0.5, sd 1.3229
+    assert row["val_drop"] == pytest.approx(0.5)
+    assert row["drop_ci"] == pytest.approx(4.303 * 1.3228756555 / 3 ** 0.5)
+    assert row["speedup_sd"] == pytest.approx(rp.interval([100 / 50, 100 / 51, 100 / 52])[1])
+    text = rp.recommendation_text(rows, max_drop=1.0)
+    assert "Within the target on average, but the seeds cannot tell it from a drop of" in text
+    assert sum(drops) / 3 == pytest.approx(0.5)

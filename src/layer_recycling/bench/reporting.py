@@ -48,14 +48,14 @@ def summarize(results: list[dict]) -> list[dict]:
         mean = {k: statistics.fmean(r[k] for r in runs) for k in
                 ("score", "fill_s", "train_s_per_epoch", "end_to_end_s", "infer_hits_per_s", "infer_misses_per_s",
                  "cache_bytes")}
-        spread = statistics.stdev(r["score"] for r in runs) if len(runs) > 1 else 0.0
         val = [r["val_score"] for r in runs if r.get("val_score") is not None]
         rows.append({**{k: runs[0][k] for k in ("setting", "level", "at", "codec", "metric")}, "label": label,
-                     **mean, "score_sd": spread, "seeds": len(runs),
+                     **mean, "seeds": len(runs),
                      "val_score": statistics.fmean(val) if len(val) == len(runs) else None})
     full = _find(rows, "full")
     frozen = _find(rows, "frozen")
     for row in rows:
+        _spread(row, groups[row["label"]], groups["full"] if full else [])
         row["speedup"] = full["end_to_end_s"] / row["end_to_end_s"] if full else None
         row["vs_frozen"] = frozen["end_to_end_s"] / row["end_to_end_s"] if frozen else None
         row["drop"] = full["score"] - row["score"] if full else None
@@ -63,6 +63,31 @@ def summarize(results: list[dict]) -> list[dict]:
         row["val_drop"] = full["val_score"] - row["val_score"] if both else None
     return sorted(rows, key=lambda r: (SETTINGS.index(r["setting"]), r["codec"] not in (None, "float32"), r["codec"] or "",
                                        r["level"]))
+
+
+# Two-sided 95% Student t quantiles by degrees of freedom (seeds - 1); past 10 seeds 2.2 is near enough.
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def interval(values: list[float]) -> tuple[float, float | None, float | None]:
+    """(mean, standard deviation, half width of the 95% t-interval); the spread is None for one value."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None, None
+    sd = statistics.stdev(values)
+    return mean, sd, _T95.get(len(values) - 1, 2.2) * sd / len(values) ** 0.5
+
+
+def _spread(row: dict, runs: list[dict], full_runs: list[dict]) -> None:
+    """Per-seed speedups and drops against full of the same seed, as mean, sd and 95% half width."""
+    full = {r["seed"]: r for r in full_runs}
+    paired = [(r, full[r["seed"]]) for r in runs if r["seed"] in full]
+    _, row["score_sd"], row["score_ci"] = interval([r["score"] for r in runs])
+    speedups = [f["end_to_end_s"] / r["end_to_end_s"] for r, f in paired]
+    row["speedup_sd"], row["speedup_ci"] = interval(speedups)[1:] if speedups else (None, None)
+    key = "val_score" if all(x.get("val_score") is not None for pair in paired for x in pair) else "score"
+    drops = [f[key] - r[key] for r, f in paired]
+    row["drop_ci"] = interval(drops)[2] if drops else None
 
 
 def _find(rows: list[dict], setting: str) -> dict | None:
@@ -119,7 +144,18 @@ def recommendation_text(rows: list[dict], max_drop: float) -> str:
     return (f"Recommended for a drop of at most {max_drop} points (chosen on validation): **{best['label']}** "
             f"({best['at']} blocks), validation drop {best['val_drop']:+.2f}; on test {best['metric']} "
             f"{best['score']:.2f} ({_signed(-best['drop'])} against full), which {held} the target; "
-            f"{_x(best['speedup'])} faster end to end.")
+            f"{_x(best['speedup'])} faster end to end.{_caveat(best, max_drop)}")
+
+
+def _caveat(best: dict, max_drop: float) -> str:
+    """The flag for a choice that the seeds' spread cannot tell from a larger drop."""
+    drop = best["val_drop"] if best["val_drop"] is not None else best["drop"]
+    if best.get("drop_ci") is None:
+        return " One seed: no spread is known (pass --seeds 0,1,2)."
+    if drop + best["drop_ci"] > max_drop:
+        return (f" Within the target on average, but the seeds cannot tell it from a drop of "
+                f"{drop + best['drop_ci']:.2f} (95% interval): treat it as borderline.")
+    return f" The 95% interval of its drop ({drop:+.2f} +- {best['drop_ci']:.2f}) stays within the target."
 
 
 def plot(rows: list[dict], path: str | Path, title: str) -> Path:
