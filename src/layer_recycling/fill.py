@@ -126,6 +126,8 @@ def fill(rec: Recycled, examples: Iterable[Any], batch_size: int = 32, progress:
     ``start_from``: the same model recycled at a lower level; its store feeds this fill, and only the blocks
     between the two levels run (see ``stack.py``). In a process group each rank computes its share.
     """
+    if not rec.store.keeps:
+        return 0  # a NullStore keeps nothing: no need to key the examples either
     keyed = [(key, inputs) for key, inputs, _ in map(rec.encode, examples)]
     return fill_keyed(rec, keyed, batch_size, progress, start_from, group)
 
