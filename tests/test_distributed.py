@@ -19,7 +19,7 @@ WORLD = 2
 def _init(rank: int, folder: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank,
-                                         world_size=WORLD, timeout=datetime.timedelta(seconds=20))
+                                         world_size=WORLD, timeout=datetime.timedelta(seconds=60))
 
 
 def _run(worker, folder: Path, *args) -> None:

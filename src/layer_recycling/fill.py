@@ -152,6 +152,7 @@ def fill_keyed(rec: Recycled, keyed: list[tuple[str, dict]], batch_size: int, pr
     lengths = {k: data.length(v) if rec.arch.masked else 1 for k, v in pending.items()}
     _compute(rec, distributed.share(pending, lengths, rank, world), batch_size, progress, start_from)
     distributed.barrier(group)
+    rec.store.refresh()  # every rank's segments are committed now: see them before merging
     merged = rec.store.compact() if rank == 0 and hasattr(rec.store, "compact") else None
     snapshot = distributed.broadcast(merged, group)  # its name travels through the group, never a listing
     if hasattr(rec.store, "open_snapshot"):
