@@ -85,17 +85,50 @@ def compute(rec: Recycled, pending: dict[str, dict], batch_size: int, progress: 
     with tqdm(total=len(keys), unit="ex", desc="fill", disable=not progress or not keys) as bar:
         for start in range(0, len(keys), batch_size):
             chunk = keys[start : start + batch_size]
-            rec.store.put_many(chunk, states_of(chunk, [pending[k] for k in chunk]))
+            rows = [pending[k] for k in chunk]
+            put(rec, chunk, states_of(chunk, rows), rows)
             rec.stats.stored += len(chunk)
             bar.update(len(chunk))
     rec.store.flush()
+
+
+def input_check(inputs: dict) -> str:
+    """A digest of an example's model inputs: kept beside an entry stored under a user's key, so that a key
+    given to two different inputs is caught (a content key is this digest already)."""
+    return digest(data.key_fields(inputs))
+
+
+def put(rec: Recycled, keys: list[str], states: list, rows: list[dict]) -> None:
+    """Store ``states`` under ``keys``; entries keyed by a user's ``key=`` keep a digest of their inputs."""
+    if rec.key_fn is not None and hasattr(rec.store, "checks_many"):
+        rec.store.put_many(keys, states, checks=[input_check(r) for r in rows])
+    else:
+        rec.store.put_many(keys, states)
+
+
+def check_stored(rec: Recycled, keys: list[str], rows: list[dict]) -> list[str]:
+    """The keys among ``keys`` (all stored) whose entry was computed from other inputs than ``rows``."""
+    if rec.key_fn is None or not hasattr(rec.store, "checks_many") or not keys:
+        return []
+    was = rec.store.checks_many(keys)
+    return [k for k, w, r in zip(keys, was, rows) if w is not None and w != input_check(r)]
+
+
+def refuse_stale(keys: list[str]) -> None:
+    if keys:
+        raise ValueError(
+            f"key= gives {len(keys)} example(s) (first key {keys[0][:12]}...) the key of an entry that an earlier "
+            f"fill stored from different model inputs: the store would serve that entry's state for them. Make the "
+            f"key function unique per input (e.g. include every field that changes the inputs), or use a new store"
+        )
 
 
 def missing(rec: Recycled, keyed: Iterable[tuple[str, dict]]) -> dict[str, dict]:
     """The (key -> inputs) of ``keyed`` that the store lacks, each key once.
 
     Raises:
-        ValueError: a ``key=`` function gave one key to two different inputs (their states would be mixed up).
+        ValueError: a ``key=`` function gave one key to two different inputs (their states would be mixed up),
+            within ``keyed`` or against an entry stored earlier from other inputs.
     """
     first: dict[str, dict] = {}
     seen: dict[str, tuple[int, str]] = {}  # key -> (first example, digest of its inputs), for user keys
@@ -105,11 +138,13 @@ def missing(rec: Recycled, keyed: Iterable[tuple[str, dict]]) -> dict[str, dict]
         first.setdefault(key, inputs)
     keys = list(first)
     stored = rec.store.contains_many(keys) if keys else []
-    return {k: first[k] for k, held in zip(keys, stored) if not held}
+    held = [k for k, h in zip(keys, stored) if h]
+    refuse_stale(check_stored(rec, held, [first[k] for k in held]))
+    return {k: first[k] for k, h in zip(keys, stored) if not h}
 
 
 def _check_collision(seen: dict[str, tuple[int, str]], key: str, i: int, inputs: dict) -> None:
-    check = digest(data.key_fields(inputs))
+    check = input_check(inputs)
     j, was = seen.setdefault(key, (i, check))
     if was != check:
         raise ValueError(
@@ -182,11 +217,12 @@ def verify(rec: Recycled, examples: Iterable[Any], sample: int = 32, rtol: float
     for key, inputs, _ in map(rec.encode, examples):
         stored.setdefault(key, inputs)
         if rec.key_fn is not None:
-            check = digest(data.key_fields(inputs))
+            check = input_check(inputs)
             if checks.setdefault(key, check) != check:  # one key, two different inputs
                 collided[key] = None
     held = rec.store.contains_many(list(stored)) if stored else []
     stored = {k: v for (k, v), h in zip(stored.items(), held) if h}
+    stale = check_stored(rec, list(stored), list(stored.values()))  # entries made from other inputs, any run
     keys = random.Random(seed).sample(sorted(stored), min(sample, len(stored)))
     rtol = rtol if rtol is not None else (1e-3 if rec.store.codec in ("native", "float32") else 2e-2)
     mismatched, worst = [], 0.0
@@ -197,7 +233,16 @@ def verify(rec: Recycled, examples: Iterable[Any], sample: int = 32, rtol: float
         worst = max(worst, float((now - was).abs().max()) if now.shape == was.shape else float("inf"))
         if now.shape != was.shape or not torch.allclose(now, was, rtol=rtol, atol=atol):
             mismatched.append(key)
-    report = VerifyReport(checked=len(keys), mismatched=mismatched + list(collided), max_abs_diff=worst)
+    flagged = list(dict.fromkeys([*mismatched, *collided, *stale]))
+    report = VerifyReport(checked=len(keys), mismatched=flagged, max_abs_diff=worst)
+    if stale:
+        warnings.warn(
+            f"{len(stale)} stored entries were computed from other model inputs than these examples give for their "
+            f"key (first: {stale[0]}): a key= shared by two inputs, or inputs that change between runs (random "
+            f"augmentation). The store serves the old states for them. Make the key unique per input, or key by "
+            f"content (drop key=)",
+            stacklevel=3,
+        )
     if collided:
         warnings.warn(
             f"key= gave {len(collided)} key(s) to more than one distinct input (first: {next(iter(collided))}): "

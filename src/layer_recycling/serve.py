@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data
-from .fill import bottom_states, dtype_of
+from .fill import bottom_states, check_stored, dtype_of, put, refuse_stale
 from .keys import digest
 
 if TYPE_CHECKING:
@@ -35,13 +35,15 @@ def lookup(rec: Recycled, keys: Sequence[str], rows: Sequence[dict[str, torch.Te
     unique = list(dict.fromkeys(keys))
     held = rec.store.contains_many(unique)
     hits = [k for k, h in zip(unique, held) if h]
+    row_of = dict(zip(keys, rows))
+    refuse_stale(check_stored(rec, hits, [row_of[k] for k in hits]))
     found = dict(zip(hits, rec.store.get_many(hits, device=device, dtype=dtype)))
     misses = {k: r for k, r in zip(keys, rows) if k not in found}
     if misses:
         states = bottom_states(rec, list(misses.values()), device)
         found.update(zip(misses, (s.to(dtype) for s in states)))
         if rec.config.store_misses and rec.store.keeps:
-            rec.store.put_many(list(misses), states)  # readable at once; durable at the store's next commit
+            put(rec, list(misses), states, list(misses.values()))  # readable at once; durable at its next commit
             rec.stats.stored += len(misses)
     rec.stats.misses += sum(k in misses for k in keys)
     rec.stats.hits += sum(k not in misses for k in keys)

@@ -53,3 +53,25 @@ def test_a_second_ray_fill_is_free(local_ray, tmp_path):
     factory = functools.partial(make, str(tmp_path / "store"))
     assert fill_from_dataset(factory, dataset, batch_size=2, num_cpus=0.5)["computed"] == 6
     assert fill_from_dataset(factory, dataset, batch_size=2, num_cpus=0.5)["computed"] == 0
+
+
+def by_id(example: dict) -> int:
+    return example["id"]
+
+
+def make_keyed(path: str) -> lr.Recycled:
+    return lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(path), key=by_id)
+
+
+def test_a_ray_fill_under_user_keys_keeps_input_digests(local_ray, tmp_path):
+    from layer_recycling.integrations.ray_data import fill_from_dataset
+
+    examples = [dict(e, id=i) for i, e in enumerate(text_examples(4))]
+    path = str(tmp_path / "store")
+    assert fill_from_dataset(functools.partial(make_keyed, path), local_ray.data.from_items(examples),
+                             batch_size=2, num_cpus=0.5)["computed"] == 4
+    rec = make_keyed(path)
+    assert all(c is not None for c in rec.store.checks_many([lr.digest(i) for i in range(4)]))
+    later = [dict(e, id=i) for i, e in enumerate(text_examples(4, lengths=(7, 3)))]  # same ids, other inputs
+    with pytest.raises(ValueError, match="earlier fill stored from different model inputs"):
+        rec.fill(later, progress=False)

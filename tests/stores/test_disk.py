@@ -21,7 +21,7 @@ from conftest import text_examples
 from helpers import max_diff, padded_batch
 from layer_recycling.fingerprint import Fingerprint
 from layer_recycling.stores.disk import DiskFull, DiskStore, StoreCorrupted
-from store_helpers import CODECS, FORK, assert_close, filled, keys, opens_and_reads, store_files, value
+from store_helpers import CODECS, FORK, assert_close, filled, flip, keys, opens_and_reads, store_files, value
 
 # ---- round trips ----------------------------------------------------------------------------------------------
 
@@ -383,3 +383,30 @@ def test_a_file_where_a_store_directory_is_expected_is_named(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(NotADirectoryError, match="that is a file; a store is a directory"):
         DiskStore(tmp_path / "f")
+
+
+def test_input_digests_survive_flush_reopen_merge_and_damage_is_named(tmp_path):
+    path = tmp_path / "s"
+    ks = keys(9)
+    checks = [lr.digest(("inputs", i)) for i in range(9)]
+    store = DiskStore(path, compact_after=100)
+    store.put_many(ks[:3], [value(k) for k in ks[:3]], checks=checks[:3])
+    assert store.checks_many(ks[:4]) == [*checks[:3], None]  # buffered: known at once
+    store.put_many(ks[:1], [value(ks[1])], checks=[checks[5]])  # a key already stored keeps its first check
+    store.flush()
+    store.put_many(ks[3:6], [value(k) for k in ks[3:6]])  # a segment without any: no checks file at all
+    store.put_many(ks[6:9], [value(k) for k in ks[6:9]], checks=[checks[6], None, checks[8]])
+    store.close()
+    want = [*checks[:3], None, None, None, checks[6], None, checks[8]]
+    reopened = DiskStore(path)
+    assert reopened.checks_many(ks[::-1]) == want[::-1]
+    reopened.compact()
+    assert DiskStore(path, readonly=True).checks_many(ks) == want  # through the merged snapshot
+    assert reopened.cleanup(grace=0) == 0  # the checks files are live, not leftovers
+    damaged = next(path.glob("*.checks.npy"))
+    damaged.write_bytes(flip(damaged.read_bytes(), 8 * (len(damaged.read_bytes()) - 3)))
+    with pytest.raises(StoreCorrupted, match=damaged.name):
+        DiskStore(path, readonly=True).checks_many(ks)
+    with pytest.raises(ValueError, match="40-char hex"):
+        reopened.put_many(keys(1, start=50), [value(ks[0])], checks=["not a digest"])
+

@@ -60,3 +60,13 @@ def test_bad_codecs_and_float16_overflow_are_explained():
     with pytest.raises(ValueError, match="beyond float16's range.*bfloat16"):
         store["big"] = torch.tensor([[1e6]])
     assert "big" not in store
+
+
+def test_memory_and_null_stores_keep_input_digests_as_the_protocol_says():
+    store = lr.MemoryStore()
+    store.put_many(["a" * 40, "b" * 40], [torch.ones(2, 3)] * 2, checks=["c" * 40, None])
+    store.put_many(["a" * 40], [torch.zeros(2, 3)], checks=["d" * 40])  # the first copy wins, with its check
+    assert store.checks_many(["a" * 40, "b" * 40, "e" * 40]) == ["c" * 40, None, None]
+    with pytest.raises(ValueError, match="2 keys, 2 values and 1 checks"):
+        store.put_many(["a" * 40, "b" * 40], [torch.ones(2, 3)] * 2, checks=["c" * 40])
+    assert lr.NullStore().checks_many(["a" * 40]) == [None]

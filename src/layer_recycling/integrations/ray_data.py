@@ -82,8 +82,10 @@ class _Bottom:
             chunk = keys[start : start + self.batch_size]
             states += fill.bottom_states(self.rec, [pending[k] for k in chunk], device)
         arrays = [s.float().cpu().numpy() for s in states]
-        return pd.DataFrame({KEY: keys, "state": [a.reshape(-1) for a in arrays],
-                             "shape": [list(a.shape) for a in arrays]})
+        columns = {KEY: keys, "state": [a.reshape(-1) for a in arrays], "shape": [list(a.shape) for a in arrays]}
+        if self.rec.key_fn is not None:  # a user's key: the entry keeps a digest of its inputs (see fill.put)
+            columns["check"] = [fill.input_check(pending[k]) for k in keys]
+        return pd.DataFrame(columns)
 
 
 def _sink_class():
@@ -104,9 +106,12 @@ def _sink_class():
             written = 0
             for block in blocks:
                 frame = BlockAccessor.for_block(block).to_pandas()
+                if not len(frame):
+                    continue  # a partition whose keys were all stored: Ray may hand it on without columns
                 values = [torch.from_numpy(np.array(s, dtype=np.float32).reshape(shape))
                           for s, shape in zip(frame["state"], frame["shape"])]
-                store.put_many(list(frame[KEY]), values)
+                checks = list(frame["check"]) if "check" in frame else None
+                store.put_many(list(frame[KEY]), values, checks=checks)
                 written += len(values)
             store.close()  # commits what it buffered
             return {"task": ctx.task_idx, "entries": written}

@@ -29,6 +29,7 @@ from .store_files import STORE, FINGERPRINT, cleanup, create, read_store, refuse
 __all__ = ["DiskFull", "DiskStore", "StoreCorrupted", "convert"]
 
 MAX_OPEN_FILES = 256  # data file descriptors one store keeps open per process
+_NO_CHECK = "0" * 40  # an entry stored without an input digest
 
 
 class DiskStore:
@@ -96,6 +97,7 @@ class DiskStore:
         self._headers: dict[str, tuple[int, dict]] = {}  # committed header file -> (inode, header)
         self._buffer: dict[str, tuple] = {}  # uncommitted entries: bounded by segment_bytes, not by the store
         self._buffered = 0
+        self._buffer_checks: dict[str, str] = {}  # input digests of buffered entries that came with one
         self._fp_cache, self._bound = None, None
         self._lock = threading.RLock()
         self._open_files: OrderedDict[str, Segment] = OrderedDict()  # data files open here, least recent first
@@ -273,6 +275,7 @@ class DiskStore:
     def _after_fork(self) -> None:
         if os.getpid() != self._pid:  # the parent's buffer is the parent's to commit; maps stay valid
             self._pid, self._buffer, self._buffered, self._seq = os.getpid(), {}, 0, 0
+            self._buffer_checks = {}
             self._lock = threading.RLock()  # a thread of the parent may have held it at the fork
 
     # ---- the directory: segments and the current generation ------------------------------------------------
@@ -331,8 +334,32 @@ class DiskStore:
 
     # ---- writing --------------------------------------------------------------------------------------------
 
-    def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor]) -> None:
+    def checks_many(self, keys: Sequence[str]) -> list[str | None]:
+        """The input digest each key's entry was stored with (``put_many(checks=)``), None where none was."""
+        found, segs, _ = self._locate(keys)
+        out: list[str | None] = [None] * len(keys)
+        by_segment: dict[int, list[int]] = {}
+        for j, (seg, hit) in enumerate(zip(segs, found)):
+            if hit and seg is None:
+                out[j] = self._buffer_checks.get(keys[j])
+            elif hit:
+                by_segment.setdefault(id(seg), []).append(j)
+        for js in by_segment.values():
+            seg = segs[js[0]]
+            checks = seg.checks()
+            if checks is None:
+                continue
+            sorted_keys = seg.index()[0]
+            got = key_strs(np.asarray(checks[np.searchsorted(sorted_keys, key_bytes([keys[j] for j in js]))]))
+            for j, check in zip(js, got):
+                out[j] = None if check == _NO_CHECK else check
+        return out
+
+    def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor],
+                 checks: Iterable[str | None] | None = None) -> None:
         """Buffer new entries (readable here at once, durable after ``flush``); keys already stored are skipped.
+
+        ``checks``: per entry, a hex digest of the inputs its state came from (``checks_many`` returns it later).
 
         Raises:
             TypeError / ValueError: a key is not a hex digest (use ``lr.digest``), a value not a floating tensor
@@ -346,14 +373,17 @@ class DiskStore:
                 f"(in a writable directory) to fill it, or serve with recycle(..., store_misses=False)"
             )
         keys, values = list(keys), list(values)
-        if len(keys) != len(values):
-            raise ValueError(f"put_many got {len(keys)} keys but {len(values)} values")
+        checks = list(checks) if checks is not None else [None] * len(keys)
+        if not len(keys) == len(values) == len(checks):
+            raise ValueError(f"put_many got {len(keys)} keys, {len(values)} values and {len(checks)} checks")
         key_bytes(keys)
+        key_bytes([c for c in checks if c is not None])
         with self._lock:
             self._after_fork()
             stored = self._locate(keys)[0]
             batch, codec, feature = {}, CODECS[self.codec], self._feature()
-            for key, value, have in zip(keys, values, stored):
+            fresh = {}
+            for key, value, have, check in zip(keys, values, stored, checks):
                 if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 1):
                     got = (f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
                            else type(value).__name__)
@@ -368,10 +398,13 @@ class DiskStore:
                     )
                 if not have and key not in batch:
                     batch[key] = value
+                    if check is not None:
+                        fresh[key] = check
             batch = _encode_batch(batch, codec)
             for key, (data, sc) in batch.items():
                 self._buffer[key] = (data, sc)
                 self._buffered += data.nbytes
+            self._buffer_checks.update(fresh)
             if self._buffered >= self.segment_bytes:
                 self.flush()
 
@@ -386,10 +419,12 @@ class DiskStore:
             keys = list(self._buffer)
             datas = [d for d, _ in self._buffer.values()]
             scales = [s for _, s in self._buffer.values()] if CODECS[self.codec].scaled else None
+            checks = (key_bytes([self._buffer_checks.get(k, _NO_CHECK) for k in keys]) if self._buffer_checks
+                      else None)
             write_segment(self.path, name, uuid.uuid4().hex[:12], self.codec, self._feature(), key_bytes(keys),
-                          datas, scales)
+                          datas, scales, checks)
             self._seq += 1
-            self._buffer, self._buffered = {}, 0
+            self._buffer, self._buffered, self._buffer_checks = {}, 0, {}
             self._refresh()
             if len(self._unmerged) > self.compact_after:
                 self.compact()

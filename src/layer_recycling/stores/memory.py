@@ -41,6 +41,7 @@ class MemoryStore:
         self._codec = CODECS.get(self.codec)
         self.fingerprint_parts: dict[str, str] | None = None
         self._entries: dict[str, torch.Tensor | tuple[np.ndarray, np.ndarray]] = {}
+        self._checks: dict[str, str] = {}  # key -> digest of the inputs its state came from, where given
 
     def __repr__(self) -> str:
         return f"MemoryStore({len(self)} entries, device={self.device}, codec={self.codec})"
@@ -95,9 +96,20 @@ class MemoryStore:
                 out.append(entry.to(device=device or self.device, dtype=dtype or entry.dtype))
         return out
 
-    def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor]) -> None:
-        for key, value in zip(keys, values, strict=True):
+    def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor],
+                 checks: Iterable[str | None] | None = None) -> None:
+        keys, values = list(keys), list(values)
+        checks = list(checks) if checks is not None else [None] * len(keys)
+        if not len(keys) == len(values) == len(checks):
+            raise ValueError(f"put_many got {len(keys)} keys, {len(values)} values and {len(checks)} checks")
+        for key, value, check in zip(keys, values, checks):
+            new = key not in self._entries
             self[key] = value
+            if new and check is not None:
+                self._checks[key] = check
+
+    def checks_many(self, keys: Sequence[str]) -> list[str | None]:
+        return [self._checks.get(k) for k in keys]
 
     def flush(self) -> None:
         """Nothing to do: a memory store lives as long as the process."""

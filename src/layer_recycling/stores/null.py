@@ -41,8 +41,11 @@ class NullStore:
     def get_many(self, keys: Sequence[str], device=None, dtype=None) -> list[torch.Tensor]:
         return [self[k] for k in keys]
 
-    def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor]) -> None:
+    def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor], checks=None) -> None:
         pass
+
+    def checks_many(self, keys: Sequence[str]) -> list[str | None]:
+        return [None] * len(keys)
 
     def flush(self) -> None:
         pass

@@ -18,6 +18,9 @@ class Store(Protocol):
     """Anything that maps content keys (str) to per-example states (tensors, first dim ragged).
 
     ``codec`` names how values are kept (``"native"``, ``"float16"``, ...) and is part of the fingerprint.
+    Optional: a store that also keeps a digest of each entry's inputs (all three here do) accepts
+    ``put_many(keys, values, checks=...)`` and answers ``checks_many(keys)``; then a ``key=`` function that gives
+    two different inputs one key is caught against entries stored by earlier runs too (see ``fill.py``).
     ``keeps`` is False for a store that keeps nothing (``NullStore``): then nothing is filled, loaders yield
     model inputs, and the bottom runs on every batch. ``fingerprint_parts`` is None until the store is bound to
     a bottom; ``bind_fingerprint`` records it (or refuses).

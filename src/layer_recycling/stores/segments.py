@@ -7,6 +7,9 @@ name never overwrites a file a reader may still need):
   scales, each section 64-aligned;
 - ``<name>.<token>.keys.npy``: the keys as 20-byte digests, sorted, unique (``S20``);
 - ``<name>.<token>.spans.npy``: int64 (entries, 2): each key's first row and row count;
+- ``<name>.<token>.checks.npy`` (only when a writer passed checks): per key, in the keys' order, a 20-byte digest
+  of the inputs the state was computed from (all zeros: none), so a ``key=`` function that gives two inputs one
+  key is caught against entries of earlier runs;
 - ``<name>.json``: the index header, written last: names the token, sizes and blake2b checksums of the three
   files above. Its atomic rename is the commit: files no header names are leftovers of a killed writer.
 """
@@ -36,8 +39,9 @@ SPAN_DTYPE = np.dtype("<i8")
 
 
 def write_segment(root: Path, name: str, token: str, codec: str, feature: list[int], keys: np.ndarray,
-                  datas: list[np.ndarray], scales: list[np.ndarray] | None) -> dict:
-    """Write and commit one segment; returns its header. ``keys`` (KEY_DTYPE) are unique, in ``datas``' order.
+                  datas: list[np.ndarray], scales: list[np.ndarray] | None, checks: np.ndarray | None = None) -> dict:
+    """Write and commit one segment; returns its header. ``keys`` (KEY_DTYPE) are unique, in ``datas``' order;
+    ``checks`` (KEY_DTYPE, same order, zeros for none) digests of the entries' inputs, or None.
 
     Raises:
         DiskFull: no space left; nothing of this segment is committed (its temp files are removed).
@@ -59,11 +63,16 @@ def write_segment(root: Path, name: str, token: str, codec: str, feature: list[i
     atomic_write(root / f"{stem}.data", parts, sync_dir=False)
     atomic_write(root / f"{stem}.keys.npy", [keys_raw], sync_dir=False)
     atomic_write(root / f"{stem}.spans.npy", [spans_raw], sync_dir=False)
+    extra = {}
+    if checks is not None:
+        checks_raw = npy_bytes(np.asarray(checks, KEY_DTYPE)[order])
+        atomic_write(root / f"{stem}.checks.npy", [checks_raw], sync_dir=False)
+        extra["checks_blake2b"] = blake(checks_raw)
     fsync_dir(root)  # the three renames are durable before the header that names them
     header = {"format": FORMAT, "name": name, "token": token, "codec": codec, "feature_shape": feature,
               "entries": len(keys), "rows": rows, "data_bytes": sum(len(memoryview(p)) for p in parts),
               "scales_start": scales_start, "data_blake2b": data_hash, "keys_blake2b": blake(keys_raw),
-              "spans_blake2b": blake(spans_raw)}
+              "spans_blake2b": blake(spans_raw), **extra}
     atomic_write(root / f"{name}.json", [signed(header)])  # the commit
     return header
 
@@ -79,7 +88,8 @@ def _hash_parts(parts) -> str:
 
 def files_of(header: dict) -> list[str]:
     stem = f"{header['name']}.{header['token']}"
-    return [f"{header['name']}.json", f"{stem}.data", f"{stem}.keys.npy", f"{stem}.spans.npy"]
+    checks = [f"{stem}.checks.npy"] if "checks_blake2b" in header else []
+    return [f"{header['name']}.json", f"{stem}.data", f"{stem}.keys.npy", f"{stem}.spans.npy", *checks]
 
 
 _FIELDS = {"format": int, "name": str, "token": str, "codec": str, "feature_shape": list, "entries": int, "rows": int,
@@ -102,7 +112,8 @@ def check_header(h: dict, name: str, path: Path) -> dict:
     ok = (all(type(h.get(k)) is t for k, t in _FIELDS.items()) and h["format"] == FORMAT and h["name"] == name
           and codec is not None and bool(TOKEN.fullmatch(h["token"])) and _ints(h["feature_shape"])
           and min(h["entries"], h["rows"], h["data_bytes"], h["scales_start"]) >= 0
-          and all(is_hex(h[k]) for k in ("data_blake2b", "keys_blake2b", "spans_blake2b")))
+          and all(is_hex(h[k]) for k in ("data_blake2b", "keys_blake2b", "spans_blake2b"))
+          and is_hex(h.get("checks_blake2b", "0" * 64)))
     if ok:
         end = h["rows"] * math.prod(h["feature_shape"]) * codec.storage.itemsize
         size = h["scales_start"] + h["rows"] * SCALE_DTYPE.itemsize if codec.scaled else end
@@ -124,6 +135,7 @@ class Segment:
     root: Path
     header: dict
     _index: tuple | None = None
+    _checks: np.ndarray | None = None
     _data: tuple | None = None
     _verified: bool = False
     _file: tuple | None = None  # (pid, descriptor) of the data file
@@ -141,6 +153,14 @@ class Segment:
             check_index(keys, spans, h["rows"], Path(f"{stem}.keys.npy"))
             self._index = keys, spans
         return self._index
+
+    def checks(self) -> np.ndarray | None:
+        """The input digests in the order of ``index()``'s keys (memory-mapped, checked), or None if none kept."""
+        if self._checks is None and "checks_blake2b" in self.header:
+            h = self.header
+            path = self.root / f"{self.name}.{h['token']}.checks.npy"
+            self._checks = load_npy(path, h["checks_blake2b"], KEY_DTYPE, (h["entries"],))
+        return self._checks
 
     def data(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(rows (rows, *feature), scales (rows,) or None) memory-mapped; the file is hashed before first use."""
@@ -200,7 +220,7 @@ class Segment:
         self._file = None
 
     def drop_maps(self) -> None:
-        self._index, self._data = None, None
+        self._index, self._data, self._checks = None, None, None
         self.close_file()
 
 

@@ -16,7 +16,7 @@ from .snapshot import CURRENT, SNAPSHOT
 STORE = "store.json"
 FINGERPRINT = "fingerprint.json"
 LEGACY = "manifest.json"
-_OURS = re.compile(r"(seg-[A-Za-z0-9_.-]{1,80}-[0-9]{6}(\.[0-9a-f]{12}\.(data|keys\.npy|spans\.npy)|\.json)"
+_OURS = re.compile(r"(seg-[A-Za-z0-9_.-]{1,80}-[0-9]{6}(\.[0-9a-f]{12}\.(data|keys\.npy|spans\.npy|checks\.npy)|\.json)"
                    r"|snap-g[0-9]{6}-[0-9a-f]{8}\.(json|keys\.npy|loc\.npy)|CURRENT|store\.json|fingerprint\.json)"
                    r"(\.[0-9a-f]{8}\.tmp)?")
 
