@@ -1,30 +1,34 @@
 #!/usr/bin/env bash
-# The sweeps behind docs/findings.md: every task the harness runs here, three seeds each, one process per seed
-# (a killed run keeps the seeds already written). One thread on one core, so that timings do not depend on what
-# else the machine runs:  CORE=1 benchmarks/findings.sh [seeds...]   then   python benchmarks/findings.py
+# The sweeps behind docs/findings.md: every task the harness runs here, three seeds each, one process per run
+# (a killed queue keeps the runs already written). Each run takes one thread on one core, so its timings do not
+# depend on the other queue; run one queue per core:
+#   CORE=0 benchmarks/findings.sh & CORE=1 benchmarks/findings.sh &     then   python benchmarks/findings.py
+# Queues share the work through lock folders (results/findings/.lock-<task>-<seed>); pass seeds to run fewer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
-CORE=${CORE:-1}
+CORE=${CORE:-0}
 OUT=${OUT:-results/findings}
 SEEDS=${*:-0 1 2}
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-run() {  # run <folder> <seed> <recycle bench arguments...>
+mkdir -p "$OUT"
+run() {  # run <folder> <seed> <recycle bench arguments...>: skipped when done or taken by another queue
   local folder=$1 seed=$2; shift 2
-  if ls "$OUT/$folder"/*-seed"$seed".json >/dev/null 2>&1; then echo "skip $folder seed $seed (done)"; return; fi
-  echo "== $folder seed $seed  $(date -u +%H:%M:%S)"
-  taskset -c "$CORE" "$BIN/recycle" bench "$@" --seeds "$seed," --out "$OUT/$folder.part"
-  mkdir -p "$OUT/$folder" && mv "$OUT/$folder.part"/*.json "$OUT/$folder/" && rm -rf "$OUT/$folder.part"
+  mkdir "$OUT/.lock-$folder-$seed" 2>/dev/null || return 0
+  echo "== $folder seed $seed on core $CORE  $(date -u +%H:%M:%S)"
+  local part="$OUT/$folder.part-$seed"
+  taskset -c "$CORE" "$BIN/recycle" bench "$@" --seeds "$seed," --out "$part"
+  mkdir -p "$OUT/$folder" && mv "$part"/*.json "$OUT/$folder/" && rm -rf "$part"
 }
 RT="--task seq-cls --dataset rotten_tomatoes --model minilm --train 3000 --test 1000 --epochs 2 --max-length 64"
 WNUT="--task token-cls --dataset wnut16 --model minilm --epochs 3 --max-length 64 --lr 1e-4 --codecs '' --no-lora"
 FMNIST="--task image-cls --dataset fashion_mnist --model efficientnet-lite0 --train 4000 --test 1000 --epochs 2 --lr 1e-3 --codecs ''"
 MPNET="--task seq-cls --dataset rotten_tomatoes --model mpnet --train 1000 --test 500 --epochs 2 --max-length 64 --levels 0.25,0.5,0.75 --codecs '' --no-lora"
 IMDB="--task seq-cls --dataset imdb --model minilm --train 1000 --test 500 --epochs 2 --max-length 256 --codecs '' --no-lora"
-for seed in $SEEDS; do run rt-minilm "$seed" $RT; done
 for seed in $SEEDS; do
+  run rt-minilm "$seed" $RT
+  eval run imdb-minilm "$seed" $IMDB
+  eval run rt-mpnet "$seed" $MPNET
   eval run wnut16-minilm "$seed" $WNUT
   eval run fashion_mnist-efficientnet-lite0 "$seed" $FMNIST
-  eval run rt-mpnet "$seed" $MPNET
-  eval run imdb-minilm "$seed" $IMDB
 done

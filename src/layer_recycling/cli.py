@@ -15,6 +15,7 @@ EPILOG = """examples:
   recycle fill --dataset imdb --model minilm --at 0.5 --store cache/imdb --codec float16
   recycle train --dataset imdb --model minilm --at 0.5 --store cache/imdb --epochs 3 --save models/imdb
   recycle inspect cache/imdb
+  recycle convert cache/old-store
 """
 
 
@@ -101,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-drop", type=float, default=1.0, help="points of score you accept to lose")
     i = sub.add_parser("inspect", help="what a disk store holds", formatter_class=_Help)
     i.add_argument("store", type=Path, help="the store's directory")
+    c = sub.add_parser("convert", help="rewrite a format-1 disk store in the current format", formatter_class=_Help)
+    c.add_argument("store", type=Path, help="the old store's directory")
+    c.add_argument("--to", type=Path, help="write the new store here and keep the old one (default: in place)")
     for name, text in (("fill", "fill a disk store with the bottom's states"),
                        ("train", "train the top from a disk store and score it")):
         p = sub.add_parser(name, help=text, formatter_class=_Help)
@@ -121,13 +125,28 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     try:
-        return {"bench": _bench, "report": _report, "inspect": _inspect, "fill": _fill, "train": _train}[
-            args.command](args)
+        return {"bench": _bench, "report": _report, "inspect": _inspect, "convert": _convert, "fill": _fill,
+                "train": _train}[args.command](args)
     except (OSError, ValueError, TypeError, ModuleNotFoundError, StoreCorrupted, DiskFull) as err:
         # One line a user can act on (every such error says what and how to fix), never a traceback.
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"recycle {args.command}: error: {type(err).__name__}: {message}", file=sys.stderr)
         return 2
+
+
+def _convert(args) -> int:
+    from .stores.disk import DiskStore, convert
+    from .stores.store_files import LEGACY, STORE
+
+    if (args.store / STORE).exists():
+        raise ValueError(f"{args.store} is already a store of the current format: nothing to convert")
+    if not (args.store / LEGACY).exists():
+        raise FileNotFoundError(f"no format-1 store at {args.store} (no {LEGACY})")
+    path = convert(args.store, dest=args.to)
+    info = DiskStore(path, readonly=True).info()
+    print(f"converted {args.store} to format {info['format']} at {path}: {info['entries']} entries, "
+          f"{info['bytes'] / 1e6:.1f} MB")
+    return 0
 
 
 def _task(args):

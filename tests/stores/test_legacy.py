@@ -32,7 +32,7 @@ def test_an_old_store_is_refused_then_converted_in_place(tmp_path, codec, capsys
     path = tmp_path / "old"
     names = old_store(path, codec, fingerprint={"weights": "aa"})
     for readonly in (False, True):
-        with pytest.raises(ValueError, match=r"format 1.*lr.stores.disk.convert"):
+        with pytest.raises(ValueError, match=r"format 1.*recycle convert.*lr.stores.disk.convert"):
             DiskStore(path, readonly=readonly)
     assert main(["inspect", str(path)]) != 0
     assert "format 1" in capsys.readouterr().err  # inspect explains an old store and how to convert it
@@ -43,6 +43,22 @@ def test_an_old_store_is_refused_then_converted_in_place(tmp_path, codec, capsys
         assert_close(codec, got, value(k))
     assert not [n for n in store_files(path) if n.startswith("shard-") or n == "manifest.json"]
     assert main(["inspect", str(path)]) == 0 and '"format": 2' in capsys.readouterr().out
+
+
+def test_recycle_convert_in_place_or_to_a_copy(tmp_path, capsys):
+    names = old_store(tmp_path / "old", "float16")
+    assert main(["convert", str(tmp_path / "old"), "--to", str(tmp_path / "new")]) == 0
+    assert "12 entries" in capsys.readouterr().out
+    assert (tmp_path / "old" / "manifest.json").exists()  # --to keeps the old store
+    assert main(["convert", str(tmp_path / "old")]) == 0
+    for path in ("old", "new"):
+        store = DiskStore(tmp_path / path, readonly=True)
+        assert list(store) == sorted(names)
+        assert all(torch.equal(a, b) for a, b in zip(store.get_many(names), DiskStore(tmp_path / "new").get_many(names)))
+    assert main(["convert", str(tmp_path / "old")]) == 2
+    assert "already a store of the current format" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "nothing")]) == 2
+    assert "no format-1 store" in capsys.readouterr().err
 
 
 def test_conversion_to_a_new_path_keeps_the_old_store_and_int8_bytes(tmp_path):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -20,8 +19,9 @@ import torch
 
 from ..fingerprint import Fingerprint
 from . import snapshot as snap
-from .codecs import CODECS, SCALE_DTYPE, codec_name, decode, encode
+from .codecs import CODECS, SCALE_DTYPE, codec_name, decode
 from .files import DiskFull, StoreCorrupted, create_once, key_bytes, key_strs, maybe_key_bytes, read_signed, signed
+from .buffer import WriteBuffer, encode_batch
 from .legacy import convert  # noqa: F401  (lr.stores.disk.convert(path) upgrades a format-1 store)
 from .segments import FORMAT, SEGMENT, WRITER, Segment, files_of, read_header, write_segment
 from .store_files import STORE, FINGERPRINT, cleanup, create, read_store, refuse_legacy
@@ -95,9 +95,7 @@ class DiskStore:
         self._unmerged: list[Segment] = []
         self._known: dict[tuple[str, str], Segment] = {}  # (name, token) -> Segment: maps survive a refresh
         self._headers: dict[str, tuple[int, dict]] = {}  # committed header file -> (inode, header)
-        self._buffer: dict[str, tuple] = {}  # uncommitted entries: bounded by segment_bytes, not by the store
-        self._buffered = 0
-        self._buffer_checks: dict[str, str] = {}  # input digests of buffered entries that came with one
+        self._buffer = WriteBuffer()  # uncommitted entries: bounded by segment_bytes, not by the store
         self._fp_cache, self._bound = None, None
         self._lock = threading.RLock()
         self._open_files: OrderedDict[str, Segment] = OrderedDict()  # data files open here, least recent first
@@ -126,7 +124,7 @@ class DiskStore:
         parts = [np.asarray(self._snap.keys)] if self._snap is not None else []
         parts += [np.asarray(s.index()[0]) for s in self._unmerged]
         if self._buffer:
-            parts.append(key_bytes(list(self._buffer)))
+            parts.append(key_bytes(list(self._buffer.entries)))
         return np.unique(np.concatenate(parts)) if parts else np.empty(0, "S20")
 
     def __len__(self) -> int:
@@ -212,23 +210,7 @@ class DiskStore:
         """(found mask, Segment or None per key, spans (n, 2)); buffered keys have segment None."""
         with self._lock:
             self._after_fork()
-            q, valid = maybe_key_bytes(list(keys))
-            n = len(q)
-            best = np.full(n, np.iinfo(np.int64).max)  # rank of the winning segment: its name, then recency
-            where = np.full(n, -1, np.int64)
-            spans = np.zeros((n, 2), np.int64)
-            sources = self._sources()
-            for src, (sorted_keys, locs, seg_of, rank_of) in enumerate(sources):
-                if not len(sorted_keys):
-                    continue
-                i = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
-                hit = valid & (np.asarray(sorted_keys[i]) == q)
-                seg = seg_of(i[hit])
-                rank = rank_of(seg)
-                m = rank < best[hit]
-                idx = np.flatnonzero(hit)[m]
-                best[idx], where[idx] = rank[m], seg[m]
-                spans[idx] = np.asarray(locs[i[idx]])[:, -2:]
+            where, spans = self._search(*maybe_key_bytes(list(keys)))
             found = where >= 0
             segs = [self._all[w] if w >= 0 else None for w in where]
             if self._buffer:
@@ -237,29 +219,49 @@ class DiskStore:
                         found[j] = True
             return found, segs, spans
 
+    def _search(self, q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(global segment id or -1, spans (n, 2)) of binary keys ``q`` in the committed segments known here."""
+        n = len(q)
+        best = np.full(n, np.iinfo(np.int64).max)  # rank of the winning segment: its name, then recency
+        where = np.full(n, -1, np.int64)
+        spans = np.zeros((n, 2), np.int64)
+        sources = self._sources()
+        for sorted_keys, locs, seg_of, rank_of in sources:
+            if not len(sorted_keys):
+                continue
+            i = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
+            hit = valid & (sorted_keys[i] == q)
+            seg = seg_of(i[hit])
+            rank = rank_of(seg)
+            m = rank < best[hit]
+            idx = np.flatnonzero(hit)[m]
+            best[idx], where[idx] = rank[m], seg[m]
+            spans[idx] = locs[i[idx]][:, -2:]
+        return where, spans
+
     def _sources(self):
         """Per index: (sorted keys, locations, row -> global segment id, segment ids -> rank)."""
         out = []
         ranks = self._ranks
-        if self._snap is not None:
-            loc = self._snap.loc
-            out.append((self._snap.keys, loc, lambda i, loc=loc: np.asarray(loc[i, 0]), lambda s: ranks[s]))
+        if self._snap is not None:  # plain views: indexing a np.memmap costs several times more
+            loc = np.asarray(self._snap.loc)
+            out.append((np.asarray(self._snap.keys), loc, lambda i, loc=loc: np.asarray(loc[i, 0]), lambda s: ranks[s]))
         base = len(self._snap.segments) if self._snap is not None else 0
         for j, seg in enumerate(self._unmerged):
             k, spans = seg.index()
-            out.append((k, spans, lambda i, g=base + j: np.full(len(i), g), lambda s: ranks[s]))
+            out.append((np.asarray(k), np.asarray(spans), lambda i, g=base + j: np.full(len(i), g), lambda s: ranks[s]))
         return out
 
     def _read(self, keys, segs, spans, device, dtype) -> list[torch.Tensor]:
         """Gather the rows into one buffer, move and decode it once, and cut it per entry."""
         codec, feature = CODECS[self.codec], self._feature()
-        lengths = [int(n) if s is not None else self._buffer[k][0].shape[0] for k, s, (_, n) in zip(keys, segs, spans)]
+        lengths = [int(n) if s is not None else self._buffer.entries[k][2] for k, s, (_, n) in zip(keys, segs, spans)]
         raw = np.empty((sum(lengths), *feature), codec.storage)
         scales = np.empty(sum(lengths), SCALE_DTYPE) if codec.scaled else None
         at = 0
         for k, seg, (lo, _), n in zip(keys, segs, spans, lengths):
             if seg is None:
-                data, sc = self._buffer[k]
+                data, sc = self._buffer.rows(k)
                 raw[at : at + n] = data
                 if scales is not None:
                     scales[at : at + n] = sc
@@ -274,8 +276,7 @@ class DiskStore:
 
     def _after_fork(self) -> None:
         if os.getpid() != self._pid:  # the parent's buffer is the parent's to commit; maps stay valid
-            self._pid, self._buffer, self._buffered, self._seq = os.getpid(), {}, 0, 0
-            self._buffer_checks = {}
+            self._pid, self._buffer, self._seq = os.getpid(), WriteBuffer(), 0
             self._lock = threading.RLock()  # a thread of the parent may have held it at the fork
 
     # ---- the directory: segments and the current generation ------------------------------------------------
@@ -321,9 +322,7 @@ class DiskStore:
         for seg in self._all:
             if seg.header["entries"]:
                 return seg.header["feature_shape"]
-        for data, _ in self._buffer.values():
-            return list(data.shape[1:])
-        return None
+        return self._buffer.feature()
 
     def cleanup(self, grace: float = 3600.0) -> int:
         """Delete files no committed index names (killed writers' leftovers, old generations) older than ``grace``
@@ -341,7 +340,7 @@ class DiskStore:
         by_segment: dict[int, list[int]] = {}
         for j, (seg, hit) in enumerate(zip(segs, found)):
             if hit and seg is None:
-                out[j] = self._buffer_checks.get(keys[j])
+                out[j] = self._buffer.checks.get(keys[j])
             elif hit:
                 by_segment.setdefault(id(seg), []).append(j)
         for js in by_segment.values():
@@ -380,10 +379,9 @@ class DiskStore:
         key_bytes([c for c in checks if c is not None])
         with self._lock:
             self._after_fork()
-            stored = self._locate(keys)[0]
             batch, codec, feature = {}, CODECS[self.codec], self._feature()
             fresh = {}
-            for key, value, have, check in zip(keys, values, stored, checks):
+            for key, value, check in zip(keys, values, checks):
                 if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 1):
                     got = (f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
                            else type(value).__name__)
@@ -396,16 +394,13 @@ class DiskStore:
                         f"({', '.join(['n', *map(str, feature)])}): dim 0 may vary, trailing dims may not. Use one "
                         f"store per state shape."
                     )
-                if not have and key not in batch:
+                if key not in self._buffer and key not in batch:  # keys committed before: dropped at the commit
                     batch[key] = value
                     if check is not None:
                         fresh[key] = check
-            batch = _encode_batch(batch, codec)
-            for key, (data, sc) in batch.items():
-                self._buffer[key] = (data, sc)
-                self._buffered += data.nbytes
-            self._buffer_checks.update(fresh)
-            if self._buffered >= self.segment_bytes:
+            if batch:
+                self._buffer.add(list(batch), *encode_batch(batch, codec), [v.shape[0] for v in batch.values()], fresh)
+            if self._buffer.nbytes >= self.segment_bytes:
                 self.flush()
 
     def flush(self) -> None:
@@ -414,17 +409,19 @@ class DiskStore:
             self._after_fork()
             if not self._buffer or self.readonly:
                 return
+            feature = self._feature()
+            committed = self._search(key_bytes(list(self._buffer.entries)), np.ones(len(self._buffer), bool))[0] >= 0
+            keys, rows, scales, lengths, checks = self._buffer.take(~committed)  # the first copy of a key wins
+            if not keys:
+                self._buffer.clear()
+                return
             writer = self._writer or f"{self._run}-{os.getpid()}"
             name = f"seg-{writer}-{self._seq:06d}"
-            keys = list(self._buffer)
-            datas = [d for d, _ in self._buffer.values()]
-            scales = [s for _, s in self._buffer.values()] if CODECS[self.codec].scaled else None
-            checks = (key_bytes([self._buffer_checks.get(k, _NO_CHECK) for k in keys]) if self._buffer_checks
-                      else None)
-            write_segment(self.path, name, uuid.uuid4().hex[:12], self.codec, self._feature(), key_bytes(keys),
-                          datas, scales, checks)
+            check_bytes = key_bytes([checks.get(k, _NO_CHECK) for k in keys]) if checks else None
+            write_segment(self.path, name, uuid.uuid4().hex[:12], self.codec, feature, key_bytes(keys), rows,
+                          lengths, scales, check_bytes)
+            self._buffer.clear()
             self._seq += 1
-            self._buffer, self._buffered, self._buffer_checks = {}, 0, {}
             self._refresh()
             if len(self._unmerged) > self.compact_after:
                 self.compact()
@@ -477,19 +474,3 @@ class DiskStore:
             "snapshot": self._snap.generation if self._snap else None, "unmerged": len(self._unmerged),
             "rows": sum(s.header["rows"] for s in self._all), "buffered": len(self._buffer),
         }
-
-
-def _encode_batch(batch: dict, codec) -> dict:
-    """{key: value} as {key: (bytes, scales)}, encoded in one torch call for the batch (per entry it costs
-    more than the copy); views into one array. Falls back to one call per entry to name a bad entry's key."""
-    if not batch:
-        return {}
-    values = list(batch.values())
-    try:
-        data, scales = encode(torch.cat([v.reshape(v.shape[0], *values[0].shape[1:]) for v in values]), codec, "")
-    except (ValueError, RuntimeError):
-        return {k: encode(v, codec, k) for k, v in batch.items()}
-    cuts = np.cumsum([v.shape[0] for v in values])[:-1]
-    datas = np.split(data, cuts)
-    scaled = np.split(scales, cuts) if scales is not None else [None] * len(values)
-    return dict(zip(batch, zip(datas, scaled)))

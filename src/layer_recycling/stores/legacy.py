@@ -287,9 +287,12 @@ def _put_raw(store, shard: Shard, data: np.ndarray, scales: np.ndarray) -> None:
     key_bytes(shard.keys)  # refuses keys that are not digests, naming the fix
     have = store.contains_many(shard.keys)
     with store._lock:
+        new = {}
         for k, o, n, h in zip(shard.keys, shard.offsets, shard.lengths, have):
-            if not h and k not in store._buffer:
-                store._buffer[k] = (np.array(data[o : o + n]), np.array(scales[o : o + n]))
-                store._buffered += data[o : o + n].nbytes
-        if store._buffered >= store.segment_bytes:
+            if not h and k not in store._buffer and k not in new:
+                new[k] = (int(o), int(n))
+        if new:
+            rows = np.concatenate([np.arange(o, o + n) for o, n in new.values()])
+            store._buffer.add(list(new), np.array(data[rows]), np.array(scales[rows]), [n for _, n in new.values()], {})
+        if store._buffer.nbytes >= store.segment_bytes:
             store.flush()

@@ -17,10 +17,12 @@ name never overwrites a file a reader may still need):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import mmap
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -39,28 +41,33 @@ SPAN_DTYPE = np.dtype("<i8")
 
 
 def write_segment(root: Path, name: str, token: str, codec: str, feature: list[int], keys: np.ndarray,
-                  datas: list[np.ndarray], scales: list[np.ndarray] | None, checks: np.ndarray | None = None) -> dict:
-    """Write and commit one segment; returns its header. ``keys`` (KEY_DTYPE) are unique, in ``datas``' order;
-    ``checks`` (KEY_DTYPE, same order, zeros for none) digests of the entries' inputs, or None.
+                  data: np.ndarray, lengths: np.ndarray, scales: np.ndarray | None,
+                  checks: np.ndarray | None = None) -> dict:
+    """Write and commit one segment; returns its header. ``keys`` (KEY_DTYPE) are unique; their entries' rows
+    are ``data`` (and int8 ``scales``) cut by ``lengths``, in order; ``checks`` (KEY_DTYPE, same order, zeros for
+    none) digests of the entries' inputs, or None.
 
     Raises:
         DiskFull: no space left; nothing of this segment is committed (its temp files are removed).
     """
-    lengths = np.array([d.shape[0] for d in datas], SPAN_DTYPE)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(SPAN_DTYPE) if len(datas) else lengths
+    lengths = np.asarray(lengths, SPAN_DTYPE)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(SPAN_DTYPE) if len(lengths) else lengths
     rows = int(lengths.sum())
-    parts = [raw_bytes(np.concatenate(datas))] if datas else []  # one write and one hash, not one per entry
+    if data.shape[0] != rows:
+        raise ValueError(f"segment {name}: {data.shape[0]} rows of data, but the lengths add up to {rows}")
+    parts = [raw_bytes(data)] if rows else []  # one write and one hash, not one per entry
     data_end = sum(p.size for p in parts)
     scales_start = data_end + pad(data_end)
     if CODECS[codec].scaled:
         parts += [np.zeros(pad(data_end), np.uint8),
-                  raw_bytes(np.concatenate(scales) if scales else np.empty(0, SCALE_DTYPE))]
+                  raw_bytes(scales if scales is not None else np.empty(0, SCALE_DTYPE))]
     order = np.argsort(keys, kind="stable")
     keys_raw = npy_bytes(keys[order])
-    spans_raw = npy_bytes(np.stack([offsets, lengths], axis=1)[order] if len(datas) else np.empty((0, 2), SPAN_DTYPE))
-    data_hash = _hash_parts(parts)
+    spans_raw = npy_bytes(np.stack([offsets, lengths], axis=1)[order] if len(lengths) else np.empty((0, 2), SPAN_DTYPE))
     stem = f"{name}.{token}"
+    hashing = _Hash(parts)  # in a thread, while the data is written and synced (both release the GIL)
     atomic_write(root / f"{stem}.data", parts, sync_dir=False)
+    data_hash = hashing.result()
     atomic_write(root / f"{stem}.keys.npy", [keys_raw], sync_dir=False)
     atomic_write(root / f"{stem}.spans.npy", [spans_raw], sync_dir=False)
     extra = {}
@@ -77,13 +84,28 @@ def write_segment(root: Path, name: str, token: str, codec: str, feature: list[i
     return header
 
 
-def _hash_parts(parts) -> str:
-    import hashlib
+class _Hash(threading.Thread):
+    """The blake2b of ``parts``, computed in a thread."""
 
-    h = hashlib.blake2b(digest_size=32)
-    for p in parts:
-        h.update(p)
-    return h.hexdigest()
+    def __init__(self, parts: list):
+        super().__init__(daemon=True)
+        self.parts, self.digest, self.error = parts, None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            h = hashlib.blake2b(digest_size=32)
+            for p in self.parts:
+                h.update(p)
+            self.digest = h.hexdigest()
+        except BaseException as e:  # handed to the caller by result()
+            self.error = e
+
+    def result(self) -> str:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.digest
 
 
 def files_of(header: dict) -> list[str]:

@@ -25,8 +25,8 @@ def refuse_legacy(path: Path) -> None:
     if (path / LEGACY).exists() and not (path / STORE).exists():
         raise ValueError(
             f"{path} holds a DiskStore of format 1 ({LEGACY} and shard-*.bin); this version reads format {FORMAT}. "
-            f"Convert it once with `python -c \"import layer_recycling as lr; lr.stores.disk.convert('{path}')\"` "
-            f"(in place; pass dest= for a copy; the old files are removed once the new ones are in place)"
+            f"Convert it once with `recycle convert {path}` (in place; --to DIR for a copy) or, in Python, "
+            f"lr.stores.disk.convert('{path}'); the old files are removed once the new ones are in place"
         )
 
 

@@ -1,0 +1,74 @@
+"""The tables of docs/findings.md, from the sweeps ``benchmarks/findings.sh`` ran (one folder per task).
+
+    python benchmarks/findings.py [results/findings] [--docs docs]   # prints markdown, writes one plot per task
+
+Per task: every setting's validation drop with its 95% interval, test score and drop, speedup with its spread;
+then, for each target drop (0.5, 1 and 2 points), the setting chosen on validation and whether test agrees.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from layer_recycling.bench.reporting import load, plot, recommend, summarize
+
+TARGETS = (0.5, 1.0, 2.0)
+
+
+def _pm(mean: float | None, spread: float | None, fmt: str = "{:+.2f}") -> str:
+    if mean is None:
+        return "-"
+    return fmt.format(mean) + (f" ± {spread:.2f}" if spread is not None else "")
+
+
+def task_section(folder: Path, docs: Path) -> str:
+    runs = load(folder)
+    rows = summarize(runs)
+    first = runs[0]
+    cfg = first["config"]
+    seeds = sorted({r["seed"] for r in runs})
+    title = f"{first['task']} on {first['dataset']} with {first['model']}"
+    png = plot(rows, docs / f"findings-{folder.name}.png", title)
+    metric = rows[0]["metric"]
+    val_n = cfg.get("val_examples", "10%")  # the default --val 0.1 (older results do not record the count)
+    lines = [f"### {title}", "",
+             f"{cfg['train_examples']} training and {val_n} validation examples (held out of the training data), "
+             f"{cfg['test_examples']} test, {cfg['epochs']} epochs, lr {cfg['lr']}, batch {cfg['batch_size']}; "
+             f"seeds {', '.join(map(str, seeds))}. Mean ± sd over seeds; drops are against full fine-tuning of the "
+             f"same seed, ± the 95% t-interval.", "",
+             f"| setting | blocks | validation drop | test {metric} | test drop | end-to-end speedup | fill s | "
+             f"cache MB |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['at']} | {_pm(r['val_drop'], r['drop_ci'])} | "
+                     f"{_pm(r['score'], r['score_sd'], '{:.2f}')} | {r['drop']:+.2f} | "
+                     f"{_pm(r['speedup'], r['speedup_sd'], '{:.2f}x')} | {r['fill_s']:.1f} | "
+                     f"{r['cache_bytes'] / 1e6:.1f} |")
+    lines += ["", "| target drop | chosen on validation | validation drop | test drop | held on test | speedup | "
+              "spread |", "|---|---|---|---|---|---|---|"]
+    for target in TARGETS:
+        best = recommend(rows, target)
+        if best is None:
+            lines.append(f"| {target} | none (keep full fine-tuning) | - | - | - | - | - |")
+            continue
+        drop = best["val_drop"] if best["val_drop"] is not None else best["drop"]
+        ci = best["drop_ci"]
+        spread = ("one seed" if ci is None else "borderline" if drop + ci > target else "clear")
+        lines.append(f"| {target} | {best['label']} ({best['at']} blocks) | {_pm(drop, ci)} | {best['drop']:+.2f} | "
+                     f"{'yes' if best['drop'] <= target else 'no'} | {_pm(best['speedup'], best['speedup_sd'], '{:.2f}x')}"
+                     f" | {spread} |")
+    lines += ["", f"![{title}]({png.name})", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root", nargs="?", type=Path, default=Path("results/findings"))
+    ap.add_argument("--docs", type=Path, default=Path("docs"), help="where the plots go")
+    args = ap.parse_args()
+    folders = sorted(p for p in args.root.iterdir() if p.is_dir() and not p.name.startswith(".") and ".part" not in p.name)
+    print("\n".join(task_section(f, args.docs) for f in folders))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""A DiskStore's uncommitted entries: encoded ``put_many`` batches kept whole, and where each entry sits in them.
+
+One array per batch rather than one per entry: no per-entry slicing when a batch arrives, and a segment's data
+is the batches concatenated. Bounded by the store's ``segment_bytes``, never by the store's size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .codecs import Codec, encode
+
+
+class WriteBuffer:
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self.entries: dict[str, tuple[int, int, int]] = {}  # key -> (batch, first row, rows)
+        self.batches: list[tuple[np.ndarray, np.ndarray | None]] = []  # (rows, int8 row scales or None)
+        self.checks: dict[str, str] = {}  # input digests of entries that came with one
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+    def feature(self) -> list[int] | None:
+        return list(self.batches[0][0].shape[1:]) if self.batches else None
+
+    def add(self, keys: list[str], data: np.ndarray, scales: np.ndarray | None, lengths: list[int],
+            checks: dict[str, str]) -> None:
+        """Entries ``keys`` (new, unique), whose rows are ``data`` cut by ``lengths``, in order."""
+        b, lo = len(self.batches), 0
+        self.batches.append((data, scales))
+        for key, n in zip(keys, lengths):
+            self.entries[key] = (b, lo, n)
+            lo += n
+        self.checks.update(checks)
+        self.nbytes += data.nbytes
+
+    def rows(self, key: str) -> tuple[np.ndarray, np.ndarray | None]:
+        b, lo, n = self.entries[key]
+        data, scales = self.batches[b]
+        return data[lo : lo + n], (scales[lo : lo + n] if scales is not None else None)
+
+    def take(self, keep: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray | None, np.ndarray, dict[str, str]]:
+        """(keys, rows, scales, lengths, checks) of the entries where ``keep`` (in key order) holds; the buffer
+        keeps them until ``clear()`` (after the commit: a failed one leaves them to commit later)."""
+        keys = list(self.entries)
+        spans = np.array(list(self.entries.values()), np.int64).reshape(-1, 3)
+        if keep.all():  # the usual case: the batches are the segment's rows as they are
+            data = np.concatenate([d for d, _ in self.batches])
+            scales = np.concatenate([s for _, s in self.batches]) if self.batches[0][1] is not None else None
+        else:
+            kept = [self.rows(k) for k, ok in zip(keys, keep) if ok]
+            data = np.concatenate([d for d, _ in kept]) if kept else self.batches[0][0][:0]
+            scales = np.concatenate([s for _, s in kept]) if kept and kept[0][1] is not None else None
+        keys = [k for k, ok in zip(keys, keep) if ok]
+        checks = {k: self.checks[k] for k in keys if k in self.checks}
+        lengths = spans[keep, 2]
+        return keys, data, scales, lengths, checks
+
+
+def encode_batch(batch: dict[str, torch.Tensor], codec: Codec) -> tuple[np.ndarray, np.ndarray | None]:
+    """``batch``'s values as one array of the codec's rows (and int8 scales), encoded in one torch call; on a
+    failure, one call per entry, so that the error names the bad entry's key."""
+    values = list(batch.values())
+    try:
+        return encode(torch.cat(values) if len(values) > 1 else values[0], codec, "")
+    except (ValueError, RuntimeError):
+        parts = [encode(v, codec, k) for k, v in batch.items()]
+        scales = np.concatenate([s for _, s in parts]) if codec.scaled else None
+        return np.concatenate([d for d, _ in parts]), scales
