@@ -99,6 +99,25 @@ def test_store_verbs_info_and_pickle(tmp_path):
         assert DiskStore(tmp_path / "s", dtype="float16").codec == "float16"
 
 
+def test_a_key_committed_before_is_dropped_at_the_next_commit_and_the_first_copy_stays(tmp_path):
+    a, b, c = keys(3, start=200)
+    store = DiskStore(tmp_path / "s", compact_after=100)
+    store.put_many([a], [torch.ones(2, 4)])
+    store.flush()
+    other = DiskStore(tmp_path / "s")  # another writer commits b while this one buffers it
+    other.put_many([b], [torch.ones(3, 4)])
+    other.flush()
+    store.refresh()
+    store.put_many([a, b, c], [torch.zeros(5, 4), torch.zeros(6, 4), torch.full((1, 4), 2.0)])
+    assert [t.shape[0] for t in store.get_many([a, b, c])] == [2, 3, 1]  # served from the committed copies
+    store.flush()
+    store.put_many([a], [torch.zeros(5, 4)])
+    store.flush()  # nothing new: no segment at all
+    reopened = DiskStore(tmp_path / "s", readonly=True)
+    assert reopened.info()["segments"] == 3 and reopened.info()["rows"] == 2 + 3 + 1
+    assert torch.equal(reopened[a], torch.ones(2, 4)) and torch.equal(reopened[c], torch.full((1, 4), 2.0))
+
+
 def test_bad_inputs_are_refused_with_the_fix(tmp_path):
     a, b, c, d, e = keys(5)
     store = DiskStore(tmp_path / "s", codec="float16")
