@@ -144,9 +144,13 @@ def _forge_snapshot(path: Path, edit) -> None:
 
 
 SNAPSHOT_FORGERIES = {
-    "segment beyond the list": lambda k, loc, h: (k, loc + np.array([[100, 0, 0]])),
-    "negative segment": lambda k, loc, h: (k, loc - np.array([[100, 0, 0]])),
-    "span past its segment": lambda k, loc, h: (k, loc + np.array([[0, 0, 10**6]])),
+    "segment beyond the list": lambda k, loc, h: (k, (loc + np.array([[100, 0, 0]])).astype(loc.dtype)),
+    "negative segment": lambda k, loc, h: (k, (loc - np.array([[100, 0, 0]])).astype(loc.dtype)),  # wraps if unsigned
+    "span past its segment": lambda k, loc, h: (k, (loc + np.array([[0, 0, 10**6]])).astype(loc.dtype)),
+    "negative segment, int64": lambda k, loc, h: (k, loc.astype("<i8") - np.array([[100, 0, 0]]))
+    if h.update(loc_dtype="<i8") is None else None,
+    "locations of another type": lambda k, loc, h: (k, loc.astype("<f8")) if h.update(loc_dtype="<f8") is None else None,
+    "locations not of their named type": lambda k, loc, h: (k, loc.astype("<i8")),
     "keys out of order": lambda k, loc, h: (k[::-1].copy(), loc),
     "fewer locations": lambda k, loc, h: (k, loc[:-1]),
     "segment list emptied": lambda k, loc, h: (k, loc) if h.update(segments=[]) is None else None,
@@ -162,3 +166,18 @@ def test_forged_snapshots_are_refused(tmp_path, forgery):
     _forge_snapshot(path, SNAPSHOT_FORGERIES[forgery])
     with pytest.raises(StoreCorrupted, match="snap-"):
         DiskStore(path, readonly=True)
+
+
+def test_locations_are_32_bit_and_a_generation_with_64_bit_ones_still_opens(tmp_path):
+    path = tmp_path / "s"
+    _merged(path)
+    gen = read_current(path)[0]
+    assert np.load(path / f"snap-{gen}.loc.npy").dtype == np.dtype("<u4")  # 32 bytes per entry with the key
+    want = {k: t.clone() for k, t in zip(keys(20), DiskStore(path, readonly=True).get_many(keys(20)))}
+    _forge_snapshot(path, lambda k, loc, h: (k, loc.astype("<i8")) if h.pop("loc_dtype") else None)  # as before
+    store = DiskStore(path, readonly=True)
+    assert store._snap.loc.dtype == np.dtype("<i8") and len(store) == 20
+    assert all(torch.equal(want[k], t) for k, t in zip(want, store.get_many(list(want))))
+    fill(str(path), keys(5, start=20), 5, codec="float32")
+    DiskStore(path).compact()  # merging an int64 generation writes a 32-bit one
+    assert DiskStore(path, readonly=True)._snap.loc.dtype == np.dtype("<u4")

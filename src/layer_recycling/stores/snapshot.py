@@ -3,7 +3,8 @@
 Files of generation ``g<n>-<token>``:
 
 - ``snap-<gen>.keys.npy``: every key once, 20-byte digests, sorted (``S20``);
-- ``snap-<gen>.loc.npy``: int64 (entries, 3): segment number (in the header's list), first row, row count;
+- ``snap-<gen>.loc.npy``: (entries, 3): segment number (in the header's list), first row, row count; uint32
+  when every value fits (12 bytes per entry: with the key, 32), else int64 (the header's ``loc_dtype``);
 - ``snap-<gen>.json``: the headers of the segments it covers (a segment rewritten later keeps its old files
   for this generation), entry count, checksums of both arrays.
 
@@ -24,6 +25,7 @@ from .files import KEY_DTYPE, StoreCorrupted, atomic_write, blake, fsync_dir, lo
 from .segments import FORMAT, SEGMENT, SPAN_DTYPE, Segment, check_header, release
 
 CURRENT = "CURRENT"
+LOC_DTYPES = ("<u4", "<i8")  # the first that holds every location; a header without loc_dtype means int64
 GENERATION = re.compile(r"g(?P<n>[0-9]{6})-[0-9a-f]{8}")
 SNAPSHOT = re.compile(r"snap-(g[0-9]{6}-[0-9a-f]{8})\.(json|keys\.npy|loc\.npy)")
 
@@ -35,7 +37,11 @@ class Snapshot:
         self.root, self.generation, self.header, self.segments = root, generation, header, segments
         n = header["entries"]
         self.keys = load_npy(root / f"snap-{generation}.keys.npy", header["keys_blake2b"], KEY_DTYPE, (n,))
-        self.loc = load_npy(root / f"snap-{generation}.loc.npy", header["loc_blake2b"], SPAN_DTYPE, (n, 3))
+        loc_dtype = header.get("loc_dtype", "<i8")
+        if loc_dtype not in LOC_DTYPES:
+            raise StoreCorrupted(f"{root / f'snap-{generation}.json'} names a location type {str(loc_dtype)[:20]!r}; "
+                                 f"expected one of {LOC_DTYPES}")
+        self.loc = load_npy(root / f"snap-{generation}.loc.npy", header["loc_blake2b"], np.dtype(loc_dtype), (n, 3))
         self._check()
 
     def _check(self) -> None:
@@ -47,7 +53,7 @@ class Snapshot:
             seg = self.loc[lo : lo + chunk, 0]
             if len(seg) and (seg.min() < 0 or seg.max() >= len(self.segments)):
                 raise StoreCorrupted(f"{path} points into segments it does not list")
-            spans = self.loc[lo : lo + chunk]
+            spans = self.loc[lo : lo + chunk].astype(np.int64)
             if len(spans) and (spans[:, 1:].min() < 0 or bool(np.any(spans[:, 1] + spans[:, 2] > rows[seg]))):
                 raise StoreCorrupted(f"{path} has row spans outside their segments")
             k = self.keys[lo : lo + chunk + 1]
@@ -123,7 +129,7 @@ def merge(root: Path, previous: Snapshot | None, unmerged: list[Segment]) -> str
     keys, loc = [], []
     if previous is not None:
         keys.append(np.asarray(previous.keys))
-        loc.append(np.column_stack([new_id[np.asarray(previous.loc[:, 0])], previous.loc[:, 1:]]))
+        loc.append(np.column_stack([new_id[np.asarray(previous.loc[:, 0])], previous.loc[:, 1:].astype(SPAN_DTYPE)]))
     for j, seg in enumerate(unmerged):
         k, spans = seg.index()
         keys.append(np.asarray(k))
@@ -137,12 +143,13 @@ def merge(root: Path, previous: Snapshot | None, unmerged: list[Segment]) -> str
     keys, loc = keys[keep], loc[keep]
     n = int(GENERATION.fullmatch(previous.generation)["n"]) + 1 if previous is not None else 1
     generation = f"g{n:06d}-{uuid.uuid4().hex[:8]}"
-    keys_raw, loc_raw = npy_bytes(keys), npy_bytes(loc)
+    loc_dtype = LOC_DTYPES[0] if not len(loc) or (loc.min() >= 0 and loc.max() < 2**32) else LOC_DTYPES[1]
+    keys_raw, loc_raw = npy_bytes(keys), npy_bytes(loc.astype(loc_dtype))
     atomic_write(root / f"snap-{generation}.keys.npy", [keys_raw], sync_dir=False)
     atomic_write(root / f"snap-{generation}.loc.npy", [loc_raw], sync_dir=False)
     fsync_dir(root)
     header = signed({"format": FORMAT, "generation": generation, "entries": len(keys),
-                     "keys_blake2b": blake(keys_raw), "loc_blake2b": blake(loc_raw),
+                     "keys_blake2b": blake(keys_raw), "loc_blake2b": blake(loc_raw), "loc_dtype": loc_dtype,
                      "segments": [s.header for s in segments]})
     atomic_write(root / f"snap-{generation}.json", [header])
     atomic_write(root / CURRENT, [signed({"generation": generation, "blake2b": blake(header)})])  # the publish
