@@ -55,7 +55,8 @@ def task_section(folder: Path, docs: Path) -> str:
         ci = best["drop_ci"]
         spread = ("one seed" if ci is None else "borderline" if drop + ci > target else "clear")
         lines.append(f"| {target} | {best['label']} ({best['at']} blocks) | {_pm(drop, ci)} | {best['drop']:+.2f} | "
-                     f"{'yes' if best['drop'] <= target else 'no'} | {_pm(best['speedup'], best['speedup_sd'], '{:.2f}x')}"
+                     f"{'yes' if best['drop'] <= target else 'no'} | "
+                     f"{_pm(best['speedup'], best['speedup_sd'], '{:.2f}x')}"
                      f" | {spread} |")
     lines += ["", f"![{title}]({png.name})", ""]
     return "\n".join(lines)
@@ -66,7 +67,8 @@ def main() -> None:
     ap.add_argument("root", nargs="?", type=Path, default=Path("results/findings"))
     ap.add_argument("--docs", type=Path, default=Path("docs"), help="where the plots go")
     args = ap.parse_args()
-    folders = sorted(p for p in args.root.iterdir() if p.is_dir() and not p.name.startswith(".") and ".part" not in p.name)
+    folders = sorted(p for p in args.root.iterdir()
+                     if p.is_dir() and not p.name.startswith(".") and ".part" not in p.name)
     print("\n".join(task_section(f, args.docs) for f in folders))
 
 

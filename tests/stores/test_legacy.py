@@ -54,7 +54,8 @@ def test_recycle_convert_in_place_or_to_a_copy(tmp_path, capsys):
     for path in ("old", "new"):
         store = DiskStore(tmp_path / path, readonly=True)
         assert list(store) == sorted(names)
-        assert all(torch.equal(a, b) for a, b in zip(store.get_many(names), DiskStore(tmp_path / "new").get_many(names)))
+        new = DiskStore(tmp_path / "new").get_many(names)
+        assert all(torch.equal(a, b) for a, b in zip(store.get_many(names), new))
     assert main(["convert", str(tmp_path / "old")]) == 2
     assert "already a store of the current format" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "nothing")]) == 2

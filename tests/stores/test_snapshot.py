@@ -94,7 +94,7 @@ def test_duplicates_have_one_answer_the_lowest_segment_name(tmp_path):
     from layer_recycling.stores.files import key_bytes
     from layer_recycling.stores.segments import write_segment
 
-    write_segment(s.path, "seg-0-000000", "0" * 12, "float32", [4], key_bytes(k[:1]), np.zeros((1, 4), np.float32),
+    write_segment(s.path, "seg-0-000000", "0" * 12, "float32", [4], key_bytes(k[:1]), [np.zeros((1, 4), np.float32)],
                   np.array([1]), None)  # bypass "already stored": plant a second copy under a lower name
     assert float(DiskStore(tmp_path / "s", readonly=True)[k[0]][0, 0]) == 0.0
     DiskStore(tmp_path / "s").compact()
@@ -149,7 +149,8 @@ SNAPSHOT_FORGERIES = {
     "span past its segment": lambda k, loc, h: (k, (loc + np.array([[0, 0, 10**6]])).astype(loc.dtype)),
     "negative segment, int64": lambda k, loc, h: (k, loc.astype("<i8") - np.array([[100, 0, 0]]))
     if h.update(loc_dtype="<i8") is None else None,
-    "locations of another type": lambda k, loc, h: (k, loc.astype("<f8")) if h.update(loc_dtype="<f8") is None else None,
+    "locations of another type": lambda k, loc, h: (k, loc.astype("<f8")) if h.update(loc_dtype="<f8") is None
+    else None,
     "locations not of their named type": lambda k, loc, h: (k, loc.astype("<i8")),
     "keys out of order": lambda k, loc, h: (k[::-1].copy(), loc),
     "fewer locations": lambda k, loc, h: (k, loc[:-1]),

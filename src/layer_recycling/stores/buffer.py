@@ -47,18 +47,16 @@ class WriteBuffer:
         data, scales = self.batches[b]
         return data[lo : lo + n], (scales[lo : lo + n] if scales is not None else None)
 
-    def take(self, keep: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray | None, np.ndarray, dict[str, str]]:
-        """(keys, rows, scales, lengths, checks) of the entries where ``keep`` (in key order) holds; the buffer
+    def take(self, keep: np.ndarray) -> tuple[list[str], list[np.ndarray], list[np.ndarray] | None, np.ndarray,
+                                              dict[str, str]]:
+        """(keys, row arrays, scale arrays, lengths, checks) of the entries where ``keep`` (in key order) holds,
+        the rows in key order and cut anywhere (a segment writes the arrays one after another); the buffer
         keeps them until ``clear()`` (after the commit: a failed one leaves them to commit later)."""
         keys = list(self.entries)
         spans = np.array(list(self.entries.values()), np.int64).reshape(-1, 3)
-        if keep.all():  # the usual case: the batches are the segment's rows as they are
-            data = np.concatenate([d for d, _ in self.batches])
-            scales = np.concatenate([s for _, s in self.batches]) if self.batches[0][1] is not None else None
-        else:
-            kept = [self.rows(k) for k, ok in zip(keys, keep) if ok]
-            data = np.concatenate([d for d, _ in kept]) if kept else self.batches[0][0][:0]
-            scales = np.concatenate([s for _, s in kept]) if kept and kept[0][1] is not None else None
+        kept = self.batches if keep.all() else [self.rows(k) for k, ok in zip(keys, keep) if ok]  # usually all
+        data = [d for d, _ in kept]
+        scales = [s for _, s in kept] if self.batches and self.batches[0][1] is not None else None
         keys = [k for k, ok in zip(keys, keep) if ok]
         checks = {k: self.checks[k] for k in keys if k in self.checks}
         lengths = spans[keep, 2]

@@ -41,11 +41,11 @@ SPAN_DTYPE = np.dtype("<i8")
 
 
 def write_segment(root: Path, name: str, token: str, codec: str, feature: list[int], keys: np.ndarray,
-                  data: np.ndarray, lengths: np.ndarray, scales: np.ndarray | None,
+                  data: list[np.ndarray], lengths: np.ndarray, scales: list[np.ndarray] | None,
                   checks: np.ndarray | None = None) -> dict:
     """Write and commit one segment; returns its header. ``keys`` (KEY_DTYPE) are unique; their entries' rows
-    are ``data`` (and int8 ``scales``) cut by ``lengths``, in order; ``checks`` (KEY_DTYPE, same order, zeros for
-    none) digests of the entries' inputs, or None.
+    are the ``data`` arrays one after another (and the int8 ``scales`` arrays), cut by ``lengths``, in order;
+    ``checks`` (KEY_DTYPE, same order, zeros for none) digests of the entries' inputs, or None.
 
     Raises:
         DiskFull: no space left; nothing of this segment is committed (its temp files are removed).
@@ -53,14 +53,14 @@ def write_segment(root: Path, name: str, token: str, codec: str, feature: list[i
     lengths = np.asarray(lengths, SPAN_DTYPE)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(SPAN_DTYPE) if len(lengths) else lengths
     rows = int(lengths.sum())
-    if data.shape[0] != rows:
-        raise ValueError(f"segment {name}: {data.shape[0]} rows of data, but the lengths add up to {rows}")
-    parts = [raw_bytes(data)] if rows else []  # one write and one hash, not one per entry
+    if sum(d.shape[0] for d in data) != rows:
+        raise ValueError(f"segment {name}: {sum(d.shape[0] for d in data)} rows of data, but the lengths add up "
+                         f"to {rows}")
+    parts = [raw_bytes(d) for d in data if d.size]  # written and hashed as they are: no copy into one array
     data_end = sum(p.size for p in parts)
     scales_start = data_end + pad(data_end)
     if CODECS[codec].scaled:
-        parts += [np.zeros(pad(data_end), np.uint8),
-                  raw_bytes(scales if scales is not None else np.empty(0, SCALE_DTYPE))]
+        parts += [np.zeros(pad(data_end), np.uint8), *[raw_bytes(s) for s in scales or []]]
     order = np.argsort(keys, kind="stable")
     keys_raw = npy_bytes(keys[order])
     spans_raw = npy_bytes(np.stack([offsets, lengths], axis=1)[order] if len(lengths) else np.empty((0, 2), SPAN_DTYPE))
