@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from conftest import text_examples
 from helpers import max_diff, padded_batch
 from layer_recycling.fingerprint import Fingerprint
 from layer_recycling.stores.disk import DiskFull, DiskStore, StoreCorrupted
-from store_helpers import CODECS, FORK, assert_close, filled, flip, keys, opens_and_reads, store_files, value
+from store_helpers import CODECS, FORK, assert_close, chunks, filled, flip, keys, opens_and_reads, store_files, value
 
 # ---- round trips ----------------------------------------------------------------------------------------------
 
@@ -116,6 +117,64 @@ def test_a_key_committed_before_is_dropped_at_the_next_commit_and_the_first_copy
     reopened = DiskStore(tmp_path / "s", readonly=True)
     assert reopened.info()["segments"] == 3 and reopened.info()["rows"] == 2 + 3 + 1
     assert torch.equal(reopened[a], torch.ones(2, 4)) and torch.equal(reopened[c], torch.full((1, 4), 2.0))
+
+
+def test_full_buffers_commit_in_a_thread_and_every_entry_stays_readable(tmp_path, monkeypatch):
+    import layer_recycling.stores.disk as disk
+
+    started = []
+    real = disk.write_segment
+
+    def slow(*job):  # a slow disk: the next batches arrive while this segment is being written
+        started.append(job[1])
+        time.sleep(0.05)
+        return real(*job)
+
+    monkeypatch.setattr(disk, "write_segment", slow)
+    store = DiskStore(tmp_path / "s", segment_bytes=600, compact_after=1000)
+    names = keys(60)
+    for chunk in chunks(names, 4):
+        store.put_many(chunk, [value(k) for k in chunk])
+        seen = names[: names.index(chunk[-1]) + 1]
+        assert all(k in store for k in seen)  # buffered, being committed, or committed: always readable
+        for got, k in zip(store.get_many(seen), seen):
+            assert torch.equal(got, value(k))
+    assert store._committing is not None and len(started) > 3  # commits ran behind the puts
+    store.flush()  # waits for the one in flight, commits the rest
+    assert store._committing is None and store.info()["buffered"] == 0
+    reopened = DiskStore(tmp_path / "s", readonly=True)
+    assert sorted(reopened) == sorted(names) and reopened.info()["segments"] == len(started)
+    assert all(torch.equal(got, value(k)) for got, k in zip(reopened.get_many(names), names))
+
+
+def test_a_failed_background_commit_raises_at_the_next_call_and_loses_nothing(tmp_path, monkeypatch):
+    import layer_recycling.stores.disk as disk
+
+    real, calls = disk.write_segment, itertools.count()
+
+    def full_once(*job):
+        if next(calls) == 1:
+            raise DiskFull(errno.ENOSPC, "no space left (test)")
+        return real(*job)
+
+    monkeypatch.setattr(disk, "write_segment", full_once)
+    store = DiskStore(tmp_path / "s", segment_bytes=600, compact_after=1000)
+    names, raised = keys(40), 0
+    for chunk in chunks(names, 4):
+        try:
+            store.put_many(chunk, [value(k) for k in chunk])
+        except DiskFull:
+            raised += 1  # this call's entries were buffered before the earlier commit's error surfaced
+        assert all(k in store for k in names[: names.index(chunk[-1]) + 1])
+    try:
+        store.flush()  # the error surfaces here if no put came after the failed commit
+    except DiskFull:
+        raised += 1
+    store.flush()  # the failed commit's entries commit now
+    assert raised == 1
+    reopened = DiskStore(tmp_path / "s", readonly=True)
+    assert sorted(reopened) == sorted(names)
+    assert all(torch.equal(got, value(k)) for got, k in zip(reopened.get_many(names), names))
 
 
 def test_bad_inputs_are_refused_with_the_fix(tmp_path):

@@ -42,6 +42,14 @@ class WriteBuffer:
         self.checks.update(checks)
         self.nbytes += data.nbytes
 
+    def extend(self, other: WriteBuffer) -> None:
+        """Append ``other``'s entries (none of them in this buffer), as ``add`` would have."""
+        base = len(self.batches)
+        self.batches += other.batches
+        self.entries.update({k: (b + base, lo, n) for k, (b, lo, n) in other.entries.items()})
+        self.checks.update(other.checks)
+        self.nbytes += other.nbytes
+
     def rows(self, key: str) -> tuple[np.ndarray, np.ndarray | None]:
         b, lo, n = self.entries[key]
         data, scales = self.batches[b]

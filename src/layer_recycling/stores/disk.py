@@ -96,6 +96,7 @@ class DiskStore:
         self._known: dict[tuple[str, str], Segment] = {}  # (name, token) -> Segment: maps survive a refresh
         self._headers: dict[str, tuple[int, dict]] = {}  # committed header file -> (inode, header)
         self._buffer = WriteBuffer()  # uncommitted entries: bounded by segment_bytes, not by the store
+        self._committing: tuple[WriteBuffer, _Commit] | None = None  # a full buffer, written by a thread
         self._fp_cache, self._bound = None, None
         self._lock = threading.RLock()
         self._open_files: OrderedDict[str, Segment] = OrderedDict()  # data files open here, least recent first
@@ -123,12 +124,12 @@ class DiskStore:
         self._after_fork()
         parts = [np.asarray(self._snap.keys)] if self._snap is not None else []
         parts += [np.asarray(s.index()[0]) for s in self._unmerged]
-        if self._buffer:
-            parts.append(key_bytes(list(self._buffer.entries)))
+        for buffer in self._buffers():
+            parts.append(key_bytes(list(buffer.entries)))
         return np.unique(np.concatenate(parts)) if parts else np.empty(0, "S20")
 
     def __len__(self) -> int:
-        if not self._unmerged and not self._buffer:
+        if not self._unmerged and not any(self._buffers()):
             return len(self._snap.keys) if self._snap is not None else 0
         return len(self._all_keys())
 
@@ -213,11 +214,18 @@ class DiskStore:
             where, spans = self._search(*maybe_key_bytes(list(keys)))
             found = where >= 0
             segs = [self._all[w] if w >= 0 else None for w in where]
-            if self._buffer:
+            for buffer in self._buffers():
                 for j, k in enumerate(keys):
-                    if not found[j] and isinstance(k, str) and k in self._buffer:
+                    if not found[j] and isinstance(k, str) and k in buffer:
                         found[j] = True
             return found, segs, spans
+
+    def _buffers(self) -> list[WriteBuffer]:
+        """The buffers whose entries are readable here but not committed: the current one, and one in a commit."""
+        return [self._buffer] + ([self._committing[0]] if self._committing is not None else [])
+
+    def _holder(self, key: str) -> WriteBuffer:
+        return next(b for b in self._buffers() if key in b)
 
     def _search(self, q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(global segment id or -1, spans (n, 2)) of binary keys ``q`` in the committed segments known here."""
@@ -255,13 +263,13 @@ class DiskStore:
     def _read(self, keys, segs, spans, device, dtype) -> list[torch.Tensor]:
         """Gather the rows into one buffer, move and decode it once, and cut it per entry."""
         codec, feature = CODECS[self.codec], self._feature()
-        lengths = [int(n) if s is not None else self._buffer.entries[k][2] for k, s, (_, n) in zip(keys, segs, spans)]
+        lengths = [int(n) if s is not None else self._holder(k).entries[k][2] for k, s, (_, n) in zip(keys, segs, spans)]
         raw = np.empty((sum(lengths), *feature), codec.storage)
         scales = np.empty(sum(lengths), SCALE_DTYPE) if codec.scaled else None
         at = 0
         for k, seg, (lo, _), n in zip(keys, segs, spans, lengths):
             if seg is None:
-                data, sc = self._buffer.rows(k)
+                data, sc = self._holder(k).rows(k)
                 raw[at : at + n] = data
                 if scales is not None:
                     scales[at : at + n] = sc
@@ -276,7 +284,7 @@ class DiskStore:
 
     def _after_fork(self) -> None:
         if os.getpid() != self._pid:  # the parent's buffer is the parent's to commit; maps stay valid
-            self._pid, self._buffer, self._seq = os.getpid(), WriteBuffer(), 0
+            self._pid, self._buffer, self._seq, self._committing = os.getpid(), WriteBuffer(), 0, None
             self._lock = threading.RLock()  # a thread of the parent may have held it at the fork
 
     # ---- the directory: segments and the current generation ------------------------------------------------
@@ -322,7 +330,7 @@ class DiskStore:
         for seg in self._all:
             if seg.header["entries"]:
                 return seg.header["feature_shape"]
-        return self._buffer.feature()
+        return next((b.feature() for b in self._buffers() if b), None)
 
     def cleanup(self, grace: float = 3600.0) -> int:
         """Delete files no committed index names (killed writers' leftovers, old generations) older than ``grace``
@@ -340,7 +348,7 @@ class DiskStore:
         by_segment: dict[int, list[int]] = {}
         for j, (seg, hit) in enumerate(zip(segs, found)):
             if hit and seg is None:
-                out[j] = self._buffer.checks.get(keys[j])
+                out[j] = self._holder(keys[j]).checks.get(keys[j])
             elif hit:
                 by_segment.setdefault(id(seg), []).append(j)
         for js in by_segment.values():
@@ -394,37 +402,66 @@ class DiskStore:
                         f"({', '.join(['n', *map(str, feature)])}): dim 0 may vary, trailing dims may not. Use one "
                         f"store per state shape."
                     )
-                if key not in self._buffer and key not in batch:  # keys committed before: dropped at the commit
+                if key not in batch and not any(key in b for b in self._buffers()):  # committed ones: dropped later
                     batch[key] = value
                     if check is not None:
                         fresh[key] = check
             if batch:
                 self._buffer.add(list(batch), *encode_batch(batch, codec), [v.shape[0] for v in batch.values()], fresh)
+            if self._committing is not None and not self._committing[1].is_alive():
+                self._finish_commit()  # see the segment it wrote, free its buffer, raise its error
             if self._buffer.nbytes >= self.segment_bytes:
-                self.flush()
+                self._finish_commit()  # at most one commit in flight: memory stays under two buffers
+                job = self._segment_of_buffer()
+                if job is not None:  # the next entries buffer while a thread writes and syncs this segment
+                    self._committing, self._buffer = (self._buffer, _Commit(job)), WriteBuffer()
 
     def flush(self) -> None:
         """Commit the buffered entries as one segment (durable when this returns)."""
         with self._lock:
             self._after_fork()
+            self._finish_commit()
             if not self._buffer or self.readonly:
                 return
-            feature = self._feature()
-            committed = self._search(key_bytes(list(self._buffer.entries)), np.ones(len(self._buffer), bool))[0] >= 0
-            keys, rows, scales, lengths, checks = self._buffer.take(~committed)  # the first copy of a key wins
-            if not keys:
+            job = self._segment_of_buffer()
+            if job is not None:
+                write_segment(*job)
                 self._buffer.clear()
-                return
-            writer = self._writer or f"{self._run}-{os.getpid()}"
-            name = f"seg-{writer}-{self._seq:06d}"
-            check_bytes = key_bytes([checks.get(k, _NO_CHECK) for k in keys]) if checks else None
-            write_segment(self.path, name, uuid.uuid4().hex[:12], self.codec, feature, key_bytes(keys), rows,
-                          lengths, scales, check_bytes)
+                self._committed()
+
+    def _segment_of_buffer(self) -> tuple | None:
+        """``write_segment``'s arguments for the buffer's entries not committed meanwhile (None: all were), under
+        the next segment name."""
+        committed = self._search(key_bytes(list(self._buffer.entries)), np.ones(len(self._buffer), bool))[0] >= 0
+        feature = self._feature()
+        keys, rows, scales, lengths, checks = self._buffer.take(~committed)  # the first copy of a key wins
+        if not keys:
             self._buffer.clear()
-            self._seq += 1
-            self._refresh()
-            if len(self._unmerged) > self.compact_after:
-                self.compact()
+            return None
+        name = f"seg-{self._writer or f'{self._run}-{os.getpid()}'}-{self._seq:06d}"
+        self._seq += 1
+        check_bytes = key_bytes([checks.get(k, _NO_CHECK) for k in keys]) if checks else None
+        return (self.path, name, uuid.uuid4().hex[:12], self.codec, feature, key_bytes(keys), rows, lengths, scales,
+                check_bytes)
+
+    def _finish_commit(self) -> None:
+        """Wait for the commit in flight. Done: its entries are read from the new segment. Failed: they go back
+        in the buffer (nothing is lost; the next flush commits them) and its error is raised here."""
+        if self._committing is None:
+            return
+        pending, thread = self._committing
+        thread.join()
+        self._committing = None
+        if thread.error is not None:
+            pending.extend(self._buffer)
+            self._buffer = pending
+            raise thread.error
+        self._committed()
+
+    def _committed(self) -> None:
+        self._refresh()
+        if len(self._unmerged) > self.compact_after:
+            self.compact()
 
     def compact(self) -> str | None:
         """Merge every committed segment into a new generation and publish it; returns its name (None: empty).
@@ -472,5 +509,21 @@ class DiskStore:
             "feature_shape": self._feature(), "fingerprint": self.fingerprint_parts,
             "created_by": self._store["created_by"], "segments": len(self._headers),
             "snapshot": self._snap.generation if self._snap else None, "unmerged": len(self._unmerged),
-            "rows": sum(s.header["rows"] for s in self._all), "buffered": len(self._buffer),
+            "rows": sum(s.header["rows"] for s in self._all), "buffered": sum(map(len, self._buffers())),
         }
+
+
+class _Commit(threading.Thread):
+    """``write_segment(*job)`` in a thread; its error is kept for ``DiskStore._finish_commit`` to raise. Not a
+    daemon: a process that exits while a segment is being written finishes writing it first."""
+
+    def __init__(self, job: tuple):
+        super().__init__(name="layer-recycling-commit")
+        self.job, self.error = job, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            write_segment(*self.job)
+        except BaseException as e:  # raised in the store's thread by _finish_commit
+            self.error = e
