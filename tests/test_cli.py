@@ -92,6 +92,46 @@ def test_bench_question_answering_on_squad_fixtures(tmp_path, tiny_model_dir, sq
     assert all("exact_match" in r["scores"] for r in results)
 
 
+def test_qa_holds_out_whole_questions_for_validation(tmp_path, tiny_model_dir, squad):
+    from layer_recycling.bench.catalog import load_task
+
+    task = load_task("qa", str(squad), str(tiny_model_dir), max_length=24, val=0.25)
+    val_ids = [e["id"] for e in task.val_extra["examples"]]
+    whole = load_task("qa", str(squad), str(tiny_model_dir), max_length=24)
+    assert len(val_ids) == round(0.25 * len(whole.train)) and {f["example_id"] for f in task.val} == set(val_ids)
+    assert len(task.train) == len(whole.train) - len(val_ids)  # one window per question here: none straddles
+    assert task.evaluate_val(lambda **b: _qa_logits(b))["squad_f1"] >= 0
+    _, results = _bench(tmp_path, tiny_model_dir, "qa", squad, "--no-lora", "--val", "0.25")
+    assert all(r["val_score"] is not None for r in results)
+
+
+def _qa_logits(batch):
+    import torch
+    from types import SimpleNamespace
+
+    shape = batch["input_ids"].shape
+    return SimpleNamespace(start_logits=torch.zeros(shape), end_logits=torch.zeros(shape))
+
+
+def test_a_validation_file_replaces_the_held_out_split(tmp_path, tiny_model_dir, reviews):
+    from layer_recycling.bench.catalog import load_task
+
+    val = tmp_path / "val.csv"
+    val.write_text("text,label\nthe film was great fun,pos\nthe film was great good,pos\nthe film was bad,neg\n")
+    task = load_task("seq-cls", str(reviews), str(tiny_model_dir), val=0.1, val_file=str(val), max_length=24)
+    assert len(task.train) == 38 and [e["labels"] for e in task.val] == [1, 1, 0]  # ids of the training labels
+    only_pos = tmp_path / "pos.csv"
+    only_pos.write_text("text,label\nthe film was great fun,pos\n")
+    assert [e["labels"] for e in load_task("seq-cls", str(reviews), str(tiny_model_dir), val_file=str(only_pos),
+                                           max_length=24).val] == [1]  # by name, not by the file's own ids
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\nthe film was great fun,neutral\n")
+    with pytest.raises(ValueError, match="labels \\['neutral'\\] that the training data does not"):
+        load_task("seq-cls", str(reviews), str(tiny_model_dir), val_file=str(other), max_length=24)
+    _, results = _bench(tmp_path, tiny_model_dir, "seq-cls", reviews, "--no-lora", "--val-file", str(val))
+    assert all(r["config"]["train_examples"] == 38 and r["config"]["val_examples"] == 3 for r in results)
+
+
 def test_fill_inspect_and_train_from_a_store(tmp_path, tiny_model_dir, reviews, capsys):
     store = tmp_path / "store"
     common = ["--dataset", str(reviews), "--model", str(tiny_model_dir), "--at", "0.5", "--store", str(store)]

@@ -95,6 +95,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--max-drop", type=float, default=1.0, help="points of score you accept to lose")
     b.add_argument("--val", type=float, default=0.1, help="fraction of the training examples held out to choose "
                    "the level on (the test split then checks the choice); 0 for none")
+    b.add_argument("--val-file", help="validation examples in --dataset's format, instead of holding --val out "
+                   "of the training data (text datasets)")
     b.add_argument("--out", type=Path, default=Path("results/bench"), help="folder for the result files")
     r = sub.add_parser("report", help="table, plot and recommendation from a folder of results",
                        formatter_class=_Help)
@@ -154,7 +156,7 @@ def _task(args):
 
     return load_task(args.task, args.dataset, args.model, train=args.train, test=args.test,
                      max_length=args.max_length, test_file=args.test_file, seed=args.seed,
-                     val=getattr(args, "val", 0.0))
+                     val=getattr(args, "val", 0.0), val_file=getattr(args, "val_file", None))
 
 
 def _require(modules: dict[str, str]) -> None:

@@ -63,34 +63,64 @@ def _take(items: list, n: int | None, seed: int) -> list:
 
 
 def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, test: int | None = None,
-              max_length: int = 128, test_file: str | None = None, seed: int = 0, val: float = 0.0) -> Task:
+              max_length: int = 128, test_file: str | None = None, seed: int = 0, val: float = 0.0,
+              val_file: str | None = None) -> Task:
     """The ``kind`` task on ``dataset`` prepared for ``model``; ``train``/``test`` cap the example counts.
 
     ``val``: the fraction of the training examples held out as a validation split (seeded; stratified by label
-    for classification). QA keeps none: its windows of one question must not straddle the two splits.
+    for classification; whole questions for QA), or ``val_file``: validation examples in ``dataset``'s format
+    (text datasets), with nothing held out.
     """
-    task = _load(kind, dataset, model, train, test, max_length, test_file, seed)
-    task.dataset = Path(dataset).name  # a file's name, not its path, in results and reports
-    if val and kind != "qa":
-        label_of = (lambda e: int(e["labels"])) if kind in ("seq-cls", "image-cls") else None
-        task.train, task.val = seeded_split(task.train, val, seed, label_of=label_of)
-    return task
-
-
-def _load(kind, dataset, model, train, test, max_length, test_file, seed) -> Task:
     if kind not in KINDS:
         raise ValueError(f"task {kind!r}: expected one of {KINDS}")
     if kind == "image-cls":
-        return _image(dataset, train, test, seed)
+        if val_file:
+            raise ValueError("--val-file is for text datasets; for images pass --val, a fraction to hold out")
+        task = _image(dataset, train, test, seed)
+        if val:
+            task.train, task.val = seeded_split(task.train, val, seed, label_of=lambda e: int(e["labels"]))
+    else:
+        task = _text(kind, dataset, model, train, test, max_length, test_file, seed, val, val_file)
+    task.dataset = Path(dataset).name  # a file's name, not its path, in results and reports
+    return task
+
+
+def _text(kind, dataset, model, train, test, max_length, test_file, seed, val, val_file) -> Task:
+    """Raw examples are split before they are tokenized: a question's windows all land on one side."""
     tok = tokenizer_for(model)
+
+    def hold_out(examples, read, label_of=None):
+        if val_file:
+            return examples, read(val_file)
+        return seeded_split(examples, val, seed, label_of=label_of) if val else (examples, [])
+
     if kind == "seq-cls":
         (tr, te), names = _text_pairs(dataset, test_file, seed)
-        return sequence_task(dataset, _take(tr, train, seed), _take(te, test, seed), tok, max_length, names)
+        tr, va = hold_out(_take(tr, train, seed), lambda f: _pairs_named(f, names), label_of=lambda pair: pair[1])
+        return sequence_task(dataset, tr, _take(te, test, seed), tok, max_length, names, val=va)
     if kind == "token-cls":
+        from .sources import read_conll
+
         tr, te = _conll(dataset, test_file, seed)
-        return token_task(dataset, _take(tr, train, seed), _take(te, test, seed), tok, max_length)
+        tr, va = hold_out(_take(tr, train, seed), read_conll)
+        return token_task(dataset, tr, _take(te, test, seed), tok, max_length, val=va)
+    from .sources import read_squad
+
     tr, te = _squad(dataset, test_file, seed)
-    return qa_task(dataset, _take(tr, train, seed), _take(te, test, seed), tok, max_length, stride=max_length // 4)
+    tr, va = hold_out(_take(tr, train, seed), read_squad)
+    return qa_task(dataset, tr, _take(te, test, seed), tok, max_length, stride=max_length // 4, val=va)
+
+
+def _pairs_named(path: str, names: list[str]) -> list[tuple[str, int]]:
+    """(text, label id) pairs of ``path`` with the ids of ``names`` (the training data's labels)."""
+    from .sources import read_text_labels
+
+    pairs, own = read_text_labels(path)
+    unknown = sorted(set(own) - set(names))
+    if unknown:
+        raise ValueError(f"{path} has labels {unknown} that the training data does not ({names})")
+    index = {name: i for i, name in enumerate(names)}
+    return [(text, index[own[y]]) for text, y in pairs]
 
 
 def _text_pairs(dataset: str, test_file: str | None, seed: int):

@@ -32,10 +32,14 @@ class Task:
     pad_id: int = 0
     extra: dict = dataclasses.field(default_factory=dict)  # e.g. QA's raw examples for answer extraction
     val: list[dict] = dataclasses.field(default_factory=list)  # held out of train: levels are chosen on it
+    val_extra: dict = dataclasses.field(default_factory=dict)  # ``extra`` for the validation examples
 
     def evaluate_val(self, forward: Forward, batch_size: int = 64) -> dict[str, float] | None:
         """``evaluate`` on the validation examples (None when there are none)."""
-        return dataclasses.replace(self, test=self.val).evaluate(forward, batch_size) if self.val else None
+        if not self.val:
+            return None
+        return dataclasses.replace(self, test=self.val, extra={**self.extra, **self.val_extra}).evaluate(
+            forward, batch_size)
 
     def evaluate(self, forward: Forward, batch_size: int = 64) -> dict[str, float]:
         with torch.no_grad():
@@ -95,20 +99,20 @@ KINDS = tuple(EVALUATORS)  # the task kinds the harness runs
 
 
 def sequence_task(dataset: str, train: list[tuple[str, int]], test: list[tuple[str, int]], tokenizer,
-                  max_length: int, label_names: list[str] | None = None) -> Task:
-    """Text classification: (text, label) pairs tokenized to ``max_length``."""
+                  max_length: int, label_names: list[str] | None = None, val: list[tuple[str, int]] = ()) -> Task:
+    """Text classification: (text, label) pairs tokenized to ``max_length``; ``val`` the validation pairs."""
     def encode(pairs):
         return [{**tokenizer(t, truncation=True, max_length=max_length), "labels": int(y)} for t, y in pairs]
 
     n = len(label_names) if label_names else 1 + max(y for _, y in train)
     return Task("seq-cls", dataset, encode(train), encode(test), n, METRIC["seq-cls"], EVALUATORS["seq-cls"],
-                label_names, pad_id=tokenizer.pad_token_id or 0)
+                label_names, pad_id=tokenizer.pad_token_id or 0, val=encode(val))
 
 
 def token_task(dataset: str, train: list[tuple[list[str], list[str]]], test: list[tuple[list[str], list[str]]],
-               tokenizer, max_length: int) -> Task:
+               tokenizer, max_length: int, val: list[tuple[list[str], list[str]]] = ()) -> Task:
     """Token classification (NER): words and BIO tags; each word's label sits on its first sub-word."""
-    names = sorted({t for _, tags in train + test for t in tags}, key=lambda t: (t != "O", t[2:], t))
+    names = sorted({t for _, tags in [*train, *test, *val] for t in tags}, key=lambda t: (t != "O", t[2:], t))
     index = {t: i for i, t in enumerate(names)}
 
     def encode(sentences):
@@ -123,16 +127,20 @@ def token_task(dataset: str, train: list[tuple[list[str], list[str]]], test: lis
         return out
 
     return Task("token-cls", dataset, encode(train), encode(test), len(names), METRIC["token-cls"],
-                EVALUATORS["token-cls"], names, pad_id=tokenizer.pad_token_id or 0)
+                EVALUATORS["token-cls"], names, pad_id=tokenizer.pad_token_id or 0, val=encode(val))
 
 
-def qa_task(dataset: str, train: list[dict], test: list[dict], tokenizer, max_length: int, stride: int) -> Task:
-    """Extractive QA on SQuAD-format examples, cut into overlapping windows."""
+def qa_task(dataset: str, train: list[dict], test: list[dict], tokenizer, max_length: int, stride: int,
+            val: list[dict] = ()) -> Task:
+    """Extractive QA on SQuAD-format examples, cut into overlapping windows. ``val``: whole questions, so that
+    the windows of one question never straddle training and validation."""
     from .qa import eval_features, train_features
 
     return Task("qa", dataset, train_features(train, tokenizer, max_length, stride),
                 eval_features(test, tokenizer, max_length, stride), 2, METRIC["qa"], EVALUATORS["qa"],
-                pad_id=tokenizer.pad_token_id or 0, extra={"examples": test})
+                pad_id=tokenizer.pad_token_id or 0, extra={"examples": test},
+                val=eval_features(list(val), tokenizer, max_length, stride) if val else [],
+                val_extra={"examples": list(val)})
 
 
 def image_task(dataset: str, train: tuple, test: tuple, transform: Callable[[Any], torch.Tensor],
