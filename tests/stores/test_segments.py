@@ -103,7 +103,7 @@ def test_concurrent_writers_equal_one_writer_key_by_key(tmp_path, writers):
     found, segs, _ = store._locate(names)
     assert found.all()
     for k, seg in zip(names, segs):
-        holders = [s.name for s in store._all if k in set(_keys_of(s))]
+        holders = [s.name for s in store._view.segments if k in set(_keys_of(s))]
         assert seg.name == min(holders)
     before = [t.numpy().tobytes() for t in store.get_many(names)]
     DiskStore(path).compact()
@@ -137,7 +137,7 @@ def test_every_truncation_and_bit_flip_is_refused(tmp_path, codec):
     filled(path, codec, n=14, per_put=5)  # and one unmerged segment
     DiskStore(path).bind_fingerprint(__import__("layer_recycling").Fingerprint({"weights": "aa"}))
     store = DiskStore(path, readonly=True)
-    newest = store._unmerged[-1].header
+    newest = store._view.unmerged[-1].header
     from layer_recycling.stores.segments import files_of
 
     files = [*files_of(newest), "CURRENT", "store.json", "fingerprint.json",

@@ -6,6 +6,9 @@ is the batches concatenated. Bounded by the store's ``segment_bytes``, never by 
 
 from __future__ import annotations
 
+import threading
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -71,6 +74,33 @@ class WriteBuffer:
         return keys, data, scales, lengths, checks
 
 
+def new_entries(keys: list[str], values: list, checks: list[str | None], feature: list[int] | None,
+                buffers: list[WriteBuffer]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """({key: value}, {key: check}) of the entries of a put that no buffer holds yet, first copy of a key only.
+
+    Raises:
+        TypeError: a value is not a floating tensor of >= 1 dim; ValueError: its trailing shape is not ``feature``.
+    """
+    batch, fresh = {}, {}
+    for key, value, check in zip(keys, values, checks):
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 1):
+            got = (f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                   else type(value).__name__)
+            raise TypeError(f"store values are floating tensors of >= 1 dim (n, ...), got a {got} for key {key!r}")
+        feature = list(value.shape[1:]) if feature is None else feature
+        if list(value.shape[1:]) != feature:
+            raise ValueError(
+                f"entry {key!r} has shape {tuple(value.shape)}, but this store holds entries of shape "
+                f"({', '.join(['n', *map(str, feature)])}): dim 0 may vary, trailing dims may not. Use one "
+                f"store per state shape."
+            )
+        if key not in batch and not any(key in b for b in buffers):  # committed ones are dropped at the commit
+            batch[key] = value
+            if check is not None:
+                fresh[key] = check
+    return batch, fresh
+
+
 def encode_batch(batch: dict[str, torch.Tensor], codec: Codec) -> tuple[np.ndarray, np.ndarray | None]:
     """``batch``'s values as one array of the codec's rows (and int8 scales), encoded in one torch call; on a
     failure, one call per entry, so that the error names the bad entry's key."""
@@ -81,3 +111,18 @@ def encode_batch(batch: dict[str, torch.Tensor], codec: Codec) -> tuple[np.ndarr
         parts = [encode(v, codec, k) for k, v in batch.items()]
         scales = np.concatenate([s for _, s in parts]) if codec.scaled else None
         return np.concatenate([d for d, _ in parts]), scales
+
+class Commit(threading.Thread):
+    """``write()`` (a segment's commit) in a thread; its error is kept for the store to raise. Not a daemon: a
+    process that exits while a segment is being written finishes writing it first."""
+
+    def __init__(self, write: Callable[[], object]):
+        super().__init__(name="layer-recycling-commit")
+        self.write, self.error = write, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.write()
+        except BaseException as e:  # raised in the store's thread by DiskStore._finish_commit
+            self.error = e

@@ -20,16 +20,16 @@ import torch
 from ..fingerprint import Fingerprint
 from . import snapshot as snap
 from .codecs import CODECS, SCALE_DTYPE, codec_name, decode
+from .buffer import Commit, WriteBuffer, encode_batch, new_entries
 from .files import DiskFull, StoreCorrupted, create_once, key_bytes, key_strs, maybe_key_bytes, read_signed, signed
-from .buffer import WriteBuffer, encode_batch
 from .legacy import convert  # noqa: F401  (lr.stores.disk.convert(path) upgrades a format-1 store)
-from .segments import FORMAT, SEGMENT, WRITER, Segment, files_of, read_header, write_segment
+from .segments import FORMAT, WRITER, Segment, write_segment
 from .store_files import STORE, FINGERPRINT, cleanup, create, read_store, refuse_legacy
+from .view import NO_CHECK, View, checks_in, scan, unmerged_segments
 
 __all__ = ["DiskFull", "DiskStore", "StoreCorrupted", "convert"]
 
 MAX_OPEN_FILES = 256  # data file descriptors one store keeps open per process
-_NO_CHECK = "0" * 40  # an entry stored without an input digest
 
 
 class DiskStore:
@@ -91,12 +91,11 @@ class DiskStore:
         self.segment_bytes, self.compact_after = segment_bytes, compact_after
         self._pid, self._run, self._seq = os.getpid(), uuid.uuid4().hex[:8], 0
         self._snap: snap.Snapshot | None = None
-        self._current_sig, self._dir_sig = None, None
-        self._unmerged: list[Segment] = []
+        self._view: View | None = None  # the committed entries this process sees; set by _refresh
         self._known: dict[tuple[str, str], Segment] = {}  # (name, token) -> Segment: maps survive a refresh
         self._headers: dict[str, tuple[int, dict]] = {}  # committed header file -> (inode, header)
         self._buffer = WriteBuffer()  # uncommitted entries: bounded by segment_bytes, not by the store
-        self._committing: tuple[WriteBuffer, _Commit] | None = None  # a full buffer, written by a thread
+        self._committing: tuple[WriteBuffer, Commit] | None = None  # a full buffer, written by a thread
         self._fp_cache, self._bound = None, None
         self._lock = threading.RLock()
         self._open_files: OrderedDict[str, Segment] = OrderedDict()  # data files open here, least recent first
@@ -122,16 +121,14 @@ class DiskStore:
 
     def _all_keys(self) -> np.ndarray:
         self._after_fork()
-        parts = [np.asarray(self._snap.keys)] if self._snap is not None else []
-        parts += [np.asarray(s.index()[0]) for s in self._unmerged]
+        parts = self._view.keys()
         for buffer in self._buffers():
             parts.append(key_bytes(list(buffer.entries)))
         return np.unique(np.concatenate(parts)) if parts else np.empty(0, "S20")
 
     def __len__(self) -> int:
-        if not self._unmerged and not any(self._buffers()):
-            return len(self._snap.keys) if self._snap is not None else 0
-        return len(self._all_keys())
+        count = self._view.count()
+        return count if count is not None and not any(self._buffers()) else len(self._all_keys())
 
     def __iter__(self) -> Iterator[str]:
         return iter(key_strs(self._all_keys()))
@@ -154,7 +151,6 @@ class DiskStore:
         with self._lock:
             if generation is not None and (self._snap is None or self._snap.generation != generation):
                 self._snap = snap.load(self.path, generation, None, self._known)
-                self._current_sig = None  # a later refresh follows CURRENT again
             self._refresh(keep_snapshot=generation is not None)
 
     def contains_many(self, keys: Sequence[str]) -> np.ndarray:
@@ -211,9 +207,9 @@ class DiskStore:
         """(found mask, Segment or None per key, spans (n, 2)); buffered keys have segment None."""
         with self._lock:
             self._after_fork()
-            where, spans = self._search(*maybe_key_bytes(list(keys)))
+            where, spans = self._view.search(*maybe_key_bytes(list(keys)))
             found = where >= 0
-            segs = [self._all[w] if w >= 0 else None for w in where]
+            segs = [self._view.segments[w] if w >= 0 else None for w in where]
             for buffer in self._buffers():
                 for j, k in enumerate(keys):
                     if not found[j] and isinstance(k, str) and k in buffer:
@@ -226,39 +222,6 @@ class DiskStore:
 
     def _holder(self, key: str) -> WriteBuffer:
         return next(b for b in self._buffers() if key in b)
-
-    def _search(self, q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(global segment id or -1, spans (n, 2)) of binary keys ``q`` in the committed segments known here."""
-        n = len(q)
-        best = np.full(n, np.iinfo(np.int64).max)  # rank of the winning segment: its name, then recency
-        where = np.full(n, -1, np.int64)
-        spans = np.zeros((n, 2), np.int64)
-        sources = self._sources()
-        for sorted_keys, locs, seg_of, rank_of in sources:
-            if not len(sorted_keys):
-                continue
-            i = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
-            hit = valid & (sorted_keys[i] == q)
-            seg = seg_of(i[hit])
-            rank = rank_of(seg)
-            m = rank < best[hit]
-            idx = np.flatnonzero(hit)[m]
-            best[idx], where[idx] = rank[m], seg[m]
-            spans[idx] = locs[i[idx]][:, -2:]
-        return where, spans
-
-    def _sources(self):
-        """Per index: (sorted keys, locations, row -> global segment id, segment ids -> rank)."""
-        out = []
-        ranks = self._ranks
-        if self._snap is not None:  # plain views: indexing a np.memmap costs several times more
-            loc = np.asarray(self._snap.loc)
-            out.append((np.asarray(self._snap.keys), loc, lambda i, loc=loc: np.asarray(loc[i, 0]), lambda s: ranks[s]))
-        base = len(self._snap.segments) if self._snap is not None else 0
-        for j, seg in enumerate(self._unmerged):
-            k, spans = seg.index()
-            out.append((np.asarray(k), np.asarray(spans), lambda i, g=base + j: np.full(len(i), g), lambda s: ranks[s]))
-        return out
 
     def _read(self, keys, segs, spans, device, dtype) -> list[torch.Tensor]:
         """Gather the rows into one buffer, move and decode it once, and cut it per entry."""
@@ -296,41 +259,12 @@ class DiskStore:
                 current = snap.read_current(self.path)
                 if current is not None and (self._snap is None or current[0] != self._snap.generation):
                     self._snap = snap.load(self.path, *current, self._known)
-            headers = {}
-            for entry in os.scandir(self.path):
-                if SEGMENT.fullmatch(entry.name):
-                    inode, h = self._headers.get(entry.name, (None, None))
-                    if inode != entry.inode():
-                        try:
-                            h = read_header(self.path, entry.name[:-5])
-                        except FileNotFoundError:
-                            continue  # replaced between the listing and the read: the next refresh sees it
-                    headers[entry.name] = (entry.inode(), h)
-            self._headers = headers
-            merged = {(h["name"], h["token"]) for h in self._snap.header["segments"]} if self._snap else set()
-            unmerged = []
-            for _, h in sorted(headers.values(), key=lambda ih: ih[1]["name"]):
-                if (h["name"], h["token"]) not in merged:
-                    seg = self._known.get((h["name"], h["token"]))
-                    if seg is None or seg.header != h:
-                        seg = self._known[(h["name"], h["token"])] = Segment(self.path, h)
-                    unmerged.append(seg)
-            self._unmerged = unmerged
-            for seg in self._snap.segments if self._snap else []:
-                self._known.setdefault((seg.name, seg.header["token"]), seg)
-            self._all = [*(self._snap.segments if self._snap else []), *unmerged]
-            order = sorted(range(len(self._all)), key=lambda i: (self._all[i].name, i < len(self._all) - len(unmerged)))
-            self._ranks = np.empty(len(order), np.int64)
-            self._ranks[order] = np.arange(len(order))
-            shapes = {tuple(s.header["feature_shape"]) for s in self._all if s.header["rows"] or s.header["entries"]}
-            if any(s.header["codec"] != self.codec for s in self._all) or len(shapes) > 1:
-                raise StoreCorrupted(f"{self.path} holds segments of different codecs or shapes ({sorted(shapes)})")
+            self._headers = scan(self.path, self._headers)
+            unmerged = unmerged_segments(self.path, self._snap, self._headers, self._known)
+            self._view = View(self.path, self._snap, unmerged, self.codec)
 
     def _feature(self) -> list[int] | None:
-        for seg in self._all:
-            if seg.header["entries"]:
-                return seg.header["feature_shape"]
-        return next((b.feature() for b in self._buffers() if b), None)
+        return self._view.feature() or next((b.feature() for b in self._buffers() if b), None)
 
     def cleanup(self, grace: float = 3600.0) -> int:
         """Delete files no committed index names (killed writers' leftovers, old generations) older than ``grace``
@@ -352,14 +286,8 @@ class DiskStore:
             elif hit:
                 by_segment.setdefault(id(seg), []).append(j)
         for js in by_segment.values():
-            seg = segs[js[0]]
-            checks = seg.checks()
-            if checks is None:
-                continue
-            sorted_keys = seg.index()[0]
-            got = key_strs(np.asarray(checks[np.searchsorted(sorted_keys, key_bytes([keys[j] for j in js]))]))
-            for j, check in zip(js, got):
-                out[j] = None if check == _NO_CHECK else check
+            for j, check in zip(js, checks_in(segs[js[0]], key_bytes([keys[j] for j in js]))):
+                out[j] = check
         return out
 
     def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor],
@@ -387,34 +315,17 @@ class DiskStore:
         key_bytes([c for c in checks if c is not None])
         with self._lock:
             self._after_fork()
-            batch, codec, feature = {}, CODECS[self.codec], self._feature()
-            fresh = {}
-            for key, value, check in zip(keys, values, checks):
-                if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 1):
-                    got = (f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
-                           else type(value).__name__)
-                    raise TypeError(f"store values are floating tensors of >= 1 dim (n, ...), got a {got} for key "
-                                    f"{key!r}")
-                feature = list(value.shape[1:]) if feature is None else feature
-                if list(value.shape[1:]) != feature:
-                    raise ValueError(
-                        f"entry {key!r} has shape {tuple(value.shape)}, but this store holds entries of shape "
-                        f"({', '.join(['n', *map(str, feature)])}): dim 0 may vary, trailing dims may not. Use one "
-                        f"store per state shape."
-                    )
-                if key not in batch and not any(key in b for b in self._buffers()):  # committed ones: dropped later
-                    batch[key] = value
-                    if check is not None:
-                        fresh[key] = check
+            batch, fresh = new_entries(keys, values, checks, self._feature(), self._buffers())
             if batch:
-                self._buffer.add(list(batch), *encode_batch(batch, codec), [v.shape[0] for v in batch.values()], fresh)
+                self._buffer.add(list(batch), *encode_batch(batch, CODECS[self.codec]),
+                                 [v.shape[0] for v in batch.values()], fresh)
             if self._committing is not None and not self._committing[1].is_alive():
                 self._finish_commit()  # see the segment it wrote, free its buffer, raise its error
             if self._buffer.nbytes >= self.segment_bytes:
                 self._finish_commit()  # at most one commit in flight: memory stays under two buffers
                 job = self._segment_of_buffer()
                 if job is not None:  # the next entries buffer while a thread writes and syncs this segment
-                    self._committing, self._buffer = (self._buffer, _Commit(job)), WriteBuffer()
+                    self._committing, self._buffer = (self._buffer, Commit(lambda: write_segment(*job))), WriteBuffer()
 
     def flush(self) -> None:
         """Commit the buffered entries as one segment (durable when this returns)."""
@@ -432,7 +343,7 @@ class DiskStore:
     def _segment_of_buffer(self) -> tuple | None:
         """``write_segment``'s arguments for the buffer's entries not committed meanwhile (None: all were), under
         the next segment name."""
-        committed = self._search(key_bytes(list(self._buffer.entries)), np.ones(len(self._buffer), bool))[0] >= 0
+        committed = self._view.search(key_bytes(list(self._buffer.entries)), np.ones(len(self._buffer), bool))[0] >= 0
         feature = self._feature()
         keys, rows, scales, lengths, checks = self._buffer.take(~committed)  # the first copy of a key wins
         if not keys:
@@ -440,7 +351,7 @@ class DiskStore:
             return None
         name = f"seg-{self._writer or f'{self._run}-{os.getpid()}'}-{self._seq:06d}"
         self._seq += 1
-        check_bytes = key_bytes([checks.get(k, _NO_CHECK) for k in keys]) if checks else None
+        check_bytes = key_bytes([checks.get(k, NO_CHECK) for k in keys]) if checks else None
         return (self.path, name, uuid.uuid4().hex[:12], self.codec, feature, key_bytes(keys), rows, lengths, scales,
                 check_bytes)
 
@@ -460,7 +371,7 @@ class DiskStore:
 
     def _committed(self) -> None:
         self._refresh()
-        if len(self._unmerged) > self.compact_after:
+        if len(self._view.unmerged) > self.compact_after:
             self.compact()
 
     def compact(self) -> str | None:
@@ -473,9 +384,9 @@ class DiskStore:
         with self._lock:
             self.flush()
             self._refresh()
-            if not self._unmerged:
+            if not self._view.unmerged:
                 return self._snap.generation if self._snap else None
-            generation = snap.merge(self.path, self._snap, self._unmerged)
+            generation = snap.merge(self.path, self._snap, self._view.unmerged)
             self.open_snapshot(generation)
             return generation
 
@@ -494,36 +405,15 @@ class DiskStore:
 
     def info(self) -> dict:
         """Entries, bytes on disk, codec, feature shape, fingerprint, segments, snapshot generation, unmerged."""
-        files = set()
-        for seg in self._all:
-            files.update(files_of(seg.header))
-        if self._snap is not None:
-            g = self._snap.generation
-            files.update({snap.CURRENT, f"snap-{g}.json", f"snap-{g}.keys.npy", f"snap-{g}.loc.npy"})
         size = 0
-        for f in files:
+        for f in self._view.files():
             with contextlib.suppress(FileNotFoundError):
                 size += os.stat(self.path / f).st_size
         return {
             "path": str(self.path), "format": FORMAT, "entries": len(self), "bytes": size, "codec": self.codec,
             "feature_shape": self._feature(), "fingerprint": self.fingerprint_parts,
             "created_by": self._store["created_by"], "segments": len(self._headers),
-            "snapshot": self._snap.generation if self._snap else None, "unmerged": len(self._unmerged),
-            "rows": sum(s.header["rows"] for s in self._all), "buffered": sum(map(len, self._buffers())),
+            "snapshot": self._snap.generation if self._snap else None, "unmerged": len(self._view.unmerged),
+            "rows": sum(s.header["rows"] for s in self._view.segments), "buffered": sum(map(len, self._buffers())),
         }
 
-
-class _Commit(threading.Thread):
-    """``write_segment(*job)`` in a thread; its error is kept for ``DiskStore._finish_commit`` to raise. Not a
-    daemon: a process that exits while a segment is being written finishes writing it first."""
-
-    def __init__(self, job: tuple):
-        super().__init__(name="layer-recycling-commit")
-        self.job, self.error = job, None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            write_segment(*self.job)
-        except BaseException as e:  # raised in the store's thread by _finish_commit
-            self.error = e
