@@ -182,3 +182,30 @@ def test_locations_are_32_bit_and_a_generation_with_64_bit_ones_still_opens(tmp_
     fill(str(path), keys(5, start=20), 5, codec="float32")
     DiskStore(path).compact()  # merging an int64 generation writes a 32-bit one
     assert DiskStore(path, readonly=True)._snap.loc.dtype == np.dtype("<u4")
+
+
+def test_a_merge_in_many_small_ranges_equals_one_in_a_single_range(tmp_path, monkeypatch):
+    from layer_recycling.stores import snapshot
+
+    def build(path: Path) -> DiskStore:
+        store = DiskStore(path, writer="w", compact_after=1000)
+        other = DiskStore(path, writer="a")  # opened first, so it sees none of w's copies; a lower name: it wins
+        for lo in range(0, 63, 9):
+            store.put_many(keys(9, start=lo), [value(k) for k in keys(9, start=lo)])
+            store.flush()
+            if lo == 27:
+                store.compact()  # a previous generation plus later segments
+        other.put_many(keys(10, start=20), [torch.zeros(1, 8)] * 10)
+        other.flush()
+        store.compact()
+        return store
+
+    whole = build(tmp_path / "whole")
+    monkeypatch.setattr(snapshot, "MERGE_ROWS", 7)  # about 12 ranges of the key space
+    ranged = build(tmp_path / "ranged")
+    assert np.array_equal(whole._snap.keys, ranged._snap.keys) and np.array_equal(whole._snap.loc, ranged._snap.loc)
+    store = DiskStore(tmp_path / "ranged", readonly=True)
+    assert len(store) == 63 and store.info()["unmerged"] == 0  # 7 segments of 9 keys, 10 of them twice
+    for k, got in zip(keys(63), store.get_many(keys(63))):
+        want = torch.zeros(1, 8) if k in keys(10, start=20) else value(k)
+        assert torch.equal(got, want)

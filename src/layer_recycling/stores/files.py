@@ -14,6 +14,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -164,18 +165,23 @@ def npy_bytes(arr: np.ndarray) -> bytes:
 # ---- writing ---------------------------------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, parts: list, sync_dir: bool = True) -> None:
-    """Write ``parts`` (bytes or uint8 arrays) to ``path`` all-or-nothing: temp, fsync, rename, fsync the dir.
+def atomic_write(path: Path, parts, sync_dir: bool = True, finish: Callable[[int], None] | None = None) -> None:
+    """Write ``parts`` (bytes or uint8 arrays; a list, or an iterable that makes them as they are written) to
+    ``path`` all-or-nothing: temp, fsync, rename, fsync the dir. ``finish(fd)`` runs after the last part (to
+    patch a header whose content the parts decided).
 
     Raises:
         DiskFull: no space (or quota) left; the temp file is removed and ``path`` is unchanged.
     """
     tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    needed = sum(map(len, parts)) if isinstance(parts, list) else None
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             for p in parts:
                 write_all(fd, p)
+            if finish is not None:
+                finish(fd)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -186,7 +192,7 @@ def atomic_write(path: Path, parts: list, sync_dir: bool = True) -> None:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise DiskFull(
-            e.errno, f"no space left writing {path}: {sum(map(len, parts))} bytes needed, "
+            e.errno, f"no space left writing {path}: {needed if needed is not None else 'more'} bytes needed, "
             f"{shutil.disk_usage(path.parent).free} free. Entries committed before are intact; free space or move "
             f"the store, then fill again to resume",
         ) from e

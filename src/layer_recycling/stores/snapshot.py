@@ -15,14 +15,17 @@ in place. Data files are never rewritten.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from pathlib import Path
 
 import numpy as np
 
-from .files import KEY_DTYPE, StoreCorrupted, atomic_write, blake, fsync_dir, load_npy, npy_bytes, read_signed, signed
-from .segments import FORMAT, SEGMENT, SPAN_DTYPE, Segment, check_header, release
+from .files import (
+    KEY_DTYPE, StoreCorrupted, atomic_write, blake, fsync_dir, hash_file, load_npy, raw_bytes, read_signed, signed,
+)
+from .segments import FORMAT, SEGMENT, Segment, check_header, release
 
 CURRENT = "CURRENT"
 LOC_DTYPES = ("<u4", "<i8")  # the first that holds every location; a header without loc_dtype means int64
@@ -116,41 +119,85 @@ def _check_like_committed(root: Path, h: dict, where: Path) -> None:
     check_header(h, name, where)
 
 
+MERGE_ROWS = 1 << 22  # entries merged at a time: a merge's memory stays bounded whatever the store's size
+NPY_HEADER = 128  # bytes of an index file's .npy header, fixed so that it can be written after the rows
+
+
 def merge(root: Path, previous: Snapshot | None, unmerged: list[Segment]) -> str:
     """Write a new generation covering ``previous`` and ``unmerged``, publish it, return its name.
 
     Duplicates keep the copy of the lowest segment name (ties: the later-committed copy of a rewritten name).
+    A streaming merge: the key space is cut into ranges of about ``MERGE_ROWS`` entries (keys are digests, so
+    uniform), and each range is gathered from every sorted index, sorted, deduplicated and appended.
     """
     old = previous.segments if previous is not None else []
     order = sorted(range(len(old) + len(unmerged)), key=lambda i: ((old + unmerged)[i].name, i < len(old)))
     segments = [(old + unmerged)[i] for i in order]
     new_id = np.empty(len(order), np.int64)
     new_id[order] = np.arange(len(order))
-    keys, loc = [], []
+    sources = []  # (sorted keys, rows lo:hi -> locations (segment rank, first row, count))
     if previous is not None:
-        keys.append(np.asarray(previous.keys))
-        loc.append(np.column_stack([new_id[np.asarray(previous.loc[:, 0])], previous.loc[:, 1:].astype(SPAN_DTYPE)]))
+        loc = previous.loc
+        sources.append((np.asarray(previous.keys), lambda lo, hi, loc=loc: np.column_stack(
+            [new_id[np.asarray(loc[lo:hi, 0], np.int64)], np.asarray(loc[lo:hi, 1:], np.int64)])))
     for j, seg in enumerate(unmerged):
-        k, spans = seg.index()
-        keys.append(np.asarray(k))
-        loc.append(np.column_stack([np.full(len(k), new_id[len(old) + j]), spans]))
-    keys = np.concatenate(keys) if keys else np.empty(0, KEY_DTYPE)
-    loc = np.concatenate(loc).astype(SPAN_DTYPE) if loc else np.empty((0, 3), SPAN_DTYPE)
-    first = np.lexsort((loc[:, 0], keys))  # by key, then by segment rank: the first of each key wins
-    keys, loc = keys[first], loc[first]
-    keep = np.ones(len(keys), bool)
-    keep[1:] = keys[1:] != keys[:-1]
-    keys, loc = keys[keep], loc[keep]
+        keys, spans = seg.index()
+        sources.append((np.asarray(keys), lambda lo, hi, g=new_id[len(old) + j], spans=spans: np.column_stack(
+            [np.full(hi - lo, g), np.asarray(spans[lo:hi], np.int64)])))
+    total = sum(len(k) for k, _ in sources)
+    biggest = max([0] + [s.header["rows"] for s in segments] + [len(segments)])
+    loc_dtype = np.dtype(LOC_DTYPES[0] if biggest < 2**32 else LOC_DTYPES[1])
     n = int(GENERATION.fullmatch(previous.generation)["n"]) + 1 if previous is not None else 1
     generation = f"g{n:06d}-{uuid.uuid4().hex[:8]}"
-    loc_dtype = LOC_DTYPES[0] if not len(loc) or (loc.min() >= 0 and loc.max() < 2**32) else LOC_DTYPES[1]
-    keys_raw, loc_raw = npy_bytes(keys), npy_bytes(loc.astype(loc_dtype))
-    atomic_write(root / f"snap-{generation}.keys.npy", [keys_raw], sync_dir=False)
-    atomic_write(root / f"snap-{generation}.loc.npy", [loc_raw], sync_dir=False)
+    parts = max(1, -(-total // MERGE_ROWS))
+    keys_file, loc_file = _NpyStream(KEY_DTYPE, ()), _NpyStream(loc_dtype, (3,))
+    # Two passes over the ranges (one file each): gathering a range again costs less than holding the whole merge.
+    atomic_write(root / f"snap-{generation}.keys.npy", keys_file.parts(k for k, _ in _ranges(sources, parts)),
+                 sync_dir=False, finish=keys_file.finish)
+    atomic_write(root / f"snap-{generation}.loc.npy", loc_file.parts(lc for _, lc in _ranges(sources, parts)),
+                 sync_dir=False, finish=loc_file.finish)
     fsync_dir(root)
-    header = signed({"format": FORMAT, "generation": generation, "entries": len(keys),
-                     "keys_blake2b": blake(keys_raw), "loc_blake2b": blake(loc_raw), "loc_dtype": loc_dtype,
+    keys_hash, loc_hash = (hash_file(root / f"snap-{generation}.{x}.npy") for x in ("keys", "loc"))
+    header = signed({"format": FORMAT, "generation": generation, "entries": keys_file.rows,
+                     "keys_blake2b": keys_hash, "loc_blake2b": loc_hash, "loc_dtype": loc_dtype.str,
                      "segments": [s.header for s in segments]})
     atomic_write(root / f"snap-{generation}.json", [header])
     atomic_write(root / CURRENT, [signed({"generation": generation, "blake2b": blake(header)})])  # the publish
     return generation
+
+
+def _ranges(sources: list, parts: int):
+    """Per range of the key space: (keys, locations) of every source, sorted, one entry per key (the lowest
+    segment rank wins). A generator: one range is in memory at a time."""
+    bounds = [(p * (1 << 64) // parts).to_bytes(8, "big") for p in range(1, parts)]
+    starts = [0] * len(sources)
+    for p in range(parts):
+        ends = [int(np.searchsorted(k, bounds[p])) if p < parts - 1 else len(k) for k, _ in sources]
+        keys = np.concatenate([k[lo:hi] for (k, _), lo, hi in zip(sources, starts, ends)] + [np.empty(0, KEY_DTYPE)])
+        loc = np.concatenate([at(lo, hi) for (_, at), lo, hi in zip(sources, starts, ends)]
+                             + [np.empty((0, 3), np.int64)])
+        first = np.lexsort((loc[:, 0], keys))  # by key, then by segment rank
+        keys, loc = keys[first], loc[first]
+        keep = np.ones(len(keys), bool)
+        keep[1:] = keys[1:] != keys[:-1]
+        yield keys[keep], loc[keep]
+        starts = ends
+
+
+class _NpyStream:
+    """A .npy file written row block by row block: a fixed-size header patched with the row count at the end."""
+
+    def __init__(self, dtype: np.dtype, row_shape: tuple):
+        self.dtype, self.row_shape, self.rows = dtype, row_shape, 0
+
+    def parts(self, blocks):
+        yield b"\0" * NPY_HEADER
+        for block in blocks:
+            self.rows += len(block)
+            yield raw_bytes(np.ascontiguousarray(block, self.dtype))
+
+    def finish(self, fd: int) -> None:
+        shape = (self.rows, *self.row_shape)
+        text = f"{{'descr': {np.lib.format.dtype_to_descr(self.dtype)!r}, 'fortran_order': False, 'shape': {shape}, }}"
+        header = text.encode("latin1").ljust(NPY_HEADER - 10 - 1) + b"\n"
+        os.pwrite(fd, b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header, 0)
