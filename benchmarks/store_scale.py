@@ -9,8 +9,8 @@ per-entry index cost smaller relative to the data. Keys are 20-byte blake2b dige
 Reports, per size: time per segment commit at the start vs the end of the fill; the whole fill vs writing the
 same bytes to one file with numpy (+ fsync); open time and RSS growth after open + one batched lookup
 (``contains_many`` of 32 random keys, in a fresh process), and after reading them (the first read hashes each
-segment it touches); random batches of 32 with a warm page cache (GB/s); merge time (and a projection to 100M
-entries by fitting t = c * n * log2(n) to the largest measured size); and at the largest size, one epoch
+segment it touches); random batches of 32 with a warm page cache (GB/s); merge time and its peak memory in a
+fresh process (and a projection to 100M entries by fitting t = c * n * log2(n) to the largest measured size); and at the largest size, one epoch
 through a DataLoader with 4 workers with how much each worker's RSS (anonymous and file-backed) grew over its
 first read: what reading the store costs a worker, apart from the parent's memory it was forked with. Writes JSON.
 """
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from layer_recycling.stores import disk
+from layer_recycling.stores import disk, snapshot
 from layer_recycling.stores.disk import DiskStore
 from timing import meta, timed
 
@@ -97,7 +97,7 @@ import json, random, sys, time, hashlib
 def rss():
     return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]) * 1024
 import torch, numpy
-from layer_recycling.stores import disk
+from layer_recycling.stores import disk, snapshot
 from layer_recycling.stores.disk import DiskStore
 n = int(sys.argv[2])
 picks = random.Random(1).sample(range(n), 32)
@@ -114,6 +114,24 @@ print(json.dumps({"open_s": opened, "lookup_s": lookup, "rss_growth": index, "fi
                   "rss_growth_after_read": rss() - before, "rss_anon_after": status["RssAnon"],
                   "rss_file_after": status["RssFile"]}))
 """
+
+
+MERGE_PROBE = """
+import json, resource, sys, time
+from layer_recycling.stores.disk import DiskStore
+store = DiskStore(sys.argv[1])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter(); store.compact(); t = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"merge_s": t, "merge_peak_rss_mb": peak / 1024, "merge_rss_growth_mb": (peak - before) / 1024}))
+"""
+
+
+def merge_probe(path: Path) -> dict:
+    """Merge every segment in a fresh process: its time and how much its peak RSS grew (the merge's memory)."""
+    out = subprocess.run([sys.executable, "-c", MERGE_PROBE, str(path)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return json.loads(out.stdout)
 
 
 def open_probe(path: Path, n: int) -> dict:
@@ -188,7 +206,7 @@ def main() -> int:
         path = args.dir / f"store-{n}"
         shutil.rmtree(path, ignore_errors=True)
         r = fill(path, n, args.tokens, args.segment_mb << 20)
-        _, r["merge_s"] = timed(lambda: DiskStore(path).compact())
+        r.update(merge_probe(path))
         r.update(open_probe(path, n))
         r.update(random_reads(path, n))
         if n == max(args.sizes):
@@ -211,7 +229,9 @@ def main() -> int:
               f"{r['segments']:>5} {r['commit_start_s'] * 1e3:>11.0f}ms {r['commit_end_s'] * 1e3:>9.0f}ms "
               f"{r['merge_s']:>8.2f} {r['open_s']:>7.3f} {r['rss_bytes_per_entry']:>8.1f} {r['batch_ms']:>9.2f} "
               f"{r['gb_per_s']:>6.2f}")
-    print(f"merge at 100M entries, projected as c * n log2 n from {big}: {results['merge_projection_100M_s']:.0f} s")
+    print(f"merge at 100M entries, projected as c * n log2 n from {big}: {results['merge_projection_100M_s']:.0f} s; "
+          f"the merge's peak RSS grew {rb['merge_rss_growth_mb']:.0f} MB at {big} (ranges of "
+          f"{snapshot.MERGE_ROWS} entries: bounded at any size)")
     if "epoch" in rb:
         print(f"epoch over {big} entries, 4 workers: {rb['epoch']['epoch_s']:.1f} s; per worker, the most its RSS "
               f"grew over its first read (MB): {rb['epoch']['per_worker_growth_mb']}")
