@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layer_recycling.bench.reporting import load, plot, recommend, summarize
+from layer_recycling.bench.reporting import interval, load, plot, recommend, summarize
 
 TARGETS = (0.5, 1.0, 2.0)
 
@@ -20,6 +20,30 @@ def _pm(mean: float | None, spread: float | None, fmt: str = "{:+.2f}") -> str:
     if mean is None:
         return "-"
     return fmt.format(mean) + (f" ± {spread:.2f}" if spread is not None else "")
+
+
+def summary_row(folder: Path) -> str:
+    """One line per task: the 50% level's test drop and speedup, and the level chosen on validation per target."""
+    runs = load(folder)
+    rows = summarize(runs)
+    first, seeds = runs[0], len({r["seed"] for r in runs})
+    half = next((r for r in rows if r["label"] == "recycled 50%"), None)
+    picks = []
+    for target in TARGETS:
+        best = recommend(rows, target)
+        picks.append("full" if best is None else f"{best['label'].replace('recycled ', '')} ({best['drop']:+.1f}, "
+                     f"{best['speedup']:.2f}x)")
+    half_text = ("-" if half is None else
+                 f"{_pm(half['drop'], _test_drop_ci(runs, half['label']))} / {half['speedup']:.2f}x")
+    return (f"| {first['dataset']}, {first['model']} | {seeds} | {rows[0]['metric']} "
+            f"{_pm(next(r for r in rows if r['setting'] == 'full')['score'], None, '{:.1f}')} | {half_text} | "
+            + " | ".join(picks) + " |")
+
+
+def _test_drop_ci(runs: list[dict], label: str) -> float | None:
+    """Half width of the 95% t-interval of the test drop of ``label`` against full of the same seed."""
+    full = {r["seed"]: r["score"] for r in runs if r["setting"] == "full"}
+    return interval([full[r["seed"]] - r["score"] for r in runs if r["label"] == label and r["seed"] in full])[2]
 
 
 def task_section(folder: Path, docs: Path) -> str:
@@ -69,6 +93,10 @@ def main() -> None:
     args = ap.parse_args()
     folders = sorted(p for p in args.root.iterdir()
                      if p.is_dir() and not p.name.startswith(".") and ".part" not in p.name)
+    print("| task | seeds | full (test) | 50%: test drop / speedup | pick for 0.5 | pick for 1 | pick for 2 |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(summary_row(f) for f in folders))
+    print()
     print("\n".join(task_section(f, args.docs) for f in folders))
 
 
