@@ -19,8 +19,8 @@ import torch
 
 from ..fingerprint import Fingerprint
 from . import snapshot as snap
-from .codecs import CODECS, SCALE_DTYPE, codec_name, decode
 from .buffer import Commit, WriteBuffer, encode_batch, new_entries
+from .codecs import CODECS, SCALE_DTYPE, codec_name, decode
 from .files import DiskFull, StoreCorrupted, create_once, key_bytes, key_strs, maybe_key_bytes, read_signed, signed
 from .legacy import convert  # noqa: F401  (lr.stores.disk.convert(path) upgrades a format-1 store)
 from .segments import FORMAT, WRITER, Segment, write_segment
@@ -226,7 +226,8 @@ class DiskStore:
     def _read(self, keys, segs, spans, device, dtype) -> list[torch.Tensor]:
         """Gather the rows into one buffer, move and decode it once, and cut it per entry."""
         codec, feature = CODECS[self.codec], self._feature()
-        lengths = [int(n) if s is not None else self._holder(k).entries[k][2] for k, s, (_, n) in zip(keys, segs, spans)]
+        lengths = [int(n) if s is not None else self._holder(k).entries[k][2]
+                   for k, s, (_, n) in zip(keys, segs, spans)]
         raw = np.empty((sum(lengths), *feature), codec.storage)
         scales = np.empty(sum(lengths), SCALE_DTYPE) if codec.scaled else None
         at = 0

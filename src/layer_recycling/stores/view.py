@@ -54,7 +54,8 @@ class View:
         """Per sorted index: (keys, locations, (locations, rows) -> segment numbers), as plain arrays (indexing
         a np.memmap costs several times more)."""
         if self.snapshot is not None:
-            yield np.asarray(self.snapshot.keys), np.asarray(self.snapshot.loc), lambda loc, i: loc[i, 0].astype(np.int64)
+            loc = np.asarray(self.snapshot.loc)
+            yield np.asarray(self.snapshot.keys), loc, lambda loc, i: loc[i, 0].astype(np.int64)
         base = len(self.segments) - len(self.unmerged)
         for j, seg in enumerate(self.unmerged):
             keys, spans = seg.index()
