@@ -258,10 +258,11 @@ def test_a_user_key_reused_by_a_later_run_for_other_inputs_is_caught_against_the
         store = lr.DiskStore(tmp_path / "s")
     rec = lr.recycle(bert, at=2, store=store, key=lambda ex: ex["id"])
     assert rec.fill(examples, progress=False) == 0  # the same inputs again: nothing to do, nothing refused
-    with pytest.raises(ValueError, match="earlier fill stored from different model inputs"):
+    with pytest.raises(ValueError, match="stored earlier from different model inputs"):
         rec.fill(later, progress=False)
-    with pytest.raises(ValueError, match="earlier fill stored from different model inputs"):
-        rec.eval().predict(later, batch_size=2, progress=False)
+    assert len(rec.eval().predict(examples, batch_size=2, progress=False)) == 4  # the stored inputs: served
+    with pytest.raises(ValueError, match="stored earlier from different model inputs"):
+        rec.predict(later, batch_size=2, progress=False)
     with pytest.warns(UserWarning, match="other model inputs than these examples"):
         report = rec.verify(later, sample=1)
     assert not report.ok and len(report.mismatched) == 4  # every stale key named, not only the sampled one

@@ -117,9 +117,10 @@ def check_stored(rec: Recycled, keys: list[str], rows: list[dict]) -> list[str]:
 def refuse_stale(keys: list[str]) -> None:
     if keys:
         raise ValueError(
-            f"key= gives {len(keys)} example(s) (first key {keys[0][:12]}...) the key of an entry that an earlier "
-            f"fill stored from different model inputs: the store would serve that entry's state for them. Make the "
-            f"key function unique per input (e.g. include every field that changes the inputs), or use a new store"
+            f"key= gives {len(keys)} example(s) (first key {keys[0][:12]}...) the key of an entry the store holds, "
+            f"stored earlier from different model inputs: the store would serve that entry's state for them. Make "
+            f"the key function unique per input (e.g. include every field that changes the inputs), or use a new "
+            f"store"
         )
 
 

@@ -73,5 +73,5 @@ def test_a_ray_fill_under_user_keys_keeps_input_digests(local_ray, tmp_path):
     rec = make_keyed(path)
     assert all(c is not None for c in rec.store.checks_many([lr.digest(i) for i in range(4)]))
     later = [dict(e, id=i) for i, e in enumerate(text_examples(4, lengths=(7, 3)))]  # same ids, other inputs
-    with pytest.raises(ValueError, match="earlier fill stored from different model inputs"):
+    with pytest.raises(ValueError, match="stored earlier from different model inputs"):
         rec.fill(later, progress=False)
