@@ -16,6 +16,8 @@ from .codecs import Codec, encode
 
 
 class WriteBuffer:
+    """One writer's uncommitted entries, in the order they arrived (the order a segment writes them in)."""
+
     def __init__(self):
         self.clear()
 
