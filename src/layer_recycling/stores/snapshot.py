@@ -25,7 +25,7 @@ import numpy as np
 from .files import (
     KEY_DTYPE, StoreCorrupted, atomic_write, blake, fsync_dir, hash_file, load_npy, raw_bytes, read_signed, signed,
 )
-from .segments import FORMAT, SEGMENT, Segment, check_header, release
+from .segments import CHECK_ROWS, FORMAT, SEGMENT, Segment, check_header, release
 
 CURRENT = "CURRENT"
 LOC_DTYPES = ("<u4", "<i8")  # the first that holds every location; a header without loc_dtype means int64
@@ -51,7 +51,7 @@ class Snapshot:
         """Keys sorted and unique, every location inside its segment (a forged but re-signed snapshot)."""
         path = self.root / f"snap-{self.generation}.loc.npy"
         rows = np.array([s.header["rows"] for s in self.segments] + [0], np.int64)
-        chunk = 1 << 18
+        chunk = CHECK_ROWS
         for lo in range(0, len(self.loc), chunk):
             seg = self.loc[lo : lo + chunk, 0]
             if len(seg) and (seg.min() < 0 or seg.max() >= len(self.segments)):
