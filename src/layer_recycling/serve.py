@@ -35,8 +35,9 @@ def lookup(rec: Recycled, keys: Sequence[str], rows: Sequence[dict[str, torch.Te
     unique = list(dict.fromkeys(keys))
     held = rec.store.contains_many(unique)
     hits = [k for k, h in zip(unique, held) if h]
-    row_of = dict(zip(keys, rows))
-    refuse_stale(check_stored(rec, hits, [row_of[k] for k in hits]))
+    if rec.key_fn is not None:  # a user's key: the hits must have been computed from these inputs
+        row_of = dict(zip(keys, rows))
+        refuse_stale(check_stored(rec, hits, [row_of[k] for k in hits]))
     found = dict(zip(hits, rec.store.get_many(hits, device=device, dtype=dtype)))
     misses = {k: r for k, r in zip(keys, rows) if k not in found}
     if misses:

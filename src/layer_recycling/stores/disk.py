@@ -210,7 +210,7 @@ class DiskStore:
             where, spans = self._view.search(*maybe_key_bytes(list(keys)))
             found = where >= 0
             segs = [self._view.segments[w] if w >= 0 else None for w in where]
-            for buffer in self._buffers():
+            for buffer in filter(None, self._buffers()):  # an empty buffer holds nothing to look at
                 for j, k in enumerate(keys):
                     if not found[j] and isinstance(k, str) and k in buffer:
                         found[j] = True
