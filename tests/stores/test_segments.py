@@ -127,6 +127,36 @@ def test_a_named_writer_replaces_its_own_segments(tmp_path):
     assert store.info()["segments"] == 1 and len(store) == 20
 
 
+def test_keys_that_share_their_leading_bytes_answer_from_the_right_segment(tmp_path):
+    """Unmerged segments are found through the keys' first 8 bytes: keys that share them, copies of one key in
+    several segments, a segment whose name sorts first arriving later, and misses with a stored key's leading
+    bytes all answer as a fresh reader (and the merged snapshot) does."""
+    lead = "ab" * 8
+    a, b, c, miss = (lead + tail * 12 for tail in ("11", "22", "01", "12"))
+    path = tmp_path / "s"
+    # None of the three sees another's commit: each writes its own copies.
+    first, second, late = (DiskStore(path, writer=w) for w in ("w-a", "w-b", "w-0"))
+    first.put_many([a, b], [torch.full((1, 4), 1.0), torch.full((2, 4), 2.0)])
+    second.put_many([a, c], [torch.full((3, 4), 9.0), torch.full((1, 4), 3.0)])
+    first.flush()
+    second.flush()
+    reader = DiskStore(path, readonly=True)
+    late.put_many([c], [torch.full((4, 4), 5.0)])
+    late.flush()  # its name sorts before both: its copy of c wins, also in the reader opened before it
+    want = {a: 1.0, b: 2.0, c: 5.0}
+    for store in (reader, second, DiskStore(path, readonly=True)):
+        store.refresh()
+        assert store.info()["unmerged"] == 3
+        assert store.contains_many([a, b, c, miss]).tolist() == [True, True, True, False]
+        assert [float(t[0, 0]) for t in store.get_many([a, b, c])] == [want[a], want[b], want[c]]
+        with pytest.raises(KeyError):
+            store.get_many([miss])
+    DiskStore(path).compact()
+    merged = DiskStore(path, readonly=True)
+    assert merged.info()["unmerged"] == 0 and len(merged._view.prefixes.leading) == 0
+    assert [float(t[0, 0]) for t in merged.get_many([a, b, c])] == [1.0, 2.0, 5.0] and miss not in merged
+
+
 # ---- damaged and forged index files ------------------------------------------------------------------------------
 
 

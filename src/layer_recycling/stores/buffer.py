@@ -1,31 +1,41 @@
-"""A DiskStore's uncommitted entries: encoded ``put_many`` batches kept whole, and where each entry sits in them.
+"""A DiskStore's uncommitted entries: their encoded rows in one growing array, and where each entry sits in it.
 
-One array per batch rather than one per entry: no per-entry slicing when a batch arrives, and a segment's data
-is the batches concatenated. Bounded by the store's ``segment_bytes``, never by the store's size.
+One array for the whole buffer: a ``put_many`` batch is copied in once, a segment's data is that array written
+in one call and hashed in one pass (the commit thread takes the GIL twice per segment, not twice per batch), and
+the array of a committed buffer is reused by the next one. Bounded by the store's ``segment_bytes``, never by the
+store's size.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import threading
 from typing import Callable
 
 import numpy as np
 import torch
 
-from .codecs import Codec, encode
+from .codecs import SCALE_DTYPE, Codec, encode
 
 
 class WriteBuffer:
-    """One writer's uncommitted entries, in the order they arrived (the order a segment writes them in)."""
+    """One writer's uncommitted entries, in the order they arrived (the order a segment writes them in).
 
-    def __init__(self):
-        self.clear()
+    Args:
+        limit: the store's ``segment_bytes``: the array grows by doubling up to a little past it.
+        spare: a committed buffer's ``(rows, scales)`` arrays to fill again (their pages are already mapped).
+        full: make the array its full size at once (a fill that filled a buffer before will fill this one).
+    """
 
-    def clear(self) -> None:
-        self.entries: dict[str, tuple[int, int, int]] = {}  # key -> (batch, first row, rows)
-        self.batches: list[tuple[np.ndarray, np.ndarray | None]] = []  # (rows, int8 row scales or None)
+    def __init__(self, limit: int = 64 << 20, spare: tuple[np.ndarray, np.ndarray | None] | None = None,
+                 full: bool = False):
+        self.limit, self.full = limit, full
+        self.data, self.scales = spare if spare is not None else (None, None)  # (capacity, *feature), (capacity,)
+        self.entries: dict[str, tuple[int, int]] = {}  # key -> (first row, rows)
+        self.lengths: list[int] = []  # rows per entry, in the entries' order
         self.checks: dict[str, str] = {}  # input digests of entries that came with one
-        self.nbytes = 0
+        self.used = 0  # rows filled
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -33,57 +43,88 @@ class WriteBuffer:
     def __contains__(self, key: object) -> bool:
         return key in self.entries
 
+    @property
+    def nbytes(self) -> int:
+        return self.used * self.data.itemsize * math.prod(self.data.shape[1:]) if self.data is not None else 0
+
     def feature(self) -> list[int] | None:
-        return list(self.batches[0][0].shape[1:]) if self.batches else None
+        return list(self.data.shape[1:]) if self.entries else None
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """The arrays, for a later buffer to reuse once this one is committed (None: none were made)."""
+        return (self.data, self.scales) if self.data is not None else None
 
     def add(self, keys: list[str], data: np.ndarray, scales: np.ndarray | None, lengths: list[int],
             checks: dict[str, str]) -> None:
         """Entries ``keys`` (new, unique), whose rows are ``data`` cut by ``lengths``, in order."""
-        b, lo = len(self.batches), 0
-        self.batches.append((data, scales))
-        for key, n in zip(keys, lengths):
-            self.entries[key] = (b, lo, n)
-            lo += n
+        if self.used == 0 and self.data is not None and (
+            self.data.shape[1:] != data.shape[1:] or self.data.dtype != data.dtype or (scales is None) != (self.scales is None)
+        ):
+            self.data, self.scales = None, None  # a spare of another kind: make new arrays
+        end = self.used + len(data)
+        if self.data is None or end > len(self.data):
+            self._grow(end, data, scales is not None)
+        self.data[self.used : end] = data
+        if scales is not None:
+            self.scales[self.used : end] = scales
+        self.entries.update(zip(keys, zip(itertools.accumulate(lengths, initial=self.used), lengths)))
+        self.lengths += lengths
         self.checks.update(checks)
-        self.nbytes += data.nbytes
+        self.used = end
+
+    def _grow(self, rows: int, like: np.ndarray, scaled: bool) -> None:
+        """Room for ``rows`` rows like ``like``'s: double, from 1 MB up to an eighth past the segment size."""
+        row_bytes = max(1, like.itemsize * math.prod(like.shape[1:]))
+        old = len(self.data) if self.data is not None else 0
+        most = (self.limit + self.limit // 8) // row_bytes
+        capacity = max(rows, most if self.full else min(max(2 * old, (1 << 20) // row_bytes), most))
+        data = np.empty((capacity, *like.shape[1:]), like.dtype)
+        scales = np.empty(capacity, SCALE_DTYPE) if scaled else None
+        if self.used:
+            data[: self.used] = self.data[: self.used]
+            if scaled:
+                scales[: self.used] = self.scales[: self.used]
+        self.data, self.scales = data, scales
 
     def extend(self, other: WriteBuffer) -> None:
         """Append ``other``'s entries (none of them in this buffer), as ``add`` would have."""
-        base = len(self.batches)
-        self.batches += other.batches
-        self.entries.update({k: (b + base, lo, n) for k, (b, lo, n) in other.entries.items()})
-        self.checks.update(other.checks)
-        self.nbytes += other.nbytes
+        if other.entries:
+            scales = other.scales[: other.used] if other.scales is not None else None
+            self.add(list(other.entries), other.data[: other.used], scales, other.lengths, other.checks)
 
     def rows(self, key: str) -> tuple[np.ndarray, np.ndarray | None]:
-        b, lo, n = self.entries[key]
-        data, scales = self.batches[b]
-        return data[lo : lo + n], (scales[lo : lo + n] if scales is not None else None)
+        lo, n = self.entries[key]
+        return self.data[lo : lo + n], (self.scales[lo : lo + n] if self.scales is not None else None)
 
     def take(self, keep: np.ndarray) -> tuple[list[str], list[np.ndarray], list[np.ndarray] | None, np.ndarray,
                                               dict[str, str]]:
         """(keys, row arrays, scale arrays, lengths, checks) of the entries where ``keep`` (in key order) holds,
         the rows in key order and cut anywhere (a segment writes the arrays one after another); the buffer
-        keeps them until ``clear()`` (after the commit: a failed one leaves them to commit later)."""
-        keys = list(self.entries)
-        spans = np.array(list(self.entries.values()), np.int64).reshape(-1, 3)
-        kept = self.batches if keep.all() else [self.rows(k) for k, ok in zip(keys, keep) if ok]  # usually all
-        data = [d for d, _ in kept]
-        scales = [s for _, s in kept] if self.batches and self.batches[0][1] is not None else None
+        keeps them until it is dropped (after the commit: a failed one leaves them to commit later)."""
+        keys, lengths = list(self.entries), np.asarray(self.lengths, np.int64)
+        if keep.all():  # usually: one array, written and hashed as it is
+            kept = [(self.data[: self.used], self.scales[: self.used] if self.scales is not None else None)]
+        else:
+            kept = [self.rows(k) for k, ok in zip(keys, keep) if ok]
         keys = [k for k, ok in zip(keys, keep) if ok]
         checks = {k: self.checks[k] for k in keys if k in self.checks}
-        lengths = spans[keep, 2]
-        return keys, data, scales, lengths, checks
+        scales = [s for _, s in kept] if self.scales is not None else None
+        return keys, [d for d, _ in kept], scales, lengths[keep], checks
 
 
 def new_entries(keys: list[str], values: list, checks: list[str | None], feature: list[int] | None,
-                buffers: list[WriteBuffer]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """({key: value}, {key: check}) of the entries of a put that no buffer holds yet, first copy of a key only.
+                buffers: list[WriteBuffer]) -> tuple[list[str], list[torch.Tensor], dict[str, str]]:
+    """(keys, values, {key: check}) of the entries of a put that no buffer holds yet, first copy of a key only.
 
     Raises:
         TypeError: a value is not a floating tensor of >= 1 dim; ValueError: its trailing shape is not ``feature``.
     """
-    batch, fresh = {}, {}
+    if _uniform(values, feature):  # the usual batch: checked in a few passes, no Python work per entry
+        held = [b.entries.keys() for b in buffers if b]
+        if len(set(keys)) == len(keys) and all(h.isdisjoint(keys) for h in held):
+            fresh = {k: c for k, c in zip(keys, checks) if c is not None} if any(c is not None for c in checks) else {}
+            return keys, values, fresh
+    out, fresh = {}, {}
     for key, value, check in zip(keys, values, checks):
         if not (isinstance(value, torch.Tensor) and value.is_floating_point() and value.dim() >= 1):
             got = (f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
@@ -96,23 +137,36 @@ def new_entries(keys: list[str], values: list, checks: list[str | None], feature
                 f"({', '.join(['n', *map(str, feature)])}): dim 0 may vary, trailing dims may not. Use one "
                 f"store per state shape."
             )
-        if key not in batch and not any(key in b for b in buffers):  # committed ones are dropped at the commit
-            batch[key] = value
+        if key not in out and not any(key in b for b in buffers):  # committed ones are dropped at the commit
+            out[key] = value
             if check is not None:
                 fresh[key] = check
-    return batch, fresh
+    return list(out), list(out.values()), fresh
 
 
-def encode_batch(batch: dict[str, torch.Tensor], codec: Codec) -> tuple[np.ndarray, np.ndarray | None]:
-    """``batch``'s values as one array of the codec's rows (and int8 scales), encoded in one torch call; on a
-    failure, one call per entry, so that the error names the bad entry's key."""
-    values = list(batch.values())
+def _uniform(values: list, feature: list[int] | None) -> bool:
+    """Whether every value is a floating tensor of >= 1 dim with trailing shape ``feature`` (or one shared shape)."""
+    try:
+        dims = {v.dim() for v in values}
+        shapes = {v.shape[1:] for v in values}
+        dtypes = {v.dtype for v in values}
+    except (AttributeError, TypeError):
+        return False
+    return (len(shapes) == 1 and 0 not in dims and all(isinstance(v, torch.Tensor) for v in values)
+            and all(d.is_floating_point for d in dtypes)
+            and (feature is None or list(next(iter(shapes))) == feature))
+
+
+def encode_batch(keys: list[str], values: list[torch.Tensor], codec: Codec) -> tuple[np.ndarray, np.ndarray | None]:
+    """``values`` as one array of the codec's rows (and int8 scales), encoded in one torch call; on a failure, one
+    call per entry, so that the error names the bad entry's key."""
     try:
         return encode(torch.cat(values) if len(values) > 1 else values[0], codec, "")
     except (ValueError, RuntimeError):
-        parts = [encode(v, codec, k) for k, v in batch.items()]
+        parts = [encode(v, codec, k) for k, v in zip(keys, values)]
         scales = np.concatenate([s for _, s in parts]) if codec.scaled else None
         return np.concatenate([d for d, _ in parts]), scales
+
 
 class Commit(threading.Thread):
     """``write()`` (a segment's commit) in a thread; its error is kept for the store to raise. Not a daemon: a
@@ -126,5 +180,5 @@ class Commit(threading.Thread):
     def run(self) -> None:
         try:
             self.write()
-        except BaseException as e:  # raised in the store's thread by DiskStore._finish_commit
+        except BaseException as e:  # raised in the store's thread by DiskStore._finish_commits
             self.error = e

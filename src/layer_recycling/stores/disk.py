@@ -30,6 +30,9 @@ from .view import NO_CHECK, View, checks_in, scan, unmerged_segments
 __all__ = ["DiskFull", "DiskStore", "StoreCorrupted", "convert"]
 
 MAX_OPEN_FILES = 256  # data file descriptors one store keeps open per process
+# Segments a writer commits at once, each in its thread: while one waits for its fsync the next is written, so
+# the disk never idles while the buffer refills.
+IN_FLIGHT = 2
 
 
 class DiskStore:
@@ -94,8 +97,9 @@ class DiskStore:
         self._view: View | None = None  # the committed entries this process sees; set by _refresh
         self._known: dict[tuple[str, str], Segment] = {}  # (name, token) -> Segment: maps survive a refresh
         self._headers: dict[str, tuple[int, dict]] = {}  # committed header file -> (inode, header)
-        self._buffer = WriteBuffer()  # uncommitted entries: bounded by segment_bytes, not by the store
-        self._committing: tuple[WriteBuffer, Commit] | None = None  # a full buffer, written by a thread
+        self._buffer = WriteBuffer(segment_bytes)  # uncommitted entries: bounded by segment_bytes, not the store
+        self._spares: list = []  # committed buffers' arrays, for the next buffers of a fill to reuse
+        self._committing: list[tuple[WriteBuffer, Commit]] = []  # full buffers, each written by a thread
         self._fp_cache, self._bound = None, None
         self._lock = threading.RLock()
         self._open_files: OrderedDict[str, Segment] = OrderedDict()  # data files open here, least recent first
@@ -218,7 +222,7 @@ class DiskStore:
 
     def _buffers(self) -> list[WriteBuffer]:
         """The buffers whose entries are readable here but not committed: the current one, and one in a commit."""
-        return [self._buffer] + ([self._committing[0]] if self._committing is not None else [])
+        return [self._buffer] + [pending for pending, _ in self._committing]
 
     def _holder(self, key: str) -> WriteBuffer:
         return next(b for b in self._buffers() if key in b)
@@ -226,7 +230,7 @@ class DiskStore:
     def _read(self, keys, segs, spans, device, dtype) -> list[torch.Tensor]:
         """Gather the rows into one buffer, move and decode it once, and cut it per entry."""
         codec, feature = CODECS[self.codec], self._feature()
-        lengths = [int(n) if s is not None else self._holder(k).entries[k][2]
+        lengths = [int(n) if s is not None else self._holder(k).entries[k][1]
                    for k, s, (_, n) in zip(keys, segs, spans)]
         raw = np.empty((sum(lengths), *feature), codec.storage)
         scales = np.empty(sum(lengths), SCALE_DTYPE) if codec.scaled else None
@@ -248,7 +252,8 @@ class DiskStore:
 
     def _after_fork(self) -> None:
         if os.getpid() != self._pid:  # the parent's buffer is the parent's to commit; maps stay valid
-            self._pid, self._buffer, self._seq, self._committing = os.getpid(), WriteBuffer(), 0, None
+            self._pid, self._seq, self._committing, self._spares = os.getpid(), 0, [], []
+            self._buffer = WriteBuffer(self.segment_bytes)
             self._lock = threading.RLock()  # a thread of the parent may have held it at the fork
 
     # ---- the directory: segments and the current generation ------------------------------------------------
@@ -262,7 +267,7 @@ class DiskStore:
                     self._snap = snap.load(self.path, *current, self._known)
             self._headers = scan(self.path, self._headers)
             unmerged = unmerged_segments(self.path, self._snap, self._headers, self._known)
-            self._view = View(self.path, self._snap, unmerged, self.codec)
+            self._view = View(self.path, self._snap, unmerged, self.codec, self._view)
 
     def _feature(self) -> list[int] | None:
         return self._view.feature() or next((b.feature() for b in self._buffers() if b), None)
@@ -316,29 +321,33 @@ class DiskStore:
         key_bytes([c for c in checks if c is not None])
         with self._lock:
             self._after_fork()
-            batch, fresh = new_entries(keys, values, checks, self._feature(), self._buffers())
-            if batch:
-                self._buffer.add(list(batch), *encode_batch(batch, CODECS[self.codec]),
-                                 [v.shape[0] for v in batch.values()], fresh)
-            if self._committing is not None and not self._committing[1].is_alive():
-                self._finish_commit()  # see the segment it wrote, free its buffer, raise its error
+            keys, values, fresh = new_entries(keys, values, checks, self._feature(), self._buffers())
+            if keys:
+                self._buffer.add(keys, *encode_batch(keys, values, CODECS[self.codec]), [v.shape[0] for v in values],
+                                 fresh)
+            self._finish_commits(wait=False)  # see the segments written, reuse a buffer, raise an error
             if self._buffer.nbytes >= self.segment_bytes:
-                self._finish_commit()  # at most one commit in flight: memory stays under two buffers
+                if len(self._committing) >= IN_FLIGHT:  # memory stays under IN_FLIGHT + 1 buffers
+                    self._committing[0][1].join()
+                    self._finish_commits(wait=False)
                 job = self._segment_of_buffer()
                 if job is not None:  # the next entries buffer while a thread writes and syncs this segment
-                    self._committing, self._buffer = (self._buffer, Commit(lambda: write_segment(*job))), WriteBuffer()
+                    self._committing.append((self._buffer, Commit(lambda: write_segment(*job))))
+                    spare = self._spares.pop() if self._spares else None
+                    self._buffer = WriteBuffer(self.segment_bytes, spare, full=True)
 
     def flush(self) -> None:
         """Commit the buffered entries as one segment (durable when this returns)."""
         with self._lock:
             self._after_fork()
-            self._finish_commit()
+            self._finish_commits(wait=True)
+            self._spares = []  # a flush ends a fill: its arrays are not kept for the next one
             if not self._buffer or self.readonly:
                 return
             job = self._segment_of_buffer()
             if job is not None:
                 write_segment(*job)
-                self._buffer.clear()
+                self._buffer = WriteBuffer(self.segment_bytes)
                 self._committed()
 
     def _segment_of_buffer(self) -> tuple | None:
@@ -348,7 +357,7 @@ class DiskStore:
         feature = self._feature()
         keys, rows, scales, lengths, checks = self._buffer.take(~committed)  # the first copy of a key wins
         if not keys:
-            self._buffer.clear()
+            self._buffer = WriteBuffer(self.segment_bytes, self._buffer.arrays())
             return None
         name = f"seg-{self._writer or f'{self._run}-{os.getpid()}'}-{self._seq:06d}"
         self._seq += 1
@@ -356,19 +365,28 @@ class DiskStore:
         return (self.path, name, uuid.uuid4().hex[:12], self.codec, feature, key_bytes(keys), rows, lengths, scales,
                 check_bytes)
 
-    def _finish_commit(self) -> None:
-        """Wait for the commit in flight. Done: its entries are read from the new segment. Failed: they go back
-        in the buffer (nothing is lost; the next flush commits them) and its error is raised here."""
-        if self._committing is None:
-            return
-        pending, thread = self._committing
-        thread.join()
-        self._committing = None
-        if thread.error is not None:
-            pending.extend(self._buffer)
-            self._buffer = pending
-            raise thread.error
-        self._committed()
+    def _finish_commits(self, wait: bool) -> None:
+        """Finish the commits in flight: all of them (``wait``), or those whose thread is done. Done: their entries
+        are read from the new segments. Failed: they go back in the buffer (nothing is lost; the next flush
+        commits them) and the first error is raised here."""
+        done, error, running = False, None, []
+        for pending, thread in self._committing:
+            if wait:
+                thread.join()
+            if thread.is_alive():
+                running.append((pending, thread))
+            elif thread.error is not None:
+                pending.extend(self._buffer)
+                self._buffer, error = pending, error or thread.error
+            else:
+                done = True
+                if not self._spares and pending.arrays() is not None:  # one kept: the next buffer takes it
+                    self._spares.append(pending.arrays())
+        self._committing = running
+        if error is not None:
+            raise error
+        if done:
+            self._committed()
 
     def _committed(self) -> None:
         self._refresh()

@@ -21,7 +21,7 @@ import numpy as np
 KEY_BYTES = 20  # lr.digest's blake2b digest size: a key is stored as these bytes, not as 40 hex chars
 KEY_DTYPE = np.dtype(f"S{KEY_BYTES}")  # fixed width: sorts and searches bytewise
 _HEX_KEY = re.compile(r"[0-9a-f]{40}")
-_HEX_RUN = re.compile(r"[0-9a-f]*")
+_NOT_HEX = str.maketrans("", "", "0123456789abcdef")
 _HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -74,7 +74,7 @@ def _all_hex_keys(keys) -> bool:
         joined = "".join(keys)
     except TypeError:
         return False
-    return len(joined) == 40 * len(keys) and all(len(k) == 40 for k in keys) and bool(_HEX_RUN.fullmatch(joined))
+    return set(map(len, keys)) <= {40} and not joined.translate(_NOT_HEX)  # deleting the hex digits leaves none
 
 
 def key_strs(arr: np.ndarray) -> list[str]:
