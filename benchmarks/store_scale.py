@@ -6,8 +6,9 @@ States are synthetic float16, hidden 384, ``--tokens`` (default 4) tokens per en
 (about 3 GB) fits on this disk; real text states have ~100-500 tokens and larger segments, which only makes the
 per-entry index cost smaller relative to the data. Keys are 20-byte blake2b digests as ``lr.digest`` makes.
 
-Reports, per size: time per segment commit at the start vs the end of the fill; the whole fill vs writing the
-same bytes to one file with numpy (+ fsync); open time and RSS growth after open + one batched lookup
+Reports, per size: time per segment commit at the start vs the end of the fill (whole, and without its waits in
+``fsync``: the store's own work apart from the disk; the last, partial segment is left out); the whole fill vs
+writing the same bytes to one file with numpy (+ fsync); open time and RSS growth after open + one batched lookup
 (``contains_many`` of 32 random keys, in a fresh process), and after reading them (the first read hashes each
 segment it touches); random batches of 32 with a warm page cache (GB/s); merge time and its peak memory in a
 fresh process (and a projection to 100M entries by fitting t = c * n * log2(n) to the largest measured size); and at the largest size, one epoch
@@ -27,6 +28,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,17 +51,27 @@ def _pool(tokens: int) -> torch.Tensor:
 
 
 def fill(path: Path, n: int, tokens: int, segment_bytes: int) -> dict:
-    """Fill ``n`` entries through put_many in batches of 32; time each segment commit (a full buffer commits in a
-    thread while the next one fills, so the commits are timed where they run: ``write_segment``)."""
+    """Fill ``n`` entries through put_many in batches of 32; time each segment commit where it runs
+    (``write_segment``, in a commit thread while the next buffer fills), and how much of it was spent waiting in
+    ``fsync`` for the disk, apart from the work the store does."""
     pool, store = _pool(tokens), DiskStore(path, codec="float16", segment_bytes=segment_bytes)
-    commits, real = [], disk.write_segment
+    commits, synced, real, real_fsync, waited = [], [], disk.write_segment, os.fsync, threading.local()
+
+    def timed_fsync(fd):
+        start = time.perf_counter()
+        try:
+            return real_fsync(fd)
+        finally:
+            waited.s = getattr(waited, "s", 0.0) + time.perf_counter() - start
 
     def timed_commit(*job):
+        waited.s = 0.0
         header, t = timed(lambda: real(*job))
         commits.append(t)
+        synced.append(waited.s)
         return header
 
-    disk.write_segment = timed_commit
+    disk.write_segment, os.fsync = timed_commit, timed_fsync
     try:
         start = time.perf_counter()
         for lo in range(0, n, 32):
@@ -68,10 +80,14 @@ def fill(path: Path, n: int, tokens: int, segment_bytes: int) -> dict:
         store.close()
         total = time.perf_counter() - start
     finally:
-        disk.write_segment = real
-    k = max(1, min(3, len(commits) // 3))
-    return {"fill_s": total, "segments": len(commits), "commit_start_s": statistics.median(commits[:k]),
-            "commit_end_s": statistics.median(commits[-k:]), "commits_s": commits,
+        disk.write_segment, os.fsync = real, real_fsync
+    # The last segment holds what was left (usually less than a full one): the end is the full ones before it.
+    full = commits[:-1] if len(commits) > 2 else commits
+    work = [c - w for c, w in zip(commits, synced)][: len(full)]
+    k = max(1, min(3, len(full) // 3))
+    return {"fill_s": total, "segments": len(commits), "commit_start_s": statistics.median(full[:k]),
+            "commit_end_s": statistics.median(full[-k:]), "commit_work_start_s": statistics.median(work[:k]),
+            "commit_work_end_s": statistics.median(work[-k:]), "fsync_s": sum(synced), "commits_s": commits,
             "bytes": store.info()["bytes"]}
 
 
@@ -142,13 +158,15 @@ def open_probe(path: Path, n: int) -> dict:
     return res
 
 
-def random_reads(path: Path, n: int, batches: int = 300) -> dict:
+def random_reads(path: Path, n: int, batches: int = 1000, passes: int = 3) -> dict:
+    """``batches`` random batches of 32 keys, read once to warm the page cache (and hash each touched segment),
+    then timed over ``passes`` passes; the fastest pass counts (the least disturbed by the rest of the machine)."""
     store, rng = DiskStore(path, readonly=True), random.Random(2)
     picks = [[key(i) for i in rng.sample(range(n), 32)] for _ in range(batches)]
     for p in picks:
-        store.get_many(p)  # warm the page cache (and hash each touched segment once)
-    got, t = timed(lambda: [store.get_many(p) for p in picks])
-    nbytes = sum(x.numel() * 2 for batch in got for x in batch)
+        store.get_many(p)
+    t = min(timed(lambda: [store.get_many(p) for p in picks])[1] for _ in range(passes))
+    nbytes = sum(x.numel() * 2 for p in picks[:1] for x in store.get_many(p)) * batches  # every entry: same size
     return {"batch_ms": 1000 * t / batches, "gb_per_s": nbytes / t / 1e9}
 
 
@@ -222,11 +240,12 @@ def main() -> int:
     rb = results["sizes"][big]
     c = rb["merge_s"] / (big * math.log2(big))
     results["merge_projection_100M_s"] = c * 1e8 * math.log2(1e8)
-    print(f"\n{'entries':>9} {'fill s':>8} {'numpy s':>8} {'ratio':>6} {'segs':>5} {'commit start':>13} "
-          f"{'commit end':>11} {'merge s':>8} {'open s':>7} {'B/entry':>8} {'batch ms':>9} {'GB/s':>6}")
+    print(f"\n{'entries':>9} {'fill s':>8} {'numpy s':>8} {'ratio':>6} {'segs':>5} {'commit start/end':>17} "
+          f"{'w/o fsync':>11} {'merge s':>8} {'open s':>7} {'B/entry':>8} {'batch ms':>9} {'GB/s':>6}")
     for n, r in results["sizes"].items():
         print(f"{n:>9} {r['fill_s']:>8.1f} {r['numpy_s']:>8.1f} {r['fill_s'] / r['numpy_s']:>6.2f} "
-              f"{r['segments']:>5} {r['commit_start_s'] * 1e3:>11.0f}ms {r['commit_end_s'] * 1e3:>9.0f}ms "
+              f"{r['segments']:>5} {r['commit_start_s'] * 1e3:>7.0f}/{r['commit_end_s'] * 1e3:.0f} ms "
+              f"{r['commit_work_start_s'] * 1e3:>5.0f}/{r['commit_work_end_s'] * 1e3:.0f} ms "
               f"{r['merge_s']:>8.2f} {r['open_s']:>7.3f} {r['rss_bytes_per_entry']:>8.1f} {r['batch_ms']:>9.2f} "
               f"{r['gb_per_s']:>6.2f}")
     print(f"merge at 100M entries, projected as c * n log2 n from {big}: {results['merge_projection_100M_s']:.0f} s; "

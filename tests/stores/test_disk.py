@@ -409,6 +409,27 @@ def test_reading_a_few_entries_maps_only_their_pages(tmp_path):
     assert growth < 50e6
 
 
+def test_a_reader_keeps_at_most_max_open_files_data_files_open(tmp_path, monkeypatch):
+    import layer_recycling.stores.disk as disk
+
+    filled(tmp_path / "s", n=24, per_put=3, compact_after=1000)  # 8 segments
+    monkeypatch.setattr(disk, "MAX_OPEN_FILES", 3)
+    store, names = DiskStore(tmp_path / "s", readonly=True), keys(24)
+
+    def data_files_open() -> int:
+        return sum(os.readlink(f"/proc/self/fd/{fd}").endswith(".data") for fd in os.listdir("/proc/self/fd")
+                   if os.path.exists(f"/proc/self/fd/{fd}"))
+
+    base = data_files_open()
+    for rnd in range(3):
+        for chunk in chunks(names[rnd:] + names[:rnd], 5):  # every segment, in changing order
+            assert all(torch.equal(got, value(k)) for got, k in zip(store.get_many(chunk), chunk))
+            assert data_files_open() - base <= 3
+    assert data_files_open() - base == 3  # kept open between reads, up to the limit
+    store.close()
+    assert data_files_open() == base
+
+
 # ---- planted pickles ------------------------------------------------------------------------------------------
 
 

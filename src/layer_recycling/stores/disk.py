@@ -23,7 +23,7 @@ from .buffer import Commit, WriteBuffer, encode_batch, new_entries
 from .codecs import CODECS, SCALE_DTYPE, codec_name, decode
 from .files import DiskFull, StoreCorrupted, create_once, key_bytes, key_strs, maybe_key_bytes, read_signed, signed
 from .legacy import convert  # noqa: F401  (lr.stores.disk.convert(path) upgrades a format-1 store)
-from .segments import FORMAT, WRITER, Segment, write_segment
+from .segments import FORMAT, WRITER, RowReader, Segment, write_segment
 from .store_files import STORE, FINGERPRINT, cleanup, create, read_store, refuse_legacy
 from .view import NO_CHECK, View, checks_in, scan, unmerged_segments
 
@@ -228,27 +228,37 @@ class DiskStore:
         return next(b for b in self._buffers() if key in b)
 
     def _read(self, keys, segs, spans, device, dtype) -> list[torch.Tensor]:
-        """Gather the rows into one buffer, move and decode it once, and cut it per entry."""
+        """Gather the rows into one buffer (a pread per entry), move and decode it once, and cut it per entry."""
         codec, feature = CODECS[self.codec], self._feature()
         lengths = [int(n) if s is not None else self._holder(k).entries[k][1]
                    for k, s, (_, n) in zip(keys, segs, spans)]
         raw = np.empty((sum(lengths), *feature), codec.storage)
-        scales = np.empty(sum(lengths), SCALE_DTYPE) if codec.scaled else None
+        scales = np.empty(len(raw), SCALE_DTYPE) if codec.scaled else None
+        reader = RowReader(raw, scales)
         at = 0
-        for k, seg, (lo, _), n in zip(keys, segs, spans, lengths):
+        for k, seg, lo, n in zip(keys, segs, spans[:, 0].tolist(), lengths):
             if seg is None:
                 data, sc = self._holder(k).rows(k)
                 raw[at : at + n] = data
                 if scales is not None:
                     scales[at : at + n] = sc
-            else:
-                seg.read_into(int(lo), raw[at : at + n], scales[at : at + n] if scales is not None else None)
-                self._open_files[seg.name] = seg
-                self._open_files.move_to_end(seg.name)
-                while len(self._open_files) > MAX_OPEN_FILES:  # a 100M-entry store has thousands of segments
-                    self._open_files.popitem(last=False)[1].close_file()
+            elif n:
+                reader.read(seg, lo, n, at)
             at += n
+        self._note_open({id(s): s for s in segs if s is not None}.values())
         return list(decode(raw, scales, codec, device, dtype).split(lengths))
+
+    def _note_open(self, used) -> None:
+        """Keep at most MAX_OPEN_FILES data files open (a 100M-entry store has thousands of segments), closing
+        the least recently used; recency is tracked only once that many are open."""
+        full = len(self._open_files) >= MAX_OPEN_FILES
+        for seg in used:
+            if full:
+                self._open_files.pop(seg.name, None)
+            if seg.name not in self._open_files:
+                self._open_files[seg.name] = seg
+        while len(self._open_files) > MAX_OPEN_FILES:
+            self._open_files.popitem(last=False)[1].close_file()
 
     def _after_fork(self) -> None:
         if os.getpid() != self._pid:  # the parent's buffer is the parent's to commit; maps stay valid

@@ -211,17 +211,8 @@ class Segment:
             self._data = data, scales
         return self._data
 
-    def read_into(self, lo: int, out: np.ndarray, scales_out: np.ndarray | None) -> None:
-        """Copy rows ``lo : lo + len(out)`` (and their scales) into ``out`` with pread, not a map: a map's page
-        faults pull whole large folios (2 MB here) into the process, a pread copies only the rows asked for."""
-        fd = self._fd()
-        h, rowbytes = self.header, out[:1].nbytes if len(out) else 0
-        if len(out):
-            _pread_into(fd, out, lo * rowbytes)
-        if scales_out is not None and len(scales_out):
-            _pread_into(fd, scales_out, h["scales_start"] + lo * SCALE_DTYPE.itemsize)
-
-    def _fd(self) -> int:
+    def fd(self) -> int:
+        """The data file's descriptor in this process, opened (and the file hashed) on first use."""
         pid = os.getpid()
         if self._file is None or self._file[0] != pid:  # a forked child opens its own (and may be closed apart)
             path = self.root / f"{self.name}.{self.header['token']}.data"
@@ -249,8 +240,25 @@ class Segment:
         self.close_file()
 
 
-def _pread_into(fd: int, out: np.ndarray, offset: int) -> None:
-    view = memoryview(out.reshape(-1).view(np.uint8))
+class RowReader:
+    """Copies segments' rows into one array (and their int8 scales into another) with pread, not a map: a map's
+    page faults pull whole large folios (2 MB here) into the process, a pread copies only the rows asked for."""
+
+    def __init__(self, out: np.ndarray, scales_out: np.ndarray | None):
+        self.rowbytes = out.itemsize * math.prod(out.shape[1:])
+        self.rows = memoryview(out.reshape(-1).view(np.uint8))  # ``out`` is C-contiguous: a view, not a copy
+        self.scales = memoryview(scales_out.view(np.uint8)) if scales_out is not None else None
+
+    def read(self, seg: Segment, lo: int, n: int, at: int) -> None:
+        """Rows ``lo : lo + n`` of ``seg`` to rows ``at : at + n`` of the output."""
+        fd, rb = seg.fd(), self.rowbytes
+        _pread_into(fd, self.rows[at * rb : (at + n) * rb], lo * rb)
+        if self.scales is not None:
+            size = SCALE_DTYPE.itemsize
+            _pread_into(fd, self.scales[at * size : (at + n) * size], seg.header["scales_start"] + lo * size)
+
+
+def _pread_into(fd: int, view: memoryview, offset: int) -> None:
     while len(view):
         got = os.preadv(fd, [view], offset)
         if got <= 0:
