@@ -6,14 +6,16 @@ States are synthetic float16, hidden 384, ``--tokens`` (default 4) tokens per en
 (about 3 GB) fits on this disk; real text states have ~100-500 tokens and larger segments, which only makes the
 per-entry index cost smaller relative to the data. Keys are 20-byte blake2b digests as ``lr.digest`` makes.
 
-Reports, per size: time per segment commit at the start vs the end of the fill (whole, and without its waits in
-``fsync``: the store's own work apart from the disk; the last, partial segment is left out); the whole fill vs
-writing the same bytes to one file with numpy (+ fsync); open time and RSS growth after open + one batched lookup
-(``contains_many`` of 32 random keys, in a fresh process), and after reading them (the first read hashes each
-segment it touches); random batches of 32 with a warm page cache (GB/s); merge time and its peak memory in a
-fresh process (and a projection to 100M entries by fitting t = c * n * log2(n) to the largest measured size); and at the largest size, one epoch
-through a DataLoader with 4 workers with how much each worker's RSS (anonymous and file-backed) grew over its
-first read: what reading the store costs a worker, apart from the parent's memory it was forked with. Writes JSON.
+Reports, per size: time per segment commit at the start vs the end of the fill (wall, and the CPU time of the
+thread that commits: the store's own work apart from waiting for the disk; the last, partial segment is left
+out); the whole fill vs writing the same bytes to one file with numpy (+ fsync); open time and RSS growth after
+open + one batched lookup (``contains_many`` of 32 random keys, in a fresh process), and after reading them (the
+first read hashes each segment it touches); random batches of 32 with a warm page cache (GB/s), with the lookups
+alone and the floor of one bare pread per entry; merge time and its peak memory in a fresh process (and a
+projection to 100M entries by fitting t = c * n * log2(n) to the largest measured size); and at the largest size,
+one epoch through a DataLoader with 4 workers with how much each worker's RSS (anonymous and file-backed) grew
+over its first read: what reading the store costs a worker, apart from the parent's memory it was forked with.
+Writes JSON. A 2,000-entry fill runs first and is not counted: the first fill in a process pays one-time costs.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -52,26 +53,20 @@ def _pool(tokens: int) -> torch.Tensor:
 
 def fill(path: Path, n: int, tokens: int, segment_bytes: int) -> dict:
     """Fill ``n`` entries through put_many in batches of 32; time each segment commit where it runs
-    (``write_segment``, in a commit thread while the next buffer fills), and how much of it was spent waiting in
-    ``fsync`` for the disk, apart from the work the store does."""
+    (``write_segment``, in a commit thread while the next buffer fills): its wall time, which includes waiting for
+    the disk (``fsync``, and ``write`` once the kernel throttles writers with too many dirty pages), and its
+    thread's CPU time, the store's own work apart from the disk."""
     pool, store = _pool(tokens), DiskStore(path, codec="float16", segment_bytes=segment_bytes)
-    commits, synced, real, real_fsync, waited = [], [], disk.write_segment, os.fsync, threading.local()
-
-    def timed_fsync(fd):
-        start = time.perf_counter()
-        try:
-            return real_fsync(fd)
-        finally:
-            waited.s = getattr(waited, "s", 0.0) + time.perf_counter() - start
+    commits, cpu, real = [], [], disk.write_segment
 
     def timed_commit(*job):
-        waited.s = 0.0
+        start = time.thread_time()
         header, t = timed(lambda: real(*job))
         commits.append(t)
-        synced.append(waited.s)
+        cpu.append(time.thread_time() - start)
         return header
 
-    disk.write_segment, os.fsync = timed_commit, timed_fsync
+    disk.write_segment = timed_commit
     try:
         start = time.perf_counter()
         for lo in range(0, n, 32):
@@ -80,14 +75,15 @@ def fill(path: Path, n: int, tokens: int, segment_bytes: int) -> dict:
         store.close()
         total = time.perf_counter() - start
     finally:
-        disk.write_segment, os.fsync = real, real_fsync
+        disk.write_segment = real
     # The last segment holds what was left (usually less than a full one): the end is the full ones before it.
-    full = commits[:-1] if len(commits) > 2 else commits
-    work = [c - w for c, w in zip(commits, synced)][: len(full)]
-    k = max(1, min(3, len(full) // 3))
-    return {"fill_s": total, "segments": len(commits), "commit_start_s": statistics.median(full[:k]),
-            "commit_end_s": statistics.median(full[-k:]), "commit_work_start_s": statistics.median(work[:k]),
-            "commit_work_end_s": statistics.median(work[-k:]), "fsync_s": sum(synced), "commits_s": commits,
+    full = len(commits) - 1 if len(commits) > 2 else len(commits)
+    k = max(1, min(3, full // 3))
+    return {"fill_s": total, "segments": len(commits), "commit_start_s": statistics.median(commits[:k]),
+            "commit_end_s": statistics.median(commits[full - k : full]),
+            "commit_cpu_start_s": statistics.median(cpu[:k]),
+            "commit_cpu_end_s": statistics.median(cpu[full - k : full]),
+            "commits_s": commits,
             "bytes": store.info()["bytes"]}
 
 
@@ -160,14 +156,24 @@ def open_probe(path: Path, n: int) -> dict:
 
 def random_reads(path: Path, n: int, batches: int = 1000, passes: int = 3) -> dict:
     """``batches`` random batches of 32 keys, read once to warm the page cache (and hash each touched segment),
-    then timed over ``passes`` passes; the fastest pass counts (the least disturbed by the rest of the machine)."""
+    then timed over ``passes`` passes; the fastest pass counts (the least disturbed by the rest of the machine).
+
+    Also timed the same way: the lookups alone (``locate``), and the floor: one bare ``os.preadv`` per entry of
+    the same rows from the same files, which is what reading them costs the OS whatever the store does."""
     store, rng = DiskStore(path, readonly=True), random.Random(2)
     picks = [[key(i) for i in rng.sample(range(n), 32)] for _ in range(batches)]
     for p in picks:
         store.get_many(p)
     t = min(timed(lambda: [store.get_many(p) for p in picks])[1] for _ in range(passes))
     nbytes = sum(x.numel() * 2 for p in picks[:1] for x in store.get_many(p)) * batches  # every entry: same size
-    return {"batch_ms": 1000 * t / batches, "gb_per_s": nbytes / t / 1e9}
+    locate = min(timed(lambda: [store._locate(p) for p in picks])[1] for _ in range(passes))
+    rowbytes = 2 * HIDDEN
+    reads = [(seg.fd(), int(lo) * rowbytes, int(rows) * rowbytes) for p in picks
+             for _, segs, spans in [store._locate(p)] for seg, (lo, rows) in zip(segs, spans)]
+    out = memoryview(bytearray(max(r[2] for r in reads)))
+    floor = min(timed(lambda: [os.preadv(fd, [out[:size]], at) for fd, at, size in reads])[1] for _ in range(passes))
+    return {"batch_ms": 1000 * t / batches, "gb_per_s": nbytes / t / 1e9, "locate_ms": 1000 * locate / batches,
+            "pread_floor_ms": 1000 * floor / batches}
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -220,6 +226,11 @@ def main() -> int:
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     results = {"meta": meta(), "tokens": args.tokens, "hidden": HIDDEN, "segment_mb": args.segment_mb, "sizes": {}}
+    # The first fill in a process pays one-time costs (torch's first calls, the allocator's first pages): a small
+    # throwaway fill first, so that the sizes compare what grows with size.
+    warmup = fill(args.dir / "warmup", 2000, args.tokens, args.segment_mb << 20)
+    shutil.rmtree(args.dir / "warmup")
+    results["warmup_fill_s"] = warmup["fill_s"]
     for n in args.sizes:
         path = args.dir / f"store-{n}"
         shutil.rmtree(path, ignore_errors=True)
@@ -241,13 +252,15 @@ def main() -> int:
     c = rb["merge_s"] / (big * math.log2(big))
     results["merge_projection_100M_s"] = c * 1e8 * math.log2(1e8)
     print(f"\n{'entries':>9} {'fill s':>8} {'numpy s':>8} {'ratio':>6} {'segs':>5} {'commit start/end':>17} "
-          f"{'w/o fsync':>11} {'merge s':>8} {'open s':>7} {'B/entry':>8} {'batch ms':>9} {'GB/s':>6}")
+          f"{'commit CPU':>11} {'merge s':>8} {'open s':>7} {'B/entry':>8} {'batch ms':>9} {'GB/s':>6} "
+          f"{'locate':>7} {'pread floor':>12} {'rest':>6}")
     for n, r in results["sizes"].items():
         print(f"{n:>9} {r['fill_s']:>8.1f} {r['numpy_s']:>8.1f} {r['fill_s'] / r['numpy_s']:>6.2f} "
               f"{r['segments']:>5} {r['commit_start_s'] * 1e3:>7.0f}/{r['commit_end_s'] * 1e3:.0f} ms "
-              f"{r['commit_work_start_s'] * 1e3:>5.0f}/{r['commit_work_end_s'] * 1e3:.0f} ms "
+              f"{r['commit_cpu_start_s'] * 1e3:>5.0f}/{r['commit_cpu_end_s'] * 1e3:.0f} ms "
               f"{r['merge_s']:>8.2f} {r['open_s']:>7.3f} {r['rss_bytes_per_entry']:>8.1f} {r['batch_ms']:>9.2f} "
-              f"{r['gb_per_s']:>6.2f}")
+              f"{r['gb_per_s']:>6.2f} {r['locate_ms']:>7.3f} {r['pread_floor_ms']:>12.3f} "
+              f"{r['batch_ms'] - r['locate_ms'] - r['pread_floor_ms']:>6.3f}")
     print(f"merge at 100M entries, projected as c * n log2 n from {big}: {results['merge_projection_100M_s']:.0f} s; "
           f"the merge's peak RSS grew {rb['merge_rss_growth_mb']:.0f} MB at {big} (ranges of "
           f"{snapshot.MERGE_ROWS} entries: bounded at any size)")
