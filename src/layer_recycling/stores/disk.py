@@ -230,8 +230,9 @@ class DiskStore:
     def _read(self, keys, segs, spans, device, dtype) -> list[torch.Tensor]:
         """Gather the rows into one buffer (a pread per entry), move and decode it once, and cut it per entry."""
         codec, feature = CODECS[self.codec], self._feature()
-        lengths = [int(n) if s is not None else self._holder(k).entries[k][1]
-                   for k, s, (_, n) in zip(keys, segs, spans)]
+        lengths = spans[:, 1].tolist()
+        for j in (j for j, s in enumerate(segs) if s is None):  # buffered: not committed yet
+            lengths[j] = self._holder(keys[j]).entries[keys[j]][1]
         raw = np.empty((sum(lengths), *feature), codec.storage)
         scales = np.empty(len(raw), SCALE_DTYPE) if codec.scaled else None
         reader = RowReader(raw, scales)

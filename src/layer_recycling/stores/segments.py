@@ -252,7 +252,9 @@ class RowReader:
     def read(self, seg: Segment, lo: int, n: int, at: int) -> None:
         """Rows ``lo : lo + n`` of ``seg`` to rows ``at : at + n`` of the output."""
         fd, rb = seg.fd(), self.rowbytes
-        _pread_into(fd, self.rows[at * rb : (at + n) * rb], lo * rb)
+        view = self.rows[at * rb : (at + n) * rb]
+        if os.preadv(fd, [view], lo * rb) != len(view):  # one call, nearly always; else the rest, or an error
+            _pread_into(fd, view, lo * rb)
         if self.scales is not None:
             size = SCALE_DTYPE.itemsize
             _pread_into(fd, self.scales[at * size : (at + n) * size], seg.header["scales_start"] + lo * size)
