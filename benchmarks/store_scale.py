@@ -8,13 +8,15 @@ per-entry index cost smaller relative to the data. Keys are 20-byte blake2b dige
 
 Reports, per size: time per segment commit at the start vs the end of the fill (wall, and the CPU time of the
 thread that commits: the store's own work apart from waiting for the disk; the last, partial segment is left
-out); the whole fill vs writing the same bytes to one file with numpy (+ fsync); open time and RSS growth after
-open + one batched lookup (``contains_many`` of 32 random keys, in a fresh process), and after reading them (the
-first read hashes each segment it touches); random batches of 32 with a warm page cache (GB/s), with the lookups
-alone and the floor of one bare pread per entry; merge time and its peak memory in a fresh process (and a
-projection to 100M entries by fitting t = c * n * log2(n) to the largest measured size); and at the largest size,
-one epoch through a DataLoader with 4 workers with how much each worker's RSS (anonymous and file-backed) grew
-over its first read: what reading the store costs a worker, apart from the parent's memory it was forked with.
+out), and the same for plain synced files of the segment size written with os.write (what the disk and the page
+cache do to any writer); the whole fill vs writing the same bytes to one file with numpy (+ fsync); open time and
+RSS growth after open + one batched lookup (``contains_many`` of 32 random keys, in a fresh process), and after
+reading them (the first read hashes each segment it touches); random batches of 32 with a warm page cache (GB/s),
+with the lookups alone and the floor of one bare pread per entry; merge time and its peak memory in a fresh
+process (and a projection to 100M entries by fitting t = c * n * log2(n) to the largest measured size); and at
+the largest size, one epoch through a DataLoader with 4 workers with how much each worker's RSS (anonymous and
+file-backed) grew over its first read: what reading the store costs a worker, apart from the parent's memory it
+was forked with.
 Writes JSON. A 2,000-entry fill runs first and is not counted: the first fill in a process pays one-time costs.
 """
 
@@ -102,6 +104,31 @@ def numpy_baseline(path: Path, nbytes: int) -> float:
     t = time.perf_counter() - start
     path.unlink()
     return t
+
+
+def plain_chunks(path: Path, nbytes: int, chunk_bytes: int) -> dict:
+    """The store's commits without the store: ``nbytes`` written as files of ``chunk_bytes`` with os.write, each
+    synced, timed (wall and CPU) at the start and the end like the commits: what the disk and the kernel's page
+    cache do to a plain writer over the same fill."""
+    chunk = memoryview(np.random.default_rng(0).standard_normal(chunk_bytes // 2).astype(np.float16)).cast("B")
+    wall, cpu = [], []
+    for i in range(max(1, nbytes // chunk_bytes)):
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        fd = os.open(path.with_name(f"{path.name}-{i}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = chunk
+            while len(view):
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.thread_time() - start_cpu)
+    for i in range(len(wall)):
+        path.with_name(f"{path.name}-{i}").unlink()
+    k = max(1, min(3, len(wall) // 3))
+    return {"plain_start_s": statistics.median(wall[:k]), "plain_end_s": statistics.median(wall[-k:]),
+            "plain_cpu_start_s": statistics.median(cpu[:k]), "plain_cpu_end_s": statistics.median(cpu[-k:])}
 
 
 OPEN_PROBE = """
@@ -242,6 +269,7 @@ def main() -> int:
             r["epoch"] = epoch(path, n)
         # Last: the baseline's 3 GB of writeback would otherwise slow the reads measured above (seen: 3x).
         r["numpy_s"] = numpy_baseline(args.dir / "baseline.bin", r["bytes"])
+        r.update(plain_chunks(args.dir / "plain", r["bytes"], args.segment_mb << 20))
         del r["commits_s"][3:-3]
         results["sizes"][n] = r
         print(json.dumps({k: v for k, v in r.items() if k != "commits_s"}), flush=True)
@@ -261,6 +289,9 @@ def main() -> int:
               f"{r['merge_s']:>8.2f} {r['open_s']:>7.3f} {r['rss_bytes_per_entry']:>8.1f} {r['batch_ms']:>9.2f} "
               f"{r['gb_per_s']:>6.2f} {r['locate_ms']:>7.3f} {r['pread_floor_ms']:>12.3f} "
               f"{r['batch_ms'] - r['locate_ms'] - r['pread_floor_ms']:>6.3f}")
+    print("the same bytes as plain synced files of one segment's size, start/end (wall; CPU): " + "; ".join(
+        f"{n}: {r['plain_start_s'] * 1e3:.0f}/{r['plain_end_s'] * 1e3:.0f} ms; "
+        f"{r['plain_cpu_start_s'] * 1e3:.0f}/{r['plain_cpu_end_s'] * 1e3:.0f} ms" for n, r in results["sizes"].items()))
     print(f"merge at 100M entries, projected as c * n log2 n from {big}: {results['merge_projection_100M_s']:.0f} s; "
           f"the merge's peak RSS grew {rb['merge_rss_growth_mb']:.0f} MB at {big} (ranges of "
           f"{snapshot.MERGE_ROWS} entries: bounded at any size)")

@@ -49,7 +49,8 @@ class DiskStore:
         readonly: open a finished store without writing anything.
         writer: this writer's name (letters, digits, ``._-``); default: a fresh run id plus the pid. A retried
             task that passes its own name (``"ray-task-7"``) replaces its segments instead of adding copies.
-        segment_bytes: buffer size at which a segment commits.
+        segment_bytes: buffer size at which a segment commits. A fill holds up to IN_FLIGHT + 1 such buffers: one
+            filling while full ones commit in threads.
         compact_after: merge automatically once this many segments are not in the snapshot.
     Raises:
         StoreCorrupted: a store file is damaged; ValueError: the directory holds a format-1 store (convert it).
