@@ -179,6 +179,20 @@ def test_a_failed_background_commit_raises_at_the_next_call_and_loses_nothing(tm
     assert all(torch.equal(got, value(k)) for got, k in zip(reopened.get_many(names), names))
 
 
+@pytest.mark.parametrize("per_put", [1, 3])
+def test_a_value_changed_in_place_after_put_many_keeps_what_was_put(tmp_path, per_put):
+    names = keys(6, start=300)
+    store = DiskStore(tmp_path / "s", codec="float32")
+    values = [torch.full((2, 4), float(i)) for i in range(6)]
+    for lo in range(0, 6, per_put):
+        store.put_many(names[lo : lo + per_put], values[lo : lo + per_put])
+    for v in values:
+        v.fill_(-1.0)  # a caller reusing its output buffer
+    assert [float(t[0, 0]) for t in store.get_many(names)] == [0, 1, 2, 3, 4, 5]  # buffered
+    store.flush()
+    assert [float(t[0, 0]) for t in DiskStore(tmp_path / "s", readonly=True).get_many(names)] == [0, 1, 2, 3, 4, 5]
+
+
 def test_bad_inputs_are_refused_with_the_fix(tmp_path):
     a, b, c, d, e = keys(5)
     store = DiskStore(tmp_path / "s", codec="float16")
