@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import pickle
+import random
 import shutil
 import subprocess
 import sys
@@ -147,6 +148,37 @@ def test_full_buffers_commit_in_a_thread_and_every_entry_stays_readable(tmp_path
     reopened = DiskStore(tmp_path / "s", readonly=True)
     assert sorted(reopened) == sorted(names) and reopened.info()["segments"] == len(started)
     assert all(torch.equal(got, value(k)) for got, k in zip(reopened.get_many(names), names))
+
+
+def test_reads_in_another_thread_during_a_fill_see_every_entry_right(tmp_path):
+    """A serving thread reads entries that a filling thread's buffers hold, commit and retire (reusing their
+    arrays for the next buffers) meanwhile: every read is whole and right."""
+    import threading
+
+    store, names = DiskStore(tmp_path / "s", segment_bytes=2000, compact_after=1000), keys(300, start=500)
+    put, errors, reads = [], [], [0]
+
+    def serve():
+        rng = random.Random(0)
+        while len(put) < len(names) and not errors:
+            if put:
+                pick = [put[rng.randrange(len(put))] for _ in range(8)]
+                try:
+                    for got, k in zip(store.get_many(pick), pick):
+                        assert torch.equal(got, value(k)), k
+                except BaseException as e:  # handed to the test's thread
+                    errors.append(e)
+                reads[0] += 1
+
+    reader = threading.Thread(target=serve)
+    reader.start()
+    for chunk in chunks(names, 4):
+        store.put_many(chunk, [value(k) for k in chunk])
+        put.extend(chunk)
+    reader.join(60)
+    store.flush()
+    assert not errors, errors[0]
+    assert reads[0] > 10 and store.info()["segments"] > 10
 
 
 def test_a_failed_background_commit_raises_at_the_next_call_and_loses_nothing(tmp_path, monkeypatch):

@@ -57,9 +57,8 @@ class WriteBuffer:
     def add(self, keys: list[str], data: np.ndarray, scales: np.ndarray | None, lengths: list[int],
             checks: dict[str, str]) -> None:
         """Entries ``keys`` (new, unique), whose rows are ``data`` cut by ``lengths``, in order."""
-        if self.used == 0 and self.data is not None and (
-            self.data.shape[1:] != data.shape[1:] or self.data.dtype != data.dtype or (scales is None) != (self.scales is None)
-        ):
+        if self.used == 0 and self.data is not None and (data.shape[1:], data.dtype, scales is None) != (
+                self.data.shape[1:], self.data.dtype, self.scales is None):
             self.data, self.scales = None, None  # a spare of another kind: make new arrays
         end = self.used + len(data)
         if self.data is None or end > len(self.data):

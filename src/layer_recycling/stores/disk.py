@@ -197,14 +197,15 @@ class DiskStore:
         """
         if not len(keys):
             return []
-        found, segs, spans = self._locate(keys)
-        if not found.all():
-            self._refresh()
+        with self._lock:  # a put in another thread may retire a buffer (and reuse its array) between the two
             found, segs, spans = self._locate(keys)
-        if not found.all():
-            key = keys[int(np.argmin(found))]
-            raise KeyError(f"key {key!r} is not in the store ({len(self)} entries at {self.path}); fill it first")
-        return self._read(keys, segs, spans, device, dtype)
+            if not found.all():
+                self._refresh()
+                found, segs, spans = self._locate(keys)
+            if not found.all():
+                key = keys[int(np.argmin(found))]
+                raise KeyError(f"key {key!r} is not in the store ({len(self)} entries at {self.path}); fill it first")
+            return self._read(keys, segs, spans, device, dtype)
 
     # ---- lookup: one searchsorted per index for the whole batch ----------------------------------------------
 
@@ -222,7 +223,7 @@ class DiskStore:
             return found, segs, spans
 
     def _buffers(self) -> list[WriteBuffer]:
-        """The buffers whose entries are readable here but not committed: the current one, and one in a commit."""
+        """The buffers whose entries are readable here but not committed: the current one, and those committing."""
         return [self._buffer] + [pending for pending, _ in self._committing]
 
     def _holder(self, key: str) -> WriteBuffer:
@@ -295,6 +296,10 @@ class DiskStore:
 
     def checks_many(self, keys: Sequence[str]) -> list[str | None]:
         """The input digest each key's entry was stored with (``put_many(checks=)``), None where none was."""
+        with self._lock:
+            return self._checks_many(keys)
+
+    def _checks_many(self, keys: Sequence[str]) -> list[str | None]:
         found, segs, _ = self._locate(keys)
         out: list[str | None] = [None] * len(keys)
         by_segment: dict[int, list[int]] = {}
