@@ -181,6 +181,35 @@ def test_reads_in_another_thread_during_a_fill_see_every_entry_right(tmp_path):
     assert reads[0] > 10 and store.info()["segments"] > 10
 
 
+def _read_in_child(store: DiskStore, key: str) -> None:
+    assert torch.equal(store.get_many([key])[0], value(key))
+    store.put_many(keys(1, start=900), [value(keys(1, start=900)[0])])  # and a child can write its own segment
+    store.flush()
+
+
+def test_a_worker_forked_while_a_thread_holds_the_store_lock_still_reads(tmp_path):
+    import threading
+
+    store = filled(tmp_path / "s", n=4)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with store._lock:  # e.g. a serving thread in the middle of a read when a DataLoader forks
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    child = FORK.Process(target=_read_in_child, args=(store, keys(4)[2]))
+    child.start()
+    child.join(60)
+    release.set()
+    holder.join()
+    assert child.exitcode == 0  # None: it waited forever on the lock copied at the fork
+    assert keys(1, start=900)[0] in DiskStore(tmp_path / "s", readonly=True)
+
+
 def test_a_failed_background_commit_raises_at_the_next_call_and_loses_nothing(tmp_path, monkeypatch):
     import layer_recycling.stores.disk as disk
 

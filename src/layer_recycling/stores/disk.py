@@ -153,7 +153,7 @@ class DiskStore:
 
     def open_snapshot(self, generation: str | None) -> None:
         """Open generation ``generation`` (as ``compact`` returned it) plus segments committed after it."""
-        with self._lock:
+        with self._locked():
             if generation is not None and (self._snap is None or self._snap.generation != generation):
                 self._snap = snap.load(self.path, generation, None, self._known)
             self._refresh(keep_snapshot=generation is not None)
@@ -197,7 +197,7 @@ class DiskStore:
         """
         if not len(keys):
             return []
-        with self._lock:  # a put in another thread may retire a buffer (and reuse its array) between the two
+        with self._locked():  # a put in another thread may retire a buffer (and reuse its array) between the two
             found, segs, spans = self._locate(keys)
             if not found.all():
                 self._refresh()
@@ -211,8 +211,7 @@ class DiskStore:
 
     def _locate(self, keys: Sequence) -> tuple[np.ndarray, list, np.ndarray]:
         """(found mask, Segment or None per key, spans (n, 2)); buffered keys have segment None."""
-        with self._lock:
-            self._after_fork()
+        with self._locked():
             where, spans = self._view.search(*maybe_key_bytes(list(keys)))
             found = where >= 0
             segs = [self._view.segments[w] if w >= 0 else None for w in where]
@@ -263,6 +262,11 @@ class DiskStore:
         while len(self._open_files) > MAX_OPEN_FILES:
             self._open_files.popitem(last=False)[1].close_file()
 
+    def _locked(self) -> threading.RLock:
+        """The store's lock, after ``_after_fork``: a child must not wait on a copy a parent's thread held."""
+        self._after_fork()
+        return self._lock
+
     def _after_fork(self) -> None:
         if os.getpid() != self._pid:  # the parent's buffer is the parent's to commit; maps stay valid
             self._pid, self._seq, self._committing, self._spares = os.getpid(), 0, [], []
@@ -272,8 +276,7 @@ class DiskStore:
     # ---- the directory: segments and the current generation ------------------------------------------------
 
     def _refresh(self, keep_snapshot: bool = False) -> None:
-        with self._lock:
-            self._after_fork()
+        with self._locked():
             if not keep_snapshot:
                 current = snap.read_current(self.path)
                 if current is not None and (self._snap is None or current[0] != self._snap.generation):
@@ -296,7 +299,7 @@ class DiskStore:
 
     def checks_many(self, keys: Sequence[str]) -> list[str | None]:
         """The input digest each key's entry was stored with (``put_many(checks=)``), None where none was."""
-        with self._lock:
+        with self._locked():
             return self._checks_many(keys)
 
     def _checks_many(self, keys: Sequence[str]) -> list[str | None]:
@@ -336,8 +339,7 @@ class DiskStore:
             raise ValueError(f"put_many got {len(keys)} keys, {len(values)} values and {len(checks)} checks")
         key_bytes(keys)
         key_bytes([c for c in checks if c is not None])
-        with self._lock:
-            self._after_fork()
+        with self._locked():
             keys, values, fresh = new_entries(keys, values, checks, self._feature(), self._buffers())
             if keys:
                 self._buffer.add(keys, *encode_batch(keys, values, CODECS[self.codec]), [v.shape[0] for v in values],
@@ -355,8 +357,7 @@ class DiskStore:
 
     def flush(self) -> None:
         """Commit the buffered entries as one segment (durable when this returns)."""
-        with self._lock:
-            self._after_fork()
+        with self._locked():
             self._finish_commits(wait=True)
             self._spares = []  # a flush ends a fill: its arrays are not kept for the next one
             if not self._buffer or self.readonly:
@@ -417,7 +418,7 @@ class DiskStore:
         """
         if self.readonly:
             raise PermissionError(f"{self!r} was opened with readonly=True: compact() writes; open it writable")
-        with self._lock:
+        with self._locked():
             self.flush()
             self._refresh()
             if not self._view.unmerged:
