@@ -127,10 +127,14 @@ def test_a_named_writer_replaces_its_own_segments(tmp_path):
     assert store.info()["segments"] == 1 and len(store) == 20
 
 
-def test_keys_that_share_their_leading_bytes_answer_from_the_right_segment(tmp_path):
-    """Unmerged segments are found through the keys' first 8 bytes: keys that share them, copies of one key in
+@pytest.mark.parametrize("owner_bits", [16, 1])  # 1: more unmerged segments than can be numbered, all searched
+def test_keys_that_share_their_leading_bytes_answer_from_the_right_segment(tmp_path, monkeypatch, owner_bits):
+    """Unmerged segments are found through the keys' leading bytes: keys that share them, copies of one key in
     several segments, a segment whose name sorts first arriving later, and misses with a stored key's leading
     bytes all answer as a fresh reader (and the merged snapshot) does."""
+    from layer_recycling.stores import view
+
+    monkeypatch.setattr(view, "OWNER_BITS", owner_bits)
     lead = "ab" * 8
     a, b, c, miss = (lead + tail * 12 for tail in ("11", "22", "01", "12"))
     path = tmp_path / "s"
@@ -146,14 +150,14 @@ def test_keys_that_share_their_leading_bytes_answer_from_the_right_segment(tmp_p
     want = {a: 1.0, b: 2.0, c: 5.0}
     for store in (reader, second, DiskStore(path, readonly=True)):
         store.refresh()
-        assert store.info()["unmerged"] == 3
+        assert store.info()["unmerged"] == 3 and (store._view.prefixes.packed is None) == (owner_bits == 1)
         assert store.contains_many([a, b, c, miss]).tolist() == [True, True, True, False]
         assert [float(t[0, 0]) for t in store.get_many([a, b, c])] == [want[a], want[b], want[c]]
         with pytest.raises(KeyError):
             store.get_many([miss])
     DiskStore(path).compact()
     merged = DiskStore(path, readonly=True)
-    assert merged.info()["unmerged"] == 0 and len(merged._view.prefixes.leading) == 0
+    assert merged.info()["unmerged"] == 0 and len(merged._view.prefixes.packed) == 0
     assert [float(t[0, 0]) for t in merged.get_many([a, b, c])] == [1.0, 2.0, 5.0] and miss not in merged
 
 

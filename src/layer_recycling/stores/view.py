@@ -94,42 +94,52 @@ class View:
         return names
 
 
-class Prefixes:
-    """The leading 8 bytes of every unmerged segment's keys, sorted, with the segment each came from: which
-    segments may hold a key, in one ``searchsorted`` (12 bytes per unmerged entry; a merge empties it)."""
+OWNER_BITS = 16  # the low bits of a packed prefix: the segment; the high 48: the key's leading 6 bytes
+OWNER = np.uint64((1 << OWNER_BITS) - 1)
 
-    def __init__(self, segments: list[Segment], leading: np.ndarray, owner: np.ndarray):
-        self.segments, self.leading, self.owner = segments, leading, owner  # owner: index into segments
+
+class Prefixes:
+    """Every unmerged key's leading 6 bytes and the segment it came from, packed in one sorted uint64 (the bytes
+    high, the segment low): which segments may hold a key, in one ``searchsorted``, with 8 bytes per unmerged
+    entry; a merge empties it. Past 65,536 unmerged segments every segment is searched."""
+
+    def __init__(self, segments: list[Segment], packed: np.ndarray | None):
+        self.segments, self.packed = segments, packed  # packed None: too many segments to number
 
     @classmethod
     def of(cls, segments: list[Segment], previous: Prefixes | None) -> Prefixes:
         """The index of ``segments``; ``previous`` is extended when it covers some of them and no other."""
         have = {id(s) for s in previous.segments} if previous is not None else set()
-        if previous is None or not have <= {id(s) for s in segments}:
-            previous, have = cls([], np.empty(0, np.uint64), np.empty(0, np.int32)), set()
+        if previous is None or previous.packed is None or not have <= {id(s) for s in segments}:
+            previous, have = cls([], np.empty(0, np.uint64)), set()
         new = [s for s in segments if id(s) not in have]
         if not new:
             return previous
-        parts = [leading_bytes(np.asarray(s.index()[0])) for s in new]
+        if len(previous.segments) + len(new) > 1 << OWNER_BITS:
+            return cls(previous.segments + new, None)
+        parts = [leading_bytes(np.asarray(s.index()[0])) & ~OWNER | np.uint64(len(previous.segments) + j)
+                 for j, s in enumerate(new)]
         add = np.concatenate(parts)
-        owner = np.repeat(np.arange(len(previous.segments), len(previous.segments) + len(new), dtype=np.int32),
-                          [len(p) for p in parts])
-        order = np.argsort(add, kind="stable")
-        add, owner = add[order], owner[order]
-        at = np.searchsorted(previous.leading, add, "right")
-        return cls(previous.segments + new, np.insert(previous.leading, at, add), np.insert(previous.owner, at, owner))
+        del parts
+        add.sort()
+        if len(previous.packed):
+            add = np.insert(previous.packed, np.searchsorted(previous.packed, add), add)
+        return cls(previous.segments + new, add)
 
     def candidates(self, q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(query index, index into ``segments``) for every segment holding a key with a query's leading bytes."""
-        if not len(self.leading):
+        if self.packed is None:
+            ask = np.flatnonzero(valid)
+            return np.tile(ask, len(self.segments)), np.repeat(np.arange(len(self.segments)), len(ask))
+        if not len(self.packed):
             return np.empty(0, np.int64), np.empty(0, np.int64)
-        lead = leading_bytes(q)
-        lo = np.searchsorted(self.leading, lead, "left")
-        count = np.where(valid, np.searchsorted(self.leading, lead, "right") - lo, 0)
+        lead = leading_bytes(q) & ~OWNER
+        lo = np.searchsorted(self.packed, lead, "left")
+        count = np.where(valid, np.searchsorted(self.packed, lead | OWNER, "right") - lo, 0)
         queries, owners, k = [], [], 0
         while (idx := np.flatnonzero(count > k)).size:  # a run longer than 1: copies of one key, or a rare tie
             queries.append(idx)
-            owners.append(self.owner[lo[idx] + k])
+            owners.append(self.packed[lo[idx] + k] & OWNER)
             k += 1
         if not queries:
             return np.empty(0, np.int64), np.empty(0, np.int64)
