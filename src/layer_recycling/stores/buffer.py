@@ -23,14 +23,13 @@ class WriteBuffer:
     """One writer's uncommitted entries, in the order they arrived (the order a segment writes them in).
 
     Args:
-        limit: the store's ``segment_bytes``: the array grows by doubling up to a little past it.
+        limit: the store's ``segment_bytes``: the array holds that and an eighth more (only the rows written
+            take memory: the rest is address space).
         spare: a committed buffer's ``(rows, scales)`` arrays to fill again (their pages are already mapped).
-        full: make the array its full size at once (a fill that filled a buffer before will fill this one).
     """
 
-    def __init__(self, limit: int = 64 << 20, spare: tuple[np.ndarray, np.ndarray | None] | None = None,
-                 full: bool = False):
-        self.limit, self.full = limit, full
+    def __init__(self, limit: int = 64 << 20, spare: tuple[np.ndarray, np.ndarray | None] | None = None):
+        self.limit = limit
         self.data, self.scales = spare if spare is not None else (None, None)  # (capacity, *feature), (capacity,)
         self.entries: dict[str, tuple[int, int]] = {}  # key -> (first row, rows)
         self.lengths: list[int] = []  # rows per entry, in the entries' order
@@ -72,11 +71,10 @@ class WriteBuffer:
         self.used = end
 
     def _grow(self, rows: int, like: np.ndarray, scaled: bool) -> None:
-        """Room for ``rows`` rows like ``like``'s: double, from 1 MB up to an eighth past the segment size."""
+        """Room for ``rows`` rows like ``like``'s, and at least an eighth past the segment size: allocated at once
+        (never grown by copying), the pages it does not fill are never touched."""
         row_bytes = max(1, like.itemsize * math.prod(like.shape[1:]))
-        old = len(self.data) if self.data is not None else 0
-        most = (self.limit + self.limit // 8) // row_bytes
-        capacity = max(rows, most if self.full else min(max(2 * old, (1 << 20) // row_bytes), most))
+        capacity = max(rows, (self.limit + self.limit // 8) // row_bytes)
         data = np.empty((capacity, *like.shape[1:]), like.dtype)
         scales = np.empty(capacity, SCALE_DTYPE) if scaled else None
         if self.used:

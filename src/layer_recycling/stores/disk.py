@@ -353,7 +353,7 @@ class DiskStore:
                 if job is not None:  # the next entries buffer while a thread writes and syncs this segment
                     self._committing.append((self._buffer, Commit(lambda: write_segment(*job))))
                     spare = self._spares.pop() if self._spares else None
-                    self._buffer = WriteBuffer(self.segment_bytes, spare, full=True)
+                    self._buffer = WriteBuffer(self.segment_bytes, spare)
 
     def flush(self) -> None:
         """Commit the buffered entries as one segment (durable when this returns)."""
