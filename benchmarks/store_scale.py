@@ -6,17 +6,17 @@ States are synthetic float16, hidden 384, ``--tokens`` (default 4) tokens per en
 (about 3 GB) fits on this disk; real text states have ~100-500 tokens and larger segments, which only makes the
 per-entry index cost smaller relative to the data. Keys are 20-byte blake2b digests as ``lr.digest`` makes.
 
-Reports, per size: time per segment commit at the start vs the end of the fill (wall, and the CPU time of the
-thread that commits: the store's own work apart from waiting for the disk; the last, partial segment is left
-out), and the same for plain synced files of the segment size written with os.write (what the disk and the page
-cache do to any writer); the whole fill vs writing the same bytes to one file with numpy (+ fsync); open time and
-RSS growth after open + one batched lookup (``contains_many`` of 32 random keys, in a fresh process), and after
-reading them (the first read hashes each segment it touches); random batches of 32 with a warm page cache (GB/s),
-with the lookups alone and the floor of one bare pread per entry; merge time and its peak memory in a fresh
-process (and a projection to 100M entries by fitting t = c * n * log2(n) to the largest measured size); and at
-the largest size, one epoch through a DataLoader with 4 workers with how much each worker's RSS (anonymous and
-file-backed) grew over its first read: what reading the store costs a worker, apart from the parent's memory it
-was forked with.
+Reports, per size: time per segment commit at the start vs the end of the fill (wall; the CPU time of the thread
+that commits, and its user part: the store's own work apart from the disk and the kernel; the last, partial
+segment is left out), and the same for plain synced files of the segment size written with os.write (what the
+disk and the page cache do to any writer); the whole fill vs writing the same bytes to one file with numpy (+
+fsync); open time and RSS growth after open + one batched lookup (``contains_many`` of 32 random keys, in a fresh
+process), and after reading them (the first read hashes each segment it touches); random batches of 32 with a
+warm page cache (GB/s), with the lookups alone and the floor of one bare pread per entry; merge time and its peak
+memory in a fresh process (and a projection to 100M entries by fitting t = c * n * log2(n) to the largest
+measured size); and at the largest size, one epoch through a DataLoader with 4 workers with how much each
+worker's RSS (anonymous and file-backed) grew over its first read: what reading the store costs a worker, apart
+from the parent's memory it was forked with.
 Writes JSON. A 2,000-entry fill runs first and is not counted: the first fill in a process pays one-time costs.
 """
 
@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,16 +57,18 @@ def _pool(tokens: int) -> torch.Tensor:
 def fill(path: Path, n: int, tokens: int, segment_bytes: int) -> dict:
     """Fill ``n`` entries through put_many in batches of 32; time each segment commit where it runs
     (``write_segment``, in a commit thread while the next buffer fills): its wall time, which includes waiting for
-    the disk (``fsync``, and ``write`` once the kernel throttles writers with too many dirty pages), and its
-    thread's CPU time, the store's own work apart from the disk."""
+    the disk (``fsync``, and ``write`` once the kernel throttles writers with too many dirty pages), its thread's
+    CPU time, and of that the user time: the store's own work, apart from the kernel's copying into (and
+    reclaiming) page cache."""
     pool, store = _pool(tokens), DiskStore(path, codec="float16", segment_bytes=segment_bytes)
-    commits, cpu, real = [], [], disk.write_segment
+    commits, cpu, user, real = [], [], [], disk.write_segment
 
     def timed_commit(*job):
-        start = time.thread_time()
+        start, usage = time.thread_time(), resource.getrusage(resource.RUSAGE_THREAD)
         header, t = timed(lambda: real(*job))
         commits.append(t)
         cpu.append(time.thread_time() - start)
+        user.append(resource.getrusage(resource.RUSAGE_THREAD).ru_utime - usage.ru_utime)
         return header
 
     disk.write_segment = timed_commit
@@ -85,6 +88,8 @@ def fill(path: Path, n: int, tokens: int, segment_bytes: int) -> dict:
             "commit_end_s": statistics.median(commits[full - k : full]),
             "commit_cpu_start_s": statistics.median(cpu[:k]),
             "commit_cpu_end_s": statistics.median(cpu[full - k : full]),
+            "commit_user_start_s": statistics.median(user[:k]),
+            "commit_user_end_s": statistics.median(user[full - k : full]),
             "commits_s": commits,
             "bytes": store.info()["bytes"]}
 
@@ -280,12 +285,13 @@ def main() -> int:
     c = rb["merge_s"] / (big * math.log2(big))
     results["merge_projection_100M_s"] = c * 1e8 * math.log2(1e8)
     print(f"\n{'entries':>9} {'fill s':>8} {'numpy s':>8} {'ratio':>6} {'segs':>5} {'commit start/end':>17} "
-          f"{'commit CPU':>11} {'merge s':>8} {'open s':>7} {'B/entry':>8} {'batch ms':>9} {'GB/s':>6} "
+          f"{'CPU (user)':>16} {'merge s':>8} {'open s':>7} {'B/entry':>8} {'batch ms':>9} {'GB/s':>6} "
           f"{'locate':>7} {'pread floor':>12} {'rest':>6}")
     for n, r in results["sizes"].items():
         print(f"{n:>9} {r['fill_s']:>8.1f} {r['numpy_s']:>8.1f} {r['fill_s'] / r['numpy_s']:>6.2f} "
               f"{r['segments']:>5} {r['commit_start_s'] * 1e3:>7.0f}/{r['commit_end_s'] * 1e3:.0f} ms "
-              f"{r['commit_cpu_start_s'] * 1e3:>5.0f}/{r['commit_cpu_end_s'] * 1e3:.0f} ms "
+              f"{r['commit_cpu_start_s'] * 1e3:>4.0f}/{r['commit_cpu_end_s'] * 1e3:.0f} "
+              f"({r['commit_user_start_s'] * 1e3:.0f}/{r['commit_user_end_s'] * 1e3:.0f}) ms "
               f"{r['merge_s']:>8.2f} {r['open_s']:>7.3f} {r['rss_bytes_per_entry']:>8.1f} {r['batch_ms']:>9.2f} "
               f"{r['gb_per_s']:>6.2f} {r['locate_ms']:>7.3f} {r['pread_floor_ms']:>12.3f} "
               f"{r['batch_ms'] - r['locate_ms'] - r['pread_floor_ms']:>6.3f}")
