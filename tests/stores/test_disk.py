@@ -175,10 +175,56 @@ def test_reads_in_another_thread_during_a_fill_see_every_entry_right(tmp_path):
     for chunk in chunks(names, 4):
         store.put_many(chunk, [value(k) for k in chunk])
         put.extend(chunk)
+        done, deadline = reads[0], time.monotonic() + 10
+        while reads[0] == done and not errors and time.monotonic() < deadline:  # a read between every two puts
+            time.sleep(0.0005)
     reader.join(60)
     store.flush()
     assert not errors, errors[0]
-    assert reads[0] > 10 and store.info()["segments"] > 10
+    assert reads[0] >= len(names) // 4 - 1 and store.info()["segments"] > 10
+
+
+def test_a_put_in_another_thread_waits_while_a_read_is_between_lookup_and_copy(tmp_path, monkeypatch):
+    """The race behind the test above, made certain: a reader stops after finding buffered entries; a writer that
+    would commit and retire that buffer meanwhile has to wait for the read to finish."""
+    import threading
+
+    store, names = DiskStore(tmp_path / "s", segment_bytes=600, compact_after=1000), keys(40, start=700)
+    store.put_many(names[:4], [value(k) for k in names[:4]])  # buffered, not committed
+    located, resume, got = threading.Event(), threading.Event(), {}
+    real_read = DiskStore._read
+
+    def paused_read(self, *args):
+        if threading.current_thread().name == "reader":
+            located.set()
+            resume.wait(5)  # the writer gets this long to retire the buffer, unless the lock stops it
+        return real_read(self, *args)
+
+    def read():
+        try:
+            got["values"] = store.get_many(names[:4])
+        except BaseException as e:  # handed to the test's thread
+            got["error"] = e
+
+    def write():
+        for chunk in chunks(names[4:], 4):
+            store.put_many(chunk, [value(k) for k in chunk])
+        store.flush()
+
+    monkeypatch.setattr(DiskStore, "_read", paused_read)
+    reader = threading.Thread(target=read, name="reader")
+    reader.start()
+    assert located.wait(10)
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(1.0)
+    assert writer.is_alive()  # waiting for the store's lock, which the read holds
+    resume.set()
+    reader.join(10)
+    writer.join(30)
+    assert "error" not in got, got.get("error")
+    assert all(torch.equal(g, value(k)) for g, k in zip(got["values"], names[:4]))
+    assert sorted(DiskStore(tmp_path / "s", readonly=True)) == sorted(names)
 
 
 def _read_in_child(store: DiskStore, key: str) -> None:
