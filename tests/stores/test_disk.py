@@ -256,6 +256,27 @@ def test_a_worker_forked_while_a_thread_holds_the_store_lock_still_reads(tmp_pat
     assert keys(1, start=900)[0] in DiskStore(tmp_path / "s", readonly=True)
 
 
+def test_a_merge_while_a_put_waits_for_a_commit_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A put that waits for the oldest commit in flight may see it trigger the automatic merge, which flushes the
+    put's own buffer: the put then has nothing left to commit, and must not fail."""
+    import layer_recycling.stores.disk as disk
+
+    real = disk.write_segment
+
+    def slow(*job):  # commits pile up to IN_FLIGHT
+        time.sleep(0.02)
+        return real(*job)
+
+    monkeypatch.setattr(disk, "write_segment", slow)
+    store, names = DiskStore(tmp_path / "s", segment_bytes=1, compact_after=2), keys(60, start=1200)
+    for chunk in chunks(names, 4):
+        store.put_many(chunk, [value(k) for k in chunk])
+    store.close()
+    reopened = DiskStore(tmp_path / "s", readonly=True)
+    assert sorted(reopened) == sorted(names) and reopened.info()["snapshot"] is not None
+    assert all(torch.equal(got, value(k)) for got, k in zip(reopened.get_many(names), names))
+
+
 def test_a_failed_background_commit_raises_at_the_next_call_and_loses_nothing(tmp_path, monkeypatch):
     import layer_recycling.stores.disk as disk
 

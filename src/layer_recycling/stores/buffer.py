@@ -99,6 +99,8 @@ class WriteBuffer:
         the rows in key order and cut anywhere (a segment writes the arrays one after another); the buffer
         keeps them until it is dropped (after the commit: a failed one leaves them to commit later)."""
         keys, lengths = list(self.entries), np.asarray(self.lengths, np.int64)
+        if not keys:
+            return [], [], None, lengths, {}
         if keep.all():  # usually: one array, written and hashed as it is
             kept = [(self.data[: self.used], self.scales[: self.used] if self.scales is not None else None)]
         else:

@@ -371,6 +371,8 @@ class DiskStore:
     def _segment_of_buffer(self) -> tuple | None:
         """``write_segment``'s arguments for the buffer's entries not committed meanwhile (None: all were), under
         the next segment name."""
+        if not self._buffer:  # a merge that ran while this put waited for a commit may have flushed it
+            return None
         committed = self._view.search(key_bytes(list(self._buffer.entries)), np.ones(len(self._buffer), bool))[0] >= 0
         feature = self._feature()
         keys, rows, scales, lengths, checks = self._buffer.take(~committed)  # the first copy of a key wins
