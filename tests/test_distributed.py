@@ -100,6 +100,8 @@ def _ddp_worker(rank: int, folder: str, steps: int) -> None:
         if rank == 0:
             torch.save({k: v for k, v in rec.top.state_dict().items()}, f"{folder}/top.pt")
         Path(folder, f"rank{rank}.json").write_text(json.dumps({"calls": rec.stats.bottom_examples}))
+        del model  # DDP's reducer goes before the process group; no rank leaves while another still talks to it
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
