@@ -1,4 +1,4 @@
-"""A DiskStore's uncommitted entries: their encoded rows in one growing array, and where each entry sits in it.
+"""A DiskStore's uncommitted entries: their encoded rows in one array, and where each entry sits in it.
 
 One array for the whole buffer: a ``put_many`` batch is copied in once, a segment's data is that array written
 in one call and hashed in one pass (the commit thread takes the GIL twice per segment, not twice per batch), and
@@ -61,7 +61,7 @@ class WriteBuffer:
             self.data, self.scales = None, None  # a spare of another kind: make new arrays
         end = self.used + len(data)
         if self.data is None or end > len(self.data):
-            self._grow(end, data, scales is not None)
+            self._make_room(end, data, scales is not None)
         self.data[self.used : end] = data
         if scales is not None:
             self.scales[self.used : end] = scales
@@ -70,7 +70,7 @@ class WriteBuffer:
         self.checks.update(checks)
         self.used = end
 
-    def _grow(self, rows: int, like: np.ndarray, scaled: bool) -> None:
+    def _make_room(self, rows: int, like: np.ndarray, scaled: bool) -> None:
         """Room for ``rows`` rows like ``like``'s, and at least an eighth past the segment size: allocated at once
         (never grown by copying), the pages it does not fill are never touched."""
         row_bytes = max(1, like.itemsize * math.prod(like.shape[1:]))
@@ -99,8 +99,6 @@ class WriteBuffer:
         the rows in key order and cut anywhere (a segment writes the arrays one after another); the buffer
         keeps them until it is dropped (after the commit: a failed one leaves them to commit later)."""
         keys, lengths = list(self.entries), np.asarray(self.lengths, np.int64)
-        if not keys:
-            return [], [], None, lengths, {}
         if keep.all():  # usually: one array, written and hashed as it is
             kept = [(self.data[: self.used], self.scales[: self.used] if self.scales is not None else None)]
         else:

@@ -99,7 +99,7 @@ class DiskStore:
         self._known: dict[tuple[str, str], Segment] = {}  # (name, token) -> Segment: maps survive a refresh
         self._headers: dict[str, tuple[int, dict]] = {}  # committed header file -> (inode, header)
         self._buffer = WriteBuffer(segment_bytes)  # uncommitted entries: bounded by segment_bytes, not the store
-        self._spares: list = []  # committed buffers' arrays, for the next buffers of a fill to reuse
+        self._spare: tuple | None = None  # a committed buffer's arrays, for the next buffer of a fill to reuse
         self._committing: list[tuple[WriteBuffer, Commit]] = []  # full buffers, each written by a thread
         self._fp_cache, self._bound = None, None
         self._lock = threading.RLock()
@@ -269,7 +269,7 @@ class DiskStore:
 
     def _after_fork(self) -> None:
         if os.getpid() != self._pid:  # the parent's buffer is the parent's to commit; maps stay valid
-            self._pid, self._seq, self._committing, self._spares = os.getpid(), 0, [], []
+            self._pid, self._seq, self._committing, self._spare = os.getpid(), 0, [], None
             self._buffer = WriteBuffer(self.segment_bytes)
             self._lock = threading.RLock()  # a thread of the parent may have held it at the fork
 
@@ -300,21 +300,18 @@ class DiskStore:
     def checks_many(self, keys: Sequence[str]) -> list[str | None]:
         """The input digest each key's entry was stored with (``put_many(checks=)``), None where none was."""
         with self._locked():
-            return self._checks_many(keys)
-
-    def _checks_many(self, keys: Sequence[str]) -> list[str | None]:
-        found, segs, _ = self._locate(keys)
-        out: list[str | None] = [None] * len(keys)
-        by_segment: dict[int, list[int]] = {}
-        for j, (seg, hit) in enumerate(zip(segs, found)):
-            if hit and seg is None:
-                out[j] = self._holder(keys[j]).checks.get(keys[j])
-            elif hit:
-                by_segment.setdefault(id(seg), []).append(j)
-        for js in by_segment.values():
-            for j, check in zip(js, checks_in(segs[js[0]], key_bytes([keys[j] for j in js]))):
-                out[j] = check
-        return out
+            found, segs, _ = self._locate(keys)
+            out: list[str | None] = [None] * len(keys)
+            by_segment: dict[int, list[int]] = {}
+            for j, (seg, hit) in enumerate(zip(segs, found)):
+                if hit and seg is None:
+                    out[j] = self._holder(keys[j]).checks.get(keys[j])
+                elif hit:
+                    by_segment.setdefault(id(seg), []).append(j)
+            for js in by_segment.values():
+                for j, check in zip(js, checks_in(segs[js[0]], key_bytes([keys[j] for j in js]))):
+                    out[j] = check
+            return out
 
     def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor],
                  checks: Iterable[str | None] | None = None) -> None:
@@ -352,14 +349,13 @@ class DiskStore:
                 job = self._segment_of_buffer()
                 if job is not None:  # the next entries buffer while a thread writes and syncs this segment
                     self._committing.append((self._buffer, Commit(lambda: write_segment(*job))))
-                    spare = self._spares.pop() if self._spares else None
-                    self._buffer = WriteBuffer(self.segment_bytes, spare)
+                    self._buffer, self._spare = WriteBuffer(self.segment_bytes, self._spare), None
 
     def flush(self) -> None:
         """Commit the buffered entries as one segment (durable when this returns)."""
         with self._locked():
             self._finish_commits(wait=True)
-            self._spares = []  # a flush ends a fill: its arrays are not kept for the next one
+            self._spare = None  # a flush ends a fill: its arrays are not kept for the next one
             if not self._buffer or self.readonly:
                 return
             job = self._segment_of_buffer()
@@ -399,9 +395,7 @@ class DiskStore:
                 pending.extend(self._buffer)
                 self._buffer, error = pending, error or thread.error
             else:
-                done = True
-                if not self._spares and pending.arrays() is not None:  # one kept: the next buffer takes it
-                    self._spares.append(pending.arrays())
+                done, self._spare = True, self._spare or pending.arrays()  # one kept: the next buffer takes it
         self._committing = running
         if error is not None:
             raise error
