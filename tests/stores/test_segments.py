@@ -150,14 +150,14 @@ def test_keys_that_share_their_leading_bytes_answer_from_the_right_segment(tmp_p
     want = {a: 1.0, b: 2.0, c: 5.0}
     for store in (reader, second, DiskStore(path, readonly=True)):
         store.refresh()
-        assert store.info()["unmerged"] == 3 and (store._view.prefixes.packed is None) == (owner_bits == 1)
+        assert store.info()["unmerged"] == 3 and (store._view.hashes.packed is None) == (owner_bits == 1)
         assert store.contains_many([a, b, c, miss]).tolist() == [True, True, True, False]
         assert [float(t[0, 0]) for t in store.get_many([a, b, c])] == [want[a], want[b], want[c]]
         with pytest.raises(KeyError):
             store.get_many([miss])
     DiskStore(path).compact()
     merged = DiskStore(path, readonly=True)
-    assert merged.info()["unmerged"] == 0 and len(merged._view.prefixes.packed) == 0
+    assert merged.info()["unmerged"] == 0 and len(merged._view.hashes.packed) == 0
     assert [float(t[0, 0]) for t in merged.get_many([a, b, c])] == [1.0, 2.0, 5.0] and miss not in merged
 
 

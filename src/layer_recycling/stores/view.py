@@ -1,5 +1,5 @@
 """What one process sees of a DiskStore's committed entries: the current generation plus the segments committed
-after it, searched for a whole batch of keys at once (one ``searchsorted`` per sorted index)."""
+after it, searched for a whole batch of keys at once (one ``searchsorted`` per sorted index), whatever the keys."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import snapshot as snap
-from .files import StoreCorrupted, key_strs
+from .files import KEY_BYTES, StoreCorrupted, key_strs
 from .segments import SEGMENT, Segment, files_of, read_header
 
 
@@ -33,15 +33,15 @@ class View:
         if any(s.header["codec"] != codec for s in self.segments) or len(shapes) > 1:
             raise StoreCorrupted(f"{path} holds segments of different codecs or shapes ({sorted(shapes)})")
         reuse = previous is not None and previous.snapshot is snapshot
-        self.prefixes = Prefixes.of(unmerged, previous.prefixes if reuse else None)
+        self.hashes = KeyHashes.of(unmerged, previous.hashes if reuse else None)
         number = {id(seg): n_old + j for j, seg in enumerate(unmerged)}
-        self._numbers = np.array([number[id(seg)] for seg in self.prefixes.segments], np.int64)
+        self._numbers = np.array([number[id(seg)] for seg in self.hashes.segments], np.int64)
 
     def search(self, q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(segment number or -1, spans (n, 2): first row, row count) of binary keys ``q`` where ``valid``.
 
-        The snapshot is searched for every key; an unmerged segment only for the keys whose leading bytes it
-        holds, so a batch of new keys costs one search however many segments are unmerged.
+        The snapshot is searched for every key; an unmerged segment only for the keys whose hash it holds, so a
+        batch of new keys costs one search however many segments are unmerged.
         """
         n = len(q)
         best = np.full(n, np.iinfo(np.int64).max)  # rank of the winning segment so far
@@ -51,17 +51,24 @@ class View:
             loc = np.asarray(self.snapshot.loc)
             self._best(np.asarray(self.snapshot.keys), loc, lambda i: loc[i, 0].astype(np.int64), q, valid,
                        np.arange(n), best, where, spans)
-        queries, owners = self.prefixes.candidates(q, valid)
-        numbers = self._numbers[owners]
-        for g in np.unique(numbers):
-            idx = queries[numbers == g]
+        for g, idx in self._unmerged_searches(q, valid):
             keys, locs = (np.asarray(a) for a in self.segments[g].index())
             self._best(keys, locs, lambda i, g=g: np.full(len(i), g), q[idx], valid[idx], idx, best, where, spans)
         return where, spans
 
+    def _unmerged_searches(self, q: np.ndarray, valid: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """(segment number, batch indices to search in it) for each unmerged segment that may hold keys ``q``."""
+        queries, owners, everywhere = self.hashes.candidates(q, valid)
+        numbers = self._numbers[owners]
+        n_old = len(self.segments) - len(self.unmerged)
+        todo = range(n_old, len(self.segments)) if len(everywhere) else np.unique(numbers)
+        return [(g, np.concatenate([queries[numbers == g], everywhere])) for g in todo]
+
     def _best(self, sorted_keys, locs, segment_of, q, valid, idx, best, where, spans) -> None:
         """Where keys ``q`` (at ``idx`` of the batch) are in this sorted index and its segment outranks the best
         found so far, record it. Plain arrays only: indexing a np.memmap costs several times more."""
+        if not len(sorted_keys):  # an empty segment, searched with every other one
+            return
         i = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
         hit = valid & (sorted_keys[i] == q)
         seg = segment_of(i[hit])
@@ -94,20 +101,25 @@ class View:
         return names
 
 
-OWNER_BITS = 16  # the low bits of a packed prefix: the segment; the high 48: the key's leading 6 bytes
+OWNER_BITS = 16  # the low bits of a packed entry: the segment; the high 48: the key's hash
 OWNER = np.uint64((1 << OWNER_BITS) - 1)
+# Unmerged entries a query may share its hash with before it is searched in every unmerged segment instead:
+# copies of one key from many writers, or keys made to collide, cost (segments x batch) searches, never one
+# step per entry.
+CROWDED = 8
 
 
-class Prefixes:
-    """Every unmerged key's leading 6 bytes and the segment it came from, packed in one sorted uint64 (the bytes
-    high, the segment low): which segments may hold a key, in one ``searchsorted``, with 8 bytes per unmerged
-    entry; a merge empties it. Past 65,536 unmerged segments every segment is searched."""
+class KeyHashes:
+    """Every unmerged key's hash and the segment it came from, packed in one sorted uint64 (the hash high, the
+    segment low): which segments may hold a key, in one ``searchsorted``, with 8 bytes per unmerged entry; a merge
+    empties it. A hash of the whole key, not its leading bytes: keys that share a prefix (sequential ids, a fixed
+    prefix) spread as digests do. Past 65,536 unmerged segments every segment is searched."""
 
     def __init__(self, segments: list[Segment], packed: np.ndarray | None):
         self.segments, self.packed = segments, packed  # packed None: too many segments to number
 
     @classmethod
-    def of(cls, segments: list[Segment], previous: Prefixes | None) -> Prefixes:
+    def of(cls, segments: list[Segment], previous: KeyHashes | None) -> KeyHashes:
         """The index of ``segments``; ``previous`` is extended when it covers some of them and no other."""
         have = {id(s) for s in previous.segments} if previous is not None else set()
         if previous is None or previous.packed is None or not have <= {id(s) for s in segments}:
@@ -117,7 +129,7 @@ class Prefixes:
             return previous
         if len(previous.segments) + len(new) > 1 << OWNER_BITS:
             return cls(previous.segments + new, None)
-        parts = [leading_bytes(np.asarray(s.index()[0])) & ~OWNER | np.uint64(len(previous.segments) + j)
+        parts = [key_hashes(np.asarray(s.index()[0])) & ~OWNER | np.uint64(len(previous.segments) + j)
                  for j, s in enumerate(new)]
         add = np.concatenate(parts)
         del parts
@@ -126,30 +138,40 @@ class Prefixes:
             add = np.insert(previous.packed, np.searchsorted(previous.packed, add), add)
         return cls(previous.segments + new, add)
 
-    def candidates(self, q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(query index, index into ``segments``) for every segment holding a key with a query's leading bytes."""
+    def candidates(self, q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query index, index into ``segments``) for every entry whose hash is a query's, and the queries to search
+        in every segment: those with more than CROWDED such entries, or all when ``packed`` is None."""
+        none = np.empty(0, np.int64)
         if self.packed is None:
-            ask = np.flatnonzero(valid)
-            return np.tile(ask, len(self.segments)), np.repeat(np.arange(len(self.segments)), len(ask))
+            return none, none, np.flatnonzero(valid)
         if not len(self.packed):
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        lead = leading_bytes(q) & ~OWNER
-        lo = np.searchsorted(self.packed, lead, "left")
-        count = np.where(valid, np.searchsorted(self.packed, lead | OWNER, "right") - lo, 0)
-        queries, owners, k = [], [], 0
-        while (idx := np.flatnonzero(count > k)).size:  # a run longer than 1: copies of one key, or a rare tie
-            queries.append(idx)
-            owners.append(self.packed[lo[idx] + k] & OWNER)
-            k += 1
-        if not queries:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
-        return np.concatenate(queries), np.concatenate(owners).astype(np.int64)
+            return none, none, none
+        h = key_hashes(q) & ~OWNER
+        lo = np.searchsorted(self.packed, h, "left")
+        count = np.where(valid, np.searchsorted(self.packed, h | OWNER, "right") - lo, 0)
+        crowded = count > CROWDED
+        count[crowded] = 0
+        # Query i's run of entries, packed[lo[i] : lo[i] + count[i]], laid end to end: no step per query or entry.
+        queries = np.repeat(np.arange(len(q)), count)
+        start = np.repeat(lo - np.cumsum(count) + count, count)  # packed index minus output index, per run
+        owners = self.packed[start + np.arange(len(queries))] & OWNER
+        return queries, owners.astype(np.int64), np.flatnonzero(crowded)
 
 
-def leading_bytes(keys: np.ndarray) -> np.ndarray:
-    """The first 8 bytes of binary keys as uint64 that order as the keys do (big-endian)."""
-    raw = np.ascontiguousarray(keys).view(np.uint8).reshape(len(keys), keys.dtype.itemsize)[:, :8]
-    return np.ascontiguousarray(raw).view(">u8").reshape(-1).astype(np.uint64)
+MULTIPLIERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], np.uint64)  # odd: bijective
+
+
+def key_hashes(keys: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each 20-byte key (n,), from all its bytes. Not a secret: keys made to collide only reach
+    the CROWDED bound, which costs a search per segment, not per entry."""
+    n = len(keys)
+    words = np.zeros((n, 24), np.uint8)  # the key's bytes padded to three uint64
+    words[:, :KEY_BYTES] = np.ascontiguousarray(keys).view(np.uint8).reshape(n, KEY_BYTES)
+    h = (words.view("<u8") * MULTIPLIERS).sum(axis=1, dtype=np.uint64)  # wraps mod 2**64, as meant
+    # splitmix64's finalizer: every input bit moves about half of the output bits, the high 48 kept among them.
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
 
 
 def scan(path: Path, previous: dict[str, tuple[int, dict]]) -> dict[str, tuple[int, dict]]:
