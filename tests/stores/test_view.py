@@ -1,0 +1,130 @@
+"""The view's lookups: a batch costs the same steps for 10 or 1,000 entries per segment, whatever the keys."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from layer_recycling.stores import view
+from layer_recycling.stores.disk import DiskStore
+
+UNMERGED = 6  # segments of the main writer left unmerged; two more hold copies of its keys
+MERGED = 2  # segments of the main writer merged into the snapshot first
+# writer: (i % per of the keys it copies, the value it stores for key i, its checks' first hex digit)
+COPIES = {"w-a": (1, lambda i: -float(i), "a"), "w-z": (2, lambda i: 1e6 + i, "f")}
+
+
+def key(i: int) -> str:
+    """Sequential hex keys: every one shares its first 12 bytes with every other."""
+    return f"{i:040x}"
+
+
+def put(store: DiskStore, ids: list[int], value, check: str) -> None:
+    """Entries ``ids`` of 1-3 rows of ``value(i)``, with input digests ``check`` then i in hex."""
+    store.put_many([key(i) for i in ids], [torch.full((1 + i % 3, 4), value(i)) for i in ids],
+                   checks=[f"{check}{i:039x}" for i in ids])
+
+
+def build(path: Path, per: int) -> tuple[DiskStore, dict[int, tuple[float, str]]]:
+    """MERGED + UNMERGED segments of ``per`` sequential keys from writer w-m, copies of some of them in the
+    segments of w-a (a lower name: its copies win) and w-z (a higher name: they lose), and ``per`` more entries
+    buffered in w-m, which is returned with {i: (value, check)} of what every key must answer."""
+    # All open before any commit: w-a and w-z do not see w-m's entries, so each writes its own copies.
+    writers = {w: DiskStore(path, writer=w) for w in ("w-a", "w-z", "w-m")}
+    main = writers.pop("w-m")
+    for s in range(MERGED + UNMERGED):
+        put(main, list(range(s * per, (s + 1) * per)), float, "c")
+        main.flush()
+        if s == MERGED - 1:
+            main.compact()
+    want = {i: (float(i), f"c{i:039x}") for i in range((MERGED + UNMERGED + 1) * per)}
+    for w, (r, value, check) in COPIES.items():
+        ids = [i for i in range((MERGED + UNMERGED) * per) if i % per == r]
+        put(writers[w], ids, value, check)
+        writers[w].flush()
+        if w == "w-a":
+            want.update({i: (value(i), f"{check}{i:039x}") for i in ids})
+    put(main, list(range((MERGED + UNMERGED) * per, (MERGED + UNMERGED + 1) * per)), float, "c")  # buffered
+    main.refresh()  # a hit in its own segments would not: it sees w-a's winning copies from now on
+    return main, want
+
+
+def python_steps(fn) -> int:
+    """Python and C function calls while ``fn`` runs: what a loop over entries would multiply."""
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        calls += event in ("call", "c_call")
+
+    sys.setprofile(count)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def assert_answers(store: DiskStore, ids: list[int], want: dict[int, tuple[float, str]]) -> None:
+    got = store.get_many([key(i) for i in ids])
+    assert [float(t[0, 0]) for t in got] == [want[i][0] for i in ids]
+    assert [t.shape[0] for t in got] == [1 + i % 3 for i in ids]
+    assert store.checks_many([key(i) for i in ids]) == [want[i][1] for i in ids]
+    assert store.contains_many([key(i) for i in ids]).all()
+
+
+@pytest.mark.parametrize("collide", [False, True], ids=["hashed", "every-hash-equal"])
+def test_a_batch_costs_the_same_steps_for_10_or_1000_entries_per_segment(tmp_path, monkeypatch, collide):
+    """Keys that share their leading bytes across unmerged segments, copies of keys across segments, and (with
+    ``collide``) keys an adversary made to share one hash: every answer right, and a batch's steps do not grow
+    with the entries (the leading-bytes index took one Python step per entry sharing a query's bytes)."""
+    if collide:  # the worst keys can do: every unmerged entry a candidate for every query
+        monkeypatch.setattr(view, "key_hashes", lambda keys: np.zeros(len(keys), np.uint64))
+    steps, searches = {}, {}
+    for per in (10, 1000):
+        main, want = build(tmp_path / str(per), per)
+        reader = DiskStore(tmp_path / str(per), readonly=True)  # reopened in this process
+        assert reader.info()["unmerged"] == UNMERGED + 2 and reader.info()["snapshot"] is not None
+        stored = [i for i in want if i < (MERGED + UNMERGED) * per]
+        assert sorted(reader) == [key(i) for i in stored]
+        assert_answers(reader, stored, want)
+        assert_answers(main, list(want), want)
+        misses = [key(i) for i in range(len(want), len(want) + 4)]  # the stored keys' leading bytes too
+        assert not reader.contains_many(misses).any() and not main.contains_many(misses).any()
+        # 32 keys: the first three and the last of every committed segment, copies among them; then buffered ones.
+        batch = [key(s * per + r) for s in range(MERGED + UNMERGED) for r in (0, 1, 2, per - 1)]
+        buffered = batch[:28] + [key(i) for i in range(len(want) - 4, len(want))]
+        verbs = [(reader.contains_many, batch), (reader.get_many, batch), (reader.checks_many, batch),
+                 (main.get_many, buffered), (main.contains_many, buffered + misses)]
+        for verb, keys in verbs:
+            verb(keys)  # maps the indexes, hashes the data files: once per process, not per batch
+        steps[per] = [python_steps(lambda: verb(keys)) for verb, keys in verbs]
+        searches[per] = searchsorted_calls(monkeypatch, lambda: reader.contains_many(batch))
+    assert steps[1000] == steps[10]
+    # The snapshot's search, two in the hash index, and at most one per unmerged segment.
+    assert searches[1000] == searches[10] <= 3 + UNMERGED + 2
+
+
+def searchsorted_calls(monkeypatch, fn) -> int:
+    calls, real = [], np.searchsorted
+    with monkeypatch.context() as m:
+        m.setattr(np, "searchsorted", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+        fn()
+    return len(calls)
+
+
+def test_keys_that_share_their_leading_bytes_hash_apart():
+    """Sequential ids and a shared 8-byte prefix with a random tail: no two of 200,000 keys share the 48 bits the
+    index keeps, as for digests."""
+    from layer_recycling.stores.files import key_bytes
+
+    rng = np.random.default_rng(0)
+    tails = rng.integers(0, 256, (100_000, 12), np.uint8)
+    prefixed = np.concatenate([np.full((100_000, 8), 0xAB, np.uint8), tails], axis=1).view("S20").reshape(-1)
+    for keys in (key_bytes([key(i) for i in range(100_000)]), prefixed):
+        kept = view.key_hashes(keys) & ~view.OWNER
+        assert len(np.unique(kept)) == len(keys)
