@@ -16,7 +16,7 @@ import torch
 from layer_recycling.stores.disk import DiskStore, StoreCorrupted
 from layer_recycling.stores.files import blake, npy_bytes, signed
 from layer_recycling.stores.snapshot import read_current
-from store_helpers import FORK, check_store, fill, keys, value
+from store_helpers import FORK, check_store, chunks, fill, keys, value
 
 
 def _compact(path: str) -> None:
@@ -209,3 +209,28 @@ def test_a_merge_in_many_small_ranges_equals_one_in_a_single_range(tmp_path, mon
     for k, got in zip(keys(63), store.get_many(keys(63))):
         want = torch.zeros(1, 8) if k in keys(10, start=20) else value(k)
         assert torch.equal(got, want)
+
+
+def test_keys_that_share_their_leading_bytes_merge_in_ranges_of_merge_rows(tmp_path, monkeypatch):
+    """Sequential hex keys (all in the first 1/2**96 of the key space) are cut where the keys are, not where the
+    key space is: cutting it evenly merged them all in one range, a merge's memory unbounded."""
+    from layer_recycling.stores import snapshot
+
+    monkeypatch.setattr(snapshot, "MERGE_ROWS", 20)
+    sizes, real = [], snapshot._ranges
+
+    def spy(*args):
+        for keys, loc in real(*args):
+            sizes.append(len(keys))
+            yield keys, loc
+
+    monkeypatch.setattr(snapshot, "_ranges", spy)
+    names = [f"{i:040x}" for i in range(200)]
+    store = DiskStore(tmp_path / "s", compact_after=1000)
+    for chunk in chunks(names, 40):
+        store.put_many(chunk, [torch.full((1, 4), float(int(k, 16))) for k in chunk])
+        store.flush()
+    store.compact()
+    assert sum(sizes) == 2 * 200 and max(sizes) == 20  # two passes (keys, then locations) of ten ranges
+    reopened = DiskStore(tmp_path / "s", readonly=True)
+    assert [float(t[0, 0]) for t in reopened.get_many(names)] == [float(i) for i in range(200)]

@@ -127,8 +127,9 @@ def merge(root: Path, previous: Snapshot | None, unmerged: list[Segment]) -> str
     """Write a new generation covering ``previous`` and ``unmerged``, publish it, return its name.
 
     Duplicates keep the copy of the lowest segment name (ties: the later-committed copy of a rewritten name).
-    A streaming merge: the key space is cut into ranges of about ``MERGE_ROWS`` entries (keys are digests, so
-    uniform), and each range is gathered from every sorted index, sorted, deduplicated and appended.
+    A streaming merge: the key space is cut into ranges of about ``MERGE_ROWS`` entries (at keys sampled from the
+    indexes, so whatever the keys), and each range is gathered from every sorted index, sorted, deduplicated and
+    appended.
     """
     old = previous.segments if previous is not None else []
     order = sorted(range(len(old) + len(unmerged)), key=lambda i: ((old + unmerged)[i].name, i < len(old)))
@@ -149,12 +150,12 @@ def merge(root: Path, previous: Snapshot | None, unmerged: list[Segment]) -> str
     loc_dtype = np.dtype(LOC_DTYPES[0] if biggest < 2**32 else LOC_DTYPES[1])
     n = int(GENERATION.fullmatch(previous.generation)["n"]) + 1 if previous is not None else 1
     generation = f"g{n:06d}-{uuid.uuid4().hex[:8]}"
-    parts = max(1, -(-total // MERGE_ROWS))
+    bounds = _bounds([k for k, _ in sources], max(1, -(-total // MERGE_ROWS)))
     keys_file, loc_file = _NpyStream(KEY_DTYPE, ()), _NpyStream(loc_dtype, (3,))
     # Two passes over the ranges (one file each): gathering a range again costs less than holding the whole merge.
-    atomic_write(root / f"snap-{generation}.keys.npy", keys_file.parts(k for k, _ in _ranges(sources, parts)),
+    atomic_write(root / f"snap-{generation}.keys.npy", keys_file.parts(k for k, _ in _ranges(sources, bounds)),
                  sync_dir=False, finish=keys_file.finish)
-    atomic_write(root / f"snap-{generation}.loc.npy", loc_file.parts(lc for _, lc in _ranges(sources, parts)),
+    atomic_write(root / f"snap-{generation}.loc.npy", loc_file.parts(lc for _, lc in _ranges(sources, bounds)),
                  sync_dir=False, finish=loc_file.finish)
     fsync_dir(root)
     keys_hash, loc_hash = (hash_file(root / f"snap-{generation}.{x}.npy") for x in ("keys", "loc"))
@@ -166,13 +167,22 @@ def merge(root: Path, previous: Snapshot | None, unmerged: list[Segment]) -> str
     return generation
 
 
-def _ranges(sources: list, parts: int):
-    """Per range of the key space: (keys, locations) of every source, sorted, one entry per key (the lowest
-    segment rank wins). A generator: one range is in memory at a time."""
-    bounds = [(p * (1 << 64) // parts).to_bytes(8, "big") for p in range(1, parts)]
+def _bounds(indexes: list[np.ndarray], parts: int) -> list[bytes]:
+    """``parts - 1`` keys that cut the sorted ``indexes`` into ranges of about equal size, read off every
+    ``MERGE_ROWS // 1024``-th key of each: a range is off by at most that many entries per index, whatever the keys
+    (cutting the key space evenly put every key that shares its leading bytes in one range)."""
+    if parts == 1:
+        return []
+    sample = np.sort(np.concatenate([k[:: max(1, MERGE_ROWS // 1024)] for k in indexes]))
+    return [sample[len(sample) * p // parts] for p in range(1, parts)]
+
+
+def _ranges(sources: list, bounds: list[bytes]):
+    """Per range of the key space, cut at ``bounds``: (keys, locations) of every source, sorted, one entry per key
+    (the lowest segment rank wins). A generator: one range is in memory at a time."""
     starts = [0] * len(sources)
-    for p in range(parts):
-        ends = [int(np.searchsorted(k, bounds[p])) if p < parts - 1 else len(k) for k, _ in sources]
+    for p in range(len(bounds) + 1):
+        ends = [int(np.searchsorted(k, bounds[p])) if p < len(bounds) else len(k) for k, _ in sources]
         keys = np.concatenate([k[lo:hi] for (k, _), lo, hi in zip(sources, starts, ends)] + [np.empty(0, KEY_DTYPE)])
         loc = np.concatenate([at(lo, hi) for (_, at), lo, hi in zip(sources, starts, ends)]
                              + [np.empty((0, 3), np.int64)])
