@@ -1,10 +1,15 @@
 """DiskStore at 10k, 100k and 1M entries: commit cost over a fill, open time, index memory, reads, merge, workers.
 
-    PYTHONPATH=src python benchmarks/store_scale.py --dir /tmp/lr-scale --sizes 10000 100000 1000000
+    PYTHONPATH=src python benchmarks/store_scale.py --dir /tmp/lr-scale --sizes 10000 100000 1000000 \
+        --keys digest sequential shared-prefix
 
 States are synthetic float16, hidden 384, ``--tokens`` (default 4) tokens per entry, so that a 1M-entry store
 (about 3 GB) fits on this disk; real text states have ~100-500 tokens and larger segments, which only makes the
-per-entry index cost smaller relative to the data. Keys are 20-byte blake2b digests as ``lr.digest`` makes.
+per-entry index cost smaller relative to the data. Keys (``--keys``): 20-byte blake2b digests as ``lr.digest``
+makes; ``sequential``, the number in hex (``f"{i:040x}"``: every key shares its first 12 bytes); ``shared-prefix``,
+8 fixed bytes then 12 of a digest. Keys that share their leading bytes are what a user's own scheme makes (ids, a
+hash with a fixed prefix) and what an adversary can choose; each pattern is measured as digests are, and the
+digests' figures are the reference.
 
 Reports, per size: time per segment commit at the start vs the end of the fill (wall; the CPU time of the thread
 that commits, and its user part: the store's own work apart from the disk and the kernel; the last, partial
@@ -16,7 +21,9 @@ warm page cache (GB/s), with the lookups alone and the floor of one bare pread p
 memory in a fresh process (and a projection to 100M entries by fitting t = c * n * log2(n) to the largest
 measured size); and at the largest size, one epoch through a DataLoader with 4 workers with how much each
 worker's RSS (anonymous and file-backed) grew over its first read: what reading the store costs a worker, apart
-from the parent's memory it was forked with.
+from the parent's memory it was forked with. Open, first lookup and random batches are measured twice: before the
+merge (the segments' own indexes, found through the index of unmerged keys) and after it (the merged snapshot).
+The controls (numpy, plain files, the DataLoader epoch) run for digests only: they do not depend on the keys.
 Writes JSON. A 2,000-entry fill runs first and is not counted: the first fill in a process pays one-time costs.
 """
 
@@ -44,17 +51,23 @@ from layer_recycling.stores.disk import DiskStore
 from timing import meta, timed
 
 HIDDEN = 384
+PATTERNS = ("digest", "sequential", "shared-prefix")
+PREFIX = "5eed" * 4  # the 8 bytes every shared-prefix key starts with
 
 
-def key(i: int) -> str:
-    return hashlib.blake2b(i.to_bytes(8, "little"), digest_size=20).hexdigest()
+def key(i: int, pattern: str = "digest") -> str:
+    """Key ``i`` of ``pattern`` (one of PATTERNS)."""
+    digest = hashlib.blake2b(i.to_bytes(8, "little"), digest_size=20).hexdigest()
+    if pattern == "sequential":
+        return f"{i:040x}"
+    return PREFIX + digest[:24] if pattern == "shared-prefix" else digest
 
 
 def _pool(tokens: int) -> torch.Tensor:
     return torch.randn(4096 + tokens, HIDDEN, generator=torch.Generator().manual_seed(0)).half()
 
 
-def fill(path: Path, n: int, tokens: int, segment_bytes: int) -> dict:
+def fill(path: Path, n: int, tokens: int, segment_bytes: int, pattern: str = "digest") -> dict:
     """Fill ``n`` entries through put_many in batches of 32; time each segment commit where it runs
     (``write_segment``, in a commit thread while the next buffer fills): its wall time, which includes waiting for
     the disk (``fsync``, and ``write`` once the kernel throttles writers with too many dirty pages), its thread's
@@ -76,7 +89,7 @@ def fill(path: Path, n: int, tokens: int, segment_bytes: int) -> dict:
         start = time.perf_counter()
         for lo in range(0, n, 32):
             ids = range(lo, min(n, lo + 32))
-            store.put_many([key(i) for i in ids], [pool[i % 4096 : i % 4096 + tokens] for i in ids])
+            store.put_many([key(i, pattern) for i in ids], [pool[i % 4096 : i % 4096 + tokens] for i in ids])
         store.close()
         total = time.perf_counter() - start
     finally:
@@ -137,15 +150,15 @@ def plain_chunks(path: Path, nbytes: int, chunk_bytes: int) -> dict:
 
 
 OPEN_PROBE = """
-import json, random, sys, time, hashlib
+import json, random, sys, time
 def rss():
     return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]) * 1024
 import torch, numpy
 from layer_recycling.stores import disk, snapshot
 from layer_recycling.stores.disk import DiskStore
+from store_scale import key
 n = int(sys.argv[2])
-picks = random.Random(1).sample(range(n), 32)
-keys = [hashlib.blake2b(i.to_bytes(8, 'little'), digest_size=20).hexdigest() for i in picks]
+keys = [key(i, sys.argv[3]) for i in random.Random(1).sample(range(n), 32)]
 before = rss(); t = time.perf_counter()
 s = DiskStore(sys.argv[1], readonly=True)
 opened = time.perf_counter() - t
@@ -178,22 +191,22 @@ def merge_probe(path: Path) -> dict:
     return json.loads(out.stdout)
 
 
-def open_probe(path: Path, n: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", OPEN_PROBE, str(path), str(n)], capture_output=True, text=True,
+def open_probe(path: Path, n: int, pattern: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", OPEN_PROBE, str(path), str(n), pattern], capture_output=True, text=True,
                          check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     res = json.loads(out.stdout)
     res["rss_bytes_per_entry"] = res["rss_growth"] / n
     return res
 
 
-def random_reads(path: Path, n: int, batches: int = 1000, passes: int = 3) -> dict:
+def random_reads(path: Path, n: int, pattern: str, batches: int = 1000, passes: int = 3) -> dict:
     """``batches`` random batches of 32 keys, read once to warm the page cache (and hash each touched segment),
     then timed over ``passes`` passes; the fastest pass counts (the least disturbed by the rest of the machine).
 
     Also timed the same way: the lookups alone (``locate``), and the floor: one bare ``os.preadv`` per entry of
     the same rows from the same files, which is what reading them costs the OS whatever the store does."""
     store, rng = DiskStore(path, readonly=True), random.Random(2)
-    picks = [[key(i) for i in rng.sample(range(n), 32)] for _ in range(batches)]
+    picks = [[key(i, pattern) for i in rng.sample(range(n), 32)] for _ in range(batches)]
     for p in picks:
         store.get_many(p)
     t = min(timed(lambda: [store.get_many(p) for p in picks])[1] for _ in range(passes))
@@ -247,47 +260,70 @@ def epoch(path: Path, n: int, workers: int = 4) -> dict:
             "per_worker_growth_mb": {w: {k: round(v / 1e6, 1) for k, v in p.items()} for w, p in sorted(peak.items())}}
 
 
+def measure(args, pattern: str, n: int, controls: bool) -> dict:
+    """Fill a store of ``n`` entries under ``pattern`` keys and measure it before and after its merge; the disk
+    controls (and at the largest size, the DataLoader epoch) too where ``controls``."""
+    path = args.dir / f"store-{pattern}-{n}"
+    shutil.rmtree(path, ignore_errors=True)
+    r = fill(path, n, args.tokens, args.segment_mb << 20, pattern)
+    # Before the merge, every unmerged segment is found through one index of their keys (where keys that share
+    # their leading bytes once cost a Python step per entry); after it, through the snapshot's sorted keys.
+    r["unmerged"] = {**open_probe(path, n, pattern), **random_reads(path, n, pattern)}
+    r.update(merge_probe(path))
+    r.update(open_probe(path, n, pattern))
+    r.update(random_reads(path, n, pattern))
+    if controls and n == max(args.sizes):
+        r["epoch"] = epoch(path, n)
+    if controls:  # last: the baseline's 3 GB of writeback would otherwise slow the reads measured above (seen: 3x)
+        r["numpy_s"] = numpy_baseline(args.dir / "baseline.bin", r["bytes"])
+        r.update(plain_chunks(args.dir / "plain", r["bytes"], args.segment_mb << 20))
+    del r["commits_s"][3:-3]
+    if not args.keep:
+        shutil.rmtree(path)
+    return r
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", type=Path, default=Path("/tmp/lr-scale"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    ap.add_argument("--keys", nargs="+", choices=PATTERNS, default=list(PATTERNS))
     ap.add_argument("--tokens", type=int, default=4)
     ap.add_argument("--segment-mb", type=int, default=64)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/store_scale.json"))
     ap.add_argument("--keep", action="store_true", help="keep the stores (deleted by default)")
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
-    results = {"meta": meta(), "tokens": args.tokens, "hidden": HIDDEN, "segment_mb": args.segment_mb, "sizes": {}}
+    results = {"meta": meta(), "tokens": args.tokens, "hidden": HIDDEN, "segment_mb": args.segment_mb, "keys": {}}
     # The first fill in a process pays one-time costs (torch's first calls, the allocator's first pages): a small
     # throwaway fill first, so that the sizes compare what grows with size.
     warmup = fill(args.dir / "warmup", 2000, args.tokens, args.segment_mb << 20)
     shutil.rmtree(args.dir / "warmup")
     results["warmup_fill_s"] = warmup["fill_s"]
-    for n in args.sizes:
-        path = args.dir / f"store-{n}"
-        shutil.rmtree(path, ignore_errors=True)
-        r = fill(path, n, args.tokens, args.segment_mb << 20)
-        r.update(merge_probe(path))
-        r.update(open_probe(path, n))
-        r.update(random_reads(path, n))
-        if n == max(args.sizes):
-            r["epoch"] = epoch(path, n)
-        # Last: the baseline's 3 GB of writeback would otherwise slow the reads measured above (seen: 3x).
-        r["numpy_s"] = numpy_baseline(args.dir / "baseline.bin", r["bytes"])
-        r.update(plain_chunks(args.dir / "plain", r["bytes"], args.segment_mb << 20))
-        del r["commits_s"][3:-3]
-        results["sizes"][n] = r
-        print(json.dumps({k: v for k, v in r.items() if k != "commits_s"}), flush=True)
-        if not args.keep:
-            shutil.rmtree(path)
-    big = max(args.sizes)
-    rb = results["sizes"][big]
+    for pattern in args.keys:
+        results["keys"][pattern] = {}
+        for n in args.sizes:
+            r = measure(args, pattern, n, controls=pattern == "digest")
+            results["keys"][pattern][n] = r
+            print(json.dumps({"keys": pattern, "n": n, **{k: v for k, v in r.items() if k != "commits_s"}}), flush=True)
+    if "digest" in results["keys"]:
+        report_digests(results, max(args.sizes))
+    report_keys(results["keys"])
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def report_digests(results: dict, big: int) -> None:
+    """The fill against the disk controls, merge, open, memory and reads, per size, for digest keys."""
+    sizes = results["keys"]["digest"]
+    rb = sizes[big]
     c = rb["merge_s"] / (big * math.log2(big))
     results["merge_projection_100M_s"] = c * 1e8 * math.log2(1e8)
     print(f"\n{'entries':>9} {'fill s':>8} {'numpy s':>8} {'ratio':>6} {'segs':>5} {'commit start/end':>17} "
           f"{'CPU (user)':>16} {'merge s':>8} {'open s':>7} {'B/entry':>8} {'batch ms':>9} {'GB/s':>6} "
           f"{'locate':>7} {'pread floor':>12} {'rest':>6}")
-    for n, r in results["sizes"].items():
+    for n, r in sizes.items():
         print(f"{n:>9} {r['fill_s']:>8.1f} {r['numpy_s']:>8.1f} {r['fill_s'] / r['numpy_s']:>6.2f} "
               f"{r['segments']:>5} {r['commit_start_s'] * 1e3:>7.0f}/{r['commit_end_s'] * 1e3:.0f} ms "
               f"{r['commit_cpu_start_s'] * 1e3:>4.0f}/{r['commit_cpu_end_s'] * 1e3:.0f} "
@@ -297,16 +333,41 @@ def main() -> int:
               f"{r['batch_ms'] - r['locate_ms'] - r['pread_floor_ms']:>6.3f}")
     print("the same bytes as plain synced files of one segment's size, start/end (wall; CPU): " + "; ".join(
         f"{n}: {r['plain_start_s'] * 1e3:.0f}/{r['plain_end_s'] * 1e3:.0f} ms; "
-        f"{r['plain_cpu_start_s'] * 1e3:.0f}/{r['plain_cpu_end_s'] * 1e3:.0f} ms" for n, r in results["sizes"].items()))
+        f"{r['plain_cpu_start_s'] * 1e3:.0f}/{r['plain_cpu_end_s'] * 1e3:.0f} ms" for n, r in sizes.items()))
     print(f"merge at 100M entries, projected as c * n log2 n from {big}: {results['merge_projection_100M_s']:.0f} s; "
           f"the merge's peak RSS grew {rb['merge_rss_growth_mb']:.0f} MB at {big} (ranges of "
           f"{snapshot.MERGE_ROWS} entries: bounded at any size)")
     if "epoch" in rb:
         print(f"epoch over {big} entries, 4 workers: {rb['epoch']['epoch_s']:.1f} s; per worker, the most its RSS "
               f"grew over its first read (MB): {rb['epoch']['per_worker_growth_mb']}")
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
-    return 0
+
+
+def report_keys(by_pattern: dict) -> None:
+    """Per key pattern and size, before and after the merge: open + first lookup (s), RSS growth over them (MB),
+    a random batch of 32 (ms); in brackets, the ratio to digests at that size."""
+    heads = " ".join(f"{h:>16}" for h in ("open+lookup s", "RSS MB", "batch ms"))
+    print(f"\n{'':>22} {'':>16} | {'before the merge':^50} | {'merged':^50}")
+    print(f"{'keys':>13} {'entries':>8} {'fill s':>16} | {heads} | {heads}")
+    for pattern, sizes in by_pattern.items():
+        for n, r in sizes.items():
+            ref = by_pattern.get("digest", {}).get(n)
+            cells = [_cell(r, ref, "fill_s", 1, 2)]
+            for where in ("unmerged", None):
+                at, base = (r[where], ref and ref[where]) if where else (r, ref)
+                cells += [_cell(at, base, "open_lookup_s", 1, 3), _cell(at, base, "rss_growth", 1e-6, 1),
+                          _cell(at, base, "batch_ms", 1, 3)]
+            print(f"{pattern:>13} {n:>8} {cells[0]} | {' '.join(cells[1:4])} | {' '.join(cells[4:])}")
+
+
+def _cell(r: dict, ref: dict | None, name: str, scale: float, digits: int) -> str:
+    """``r[name]`` scaled, and its ratio to ``ref[name]`` in brackets where ``ref`` (the digests') is another run;
+    16 characters."""
+    value = r["open_s"] + r["lookup_s"] if name == "open_lookup_s" else r[name]
+    ratio = ""
+    if ref is not None and ref is not r:
+        base = ref["open_s"] + ref["lookup_s"] if name == "open_lookup_s" else ref[name]
+        ratio = f"({value / base:.2f}x)" if base else ""
+    return f"{value * scale:>7.{digits}f} {ratio:>8}"
 
 
 if __name__ == "__main__":
