@@ -129,9 +129,9 @@ def test_a_named_writer_replaces_its_own_segments(tmp_path):
 
 @pytest.mark.parametrize("owner_bits", [16, 1])  # 1: more unmerged segments than can be numbered, all searched
 def test_keys_that_share_their_leading_bytes_answer_from_the_right_segment(tmp_path, monkeypatch, owner_bits):
-    """Unmerged segments are found through the keys' leading bytes: keys that share them, copies of one key in
-    several segments, a segment whose name sorts first arriving later, and misses with a stored key's leading
-    bytes all answer as a fresh reader (and the merged snapshot) does."""
+    """Unmerged segments are found through a hash of the keys: keys that share their leading bytes, copies of one
+    key in several segments, a segment whose name sorts first arriving later, and misses with a stored key's
+    leading bytes all answer as a fresh reader (and the merged snapshot) does."""
     from layer_recycling.stores import view
 
     monkeypatch.setattr(view, "OWNER_BITS", owner_bits)
