@@ -1,8 +1,12 @@
-"""Shared test helpers: padded batches and output comparison on real (unpadded) positions."""
+"""Shared test helpers: padded batches, output and store comparison, a trained tiny classifier."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+from conftest import LABELS, text_examples, text_model
 
 
 def padded_batch(examples: list[dict], pad_id: int = 0, extra: int = 2) -> dict[str, torch.Tensor]:
@@ -35,3 +39,58 @@ def max_diff(expected, actual, mask: torch.Tensor | None = None) -> float:
             a, b = a[keep], b[keep]
         worst = max(worst, float((a - b).abs().max()) if a.numel() else 0.0)
     return worst
+
+
+def assert_stores_agree(reference, other, tolerance: float = 1e-5) -> None:
+    """Two stores hold the same keys, and states within ``tolerance`` (the library's promise across layouts).
+
+    Bytes agree only where the arithmetic does: other processes may run other thread counts, and a CPU may
+    split a reduction differently for each. So states are compared to 1e-5, and the message says how far apart
+    they were; the exact-once counting stays the strict check of a multi-process fill.
+    """
+    keys = sorted(reference)
+    assert sorted(other) == keys, f"keys differ: {len(set(other) ^ set(keys))} of {len(keys)} are in one store only"
+    worst, where = 0.0, None
+    for key, a, b in zip(keys, reference.get_many(keys), other.get_many(keys)):
+        assert a.shape == b.shape and a.dtype == b.dtype, f"{key}: {b.dtype}{tuple(b.shape)} != {a.dtype}{tuple(a.shape)}"
+        diff = float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+        if diff > worst:
+            worst, where = diff, key
+    assert worst <= tolerance, f"states differ by up to {worst:.3g} (key {where}); promised at most {tolerance}"
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """Run the block with ``n`` intra-op threads (as the ranks and Ray workers run), then restore the count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def bert_classifier(seed: int = 0) -> torch.nn.Module:
+    """The tiny BERT sequence classifier of conftest (the same weights for the same seed)."""
+    return text_model("bert", "ForSequenceClassification", seed=seed)
+
+
+def train_top(rec, steps: int = 3) -> None:
+    """A few SGD steps on the top of ``rec`` from its loader, so its weights differ from the model's."""
+    opt = torch.optim.SGD([p for p in rec.parameters() if p.requires_grad], lr=0.5)
+    for _, batch in zip(range(steps), rec.loader(labelled_examples(), batch_size=4, progress=False)):
+        rec(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def labelled_examples() -> list[dict]:
+    """8 tiny text examples with labels for a 3-label classifier."""
+    return [dict(e, label=i % LABELS) for i, e in enumerate(text_examples(8))]
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    """Equal state dicts: the same keys (at least one) and equal tensors."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), [k for k in sa if not torch.equal(sa[k], sb[k])][:3]

@@ -135,7 +135,7 @@ def test_a_validation_file_replaces_the_held_out_split(tmp_path, tiny_model_dir,
 def test_fill_inspect_and_train_from_a_store(tmp_path, tiny_model_dir, reviews, capsys):
     store = tmp_path / "store"
     common = ["--dataset", str(reviews), "--model", str(tiny_model_dir), "--at", "0.5", "--store", str(store)]
-    assert main(["fill", *common, "--dtype", "float16"]) == 0
+    assert main(["fill", *common, "--codec", "float16"]) == 0
     assert main(["inspect", str(store)]) == 0
     assert main(["train", *common, "--epochs", "1", "--save", str(tmp_path / "saved")]) == 0
     printed = capsys.readouterr().out

@@ -12,7 +12,7 @@ import layer_recycling as lr
 def test_recycle_takes_a_config_and_options_override_it(bert):
     config = lr.RecycleConfig(at=1, store_misses=False)
     rec = lr.recycle(bert, config=config, at=3)
-    assert rec.at == 3 and rec.config.store_misses is False and config.at == 1  # the given config is not changed
+    assert rec.at == 3 and rec.recycle_config.store_misses is False and config.at == 1  # the given config is not changed
     assert lr.recycle(bert).at == 2  # default 0.5 of 4 blocks
 
 

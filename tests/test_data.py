@@ -7,7 +7,7 @@ import torch
 
 import layer_recycling as lr
 from layer_recycling import data
-from conftest import text_examples, text_model
+from conftest import text_model
 
 
 def test_spans_find_right_left_and_middle_runs():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 import layer_recycling as lr
 from conftest import text_examples, text_model
+from helpers import assert_stores_agree, threads
 
 WORLD = 2
 
@@ -22,8 +24,16 @@ def _init(rank: int, folder: str) -> None:
                                          world_size=WORLD, timeout=datetime.timedelta(seconds=60))
 
 
-def _run(worker, folder: Path, *args) -> None:
-    torch.multiprocessing.spawn(worker, args=(str(folder), *args), nprocs=WORLD, join=True)
+def _run(worker, folder: Path, *args, limit: float = 240) -> None:
+    """Spawn the ranks and wait for them, at most ``limit`` seconds (generous on a loaded 2-core machine)."""
+    ranks = torch.multiprocessing.spawn(worker, args=(str(folder), *args), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + limit
+    while not ranks.join(timeout=2):  # a rank that raised re-raises here, with its traceback
+        if time.monotonic() > deadline:
+            alive = [r for r, p in enumerate(ranks.processes) if p.is_alive()]
+            for p in ranks.processes:
+                p.kill()
+            pytest.fail(f"{worker.__name__}: ranks {alive} still running after {limit:.0f} s; killed them")
 
 
 def _fill_worker(rank: int, folder: str) -> None:
@@ -42,13 +52,15 @@ def test_two_ranks_fill_each_key_once_and_equal_one_process(tmp_path):
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     assert [r["added"] for r in ranks] == [11, 11] and [r["seen"] for r in ranks] == [11, 11]
     assert sum(r["bottom_examples"] for r in ranks) == 11 and min(r["bottom_examples"] for r in ranks) >= 4
-    alone = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "one"))
-    alone.fill(text_examples(11), batch_size=1, progress=False)
-    shared = lr.DiskStore(tmp_path / "store", readonly=True)
-    keys = sorted(alone.store)
-    assert sorted(shared) == keys
-    for a, b in zip(alone.store.get_many(keys), shared.get_many(keys)):
-        assert torch.equal(a, b)  # byte-identical: each example ran alone (batch_size=1) in both fills
+    assert_stores_agree(one_process_fill(tmp_path / "one"), lr.DiskStore(tmp_path / "store", readonly=True))
+
+
+def one_process_fill(path: Path):
+    """The reference: the same examples, each alone (batch_size=1), one thread as each rank runs."""
+    alone = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(path))
+    with threads(1):
+        alone.fill(text_examples(11), batch_size=1, progress=False)
+    return alone.store
 
 
 def _loader_worker(rank: int, folder: str) -> None:
@@ -158,12 +170,7 @@ def test_a_rank_killed_mid_fill_then_a_rerun_completes_the_store(tmp_path):
     _run(_fill_worker, tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     assert sum(r["bottom_examples"] for r in ranks) == 11 - partial  # only the missing keys ran
-    alone = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "one"))
-    alone.fill(text_examples(11), batch_size=1, progress=False)
-    shared = lr.DiskStore(tmp_path / "store", readonly=True)
-    keys = sorted(alone.store)
-    assert sorted(shared) == keys
-    assert all(torch.equal(a, b) for a, b in zip(alone.store.get_many(keys), shared.get_many(keys)))
+    assert_stores_agree(one_process_fill(tmp_path / "one"), lr.DiskStore(tmp_path / "store", readonly=True))
 
 
 def test_the_ddp_example_runs_under_torchrun(tmp_path):

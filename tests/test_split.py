@@ -14,25 +14,6 @@ from helpers import max_diff, padded_batch
 LEVELS = [0, 1, LAYERS // 2, LAYERS]
 
 
-@pytest.mark.parametrize(
-    "at, layers, expected",
-    [(0.5, 6, 3), (0.25, 6, 2), (0.75, 6, 4), (0.25, 12, 3), (0.5, 12, 6), (0.75, 12, 9), (0.25, 24, 6),
-     (0.01, 6, 1), (0.99, 6, 5), (0.0, 6, 0), (1.0, 6, 6), (0, 6, 0), (6, 6, 6), (3, 6, 3), (0.5, 1, 0)],
-)
-def test_levels_round_to_blocks(at, layers, expected):
-    assert lr.resolve_level(at, layers) == expected
-
-
-@pytest.mark.parametrize("at, error, words", [
-    (7, ValueError, "0..6"), (-1, ValueError, "0..6"), (1.5, ValueError, "[0, 1]"), (2.0, ValueError, "int 2"),
-    (True, TypeError, "bool"), ("half", TypeError, "str"),
-])
-def test_bad_levels_are_refused_with_the_fix(at, error, words):
-    with pytest.raises(error, match=None) as info:
-        lr.resolve_level(at, 6)
-    assert words in str(info.value)
-
-
 @pytest.mark.parametrize("family, head", TEXT_CASES)
 @pytest.mark.parametrize("at", LEVELS)
 def test_top_of_bottom_equals_the_model(family, head, at):

@@ -5,22 +5,25 @@
     for batch in rec.loader(examples, batch_size=32, shuffle=True):
         rec(**batch).loss.backward()         # only the top runs
 
-The pipeline, one module each: split -> keys -> fingerprint -> stores -> fill -> data/loader -> serve -> model.
+One module per step: surgery/split cut the model; keys, fingerprint and stores keep the states; a
+``Pipeline`` (the bottom, the store, the keys) is what fill, loader, serve and stack take; model holds it.
 """
 
+from ._version import __version__
 from .config import RecycleConfig
 from .fill import VerifyReport
 from .fingerprint import Fingerprint, FingerprintMismatch
 from .keys import digest
 from .loader import CachedDataset
-from .model import Recycled, Stats, recycle
-from .split import Split, resolve_at, resolve_level, split
+from .model import Recycled, recycle
+from .pipeline import Pipeline, Stats
+from .saving import load_model_state_dict, model_state_dict
+from .split import Split, split
 from .stores import DiskFull, DiskStore, MemoryStore, NullStore, Store, StoreCorrupted
-
-__version__ = "0.1.0"
+from .surgery import resolve_at
 
 __all__ = [
     "CachedDataset", "DiskFull", "DiskStore", "Fingerprint", "FingerprintMismatch", "MemoryStore", "NullStore",
-    "RecycleConfig", "Recycled", "Split", "Stats", "Store", "StoreCorrupted", "VerifyReport", "__version__",
-    "digest", "recycle", "resolve_at", "resolve_level", "split",
+    "Pipeline", "RecycleConfig", "Recycled", "Split", "Stats", "Store", "StoreCorrupted", "VerifyReport", "__version__",
+    "digest", "load_model_state_dict", "model_state_dict", "recycle", "resolve_at", "split",
 ]

@@ -15,7 +15,6 @@ EPILOG = """examples:
   recycle fill --dataset imdb --model minilm --at 0.5 --store cache/imdb --codec float16
   recycle train --dataset imdb --model minilm --at 0.5 --store cache/imdb --epochs 3 --save models/imdb
   recycle inspect cache/imdb
-  recycle convert cache/old-store
 """
 
 
@@ -104,9 +103,6 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-drop", type=float, default=1.0, help="points of score you accept to lose")
     i = sub.add_parser("inspect", help="what a disk store holds", formatter_class=_Help)
     i.add_argument("store", type=Path, help="the store's directory")
-    c = sub.add_parser("convert", help="rewrite a format-1 disk store in the current format", formatter_class=_Help)
-    c.add_argument("store", type=Path, help="the old store's directory")
-    c.add_argument("--to", type=Path, help="write the new store here and keep the old one (default: in place)")
     for name, text in (("fill", "fill a disk store with the bottom's states"),
                        ("train", "train the top from a disk store and score it")):
         p = sub.add_parser(name, help=text, formatter_class=_Help)
@@ -116,7 +112,6 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--store", type=Path, required=True, help="the store's directory")
         p.add_argument("--codec", default=None, help="float32, float16, bfloat16 or int8 (a new store; "
                        "default: what the store holds, float32 for a new one)")
-        p.add_argument("--dtype", dest="codec", help=argparse.SUPPRESS)  # the old name of --codec
         if name == "train":
             p.add_argument("--save", type=Path, help="save the trained model here (save_pretrained)")
     return ap
@@ -127,28 +122,13 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     try:
-        return {"bench": _bench, "report": _report, "inspect": _inspect, "convert": _convert, "fill": _fill,
+        return {"bench": _bench, "report": _report, "inspect": _inspect, "fill": _fill,
                 "train": _train}[args.command](args)
     except (OSError, ValueError, TypeError, ModuleNotFoundError, StoreCorrupted, DiskFull) as err:
         # One line a user can act on (every such error says what and how to fix), never a traceback.
         message = " ".join(str(err).split()) or type(err).__name__
         print(f"recycle {args.command}: error: {type(err).__name__}: {message}", file=sys.stderr)
         return 2
-
-
-def _convert(args) -> int:
-    from .stores.disk import DiskStore, convert
-    from .stores.store_files import LEGACY, STORE
-
-    if (args.store / STORE).exists():
-        raise ValueError(f"{args.store} is already a store of the current format: nothing to convert")
-    if not (args.store / LEGACY).exists():
-        raise FileNotFoundError(f"no format-1 store at {args.store} (no {LEGACY})")
-    path = convert(args.store, dest=args.to)
-    info = DiskStore(path, readonly=True).info()
-    print(f"converted {args.store} to format {info['format']} at {path}: {info['entries']} entries, "
-          f"{info['bytes'] / 1e6:.1f} MB")
-    return 0
 
 
 def _task(args):
@@ -203,13 +183,11 @@ def _report(args) -> int:
 
 def _inspect(args) -> int:
     from .stores import DiskStore
-    from .stores.store_files import LEGACY, STORE, refuse_legacy
+    from .stores.store_files import STORE
 
     if args.store.is_file():
         raise NotADirectoryError(f"{args.store} is a file; expected a store's directory")
     if not (args.store / STORE).exists():
-        if (args.store / LEGACY).exists():
-            refuse_legacy(args.store)  # says it is format 1 and how to convert it
         raise FileNotFoundError(f"no store at {args.store} (no {STORE})")
     print(json.dumps(DiskStore(args.store, readonly=True).info(), indent=2))
     return 0

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ._version import __version__
+
 CONFIG_NAME = "recycling_config.json"
 
 
@@ -47,8 +49,6 @@ class RecycleConfig:
 
     def save_pretrained(self, directory: str | os.PathLike, **recorded: Any) -> Path:
         """Write ``recycling_config.json`` in ``directory``, with ``recorded`` facts (version, split, fingerprint)."""
-        from . import __version__
-
         path = Path(directory) / CONFIG_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         body = {**self.to_dict(), "recorded": {"layer_recycling": __version__, **recorded}}
@@ -60,7 +60,7 @@ class RecycleConfig:
         """The config saved in ``directory`` by ``save_pretrained``."""
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
-            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; save one with rec.config.save_pretrained(dir)")
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; save one with rec.recycle_config.save_pretrained(dir)")
         return cls.from_dict(json.loads(path.read_text()))
 
     @staticmethod

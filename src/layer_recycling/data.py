@@ -57,9 +57,13 @@ def parts(example: dict[str, Any], input_names: Sequence[str]) -> tuple[dict[str
     (1, n)) is cut to its real tokens, so that it keys and computes like the unpadded example.
     """
     inputs = {n: as_tensor(example[n], n) for n in input_names if n in example and example[n] is not None}
-    if not inputs:
+    main = input_names[0]
+    if main not in inputs:
+        texts = [k for k, v in example.items() if isinstance(v, str)]
+        hint = f" Tokenize the text first ({texts[0]!r}): {{**tokenizer(text), 'label': y}}." if texts else ""
         raise ValueError(
-            f"example has none of the model's inputs {sorted(input_names)}; it has {sorted(example)}"
+            f"example has no {main!r}, the model's main input (it has {sorted(example)}); expected {main!r}"
+            f"{' and optionally ' + str(list(input_names[1:])) if input_names[1:] else ''}.{hint}"
         )
     labels = {n: as_tensor(example[n], n) for n in LABEL_NAMES if n in example and example[n] is not None}
     if "input_ids" in inputs:
@@ -165,6 +169,12 @@ def pad(tensors: Sequence[torch.Tensor], value: float = 0, to: int | None = None
     for i, x in enumerate(tensors):
         out[i, : x.shape[0]] = x
     return out
+
+
+def repad(states: Sequence[torch.Tensor], to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stored states (n_i, h) as a batch: right-padded (b, max n_i or ``to``, h) and its attention mask (b, t)."""
+    padded = pad(states, to=to)
+    return padded, mask_for([s.shape[0] for s in states], padded.shape[1], padded.device)
 
 
 def mask_for(lengths: Sequence[int], t: int, device: torch.device | str | None = None) -> torch.Tensor:

@@ -1,11 +1,10 @@
 """Fill: run the frozen bottom once per distinct example the store lacks, and check stored entries later.
 
-Functions here take the recycled model (``model.Recycled``) for its bottom, store, keys and counters.
+Functions here take the ``pipeline.Pipeline`` of a recycled model: its bottom, store, keys and counters.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import random
 import warnings
@@ -16,9 +15,12 @@ from tqdm.auto import tqdm
 
 from . import data, distributed
 from .keys import digest
+from .stores.codecs import LOSSLESS
 
 if TYPE_CHECKING:
-    from .model import Recycled
+    from .pipeline import Pipeline
+
+StatesOf = Callable[[list[str], list[dict]], list[torch.Tensor]]  # (keys, unpadded inputs) -> their states
 
 
 @dataclasses.dataclass
@@ -34,62 +36,25 @@ class VerifyReport:
         return not self.mismatched
 
 
-@torch.no_grad()
-def run_bottom(rec: Recycled, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The bottom's output for a right-padded batch of model inputs: (b, t, h) for text, (b, ...) otherwise."""
-    rec.bottom.eval()
-    rec.stats.bottom_calls += 1
-    rec.stats.bottom_examples += next(iter(batch.values())).shape[0]
-    device = next(iter(batch.values())).device
-    with _autocast(rec.config.autocast, device):
-        if rec.arch.generic:
-            return rec.bottom(*batch.values())
-        return rec.bottom(**batch)
-
-
-def _autocast(wanted: str | None, device: torch.device):
-    """The autocast the store's states were made under; running under another one would mix two kinds."""
-    ambient = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-    ambient = str(ambient).removeprefix("torch.") if ambient is not None else None
-    if ambient is not None and ambient != wanted:
-        raise ValueError(
-            f"the bottom would run under torch.autocast({ambient}), but this model's states are "
-            f"{wanted + ' autocast' if wanted else 'full precision'} (its store holds those). Pass "
-            f"recycle(..., autocast={ambient!r}) with a store of its own, or run the fill and serving outside autocast"
-        )
-    if wanted is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=getattr(torch, wanted))
-
-
-def bottom_states(rec: Recycled, rows: list[dict[str, torch.Tensor]], device: torch.device) -> list[torch.Tensor]:
-    """Per-example states of unpadded ``rows``: one batch through the bottom, each row cut to its length."""
-    batch = data.collate_inputs(rows, rec.pad_id, ragged=rec.arch.masked)
-    out = run_bottom(rec, {n: v.to(device) for n, v in batch.items()})
-    if not rec.arch.masked:
-        return list(out)
-    return [out[i, : data.length(r)] for i, r in enumerate(rows)]
-
-
-def compute(rec: Recycled, pending: dict[str, dict], batch_size: int, progress: bool,
-            states_of: Callable[[list[str], list[dict]], list[torch.Tensor]] | None = None) -> None:
+def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, progress: bool,
+            states_of: StatesOf | None = None) -> None:
     """Run the bottom on ``pending`` (key -> unpadded inputs) in length-sorted batches and store the states.
 
     ``states_of(keys, rows)`` replaces the bottom (a stacked fill reads a lower store and runs the middle).
     """
     keys = list(pending)
-    if rec.arch.masked:  # similar lengths together: less padding to compute
+    if pipe.arch.masked:  # similar lengths together: less padding to compute
         keys.sort(key=lambda k: data.length(pending[k]), reverse=True)
-    device = device_of(rec.bottom)
-    states_of = states_of or (lambda _, rows: bottom_states(rec, rows, device))
+    device = pipe.device
+    states_of = states_of or (lambda _, rows: pipe.bottom_states(rows, device))
     with tqdm(total=len(keys), unit="ex", desc="fill", disable=not progress or not keys) as bar:
         for start in range(0, len(keys), batch_size):
             chunk = keys[start : start + batch_size]
             rows = [pending[k] for k in chunk]
-            put(rec, chunk, states_of(chunk, rows), rows)
-            rec.stats.stored += len(chunk)
+            put(pipe, chunk, states_of(chunk, rows), rows)
+            pipe.stats.stored += len(chunk)
             bar.update(len(chunk))
-    rec.store.flush()
+    pipe.store.flush()
 
 
 def input_check(inputs: dict) -> str:
@@ -98,19 +63,17 @@ def input_check(inputs: dict) -> str:
     return digest(data.key_fields(inputs))
 
 
-def put(rec: Recycled, keys: list[str], states: list, rows: list[dict]) -> None:
+def put(pipe: Pipeline, keys: list[str], states: list, rows: list[dict]) -> None:
     """Store ``states`` under ``keys``; entries keyed by a user's ``key=`` keep a digest of their inputs."""
-    if rec.key_fn is not None and hasattr(rec.store, "checks_many"):
-        rec.store.put_many(keys, states, checks=[input_check(r) for r in rows])
-    else:
-        rec.store.put_many(keys, states)
+    checks = [input_check(r) for r in rows] if pipe.key_fn is not None else None
+    pipe.store.put_many(keys, states, checks=checks)
 
 
-def check_stored(rec: Recycled, keys: list[str], rows: list[dict]) -> list[str]:
+def check_stored(pipe: Pipeline, keys: list[str], rows: list[dict]) -> list[str]:
     """The keys among ``keys`` (all stored) whose entry was computed from other inputs than ``rows``."""
-    if rec.key_fn is None or not hasattr(rec.store, "checks_many") or not keys:
+    if pipe.key_fn is None or not keys:
         return []
-    was = rec.store.checks_many(keys)
+    was = pipe.store.checks_many(keys)
     return [k for k, w, r in zip(keys, was, rows) if w is not None and w != input_check(r)]
 
 
@@ -124,7 +87,7 @@ def refuse_stale(keys: list[str]) -> None:
         )
 
 
-def missing(rec: Recycled, keyed: Iterable[tuple[str, dict]]) -> dict[str, dict]:
+def missing(pipe: Pipeline, keyed: Iterable[tuple[str, dict]]) -> dict[str, dict]:
     """The (key -> inputs) of ``keyed`` that the store lacks, each key once.
 
     Raises:
@@ -134,13 +97,13 @@ def missing(rec: Recycled, keyed: Iterable[tuple[str, dict]]) -> dict[str, dict]
     first: dict[str, dict] = {}
     seen: dict[str, tuple[int, str]] = {}  # key -> (first example, digest of its inputs), for user keys
     for i, (key, inputs) in enumerate(keyed):
-        if rec.key_fn is not None:
+        if pipe.key_fn is not None:
             _check_collision(seen, key, i, inputs)
         first.setdefault(key, inputs)
     keys = list(first)
-    stored = rec.store.contains_many(keys) if keys else []
+    stored = pipe.store.contains_many(keys) if keys else []
     held = [k for k, h in zip(keys, stored) if h]
-    refuse_stale(check_stored(rec, held, [first[k] for k in held]))
+    refuse_stale(check_stored(pipe, held, [first[k] for k in held]))
     return {k: first[k] for k, h in zip(keys, stored) if not h}
 
 
@@ -155,82 +118,76 @@ def _check_collision(seen: dict[str, tuple[int, str]], key: str, i: int, inputs:
         )
 
 
-def fill(rec: Recycled, examples: Iterable[Any], batch_size: int = 32, progress: bool = True,
-         start_from: Recycled | None = None, group: Any = None) -> int:
+def fill(pipe: Pipeline, examples: Iterable[Any], batch_size: int = 32, progress: bool = True,
+         group: Any = None) -> int:
     """Run the bottom once per distinct example not yet stored; returns how many entries were added.
 
-    ``start_from``: the same model recycled at a lower level; its store feeds this fill, and only the blocks
-    between the two levels run (see ``stack.py``). In a process group each rank computes its share.
+    In a process group each rank computes its share.
     """
-    if not rec.store.keeps:
+    if not pipe.store.keeps:
         return 0  # a NullStore keeps nothing: no need to key the examples either
-    keyed = [(key, inputs) for key, inputs, _ in map(rec.encode, examples)]
-    return fill_keyed(rec, keyed, batch_size, progress, start_from, group)
+    return fill_keyed(pipe, keyed(pipe, examples), batch_size, progress, group)
 
 
-def fill_keyed(rec: Recycled, keyed: list[tuple[str, dict]], batch_size: int, progress: bool,
-               start_from: Recycled | None = None, group: Any = None) -> int:
-    """``fill`` for examples already keyed: (key, unpadded inputs) pairs."""
-    if not rec.store.keeps:
+def keyed(pipe: Pipeline, examples: Iterable[Any]) -> list[tuple[str, dict]]:
+    """(key, unpadded model inputs) of each example."""
+    return [(key, inputs) for key, inputs, _ in map(pipe.encode, examples)]
+
+
+def fill_keyed(pipe: Pipeline, keyed: list[tuple[str, dict]], batch_size: int, progress: bool,
+               group: Any = None, states_of: StatesOf | None = None) -> int:
+    """``fill`` for examples already keyed: (key, unpadded inputs) pairs.
+
+    ``states_of(keys, rows)`` replaces the bottom (a stacked fill reads a lower store and runs the middle).
+    """
+    if not pipe.store.keeps:
         return 0  # a NullStore keeps nothing: the bottom runs on every batch instead
     ranks = distributed.active_group(group)
-    if ranks is not None and not getattr(rec.store, "shared", False):
-        distributed.warn_unshared(rec.store)
+    if ranks is not None and not pipe.store.shared:
+        distributed.warn_unshared(pipe.store)
         ranks = None
     if ranks is None:
-        pending = missing(rec, keyed)
-        _compute(rec, pending, batch_size, progress, start_from)
+        pending = missing(pipe, keyed)
+        compute(pipe, pending, batch_size, progress, states_of)
         return len(pending)
     group, rank, world = ranks
     distributed.barrier(group)  # every rank reads the store in one state ...
-    pending = missing(rec, keyed)
+    pending = missing(pipe, keyed)
     distributed.barrier(group)  # ... before any rank writes to it
-    lengths = {k: data.length(v) if rec.arch.masked else 1 for k, v in pending.items()}
-    _compute(rec, distributed.share(pending, lengths, rank, world), batch_size, progress, start_from)
+    lengths = {k: data.length(v) if pipe.arch.masked else 1 for k, v in pending.items()}
+    compute(pipe, distributed.share(pending, lengths, rank, world), batch_size, progress, states_of)
     distributed.barrier(group)
-    rec.store.refresh()  # every rank's segments are committed now: see them before merging
-    merged = rec.store.compact() if rank == 0 and hasattr(rec.store, "compact") else None
+    pipe.store.refresh()  # every rank's segments are committed now: see them before merging
+    merged = pipe.store.compact() if rank == 0 else None
     snapshot = distributed.broadcast(merged, group)  # its name travels through the group, never a listing
-    if hasattr(rec.store, "open_snapshot"):
-        rec.store.open_snapshot(snapshot)
-    else:
-        rec.store.refresh()
+    pipe.store.open_snapshot(snapshot)
     return len(pending)
 
 
-def _compute(rec: Recycled, pending: dict[str, dict], batch_size: int, progress: bool,
-             start_from: Recycled | None) -> None:
-    if start_from is None:
-        return compute(rec, pending, batch_size, progress)
-    from .stack import stacked_states
-
-    compute(rec, pending, batch_size, progress, stacked_states(rec, start_from, pending, batch_size, progress))
-
-
-def verify(rec: Recycled, examples: Iterable[Any], sample: int = 32, rtol: float | None = None,
+def verify(pipe: Pipeline, examples: Iterable[Any], sample: int = 32, rtol: float | None = None,
            atol: float = 1e-4, seed: int = 0) -> VerifyReport:
     """Re-compute a random sample of stored entries and compare them with the store (see ``Recycled.verify``)."""
-    if not rec.store.keeps:
+    if not pipe.store.keeps:
         raise ValueError("verify() needs a store that keeps entries; this model was made with store=None")
     stored: dict[str, dict] = {}
     collided: dict[str, None] = {}
     checks: dict[str, str] = {}
-    for key, inputs, _ in map(rec.encode, examples):
+    for key, inputs, _ in map(pipe.encode, examples):
         stored.setdefault(key, inputs)
-        if rec.key_fn is not None:
+        if pipe.key_fn is not None:
             check = input_check(inputs)
             if checks.setdefault(key, check) != check:  # one key, two different inputs
                 collided[key] = None
-    held = rec.store.contains_many(list(stored)) if stored else []
+    held = pipe.store.contains_many(list(stored)) if stored else []
     stored = {k: v for (k, v), h in zip(stored.items(), held) if h}
-    stale = check_stored(rec, list(stored), list(stored.values()))  # entries made from other inputs, any run
+    stale = check_stored(pipe, list(stored), list(stored.values()))  # entries made from other inputs, any run
     keys = random.Random(seed).sample(sorted(stored), min(sample, len(stored)))
-    rtol = rtol if rtol is not None else (1e-3 if rec.store.codec in ("native", "float32") else 2e-2)
+    rtol = rtol if rtol is not None else (1e-3 if pipe.store.codec in LOSSLESS else 2e-2)
     mismatched, worst = [], 0.0
-    device = device_of(rec.bottom)
+    device = pipe.device
     for key in keys:
-        now = bottom_states(rec, [stored[key]], device)[0]
-        was = rec.store.get_many([key], device=now.device, dtype=now.dtype)[0]
+        now = pipe.bottom_states([stored[key]], device)[0]
+        was = pipe.store.get_many([key], device=now.device, dtype=now.dtype)[0]
         worst = max(worst, float((now - was).abs().max()) if now.shape == was.shape else float("inf"))
         if now.shape != was.shape or not torch.allclose(now, was, rtol=rtol, atol=atol):
             mismatched.append(key)
@@ -258,11 +215,3 @@ def verify(rec: Recycled, examples: Iterable[Any], sample: int = 32, rtol: float
             stacklevel=3,
         )
     return report
-
-
-def device_of(module: torch.nn.Module) -> torch.device:
-    return next((p.device for p in module.parameters()), torch.device("cpu"))
-
-
-def dtype_of(module: torch.nn.Module) -> torch.dtype:
-    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)

@@ -11,7 +11,6 @@ import hashlib
 import json
 from typing import Any
 
-import torch
 from torch import nn
 
 from .keys import DIGEST_SIZE, digest

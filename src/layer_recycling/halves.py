@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .surgery import replace, resolve_at, shallow
+
 
 class Steps(nn.Module):
     """One half of a model: ``fn(model, x)`` on a shallow copy of the model cut at the split."""
@@ -29,14 +31,12 @@ class Steps(nn.Module):
 def _cut(model: nn.Module, blocks: str, k: int, drop: tuple[str, ...], unset: tuple[str, ...], bottom: bool):
     """A shallow copy of ``model`` with the blocks before (bottom) or from (top) ``k``, ``drop`` modules blanked
     and the parameters at the dotted paths ``unset`` removed (that half never reads them)."""
-    from .split import _shallow, replace
-
     layers = model.get_submodule(blocks)
     kept = nn.Sequential(*(list(layers)[:k] if bottom else list(layers)[k:]))
     edits = {blocks: kept, **{p: nn.Identity() for p in drop}}
     owners = {p.rpartition(".")[0] for p in unset} - {""}  # replace() always copies the root
     on_path = lambda o: any(e == o or e.startswith(o + ".") for e in edits)  # noqa: E731 - copied by replace()
-    copy = replace(model, {**{o: _shallow(model.get_submodule(o)) for o in owners if not on_path(o)}, **edits})
+    copy = replace(model, {**{o: shallow(model.get_submodule(o)) for o in owners if not on_path(o)}, **edits})
     for path in unset:
         owner, _, name = path.rpartition(".")
         (copy.get_submodule(owner) if owner else copy)._parameters.pop(name, None)
@@ -61,14 +61,8 @@ _TIMM_STEM_PARAMS = ("cls_token", "reg_token", "pos_embed")
 Built = tuple[nn.Module, nn.Module, int, int]  # bottom, top, blocks recycled, blocks in all
 
 
-def _resolve(at: int | float, num_layers: int) -> int:
-    from .split import resolve_at
-
-    return resolve_at(at, num_layers)
-
-
 def timm_vit(model: nn.Module, at: int | float) -> Built:
-    k = _resolve(at, len(model.blocks))
+    k = resolve_at(at, len(model.blocks))
     bottom = _cut(model, "blocks", k, _after(model, "blocks"), (), bottom=True)
     top = _cut(model, "blocks", k, _before(model, "blocks"), _TIMM_STEM_PARAMS, bottom=False)
     return Steps(bottom, _timm_vit_bottom), Steps(top, _timm_vit_top), k, len(model.blocks)
@@ -87,7 +81,7 @@ def _timm_vit_top(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def torchvision_vit(model: nn.Module, at: int | float) -> Built:
-    k = _resolve(at, len(model.encoder.layers))
+    k = resolve_at(at, len(model.encoder.layers))
     bottom = _cut(model, "encoder.layers", k, ("encoder.ln", "heads"), (), bottom=True)
     top = _cut(model, "encoder.layers", k, ("conv_proj", "encoder.dropout"),
                ("class_token", "encoder.pos_embedding"), bottom=False)
@@ -111,9 +105,7 @@ def _torchvision_vit_top(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def timm_convnext(model: nn.Module, at: int | float) -> Built:
     """Counts the blocks of all stages; a stage cut inside runs its downsample in the bottom, a stage that starts
     the top runs its own."""
-    from .split import replace
-
-    k = _resolve(at, sum(len(stage.blocks) for stage in model.stages))
+    k = resolve_at(at, sum(len(stage.blocks) for stage in model.stages))
     below, above, done = [], [], 0
     for stage in model.stages:
         j = min(max(k - done, 0), len(stage.blocks))  # this stage's blocks in the bottom

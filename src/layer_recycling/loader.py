@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 
 from . import data, distributed
-from .fill import dtype_of, fill_keyed
+from .arch import lookup
+from .fill import fill_keyed
+from .pipeline import input_names_of
 
 if TYPE_CHECKING:
-    from .model import Recycled
+    from .pipeline import Pipeline
     from .stores import Store
 
 
@@ -44,10 +46,9 @@ class CachedDataset(torch.utils.data.Dataset):
         states = [r.pop("states") for r in rows]
         if self.items[0][2] is None:
             return {"states": torch.stack(states), **data.collate_labels(rows, None, None)}
-        lengths = [s.shape[0] for s in states]
-        t = max(lengths)
-        batch = {"states": data.pad(states), "attention_mask": data.mask_for(lengths, t)}
-        return {**batch, **data.collate_labels(rows, lengths, t)}
+        padded, mask = data.repad(states)
+        return {"states": padded, "attention_mask": mask,
+                **data.collate_labels(rows, [s.shape[0] for s in states], padded.shape[1])}
 
 
 class InputDataset(torch.utils.data.Dataset):
@@ -70,21 +71,22 @@ class InputDataset(torch.utils.data.Dataset):
 
 
 def make_loader(
-    rec: Recycled, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False, fill_batch_size: int = 32,
-    progress: bool = True, group_by_length: bool = False, seed: int | None = None, **dataloader_kwargs,
+    pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype, batch_size: int = 32, shuffle: bool = False,
+    fill_batch_size: int = 32, progress: bool = True, group_by_length: bool = False, seed: int | None = None,
+    **dataloader_kwargs,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``examples`` for training the top (see ``Recycled.loader``)."""
-    encoded = [rec.encode(e) for e in examples]
+    """A DataLoader over ``examples`` for training the top (see ``Recycled.loader``); states read as ``dtype``."""
+    encoded = [pipe.encode(e) for e in examples]
     if not encoded:
         raise ValueError("loader() got no examples; pass a non-empty list (or iterable) of examples")
     _check_labels(encoded)
-    lengths = [data.length(inputs) for _, inputs, _ in encoded] if rec.arch.masked else None
-    if rec.store.keeps:
-        fill_keyed(rec, [(k, i) for k, i, _ in encoded], fill_batch_size, progress)
+    lengths = [data.length(inputs) for _, inputs, _ in encoded] if pipe.arch.masked else None
+    if pipe.store.keeps:
+        fill_keyed(pipe, [(k, i) for k, i, _ in encoded], fill_batch_size, progress)
         items = [(k, y, n) for (k, _, y), n in zip(encoded, lengths or [None] * len(encoded))]
-        dataset: Any = CachedDataset(rec.store, items, dtype=dtype_of(rec.top))
+        dataset: Any = CachedDataset(pipe.store, items, dtype=dtype)
     else:  # nothing kept: batches of model inputs, the bottom runs on each
-        dataset = InputDataset([(i, y) for _, i, y in encoded], rec.pad_id, ragged=rec.arch.masked)
+        dataset = InputDataset([(i, y) for _, i, y in encoded], pipe.pad_id, ragged=pipe.arch.masked)
     return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
 
 
@@ -92,9 +94,6 @@ def input_loader(model: torch.nn.Module, examples: Iterable[Any], batch_size: in
                  group_by_length: bool = False, seed: int | None = None, **dataloader_kwargs
                  ) -> torch.utils.data.DataLoader:
     """Padded batches of ``model``'s inputs and labels: for training a whole, un-recycled model the same way."""
-    from .arch import lookup
-    from .model import input_names_of
-
     arch = lookup(model)
     names = input_names_of(model, arch.generic)
     rows = [data.parts(data.normalize(e, names), names) for e in examples]

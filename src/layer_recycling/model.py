@@ -1,7 +1,9 @@
 """``recycle``: the user's model cut at block k; its frozen bottom fills a store, its top trains and serves from it.
 
-The module's own forward is pure: stored states in, the model's outputs out. Keys, store reads and writes live
-in ``fill``, ``loader`` and ``serve``; the methods here only delegate to them.
+``Recycled`` is an ``nn.Module`` that holds the two halves and a ``pipeline.Pipeline`` (the bottom, the store,
+the keys, the counters). The stages are functions of that pipeline: ``fill``, ``loader``, ``serve``, ``stack``;
+the methods here only pass it on. Weights are saved as any module's are (``state_dict()``, by parent modules,
+DDP and Lightning alike); ``saving`` writes the whole model in its own names, as ``from_pretrained`` loads it.
 """
 
 from __future__ import annotations
@@ -15,66 +17,85 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from . import data, fill, loader, saving, serve
+from . import data, fill, loader, saving, serve, stack
 from .checks import SplitCheck, source_of
 from .config import RecycleConfig
+from .fingerprint import Fingerprint, fingerprint_of
 from .integrations import peft
-from .fingerprint import fingerprint_of
-from .keys import digest
+from .pipeline import Pipeline, Stats, device_of, dtype_of, input_names_of
 from .split import resolve_ties, split
 from .stores import MemoryStore, NullStore, Store, check_store
 
-_NOT_INPUTS = {
-    "inputs_embeds", "use_cache", "output_attentions", "output_hidden_states", "return_dict", "cache",
-    "past_key_values", "cache_position", "head_mask", "encoder_hidden_states", "encoder_attention_mask",
-    "logits_to_keep", "interpolate_pos_encoding", "kwargs", "args", *data.LABEL_NAMES,
-}
+__all__ = ["Recycled", "Stats", "recycle"]
+
 _DEFAULT_STORE: Any = object()
-
-
-@dataclasses.dataclass
-class Stats:
-    """Counters of one recycled model (per process)."""
-
-    hits: int = 0  # examples served from the store at inference
-    misses: int = 0  # examples the bottom ran on at inference
-    stored: int = 0  # entries this model wrote to the store
-    bottom_calls: int = 0  # batches the bottom ran on (fill and inference)
-    bottom_examples: int = 0  # examples the bottom ran on (fill and inference)
+# Keywords that go to the top as they are (labels and output options), never to the bottom.
+_TOP_KEYWORDS = (*data.LABEL_NAMES, "output_hidden_states", "output_attentions", "return_dict")
 
 
 class Recycled(nn.Module):
     """A model split at block ``at``: the frozen ``bottom`` fills a store, the ``top`` runs on stored states.
 
-    ``rec(**model_inputs)`` serves: hits come from the store and the bottom runs only on the misses.
-    ``rec(states=..., attention_mask=..., labels=...)`` (batches from ``loader``) runs the top alone.
-    The top's train/eval mode follows the wrapper's (train mode from construction, as any new module); the
-    bottom always runs in eval mode.
+    ``rec(**model_inputs)`` (or positionally, as the model takes them) serves: hits come from the store, the
+    bottom runs only on the misses, and their states are stored (``store_misses``): so a call may read and write
+    the store. ``rec(states=..., attention_mask=..., labels=...)`` (batches from ``loader``) runs the top alone.
+    ``rec.config`` is the model's own config (what Hugging Face tools read); the recycling options are
+    ``rec.recycle_config``. The top's train/eval mode follows the wrapper's; the bottom always runs in eval mode.
     """
 
-    def __init__(self, model: nn.Module, config: RecycleConfig, store: Store,
+    def __init__(self, model: nn.Module, recycle_config: RecycleConfig, store: Store,
                  key: Callable[[Any], Any] | None = None, tokenizer: Any = None):
         super().__init__()
-        self.config, self.store, self.key_fn = config, check_store(store), key
         model, adapters = peft.unwrap(model)  # a PEFT model: split the model it wraps, adapters in place
         object.__setattr__(self, "source", model)  # not a submodule: its parameters are the halves' already
-        s = resolve_ties(split(model, config.at, config.blocks), config.untie, model)
+        s = resolve_ties(split(model, recycle_config.at, recycle_config.blocks), recycle_config.untie, model)
+        self.recycle_config = recycle_config
+        self.config = getattr(model, "config", None)  # the model's own (a transformers config), or None
         self.untied = s.untied  # head parameters the top holds its own trainable copies of
         self.bottom, self.top, self.at, self.num_layers, self.arch = s.bottom, s.top, s.at, s.num_layers, s.arch
         peft.warn_frozen(adapters, self.bottom)
         self.bottom.requires_grad_(False)
-        if config.check_split and not s.arch.tested:  # a split no test proved exact checks its first batch
-            SplitCheck(model, s, source_of(s.arch, config.blocks is not None)).attach(self.bottom)
-        self.input_names = input_names_of(model, generic=s.arch.generic)
-        self.pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
-        self.stats = Stats()
-        self.fingerprint = fingerprint_of(
-            self.bottom, model=model, at=s.at, num_layers=s.num_layers, blocks=s.arch.blocks,
-            codec=self.store.codec, tokenizer=tokenizer, preprocess=config.preprocess, autocast=config.autocast,
+        if recycle_config.check_split and not s.arch.tested:  # a split no test proved exact checks its first batch
+            SplitCheck(model, s, source_of(s.arch, recycle_config.blocks is not None)).attach(self.bottom)
+        store = check_store(store)
+        fingerprint = fingerprint_of(
+            self.bottom, model=model, at=s.at, num_layers=s.num_layers, blocks=s.arch.blocks, codec=store.codec,
+            tokenizer=tokenizer, preprocess=recycle_config.preprocess, autocast=recycle_config.autocast,
         )
-        self.store.bind_fingerprint(self.fingerprint)
+        store.bind_fingerprint(fingerprint)
+        self.pipeline = Pipeline(
+            source=model, config=recycle_config, at=s.at, arch=s.arch, bottom=self.bottom, store=store, key_fn=key,
+            input_names=input_names_of(model, generic=s.arch.generic), fingerprint=fingerprint,
+            pad_id=getattr(self.config, "pad_token_id", None) or 0,
+        )
+        self._signature = inspect.signature(model.forward)
+        self.register_state_dict_post_hook(saving.drop_aliases)  # each tensor once: the top shares the stem's
+        self.register_load_state_dict_pre_hook(saving.restore_aliases)
+        self.register_load_state_dict_pre_hook(saving.check_bottom_unchanged)  # stored states stay the bottom's
         self.accepts_loss_kwargs = getattr(s.top.model, "accepts_loss_kwargs", s.top.takes_kwargs)  # as Trainer reads it
         self.train(self.training)  # the top leaves from_pretrained's eval mode with the wrapper
+
+    # ---- what the pipeline holds, read through the model -----------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        return self.pipeline.store
+
+    @property
+    def stats(self) -> Stats:
+        return self.pipeline.stats
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return self.pipeline.fingerprint
+
+    @property
+    def key_fn(self) -> Callable[[Any], Any] | None:
+        return self.pipeline.key_fn
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.pipeline.input_names
 
     @property
     def level(self) -> float:
@@ -88,38 +109,61 @@ class Recycled(nn.Module):
 
     def encode(self, example: Any) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(key, unpadded model inputs, labels) of one raw example."""
-        ex = data.normalize(example, self.input_names)
-        inputs, labels = data.parts(ex, self.input_names)
-        key = digest(self.key_fn(example)) if self.key_fn is not None else serve.row_key(inputs)
-        return key, inputs, labels
+        return self.pipeline.encode(example)
 
     # ---- the model ----------------------------------------------------------------------------------------
 
-    def forward(self, *args: torch.Tensor, states: torch.Tensor | None = None,
+    def forward(self, *args: Any, states: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, output_attentions: bool | None = None,
-                return_dict: bool | None = None, num_items_in_batch: Any = None, **inputs: torch.Tensor):
+                return_dict: bool | None = None, num_items_in_batch: Any = None, **inputs: Any):
         """``rec(states=(b, n, h), attention_mask=(b, n), **labels)`` runs the top on stored states.
 
-        ``rec(**model_inputs)`` (no ``states``) serves through the store (``serve.serve``). Returns what the
-        model returns, with a loss when labels are given. The keywords are named so that trainers (HF
-        ``Trainer``'s ``remove_unused_columns``) keep these columns. ``output_hidden_states`` gives the top's
-        hidden states: the first is the stored state at block k (the recycled blocks' own states are not
-        stored); ``num_items_in_batch`` reaches the model's loss as it would without recycling.
+        ``rec(**model_inputs)`` or ``rec(*model_inputs)`` (no ``states``; positional arguments mean what they mean
+        to the model's own forward) serves through the store (``serve.serve``): hits are read, misses run the
+        bottom and are stored. An argument that cannot reach the bottom or the top is refused, never dropped.
+        Returns what the model returns, with a loss when labels are given. The keywords are named so that
+        trainers (HF ``Trainer``'s ``remove_unused_columns``) keep these columns. ``output_hidden_states`` gives
+        the top's hidden states: the first is the stored state at block k; ``num_items_in_batch`` reaches the
+        model's loss as it would without recycling.
         """
-        given = {"labels": labels, "start_positions": start_positions, "end_positions": end_positions,
-                 "output_hidden_states": output_hidden_states, "output_attentions": output_attentions,
-                 "return_dict": return_dict}
-        extra = {k: v for k, v in given.items() if v is not None}
+        given = {"attention_mask": attention_mask, "labels": labels, "start_positions": start_positions,
+                 "end_positions": end_positions, "output_hidden_states": output_hidden_states,
+                 "output_attentions": output_attentions, "return_dict": return_dict, **inputs}
+        given = {k: v for k, v in given.items() if v is not None}
+        if args:
+            given = self._bind(args, given, states)
+        mask = given.pop("attention_mask", None)
+        extra = {k: given.pop(k) for k in _TOP_KEYWORDS if k in given}
         if num_items_in_batch is not None and self.accepts_loss_kwargs:
             extra["num_items_in_batch"] = num_items_in_batch
-        if states is None:
-            named = dict(zip(self.input_names, args))
-            return serve.serve(self, {**named, "attention_mask": attention_mask, **inputs}, extra)
-        if inputs:
-            raise TypeError(f"with states=, expected attention_mask, labels and output options; got {sorted(inputs)}")
-        return self._top(states, attention_mask, extra)
+        if states is None:  # serving: hits from the store, misses through the bottom (and stored)
+            states, mask, extra, layout = serve.prepare(self.pipeline, dtype_of(self.top),
+                                                        {**given, "attention_mask": mask}, extra)
+            return serve.restore(self._top(states, mask, extra), layout)
+        if given:
+            raise TypeError(f"with states=, expected attention_mask, labels and output options; got {sorted(given)}")
+        return self._top(states, mask, extra)
+
+    def _bind(self, args: tuple, given: dict[str, Any], states: torch.Tensor | None) -> dict[str, Any]:
+        """Positional arguments named as the model's own forward names them, merged with the keywords."""
+        name = type(self.source).__name__
+        if states is not None:
+            raise TypeError(f"rec(states=...) takes no positional arguments; got {len(args)}")
+        try:
+            bound = self._signature.bind_partial(*args).arguments
+        except TypeError as e:
+            raise TypeError(f"{name}.forward{self._signature} refuses {len(args)} positional arguments: {e}") from None
+        twice = sorted(set(bound) & set(given))
+        if twice:
+            raise TypeError(f"rec() got multiple values for {twice}: positionally and as keywords")
+        params = self._signature.parameters
+        starred = [n for n in bound if params[n].kind == params[n].VAR_POSITIONAL]
+        if starred:
+            raise TypeError(f"{name}.forward takes *{starred[0]}; a recycled model cannot route them to its "
+                            f"bottom or top. Pass the model inputs by name ({list(self.input_names)})")
+        return {**{k: v for k, v in bound.items() if v is not None}, **given}
 
     def _top(self, states: torch.Tensor, mask: torch.Tensor | None, extra: dict[str, Any]):
         self._check_frozen()
@@ -149,14 +193,6 @@ class Recycled(nn.Module):
         ``recycling_config.json`` (level, blocks, codec, fingerprint) to recycle it again on the same store."""
         return saving.save_pretrained(self, directory, **kwargs)
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
-        """The whole model's state dict, in its own names (what ``from_pretrained`` checkpoints hold)."""
-        return saving.state_dict(self)
-
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True, assign: bool = False):
-        """Load a whole model's state dict (``state_dict()``'s form) into the model and the top."""
-        return saving.load_state_dict(self, state_dict, strict)
-
     # ---- the stages ---------------------------------------------------------------------------------------
 
     def fill(self, examples: Iterable[Any], batch_size: int = 32, progress: bool = True,
@@ -170,7 +206,9 @@ class Recycled(nn.Module):
         (a ``DiskStore``), every rank passes the same examples and computes a disjoint share of the missing
         keys, balanced by token count; then all ranks see every entry.
         """
-        return fill.fill(self, examples, batch_size, progress, start_from, group)
+        if start_from is not None:
+            return stack.fill(self.pipeline, start_from.pipeline, examples, batch_size, progress, group)
+        return fill.fill(self.pipeline, examples, batch_size, progress, group)
 
     def loader(self, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False, fill_batch_size: int = 32,
                progress: bool = True, group_by_length: bool = False, seed: int | None = None,
@@ -182,17 +220,18 @@ class Recycled(nn.Module):
         ``rec(**batch).loss``. ``group_by_length`` batches examples of similar length together (shuffled when
         ``shuffle``), so less padding is computed. Other keyword arguments go to ``torch.utils.data.DataLoader``.
         """
-        return loader.make_loader(self, examples, batch_size, shuffle, fill_batch_size, progress, group_by_length,
-                                  seed, **dataloader_kwargs)
+        return loader.make_loader(self.pipeline, examples, dtype_of(self.top), batch_size, shuffle, fill_batch_size,
+                                  progress, group_by_length, seed, **dataloader_kwargs)
 
     def dataset(self, examples: Iterable[Any], fill_batch_size: int = 32, progress: bool = True):
         """The training dataset over ``examples`` (filled first, once): items ``{"states", labels...}``, a
         ``collate`` for batches, and ``lengths``. For trainers that build their own loaders (HF ``Trainer``)."""
-        return loader.make_loader(self, examples, fill_batch_size=fill_batch_size, progress=progress).dataset
+        return self.loader(examples, fill_batch_size=fill_batch_size, progress=progress).dataset
 
     def predict(self, examples: Iterable[Any], batch_size: int = 32, progress: bool = True) -> list[dict]:
         """Outputs for raw examples in order (one dict of tensors each), keyed as ``fill`` keys them."""
-        return serve.predict(self, examples, batch_size, progress)
+        return serve.predict(self.pipeline, self._top, device_of(self.top), dtype_of(self.top), examples,
+                             batch_size, progress)
 
     def verify(self, examples: Iterable[Any], sample: int = 32, rtol: float | None = None, atol: float = 1e-4,
                seed: int = 0) -> fill.VerifyReport:
@@ -201,7 +240,7 @@ class Recycled(nn.Module):
         Inputs that change between epochs (random augmentation) are frozen into the cache when ``key=`` keys
         the raw object; this check finds it. Warns and reports the mismatched keys.
         """
-        return fill.verify(self, examples, sample, rtol, atol, seed)
+        return fill.verify(self.pipeline, examples, sample, rtol, atol, seed)
 
 
 def recycle(
@@ -223,7 +262,8 @@ def recycle(
         store: where states live; default a new ``MemoryStore()``. ``None`` keeps nothing (a ``NullStore``:
             the bottom runs every call, the frozen-without-cache baseline).
         config: a ``RecycleConfig``; ``options`` (its field names: ``blocks``, ``store_misses``,
-            ``preprocess``, ``check_split``, ``untie``) override its fields.
+            ``preprocess``, ``check_split``, ``untie``) override its fields. The result holds it as
+            ``rec.recycle_config`` (``rec.config`` is the model's own config).
         key: ``example -> object`` to key examples yourself (e.g. an image file's bytes); default: a digest
             of the model inputs that reach the bottom.
         tokenizer: folded into the fingerprint, with ``preprocess`` (the tokenizer's call arguments).
@@ -239,13 +279,3 @@ def recycle(
     config = dataclasses.replace(config or RecycleConfig(), **given)
     store = MemoryStore() if store is _DEFAULT_STORE else NullStore() if store is None else store
     return Recycled(model, config, store, key=key, tokenizer=tokenizer)
-
-
-def input_names_of(model: nn.Module, generic: bool) -> tuple[str, ...]:
-    """The model's forward inputs that reach the bottom, in signature order."""
-    target = model if generic else model.base_model
-    params = [p for p in inspect.signature(target.forward).parameters.values()
-              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    if generic:
-        return tuple(p.name for p in params[:1])
-    return tuple(p.name for p in params if p.name not in _NOT_INPUTS)

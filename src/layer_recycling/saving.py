@@ -1,29 +1,32 @@
 """Saving a recycled model as the whole model it came from: what ``from_pretrained`` and trainers load.
 
-The user's model (``rec.source``) shares every parameter with the two halves, so its state dict is the
-trained model, except for head parameters that ``untie=True`` copied into the top: those are put back in.
+Free functions of a recycled model (``lr.recycle(...)``), as PEFT's ``get_peft_model_state_dict`` is: the
+module's own ``state_dict()`` stays torch's (names under ``bottom.`` and ``top.``, what a parent module, DDP or
+Lightning save and restore). The user's model (``rec.source``) shares every parameter with the two halves, so
+its state dict is the trained model, except for head parameters that ``untie=True`` copied into the top:
+those are put back in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from .model import Recycled
+from torch import nn
 
 
-def untied_parameters(rec: Recycled) -> dict[str, torch.nn.Parameter]:
+def untied_parameters(rec: nn.Module) -> dict[str, torch.nn.Parameter]:
     """{name in the model: the top's own trained copy} for parameters that ``untie=True`` copied."""
     top = dict(rec.top.model.named_parameters(remove_duplicate=False))
     return {name: top[name] for name in rec.untied if name in top}
 
 
-def state_dict(rec: Recycled) -> dict[str, torch.Tensor]:
-    """The whole model's state dict (its own names), trained top included; each shared tensor once."""
+def model_state_dict(rec: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state dict in its own names (what ``from_pretrained`` checkpoints hold), trained top
+    included; each shared tensor once (safetensors refuses twins)."""
     state = dict(rec.source.state_dict())
     state.update({n: p.detach() for n, p in untied_parameters(rec).items()})
     seen: set[tuple[int, int]] = set()
@@ -36,8 +39,16 @@ def state_dict(rec: Recycled) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_state_dict(rec: Recycled, state: dict[str, torch.Tensor], strict: bool) -> Any:
-    """Load a whole model's state dict (as ``state_dict`` writes it) into the model and the top's copies."""
+def load_model_state_dict(rec: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> Any:
+    """Load a whole model's state dict (as ``model_state_dict`` writes it, or a ``from_pretrained`` checkpoint)
+    into the model and the top's copies.
+
+    Raises:
+        RuntimeError: ``state`` holds other bottom weights than the model's (its stored states would be stale).
+    """
+    bottom = {id(t) for t in rec.bottom.state_dict(keep_vars=True).values()}
+    own = {n: t for n, t in rec.source.state_dict(keep_vars=True).items() if id(t) in bottom}
+    refuse_other_bottom(own, state, "")
     copies = untied_parameters(rec)
     with torch.no_grad():
         for name, param in copies.items():
@@ -49,33 +60,91 @@ def load_state_dict(rec: Recycled, state: dict[str, torch.Tensor], strict: bool)
     if strict and (missing or result.unexpected_keys):
         raise RuntimeError(
             f"loading a recycled model's state dict: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}; "
-            f"expected the whole model's state dict (rec.state_dict() or a from_pretrained checkpoint)"
+            f"expected the whole model's state dict (lr.model_state_dict(rec) or a from_pretrained checkpoint)"
         )
     return result
 
 
-def _tied(rec: Recycled, name: str) -> bool:
+# ---- hooks of the module's own state_dict: each tensor once, and the bottom never replaced ------------------------
+
+
+def aliases(rec: nn.Module) -> dict[str, str]:
+    """{later name: first name} of tensors the module holds under several names (the top keeps stem modules it
+    never runs, and a head tied to the embeddings: one tensor, in the bottom and the top)."""
+    with _unhooked(rec):
+        state = rec.state_dict(keep_vars=True)
+    first: dict[int, str] = {}
+    return {n: first[id(t)] for n, t in state.items() if first.setdefault(id(t), n) != n}
+
+
+def drop_aliases(rec: nn.Module, state: dict[str, torch.Tensor], prefix: str, _metadata: Any) -> None:
+    """``state_dict`` post-hook: each tensor once, under its first name (safetensors refuses shared tensors)."""
+    if not getattr(rec, "_unhooked", False):
+        for name in aliases(rec):
+            state.pop(prefix + name, None)
+
+
+def restore_aliases(rec: nn.Module, state: dict[str, torch.Tensor], prefix: str, *_: Any) -> None:
+    """``load_state_dict`` pre-hook: the names ``drop_aliases`` left out load from their tensor's first name."""
+    for name, first in aliases(rec).items():
+        if prefix + first in state and prefix + name not in state:
+            state[prefix + name] = state[prefix + first]
+
+
+def check_bottom_unchanged(rec: nn.Module, state: dict[str, torch.Tensor], prefix: str, *_: Any) -> None:
+    """``load_state_dict`` pre-hook of a recycled model: refuse a state dict whose ``bottom.`` weights differ."""
+    refuse_other_bottom(rec.bottom.state_dict(keep_vars=True), state, prefix + "bottom.")
+
+
+@contextlib.contextmanager
+def _unhooked(rec: nn.Module):
+    object.__setattr__(rec, "_unhooked", True)
+    try:
+        yield
+    finally:
+        object.__setattr__(rec, "_unhooked", False)
+
+
+def refuse_other_bottom(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], prefix: str) -> None:
+    """Refuse ``state`` if it would change a weight of the frozen bottom (``own``, named under ``prefix``): the
+    store holds states that bottom computed, and would serve them for a different one."""
+    changed = [n for n, t in own.items() if prefix + n in state and not _same(state[prefix + n], t)]
+    if changed:
+        raise RuntimeError(
+            f"this state dict holds other weights for the frozen bottom ({', '.join(changed[:3])}"
+            f"{', ...' if len(changed) > 3 else ''}) than the recycled model has: its store holds states of the "
+            f"old bottom and would serve them for the new one. Load the weights into your model before "
+            f"lr.recycle(model, ...) (the store then refuses stale states by fingerprint), or load only the top: "
+            f"rec.top.load_state_dict(...)"
+        )
+
+
+def _same(new: torch.Tensor, old: torch.Tensor) -> bool:
+    return new.shape == old.shape and torch.equal(new.detach().to(device=old.device, dtype=old.dtype), old.detach())
+
+
+def _tied(rec: nn.Module, name: str) -> bool:
     tied = getattr(rec.source, "all_tied_weights_keys", None) or getattr(rec.source, "_tied_weights_keys", None)
     return bool(tied) and name in tied
 
 
-def save_pretrained(rec: Recycled, directory: str | os.PathLike, **kwargs: Any) -> Path:
+def save_pretrained(rec: nn.Module, directory: str | os.PathLike, **kwargs: Any) -> Path:
     """Write the whole model as ``from_pretrained`` expects, and ``recycling_config.json`` beside it."""
     source = rec.source
     if not hasattr(source, "save_pretrained"):
         raise TypeError(
             f"{type(source).__name__} has no save_pretrained (not a transformers model); save its weights with "
-            f"torch.save(rec.state_dict(), path) and its recycling options with rec.config.save_pretrained(dir)"
+            f"torch.save(rec.state_dict(), path) and its recycling options with rec.recycle_config.save_pretrained(dir)"
         )
     config = getattr(source, "config", None)
     untied = bool(rec.untied) and config is not None and getattr(config, "tie_word_embeddings", False)
     if untied:  # the saved head is the top's own copy: it must load untied
         config.tie_word_embeddings = False
     try:
-        source.save_pretrained(directory, state_dict=state_dict(rec), **kwargs)
+        source.save_pretrained(directory, state_dict=model_state_dict(rec), **kwargs)
     finally:
         if untied:
             config.tie_word_embeddings = True
-    rec.config.save_pretrained(directory, at_blocks=rec.at, num_layers=rec.num_layers, level=rec.level,
+    rec.recycle_config.save_pretrained(directory, at_blocks=rec.at, num_layers=rec.num_layers, level=rec.level,
                                block_path=rec.arch.blocks, codec=rec.store.codec, fingerprint=rec.fingerprint.parts)
     return Path(directory)

@@ -6,76 +6,15 @@ original only along the edited paths, so every parameter tensor is shared and th
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
-import numbers
 import warnings
 
 import torch
 from torch import nn
 
 from .arch import Arch, lookup
-
-
-def resolve_at(at: int | float, num_layers: int) -> int:
-    """The block count ``at`` means: an int in [0, L] is itself, a fraction (level) in [0, 1] is rounded.
-
-    A fraction f recycles ``round(f * L)`` blocks, rounding halves to even (the paper's MiniLM levels:
-    25/50/75% of 6 give 2/3/4; of 12 give 3/6/9). A fraction strictly between 0 and 1 always recycles
-    at least one block and leaves at least one: it never silently becomes 0 or L.
-    """
-    if isinstance(at, bool) or not isinstance(at, numbers.Real):
-        raise TypeError(f"at={at!r} ({type(at).__name__}): expected an int block count or a float fraction")
-    if isinstance(at, numbers.Integral):
-        if not 0 <= at <= num_layers:
-            raise ValueError(f"at={at} blocks: expected 0..{num_layers} (the model has {num_layers} blocks)")
-        return int(at)
-    if not 0.0 <= at <= 1.0:
-        hint = f"; for {int(at)} blocks pass the int {int(at)}" if float(at).is_integer() else ""
-        raise ValueError(f"at={at}: a fraction must lie in [0, 1]{hint}")
-    k = round(at * num_layers)
-    if 0.0 < at < 1.0 and num_layers > 1:
-        k = min(max(k, 1), num_layers - 1)
-    return k
-
-
-def resolve_level(at: int | float, num_layers: int) -> int:
-    """Deprecated: renamed ``resolve_at`` (it returns a block count, not a level)."""
-    warnings.warn("resolve_level is renamed resolve_at", DeprecationWarning, stacklevel=2)
-    return resolve_at(at, num_layers)
-
-
-def _shallow(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` with its own child/parameter dicts, sharing every tensor."""
-    clone = copy.copy(module)
-    clone._modules = dict(module._modules)
-    clone._parameters = dict(module._parameters)
-    clone._buffers = dict(module._buffers)
-    return clone
-
-
-def replace(root: nn.Module, edits: dict[str, nn.Module | None]) -> nn.Module:
-    """A shallow copy of ``root`` with the modules at the dotted paths in ``edits`` replaced."""
-    copies = {"": _shallow(root)}
-    for path, new in edits.items():
-        parts = path.split(".")
-        for i in range(1, len(parts)):
-            prefix = ".".join(parts[:i])
-            if prefix not in copies:
-                parent = copies[".".join(parts[: i - 1])]
-                copies[prefix] = _shallow(getattr(parent, parts[i - 1]))
-                setattr(parent, parts[i - 1], copies[prefix])
-        setattr(copies[".".join(parts[:-1])], parts[-1], new)
-    return copies[""]
-
-
-def _get(module: nn.Module, path: str) -> nn.Module:
-    return module.get_submodule(path) if path else module
-
-
-def _join(*parts: str) -> str:
-    return ".".join(p for p in parts if p)
+from .surgery import get, join, replace, resolve_at, shallow
 
 
 class Seam(nn.Module):
@@ -176,7 +115,7 @@ def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = No
     if arch.bottom_fix is not None:
         bottom_edits.update(arch.bottom_fix(base, k))
     bottom = Bottom(replace(base, bottom_edits))
-    top_model = replace(model, {_join(prefix, p): m for p, m in _above(base, arch, layers, k).items()})
+    top_model = replace(model, {join(prefix, p): m for p, m in _above(base, arch, layers, k).items()})
     for suffix, wrap in arch.heads:  # heads that read input_ids are restated on states
         if type(model).__name__.endswith(suffix):
             top_model = wrap(top_model)
@@ -188,9 +127,9 @@ def _above(base: nn.Module, arch: Arch, layers: nn.ModuleList, k: int) -> dict[s
     """Edits of ``base`` that feed it the states at block k: the blocks from k on, the stem seamed or blanked."""
     edits: dict[str, nn.Module | None] = {arch.blocks: nn.ModuleList(layers[k:])}
     for name in arch.seam:
-        edits[name] = Seam(_get(base, name), arch.entry, arch.keep)
+        edits[name] = Seam(get(base, name), arch.entry, arch.keep)
     edits.update({n: nn.Identity() for n in arch.blank if getattr(base, n, None) is not None})
-    edits.update({n: Zeros(_get(base, n)) for n in arch.zero})
+    edits.update({n: Zeros(get(base, n)) for n in arch.zero})
     if arch.top_fix is not None:
         edits.update(arch.top_fix(base, k))
     return edits
@@ -231,7 +170,7 @@ def middle(model: nn.Module, j: int, k: int, blocks: str | list[str] | None = No
 
 def _block_list(root: nn.Module, path: str) -> nn.ModuleList | nn.Sequential:
     try:
-        layers = _get(root, path)
+        layers = get(root, path)
     except AttributeError:
         raise ValueError(
             f"{type(root).__name__} has no block list at {path!r}; pass blocks='<dotted.path>' naming its "
@@ -273,15 +212,15 @@ def _stem(model: nn.Module, path: str) -> dict[str, nn.Module]:
         for name, child in owner.named_children():
             if name == part:
                 break
-            stem[_join(prefix, name)] = child
-        owner, prefix = getattr(owner, part), _join(prefix, part)
+            stem[join(prefix, name)] = child
+        owner, prefix = getattr(owner, part), join(prefix, part)
     return stem
 
 
 def _check_consecutive(model: nn.Module, paths: tuple[str, ...]) -> None:
     # Modules between two stage lists would run in neither half, or twice: refuse such a list of paths.
     owner_path = paths[0].rpartition(".")[0]
-    order = [n for n, _ in _get(model, owner_path).named_children()]
+    order = [n for n, _ in get(model, owner_path).named_children()]
     mine = [p.rpartition(".")[2] for p in paths]  # each path exists: _block_list checked it
     start = order.index(mine[0])
     if any(p.rpartition(".")[0] != owner_path for p in paths) or order[start : start + len(mine)] != mine:
@@ -306,7 +245,7 @@ def tied(s: Split, model: nn.Module | None = None) -> dict[str, str]:
     found = {}
     for path, module in s.top.model.named_modules(remove_duplicate=False):
         if id(module) not in in_bottom:
-            found.update({_join(path, n): bottom[id(p)] for n, p in module.named_parameters(recurse=False)
+            found.update({join(path, n): bottom[id(p)] for n, p in module.named_parameters(recurse=False)
                           if id(p) in bottom})
     return found
 
@@ -316,7 +255,7 @@ def untie(s: Split, names: list[str]) -> Split:
     edits = {}
     for name in names:
         path, _, attr = name.rpartition(".")
-        module = edits.get(path) or _shallow(_get(s.top.model, path))
+        module = edits.get(path) or shallow(get(s.top.model, path))
         module._parameters[attr] = nn.Parameter(module._parameters[attr].detach().clone())
         edits[path] = module
     root = edits.pop("", s.top.model)  # a parameter of the top model itself

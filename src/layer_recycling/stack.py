@@ -1,69 +1,78 @@
 """Stacked fills: a store filled at level j feeds the fill at level k > j, so only blocks j..k run.
 
-A sweep over 25/50/75% then costs one pass of the deepest bottom. The lower model must be the same model
+A sweep over 25/50/75% then costs one pass of the deepest bottom. The lower pipeline must be the same model
 recycled at a lower level, with a lossless store: its states stand exactly for the first j blocks.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
 from . import data
-from .fill import compute, device_of, dtype_of, missing
+from .fill import StatesOf, fill_keyed, keyed, missing
 from .fingerprint import FingerprintMismatch, fingerprint_of
+from .pipeline import dtype_of
 from .split import middle, split
+from .stores.codecs import LOSSLESS
 
 if TYPE_CHECKING:
-    from .model import Recycled
-
-LOSSLESS = ("native", "float32")
+    from .pipeline import Pipeline
 
 
-def stacked_states(rec: Recycled, lower: Recycled, pending: dict[str, dict], batch_size: int,
-                   progress: bool) -> Callable[[list[str], list[dict]], list[torch.Tensor]]:
+
+def fill(pipe: Pipeline, lower: Pipeline, examples: Iterable[Any], batch_size: int = 32, progress: bool = True,
+         group: Any = None) -> int:
+    """``fill.fill`` of ``pipe`` from ``lower``'s stored states: ``lower``'s store is filled first where it lacks
+    an example this fill needs, then blocks j..k run on its states. Returns the entries ``pipe`` added."""
+    if not pipe.store.keeps:
+        return 0
+    check_stackable(pipe, lower)
+    pairs = keyed(pipe, examples)
+    fill_keyed(lower, list(missing(pipe, pairs).items()), batch_size, progress, group)  # only what pipe lacks
+    return fill_keyed(pipe, pairs, batch_size, progress, group, states_of=stacked_states(pipe, lower))
+
+
+def stacked_states(pipe: Pipeline, lower: Pipeline) -> StatesOf:
     """``states_of(keys, rows)`` for ``fill.compute``: lower's stored states run through blocks j..k."""
-    check_stackable(rec, lower)
-    compute(lower, missing(lower, pending.items()), batch_size, progress)  # the lower store first, if incomplete
-    blocks = middle(rec.source, lower.at, rec.at, rec.config.blocks).eval()
-    device, dtype = device_of(rec.bottom), dtype_of(rec.bottom)
+    blocks = middle(pipe.source, lower.at, pipe.at, pipe.config.blocks).eval()
+    device, dtype = pipe.device, dtype_of(pipe.bottom)
 
     @torch.no_grad()
     def states_of(keys: list[str], rows: list[dict]) -> list[torch.Tensor]:
         states = lower.store.get_many(keys, device=device, dtype=dtype)
-        rec.stats.bottom_calls += 1
-        rec.stats.bottom_examples += len(keys)
-        if not rec.arch.masked:
+        pipe.stats.bottom_calls += 1
+        pipe.stats.bottom_examples += len(keys)
+        if not pipe.arch.masked:
             return list(blocks(torch.stack(states)))
-        lengths = [s.shape[0] for s in states]
-        out = blocks(data.pad(states), data.mask_for(lengths, max(lengths), device))
-        return [out[i, :n] for i, n in enumerate(lengths)]
+        out = blocks(*data.repad(states))
+        return [out[i, : s.shape[0]] for i, s in enumerate(states)]
 
     return states_of
 
 
-def check_stackable(rec: Recycled, lower: Recycled) -> None:
-    """Refuse a lower model that is not this model's first j blocks with an exact store.
+def check_stackable(pipe: Pipeline, lower: Pipeline) -> None:
+    """Refuse a lower pipeline that is not this model's first j blocks with an exact store.
 
     Raises:
         ValueError: not a lower level, a lossy store, or another key function.
         FingerprintMismatch: the lower store was filled by another bottom.
     """
-    if not lower.at < rec.at:
-        raise ValueError(f"start_from recycles {lower.at} blocks, this model {rec.at}: start from a lower level")
+    if not lower.at < pipe.at:
+        raise ValueError(f"start_from recycles {lower.at} blocks, this model {pipe.at}: start from a lower level")
     if not lower.store.keeps or lower.store.codec not in LOSSLESS:
         raise ValueError(
             f"start_from's store is {lower.store!r} (codec {lower.store.codec!r}): a stacked fill needs exact states "
             f"(a codec in {LOSSLESS}); fill this level from scratch instead"
         )
-    if lower.key_fn is not rec.key_fn:
+    if lower.key_fn is not pipe.key_fn:
         raise ValueError("start_from keys examples with another key function; use the same key= for both levels")
-    s = split(rec.source, lower.at, rec.config.blocks)
-    own = fingerprint_of(s.bottom, model=rec.source, at=s.at, num_layers=s.num_layers, blocks=s.arch.blocks,
+    s = split(pipe.source, lower.at, pipe.config.blocks)
+    own = fingerprint_of(s.bottom, model=pipe.source, at=s.at, num_layers=s.num_layers, blocks=s.arch.blocks,
                          codec=lower.store.codec).parts
     parts = [p for p in ("model", "config", "split", "weights") if lower.fingerprint.parts.get(p) != own[p]]
-    parts += ["preprocess"] if lower.fingerprint.parts.get("preprocess") != rec.fingerprint.parts.get("preprocess") else []
+    parts += ["preprocess"] if lower.fingerprint.parts.get("preprocess") != pipe.fingerprint.parts.get("preprocess") else []
     if parts:
         raise FingerprintMismatch(
             f"start_from was recycled from a different model ({', '.join(parts)} differ): its {lower.at} stored "

@@ -97,8 +97,8 @@ def test_store_verbs_info_and_pickle(tmp_path):
     with store:
         store.flush()
     assert torch.equal(store[c], torch.ones(2, 2, dtype=torch.float16))  # reopens lazily after close
-    with pytest.warns(DeprecationWarning, match="codec="):
-        assert DiskStore(tmp_path / "s", dtype="float16").codec == "float16"
+    with pytest.raises(TypeError, match="dtype"):  # the pre-release alias is gone: codec= only
+        DiskStore(tmp_path / "s", dtype="float16")
 
 
 def test_a_key_committed_before_is_dropped_at_the_next_commit_and_the_first_copy_stays(tmp_path):
@@ -329,7 +329,7 @@ def test_bad_inputs_are_refused_with_the_fix(tmp_path):
         store.put_many([b], [torch.ones(2, 3)])
     with pytest.raises(ValueError, match=r"shape \(1, 4, 1\)"):
         store.put_many([c], [torch.ones(1, 4, 1)])
-    with pytest.raises(ValueError, match="beyond float16's range.*dtype='bfloat16'"):
+    with pytest.raises(ValueError, match="beyond float16's range.*codec='bfloat16'"):
         store.put_many([d], [torch.tensor([[1e5, 0, 0, 0]])])
     with pytest.raises(TypeError, match="str content digests.*lr.digest"):
         store.put_many([3], [torch.ones(1, 4)])

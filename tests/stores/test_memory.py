@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -45,12 +44,6 @@ def test_codecs_by_name_or_dtype_keep_close_values(codec, tol, size):
     assert store["k"].dtype == torch.float32 or codec in ("float16", "bfloat16", torch.float16)
     assert float((store.get_many(["k"], dtype=torch.float32)[0] - x).abs().max()) <= tol * 3
     assert store.volume() >= 5 * 8 * size
-
-
-def test_the_dtype_keyword_still_works_with_a_warning():
-    with pytest.warns(DeprecationWarning, match="codec"):
-        store = lr.MemoryStore(dtype=torch.float16)
-    assert store.codec == "float16"
 
 
 def test_bad_codecs_and_float16_overflow_are_explained():

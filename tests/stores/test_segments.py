@@ -16,7 +16,7 @@ import torch
 
 from layer_recycling.stores.disk import DiskStore, StoreCorrupted
 from layer_recycling.stores.files import blake, npy_bytes, signed
-from store_helpers import FORK, check_store, fill, filled, flip, keys, opens_and_reads, store_files, value
+from store_helpers import FORK, check_store, fill, filled, flip, keys, opens_and_reads, store_files
 
 
 def _committed_files(store: DiskStore) -> set[str]:
@@ -113,7 +113,7 @@ def test_concurrent_writers_equal_one_writer_key_by_key(tmp_path, writers):
 
 
 def _keys_of(seg) -> list[str]:
-    from layer_recycling.stores.files import key_strs
+    from layer_recycling.stores.binkeys import key_strs
 
     return key_strs(np.asarray(seg.index()[0]))
 

@@ -91,7 +91,7 @@ def test_duplicates_have_one_answer_the_lowest_segment_name(tmp_path):
     assert merged.info()["unmerged"] == 0 and len(merged) == 3
     assert all(float(t[0, 0]) == 1.0 for t in merged.get_many(k))
     s = DiskStore(tmp_path / "s", writer="0")  # a lower name after the merge: it wins there and after the next
-    from layer_recycling.stores.files import key_bytes
+    from layer_recycling.stores.binkeys import key_bytes
     from layer_recycling.stores.segments import write_segment
 
     write_segment(s.path, "seg-0-000000", "0" * 12, "float32", [4], key_bytes(k[:1]), [np.zeros((1, 4), np.float32)],

@@ -120,7 +120,7 @@ def searchsorted_calls(monkeypatch, fn) -> int:
 def test_keys_that_share_their_leading_bytes_hash_apart():
     """Sequential ids and a shared 8-byte prefix with a random tail: no two of 200,000 keys share the 48 bits the
     index keeps, as for digests."""
-    from layer_recycling.stores.files import key_bytes
+    from layer_recycling.stores.binkeys import key_bytes
 
     rng = np.random.default_rng(0)
     tails = rng.integers(0, 256, (100_000, 12), np.uint8)

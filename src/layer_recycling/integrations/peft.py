@@ -5,14 +5,13 @@ Either way only adapters above the cut (and the task head) train; adapters below
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
-if TYPE_CHECKING:
-    from ..model import Recycled
+from torch import nn
 
 
-def add_lora(rec: Recycled, r: int = 8, alpha: int | None = None, target_modules: Sequence[str] | None = None,
-             dropout: float = 0.0) -> Recycled:
+def add_lora(rec: nn.Module, r: int = 8, alpha: int | None = None, target_modules: Sequence[str] | None = None,
+             dropout: float = 0.0) -> nn.Module:
     """LoRA adapters on the top's blocks; afterwards only they and the task head train (the paper's best variant).
 
     The adapters go into the top's blocks, which are your model's own modules (as PEFT's injection does), so

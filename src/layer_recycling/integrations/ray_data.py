@@ -37,7 +37,7 @@ def fill_from_dataset(make_recycled: Callable[[], Recycled], dataset: Any, *, ba
     import ray.data
 
     rec = make_recycled()
-    if not getattr(rec.store, "shared", False):
+    if not rec.store.shared:
         raise TypeError(f"fill_from_dataset needs a store every actor shares (a DiskStore), got {rec.store!r}")
     sink = _sink_class()(rec.store)
     keyed = dataset.map_batches(functools.partial(_key_batch, rec.key_fn, rec.input_names), batch_format="pandas")
@@ -57,7 +57,7 @@ def _key_batch(key_fn: Callable | None, input_names: tuple[str, ...], frame):
 def _encode(row: dict, key_fn: Callable | None, input_names: tuple[str, ...]):
     from .. import data
     from ..keys import digest
-    from ..serve import row_key
+    from ..pipeline import row_key
 
     inputs, labels = data.parts(data.normalize(row, input_names), input_names)
     return (digest(key_fn(row)) if key_fn is not None else row_key(inputs)), inputs
@@ -75,12 +75,12 @@ class _Bottom:
 
         rows = frame.drop(columns=[KEY]).to_dict("records")
         keyed = {k: _encode(r, self.rec.key_fn, self.rec.input_names)[1] for k, r in zip(frame[KEY], rows)}
-        pending = fill.missing(self.rec, keyed.items())
+        pipe = self.rec.pipeline
+        pending = fill.missing(pipe, keyed.items())
         keys, states = list(pending), []
-        device = fill.device_of(self.rec.bottom)
         for start in range(0, len(keys), self.batch_size):
             chunk = keys[start : start + self.batch_size]
-            states += fill.bottom_states(self.rec, [pending[k] for k in chunk], device)
+            states += pipe.bottom_states([pending[k] for k in chunk], pipe.device)
         arrays = [s.float().cpu().numpy() for s in states]
         columns = {KEY: keys, "state": [a.reshape(-1) for a in arrays], "shape": [list(a.shape) for a in arrays]}
         if self.rec.key_fn is not None:  # a user's key: the entry keeps a digest of its inputs (see fill.put)

@@ -9,13 +9,18 @@ groups by length from the stored lengths.
 
 from __future__ import annotations
 
+import json
 import os
 
+import safetensors.torch
 import torch
 import transformers
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from ..saving import load_model_state_dict
+
 TRAINING_ARGS = "training_args.bin"  # what Trainer itself writes beside a checkpoint
+WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"  # what save_pretrained writes
 
 
 class RecycledTrainer(transformers.Trainer):
@@ -30,6 +35,14 @@ class RecycledTrainer(transformers.Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # Our checkpoints are the whole model in its own names: load them as such, strictly (Trainer's own loader
+        # would load them non-strictly into the recycled module's bottom./top. names, restoring nothing).
+        load_model_state_dict(self.accelerator.unwrap_model(model or self.model), read_weights(resume_from_checkpoint))
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -48,3 +61,19 @@ class RecycledTrainer(transformers.Trainer):
             return LengthGroupedSampler(self.args.eval_batch_size, lengths=lengths,
                                         generator=torch.Generator().manual_seed(seed))
         return super()._get_eval_sampler(eval_dataset)
+
+
+def read_weights(folder: str) -> dict[str, torch.Tensor]:
+    """The state dict ``save_pretrained`` wrote in ``folder`` (one safetensors file, or shards and their index)."""
+    index = os.path.join(folder, INDEX)
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(folder, WEIGHTS)):
+        files = [WEIGHTS]
+    else:
+        raise FileNotFoundError(f"no {WEIGHTS} or {INDEX} in {folder}: not a checkpoint RecycledTrainer saved")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(safetensors.torch.load_file(os.path.join(folder, name), device="cpu"))
+    return state

@@ -31,6 +31,7 @@ CODECS = {
     "int8": Codec("int8", np.dtype("i1"), torch.float32, scaled=True),
 }
 SCALE_DTYPE = np.dtype("<f4")
+LOSSLESS = ("native", "float32")  # codecs that give back exactly what was stored
 _ALIASES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int8: "int8"}
 
 
@@ -85,15 +86,15 @@ def _check_float16_range(x: torch.Tensor, key: str) -> None:
     if x.numel() and float(x.abs().max()) > FLOAT16_MAX:
         raise ValueError(
             f"entry {key!r} holds values up to {float(x.abs().max()):.4g}, beyond float16's range (+-65504): "
-            f"they would be stored as inf. Open the store with dtype='bfloat16' (same size, float32's range) "
-            f"or dtype='float32'."
+            f"they would be stored as inf. Open the store with codec='bfloat16' (same size, float32's range) "
+            f"or codec='float32'."
         )
 
 
 def _encode_int8(x: torch.Tensor, key: str) -> tuple[np.ndarray, np.ndarray]:
     x = x.to(torch.float32)
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"entry {key!r} holds inf or nan, which int8 cannot scale; use dtype='float32' or 'bfloat16'")
+        raise ValueError(f"entry {key!r} holds inf or nan, which int8 cannot scale; use codec='float32' or 'bfloat16'")
     rows = x.reshape(x.shape[0], math.prod(x.shape[1:]))  # (n, features): one scale per row
     scale = rows.abs().amax(dim=1) / 127.0 if rows.shape[1] else torch.zeros(x.shape[0], device=x.device)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row keeps scale 0 and q 0

@@ -1,7 +1,7 @@
 """A persistent store on disk: immutable segments, one writer each, and a merged memory-mapped key index.
 
 No lock: every writer writes only its own files, commits by one atomic rename, and a merge publishes a new
-generation by replacing ``CURRENT``. Format: ``segments.py`` and ``snapshot.py``; the old format: ``legacy.py``.
+generation by replacing ``CURRENT``. Format: ``segments.py`` and ``snapshot.py``.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from ..fingerprint import Fingerprint
 from . import snapshot as snap
 from .buffer import Commit, WriteBuffer, encode_batch, new_entries
 from .codecs import CODECS, SCALE_DTYPE, codec_name, decode
-from .files import DiskFull, StoreCorrupted, create_once, key_bytes, key_strs, maybe_key_bytes, read_signed, signed
-from .legacy import convert  # noqa: F401  (lr.stores.disk.convert(path) upgrades a format-1 store)
+from .binkeys import key_bytes, key_strs, maybe_key_bytes
+from .files import DiskFull, StoreCorrupted, create_once, read_signed, signed
 from .segments import FORMAT, WRITER, RowReader, Segment, write_segment
-from .store_files import STORE, FINGERPRINT, cleanup, create, read_store, refuse_legacy
+from .store_files import STORE, FINGERPRINT, cleanup, create, read_store
 from .view import NO_CHECK, View, checks_in, scan, unmerged_segments
 
-__all__ = ["DiskFull", "DiskStore", "StoreCorrupted", "convert"]
+__all__ = ["DiskFull", "DiskStore", "StoreCorrupted"]
 
 MAX_OPEN_FILES = 256  # data file descriptors one store keeps open per process
 # Segments a writer commits at once, each in its thread: while one waits for its fsync the next is written, so
@@ -44,8 +44,7 @@ class DiskStore:
     Args:
         path: the store's directory; created (with its parents) when it holds no store yet.
         codec: None (a new store keeps float32; an existing one keeps its own), ``"float32"``, ``"float16"``,
-            ``"bfloat16"`` or ``"int8"`` (per-row absmax scale), or the matching torch dtype. ``dtype=`` is its
-            deprecated alias.
+            ``"bfloat16"`` or ``"int8"`` (per-row absmax scale), or the matching torch dtype.
         readonly: open a finished store without writing anything.
         writer: this writer's name (letters, digits, ``._-``); default: a fresh run id plus the pid. A retried
             task that passes its own name (``"ray-task-7"``) replaces its segments instead of adding copies.
@@ -53,20 +52,14 @@ class DiskStore:
             filling while full ones commit in threads.
         compact_after: merge automatically once this many segments are not in the snapshot.
     Raises:
-        StoreCorrupted: a store file is damaged; ValueError: the directory holds a format-1 store (convert it).
+        StoreCorrupted: a store file is damaged.
     """
 
     keeps = True
     shared = True  # every process that opens the directory sees the same committed entries
 
     def __init__(self, path: str | os.PathLike, codec: str | torch.dtype | None = None, readonly: bool = False,
-                 writer: str | None = None, segment_bytes: int = 64 << 20, compact_after: int = 64,
-                 dtype: str | torch.dtype | None = None):
-        if dtype is not None:
-            import warnings
-
-            warnings.warn("DiskStore(dtype=) is deprecated; pass codec=", DeprecationWarning, stacklevel=2)
-            codec = codec if codec is not None else dtype
+                 writer: str | None = None, segment_bytes: int = 64 << 20, compact_after: int = 64):
         if writer is not None and not WRITER.fullmatch(writer):
             raise ValueError(f"writer={writer!r}: expected 1-80 letters, digits, '.', '_' or '-'")
         if Path(path).is_file():
@@ -74,7 +67,6 @@ class DiskStore:
                                      f"holding a store). Pass a directory path")
         self._setup(Path(path).absolute(), readonly, writer, segment_bytes, compact_after)
         requested = codec_name(codec)
-        refuse_legacy(self.path)
         if not (self.path / STORE).exists():
             create(self.path, requested or "float32", readonly)
         self._store = read_store(self.path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -19,16 +18,13 @@ class MemoryStore:
         device: where entries live (default CPU); a GPU keeps a small cache next to the model.
         codec: how entries are kept: None (as the bottom produced them), ``"float32"``, ``"float16"``,
             ``"bfloat16"`` (half the memory, converted back on read) or ``"int8"`` (a quarter, per-row scale; kept
-            on the CPU), or the matching torch dtype. ``dtype=`` is a deprecated alias.
+            on the CPU), or the matching torch dtype.
     """
 
     keeps = True
+    shared = False  # one process's memory
 
-    def __init__(self, device: torch.device | str | None = None, codec: str | torch.dtype | None = None,
-                 *, dtype: str | torch.dtype | None = None):
-        if dtype is not None:
-            warnings.warn("MemoryStore(dtype=...) is renamed codec=...", DeprecationWarning, stacklevel=2)
-            codec = codec if codec is not None else dtype
+    def __init__(self, device: torch.device | str | None = None, codec: str | torch.dtype | None = None):
         try:
             name = codec_name(codec)
         except ValueError:
@@ -113,6 +109,15 @@ class MemoryStore:
 
     def flush(self) -> None:
         """Nothing to do: a memory store lives as long as the process."""
+
+    def refresh(self) -> None:
+        """Nothing to do: no other process writes to this store."""
+
+    def compact(self) -> str | None:
+        return None
+
+    def open_snapshot(self, generation: str | None) -> None:
+        """Nothing to do: every entry is readable at once."""
 
     def volume(self) -> int:
         return sum(sum(a.nbytes for a in e) if isinstance(e, tuple) else e.numel() * e.element_size()

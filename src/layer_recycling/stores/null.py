@@ -15,6 +15,7 @@ class NullStore:
 
     codec = "native"
     keeps = False
+    shared = False
     fingerprint_parts = None
 
     def __repr__(self) -> str:
@@ -49,6 +50,15 @@ class NullStore:
 
     def flush(self) -> None:
         pass
+
+    def refresh(self) -> None:
+        """Nothing to do: no other process writes to this store."""
+
+    def compact(self) -> str | None:
+        return None
+
+    def open_snapshot(self, generation: str | None) -> None:
+        """Nothing to do: every entry is readable at once."""
 
     def volume(self) -> int:
         return 0

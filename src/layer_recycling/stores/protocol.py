@@ -9,8 +9,8 @@ import torch
 
 from ..fingerprint import Fingerprint
 
-VERBS = ("__contains__", "contains_many", "get_many", "put_many", "flush", "volume", "bind_fingerprint", "codec",
-         "keeps")
+VERBS = ("__contains__", "contains_many", "get_many", "put_many", "checks_many", "flush", "refresh", "compact",
+         "open_snapshot", "volume", "bind_fingerprint", "codec", "keeps", "shared")
 
 
 @runtime_checkable
@@ -18,16 +18,20 @@ class Store(Protocol):
     """Anything that maps content keys (str) to per-example states (tensors, first dim ragged).
 
     ``codec`` names how values are kept (``"native"``, ``"float16"``, ...) and is part of the fingerprint.
-    Optional: a store that also keeps a digest of each entry's inputs (all three here do) accepts
-    ``put_many(keys, values, checks=...)`` and answers ``checks_many(keys)``; then a ``key=`` function that gives
-    two different inputs one key is caught against entries stored by earlier runs too (see ``fill.py``).
+    Beside each entry a store keeps the digest of its inputs that ``put_many(keys, values, checks=...)`` gives
+    (None: none given) and answers it in ``checks_many(keys)``; so a ``key=`` function that gives two different
+    inputs one key is caught against entries stored by earlier runs too (see ``fill.py``).
     ``keeps`` is False for a store that keeps nothing (``NullStore``): then nothing is filled, loaders yield
-    model inputs, and the bottom runs on every batch. ``fingerprint_parts`` is None until the store is bound to
-    a bottom; ``bind_fingerprint`` records it (or refuses).
+    model inputs, and the bottom runs on every batch. ``shared`` is True for a store every process that opens it
+    sees (``DiskStore``): only then do the ranks of a process group fill it together, each computing a share, and
+    ``refresh``/``compact``/``open_snapshot`` publish their entries (no-ops for a store of one process).
+    ``fingerprint_parts`` is None until the store is bound to a bottom; ``bind_fingerprint`` records it (or
+    refuses).
     """
 
     codec: str
     keeps: bool
+    shared: bool
     fingerprint_parts: dict[str, str] | None
 
     def __contains__(self, key: object) -> bool: ...
@@ -50,12 +54,29 @@ class Store(Protocol):
         """The states of ``keys`` in order, converted to ``dtype`` on ``device``; KeyError names a missing key."""
         ...
 
-    def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor]) -> None:
+    def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor],
+                 checks: Iterable[str | None] | None = None) -> None:
         """Add entries (the first copy of a key wins); they are readable at once, durable after ``flush``."""
+        ...
+
+    def checks_many(self, keys: Sequence[str]) -> list[str | None]:
+        """The input digest stored with each of ``keys`` (None: none was given, or the key is not stored)."""
         ...
 
     def flush(self) -> None:
         """Make every entry added so far durable."""
+        ...
+
+    def refresh(self) -> None:
+        """See entries other processes made durable since (a no-op for a store of one process)."""
+        ...
+
+    def compact(self) -> str | None:
+        """Merge what was added into one readable generation and return its name (None: nothing to name)."""
+        ...
+
+    def open_snapshot(self, generation: str | None) -> None:
+        """Read generation ``generation`` (as ``compact`` returned it in some process) and what came after."""
         ...
 
     def volume(self) -> int:

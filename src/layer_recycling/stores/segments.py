@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .binkeys import KEY_DTYPE
 from .codecs import CODECS, SCALE_DTYPE
 from .files import (
-    KEY_DTYPE, StoreCorrupted, atomic_write, blake, fsync_dir, hash_fd, is_hex, load_npy, npy_bytes, open_ro, pad,
+    StoreCorrupted, atomic_write, blake, fsync_dir, hash_fd, is_hex, load_npy, npy_bytes, open_ro, pad,
     raw_bytes, read_signed, signed,
 )
 
@@ -289,3 +290,16 @@ def release(*arrays) -> None:
         mm = getattr(a, "_mmap", None)
         if mm is not None and hasattr(mm, "madvise"):
             mm.madvise(mmap.MADV_DONTNEED)
+
+
+def ranks(old: list[Segment], new: list[Segment]) -> np.ndarray:
+    """The rank of each of ``old + new`` segments: a key stored in several is read from the lowest rank.
+
+    The rule, the one place it is written: the lowest segment name wins, and of two copies under one name (a
+    writer that reused its name, e.g. a retried task) the later-committed one (in ``new``).
+    """
+    segments = [*old, *new]
+    order = sorted(range(len(segments)), key=lambda i: (segments[i].name, i < len(old)))
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .binkeys import KEY_DTYPE
 from .files import (
-    KEY_DTYPE, StoreCorrupted, atomic_write, blake, fsync_dir, hash_file, load_npy, raw_bytes, read_signed, signed,
+    StoreCorrupted, atomic_write, blake, fsync_dir, hash_file, load_npy, raw_bytes, read_signed, signed,
 )
-from .segments import CHECK_ROWS, FORMAT, SEGMENT, Segment, check_header, release
+from .segments import CHECK_ROWS, FORMAT, SEGMENT, Segment, check_header, ranks, release
 
 CURRENT = "CURRENT"
 LOC_DTYPES = ("<u4", "<i8")  # the first that holds every location; a header without loc_dtype means int64
@@ -126,16 +127,16 @@ NPY_HEADER = 128  # bytes of an index file's .npy header, fixed so that it can b
 def merge(root: Path, previous: Snapshot | None, unmerged: list[Segment]) -> str:
     """Write a new generation covering ``previous`` and ``unmerged``, publish it, return its name.
 
-    Duplicates keep the copy of the lowest segment name (ties: the later-committed copy of a rewritten name).
+    Duplicates keep the copy of the lowest-ranked segment (``segments.ranks``).
     A streaming merge: the key space is cut into ranges of about ``MERGE_ROWS`` entries (at keys sampled from the
     indexes, so whatever the keys), and each range is gathered from every sorted index, sorted, deduplicated and
     appended.
     """
-    old = previous.segments if previous is not None else []
-    order = sorted(range(len(old) + len(unmerged)), key=lambda i: ((old + unmerged)[i].name, i < len(old)))
-    segments = [(old + unmerged)[i] for i in order]
-    new_id = np.empty(len(order), np.int64)
-    new_id[order] = np.arange(len(order))
+    old = list(previous.segments) if previous is not None else []
+    new_id = ranks(old, unmerged)  # the merged generation lists its segments by rank
+    segments = [None] * len(new_id)
+    for segment, rank in zip(old + unmerged, new_id):
+        segments[rank] = segment
     sources = []  # (sorted keys, rows lo:hi -> locations (segment rank, first row, count))
     if previous is not None:
         loc = previous.loc

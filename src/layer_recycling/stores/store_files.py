@@ -8,6 +8,7 @@ import re
 import time
 from pathlib import Path
 
+from .._version import __version__
 from .codecs import CODECS
 from .files import StoreCorrupted, create_once, read_signed, signed
 from .segments import FORMAT, SEGMENT, files_of
@@ -15,26 +16,14 @@ from .snapshot import CURRENT, SNAPSHOT
 
 STORE = "store.json"
 FINGERPRINT = "fingerprint.json"
-LEGACY = "manifest.json"
 _OURS = re.compile(r"(seg-[A-Za-z0-9_.-]{1,80}-[0-9]{6}(\.[0-9a-f]{12}\.(data|keys\.npy|spans\.npy|checks\.npy)|\.json)"
                    r"|snap-g[0-9]{6}-[0-9a-f]{8}\.(json|keys\.npy|loc\.npy)|CURRENT|store\.json|fingerprint\.json)"
                    r"(\.[0-9a-f]{8}\.tmp)?")
 
 
-def refuse_legacy(path: Path) -> None:
-    if (path / LEGACY).exists() and not (path / STORE).exists():
-        raise ValueError(
-            f"{path} holds a DiskStore of format 1 ({LEGACY} and shard-*.bin); this version reads format {FORMAT}. "
-            f"Convert it once with `recycle convert {path}` (in place; --to DIR for a copy) or, in Python, "
-            f"lr.stores.disk.convert('{path}'); the old files are removed once the new ones are in place"
-        )
-
-
 def create(path: Path, codec: str, readonly: bool) -> None:
     if readonly:
         raise FileNotFoundError(f"no DiskStore at {path} (no {STORE}); open it with readonly=False to create one")
-    from .. import __version__  # here, not at import time: the package imports this module
-
     path.mkdir(parents=True, exist_ok=True)
     foreign = [p.name for p in path.iterdir() if not _OURS.fullmatch(p.name)]
     if foreign:
@@ -75,5 +64,4 @@ def cleanup(path: Path, snapshot, headers: dict, grace: float) -> int:
     return removed
 
 
-__all__ = ["CURRENT", "FINGERPRINT", "LEGACY", "SNAPSHOT", "STORE", "cleanup", "create", "read_store",
-           "refuse_legacy"]
+__all__ = ["CURRENT", "FINGERPRINT", "SNAPSHOT", "STORE", "cleanup", "create", "read_store"]

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from . import snapshot as snap
-from .files import KEY_BYTES, StoreCorrupted, key_strs
-from .segments import SEGMENT, Segment, files_of, read_header
+from .binkeys import KEY_BYTES, key_strs
+from .files import StoreCorrupted
+from .segments import SEGMENT, Segment, files_of, ranks, read_header
 
 
 class View:
     """``snapshot`` (or None) and ``unmerged`` segments; ``segments`` numbers them all (the snapshot's first).
 
-    A key in several segments answers from the one of lowest rank: the lowest name, and of two copies under one
-    name (a writer that reused its name) the later-committed one. ``previous``: the view this one follows, whose
+    A key in several segments answers from the one of lowest rank (``segments.ranks``). ``previous``: the view this one follows, whose
     index of unmerged keys it extends instead of building anew.
     """
 
@@ -25,15 +25,13 @@ class View:
                  previous: View | None = None):
         self.path, self.snapshot, self.unmerged = path, snapshot, unmerged
         self.segments = [*(snapshot.segments if snapshot else []), *unmerged]
-        n_old = len(self.segments) - len(unmerged)
-        order = sorted(range(len(self.segments)), key=lambda i: (self.segments[i].name, i < n_old))
-        self.ranks = np.empty(len(order), np.int64)
-        self.ranks[order] = np.arange(len(order))
+        self.ranks = ranks(list(snapshot.segments) if snapshot else [], unmerged)
         shapes = {tuple(s.header["feature_shape"]) for s in self.segments if s.header["rows"] or s.header["entries"]}
         if any(s.header["codec"] != codec for s in self.segments) or len(shapes) > 1:
             raise StoreCorrupted(f"{path} holds segments of different codecs or shapes ({sorted(shapes)})")
         reuse = previous is not None and previous.snapshot is snapshot
         self.hashes = KeyHashes.of(unmerged, previous.hashes if reuse else None)
+        n_old = len(self.segments) - len(unmerged)
         number = {id(seg): n_old + j for j, seg in enumerate(unmerged)}
         self._numbers = np.array([number[id(seg)] for seg in self.hashes.segments], np.int64)
 

@@ -1,0 +1,131 @@
+"""The one object the stages take: what runs the bottom, the store, the keys, and the counters.
+
+``fill``, ``serve``, ``loader`` and ``stack`` are functions of a ``Pipeline``; ``model.Recycled`` (an
+``nn.Module``) holds one beside the top. Nothing here imports the stages or the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+from . import data
+from .keys import digest
+
+if TYPE_CHECKING:
+    from .arch import Arch
+    from .config import RecycleConfig
+    from .fingerprint import Fingerprint
+    from .stores import Store
+
+# Forward arguments of a transformers base model that are not inputs of an example (options, caches, labels).
+_NOT_INPUTS = {
+    "inputs_embeds", "use_cache", "output_attentions", "output_hidden_states", "return_dict", "cache",
+    "past_key_values", "cache_position", "head_mask", "encoder_hidden_states", "encoder_attention_mask",
+    "logits_to_keep", "interpolate_pos_encoding", "kwargs", "args", *data.LABEL_NAMES,
+}
+
+
+@dataclasses.dataclass
+class Stats:
+    """Counters of one recycled model (per process)."""
+
+    hits: int = 0  # examples served from the store at inference
+    misses: int = 0  # examples the bottom ran on at inference
+    stored: int = 0  # entries this model wrote to the store
+    bottom_calls: int = 0  # batches the bottom ran on (fill and inference)
+    bottom_examples: int = 0  # examples the bottom ran on (fill and inference)
+
+
+@dataclasses.dataclass(eq=False)
+class Pipeline:
+    """The frozen bottom of ``source`` cut at block ``at``, the store of its states, and how examples are keyed."""
+
+    source: nn.Module  # the user's model: a stacked fill takes the blocks between two levels from it
+    config: RecycleConfig  # the recycling options (autocast, store_misses, blocks)
+    at: int
+    arch: Arch
+    bottom: nn.Module
+    store: Store
+    key_fn: Callable[[Any], Any] | None  # the user's key=, or None: keys are digests of the model inputs
+    input_names: tuple[str, ...]  # the model inputs that reach the bottom, in signature order
+    pad_id: int
+    fingerprint: Fingerprint
+    stats: Stats = dataclasses.field(default_factory=Stats)
+
+    def encode(self, example: Any) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(key, unpadded model inputs, labels) of one raw example."""
+        inputs, labels = data.parts(data.normalize(example, self.input_names), self.input_names)
+        key = digest(self.key_fn(example)) if self.key_fn is not None else row_key(inputs)
+        return key, inputs, labels
+
+    @torch.no_grad()
+    def run_bottom(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The bottom's output for a right-padded batch of model inputs: (b, t, h) for text, (b, ...) otherwise."""
+        self.bottom.eval()
+        self.stats.bottom_calls += 1
+        self.stats.bottom_examples += next(iter(batch.values())).shape[0]
+        device = next(iter(batch.values())).device
+        with autocast(self.config.autocast, device):
+            if self.arch.generic:
+                return self.bottom(*batch.values())
+            return self.bottom(**batch)
+
+    def bottom_states(self, rows: list[dict[str, torch.Tensor]], device: torch.device) -> list[torch.Tensor]:
+        """Per-example states of unpadded ``rows``: one batch through the bottom, each row cut to its length."""
+        batch = data.collate_inputs(rows, self.pad_id, ragged=self.arch.masked)
+        out = self.run_bottom({n: v.to(device) for n, v in batch.items()})
+        if not self.arch.masked:
+            return list(out)
+        return [out[i, : data.length(r)] for i, r in enumerate(rows)]
+
+    @property
+    def device(self) -> torch.device:
+        """Where the bottom runs."""
+        return device_of(self.bottom)
+
+
+def row_key(inputs: dict[str, torch.Tensor]) -> str:
+    """The default key of one unpadded example: a digest of the inputs that reach the bottom."""
+    return digest(data.key_fields(inputs))
+
+
+def autocast(wanted: str | None, device: torch.device):
+    """The autocast the store's states were made under; running under another one would mix two kinds."""
+    ambient = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    ambient = str(ambient).removeprefix("torch.") if ambient is not None else None
+    if ambient is not None and ambient != wanted:
+        raise ValueError(
+            f"the bottom would run under torch.autocast({ambient}), but this model's states are "
+            f"{wanted + ' autocast' if wanted else 'full precision'} (its store holds those). Pass "
+            f"recycle(..., autocast={ambient!r}) with a store of its own, or run the fill and serving outside autocast"
+        )
+    if wanted is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, wanted))
+
+
+def input_names_of(model: nn.Module, generic: bool) -> tuple[str, ...]:
+    """The model's forward inputs that reach the bottom, in signature order.
+
+    A generic model's bottom runs its stem and blocks on the first argument alone.
+    """
+    target = model if generic else model.base_model
+    params = [p for p in inspect.signature(target.forward).parameters.values()
+              if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if generic:
+        return tuple(p.name for p in params[:1])
+    return tuple(p.name for p in params if p.name not in _NOT_INPUTS)
+
+
+def device_of(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
+def dtype_of(module: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)

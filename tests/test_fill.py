@@ -1,0 +1,71 @@
+"""fill.py: the bottom runs once per distinct key the store lacks; user keys are checked against inputs; verify."""
+
+from __future__ import annotations
+
+import pytest
+
+import layer_recycling as lr
+from conftest import text_examples
+
+
+def test_fill_computes_each_distinct_input_once(bert):
+    examples = text_examples() * 3 + [dict(e, label=0) for e in text_examples()]  # repeats, and new labels
+    rec = lr.recycle(bert, at=2).eval()
+    assert rec.fill(examples, batch_size=4, progress=False) == 6
+    assert rec.stats.bottom_examples == 6 and len(rec.store) == 6
+    calls = rec.stats.bottom_calls
+    assert rec.fill(examples, progress=False) == 0  # a second fill is free
+    assert rec.stats.bottom_calls == calls
+
+
+def test_a_user_key_and_verify_catch_frozen_augmentation(bert):
+    examples = [dict(e, id=i) for i, e in enumerate(text_examples())]
+    rec = lr.recycle(bert, at=2, key=lambda ex: ex["id"]).eval()
+    rec.fill(examples, progress=False)
+    assert rec.verify(examples).ok
+    augmented = [dict(e, input_ids=[(t + 1) % 99 for t in e["input_ids"]]) for e in examples]  # same ids, new inputs
+    with pytest.warns(UserWarning, match="augmentation") as caught:
+        report = rec.verify(augmented, sample=4)
+    assert report.checked == 4 and len(report.mismatched) == 6  # the 4 re-computed, and all 6 by their input digests
+    assert sum("re-computed entries differ" in str(w.message) for w in caught) == 1
+    assert sum("other model inputs" in str(w.message) for w in caught) == 1
+
+
+def test_a_user_key_given_to_two_different_inputs_is_refused_at_fill_and_flagged_by_verify(bert):
+    examples = [dict(e, id=i // 2) for i, e in enumerate(text_examples(4))]  # ids 0, 0, 1, 1: collisions
+    rec = lr.recycle(bert, at=2, key=lambda ex: ex["id"])
+    with pytest.raises(ValueError, match="examples 0 and 1 the same key.*inputs differ"):
+        rec.fill(examples, progress=False)
+    rec.fill(examples[::2], progress=False)  # one example per id: no collision within the fill
+    with pytest.warns(UserWarning, match="more than one distinct input"):
+        report = rec.verify(examples)
+    assert not report.ok and len(report.mismatched) == 2
+
+
+@pytest.mark.parametrize("kind", ["memory", "disk"])
+def test_a_user_key_reused_by_a_later_run_for_other_inputs_is_caught_against_the_stored_entry(bert, tmp_path, kind):
+    examples = [dict(e, id=i) for i, e in enumerate(text_examples(4))]
+    later = [dict(e, id=i) for i, e in enumerate(text_examples(4, lengths=(7, 3)))]  # same ids, other texts
+    store = lr.MemoryStore() if kind == "memory" else lr.DiskStore(tmp_path / "s")
+    lr.recycle(bert, at=2, store=store, key=lambda ex: ex["id"]).fill(examples, progress=False)
+    if kind == "disk":  # a new run: only what is on disk
+        store.close()
+        store = lr.DiskStore(tmp_path / "s")
+    rec = lr.recycle(bert, at=2, store=store, key=lambda ex: ex["id"])
+    assert rec.fill(examples, progress=False) == 0  # the same inputs again: nothing to do, nothing refused
+    with pytest.raises(ValueError, match="stored earlier from different model inputs"):
+        rec.fill(later, progress=False)
+    assert len(rec.eval().predict(examples, batch_size=2, progress=False)) == 4  # the stored inputs: served
+    with pytest.raises(ValueError, match="stored earlier from different model inputs"):
+        rec.predict(later, batch_size=2, progress=False)
+    with pytest.warns(UserWarning, match="other model inputs than these examples"):
+        report = rec.verify(later, sample=1)
+    assert not report.ok and len(report.mismatched) == 4  # every stale key named, not only the sampled one
+    assert len(store) == 4 and rec.verify(examples).ok  # nothing stored was lost or replaced
+
+
+def test_content_keys_keep_no_input_digest(bert):
+    store = lr.MemoryStore()
+    rec = lr.recycle(bert, at=2, store=store)
+    rec.fill(text_examples(3), progress=False)
+    assert store.checks_many(list(store)) == [None] * 3  # the key is the inputs' digest already

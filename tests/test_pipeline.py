@@ -1,0 +1,54 @@
+"""pipeline.py: the one object the stages take; they run on it alone, without the Recycled module."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import layer_recycling as lr
+from layer_recycling import fill, loader, serve
+from layer_recycling.pipeline import input_names_of
+from conftest import text_examples, text_model
+from helpers import max_diff, padded_batch
+
+
+def test_the_stages_run_on_the_pipeline_alone():
+    model = text_model("bert", "ForSequenceClassification").eval()
+    rec = lr.recycle(model, at=2).eval()
+    pipe = rec.pipeline
+    assert pipe.bottom is rec.bottom and pipe.store is rec.store and pipe.stats is rec.stats and pipe.at == 2
+    assert fill.fill(pipe, text_examples(6), progress=False) == 6 and len(rec.store) == 6
+    batch = next(iter(loader.make_loader(pipe, text_examples(6), torch.float32, batch_size=6, progress=False)))
+    assert batch["states"].shape[:2] == batch["attention_mask"].shape and rec.stats.bottom_examples == 6
+    inputs = padded_batch(text_examples(6))
+    states, mask, extra, layout = serve.prepare(pipe, torch.float32, inputs, {})
+    with torch.no_grad():
+        out = serve.restore(rec.top(states, attention_mask=mask, **extra), layout)
+        assert max_diff(model(**inputs), out, inputs["attention_mask"]) <= 1e-5
+    assert rec.stats.hits == 6 and rec.stats.bottom_examples == 6  # all from the store
+
+
+def test_encode_keys_the_unpadded_inputs_and_names_the_labels():
+    pipe = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2).pipeline
+    ids = text_examples(1)[0]["input_ids"]
+    key, inputs, labels = pipe.encode({"input_ids": ids + [0, 0], "attention_mask": [1] * len(ids) + [0, 0],
+                                       "label": 2})
+    assert key == pipe.encode({"input_ids": ids})[0]  # padding never counts
+    assert inputs["input_ids"].tolist() == ids and labels["labels"].item() == 2
+
+
+def test_input_names_are_the_bottoms_inputs_in_signature_order():
+    bert = text_model("bert", "ForSequenceClassification")
+    assert input_names_of(bert, generic=False) == ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+    mlp = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(4)])
+    assert input_names_of(mlp, generic=True) == ("input",)
+
+
+class DictOnly(dict):
+    codec, keeps, shared, fingerprint_parts = "native", True, False, None
+
+
+def test_a_store_without_the_protocols_capabilities_is_refused_naming_them():
+    with pytest.raises(TypeError, match=r"missing: contains_many, get_many, put_many, checks_many, flush, refresh, "
+                                        r"compact, open_snapshot, volume, bind_fingerprint"):
+        lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=DictOnly())
