@@ -12,14 +12,9 @@ import argparse
 from pathlib import Path
 
 from layer_recycling.bench.reporting import interval, load, plot, recommend, summarize
+from layer_recycling.bench.reporting import plus_minus as _pm
 
 TARGETS = (0.5, 1.0, 2.0)
-
-
-def _pm(mean: float | None, spread: float | None, fmt: str = "{:+.2f}") -> str:
-    if mean is None:
-        return "-"
-    return fmt.format(mean) + (f" ± {spread:.2f}" if spread is not None else "")
 
 
 def summary_row(folder: Path) -> str:

@@ -60,8 +60,9 @@ def test_text_labels_unknown_extension(tmp_path):
 def test_text_labels_missing_column_lists_columns(tmp_path):
     path = tmp_path / "data.csv"
     path.write_text("sentence,label\nhi,1\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"data.csv line 2 has no column 'text'; columns found: "
-                                         r"\['label', 'sentence'\]; pass text_column="):
+    with pytest.raises(ValueError, match=r"data.csv line 2 has no column 'text' \(columns found: \['label', 'sentence'\]\); "
+                                         r"expected the text there: name its column with --text-column \(in Python: "
+                                         r"text_column=\)"):
         read_text_labels(path)
 
 
@@ -96,6 +97,50 @@ def test_text_labels_empty_csv(tmp_path):
     (tmp_path / "empty.csv").write_text("", encoding="utf-8")
     with pytest.raises(ValueError, match="empty.csv is empty; expected a header row"):
         read_text_labels(tmp_path / "empty.csv")
+
+
+def test_a_header_only_file_names_the_file_and_the_fix(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("text,label\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"reviews.csv holds only a header row \(text, label\) and no examples; "
+                                         r"expected one example per row below it: add rows"):
+        read_text_labels(path)
+    (tmp_path / "blank.jsonl").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="blank.jsonl holds no JSON lines; expected one JSON object per example"):
+        read_text_labels(tmp_path / "blank.jsonl")
+
+
+@pytest.mark.parametrize("name, text, line", [
+    ("reviews.csv", "text,label\nfine,pos\ncaf\xe9 au lait,neg\n", 3),
+    ("reviews.jsonl", '{"text": "fine", "label": 1}\n{"text": "caf\xe9", "label": 0}\n', 2),
+    ("ner.conll", "a O\n\ncaf\xe9 B-X\n", 3),
+])
+def test_bytes_that_are_not_utf8_name_the_file_and_line(tmp_path, name, text, line):
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))  # \xe9 alone is not UTF-8
+    read = read_conll if name.endswith(".conll") else read_text_labels
+    with pytest.raises(ValueError, match=rf"{name} line {line}: byte 0xe9 is not UTF-8; expected a UTF-8 text "
+                                         rf"file: re-save it as UTF-8"):
+        read(path)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("text,label\nfine,pos\n".encode("utf-8-sig"))
+    assert read_text_labels(path) == ([("fine", 0)], ["pos"])
+
+
+def test_a_pair_column_reads_two_texts_per_example(tmp_path):
+    path = tmp_path / "nli.tsv"
+    path.write_text("premise\thypothesis\tgold\na cat\tan animal\tyes\na cat\ta car\tno\n", encoding="utf-8")
+    assert read_text_labels(path, "premise", "gold", pair_column="hypothesis") == (
+        [(("a cat", "an animal"), 1), (("a cat", "a car"), 0)], ["no", "yes"])
+    with pytest.raises(ValueError, match=r"has no column 'second' \(columns found: \['gold', 'hypothesis', "
+                                         r"'premise'\]\); expected the second text there: name its column with "
+                                         r"--text-pair-column"):
+        read_text_labels(path, "premise", "gold", pair_column="second")
+    with pytest.raises(ValueError, match="expected the label there: name its column with --label-column"):
+        read_text_labels(path, "premise", pair_column="hypothesis")
 
 
 # --- read_conll -----------------------------------------------------------------------------------

