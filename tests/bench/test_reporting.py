@@ -125,7 +125,8 @@ def test_report_names_validation_when_nothing_qualifies(tmp_path):
                _with_val("recycled 75%", "recycled", 0.75, 70.0, 72.0, 30.0)]
     for i, r in enumerate(results):
         (tmp_path / f"{i}.json").write_text(json.dumps(r))
-    text = rp.report(tmp_path, max_drop=1.0)
+    rp.report(tmp_path, max_drop=1.0)
+    text = (tmp_path / "report.md").read_text()
     assert "| recycled 50% | 3 | +3.00 | 79.50 | +0.50 |" in text  # validation drop beside test score and drop
     assert ("Rule: the most recycled setting whose mean drop against full fine-tuning is at most 1.0 points and that "
             "is faster end to end than full fine-tuning, chosen on the validation split, then checked on the test "
