@@ -161,7 +161,7 @@ def _convert(args) -> int:
 
 def _task(args):
     from .bench.catalog import load_task
-    from .bench.sources import Columns
+    from .bench.tables import Columns
 
     return load_task(args.task, args.dataset, args.model, train=args.train, test=args.test,
                      max_length=args.max_length, test_file=args.test_file, seed=args.seed,

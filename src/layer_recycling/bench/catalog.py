@@ -13,7 +13,8 @@ from typing import Callable
 from torch import nn
 
 from . import assets
-from .sources import Columns, seeded_split
+from .sources import seeded_split
+from .tables import Columns
 from .tasks import KINDS, Task, image_task, qa_task, sequence_task, token_task
 
 TEXT_MODELS = {"minilm": assets.minilm_path, "mpnet": assets.mpnet_path}
@@ -125,7 +126,7 @@ def _text(kind, dataset, model, train, test, max_length, test_file, seed, val, v
 def _pairs_named(path: str, names: list[str], columns: Columns, split: str | None = None
                  ) -> list[tuple[str, int]]:
     """(text, label id) pairs of ``path`` with the ids of ``names`` (the training data's labels)."""
-    from .sources import read_labeled_texts
+    from .tables import read_labeled_texts
 
     rows, _ = read_labeled_texts(path, columns, split)
     unknown = sorted({label for _, label in rows} - set(names))
@@ -139,8 +140,7 @@ def _pairs_named(path: str, names: list[str], columns: Columns, split: str | Non
 def _text_pairs(dataset: str, test_file: str | None, seed: int, columns: Columns):
     if dataset in ("rotten_tomatoes", "imdb") and not Path(dataset).exists():
         return assets.movie_reviews(dataset, seed=seed), ["negative", "positive"]
-    from .saved import splits_of
-    from .sources import read_text_labels
+    from .tables import read_text_labels, splits_of
 
     pairs, names = read_text_labels(dataset, columns.text, columns.label, columns.pair)
     if test_file:

