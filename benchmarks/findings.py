@@ -11,15 +11,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from layer_recycling.bench.reporting import interval, load, plot, recommend, summarize
+from layer_recycling.bench.reporting import load, plot, recommend, summarize
+from layer_recycling.bench.reporting import plus_minus as _pm
 
 TARGETS = (0.5, 1.0, 2.0)
-
-
-def _pm(mean: float | None, spread: float | None, fmt: str = "{:+.2f}") -> str:
-    if mean is None:
-        return "-"
-    return fmt.format(mean) + (f" ± {spread:.2f}" if spread is not None else "")
 
 
 def summary_row(folder: Path) -> str:
@@ -34,16 +29,10 @@ def summary_row(folder: Path) -> str:
         picks.append("full" if best is None else f"{best['label'].replace('recycled ', '')} ({best['drop']:+.1f}, "
                      f"{best['speedup']:.2f}x)")
     half_text = ("-" if half is None else
-                 f"{_pm(half['drop'], _test_drop_ci(runs, half['label']))} / {half['speedup']:.2f}x")
+                 f"{_pm(half['drop'], half['test_drop_ci'])} / {half['speedup']:.2f}x")
     return (f"| {first['dataset']}, {first['model']} | {seeds} | {rows[0]['metric']} "
             f"{_pm(next(r for r in rows if r['setting'] == 'full')['score'], None, '{:.1f}')} | {half_text} | "
             + " | ".join(picks) + " |")
-
-
-def _test_drop_ci(runs: list[dict], label: str) -> float | None:
-    """Half width of the 95% t-interval of the test drop of ``label`` against full of the same seed."""
-    full = {r["seed"]: r["score"] for r in runs if r["setting"] == "full"}
-    return interval([full[r["seed"]] - r["score"] for r in runs if r["label"] == label and r["seed"] in full])[2]
 
 
 def task_section(folder: Path, docs: Path) -> str:

@@ -221,3 +221,124 @@ def test_seeds_are_a_count_or_a_list(text, seeds):
     from layer_recycling.cli import parser
 
     assert parser().parse_args(["bench", "--seeds", text]).seeds == seeds
+
+
+# --- a user's own data: fill -> train -> bench from the command line alone --------------------------------------
+
+def _review_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        words = rng.choices(["good", "great", "fun"] if i % 2 else ["bad", "awful", "boring"], k=3)
+        rows.append((f"the film was {' '.join(words)}", "pos" if i % 2 else "neg"))
+    return rows
+
+
+def _quick_bench(dataset, model, out, *extra) -> None:
+    """The smallest sweep: full, frozen and recycled at 50%, one epoch."""
+    assert main(["bench", "--dataset", str(dataset), "--model", str(model), "--levels", "0.5", "--codecs", "",
+                 "--no-lora", "--epochs", "1", "--max-length", "24", "--val", "0.25", "--out", str(out), *extra]) == 0
+
+
+def test_fill_train_bench_on_a_user_csv_and_python_opens_the_store(tmp_path, tiny_model_dir, capsys):
+    import transformers
+
+    import layer_recycling as lr
+
+    rows = _review_rows(60)
+    path = tmp_path / "mine.csv"
+    path.write_text("id,review,sentiment\n" + "".join(f"{i},{t},{y}\n" for i, (t, y) in enumerate(rows)))
+    columns = ["--text-column", "review", "--label-column", "sentiment"]
+    store = tmp_path / "store"
+    common = ["--dataset", str(path), "--model", str(tiny_model_dir), "--at", "2", "--store", str(store),
+              "--max-length", "24", *columns]
+    assert main(["fill", *common]) == 0
+    assert main(["train", *common, "--epochs", "1"]) == 0
+    _quick_bench(path, tiny_model_dir, tmp_path / "out", *columns)
+    printed = capsys.readouterr().out
+    assert "preprocess={'truncation': True, 'max_length': 24}" in printed and "accuracy" in printed
+    assert "validation drop" in (tmp_path / "out" / "report.md").read_text()
+    # The Python API opens the store the CLI filled: same fingerprint, same keys, nothing left to compute.
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    rec = lr.recycle(model, at=2, store=lr.DiskStore(store), tokenizer=tok,
+                     preprocess={"truncation": True, "max_length": 24})
+    examples = [{**tok(t, truncation=True, max_length=24), "label": int(y == "pos")} for t, y in rows]
+    assert len(rec.store) > 0 and rec.fill(examples) == 0
+
+
+def test_fill_train_bench_on_a_saved_dataset_folder(tmp_path, tiny_model_dir, capsys):
+    datasets = pytest.importorskip("datasets")
+
+    def split(n, seed):
+        rows = _review_rows(n, seed)
+        return datasets.Dataset.from_dict(
+            {"premise": [t for t, _ in rows], "hypothesis": ["the film was good"] * n,
+             "label": [int(y == "neg") for _, y in rows]},
+            features=datasets.Features({"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
+                                        "label": datasets.ClassLabel(names=["entailment", "contradiction"])}))
+
+    folder = tmp_path / "nli"
+    datasets.DatasetDict({"train": split(40, 0), "test": split(10, 1)}).save_to_disk(str(folder))
+    columns = ["--text-column", "premise", "--text-pair-column", "hypothesis"]
+    store = tmp_path / "store"
+    common = ["--dataset", str(folder), "--model", str(tiny_model_dir), "--store", str(store), "--max-length", "24",
+              *columns]
+    assert main(["fill", *common]) == 0
+    assert main(["train", *common, "--epochs", "1"]) == 0
+    _quick_bench(folder, tiny_model_dir, tmp_path / "out", *columns)
+    results = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    assert {r["config"]["test_examples"] for r in results} == {10}  # the DatasetDict's own test split
+    assert {r["config"]["train_examples"] + r["config"]["val_examples"] for r in results} == {40}
+    capsys.readouterr()
+    assert main(["inspect", str(store)]) == 0
+    assert json.loads(capsys.readouterr().out)["entries"] > 0
+
+
+@pytest.mark.parametrize("content, found", [
+    (b"text,label\n", "holds only a header row (text, label) and no examples; expected one example per row"),
+    (b"text,label\nfine,pos\ncaf\xe9,neg\n", "line 3: byte 0xe9 is not UTF-8; expected a UTF-8 text file: re-save"),
+    (b"review,label\nfine,pos\n", "line 2 has no column 'text' (columns found: ['label', 'review']); expected the "
+                                  "text there: name its column with --text-column"),
+])
+def test_data_errors_exit_2_with_one_line_naming_the_file(tmp_path, content, found, capsys):
+    path = tmp_path / "mine.csv"
+    path.write_bytes(content)
+    data = ["--dataset", str(path), "--model", "minilm"]
+    for argv in (["fill", *data, "--store", str(tmp_path / "s")], ["train", *data, "--store", str(tmp_path / "s")],
+                 ["bench", *data, "--no-lora"]):
+        assert main(argv) == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and f"{path}" in lines[0] and found in lines[0], lines
+
+
+def test_columns_on_a_task_without_them_are_refused(tmp_path, conll, capsys):
+    assert main(["fill", "--task", "token-cls", "--dataset", str(conll), "--text-column", "words",
+                 "--store", str(tmp_path / "s")]) == 2
+    assert "task 'token-cls' reads CoNLL files" in capsys.readouterr().err
+
+
+def test_a_store_in_a_read_only_directory_trains_but_refuses_to_fill(tmp_path, tiny_model_dir, reviews, capsys,
+                                                                      monkeypatch):
+    import os
+    from pathlib import Path
+
+    store = tmp_path / "store"
+    common = ["--model", str(tiny_model_dir), "--store", str(store)]
+    assert main(["fill", "--dataset", str(reviews), *common]) == 0
+    # Root writes through file modes, so the directory is made read-only where the store looks: os.access (the
+    # real thing, as an unprivileged user: tests/stores/test_disk.py::test_a_finished_store_opens_from_a_read_only_*)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: (not (mode & os.W_OK and Path(p).is_relative_to(store))
+                                                             and real(p, mode, **kw)))
+    capsys.readouterr()
+    assert main(["train", "--dataset", str(reviews), *common, "--epochs", "1"]) == 0  # every state is stored: reads
+    more = tmp_path / "more.csv"
+    more.write_text("text,label\nthe plot was fun,pos\nthe plot was bad,neg\nthe actor was great,pos\n"
+                    "the actor was boring,neg\nthe plot was awful,neg\nthe actor was fun,pos\n")
+    assert main(["fill", "--dataset", str(more), *common]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # not the progress bars
+    assert len(lines) == 1 and "PermissionError" in lines[0] and str(store) in lines[0], lines
+    assert "cannot write, so it opened for reading only, as with readonly=True" in lines[0]
+    assert main(["fill", "--dataset", str(reviews), *common[:-1], str(store / "new")]) == 2
+    assert "cannot create a DiskStore in" in capsys.readouterr().err

@@ -14,6 +14,8 @@ EPILOG = """examples:
   recycle report results/rt --max-drop 1
   recycle fill --dataset imdb --model minilm --at 0.5 --store cache/imdb --codec float16
   recycle train --dataset imdb --model minilm --at 0.5 --store cache/imdb --epochs 3 --save models/imdb
+  recycle bench --dataset my.csv --text-column review --label-column stars --model minilm --out results/my
+  recycle fill --dataset my_saved_dataset --text-column premise --text-pair-column hypothesis --store cache/nli
   recycle inspect cache/imdb
 """
 
@@ -64,8 +66,14 @@ def _seeds(text: str) -> list[int]:
 def _data_args(p: argparse.ArgumentParser, training: bool = True) -> None:
     p.add_argument("--task", default="seq-cls", choices=KINDS)
     p.add_argument("--dataset", default="rotten_tomatoes",
-                   help="rotten_tomatoes, imdb, wnut16, fashion_mnist, or a file (csv/tsv/jsonl, CoNLL, SQuAD json)")
-    p.add_argument("--test-file", help="a separate test file (default: a seeded 20%% split of --dataset)")
+                   help="rotten_tomatoes, imdb, wnut16, fashion_mnist, a csv/tsv/jsonl file or a datasets folder "
+                   "(save_to_disk; a DatasetDict's test split is the test set) for seq-cls, a CoNLL file for "
+                   "token-cls, SQuAD json for qa")
+    p.add_argument("--text-column", default="text", help="the column of the text (seq-cls files and folders)")
+    p.add_argument("--text-pair-column", help="the column of a second text, for sentence pairs (NLI, paraphrase)")
+    p.add_argument("--label-column", default="label", help="the column of the label (a name or an integer)")
+    p.add_argument("--test-file", help="a separate test file or datasets folder, in --dataset's format and columns "
+                   "(default: a DatasetDict's test split, else a seeded 20%% split of --dataset)")
     p.add_argument("--model", default="minilm", help="minilm, mpnet, efficientnet-lite0, or a transformers folder")
     p.add_argument("--train", type=int, help="use at most this many training examples")
     p.add_argument("--test", type=int, help="use at most this many test examples")
@@ -133,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _task(args):
     from .bench.catalog import load_task
+    from .bench.tables import Columns
 
     return load_task(args.task, args.dataset, args.model, train=args.train, test=args.test,
                      max_length=args.max_length, test_file=args.test_file, seed=args.seed,
-                     val=getattr(args, "val", 0.0), val_file=getattr(args, "val_file", None))
+                     val=getattr(args, "val", 0.0), val_file=getattr(args, "val_file", None),
+                     columns=Columns(args.text_column, args.text_pair_column, args.label_column))
 
 
 def _require(modules: dict[str, str]) -> None:
@@ -203,8 +213,9 @@ def _recycled(args):
     if args.store.is_file():
         raise NotADirectoryError(f"--store {args.store} is a file; expected a directory (new or holding a store)")
     tok = tokenizer_for(args.model) if task.kind != "image-cls" else None
+    # preprocess: the tokenizer's call arguments, so that Python opens this store with the same ones
     rec = recycle(model, at=args.at, store=DiskStore(args.store, codec=args.codec), tokenizer=tok,
-                  preprocess={"max_length": args.max_length, "task": task.kind})
+                  preprocess=task.preprocess)
     return task, model, rec
 
 
@@ -213,6 +224,9 @@ def _fill(args) -> int:
     added = rec.fill(task.train + task.test, batch_size=args.batch_size)
     print(f"added {added} entries; the store holds {len(rec.store)}")
     print(json.dumps({k: v for k, v in rec.store.info().items() if k != "fingerprint"}, indent=2))
+    if task.preprocess is not None:
+        print(f"in Python: lr.recycle(model, at={rec.at}, store=lr.DiskStore({str(args.store)!r}), tokenizer=tok, "
+              f"preprocess={task.preprocess!r}), with examples tokenized as tok(text, **preprocess)")
     return 0
 
 

@@ -54,8 +54,9 @@ def test_report_writes_markdown_and_a_png(tmp_path):
     for i, r in enumerate(RESULTS):
         (tmp_path / f"{i}.json").write_text(json.dumps(r))
     text = rp.report(tmp_path, max_drop=1.0)
-    assert "| recycled 50% | 3 | 80.20 | -0.80 | 2.00x | 1.40x |" in text
-    assert "| full | 0 | 81.00 ± 1.4 |" in text
+    assert "| recycled 50% | 3 | - | 80.20 | +0.80 | 2.00x | 1.40x |" in text  # no validation drop in these results
+    assert "| full | 0 | - | 81.00 ± 12.71 | +0.00 ± 0.00 |" in text  # 2 seeds: 12.706 * sd / sqrt(2)
+    assert "chosen on the test split (these results have no validation scores" in text
     assert (tmp_path / "report.md").read_text() == text
     png = (tmp_path / "toy-tiny.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
@@ -109,3 +110,42 @@ def test_spread_figures_on_known_values_and_a_borderline_flag():
     text = rp.recommendation_text(rows, max_drop=1.0)
     assert "Within the target on average, but the seeds cannot tell it from a drop of" in text
     assert sum(drops) / 3 == pytest.approx(0.5)
+
+
+def _with_val(label, setting, level, score, val, seconds, seed=0):
+    r = _result(label, setting, level, score, seconds, seed=seed)
+    r["val_score"] = val
+    return r
+
+
+def test_report_names_validation_when_nothing_qualifies(tmp_path):
+    # on validation every faster recycled setting drops 3+ points; on test one of them stays within 1 point
+    results = [_with_val("full", "full", 0.0, 80.0, 80.0, 100.0),
+               _with_val("recycled 50%", "recycled", 0.5, 79.5, 77.0, 50.0),
+               _with_val("recycled 75%", "recycled", 0.75, 70.0, 72.0, 30.0)]
+    for i, r in enumerate(results):
+        (tmp_path / f"{i}.json").write_text(json.dumps(r))
+    rp.report(tmp_path, max_drop=1.0)
+    text = (tmp_path / "report.md").read_text()
+    assert "| recycled 50% | 3 | +3.00 | 79.50 | +0.50 |" in text  # validation drop beside test score and drop
+    assert ("Rule: the most recycled setting whose mean drop against full fine-tuning is at most 1.0 points and that "
+            "is faster end to end than full fine-tuning, chosen on the validation split, then checked on the test "
+            "split.") in text
+    assert ("Chosen on validation: no recycled setting is both faster than full fine-tuning and within 1.0 points "
+            "of its validation score") in text
+    assert "On test, 1 faster recycled setting(s) stayed within 1.0 points there (recycled 50%)" in text
+    results[1]["score"] = 75.0  # now test agrees: nothing within the target there either
+    assert "On test, no faster recycled setting stayed within 1.0 points there either" in rp.markdown(
+        rp.summarize(results), "t", 1.0)
+
+
+def test_the_table_gives_each_drop_with_its_interval_over_seeds():
+    results = []
+    for seed, (full, rec) in enumerate([(80.0, 79.0), (82.0, 80.0), (81.0, 81.0)]):
+        results += [_with_val("full", "full", 0.0, full, full + 1, 100.0, seed=seed),
+                    _with_val("recycled 50%", "recycled", 0.5, rec, rec, 50.0, seed=seed)]
+    text = rp.markdown(rp.summarize(results), "t", max_drop=3.0)
+    half = 4.303 / 3 ** 0.5  # t(2) / sqrt(3): the 95% half width per unit of sd
+    # validation drops 2, 3, 1 (sd 1); test scores 79, 80, 81 (sd 1); test drops 1, 2, 0 (sd 1)
+    assert f"| recycled 50% | 3 | +2.00 ± {half:.2f} | 80.00 ± {half:.2f} | +1.00 ± {half:.2f} |" in text
+    assert "Mean ± 95% interval over 3 seeds" in text and "(chosen on validation)" in text

@@ -17,86 +17,8 @@ from layer_recycling.bench.sources import (
     read_idx,
     read_image_folder,
     read_squad,
-    read_text_labels,
     wnut16,
 )
-
-# --- read_text_labels -----------------------------------------------------------------------------
-
-def test_csv_with_string_labels(tmp_path):
-    path = tmp_path / "reviews.csv"
-    path.write_text('text,label,source\n"good, fun",pos,a\nbad,neg,b\nfine,pos,a\n', encoding="utf-8")
-    examples, names = read_text_labels(path)
-    assert names == ["neg", "pos"]  # sorted names: neg -> 0, pos -> 1
-    assert examples == [("good, fun", 1), ("bad", 0), ("fine", 1)]
-
-
-def test_jsonl_with_int_labels_sorts_numerically(tmp_path):
-    path = tmp_path / "data.jsonl"
-    rows = [{"sentence": "a", "y": 10}, {"sentence": "b", "y": 2}, {"sentence": "c", "y": 0}]
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
-    examples, names = read_text_labels(path, text_column="sentence", label_column="y")
-    assert names == ["0", "2", "10"]  # numeric order, not "0" < "10" < "2"
-    assert examples == [("a", 2), ("b", 1), ("c", 0)]
-
-
-def test_tsv(tmp_path):
-    path = tmp_path / "data.tsv"
-    path.write_text("label\ttext\n1\tone, with comma\n0\tzero\n", encoding="utf-8")
-    assert read_text_labels(path) == ([("one, with comma", 1), ("zero", 0)], ["0", "1"])
-
-
-def test_text_labels_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no file at .*nope.csv'; expected an existing data file"):
-        read_text_labels(tmp_path / "nope.csv")
-
-
-def test_text_labels_unknown_extension(tmp_path):
-    (tmp_path / "data.parquet").write_bytes(b"x")
-    with pytest.raises(ValueError, match=r"extension '.parquet' is not one of \['.csv', '.jsonl', '.tsv'\]"):
-        read_text_labels(tmp_path / "data.parquet")
-
-
-def test_text_labels_missing_column_lists_columns(tmp_path):
-    path = tmp_path / "data.csv"
-    path.write_text("sentence,label\nhi,1\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"data.csv line 2 has no column 'text'; columns found: "
-                                         r"\['label', 'sentence'\]; pass text_column="):
-        read_text_labels(path)
-
-
-def test_text_labels_short_row_and_bad_values(tmp_path):
-    path = tmp_path / "data.csv"
-    path.write_text("text,label\nhi\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="data.csv line 2 has no value in column 'label'"):
-        read_text_labels(path)
-    path = tmp_path / "data.jsonl"
-    path.write_text('{"text": "a", "label": 1.5}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="data.jsonl line 1 has label 1.5; expected a non-empty string or an int"):
-        read_text_labels(path)
-    path.write_text('{"text": "a", "label": 1}\n{"text": "a", "label": 1\n', encoding="utf-8")
-    with pytest.raises(ValueError, match="data.jsonl line 2 is not valid JSON"):
-        read_text_labels(path)
-    path.write_text('{"text": 3, "label": 1}\n', encoding="utf-8")
-    with pytest.raises(TypeError, match="data.jsonl line 1 has text 3; expected a string"):
-        read_text_labels(path)
-    path.write_text('["a", 1]\n', encoding="utf-8")
-    with pytest.raises(TypeError, match="data.jsonl line 1 holds a list; expected a JSON object per line"):
-        read_text_labels(path)
-
-
-def test_csv_extra_fields_still_list_named_columns(tmp_path):
-    path = tmp_path / "data.csv"
-    path.write_text("sentence,label\nhi,1,surplus\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"columns found: \['label', 'sentence'\]"):
-        read_text_labels(path)
-
-
-def test_text_labels_empty_csv(tmp_path):
-    (tmp_path / "empty.csv").write_text("", encoding="utf-8")
-    with pytest.raises(ValueError, match="empty.csv is empty; expected a header row"):
-        read_text_labels(tmp_path / "empty.csv")
-
 
 # --- read_conll -----------------------------------------------------------------------------------
 

@@ -443,10 +443,13 @@ def _check_read_only_directory(path: str) -> None:
         os.setuid(65534)  # nobody: root ignores file modes
     with pytest.raises(PermissionError):
         Path(path, "probe").touch()
-    store = DiskStore(path, readonly=True)
-    assert sorted(store) == sorted(keys(12)) and all(torch.equal(store[k], value(k)) for k in keys(12))
-    with pytest.raises(PermissionError, match="readonly=True"):
-        DiskStore(path)
+    for store in (DiskStore(path, readonly=True), DiskStore(path)):  # without readonly=True: read-only all the same
+        assert sorted(store) == sorted(keys(12)) and all(torch.equal(store[k], value(k)) for k in keys(12))
+        with pytest.raises(PermissionError, match="readonly=True"):
+            store.put_many(keys(1, start=50), [torch.ones(1, 8)])
+        store.close()
+    with pytest.raises(PermissionError, match=r"cannot create a DiskStore in .*read-only.*readonly=True"):
+        DiskStore(Path(path, "new"))
 
 
 def _can_create(path: Path) -> bool:

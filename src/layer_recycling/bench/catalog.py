@@ -14,12 +14,17 @@ from torch import nn
 
 from . import assets
 from .sources import seeded_split
+from .tables import Columns
 from .tasks import KINDS, Task, image_task, qa_task, sequence_task, token_task
 
 TEXT_MODELS = {"minilm": assets.minilm_path, "mpnet": assets.mpnet_path}
 IMAGE_MODELS = ("efficientnet-lite0",)
 _AUTO = {"seq-cls": "AutoModelForSequenceClassification", "token-cls": "AutoModelForTokenClassification",
          "qa": "AutoModelForQuestionAnswering", "image-cls": "AutoModelForImageClassification"}
+
+
+_FORMATS = {"token-cls": "CoNLL files (a word and its tag per line)", "qa": "SQuAD JSON",
+            "image-cls": "images"}
 
 
 def model_dir(name: str) -> Path | None:
@@ -64,15 +69,21 @@ def _take(items: list, n: int | None, seed: int) -> list:
 
 def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, test: int | None = None,
               max_length: int = 128, test_file: str | None = None, seed: int = 0, val: float = 0.0,
-              val_file: str | None = None) -> Task:
+              val_file: str | None = None, columns: Columns = Columns()) -> Task:
     """The ``kind`` task on ``dataset`` prepared for ``model``; ``train``/``test`` cap the example counts.
 
+    ``dataset``: a built-in name, a .csv/.tsv/.jsonl file or a ``datasets`` folder (``save_to_disk``; a
+    ``DatasetDict``'s ``test`` split is the test set) for ``seq-cls``, whose ``columns`` hold the text, an
+    optional second text and the label; a CoNLL file for ``token-cls``; SQuAD JSON for ``qa``.
     ``val``: the fraction of the training examples held out as a validation split (seeded; stratified by label
     for classification; whole questions for QA), or ``val_file``: validation examples in ``dataset``'s format
     (text datasets), with nothing held out.
     """
     if kind not in KINDS:
         raise ValueError(f"task {kind!r}: expected one of {KINDS}")
+    if kind != "seq-cls" and columns != Columns():
+        raise ValueError(f"--text-column, --text-pair-column and --label-column (columns=) name the columns of a "
+                         f"text classification table; task {kind!r} reads {_FORMATS[kind]}: drop them")
     if kind == "image-cls":
         if val_file:
             raise ValueError("--val-file is for text datasets; for images pass --val, a fraction to hold out")
@@ -80,12 +91,12 @@ def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, 
         if val:
             task.train, task.val = seeded_split(task.train, val, seed, label_of=lambda e: int(e["labels"]))
     else:
-        task = _text(kind, dataset, model, train, test, max_length, test_file, seed, val, val_file)
+        task = _text(kind, dataset, model, train, test, max_length, test_file, seed, val, val_file, columns)
     task.dataset = Path(dataset).name  # a file's name, not its path, in results and reports
     return task
 
 
-def _text(kind, dataset, model, train, test, max_length, test_file, seed, val, val_file) -> Task:
+def _text(kind, dataset, model, train, test, max_length, test_file, seed, val, val_file, columns) -> Task:
     """Raw examples are split before they are tokenized: a question's windows all land on one side."""
     tok = tokenizer_for(model)
 
@@ -95,8 +106,9 @@ def _text(kind, dataset, model, train, test, max_length, test_file, seed, val, v
         return seeded_split(examples, val, seed, label_of=label_of) if val else (examples, [])
 
     if kind == "seq-cls":
-        (tr, te), names = _text_pairs(dataset, test_file, seed)
-        tr, va = hold_out(_take(tr, train, seed), lambda f: _pairs_named(f, names), label_of=lambda pair: pair[1])
+        (tr, te), names = _text_pairs(dataset, test_file, seed, columns)
+        tr, va = hold_out(_take(tr, train, seed), lambda f: _pairs_named(f, names, columns),
+                          label_of=lambda pair: pair[1])
         return sequence_task(dataset, tr, _take(te, test, seed), tok, max_length, names, val=va)
     if kind == "token-cls":
         from .sources import read_conll
@@ -111,29 +123,30 @@ def _text(kind, dataset, model, train, test, max_length, test_file, seed, val, v
     return qa_task(dataset, tr, _take(te, test, seed), tok, max_length, stride=max_length // 4, val=va)
 
 
-def _pairs_named(path: str, names: list[str]) -> list[tuple[str, int]]:
+def _pairs_named(path: str, names: list[str], columns: Columns, split: str | None = None
+                 ) -> list[tuple[str, int]]:
     """(text, label id) pairs of ``path`` with the ids of ``names`` (the training data's labels)."""
-    from .sources import read_text_labels
+    from .tables import read_labeled_texts
 
-    pairs, own = read_text_labels(path)
-    unknown = sorted(set(own) - set(names))
+    rows, _ = read_labeled_texts(path, columns, split)
+    unknown = sorted({label for _, label in rows} - set(names))
     if unknown:
-        raise ValueError(f"{path} has labels {unknown} that the training data does not ({names})")
+        raise ValueError(f"{path} has labels {unknown} that the training data does not ({names}); expected the "
+                         f"training data's labels only: drop those rows or add them to the training data")
     index = {name: i for i, name in enumerate(names)}
-    return [(text, index[own[y]]) for text, y in pairs]
+    return [(text, index[label]) for text, label in rows]
 
 
-def _text_pairs(dataset: str, test_file: str | None, seed: int):
-    if dataset in ("rotten_tomatoes", "imdb"):
+def _text_pairs(dataset: str, test_file: str | None, seed: int, columns: Columns):
+    if dataset in ("rotten_tomatoes", "imdb") and not Path(dataset).exists():
         return assets.movie_reviews(dataset, seed=seed), ["negative", "positive"]
-    from .sources import read_text_labels
+    from .tables import read_text_labels, splits_of
 
-    pairs, names = read_text_labels(dataset)
+    pairs, names = read_text_labels(dataset, columns.text, columns.label, columns.pair)
     if test_file:
-        test, test_names = read_text_labels(test_file)
-        if test_names != names:
-            raise ValueError(f"{test_file} has labels {test_names}, but {dataset} has {names}")
-        return (pairs, test), names
+        return (pairs, _pairs_named(test_file, names, columns)), names
+    if Path(dataset).is_dir() and "test" in (splits_of(Path(dataset)) or []):
+        return (pairs, _pairs_named(dataset, names, columns, split="test")), names  # the DatasetDict's own split
     return seeded_split(pairs, 0.2, seed, label_of=lambda pair: pair[1]), names
 
 

@@ -85,9 +85,11 @@ def _spread(row: dict, runs: list[dict], full_runs: list[dict]) -> None:
     _, row["score_sd"], row["score_ci"] = interval([r["score"] for r in runs])
     speedups = [f["end_to_end_s"] / r["end_to_end_s"] for r, f in paired]
     row["speedup_sd"], row["speedup_ci"] = interval(speedups)[1:] if speedups else (None, None)
-    key = "val_score" if all(x.get("val_score") is not None for pair in paired for x in pair) else "score"
-    drops = [f[key] - r[key] for r, f in paired]
-    row["drop_ci"] = interval(drops)[2] if drops else None
+    with_val = all(x.get("val_score") is not None for pair in paired for x in pair)
+    for name, key in (("test_drop_ci", "score"), ("val_drop_ci", "val_score" if with_val else None)):
+        drops = [f[key] - r[key] for r, f in paired] if key else []
+        row[name] = interval(drops)[2] if drops else None
+    row["drop_ci"] = row["val_drop_ci"] if with_val else row["test_drop_ci"]  # of the drop the choice reads
 
 
 def _find(rows: list[dict], setting: str) -> dict | None:
@@ -100,7 +102,7 @@ def recommend(rows: list[dict], max_drop: float) -> dict | None:
     The drop is read on the validation split whenever every row has one, so that the test score of the chosen
     setting is an unbiased check of the choice; results without validation scores fall back to the test drop.
     """
-    key = "val_drop" if all(r["val_drop"] is not None for r in rows if r["setting"] != "full") else "drop"
+    key = "val_drop" if _on_validation(rows) else "drop"
     ok = [r for r in rows if r["setting"].startswith("recycled") and r[key] is not None and r[key] <= max_drop
           and r["speedup"] > 1.0]
     return max(ok, key=lambda r: (r["level"], r["speedup"]), default=None)
@@ -113,28 +115,43 @@ def pareto(rows: list[dict]) -> list[dict]:
 
 
 def markdown(rows: list[dict], title: str, max_drop: float) -> str:
-    """A markdown table of ``rows`` and the recommendation line."""
-    metric = rows[0]["metric"]
-    lines = [f"### {title}", "",
-             f"| setting | at | {metric} | vs full | end-to-end speedup | vs frozen | train s/epoch | fill s | "
-             "hits/s | misses/s | cache MB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """A markdown table of ``rows``, the rule the choice follows, and the recommendation line."""
+    metric, seeds = rows[0]["metric"], max(r["seeds"] for r in rows)
+    spread = (f"Mean ± 95% interval over {seeds} seeds; drops are against full fine-tuning of the same seed."
+              if seeds > 1 else "One seed: no interval (pass --seeds 0,1,2 for mean ± 95% interval).")
+    lines = [f"### {title}", "", spread, "",
+             f"| setting | at | validation drop | test {metric} | test drop | end-to-end speedup | vs frozen | "
+             "train s/epoch | fill s | hits/s | misses/s | cache MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        sd = f" ± {r['score_sd']:.1f}" if r["seeds"] > 1 else ""
+        scores = (plus_minus(r["val_drop"], r["val_drop_ci"]), plus_minus(r["score"], r["score_ci"], "{:.2f}"),
+                  plus_minus(r["drop"], r["test_drop_ci"]))
         lines.append(
-            f"| {r['label']} | {r['at']} | {r['score']:.2f}{sd} | {_signed(-r['drop'])} | {_x(r['speedup'])} | "
+            f"| {r['label']} | {r['at']} | {' | '.join(scores)} | {_x(r['speedup'])} | "
             f"{_x(r['vs_frozen'])} | {r['train_s_per_epoch']:.1f} | {r['fill_s']:.1f} | {r['infer_hits_per_s']:.0f} "
             f"| {r['infer_misses_per_s']:.0f} | {r['cache_bytes'] / 1e6:.1f} |"
         )
-    lines += ["", recommendation_text(rows, max_drop)]
+    lines += ["", rule_text(rows, max_drop), "", recommendation_text(rows, max_drop)]
     return "\n".join(lines)
+
+
+def _on_validation(rows: list[dict]) -> bool:
+    """Whether the choice reads validation drops (every recycled row has one), as ``recommend`` does."""
+    return all(r["val_drop"] is not None for r in rows if r["setting"] != "full")
+
+
+def rule_text(rows: list[dict], max_drop: float) -> str:
+    """The rule ``recommend`` applies, in words, and which split it reads."""
+    check = ("the validation split, then checked on the test split" if _on_validation(rows) else
+             "the test split (these results have no validation scores: the choice is not checked on unseen data)")
+    return (f"Rule: the most recycled setting whose mean drop against full fine-tuning is at most {max_drop} points "
+            f"and that is faster end to end than full fine-tuning, chosen on {check}.")
 
 
 def recommendation_text(rows: list[dict], max_drop: float) -> str:
     best = recommend(rows, max_drop)
     if best is None:
-        return (f"No recycled setting is both faster than full fine-tuning and within {max_drop} points of its "
-                f"score: keep fine-tuning in full, or accept a larger drop (--max-drop).")
+        return _nothing_qualifies(rows, max_drop)
     if best["val_drop"] is None:
         return (f"Recommended for a drop of at most {max_drop} points: **{best['label']}** ({best['at']} blocks), "
                 f"{best['metric']} {best['score']:.2f} ({_signed(-best['drop'])} against full), "
@@ -145,6 +162,22 @@ def recommendation_text(rows: list[dict], max_drop: float) -> str:
             f"({best['at']} blocks), validation drop {best['val_drop']:+.2f}; on test {best['metric']} "
             f"{best['score']:.2f} ({_signed(-best['drop'])} against full), which {held} the target; "
             f"{_x(best['speedup'])} faster end to end.{_caveat(best, max_drop)}")
+
+
+def _nothing_qualifies(rows: list[dict], max_drop: float) -> str:
+    """The no-recommendation line: on which split nothing qualified, and what the test split showed."""
+    faster = [r for r in rows if r["setting"].startswith("recycled") and r["speedup"] and r["speedup"] > 1.0]
+    on_test = [r["label"] for r in faster if r["drop"] is not None and r["drop"] <= max_drop]
+    if not _on_validation(rows):
+        return (f"Chosen on test (these results have no validation scores; rerun `recycle bench` with --val): no "
+                f"recycled setting is both faster than full fine-tuning and within {max_drop} points of its test "
+                f"score: keep fine-tuning in full, or accept a larger drop (--max-drop).")
+    shown = (f"{len(on_test)} faster recycled setting(s) stayed within {max_drop} points there "
+             f"({', '.join(on_test)}), which one test split cannot confirm" if on_test else
+             f"no faster recycled setting stayed within {max_drop} points there either")
+    return (f"Chosen on validation: no recycled setting is both faster than full fine-tuning and within {max_drop} "
+            f"points of its validation score, so none is recommended: keep fine-tuning in full, or accept a larger "
+            f"drop (--max-drop). On test, {shown}.")
 
 
 def _caveat(best: dict, max_drop: float) -> str:
@@ -216,3 +249,10 @@ def _x(v: float | None) -> str:
 
 def _signed(v: float | None) -> str:
     return "-" if v is None else f"{v:+.2f}"
+
+
+def plus_minus(mean: float | None, spread: float | None, fmt: str = "{:+.2f}") -> str:
+    """``mean ± spread``; the mean alone without a spread, ``-`` without a mean."""
+    if mean is None:
+        return "-"
+    return fmt.format(mean) + (f" ± {spread:.2f}" if spread is not None else "")

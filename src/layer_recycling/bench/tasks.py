@@ -33,6 +33,7 @@ class Task:
     extra: dict = dataclasses.field(default_factory=dict)  # e.g. QA's raw examples for answer extraction
     val: list[dict] = dataclasses.field(default_factory=list)  # held out of train: levels are chosen on it
     val_extra: dict = dataclasses.field(default_factory=dict)  # ``extra`` for the validation examples
+    preprocess: dict | None = None  # the tokenizer's call arguments: recycle(preprocess=) of a store filled from it
 
     def evaluate_val(self, forward: Forward, batch_size: int = 64) -> dict[str, float] | None:
         """``evaluate`` on the validation examples (None when there are none)."""
@@ -100,13 +101,21 @@ KINDS = tuple(EVALUATORS)  # the task kinds the harness runs
 
 def sequence_task(dataset: str, train: list[tuple[str, int]], test: list[tuple[str, int]], tokenizer,
                   max_length: int, label_names: list[str] | None = None, val: list[tuple[str, int]] = ()) -> Task:
-    """Text classification: (text, label) pairs tokenized to ``max_length``; ``val`` the validation pairs."""
+    """Text classification: (text, label) pairs tokenized to ``max_length``; ``val`` the validation pairs.
+
+    A text may be a (text, second text) tuple: the pair is tokenized together, as sentence-pair models expect.
+    """
+    if not train or not test:
+        raise ValueError(f"{dataset}: {len(train)} training and {len(test)} test examples; expected some of "
+                         f"each: pass more rows (or a --test-file)")
+    call = {"truncation": True, "max_length": max_length}
+
     def encode(pairs):
-        return [{**tokenizer(t, truncation=True, max_length=max_length), "labels": int(y)} for t, y in pairs]
+        return [{**tokenizer(*(t if isinstance(t, tuple) else (t,)), **call), "labels": int(y)} for t, y in pairs]
 
     n = len(label_names) if label_names else 1 + max(y for _, y in train)
     return Task("seq-cls", dataset, encode(train), encode(test), n, METRIC["seq-cls"], EVALUATORS["seq-cls"],
-                label_names, pad_id=tokenizer.pad_token_id or 0, val=encode(val))
+                label_names, pad_id=tokenizer.pad_token_id or 0, val=encode(val), preprocess=call)
 
 
 def token_task(dataset: str, train: list[tuple[list[str], list[str]]], test: list[tuple[list[str], list[str]]],
@@ -114,11 +123,12 @@ def token_task(dataset: str, train: list[tuple[list[str], list[str]]], test: lis
     """Token classification (NER): words and BIO tags; each word's label sits on its first sub-word."""
     names = sorted({t for _, tags in [*train, *test, *val] for t in tags}, key=lambda t: (t != "O", t[2:], t))
     index = {t: i for i, t in enumerate(names)}
+    call = {"is_split_into_words": True, "truncation": True, "max_length": max_length}
 
     def encode(sentences):
         out = []
         for words, tags in sentences:
-            enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+            enc = tokenizer(words, **call)
             ids, previous, labels = enc.word_ids(), None, []
             for w in ids:
                 labels.append(index[tags[w]] if w is not None and w != previous else data.IGNORE_INDEX)
@@ -127,7 +137,7 @@ def token_task(dataset: str, train: list[tuple[list[str], list[str]]], test: lis
         return out
 
     return Task("token-cls", dataset, encode(train), encode(test), len(names), METRIC["token-cls"],
-                EVALUATORS["token-cls"], names, pad_id=tokenizer.pad_token_id or 0, val=encode(val))
+                EVALUATORS["token-cls"], names, pad_id=tokenizer.pad_token_id or 0, val=encode(val), preprocess=call)
 
 
 def qa_task(dataset: str, train: list[dict], test: list[dict], tokenizer, max_length: int, stride: int,
@@ -140,7 +150,8 @@ def qa_task(dataset: str, train: list[dict], test: list[dict], tokenizer, max_le
                 eval_features(test, tokenizer, max_length, stride), 2, METRIC["qa"], EVALUATORS["qa"],
                 pad_id=tokenizer.pad_token_id or 0, extra={"examples": test},
                 val=eval_features(list(val), tokenizer, max_length, stride) if val else [],
-                val_extra={"examples": list(val)})
+                val_extra={"examples": list(val)},
+                preprocess={"truncation": "only_second", "max_length": max_length, "stride": stride})
 
 
 def image_task(dataset: str, train: tuple, test: tuple, transform: Callable[[Any], torch.Tensor],

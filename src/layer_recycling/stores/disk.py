@@ -45,7 +45,8 @@ class DiskStore:
         path: the store's directory; created (with its parents) when it holds no store yet.
         codec: None (a new store keeps float32; an existing one keeps its own), ``"float32"``, ``"float16"``,
             ``"bfloat16"`` or ``"int8"`` (per-row absmax scale), or the matching torch dtype.
-        readonly: open a finished store without writing anything.
+        readonly: open a finished store without writing anything. A store in a directory this process cannot
+            write (a read-only disk, another user's folder) opens so without it, and refuses writes.
         writer: this writer's name (letters, digits, ``._-``); default: a fresh run id plus the pid. A retried
             task that passes its own name (``"ray-task-7"``) replaces its segments instead of adding copies.
         segment_bytes: buffer size at which a segment commits. A fill holds up to IN_FLIGHT + 1 such buffers: one
@@ -77,13 +78,17 @@ class DiskStore:
                 f"codec=None (or {self.codec!r}), or use a new path for a {requested!r} store"
             )
         if not readonly and not os.access(self.path, os.W_OK):
-            raise PermissionError(f"cannot write to {self.path}; open a finished store with readonly=True")
+            # A finished store on a read-only disk or a shared folder still serves: open it for reading only.
+            self.readonly = True
+            self._why_readonly = "is in a directory this process cannot write, so it opened for reading only, as " \
+                                 "with readonly=True,"
         self._refresh()
-        if not readonly:
+        if not self.readonly:
             self.cleanup()
 
     def _setup(self, path: Path, readonly: bool, writer, segment_bytes: int, compact_after: int) -> None:
         self.path, self.readonly, self._writer = path, readonly, writer
+        self._why_readonly = "was opened with readonly=True"
         self.segment_bytes, self.compact_after = segment_bytes, compact_after
         self._pid, self._run, self._seq = os.getpid(), uuid.uuid4().hex[:8], 0
         self._snap: snap.Snapshot | None = None
@@ -314,13 +319,14 @@ class DiskStore:
         Raises:
             TypeError / ValueError: a key is not a hex digest (use ``lr.digest``), a value not a floating tensor
                 of >= 1 dim, its trailing shape differs from the store's, or the codec cannot hold its values.
-            PermissionError: the store was opened with ``readonly=True``.
+            PermissionError: the store was opened with ``readonly=True`` or in a read-only directory.
             DiskFull: no space left (when a segment commits); the store is as it was before that commit.
         """
         if self.readonly:
             raise PermissionError(
-                f"{self!r} was opened with readonly=True and refuses new entries; open it with readonly=False "
-                f"(in a writable directory) to fill it, or serve with recycle(..., store_misses=False)"
+                f"{self!r} {self._why_readonly} and refuses new entries; to fill it, open "
+                f"it with readonly=False in a writable directory (copy it to one), or serve it with readonly=True "
+                f"and recycle(..., store_misses=False)"
             )
         keys, values = list(keys), list(values)
         checks = list(checks) if checks is not None else [None] * len(keys)
@@ -405,7 +411,8 @@ class DiskStore:
         Data files are never rewritten; a merge killed midway leaves readers on the previous generation.
         """
         if self.readonly:
-            raise PermissionError(f"{self!r} was opened with readonly=True: compact() writes; open it writable")
+            raise PermissionError(f"{self!r} {self._why_readonly} and compact() writes; open it with readonly=False "
+                                  f"in a writable directory")
         with self._locked():
             self.flush()
             self._refresh()

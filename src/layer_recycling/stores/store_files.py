@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import time
@@ -24,13 +25,22 @@ _OURS = re.compile(r"(seg-[A-Za-z0-9_.-]{1,80}-[0-9]{6}(\.[0-9a-f]{12}\.(data|ke
 def create(path: Path, codec: str, readonly: bool) -> None:
     if readonly:
         raise FileNotFoundError(f"no DiskStore at {path} (no {STORE}); open it with readonly=False to create one")
-    path.mkdir(parents=True, exist_ok=True)
-    foreign = [p.name for p in path.iterdir() if not _OURS.fullmatch(p.name)]
-    if foreign:
-        raise ValueError(f"{path} holds other files ({', '.join(sorted(foreign)[:3])}) but no {STORE}: it is not a "
-                         f"DiskStore. Pass a new or empty directory.")
-    created_by = f"layer_recycling {__version__}"
-    create_once(path / STORE, signed({"format": FORMAT, "codec": codec, "created_by": created_by}))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        foreign = [p.name for p in path.iterdir() if not _OURS.fullmatch(p.name)]
+        if foreign:
+            raise ValueError(f"{path} holds other files ({', '.join(sorted(foreign)[:3])}) but no {STORE}: it is not "
+                             f"a DiskStore. Pass a new or empty directory.")
+        if not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+        created_by = f"layer_recycling {__version__}"
+        create_once(path / STORE, signed({"format": FORMAT, "codec": codec, "created_by": created_by}))
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise PermissionError(f"cannot create a DiskStore in {path}: the directory is read-only ({err.strerror}); "
+                              f"expected a writable directory for a new store: pass one (readonly=True opens an "
+                              f"existing store for reading only)") from None
 
 
 def read_store(path: Path) -> dict:
