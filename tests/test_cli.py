@@ -100,9 +100,33 @@ def test_qa_holds_out_whole_questions_for_validation(tmp_path, tiny_model_dir, s
     whole = load_task("qa", str(squad), str(tiny_model_dir), max_length=24)
     assert len(val_ids) == round(0.25 * len(whole.train)) and {f["example_id"] for f in task.val} == set(val_ids)
     assert len(task.train) == len(whole.train) - len(val_ids)  # one window per question here: none straddles
-    assert task.evaluate_val(lambda **b: _qa_logits(b))["squad_f1"] >= 0
+    examples = {e["id"]: e for e in task.val_extra["examples"]}
+    oracle = _oracle(task.val, examples)
+    assert task.evaluate_val(oracle, batch_size=len(task.val)) == {"exact_match": 100.0, "squad_f1": 100.0}
+    assert task.evaluate_val(lambda **b: _qa_logits(b))["squad_f1"] < 100.0  # a span at position 0 misses them
     _, results = _bench(tmp_path, tiny_model_dir, "qa", squad, "--no-lora", "--val", "0.25")
     assert all(r["val_score"] is not None for r in results)
+
+
+def _oracle(features, examples):
+    """A QA model whose logits peak on the tokens of each feature's gold answer: it must score 100."""
+    import torch
+    from types import SimpleNamespace
+
+    def forward(**batch):
+        start, end = torch.full(batch["input_ids"].shape, -1e4), torch.full(batch["input_ids"].shape, -1e4)
+        for i, f in enumerate(features):
+            answers = examples[f["example_id"]]["answers"]
+            first = answers["answer_start"][0]
+            last = first + len(answers["text"][0])
+            for j, span in enumerate(f["offset_mapping"]):
+                if span is not None and span[0] == first:
+                    start[i, j] = 1e4
+                if span is not None and span[1] == last:
+                    end[i, j] = 1e4
+        return SimpleNamespace(start_logits=start, end_logits=end)
+
+    return forward
 
 
 def _qa_logits(batch):

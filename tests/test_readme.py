@@ -37,7 +37,8 @@ def test_quickstart_and_disk_store_run(tmp_path, monkeypatch):
     batch = namespace["tok"](["a joy"], return_tensors="pt")
     rec = namespace["rec"].eval()
     with torch.no_grad():
-        assert float((saved(**batch).logits - rec(**batch).logits).abs().max()) <= 1e-5
+        want, got = saved(**batch).logits, rec(**batch).logits  # real weights: the split check's tolerances
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5), float((got - want).abs().max())
 
 
 def test_readme_starts_with_the_two_commands():

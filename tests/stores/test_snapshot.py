@@ -23,6 +23,40 @@ def _compact(path: str) -> None:
     DiskStore(path).compact()
 
 
+def _compact_and_die(path: str, writes: int) -> None:
+    """Merge, and die (SIGKILL, no cleanup) when the merge starts its ``writes + 1``-th file write."""
+    from layer_recycling.stores import snapshot
+
+    real, done = snapshot.atomic_write, [0]
+
+    def write(*args, **kwargs):
+        if done[0] == writes:
+            os.kill(os.getpid(), signal.SIGKILL)
+        done[0] += 1
+        return real(*args, **kwargs)
+
+    snapshot.atomic_write = write
+    DiskStore(path).compact()
+
+
+@pytest.mark.parametrize("writes", [0, 1, 2, 3])  # before the keys, the locations, the header, the publish
+def test_a_merge_killed_before_it_publishes_leaves_the_previous_generation(tmp_path, writes):
+    path, names = tmp_path / "s", keys(900)
+    fill(str(path), names[:600], 100)
+    DiskStore(path).compact()  # a previous generation to keep
+    fill(str(path), names[600:], 100)
+    before = read_current(path)
+    child = FORK.Process(target=_compact_and_die, args=(str(path), writes))
+    child.start()
+    child.join(timeout=120)
+    assert child.exitcode == -signal.SIGKILL, f"the merge ended with {child.exitcode}, not killed at write {writes}"
+    assert read_current(path) == before  # CURRENT still names the previous generation
+    reader = check_store(path)  # every entry readable: the old generation plus the unmerged segments
+    assert len(reader) == 900 and reader.info()["unmerged"] == 3
+    assert DiskStore(path).compact() != before[0] and check_store(path).info()["unmerged"] == 0  # a rerun merges
+
+
+@pytest.mark.slow  # kills land at random times: which outcome each trial has depends on the machine's speed
 def test_a_merge_killed_midway_leaves_the_previous_generation(tmp_path):
     path, names, rng = tmp_path / "s", keys(6200), random.Random(0)
     fill(str(path), names[:4000], 100)  # 40 segments

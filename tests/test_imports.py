@@ -1,0 +1,79 @@
+"""The import graph of the package has no cycle: every import counts, lazy and TYPE_CHECKING ones too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "layer_recycling"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: the package's modules it imports} (``pkg.sub`` names; a package's ``__init__`` is never a target)."""
+    mods = {}
+    for f in PACKAGE.rglob("*.py"):
+        parts = list(f.relative_to(PACKAGE.parent).with_suffix("").parts)
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    graph = {}
+    for mod, f in mods.items():
+        here = mod.split(".") if f.name == "__init__.py" else mod.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join(here[: len(here) - node.level + 1] + [node.module or ""]) if node.level else node.module
+                targets = [f"{base.rstrip('.')}.{a.name}" for a in node.names]  # a module, or a name in ``base``
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rpartition(".")[0]
+                if t and t != mod and "." in t:  # "layer_recycling" alone is the package's __init__
+                    deps.add(t)
+        graph[mod] = deps
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, found, counter = {}, {}, [], [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while not component or component[-1] != v:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    assert len(graph) > 40 and graph["layer_recycling.model"] >= {"layer_recycling.pipeline", "layer_recycling.fill"}
+    assert cycles(graph) == []
+
+
+def test_the_stages_never_import_the_model():
+    graph = import_graph()
+    for stage in ("fill", "serve", "loader", "stack", "pipeline", "saving", "surgery"):
+        assert "layer_recycling.model" not in graph[f"layer_recycling.{stage}"], stage
+    assert graph["layer_recycling.surgery"] == set()  # a leaf
+
+
+def test_a_cycle_is_found():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
