@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class CachedDataset(torch.utils.data.Dataset):
     """Item i is ``{"states": (n_i, h), labels...}`` read from the store; ``collate`` re-pads a batch."""
 
-    def __init__(self, store: Store, items: list[tuple[str, dict, int | None]], dtype: torch.dtype):
+    def __init__(self, store: Store, items: list[tuple[str, dict, int | None]], dtype: torch.dtype | None):
         self.store, self.items, self.dtype = store, items, dtype
 
     def __len__(self) -> int:
@@ -71,11 +71,12 @@ class InputDataset(torch.utils.data.Dataset):
 
 
 def make_loader(
-    pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype, batch_size: int = 32, shuffle: bool = False,
+    pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype | None, batch_size: int = 32, shuffle: bool = False,
     fill_batch_size: int = 32, progress: bool = True, group_by_length: bool = False, seed: int | None = None,
     **dataloader_kwargs,
 ) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``examples`` for training the top (see ``Recycled.loader``); states read as ``dtype``."""
+    """A DataLoader over ``examples`` for training the top (see ``Recycled.loader``); states read as ``dtype``
+    (None: as the store keeps them, for a copy to the device at their stored size)."""
     encoded = [pipe.encode(e) for e in examples]
     if not encoded:
         raise ValueError("loader() got no examples; pass a non-empty list (or iterable) of examples")

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from . import data, fill, loader, saving, serve, stack
+from . import data, fill, loader, saving, serve, stack, transfer
 from .checks import SplitCheck, source_of
 from .config import RecycleConfig
 from .fingerprint import Fingerprint, fingerprint_of
@@ -212,16 +212,26 @@ class Recycled(nn.Module):
 
     def loader(self, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False, fill_batch_size: int = 32,
                progress: bool = True, group_by_length: bool = False, seed: int | None = None,
-               **dataloader_kwargs) -> torch.utils.data.DataLoader:
+               device: torch.device | str | None = None, **dataloader_kwargs
+               ) -> torch.utils.data.DataLoader | transfer.DeviceLoader:
         """A DataLoader of training batches ``{"states", "attention_mask", labels...}`` read from the store.
 
         Missing entries are filled first, once; after that no batch runs the bottom (with ``store=None`` the
         batches hold model inputs instead, and the bottom runs on each). Pass a batch to the model:
         ``rec(**batch).loss``. ``group_by_length`` batches examples of similar length together (shuffled when
-        ``shuffle``), so less padding is computed. Other keyword arguments go to ``torch.utils.data.DataLoader``.
+        ``shuffle``), so less padding is computed. ``device``: batches arrive there, read ahead of the step (by
+        the workers, or a thread), copied from pinned memory without blocking, states sent at their stored size
+        (float16 stays float16 on the bus) and converted to the top's dtype on the device
+        (``transfer.DeviceLoader``). Other keyword arguments go to ``torch.utils.data.DataLoader``.
         """
-        return loader.make_loader(self.pipeline, examples, dtype_of(self.top), batch_size, shuffle, fill_batch_size,
-                                  progress, group_by_length, seed, **dataloader_kwargs)
+        if device is None:
+            return loader.make_loader(self.pipeline, examples, dtype_of(self.top), batch_size, shuffle,
+                                      fill_batch_size, progress, group_by_length, seed, **dataloader_kwargs)
+        device = torch.device(device)
+        dataloader_kwargs.setdefault("pin_memory", device.type == "cuda")
+        batches = loader.make_loader(self.pipeline, examples, None, batch_size, shuffle, fill_batch_size, progress,
+                                     group_by_length, seed, **dataloader_kwargs)  # None: states as stored
+        return transfer.DeviceLoader(batches, device, dtype_of(self.top))
 
     def dataset(self, examples: Iterable[Any], fill_batch_size: int = 32, progress: bool = True):
         """The training dataset over ``examples`` (filled first, once): items ``{"states", labels...}``, a
