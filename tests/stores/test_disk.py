@@ -126,9 +126,9 @@ def test_full_buffers_commit_in_a_thread_and_every_entry_stays_readable(tmp_path
     started = []
     real = disk.write_segment
 
-    def slow(*job):  # a slow disk: the next batches arrive while this segment is being written
-        started.append(job[1])
-        time.sleep(0.05)
+    def slow(*job):  # a slow disk: the next batches arrive while this segment is being written (long enough
+        started.append(job[1])  # for a loaded machine's puts to outrun it, and to be still in flight at the end)
+        time.sleep(0.2)
         return real(*job)
 
     monkeypatch.setattr(disk, "write_segment", slow)
