@@ -36,23 +36,46 @@ def _run(worker, folder: Path, *args, limit: float = 240) -> None:
             pytest.fail(f"{worker.__name__}: ranks {alive} still running after {limit:.0f} s; killed them")
 
 
+def _fill(rank: int, folder: str) -> None:
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(f"{folder}/store"))
+    added = rec.fill(text_examples(11) * 2, batch_size=1, progress=False)
+    Path(folder, f"rank{rank}.json").write_text(json.dumps(
+        {"added": added, "bottom_examples": rec.stats.bottom_examples, "seen": len(rec.store)}))
+
+
 def _fill_worker(rank: int, folder: str) -> None:
     _init(rank, folder)
     try:
-        rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(f"{folder}/store"))
-        added = rec.fill(text_examples(11) * 2, batch_size=1, progress=False)
-        Path(folder, f"rank{rank}.json").write_text(json.dumps(
-            {"added": added, "bottom_examples": rec.stats.bottom_examples, "seen": len(rec.store)}))
+        _fill(rank, folder)
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_two_ranks_fill_each_key_once_and_equal_one_process(tmp_path):
-    _run(_fill_worker, tmp_path)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+def _phases_worker(rank: int, folder: str) -> None:
+    """One process group for the three phases the tests below check, each in its own folder: one spawn, not three."""
+    _init(rank, folder)
+    try:
+        for phase in (_fill, _loaders, _ddp):
+            Path(folder, phase.__name__).mkdir(exist_ok=True)
+            phase(rank, str(Path(folder, phase.__name__)))
+            torch.distributed.barrier()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def phases(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ranks")
+    _run(_phases_worker, folder)
+    return folder
+
+
+def test_two_ranks_fill_each_key_once_and_equal_one_process(phases, tmp_path):
+    folder = phases / "_fill"
+    ranks = [json.loads((folder / f"rank{r}.json").read_text()) for r in range(WORLD)]
     assert [r["added"] for r in ranks] == [11, 11] and [r["seen"] for r in ranks] == [11, 11]
     assert sum(r["bottom_examples"] for r in ranks) == 11 and min(r["bottom_examples"] for r in ranks) >= 4
-    assert_stores_agree(one_process_fill(tmp_path / "one"), lr.DiskStore(tmp_path / "store", readonly=True))
+    assert_stores_agree(one_process_fill(tmp_path / "one"), lr.DiskStore(folder / "store", readonly=True))
 
 
 def one_process_fill(path: Path):
@@ -63,26 +86,21 @@ def one_process_fill(path: Path):
     return alone.store
 
 
-def _loader_worker(rank: int, folder: str) -> None:
-    _init(rank, folder)
-    try:
-        rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(f"{folder}/store"))
-        examples = [dict(e, label=i) for i, e in enumerate(text_examples(23, lengths=tuple(range(2, 30))))]
-        epochs = {}
-        for grouped in (False, True):
-            loader = rec.loader(examples, batch_size=4, shuffle=True, seed=7, group_by_length=grouped, progress=False)
-            epochs[str(grouped)] = []
-            for epoch in range(2):
-                loader.batch_sampler.set_epoch(epoch)
-                epochs[str(grouped)].append([b["labels"].tolist() for b in loader])
-        Path(folder, f"rank{rank}.json").write_text(json.dumps(epochs))
-    finally:
-        torch.distributed.destroy_process_group()
+def _loaders(rank: int, folder: str) -> None:
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(f"{folder}/store"))
+    examples = [dict(e, label=i) for i, e in enumerate(text_examples(23, lengths=tuple(range(2, 30))))]
+    epochs = {}
+    for grouped in (False, True):
+        loader = rec.loader(examples, batch_size=4, shuffle=True, seed=7, group_by_length=grouped, progress=False)
+        epochs[str(grouped)] = []
+        for epoch in range(2):
+            loader.batch_sampler.set_epoch(epoch)
+            epochs[str(grouped)].append([b["labels"].tolist() for b in loader])
+    Path(folder, f"rank{rank}.json").write_text(json.dumps(epochs))
 
 
-def test_each_rank_reads_an_equal_disjoint_share_of_every_epoch(tmp_path):
-    _run(_loader_worker, tmp_path)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+def test_each_rank_reads_an_equal_disjoint_share_of_every_epoch(phases):
+    ranks = [json.loads((phases / "_loaders" / f"rank{r}.json").read_text()) for r in range(WORLD)]
     for grouped in ("False", "True"):
         for epoch in range(2):
             batches = [ranks[r][grouped][epoch] for r in range(WORLD)]
@@ -94,35 +112,31 @@ def test_each_rank_reads_an_equal_disjoint_share_of_every_epoch(tmp_path):
         assert ranks[0][grouped][0] != ranks[0][grouped][1]  # a new order each epoch
 
 
-def _ddp_worker(rank: int, folder: str, steps: int) -> None:
-    _init(rank, folder)
-    try:
-        torch.manual_seed(0)
-        rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(f"{folder}/store"))
-        rec.eval()  # dropout off: the single-process reference must draw the same numbers
-        loader = rec.loader(text_examples(16), batch_size=2, shuffle=True, seed=3, progress=False)
-        model = torch.nn.parallel.DistributedDataParallel(rec)  # the one-line wrap: the bottom has no grads
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-        batches = []
-        for step, batch in zip(range(steps), loader):
-            batches.append(batch["labels"].tolist())
-            model(**batch).loss.backward()
-            opt.step()
-            opt.zero_grad()
-        if rank == 0:
-            torch.save({k: v for k, v in rec.top.state_dict().items()}, f"{folder}/top.pt")
-        Path(folder, f"rank{rank}.json").write_text(json.dumps({"calls": rec.stats.bottom_examples}))
-        del model  # DDP's reducer goes before the process group; no rank leaves while another still talks to it
-        torch.distributed.barrier()
-    finally:
-        torch.distributed.destroy_process_group()
+STEPS = 3
 
 
-def test_ddp_training_of_the_top_equals_one_process_on_the_same_global_batches(tmp_path):
-    steps = 3
-    _run(_ddp_worker, tmp_path, steps)
+def _ddp(rank: int, folder: str) -> None:
     torch.manual_seed(0)
-    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "store"))
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(f"{folder}/store"))
+    rec.eval()  # dropout off: the single-process reference must draw the same numbers
+    loader = rec.loader(text_examples(16), batch_size=2, shuffle=True, seed=3, progress=False)
+    model = torch.nn.parallel.DistributedDataParallel(rec)  # the one-line wrap: the bottom has no grads
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _, batch in zip(range(STEPS), loader):
+        model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    if rank == 0:
+        torch.save({k: v for k, v in rec.top.state_dict().items()}, f"{folder}/top.pt")
+    Path(folder, f"rank{rank}.json").write_text(json.dumps({"calls": rec.stats.bottom_examples}))
+    del model  # DDP's reducer goes before the process group; no rank leaves while another still talks to it
+    torch.distributed.barrier()
+
+
+def test_ddp_training_of_the_top_equals_one_process_on_the_same_global_batches(phases):
+    folder = phases / "_ddp"
+    torch.manual_seed(0)
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(folder / "store"))
     rec.eval()
     examples = text_examples(16)
     shares = []
@@ -131,15 +145,15 @@ def test_ddp_training_of_the_top_equals_one_process_on_the_same_global_batches(t
         shares.append(list(sampler))
     dataset = rec.loader(examples, batch_size=2, progress=False).dataset
     opt = torch.optim.SGD([p for p in rec.parameters() if p.requires_grad], lr=0.5)
-    for step in range(steps):
+    for step in range(STEPS):
         losses = [rec(**dataset.collate(dataset.__getitems__(shares[r][step]))).loss for r in range(WORLD)]
         (sum(losses) / WORLD).backward()  # DDP averages the ranks' gradients
         opt.step()
         opt.zero_grad()
-    trained = torch.load(tmp_path / "top.pt")
+    trained = torch.load(folder / "top.pt")
     worst = max(float((trained[k] - v).abs().max()) for k, v in rec.top.state_dict().items())
     assert worst <= 1e-5
-    assert sum(json.loads((tmp_path / f"rank{r}.json").read_text())["calls"] for r in range(WORLD)) == 16
+    assert sum(json.loads((folder / f"rank{r}.json").read_text())["calls"] for r in range(WORLD)) == 16
 
 
 def _dying_worker(rank: int, folder: str) -> None:
