@@ -128,3 +128,85 @@ def timm_convnext(model: nn.Module, at: int | float) -> Built:
     bottom = nn.Sequential(model.stem, *below)  # forward_features up to the split
     top = replace(model, {"stem": nn.Identity(), "stages": nn.Sequential(*above)})  # its forward() runs the rest
     return bottom, top, k, done
+
+
+# ---- transformers OPT: learned positions added in the decoder's forward, final norm and projection after -----------
+
+
+class NoPositions(nn.Module):
+    """OPT's learned positions in the top: the stored states hold them already. (mask (b, t), ...) -> zeros."""
+
+    def __init__(self, replaced: nn.Embedding):
+        super().__init__()
+        self.dim, self.dtype = replaced.embedding_dim, replaced.weight.dtype
+
+    def forward(self, mask: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return torch.zeros(*mask.shape, self.dim, dtype=self.dtype, device=mask.device)
+
+
+def opt_top(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
+    edits = {"decoder.embed_positions": NoPositions(base.decoder.embed_positions)}
+    if base.decoder.project_in is not None:  # embeddings narrower than the blocks: already projected
+        edits["decoder.project_in"] = nn.Identity()
+    return edits
+
+
+def opt_bottom(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
+    tail = ("final_layer_norm", "project_out")  # after the blocks: the top applies them
+    return {f"decoder.{n}": nn.Identity() for n in tail if getattr(base.decoder, n, None) is not None}
+
+
+def shift_layer_types(top_base: nn.Module, k: int) -> None:
+    """Give the top's base (a shallow copy) a config whose ``layer_types`` start at block k, as its blocks do."""
+    import copy
+
+    config = copy.copy(top_base.config)
+    config.layer_types = list(config.layer_types[k:])
+    top_base.config = config
+
+
+# ---- the generic rule's bottom ---------------------------------------------------------------------------------------
+
+
+class Chain(nn.Sequential):
+    """The generic bottom: stem modules then blocks, in order. A block that returns a tuple (an ``nn.LSTM``'s
+    ``(output, state)``, a transformers layer's ``(hidden, ...)``) passes its first item on, as ``x, _ = block(x)``
+    in a model's forward does; the self-check verifies that the model's forward agrees."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self:
+            x = module(x)
+            if isinstance(x, (tuple, list)):
+                x = x[0]
+        return x
+
+
+# ---- transformers T5 encoder: block 0 computes the relative position bias that every later block reuses -------------
+
+
+def _t5_encoder_only(base: nn.Module) -> None:
+    if getattr(base, "decoder", None) is not None:
+        raise ValueError(
+            f"{type(base).__name__} is an encoder-decoder: its decoder reads the encoder's output and its own "
+            f"inputs, which a split of the encoder does not serve. Recycle T5EncoderModel (or "
+            f"T5ForTokenClassification), e.g. T5EncoderModel.from_pretrained(name)"
+        )
+
+
+def t5_top(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
+    """The top's first block computes the position bias with block 0's table (it has none of its own)."""
+    from .split import _shallow
+
+    _t5_encoder_only(base)
+    blocks = base.encoder.block
+    if at in (0, len(blocks)):
+        return {}
+    attention = _shallow(blocks[at].layer[0].SelfAttention)
+    attention.has_relative_attention_bias = True
+    attention.relative_attention_bias = blocks[0].layer[0].SelfAttention.relative_attention_bias
+    return {"encoder.block.0.layer.0.SelfAttention": attention}
+
+
+def t5_bottom(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
+    _t5_encoder_only(base)
+    return {"encoder.final_layer_norm": nn.Identity()}  # after the blocks: the top applies it

@@ -15,6 +15,7 @@ import warnings
 import torch
 from torch import nn
 
+from . import halves
 from .arch import Arch, lookup
 
 
@@ -127,6 +128,8 @@ class Top(nn.Module):
         self.takes_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
 
     def forward(self, states: torch.Tensor, **kwargs):
+        if "use_cache" in self.accepts:  # a cache of the top's blocks alone serves no later call
+            kwargs.setdefault("use_cache", False)
         if self.entry is None:
             return self.model(states, **kwargs)
         return self.model(**{self.entry: states}, **kwargs)
@@ -177,6 +180,8 @@ def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = No
         bottom_edits.update(arch.bottom_fix(base, k))
     bottom = Bottom(replace(base, bottom_edits))
     top_model = replace(model, {_join(prefix, p): m for p, m in _above(base, arch, layers, k).items()})
+    if arch.indexed_types:
+        halves.shift_layer_types(_get(top_model, prefix), k)
     for suffix, wrap in arch.heads:  # heads that read input_ids are restated on states
         if type(model).__name__.endswith(suffix):
             top_model = wrap(top_model)
@@ -223,7 +228,7 @@ def middle(model: nn.Module, j: int, k: int, blocks: str | list[str] | None = No
     if not 0 <= j < k <= len(layers):
         raise ValueError(f"blocks {j}..{k}: expected 0 <= j < k <= {len(layers)} (the model has {len(layers)} blocks)")
     if arch.generic:
-        return Middle(nn.Sequential(*layers[j:k]), None)
+        return Middle(halves.Chain(*layers[j:k]), None)
     edits = {**_above(root, arch, layers, j), arch.blocks: nn.ModuleList(layers[j:k])}
     edits.update({t: nn.Identity() for t in arch.tail if getattr(root, t, None) is not None})
     return Middle(Bottom(replace(root, edits)), arch.entry)
@@ -256,7 +261,7 @@ def _split_generic(model: nn.Module, at: int | float, arch: Arch) -> Split:
         return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=len(blocks), arch=arch)
     _check_consecutive(model, paths)
     stem = _stem(model, paths[0])
-    bottom = nn.Sequential(*stem.values(), *blocks[:k])
+    bottom = halves.Chain(*stem.values(), *blocks[:k])
     edits: dict[str, nn.Module | None] = {p: nn.Identity() for p in stem}
     done = 0
     for path, layers in zip(paths, lists):  # each list keeps its blocks past the k-th of the whole run

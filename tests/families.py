@@ -1,0 +1,124 @@
+"""Tiny random models of today's transformers families (hidden 32, 4 blocks), and examples for each modality.
+
+``FAMILIES`` maps a case name to (table key, transformers class prefix, config builder, heads, input kind). A class
+or config the installed transformers lacks makes ``build`` raise ``LookupError`` naming it (tests skip on it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import transformers as T
+from torch import nn
+
+VOCAB, HIDDEN, LAYERS, HEADS, LABELS = 99, 32, 4, 2, 3
+_TEXT = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+             intermediate_size=37, max_position_embeddings=64, num_labels=LABELS)
+_DEC = dict(_TEXT, num_key_value_heads=1, head_dim=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_VISION = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=37,
+               image_size=16, patch_size=4, num_labels=LABELS)
+_TOKEN_HEADS = ["Model", "ForCausalLM", "ForSequenceClassification", "ForTokenClassification"]
+
+
+def _cfg(name: str, **kwargs: Any) -> Callable[[], Any]:
+    def make():
+        cls = getattr(T, name, None)
+        if cls is None:
+            raise LookupError(f"transformers {T.__version__} has no {name}")
+        return cls(**kwargs)
+    return make
+
+
+# case -> (table key, class prefix, config, heads, inputs: "text" | "pixels" | "features" | "audio")
+FAMILIES: dict[str, tuple[str, str, Callable[[], Any], list[str], str]] = {
+    "qwen3": ("qwen3", "Qwen3", _cfg("Qwen3Config", **_DEC), _TOKEN_HEADS, "text"),
+    "gemma": ("gemma", "Gemma", _cfg("GemmaConfig", **_DEC), _TOKEN_HEADS, "text"),
+    "gemma2": ("gemma2", "Gemma2", _cfg("Gemma2Config", **_DEC, sliding_window=4, attn_logit_softcapping=5.0,
+                                        final_logit_softcapping=3.0), _TOKEN_HEADS, "text"),
+    "gemma3_text": ("gemma3_text", "Gemma3", _cfg("Gemma3TextConfig", **_DEC, sliding_window=4),
+                    ["TextModel", "ForCausalLM"], "text"),
+    "phi3": ("phi3", "Phi3", _cfg("Phi3Config", **_DEC), _TOKEN_HEADS, "text"),
+    "opt": ("opt", "OPT", _cfg("OPTConfig", vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                               num_attention_heads=HEADS, ffn_dim=37, max_position_embeddings=64,
+                               word_embed_proj_dim=HIDDEN, num_labels=LABELS, pad_token_id=0, bos_token_id=1,
+                               eos_token_id=2),
+            ["Model", "ForCausalLM", "ForSequenceClassification"], "text"),
+    "gpt_neox": ("gpt_neox", "GPTNeoX", _cfg("GPTNeoXConfig", **_TEXT, pad_token_id=0, bos_token_id=1,
+                                             eos_token_id=2), _TOKEN_HEADS, "text"),
+    "falcon": ("falcon", "Falcon", _cfg("FalconConfig", vocab_size=VOCAB, hidden_size=HIDDEN,
+                                        num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_labels=LABELS,
+                                        pad_token_id=0, bos_token_id=1, eos_token_id=2), _TOKEN_HEADS, "text"),
+    "bloom": ("bloom", "Bloom", _cfg("BloomConfig", vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=LAYERS,
+                                     n_head=HEADS, num_labels=LABELS, pad_token_id=0, bos_token_id=1,
+                                     eos_token_id=2), _TOKEN_HEADS, "text"),
+    "modernbert": ("modernbert", "ModernBert", _cfg("ModernBertConfig", **_TEXT, pad_token_id=0, bos_token_id=1,
+                                                    eos_token_id=2, cls_token_id=1, sep_token_id=2,
+                                                    local_attention=4, global_attn_every_n_layers=2),
+                   ["Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification"], "text"),
+    "t5": ("t5", "T5", _cfg("T5Config", vocab_size=VOCAB, d_model=HIDDEN, d_kv=16, d_ff=37, num_layers=LAYERS,
+                            num_heads=HEADS, relative_attention_num_buckets=8, num_labels=LABELS, pad_token_id=0),
+           ["EncoderModel", "ForTokenClassification"], "text"),
+    "clip_vision": ("clip_vision_model", "CLIPVision", _cfg("CLIPVisionConfig", **_VISION), ["Model"], "pixels"),
+    "siglip_vision": ("siglip_vision_model", "SiglipVision", _cfg("SiglipVisionConfig", **_VISION), ["Model"],
+                      "pixels"),
+    "dinov2": ("dinov2", "Dinov2", _cfg("Dinov2Config", **_VISION), ["Model", "ForImageClassification"], "pixels"),
+    "deit": ("deit", "DeiT", _cfg("DeiTConfig", **_VISION), ["Model", "ForImageClassification"], "pixels"),
+}
+
+
+def build(case: str, head: str, seed: int = 0) -> nn.Module:
+    """The tiny random ``case`` model with ``head`` (a class suffix), in eval mode."""
+    _, prefix, config, _, _ = FAMILIES[case]
+    cls = getattr(T, prefix + head, None)
+    if cls is None:
+        raise LookupError(f"transformers {T.__version__} has no {prefix + head}")
+    torch.manual_seed(seed)
+    return cls(config()).eval()
+
+
+def examples(case: str, n: int = 4, seed: int = 1) -> list[dict[str, torch.Tensor]]:
+    """Unpadded one-example dicts of ``case``'s input kind (token ids of different lengths, or images)."""
+    kind = FAMILIES[case][4]
+    g = torch.Generator().manual_seed(seed)
+    if kind == "pixels":
+        return [{"pixel_values": torch.randn(3, 16, 16, generator=g)} for _ in range(n)]
+    lengths = (5, 9, 3, 7, 2, 6)
+    return [{"input_ids": torch.randint(3, VOCAB, (lengths[i % 6],), generator=g)} for i in range(n)]
+
+
+def padded(rows: list[dict[str, torch.Tensor]], side: str, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """A batch of ``rows``: token ids padded on ``side`` ("right"/"left") with one extra column; images stacked."""
+    if "input_ids" not in rows[0]:
+        return {n: torch.stack([r[n] for r in rows]) for n in rows[0]}
+    t = max(len(r["input_ids"]) for r in rows) + 1
+    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), t), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        cols = slice(0, n) if side == "right" else slice(t - n, t)
+        ids[i, cols], mask[i, cols] = r["input_ids"], 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def worst_against_alone(model: nn.Module, rows: list[dict], batch: dict, out: Any) -> float:
+    """Max abs diff of a batch's outputs from each example run alone (per-token outputs on real tokens only)."""
+    mask = batch.get("attention_mask")
+    worst = 0.0
+    with torch.no_grad():
+        for i, row in enumerate(rows):
+            alone = model(**{n: v[None] for n, v in row.items()})
+            for name, want in _tensors(alone).items():
+                got = _tensors(out)[name][i]
+                want = want[0]
+                if mask is not None and got.dim() >= 1 and got.shape[0] == mask.shape[1] and name != "pooler_output":
+                    got = got[mask[i].bool()]
+                assert got.shape == want.shape, f"{name}: {tuple(got.shape)} != alone {tuple(want.shape)}"
+                worst = max(worst, float((got - want).abs().max()))
+    return worst
+
+
+def _tensors(out: Any) -> dict[str, torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return {"output": out}
+    return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k != "loss"}
