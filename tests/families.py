@@ -1,7 +1,7 @@
 """Tiny random models of today's transformers families (hidden 32, 4 blocks), and examples for each modality.
 
 ``FAMILIES`` maps a case name to (table key, transformers class prefix, config builder, heads, input kind). A class
-or config the installed transformers lacks makes ``build`` raise ``LookupError`` naming it (tests skip on it).
+or config the installed transformers lacks makes ``build`` raise ``Missing`` naming it (tests skip on it).
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ _VISION = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads
 _TOKEN_HEADS = ["Model", "ForCausalLM", "ForSequenceClassification", "ForTokenClassification"]
 
 
+class Missing(Exception):
+    """A family or head the installed transformers does not have."""
+
+
 def _cfg(name: str, **kwargs: Any) -> Callable[[], Any]:
     def make():
         cls = getattr(T, name, None)
         if cls is None:
-            raise LookupError(f"transformers {T.__version__} has no {name}")
+            raise Missing(f"transformers {T.__version__} has no {name}")
         return cls(**kwargs)
     return make
 
@@ -57,6 +61,9 @@ FAMILIES: dict[str, tuple[str, str, Callable[[], Any], list[str], str]] = {
     "deberta": ("deberta", "Deberta", _cfg("DebertaConfig", **_TEXT, relative_attention=True,
                                            max_relative_positions=16, pos_att_type=["p2c", "c2p"]),
                 ["Model", "ForSequenceClassification", "ForTokenClassification"], "text"),
+    "albert": ("albert", "Albert", _cfg("AlbertConfig", **_TEXT, embedding_size=16, num_hidden_groups=2,
+                                        pad_token_id=0),
+               ["Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification"], "text"),
     "modernbert": ("modernbert", "ModernBert", _cfg("ModernBertConfig", **_TEXT, pad_token_id=0, bos_token_id=1,
                                                     eos_token_id=2, cls_token_id=1, sep_token_id=2,
                                                     local_attention=4, global_attn_every_n_layers=2),
@@ -67,6 +74,9 @@ FAMILIES: dict[str, tuple[str, str, Callable[[], Any], list[str], str]] = {
     "clip_vision": ("clip_vision_model", "CLIPVision", _cfg("CLIPVisionConfig", **_VISION), ["Model"], "pixels"),
     "siglip_vision": ("siglip_vision_model", "SiglipVision", _cfg("SiglipVisionConfig", **_VISION), ["Model"],
                       "pixels"),
+    "convnext": ("convnext", "ConvNext", _cfg("ConvNextConfig", num_channels=3, patch_size=2, image_size=16,
+                                              hidden_sizes=[8, 12, 16, 20], depths=[1, 1, 1, 1], num_labels=LABELS),
+                 ["Model", "ForImageClassification"], "pixels"),
     "dinov2": ("dinov2", "Dinov2", _cfg("Dinov2Config", **_VISION), ["Model", "ForImageClassification"], "pixels"),
     "deit": ("deit", "DeiT", _cfg("DeiTConfig", **_VISION), ["Model", "ForImageClassification"], "pixels"),
 }
@@ -77,7 +87,7 @@ def build(case: str, head: str, seed: int = 0) -> nn.Module:
     _, prefix, config, _, _ = FAMILIES[case]
     cls = getattr(T, prefix + head, None)
     if cls is None:
-        raise LookupError(f"transformers {T.__version__} has no {prefix + head}")
+        raise Missing(f"transformers {T.__version__} has no {prefix + head}")
     torch.manual_seed(seed)
     return cls(config()).eval()
 

@@ -14,7 +14,7 @@ import torch
 
 import layer_recycling as lr
 from layer_recycling import arch
-from families import FAMILIES, LAYERS, alone, build, examples, padded, worst
+from families import FAMILIES, LAYERS, Missing, alone, build, examples, padded, worst
 
 CASES = [(case, head) for case, (_, _, _, heads, _) in FAMILIES.items() for head in heads]
 SAMPLED = [pytest.param(case, head, i % (LAYERS + 1), id=f"{case}-{head}-{i % (LAYERS + 1)}")
@@ -27,7 +27,7 @@ TOL = 1e-5
 def _model(case: str, head: str):
     try:
         return build(case, head)
-    except LookupError as err:  # a family or head the installed transformers lacks
+    except Missing as err:  # a family or head the installed transformers lacks
         pytest.skip(f"{case} {head}: {err}")
 
 

@@ -127,6 +127,9 @@ TABLE: dict[str, Arch] = {
                                              tail=()),  # post_layernorm only norms the pooled output
     "siglip_vision_model": dataclasses.replace(_VIT, blocks="encoder.layers", keep=(),
                                                tail=("post_layernorm", "head")),
+    # ALBERT applies its shared layer groups num_hidden_layers times: a level counts applications.
+    "albert": Arch(blocks="encoder.albert_layer_groups", build=halves.albert),
+    "convnext": Arch(blocks="encoder.stages", entry=None, masked=False, build=halves.hf_convnext),
     # Models without a transformers config are keyed "<package>.<class>" (see ``model_key``). ResNets and
     # EfficientNets need no entry: the generic rule finds their stage lists, and the split checks itself. The
     # entries below were tested against stand-ins only (the packages do not install here): they check themselves.

@@ -114,19 +114,53 @@ def timm_convnext(model: nn.Module, at: int | float) -> Built:
     from .split import replace
 
     k = _resolve(at, sum(len(stage.blocks) for stage in model.stages))
+    below, above, done = _cut_stages(model.stages, k, "blocks", {"downsample": nn.Identity()})
+    bottom = nn.Sequential(model.stem, *below)  # forward_features up to the split
+    top = replace(model, {"stem": nn.Identity(), "stages": nn.Sequential(*above)})  # its forward() runs the rest
+    return bottom, top, k, done
+
+
+def _cut_stages(stages: nn.Module, k: int, blocks: str, no_downsample: dict[str, nn.Module]):
+    """(stages of the bottom, stages of the top, blocks in all): a stage cut after its j-th block keeps its
+    downsampling in the bottom part; the top part gets ``no_downsample`` in its place."""
+    from .split import replace
+
     below, above, done = [], [], 0
-    for stage in model.stages:
-        j = min(max(k - done, 0), len(stage.blocks))  # this stage's blocks in the bottom
-        if j == len(stage.blocks):
+    for stage in stages:
+        n = len(stage.get_submodule(blocks))
+        j = min(max(k - done, 0), n)  # this stage's blocks in the bottom
+        if j == n:
             below.append(stage)
         elif j == 0:
             above.append(stage)
         else:
-            below.append(replace(stage, {"blocks": nn.Sequential(*list(stage.blocks)[:j])}))
-            above.append(replace(stage, {"downsample": nn.Identity(), "blocks": nn.Sequential(*list(stage.blocks)[j:])}))
-        done += len(stage.blocks)
-    bottom = nn.Sequential(model.stem, *below)  # forward_features up to the split
-    top = replace(model, {"stem": nn.Identity(), "stages": nn.Sequential(*above)})  # its forward() runs the rest
+            below.append(replace(stage, {blocks: _part(stage.get_submodule(blocks), 0, j)}))
+            above.append(replace(stage, {**no_downsample, blocks: _part(stage.get_submodule(blocks), j, n)}))
+        done += n
+    return below, above, done
+
+
+def _part(layers: nn.Module, i: int, j: int) -> nn.Module:
+    """Items i..j of a ModuleList or Sequential, as the same kind of list."""
+    items = list(layers)[i:j]
+    return nn.ModuleList(items) if isinstance(layers, nn.ModuleList) else nn.Sequential(*items)
+
+
+# ---- transformers ConvNeXt: embeddings, encoder.stages (downsampling_layer, layers), pooler norm --------------------
+
+
+def hf_convnext(model: nn.Module, at: int | float) -> Built:
+    """As ``timm_convnext``, on transformers' ConvNextModel (and its classifier): the top is the model itself,
+    fed the states as ``pixel_values`` past an identity stem."""
+    from .split import Bottom, _join, replace
+
+    base = model.base_model
+    prefix = "" if base is model else model.base_model_prefix
+    stages = base.encoder.stages
+    k = _resolve(at, sum(len(stage.layers) for stage in stages))
+    below, above, done = _cut_stages(stages, k, "layers", {"downsampling_layer": nn.ModuleList()})
+    bottom = Bottom(replace(base, {"encoder.stages": nn.ModuleList(below), "layernorm": nn.Identity()}))
+    top = replace(model, {_join(prefix, "embeddings"): nn.Identity(), _join(prefix, "encoder.stages"): nn.ModuleList(above)})
     return bottom, top, k, done
 
 
@@ -210,3 +244,55 @@ def t5_top(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
 def t5_bottom(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
     _t5_encoder_only(base)
     return {"encoder.final_layer_norm": nn.Identity()}  # after the blocks: the top applies it
+
+
+# ---- transformers ALBERT: one list of shared layer groups applied num_hidden_layers times --------------------------
+
+
+class AlbertRun(nn.Module):
+    """Applications ``j..k`` of ALBERT's shared layer groups (a level counts applications, not groups): (states
+    (b, t, e) at j = 0, else (b, t, h); the extended mask) -> states after application k. Holds only the groups it
+    applies; a group both halves apply is frozen with the bottom, so the top trains it only when k = 0."""
+
+    def __init__(self, encoder: nn.Module, j: int, k: int):
+        super().__init__()
+        self.config, self.j, self.k = encoder.config, j, k
+        self.embedding_hidden_mapping_in = encoder.embedding_hidden_mapping_in if j == 0 < k else None
+        self.groups = nn.ModuleDict({str(g): encoder.albert_layer_groups[g] for g in map(self._group, range(j, k))})
+
+    def _group(self, i: int) -> int:  # as AlbertTransformer.forward picks it
+        return int(i / (self.config.num_hidden_layers / self.config.num_hidden_groups))
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        if self.embedding_hidden_mapping_in is not None:
+            hidden_states = self.embedding_hidden_mapping_in(hidden_states)
+        for i in range(self.j, self.k):
+            hidden_states = self.groups[str(self._group(i))](hidden_states, attention_mask, **kwargs)
+        return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+class Entry(nn.Module):
+    """A model fed the states through the keyword ``name`` of its forward: (states, **kwargs) -> its output."""
+
+    def __init__(self, model: nn.Module, name: str):
+        super().__init__()
+        self.model, self.name = model, name
+
+    def forward(self, states: torch.Tensor, **kwargs):
+        return self.model(**{self.name: states}, **kwargs)
+
+
+def albert(model: nn.Module, at: int | float) -> Built:
+    from .split import Bottom, Seam, _join, replace
+
+    base = model.base_model
+    prefix = "" if base is model else model.base_model_prefix
+    n = base.config.num_hidden_layers
+    k = _resolve(at, n)
+    tail = {t: nn.Identity() for t in ("pooler", "pooler_activation") if getattr(base, t, None) is not None}
+    bottom = Bottom(replace(base, {"encoder": AlbertRun(base.encoder, 0, k), **tail}))
+    top = replace(model, {_join(prefix, "embeddings"): Seam(base.embeddings, "inputs_embeds"),
+                          _join(prefix, "encoder"): AlbertRun(base.encoder, k, n)})
+    return bottom, Entry(top, "inputs_embeds"), k, n
