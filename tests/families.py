@@ -77,6 +77,12 @@ FAMILIES: dict[str, tuple[str, str, Callable[[], Any], list[str], str]] = {
     "convnext": ("convnext", "ConvNext", _cfg("ConvNextConfig", num_channels=3, patch_size=2, image_size=16,
                                               hidden_sizes=[8, 12, 16, 20], depths=[1, 1, 1, 1], num_labels=LABELS),
                  ["Model", "ForImageClassification"], "pixels"),
+    "whisper": ("whisper", "Whisper", _cfg("WhisperConfig", vocab_size=VOCAB, d_model=HIDDEN, encoder_layers=LAYERS,
+                                            encoder_attention_heads=HEADS, decoder_layers=1, decoder_attention_heads=HEADS,
+                                            encoder_ffn_dim=37, decoder_ffn_dim=37, num_mel_bins=8,
+                                            max_source_positions=16, classifier_proj_size=8, num_labels=LABELS,
+                                            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1),
+                ["Encoder", "ForAudioClassification"], "features"),
     "dinov2": ("dinov2", "Dinov2", _cfg("Dinov2Config", **_VISION), ["Model", "ForImageClassification"], "pixels"),
     "deit": ("deit", "DeiT", _cfg("DeiTConfig", **_VISION), ["Model", "ForImageClassification"], "pixels"),
 }
@@ -85,11 +91,21 @@ FAMILIES: dict[str, tuple[str, str, Callable[[], Any], list[str], str]] = {
 def build(case: str, head: str, seed: int = 0) -> nn.Module:
     """The tiny random ``case`` model with ``head`` (a class suffix), in eval mode."""
     _, prefix, config, _, _ = FAMILIES[case]
-    cls = getattr(T, prefix + head, None)
+    cls = getattr(T, prefix + head, None) or getattr(_modeling(prefix), prefix + head, None)
     if cls is None:
         raise Missing(f"transformers {T.__version__} has no {prefix + head}")
     torch.manual_seed(seed)
     return cls(config()).eval()
+
+
+def _modeling(prefix: str) -> Any:
+    """transformers' modeling module of a family: classes it does not export (WhisperEncoder) live there."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"transformers.models.{prefix.lower()}.modeling_{prefix.lower()}")
+    except ImportError:
+        return None
 
 
 def examples(case: str, n: int = 3, seed: int = 1) -> list[dict[str, torch.Tensor]]:
@@ -98,6 +114,8 @@ def examples(case: str, n: int = 3, seed: int = 1) -> list[dict[str, torch.Tenso
     g = torch.Generator().manual_seed(seed)
     if kind == "pixels":
         return [{"pixel_values": torch.randn(3, 16, 16, generator=g)} for _ in range(n)]
+    if kind == "features":  # log-mel frames, padded to the model's fixed length as its feature extractor does
+        return [{"input_features": torch.randn(8, 32, generator=g)} for _ in range(n)]
     lengths = (5, 9, 3, 7, 2, 6)
     return [{"input_ids": torch.randint(3, VOCAB, (lengths[i % 6],), generator=g)} for i in range(n)]
 

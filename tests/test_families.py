@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+import transformers as T
 
 import layer_recycling as lr
 from layer_recycling import arch
@@ -72,3 +73,23 @@ def test_every_proven_entry_is_run_by_a_test():
                  "mistral", "qwen2", "vit"}
     here = {key for key, *_ in FAMILIES.values()}
     assert set(arch.PROVEN) <= here | elsewhere, sorted(set(arch.PROVEN) - here - elsewhere)
+
+
+_AUDIO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
+              conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)
+REFUSED = {  # model type: a tiny model of it
+    "swin": lambda: T.SwinModel(T.SwinConfig(image_size=16, patch_size=2, embed_dim=8, depths=[1, 1],
+                                             num_heads=[1, 1], window_size=2)),
+    "wav2vec2": lambda: T.Wav2Vec2Model(T.Wav2Vec2Config(**_AUDIO)),
+    "hubert": lambda: T.HubertModel(T.HubertConfig(**_AUDIO)),
+    "clip_text_model": lambda: T.CLIPTextModel(T.CLIPTextConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                                                 num_attention_heads=2, intermediate_size=37)),
+}
+
+
+@pytest.mark.parametrize("model_type", REFUSED)
+def test_a_family_without_an_exact_split_is_refused_by_name_with_the_reason(model_type):
+    model = REFUSED[model_type]()
+    assert model.config.model_type == model_type
+    with pytest.raises(ValueError, match=rf"\(model type '{model_type}'\) is refused: .{{60}}"):
+        lr.recycle(model, at=1)

@@ -129,6 +129,7 @@ TABLE: dict[str, Arch] = {
                                                tail=("post_layernorm", "head")),
     # ALBERT applies its shared layer groups num_hidden_layers times: a level counts applications.
     "albert": Arch(blocks="encoder.albert_layer_groups", build=halves.albert),
+    "whisper": Arch(blocks="layers", entry="input_features", masked=False, build=halves.whisper),
     "convnext": Arch(blocks="encoder.stages", entry=None, masked=False, build=halves.hf_convnext),
     # Models without a transformers config are keyed "<package>.<class>" (see ``model_key``). ResNets and
     # EfficientNets need no entry: the generic rule finds their stage lists, and the split checks itself. The
@@ -150,7 +151,23 @@ _SHIPPED: dict[str, Arch] = dict(TABLE)
 PROVEN: dict[str, Arch] = {k: a for k, a in TABLE.items() if a.tested}
 
 # Families refused by name: no split of theirs can be made exact here, or none is proven yet. (model type: reason)
-REFUSED: dict[str, str] = {}
+_AUDIO = ("a padded batch of raw audio is not each clip alone: the feature encoder's group norm (the base "
+          "models) normalises over the padding, and the frames per clip follow its length, which the library's "
+          "stored states do not carry yet. No split of it is proven; recycle a model over fixed-length inputs, or "
+          "wrap the encoder yourself (the generic rule checks itself)")
+_TOWERS = ("the dual text-image model runs two towers; recycle one of them, e.g. {}VisionModel.from_pretrained(name) "
+           "for images")
+REFUSED: dict[str, str] = {
+    "clip_text_model": "its pooled output is read at the end-of-text token, which it finds in input_ids, and a top "
+                       "fed stored states has no input_ids. Use CLIPVisionModel for images, or its last_hidden_state "
+                       "through your own wrapper (the generic rule checks itself)",
+    "clip": _TOWERS.format("CLIP"),
+    "siglip": _TOWERS.format("Siglip"),
+    "swin": "its stages pass the feature map's (height, width) along and shift windows by the block's place in its "
+            "stage; no split of it is proven yet. DINOv2, DeiT, ViT and ConvNeXt are",
+    "wav2vec2": _AUDIO,
+    "hubert": _AUDIO,
+}
 
 
 def model_key(model: nn.Module) -> str:

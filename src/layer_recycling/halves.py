@@ -296,3 +296,54 @@ def albert(model: nn.Module, at: int | float) -> Built:
     top = replace(model, {_join(prefix, "embeddings"): Seam(base.embeddings, "inputs_embeds"),
                           _join(prefix, "encoder"): AlbertRun(base.encoder, k, n)})
     return bottom, Entry(top, "inputs_embeds"), k, n
+
+
+# ---- transformers Whisper encoder: convolutions and positions in forward(), a fixed 30 s input, no mask ------------
+
+
+class WhisperTop(nn.Module):
+    """Whisper's encoder above block k: states (b, frames, d) -> BaseModelOutput after the blocks and final norm."""
+
+    def __init__(self, encoder: nn.Module, k: int):
+        super().__init__()
+        self.layers, self.layer_norm = nn.ModuleList(list(encoder.layers)[k:]), encoder.layer_norm
+
+    def forward(self, states: torch.Tensor, **kwargs):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        for layer in self.layers:  # as WhisperEncoder.forward calls them: no mask
+            states = layer(states, None)
+        return BaseModelOutput(last_hidden_state=self.layer_norm(states))
+
+
+class WhisperClassifierTop(nn.Module):
+    """WhisperForAudioClassification above block k: its own forward, handed the encoder's output."""
+
+    def __init__(self, model: nn.Module, k: int):
+        super().__init__()
+        from .split import replace
+
+        self.encoder = WhisperTop(model.encoder, k)
+        self.model = replace(model, {"encoder": self.encoder})  # only the top's blocks: the rest is in the bottom
+
+    def forward(self, states: torch.Tensor, **kwargs):
+        return self.model(encoder_outputs=self.encoder(states), **kwargs)
+
+
+def whisper(model: nn.Module, at: int | float) -> Built:
+    """WhisperEncoder or WhisperForAudioClassification; the encoder-decoder models are refused."""
+    from .split import Bottom, replace
+
+    if getattr(model.config, "use_weighted_layer_sum", False):
+        raise ValueError(f"{type(model).__name__} with use_weighted_layer_sum=True reads every block's states, which "
+                         f"a split does not keep; set config.use_weighted_layer_sum=False or do not recycle it")
+    encoder = model.encoder if hasattr(model, "encoder") and hasattr(model, "classifier") else model
+    if not hasattr(encoder, "conv1"):
+        raise ValueError(
+            f"{type(model).__name__} is a Whisper encoder-decoder: its decoder reads inputs a split of the encoder "
+            f"does not serve. Recycle its encoder (model.get_encoder()) or WhisperForAudioClassification"
+        )
+    k = _resolve(at, len(encoder.layers))
+    bottom = Bottom(replace(encoder, {"layers": nn.ModuleList(list(encoder.layers)[:k]), "layer_norm": nn.Identity()}))
+    top = WhisperTop(encoder, k) if encoder is model else WhisperClassifierTop(model, k)
+    return bottom, top, k, len(encoder.layers)
