@@ -360,3 +360,18 @@ def _is_stage(child: nn.Module) -> bool:
 
 def _get(module: nn.Module, path: str) -> nn.Module:
     return module.get_submodule(path) if path else module
+
+
+def families_markdown() -> str:
+    """The README's table of families: one row per ``TABLE`` entry, then the refused families with the reason."""
+    rows = ["| family (`model_type`, or package.class) | block list | the top gets the states as | trusted |",
+            "|---|---|---|---|"]
+    for key, a in sorted(TABLE.items()):
+        blocks = ", ".join(a.blocks) if isinstance(a.blocks, tuple) else a.blocks
+        entry = (f"built by `halves.{a.build.__name__}`" if a.build else f"`{a.entry}`" if a.entry
+                 else "its first argument")
+        trust = "proven by the tests" if PROVEN.get(key) is a else "checks itself against the model"
+        rows.append(f"| `{key}` | `{blocks}` | {entry} | {trust} |")
+    rows += ["", "| refused (`model_type`) | why |", "|---|---|"]
+    rows += [f"| `{key}` | {why} |" for key, why in sorted(REFUSED.items())]
+    return "\n".join(rows)
