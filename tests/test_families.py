@@ -93,3 +93,20 @@ def test_a_family_without_an_exact_split_is_refused_by_name_with_the_reason(mode
     assert model.config.model_type == model_type
     with pytest.raises(ValueError, match=rf"\(model type '{model_type}'\) is refused: .{{60}}"):
         lr.recycle(model, at=1)
+
+
+STACKED = [case for case, (key, *_) in FAMILIES.items() if arch.TABLE[key].build is None]
+
+
+@pytest.mark.parametrize("case", STACKED)
+def test_a_stacked_fill_stores_what_the_bottom_computes(case):
+    """Level 1's store feeds level 3 through blocks 1..3 (``split.middle``): the same states as a fill from scratch."""
+    model, rows = _model(case, FAMILIES[case][3][0]), examples(case)
+    lower, direct = lr.recycle(model, at=1), lr.recycle(model, at=3)
+    stacked = lr.recycle(model, at=3)
+    direct.fill(rows, progress=False)
+    stacked.fill(rows, progress=False, start_from=lower)
+    keys = [direct.encode(r)[0] for r in rows]
+    for want, got in zip(direct.store.get_many(keys), stacked.store.get_many(keys)):
+        assert float((want - got).abs().max()) <= TOL, case
+    assert stacked.stats.bottom_calls == 1 and lower.stats.bottom_calls == 1

@@ -231,7 +231,12 @@ def middle(model: nn.Module, j: int, k: int, blocks: str | list[str] | None = No
         return Middle(halves.Chain(*layers[j:k]), None)
     edits = {**_above(root, arch, layers, j), arch.blocks: nn.ModuleList(layers[j:k])}
     edits.update({t: nn.Identity() for t in arch.tail if getattr(root, t, None) is not None})
-    return Middle(Bottom(replace(root, edits)), arch.entry)
+    if arch.bottom_fix is not None:  # the tail a family's bottom drops (OPT's, T5's final norm)
+        edits.update(arch.bottom_fix(root, k))
+    run = replace(root, edits)
+    if arch.indexed_types:
+        halves.shift_layer_types(run, j)
+    return Middle(Bottom(run), arch.entry)
 
 
 def _block_list(root: nn.Module, path: str) -> nn.ModuleList | nn.Sequential:
