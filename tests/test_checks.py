@@ -114,3 +114,20 @@ def test_example_runs_the_check_on_a_proven_entry_too():
     assert rec.arch.tested and rec.split_check.report.startswith("compared logits (1, 5, 99)")
     with pytest.raises(ValueError, match=r"example=\[\]: expected one example"):
         lr.recycle(model, at=2, example=[])
+
+
+def test_the_check_compares_the_most_padded_row_with_that_example_alone(monkeypatch):
+    """Dynamic rope with its by-name refusal lifted: the padded batch (12 > 8 positions) rescales the rotary
+    frequencies that the short example alone does not, so its stored state would be wrong; the check sees it."""
+    monkeypatch.setattr(arch, "LENGTH_DEPENDENT", {})
+    config = T.LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=37, max_position_embeddings=8,
+                           rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4})
+    torch.manual_seed(0)
+    model = T.LlamaModel(config).eval()
+    rows = [{"input_ids": torch.arange(3, 15)}, {"input_ids": torch.arange(20, 25)}]
+    with pytest.raises(ValueError, match=r"example 1 alone against its padded row: max abs diff .*depends on how "
+                                         r"the batch was padded"):
+        lr.recycle(model, at=1, example=rows)
+    rec = lr.recycle(build("qwen3", "Model"), at=1, example=examples("qwen3"))  # an exact family passes
+    assert "example 2 alone against its padded row: max abs diff" in rec.split_check.report
