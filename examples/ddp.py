@@ -62,6 +62,10 @@ def main() -> None:
             total += loss.item()
         print(f"rank {rank} epoch {epoch + 1}: {len(loader)} batches, loss {total / len(loader):.3f}, "
               f"bottom ran on {rec.stats.bottom_examples} examples (fill added {added} in all)", flush=True)
+    # DDP's reducer holds the process group: free it while the group lives, so that the group is not torn down
+    # inside the reducer's destructor (with gloo, that join can deadlock against a worker thread waiting for the GIL)
+    del ddp, opt
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -195,7 +196,17 @@ def test_the_ddp_example_runs_under_torchrun(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(root / "examples" / "ddp.py"), "--store", str(tmp_path / "store"), "--model", "tiny",
            "--examples", "80", "--epochs", "2"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    # its own session: on a timeout the ranks are killed with torchrun, not left behind
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        stdout, stderr = run.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGKILL)
+        stdout, stderr = run.communicate()
+        pytest.fail(f"torchrun still running after 240 s; killed it and its ranks. stdout:\n{stdout}\n"
+                    f"stderr:\n{stderr[-2000:]}")
+    out = subprocess.CompletedProcess(cmd, run.returncode, stdout, stderr)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("epoch 2: 2 batches") == 2  # each rank: 40 of the 80 examples (rank lines may interleave)
     assert len(lr.DiskStore(tmp_path / "store", readonly=True)) == 80

@@ -15,6 +15,7 @@ from torch import nn
 
 from . import halves
 from .heads import LastTokenClassifier
+from .surgery import get
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +51,15 @@ class Arch:
     build: Callable[[nn.Module, int | float], tuple[nn.Module, nn.Module, int, int]] | None = None
     """For a model no list of modules run in order reproduces (a ViT's class token, ConvNeXt's stages): (model,
     ``at``) -> (bottom, top, blocks recycled, blocks in all), built by hand (``halves``)."""
+    indexed_types: bool = False
+    """The base forward picks each block's attention mask by its index in ``config.layer_types`` (Gemma2's
+    alternating sliding window): the top's base gets a copy of the config listing the types from block k."""
     tested: bool = True
-    """The split is proven equal to the un-split model by this library's tests (a table entry); False (the generic
-    rule, a ``blocks=`` override): it compares itself with the model on its first batch (``checks.SplitCheck``)."""
+    """The split is proven equal to the un-split model by this library's tests (an entry of ``PROVEN``); False (the
+    generic rule, a ``blocks=`` override, an entry added or replaced by a user): it compares itself with the model
+    on its first batch, or on ``recycle(..., example=...)`` at construction (``checks.SplitCheck``)."""
+    source: str = "architecture table"
+    """Where this split's knowledge came from, for the self-check's messages."""
 
 
 class _EmptyEncoder(nn.Module):
@@ -77,10 +84,13 @@ def _deberta_bottom(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
     return {"encoder": _EmptyEncoder()} if at == 0 else {}
 
 
+_STAND_IN = "architecture table, an entry tested against a stand-in of the package only"
 # Decoder classifiers pool the last non-pad token, found from input_ids: fed states, the top pools it from the mask.
 _LAST_TOKEN = (("ForSequenceClassification", LastTokenClassifier),)
 _DECODER = Arch(blocks="layers", tail=("norm",), heads=_LAST_TOKEN)
 _BERT = Arch(blocks="encoder.layer", seam=("embeddings",), tail=("pooler",))
+_VIT = Arch(blocks="layers", entry="pixel_values", seam=("embeddings",), keep=("patch_embeddings",),
+            tail=("layernorm", "pooler"), masked=False)
 
 TABLE: dict[str, Arch] = {
     "bert": _BERT,
@@ -94,29 +104,70 @@ TABLE: dict[str, Arch] = {
     "deberta-v2": Arch(
         blocks="encoder.layer", seam=("embeddings",), top_fix=_deberta_top, bottom_fix=_deberta_bottom
     ),
-    "vit": Arch(
-        blocks="layers",
-        entry="pixel_values",
-        seam=("embeddings",),
-        keep=("patch_embeddings",),
-        tail=("layernorm", "pooler"),
-        masked=False,
-    ),
+    "vit": _VIT,
+    "deit": _VIT,
+    "dinov2": dataclasses.replace(_VIT, blocks="encoder.layer"),
     "gpt2": Arch(blocks="h", zero=("wpe",), blank=("drop",), tail=("ln_f",), heads=_LAST_TOKEN),
     "llama": _DECODER,
     "mistral": _DECODER,
     "qwen2": _DECODER,
+    "qwen3": _DECODER,
+    "phi3": _DECODER,
+    # Gemma's embedding module scales by sqrt(hidden) itself, so inputs_embeds skips the scaling as it should.
+    "gemma": _DECODER,
+    "gemma2": dataclasses.replace(_DECODER, indexed_types=True),
+    "gemma3_text": _DECODER,
+    "opt": Arch(blocks="decoder.layers", top_fix=halves.opt_top, bottom_fix=halves.opt_bottom, heads=_LAST_TOKEN),
+    "gpt_neox": Arch(blocks="layers", blank=("emb_dropout",), tail=("final_layer_norm",), heads=_LAST_TOKEN),
+    "falcon": Arch(blocks="h", tail=("ln_f",), heads=_LAST_TOKEN),
+    "bloom": Arch(blocks="h", blank=("word_embeddings_layernorm",), tail=("ln_f",), heads=_LAST_TOKEN),
+    "modernbert": Arch(blocks="layers", seam=("embeddings",), tail=("final_norm",)),
+    # T5's relative position bias lives in block 0 and is handed up the stack: the top's first block computes it.
+    "t5": Arch(blocks="encoder.block", top_fix=halves.t5_top, bottom_fix=halves.t5_bottom),
+    "clip_vision_model": dataclasses.replace(_VIT, blocks="encoder.layers", keep=(), blank=("pre_layrnorm",),
+                                             tail=()),  # post_layernorm only norms the pooled output
+    "siglip_vision_model": dataclasses.replace(_VIT, blocks="encoder.layers", keep=(),
+                                               tail=("post_layernorm", "head")),
+    # ALBERT applies its shared layer groups num_hidden_layers times: a level counts applications.
+    "albert": Arch(blocks="encoder.albert_layer_groups", build=halves.albert),
+    "whisper": Arch(blocks="layers", entry="input_features", masked=False, build=halves.whisper),
+    "convnext": Arch(blocks="encoder.stages", entry=None, masked=False, build=halves.hf_convnext),
     # Models without a transformers config are keyed "<package>.<class>" (see ``model_key``). ResNets and
     # EfficientNets need no entry: the generic rule finds their stage lists, and the split checks itself. The
     # entries below were tested against stand-ins only (the packages do not install here): they check themselves.
     "timm.VisionTransformer": Arch(
-        blocks="blocks", entry=None, masked=False, generic=True, build=halves.timm_vit, tested=False
-    ),
+        blocks="blocks", entry=None, masked=False, generic=True, build=halves.timm_vit, tested=False,
+        source=_STAND_IN),
     "torchvision.VisionTransformer": Arch(
-        blocks="encoder.layers", entry=None, masked=False, generic=True, build=halves.torchvision_vit, tested=False
-    ),
+        blocks="encoder.layers", entry=None, masked=False, generic=True, build=halves.torchvision_vit,
+        tested=False, source=_STAND_IN),
     "timm.ConvNeXt": Arch(blocks="stages", entry=None, masked=False, generic=True, build=halves.timm_convnext,
-                          tested=False),
+                          tested=False, source=_STAND_IN),
+}
+
+
+# The entries this library's tests prove exact, as shipped: lookup trusts an entry only while TABLE holds this
+# very object for its key. An entry added or replaced later (TABLE["gemma2"] = TABLE["llama"]) checks itself.
+_SHIPPED: dict[str, Arch] = dict(TABLE)
+PROVEN: dict[str, Arch] = {k: a for k, a in TABLE.items() if a.tested}
+
+# Families refused by name: no split of theirs can be made exact here, or none is proven yet. (model type: reason)
+_AUDIO = ("a padded batch of raw audio is not each clip alone: the feature encoder's group norm (the base "
+          "models) normalises over the padding, and the frames per clip follow its length, which the library's "
+          "stored states do not carry yet. No split of it is proven; recycle a model over fixed-length inputs, or "
+          "wrap the encoder yourself (the generic rule checks itself)")
+_TOWERS = ("the dual text-image model runs two towers; recycle one of them, e.g. {}VisionModel.from_pretrained(name) "
+           "for images")
+REFUSED: dict[str, str] = {
+    "clip_text_model": "its pooled output is read at the end-of-text token, which it finds in input_ids, and a top "
+                       "fed stored states has no input_ids. Use CLIPVisionModel for images, or its last_hidden_state "
+                       "through your own wrapper (the generic rule checks itself)",
+    "clip": _TOWERS.format("CLIP"),
+    "siglip": _TOWERS.format("Siglip"),
+    "swin": "its stages pass the feature map's (height, width) along and shift windows by the block's place in its "
+            "stage; no split of it is proven yet. DINOv2, DeiT, ViT and ConvNeXt are",
+    "wav2vec2": _AUDIO,
+    "hubert": _AUDIO,
 }
 
 
@@ -130,7 +181,16 @@ def model_key(model: nn.Module) -> str:
 
 
 def lookup(model: nn.Module, blocks: str | list[str] | tuple[str, ...] | None = None) -> Arch:
-    """The table entry for ``model``; ``blocks`` names the block list(s) explicitly (an override)."""
+    """The table entry for ``model``; ``blocks`` names the block list(s) explicitly (an override).
+
+    Only entries this library's tests prove (``PROVEN``) come back with ``tested=True``; a user-added or replaced
+    entry, a ``blocks=`` override and the generic rule come back untested, so the split checks itself.
+
+    Raises:
+        ValueError: a family refused by name (``REFUSED``), a length-dependent position scheme, a transformers
+            model outside the table (the message says how to name its block list), or a ``blocks=`` override
+            on a model whose stem the library cannot bypass.
+    """
     blocks = _paths(blocks)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type is not None and isinstance(blocks, tuple):
@@ -139,22 +199,101 @@ def lookup(model: nn.Module, blocks: str | list[str] | tuple[str, ...] | None = 
             f"dotted path as a str, e.g. blocks='encoder.layer'"
         )
     key = model_key(model)
+    if model_type is not None:
+        _refuse_length_dependent(model)
     if key in TABLE:
-        arch = TABLE[key]
+        arch = TABLE[key] if _SHIPPED.get(key) is TABLE[key] else dataclasses.replace(
+            TABLE[key], tested=False, source="architecture table entry added outside this library's tests")
         if blocks is None or blocks == arch.blocks:
             return arch
-        return dataclasses.replace(arch, blocks=blocks, tested=False, build=None)
+        return dataclasses.replace(arch, blocks=blocks, tested=False, build=None, source="blocks= override")
+    if model_type in REFUSED and blocks is None:
+        raise ValueError(f"{type(model).__name__} (model type {model_type!r}) is refused: {REFUSED[model_type]}")
     if model_type is not None and blocks is None:
         known = ", ".join(sorted(TABLE))
         raise ValueError(
             f"transformers model type {model_type!r} ({type(model).__name__}) is not in layer_recycling's "
             f"architecture table (known: {known}). Name its block list, e.g. "
-            f"split(model, at, blocks='encoder.layer'), or add an entry to layer_recycling.arch.TABLE."
+            f"split(model, at, blocks='encoder.layer') (the split then checks itself against the model), or add "
+            f"an entry to layer_recycling.arch.TABLE."
         )
     if model_type is not None:
-        return Arch(blocks=blocks, seam=("embeddings",), tail=(), tested=False)
+        return overridden(model.base_model, blocks)
     found = find_blocks(model) if blocks is None else blocks
-    return Arch(blocks=found, entry=None, masked=False, generic=True, tested=False)
+    source = "generic rule" if blocks is None else "blocks= override"
+    return Arch(blocks=found, entry=None, masked=False, generic=True, tested=False, source=source)
+
+
+def overridden(base: nn.Module, blocks: str) -> Arch:
+    """The split of a transformers base model outside the table at the block list ``blocks``: the top receives
+    the states through ``inputs_embeds`` (or ``pixel_values`` past a seamed ``embeddings``); norms registered
+    after the block list are the tail. Untested: the split checks itself."""
+    import inspect
+
+    accepts = inspect.signature(base.forward).parameters
+    head = blocks.partition(".")[0]
+    children = dict(base.named_children())
+    if head not in children:
+        raise ValueError(
+            f"blocks={blocks!r}: {type(base).__name__} has no child {head!r} (its children: "
+            f"{', '.join(children) or 'none'}); pass the dotted path of its list of blocks"
+        )
+    names = list(children)
+    tail = tuple(n for n in names[names.index(head) + 1 :] if "norm" in type(children[n]).__name__.lower())
+    seam = ("embeddings",) if "embeddings" in children else ()
+    common = dict(blocks=blocks, seam=seam, tail=tail, tested=False, source="blocks= override")
+    if "inputs_embeds" in accepts:
+        return Arch(entry="inputs_embeds", **common)
+    if "pixel_values" in accepts and seam:
+        return Arch(entry="pixel_values", keep=_kept(children["embeddings"]), masked=False, **common)
+    raise ValueError(
+        f"blocks={blocks!r} on {type(base).__name__}: to feed stored states to the blocks above the split, "
+        f"layer_recycling looked for a forward argument 'inputs_embeds' (text models), or 'pixel_values' with a "
+        f"child 'embeddings' to bypass (vision models), and found neither (its forward takes "
+        f"{', '.join(accepts)}; its children: {', '.join(names)}). Add an entry for it to "
+        f"layer_recycling.arch.TABLE (an Arch with the right entry, seam and tail), or wrap the model in an "
+        f"nn.Module whose forward is stem -> blocks -> head and recycle that (the generic rule)."
+    )
+
+
+def _kept(embeddings: nn.Module) -> tuple[str, ...]:
+    # ViT-style forwards read embeddings.patch_embeddings' weight dtype before calling the embeddings.
+    return ("patch_embeddings",) if hasattr(embeddings, "patch_embeddings") else ()
+
+
+# Position schemes whose states depend on the length a batch was padded to: a stored state would depend on which
+# batch computed it. (rope_type: why)
+LENGTH_DEPENDENT = {
+    "dynamic": "dynamic NTK rope rescales its frequencies by the longest sequence in the (padded) batch",
+    "longrope": "longrope switches between its short and long factors by the (padded) batch length",
+}
+
+
+def _refuse_length_dependent(model: nn.Module) -> None:
+    for rope in _rope_types(model.config):
+        if rope in LENGTH_DEPENDENT:
+            raise ValueError(
+                f"{type(model).__name__} uses rope_type={rope!r}: {LENGTH_DEPENDENT[rope]}, so a state stored "
+                f"from one batch would differ from the same example in another (about 1e-4 on random weights) "
+                f"and from the example run alone. layer_recycling refuses it rather than serve those states. "
+                f"Fix: use a static rope scaling (rope_type 'linear', 'yarn' or 'llama3') or none, if your "
+                f"model tolerates it, or do not recycle this model."
+            )
+
+
+def _rope_types(config) -> set[str]:
+    """Every ``rope_type`` in a config's rope settings (flat, or one dict per layer type as Gemma3's)."""
+    found: set[str] = set()
+    for name in ("rope_parameters", "rope_scaling"):
+        value = getattr(config, name, None)
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                kind = item.get("rope_type", item.get("type"))
+                found |= {kind} if isinstance(kind, str) else set()
+                stack += [v for v in item.values() if isinstance(v, dict)]
+    return found
 
 
 def _paths(blocks: str | list[str] | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
@@ -178,8 +317,8 @@ def find_blocks(model: nn.Module) -> str | tuple[str, ...]:
     for name, child in model.named_children():
         if isinstance(child, (nn.ModuleList, nn.Sequential)) and len(child) > best_len:
             best, best_len = name, len(child)
-    stages = _stage_run(model) or (_stage_run(_get(model, best), best) if best else None)
-    if stages and sum(len(_get(model, p)) for p in stages) > best_len:
+    stages = _stage_run(model) or (_stage_run(get(model, best), best) if best else None)
+    if stages and sum(len(get(model, p)) for p in stages) > best_len:
         return stages
     if isinstance(model, nn.Sequential) and best is None:
         return ""
@@ -220,5 +359,16 @@ def _is_stage(child: nn.Module) -> bool:
     )
 
 
-def _get(module: nn.Module, path: str) -> nn.Module:
-    return module.get_submodule(path) if path else module
+def families_markdown() -> str:
+    """The README's table of families: one row per ``TABLE`` entry, then the refused families with the reason."""
+    rows = ["| family (`model_type`, or package.class) | block list | the top gets the states as | trusted |",
+            "|---|---|---|---|"]
+    for key, a in sorted(TABLE.items()):
+        blocks = ", ".join(a.blocks) if isinstance(a.blocks, tuple) else a.blocks
+        entry = (f"built by `halves.{a.build.__name__}`" if a.build else f"`{a.entry}`" if a.entry
+                 else "its first argument")
+        trust = "proven by the tests" if PROVEN.get(key) is a else "checks itself against the model"
+        rows.append(f"| `{key}` | `{blocks}` | {entry} | {trust} |")
+    rows += ["", "| refused (`model_type`) | why |", "|---|---|"]
+    rows += [f"| `{key}` | {why} |" for key, why in sorted(REFUSED.items())]
+    return "\n".join(rows)

@@ -1,13 +1,17 @@
-"""Splits that no test of this library proves exact check themselves on the first batch their bottom sees.
+"""Splits that no test of this library proves exact check themselves: on the first batch their bottom sees, or at
+construction on ``recycle(..., example=...)``.
 
 A generic split assumes ``forward()`` is stem -> blocks -> head; a ``blocks=`` override assumes nothing runs
-between the block list and the head. Either can be wrong without an error (a ViT that adds a class token in
-``forward()``, an encoder with a final norm after its blocks), and then every served output would be wrong.
+between the block list and the head; an entry a user adds to the table assumes the family is like another.
+Each can be wrong without an error (a ViT that adds a class token in ``forward()``, an encoder with a final norm
+after its blocks), and then every served output would be wrong. The tolerance is absolute: both paths run the same
+modules on the same rows, so only rounding may differ, and a final norm applied twice moves outputs by ~1e-4.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,7 +21,7 @@ if TYPE_CHECKING:
     from .split import Split
 
 SAMPLE = 4  # examples compared: the check runs the whole model once more, and bottom then top, on this many
-RTOL, ATOL = 1e-4, 1e-5  # both paths run the same modules in the same order: only rounding may differ
+ATOL = 1e-5  # absolute, on every output in float32: both paths run the same modules in the same order
 
 
 class SplitCheck:
@@ -29,7 +33,9 @@ class SplitCheck:
     def __init__(self, model: nn.Module, split: Split, source: str):
         self.model, self.split, self.source = model, split, source  # source: where the block list came from
         self.error: ValueError | None = None
+        self.report = "not run yet: it runs on the first batch the bottom sees"  # what was compared, and the result
         self._running = False
+        self._handle = None
 
     def attach(self, bottom: nn.Module) -> SplitCheck:
         self._handle = bottom.register_forward_pre_hook(self, with_kwargs=True)
@@ -46,7 +52,8 @@ class SplitCheck:
                 self._running = False
         if self.error is not None:
             raise self.error
-        self._handle.remove()
+        if self._handle is not None:
+            self._handle.remove()
         return None
 
     def _compare(self, args: tuple, kwargs: dict) -> ValueError | None:
@@ -60,11 +67,41 @@ class SplitCheck:
                 got = self.split.top(self.split.bottom(*args, **kwargs),
                                      **({"attention_mask": mask} if mask is not None else {}))
             except Exception as err:  # noqa: BLE001 - any failure of the halves is the finding
-                return self._refusal(f"bottom then top fails: {type(err).__name__}: {err}", min(b, SAMPLE))
-        diff, name = _max_diff(want, got, mask)
-        if diff is None:
+                self.report = f"bottom then top fails on {min(b, SAMPLE)} example(s): {type(err).__name__}: {err}"
+                return self._refusal(self.report)
+            alone = self._alone(kwargs, mask, got) if mask is not None else None
+        diff, name, compared = _max_diff(want, got, mask)
+        self.report = (f"compared {compared} of the model with bottom then top on {min(b, SAMPLE)} example(s): max "
+                       f"abs diff {diff:.3g}{' in ' + name if name else ''} (tolerance {ATOL:g}, absolute)")
+        if alone is not None:
+            self.report += f"; the model on example {alone[1]} alone against its padded row: max abs diff {alone[0]:.3g}"
+        if diff <= ATOL and (alone is None or alone[0] <= ATOL):  # also refuses NaN
             return None
-        return self._refusal(f"max abs diff {diff:.3g} in {name}", min(b, SAMPLE))
+        padding = "" if alone is None or alone[0] <= ATOL else (
+            " (the model's output depends on how the batch was padded, which a stored state cannot follow: a "
+            "position scheme that reads the padded length?)")
+        return self._refusal(f"{self.report}, over the tolerance{padding}")
+
+    def _alone(self, kwargs: dict, mask: torch.Tensor, got: Any) -> tuple[float, int] | None:
+        """(max abs diff, row) of the most padded row of bottom then top against the model on that example alone;
+        None when no row is padded (or the model cannot run it alone: the batch comparison stands)."""
+        from .data import spans
+        from .serve import per_token
+
+        lengths = mask.sum(dim=1)
+        i, b, t = int(lengths.argmin()), mask.shape[0], mask.shape[1]
+        if int(lengths[i]) == t:
+            return None
+        (start,), (n,) = spans(mask[i : i + 1])
+        row = lambda v: v[i : i + 1, start : start + n] if v.dim() >= 2 and v.shape[1] == t else v[i : i + 1]  # noqa: E731
+        inputs = {k: row(v) if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == b else v
+                  for k, v in kwargs.items()}
+        try:
+            alone = self._reference((), inputs)
+        except Exception:  # noqa: BLE001 - a model that runs only in batches: nothing to compare
+            return None
+        cut = {k: row(v) if per_token(k, v) else v[i : i + 1] for k, v in _tensors(got).items()}
+        return _max_diff(alone, cut, None)[0], i
 
     def _reference(self, args: tuple, kwargs: dict) -> Any:
         """The whole model's output, with the top's untied copies in place of the tied originals: the top may
@@ -75,12 +112,12 @@ class SplitCheck:
             return self.model(*args, **kwargs)
         return torch.func.functional_call(self.model, copies, args, kwargs, tie_weights=False)
 
-    def _refusal(self, what: str, n: int) -> ValueError:
+    def _refusal(self, what: str) -> ValueError:
         s = self.split
         return ValueError(
             f"the split of {type(self.model).__name__} at {s.at} of {s.num_layers} blocks (blocks={s.arch.blocks!r}, "
-            f"from the {self.source}) is not what the model's forward() computes: on the first {n} example(s), {what}. "
-            f"A split outside the architecture table assumes forward() is stem -> blocks -> head, with no work "
+            f"from the {self.source}) is not what the model's forward() computes: {what}. "
+            f"A split that no test of this library proves assumes forward() is stem -> blocks -> head, with no work "
             f"between them outside the model's modules (a class token, a position embedding) and nothing after the "
             f"block list but the head (a final norm). Fix: name the block list(s) with blocks='<dotted.path>' (or a "
             f"list of stage lists), add an entry to layer_recycling.arch.TABLE, or wrap the model so that forward() "
@@ -89,13 +126,36 @@ class SplitCheck:
         )
 
 
+def check_example(rec: Any, example: Any) -> str:
+    """Run ``rec``'s self-check now, on ``example`` (one example as ``fill`` takes it, or a list of examples).
+
+    A split the table proves runs it too: it costs one more forward. Returns what was compared.
+
+    Raises:
+        ValueError: bottom then top differs from the model on these examples (the split is refused).
+    """
+    from . import data
+    from .split import Split
+
+    pipe = rec.pipeline
+    rows = [pipe.encode(e)[1] for e in (example if isinstance(example, list) else [example])]
+    if not rows:
+        raise ValueError("example=[]: expected one example (a dict of model inputs, or an (input, label) pair) "
+                         "or a non-empty list of them")
+    batch = {n: v.to(pipe.device) for n, v in data.collate_inputs(rows, pipe.pad_id, ragged=rec.arch.masked).items()}
+    check = rec.split_check
+    if check is None:
+        s = Split(bottom=rec.bottom, top=rec.top, at=rec.at, num_layers=rec.num_layers, arch=rec.arch,
+                  untied=rec.untied)
+        check = rec.split_check = SplitCheck(rec.source, s, rec.arch.source)
+    args, kwargs = (tuple(batch.values()), {}) if rec.arch.generic else ((), batch)
+    check(rec.bottom, args, kwargs)  # raises the refusal; a passing check removes its hook
+    return check.report
+
+
 def source_of(arch: Any, overridden: bool) -> str:
     """Where a split's block list came from, for the refusal."""
-    if overridden:
-        return "blocks= override"
-    if arch.build is not None:
-        return "architecture table, an entry tested against a stand-in of the package only"
-    return "generic rule"
+    return "blocks= override" if overridden else arch.source
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int:
@@ -131,20 +191,23 @@ def _tensors(out: Any) -> dict[str, torch.Tensor]:
     return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)} if hasattr(out, "items") else {}
 
 
-def _max_diff(want: Any, got: Any, mask: torch.Tensor | None) -> tuple[float | None, str]:
-    """(largest abs difference, output name) where outputs differ beyond rounding; (None, "") when they agree."""
+def _max_diff(want: Any, got: Any, mask: torch.Tensor | None) -> tuple[float, str, str]:
+    """(largest abs difference, the output it is in, what was compared); inf where an output is missing."""
     a_all, b_all = _tensors(want), _tensors(got)
+    compared = ", ".join(f"{n} {tuple(v.shape)}" for n, v in a_all.items()) or "no tensor outputs"
+    worst, where = 0.0, ""
     for name, a in a_all.items():
         b = b_all.get(name)
         if b is None or a.shape != b.shape:
             return float("inf"), f"{name} (shape {tuple(a.shape)} from the model, "\
-                f"{'none' if b is None else tuple(b.shape)} from the split)"
+                f"{'none' if b is None else tuple(b.shape)} from the split)", compared
         if mask is not None and a.dim() >= 2 and a.shape[:2] == mask.shape:  # per-token: real positions only
             a, b = a[mask.bool()], b[mask.bool()]
         if a.numel() == 0:
             continue
-        a, b = a.float(), b.float()
-        diff = float((a - b).abs().max())
-        if not diff <= ATOL + RTOL * float(a.abs().max()):  # also catches NaN
-            return diff, name
-    return None, ""
+        diff = float((a.float() - b.float()).abs().max())
+        if math.isnan(diff) or diff > worst:
+            worst, where = diff, name
+        if math.isnan(worst):
+            break
+    return worst, where, compared

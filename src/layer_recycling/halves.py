@@ -1,20 +1,22 @@
-"""Halves of vision models whose forward() does work outside their modules, built by hand for the table.
+"""The modules a split is assembled from, and the halves built by hand for models whose forward() does work
+outside their modules.
 
-A ViT concatenates its class token and adds its position embedding in forward(), so no list of modules run in
-order reproduces it; a ConvNeXt keeps its blocks inside stages that begin with a downsampling layer. Each builder
-takes (model, at) and returns (bottom, top, blocks recycled, blocks in all) over shallow copies of the model: the
-bottom holds only the stem and the first k blocks, the top only what runs above them, so that freezing and
-fingerprinting the bottom never touch the top (and the top shares no parameter with the bottom).
-"""
+``Bottom``, ``Top``, ``Seam`` and ``Zeros`` are what every split puts in place of the model's own modules. A ViT
+concatenates its class token and adds its position embedding in forward(), so no list of modules run in order
+reproduces it; a ConvNeXt keeps its blocks inside stages that begin with a downsampling layer. Each builder takes
+(model, at) and returns (bottom, top, blocks recycled, blocks in all) over shallow copies of the model: the bottom
+holds only the stem and the first k blocks, the top only what runs above them, so that freezing and fingerprinting
+the bottom never touch the top (and the top shares no parameter with the bottom)."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
 from torch import nn
 
-from .surgery import replace, resolve_at, shallow
+from .surgery import join, replace, resolve_at, shallow
 
 
 class Steps(nn.Module):
@@ -26,6 +28,62 @@ class Steps(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(self.model, x)
+
+
+class Seam(nn.Module):
+    """Stands in for a stem module in the top: returns the states passed in the ``entry`` argument."""
+
+    def __init__(self, replaced: nn.Module, entry: str, keep: tuple[str, ...] = ()):
+        super().__init__()
+        self.entry = entry
+        self._signature = inspect.signature(replaced.forward)
+        for name in keep:  # read (not run) by the base forward, e.g. ViT's dtype check
+            setattr(self, name, getattr(replaced, name))
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self._signature.bind_partial(*args, **kwargs).arguments[self.entry]
+
+
+class Zeros(nn.Module):
+    """Stands in for an additive embedding (GPT-2's positions) in the top: the states already hold it."""
+
+    def __init__(self, replaced: nn.Embedding):
+        super().__init__()
+        self.dim, self.dtype = replaced.embedding_dim, replaced.weight.dtype
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*ids.shape, self.dim, dtype=self.dtype, device=ids.device)
+
+
+class Bottom(nn.Module):
+    """Stem plus the first k blocks of a transformers base model: inputs -> states (b, t, h)."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+        accepts = inspect.signature(base.forward).parameters
+        self._extra = {"use_cache": False} if "use_cache" in accepts else {}
+
+    def forward(self, **inputs) -> torch.Tensor:
+        return self.base(**inputs, **self._extra)[0]
+
+
+class Top(nn.Module):
+    """The model above block k, fed states: (states (b, t, h), attention_mask (b, t)) -> the model's output."""
+
+    def __init__(self, model: nn.Module, entry: str | None):
+        super().__init__()
+        self.model, self.entry = model, entry
+        params = inspect.signature(model.forward).parameters
+        self.accepts = frozenset(params)
+        self.takes_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+    def forward(self, states: torch.Tensor, **kwargs):
+        if "use_cache" in self.accepts:  # a cache of the top's blocks alone serves no later call
+            kwargs.setdefault("use_cache", False)
+        if self.entry is None:
+            return self.model(states, **kwargs)
+        return self.model(**{self.entry: states}, **kwargs)
 
 
 def _cut(model: nn.Module, blocks: str, k: int, drop: tuple[str, ...], unset: tuple[str, ...], bottom: bool):
@@ -106,17 +164,224 @@ def timm_convnext(model: nn.Module, at: int | float) -> Built:
     """Counts the blocks of all stages; a stage cut inside runs its downsample in the bottom, a stage that starts
     the top runs its own."""
     k = resolve_at(at, sum(len(stage.blocks) for stage in model.stages))
+    below, above, done = _cut_stages(model.stages, k, "blocks", {"downsample": nn.Identity()})
+    bottom = nn.Sequential(model.stem, *below)  # forward_features up to the split
+    top = replace(model, {"stem": nn.Identity(), "stages": nn.Sequential(*above)})  # its forward() runs the rest
+    return bottom, top, k, done
+
+
+def _cut_stages(stages: nn.Module, k: int, blocks: str, no_downsample: dict[str, nn.Module]):
+    """(stages of the bottom, stages of the top, blocks in all): a stage cut after its j-th block keeps its
+    downsampling in the bottom part; the top part gets ``no_downsample`` in its place."""
     below, above, done = [], [], 0
-    for stage in model.stages:
-        j = min(max(k - done, 0), len(stage.blocks))  # this stage's blocks in the bottom
-        if j == len(stage.blocks):
+    for stage in stages:
+        n = len(stage.get_submodule(blocks))
+        j = min(max(k - done, 0), n)  # this stage's blocks in the bottom
+        if j == n:
             below.append(stage)
         elif j == 0:
             above.append(stage)
         else:
-            below.append(replace(stage, {"blocks": nn.Sequential(*list(stage.blocks)[:j])}))
-            above.append(replace(stage, {"downsample": nn.Identity(), "blocks": nn.Sequential(*list(stage.blocks)[j:])}))
-        done += len(stage.blocks)
-    bottom = nn.Sequential(model.stem, *below)  # forward_features up to the split
-    top = replace(model, {"stem": nn.Identity(), "stages": nn.Sequential(*above)})  # its forward() runs the rest
+            below.append(replace(stage, {blocks: _part(stage.get_submodule(blocks), 0, j)}))
+            above.append(replace(stage, {**no_downsample, blocks: _part(stage.get_submodule(blocks), j, n)}))
+        done += n
+    return below, above, done
+
+
+def _part(layers: nn.Module, i: int, j: int) -> nn.Module:
+    """Items i..j of a ModuleList or Sequential, as the same kind of list."""
+    items = list(layers)[i:j]
+    return nn.ModuleList(items) if isinstance(layers, nn.ModuleList) else nn.Sequential(*items)
+
+
+# ---- transformers ConvNeXt: embeddings, encoder.stages (downsampling_layer, layers), pooler norm --------------------
+
+
+def hf_convnext(model: nn.Module, at: int | float) -> Built:
+    """As ``timm_convnext``, on transformers' ConvNextModel (and its classifier): the top is the model itself,
+    fed the states as ``pixel_values`` past an identity stem."""
+    base = model.base_model
+    prefix = "" if base is model else model.base_model_prefix
+    stages = base.encoder.stages
+    k = resolve_at(at, sum(len(stage.layers) for stage in stages))
+    below, above, done = _cut_stages(stages, k, "layers", {"downsampling_layer": nn.ModuleList()})
+    bottom = Bottom(replace(base, {"encoder.stages": nn.ModuleList(below), "layernorm": nn.Identity()}))
+    top = replace(model, {join(prefix, "embeddings"): nn.Identity(), join(prefix, "encoder.stages"): nn.ModuleList(above)})
     return bottom, top, k, done
+
+
+# ---- transformers OPT: learned positions added in the decoder's forward, final norm and projection after -----------
+
+
+class NoPositions(nn.Module):
+    """OPT's learned positions in the top: the stored states hold them already. (mask (b, t), ...) -> zeros."""
+
+    def __init__(self, replaced: nn.Embedding):
+        super().__init__()
+        self.dim, self.dtype = replaced.embedding_dim, replaced.weight.dtype
+
+    def forward(self, mask: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return torch.zeros(*mask.shape, self.dim, dtype=self.dtype, device=mask.device)
+
+
+def opt_top(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
+    edits = {"decoder.embed_positions": NoPositions(base.decoder.embed_positions)}
+    if base.decoder.project_in is not None:  # embeddings narrower than the blocks: already projected
+        edits["decoder.project_in"] = nn.Identity()
+    return edits
+
+
+def opt_bottom(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
+    tail = ("final_layer_norm", "project_out")  # after the blocks: the top applies them
+    return {f"decoder.{n}": nn.Identity() for n in tail if getattr(base.decoder, n, None) is not None}
+
+
+def shift_layer_types(top_base: nn.Module, k: int) -> None:
+    """Give the top's base (a shallow copy) a config whose ``layer_types`` start at block k, as its blocks do."""
+    import copy
+
+    config = copy.copy(top_base.config)
+    config.layer_types = list(config.layer_types[k:])
+    top_base.config = config
+
+
+# ---- the generic rule's bottom ---------------------------------------------------------------------------------------
+
+
+class Chain(nn.Sequential):
+    """The generic bottom: stem modules then blocks, in order. A block that returns a tuple (an ``nn.LSTM``'s
+    ``(output, state)``, a transformers layer's ``(hidden, ...)``) passes its first item on, as ``x, _ = block(x)``
+    in a model's forward does; the self-check verifies that the model's forward agrees."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self:
+            x = module(x)
+            if isinstance(x, (tuple, list)):
+                x = x[0]
+        return x
+
+
+# ---- transformers T5 encoder: block 0 computes the relative position bias that every later block reuses -------------
+
+
+def _t5_encoder_only(base: nn.Module) -> None:
+    if getattr(base, "decoder", None) is not None:
+        raise ValueError(
+            f"{type(base).__name__} is an encoder-decoder: its decoder reads the encoder's output and its own "
+            f"inputs, which a split of the encoder does not serve. Recycle T5EncoderModel (or "
+            f"T5ForTokenClassification), e.g. T5EncoderModel.from_pretrained(name)"
+        )
+
+
+def t5_top(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
+    """The top's first block computes the position bias with block 0's table (it has none of its own)."""
+    _t5_encoder_only(base)
+    blocks = base.encoder.block
+    if at in (0, len(blocks)):
+        return {}
+    attention = shallow(blocks[at].layer[0].SelfAttention)
+    attention.has_relative_attention_bias = True
+    attention.relative_attention_bias = blocks[0].layer[0].SelfAttention.relative_attention_bias
+    return {"encoder.block.0.layer.0.SelfAttention": attention}
+
+
+def t5_bottom(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
+    _t5_encoder_only(base)
+    return {"encoder.final_layer_norm": nn.Identity()}  # after the blocks: the top applies it
+
+
+# ---- transformers ALBERT: one list of shared layer groups applied num_hidden_layers times --------------------------
+
+
+class AlbertRun(nn.Module):
+    """Applications ``j..k`` of ALBERT's shared layer groups (a level counts applications, not groups): (states
+    (b, t, e) at j = 0, else (b, t, h); the extended mask) -> states after application k. Holds only the groups it
+    applies; a group both halves apply is frozen with the bottom, so the top trains it only when k = 0."""
+
+    def __init__(self, encoder: nn.Module, j: int, k: int):
+        super().__init__()
+        self.config, self.j, self.k = encoder.config, j, k
+        self.embedding_hidden_mapping_in = encoder.embedding_hidden_mapping_in if j == 0 < k else None
+        self.groups = nn.ModuleDict({str(g): encoder.albert_layer_groups[g] for g in map(self._group, range(j, k))})
+
+    def _group(self, i: int) -> int:  # as AlbertTransformer.forward picks it
+        return int(i / (self.config.num_hidden_layers / self.config.num_hidden_groups))
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        if self.embedding_hidden_mapping_in is not None:
+            hidden_states = self.embedding_hidden_mapping_in(hidden_states)
+        for i in range(self.j, self.k):
+            hidden_states = self.groups[str(self._group(i))](hidden_states, attention_mask, **kwargs)
+        return BaseModelOutput(last_hidden_state=hidden_states)
+
+
+class Entry(nn.Module):
+    """A model fed the states through the keyword ``name`` of its forward: (states, **kwargs) -> its output."""
+
+    def __init__(self, model: nn.Module, name: str):
+        super().__init__()
+        self.model, self.name = model, name
+
+    def forward(self, states: torch.Tensor, **kwargs):
+        return self.model(**{self.name: states}, **kwargs)
+
+
+def albert(model: nn.Module, at: int | float) -> Built:
+    base = model.base_model
+    prefix = "" if base is model else model.base_model_prefix
+    n = base.config.num_hidden_layers
+    k = resolve_at(at, n)
+    tail = {t: nn.Identity() for t in ("pooler", "pooler_activation") if getattr(base, t, None) is not None}
+    bottom = Bottom(replace(base, {"encoder": AlbertRun(base.encoder, 0, k), **tail}))
+    top = replace(model, {join(prefix, "embeddings"): Seam(base.embeddings, "inputs_embeds"),
+                          join(prefix, "encoder"): AlbertRun(base.encoder, k, n)})
+    return bottom, Entry(top, "inputs_embeds"), k, n
+
+
+# ---- transformers Whisper encoder: convolutions and positions in forward(), a fixed 30 s input, no mask ------------
+
+
+class WhisperTop(nn.Module):
+    """Whisper's encoder above block k: states (b, frames, d) -> BaseModelOutput after the blocks and final norm."""
+
+    def __init__(self, encoder: nn.Module, k: int):
+        super().__init__()
+        self.layers, self.layer_norm = nn.ModuleList(list(encoder.layers)[k:]), encoder.layer_norm
+
+    def forward(self, states: torch.Tensor, **kwargs):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        for layer in self.layers:  # as WhisperEncoder.forward calls them: no mask
+            states = layer(states, None)
+        return BaseModelOutput(last_hidden_state=self.layer_norm(states))
+
+
+class WhisperClassifierTop(nn.Module):
+    """WhisperForAudioClassification above block k: its own forward, handed the encoder's output."""
+
+    def __init__(self, model: nn.Module, k: int):
+        super().__init__()
+        self.encoder = WhisperTop(model.encoder, k)
+        self.model = replace(model, {"encoder": self.encoder})  # only the top's blocks: the rest is in the bottom
+
+    def forward(self, states: torch.Tensor, **kwargs):
+        return self.model(encoder_outputs=self.encoder(states), **kwargs)
+
+
+def whisper(model: nn.Module, at: int | float) -> Built:
+    """WhisperEncoder or WhisperForAudioClassification; the encoder-decoder models are refused."""
+    if getattr(model.config, "use_weighted_layer_sum", False):
+        raise ValueError(f"{type(model).__name__} with use_weighted_layer_sum=True reads every block's states, which "
+                         f"a split does not keep; set config.use_weighted_layer_sum=False or do not recycle it")
+    encoder = model.encoder if hasattr(model, "encoder") and hasattr(model, "classifier") else model
+    if not hasattr(encoder, "conv1"):
+        raise ValueError(
+            f"{type(model).__name__} is a Whisper encoder-decoder: its decoder reads inputs a split of the encoder "
+            f"does not serve. Recycle its encoder (model.get_encoder()) or WhisperForAudioClassification"
+        )
+    k = resolve_at(at, len(encoder.layers))
+    bottom = Bottom(replace(encoder, {"layers": nn.ModuleList(list(encoder.layers)[:k]), "layer_norm": nn.Identity()}))
+    top = WhisperTop(encoder, k) if encoder is model else WhisperClassifierTop(model, k)
+    return bottom, top, k, len(encoder.layers)

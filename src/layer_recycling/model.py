@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import data, fill, loader, saving, serve, stack, transfer
-from .checks import SplitCheck, source_of
+from .checks import SplitCheck, check_example, source_of
 from .config import RecycleConfig
 from .fingerprint import Fingerprint, fingerprint_of
 from .integrations import peft
@@ -55,8 +55,10 @@ class Recycled(nn.Module):
         self.bottom, self.top, self.at, self.num_layers, self.arch = s.bottom, s.top, s.at, s.num_layers, s.arch
         peft.warn_frozen(adapters, self.bottom)
         self.bottom.requires_grad_(False)
-        if recycle_config.check_split and not s.arch.tested:  # a split no test proved exact checks its first batch
-            SplitCheck(model, s, source_of(s.arch, recycle_config.blocks is not None)).attach(self.bottom)
+        self.split_check = None  # a split no test proved exact checks its first batch (or example= at once)
+        if recycle_config.check_split and not s.arch.tested:
+            self.split_check = SplitCheck(model, s, source_of(s.arch, recycle_config.blocks is not None)).attach(
+                self.bottom)
         store = check_store(store)
         fingerprint = fingerprint_of(
             self.bottom, model=model, at=s.at, num_layers=s.num_layers, blocks=s.arch.blocks, codec=store.codec,
@@ -261,6 +263,7 @@ def recycle(
     config: RecycleConfig | None = None,
     key: Callable[[Any], Any] | None = None,
     tokenizer: Any = None,
+    example: Any = None,
     **options: Any,
 ) -> Recycled:
     """Recycle the bottom ``at`` blocks of ``model`` (int count or fraction; 0.5 of 6 blocks is 3).
@@ -277,8 +280,11 @@ def recycle(
         key: ``example -> object`` to key examples yourself (e.g. an image file's bytes); default: a digest
             of the model inputs that reach the bottom.
         tokenizer: folded into the fingerprint, with ``preprocess`` (the tokenizer's call arguments).
+        example: one example (as ``fill`` takes it) or a list of them: the split checks itself on it now, so a
+            wrong split is refused before any fill (``rec.split_check.report`` says what was compared).
     Raises:
         FingerprintMismatch: ``store`` was filled by a different bottom.
+        ValueError: with ``example``, the split differs from the model on it (see ``checks.SplitCheck``).
         TypeError: an option that ``RecycleConfig`` does not have.
     """
     fields = {f.name for f in dataclasses.fields(RecycleConfig)}
@@ -288,4 +294,7 @@ def recycle(
     given = {**options, **({"at": at} if at is not None else {})}
     config = dataclasses.replace(config or RecycleConfig(), **given)
     store = MemoryStore() if store is _DEFAULT_STORE else NullStore() if store is None else store
-    return Recycled(model, config, store, key=key, tokenizer=tokenizer)
+    rec = Recycled(model, config, store, key=key, tokenizer=tokenizer)
+    if example is not None and config.check_split:
+        check_example(rec, example)
+    return rec

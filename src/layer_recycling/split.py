@@ -7,68 +7,15 @@ original only along the edited paths, so every parameter tensor is shared and th
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import warnings
 
 import torch
 from torch import nn
 
+from . import halves
+from .halves import Bottom, Seam, Top, Zeros
 from .arch import Arch, lookup
 from .surgery import get, join, replace, resolve_at, shallow
-
-
-class Seam(nn.Module):
-    """Stands in for a stem module in the top: returns the states passed in the ``entry`` argument."""
-
-    def __init__(self, replaced: nn.Module, entry: str, keep: tuple[str, ...] = ()):
-        super().__init__()
-        self.entry = entry
-        self._signature = inspect.signature(replaced.forward)
-        for name in keep:  # read (not run) by the base forward, e.g. ViT's dtype check
-            setattr(self, name, getattr(replaced, name))
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self._signature.bind_partial(*args, **kwargs).arguments[self.entry]
-
-
-class Zeros(nn.Module):
-    """Stands in for an additive embedding (GPT-2's positions) in the top: the states already hold it."""
-
-    def __init__(self, replaced: nn.Embedding):
-        super().__init__()
-        self.dim, self.dtype = replaced.embedding_dim, replaced.weight.dtype
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(*ids.shape, self.dim, dtype=self.dtype, device=ids.device)
-
-
-class Bottom(nn.Module):
-    """Stem plus the first k blocks of a transformers base model: inputs -> states (b, t, h)."""
-
-    def __init__(self, base: nn.Module):
-        super().__init__()
-        self.base = base
-        accepts = inspect.signature(base.forward).parameters
-        self._extra = {"use_cache": False} if "use_cache" in accepts else {}
-
-    def forward(self, **inputs) -> torch.Tensor:
-        return self.base(**inputs, **self._extra)[0]
-
-
-class Top(nn.Module):
-    """The model above block k, fed states: (states (b, t, h), attention_mask (b, t)) -> the model's output."""
-
-    def __init__(self, model: nn.Module, entry: str | None):
-        super().__init__()
-        self.model, self.entry = model, entry
-        params = inspect.signature(model.forward).parameters
-        self.accepts = frozenset(params)
-        self.takes_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
-
-    def forward(self, states: torch.Tensor, **kwargs):
-        if self.entry is None:
-            return self.model(states, **kwargs)
-        return self.model(**{self.entry: states}, **kwargs)
 
 
 @dataclasses.dataclass
@@ -116,6 +63,8 @@ def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = No
         bottom_edits.update(arch.bottom_fix(base, k))
     bottom = Bottom(replace(base, bottom_edits))
     top_model = replace(model, {join(prefix, p): m for p, m in _above(base, arch, layers, k).items()})
+    if arch.indexed_types:
+        halves.shift_layer_types(get(top_model, prefix), k)
     for suffix, wrap in arch.heads:  # heads that read input_ids are restated on states
         if type(model).__name__.endswith(suffix):
             top_model = wrap(top_model)
@@ -162,10 +111,15 @@ def middle(model: nn.Module, j: int, k: int, blocks: str | list[str] | None = No
     if not 0 <= j < k <= len(layers):
         raise ValueError(f"blocks {j}..{k}: expected 0 <= j < k <= {len(layers)} (the model has {len(layers)} blocks)")
     if arch.generic:
-        return Middle(nn.Sequential(*layers[j:k]), None)
+        return Middle(halves.Chain(*layers[j:k]), None)
     edits = {**_above(root, arch, layers, j), arch.blocks: nn.ModuleList(layers[j:k])}
     edits.update({t: nn.Identity() for t in arch.tail if getattr(root, t, None) is not None})
-    return Middle(Bottom(replace(root, edits)), arch.entry)
+    if arch.bottom_fix is not None:  # the tail a family's bottom drops (OPT's, T5's final norm)
+        edits.update(arch.bottom_fix(root, k))
+    run = replace(root, edits)
+    if arch.indexed_types:
+        halves.shift_layer_types(run, j)
+    return Middle(Bottom(run), arch.entry)
 
 
 def _block_list(root: nn.Module, path: str) -> nn.ModuleList | nn.Sequential:
@@ -195,7 +149,7 @@ def _split_generic(model: nn.Module, at: int | float, arch: Arch) -> Split:
         return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=len(blocks), arch=arch)
     _check_consecutive(model, paths)
     stem = _stem(model, paths[0])
-    bottom = nn.Sequential(*stem.values(), *blocks[:k])
+    bottom = halves.Chain(*stem.values(), *blocks[:k])
     edits: dict[str, nn.Module | None] = {p: nn.Identity() for p in stem}
     done = 0
     for path, layers in zip(paths, lists):  # each list keeps its blocks past the k-th of the whole run

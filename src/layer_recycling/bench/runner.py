@@ -19,7 +19,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import data
 from ..integrations.peft import add_lora
 from ..loader import input_loader
 from ..model import Recycled, recycle

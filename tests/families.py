@@ -1,0 +1,160 @@
+"""Tiny random models of today's transformers families (hidden 32, 4 blocks), and examples for each modality.
+
+``FAMILIES`` maps a case name to (table key, transformers class prefix, config builder, heads, input kind). A class
+or config the installed transformers lacks makes ``build`` raise ``Missing`` naming it (tests skip on it).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import transformers as T
+from torch import nn
+
+VOCAB, HIDDEN, LAYERS, HEADS, LABELS = 99, 32, 4, 2, 3
+_TEXT = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+             intermediate_size=37, max_position_embeddings=64, num_labels=LABELS)
+_DEC = dict(_TEXT, num_key_value_heads=1, head_dim=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+_VISION = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=37,
+               image_size=16, patch_size=4, num_labels=LABELS)
+_TOKEN_HEADS = ["Model", "ForCausalLM", "ForSequenceClassification", "ForTokenClassification"]
+
+
+class Missing(Exception):
+    """A family or head the installed transformers does not have."""
+
+
+def _cfg(name: str, **kwargs: Any) -> Callable[[], Any]:
+    def make():
+        cls = getattr(T, name, None)
+        if cls is None:
+            raise Missing(f"transformers {T.__version__} has no {name}")
+        return cls(**kwargs)
+    return make
+
+
+# case -> (table key, class prefix, config, heads, inputs: "text" | "pixels" | "features" | "audio")
+FAMILIES: dict[str, tuple[str, str, Callable[[], Any], list[str], str]] = {
+    "qwen3": ("qwen3", "Qwen3", _cfg("Qwen3Config", **_DEC), _TOKEN_HEADS, "text"),
+    "gemma": ("gemma", "Gemma", _cfg("GemmaConfig", **_DEC), _TOKEN_HEADS, "text"),
+    "gemma2": ("gemma2", "Gemma2", _cfg("Gemma2Config", **_DEC, sliding_window=4, attn_logit_softcapping=5.0,
+                                        final_logit_softcapping=3.0), _TOKEN_HEADS, "text"),
+    "gemma3_text": ("gemma3_text", "Gemma3", _cfg("Gemma3TextConfig", **_DEC, sliding_window=4),
+                    ["TextModel", "ForCausalLM"], "text"),
+    "phi3": ("phi3", "Phi3", _cfg("Phi3Config", **_DEC), _TOKEN_HEADS, "text"),
+    "opt": ("opt", "OPT", _cfg("OPTConfig", vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                               num_attention_heads=HEADS, ffn_dim=37, max_position_embeddings=64,
+                               word_embed_proj_dim=HIDDEN, num_labels=LABELS, pad_token_id=0, bos_token_id=1,
+                               eos_token_id=2),
+            ["Model", "ForCausalLM", "ForSequenceClassification"], "text"),
+    "gpt_neox": ("gpt_neox", "GPTNeoX", _cfg("GPTNeoXConfig", **_TEXT, pad_token_id=0, bos_token_id=1,
+                                             eos_token_id=2), _TOKEN_HEADS, "text"),
+    "falcon": ("falcon", "Falcon", _cfg("FalconConfig", vocab_size=VOCAB, hidden_size=HIDDEN,
+                                        num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_labels=LABELS,
+                                        pad_token_id=0, bos_token_id=1, eos_token_id=2), _TOKEN_HEADS, "text"),
+    "bloom": ("bloom", "Bloom", _cfg("BloomConfig", vocab_size=VOCAB, hidden_size=HIDDEN, n_layer=LAYERS,
+                                     n_head=HEADS, num_labels=LABELS, pad_token_id=0, bos_token_id=1,
+                                     eos_token_id=2), _TOKEN_HEADS, "text"),
+    "camembert": ("camembert", "Camembert", _cfg("CamembertConfig", **_TEXT, pad_token_id=1),
+                  ["Model", "ForSequenceClassification"], "text"),
+    "deberta": ("deberta", "Deberta", _cfg("DebertaConfig", **_TEXT, relative_attention=True,
+                                           max_relative_positions=16, pos_att_type=["p2c", "c2p"]),
+                ["Model", "ForSequenceClassification", "ForTokenClassification"], "text"),
+    "albert": ("albert", "Albert", _cfg("AlbertConfig", **_TEXT, embedding_size=16, num_hidden_groups=2,
+                                        pad_token_id=0),
+               ["Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification"], "text"),
+    "modernbert": ("modernbert", "ModernBert", _cfg("ModernBertConfig", **_TEXT, pad_token_id=0, bos_token_id=1,
+                                                    eos_token_id=2, cls_token_id=1, sep_token_id=2,
+                                                    local_attention=4, global_attn_every_n_layers=2),
+                   ["Model", "ForMaskedLM", "ForSequenceClassification", "ForTokenClassification"], "text"),
+    "t5": ("t5", "T5", _cfg("T5Config", vocab_size=VOCAB, d_model=HIDDEN, d_kv=16, d_ff=37, num_layers=LAYERS,
+                            num_heads=HEADS, relative_attention_num_buckets=8, num_labels=LABELS, pad_token_id=0),
+           ["EncoderModel", "ForTokenClassification"], "text"),
+    "clip_vision": ("clip_vision_model", "CLIPVision", _cfg("CLIPVisionConfig", **_VISION), ["Model"], "pixels"),
+    "siglip_vision": ("siglip_vision_model", "SiglipVision", _cfg("SiglipVisionConfig", **_VISION), ["Model"],
+                      "pixels"),
+    "convnext": ("convnext", "ConvNext", _cfg("ConvNextConfig", num_channels=3, patch_size=2, image_size=16,
+                                              hidden_sizes=[8, 12, 16, 20], depths=[1, 1, 1, 1], num_labels=LABELS),
+                 ["Model", "ForImageClassification"], "pixels"),
+    "whisper": ("whisper", "Whisper", _cfg("WhisperConfig", vocab_size=VOCAB, d_model=HIDDEN, encoder_layers=LAYERS,
+                                            encoder_attention_heads=HEADS, decoder_layers=1, decoder_attention_heads=HEADS,
+                                            encoder_ffn_dim=37, decoder_ffn_dim=37, num_mel_bins=8,
+                                            max_source_positions=16, classifier_proj_size=8, num_labels=LABELS,
+                                            pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1),
+                ["Encoder", "ForAudioClassification"], "features"),
+    "dinov2": ("dinov2", "Dinov2", _cfg("Dinov2Config", **_VISION), ["Model", "ForImageClassification"], "pixels"),
+    "deit": ("deit", "DeiT", _cfg("DeiTConfig", **_VISION), ["Model", "ForImageClassification"], "pixels"),
+}
+
+
+def build(case: str, head: str, seed: int = 0) -> nn.Module:
+    """The tiny random ``case`` model with ``head`` (a class suffix), in eval mode."""
+    _, prefix, config, _, _ = FAMILIES[case]
+    cls = getattr(T, prefix + head, None) or getattr(_modeling(prefix), prefix + head, None)
+    if cls is None:
+        raise Missing(f"transformers {T.__version__} has no {prefix + head}")
+    torch.manual_seed(seed)
+    return cls(config()).eval()
+
+
+def _modeling(prefix: str) -> Any:
+    """transformers' modeling module of a family: classes it does not export (WhisperEncoder) live there."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"transformers.models.{prefix.lower()}.modeling_{prefix.lower()}")
+    except ImportError:
+        return None
+
+
+def examples(case: str, n: int = 3, seed: int = 1) -> list[dict[str, torch.Tensor]]:
+    """Unpadded one-example dicts of ``case``'s input kind (token ids of different lengths, or images)."""
+    kind = FAMILIES[case][4]
+    g = torch.Generator().manual_seed(seed)
+    if kind == "pixels":
+        return [{"pixel_values": torch.randn(3, 16, 16, generator=g)} for _ in range(n)]
+    if kind == "features":  # log-mel frames, padded to the model's fixed length as its feature extractor does
+        return [{"input_features": torch.randn(8, 32, generator=g)} for _ in range(n)]
+    lengths = (5, 9, 3, 7, 2, 6)
+    return [{"input_ids": torch.randint(3, VOCAB, (lengths[i % 6],), generator=g)} for i in range(n)]
+
+
+def padded(rows: list[dict[str, torch.Tensor]], side: str, pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """A batch of ``rows``: token ids padded on ``side`` ("right"/"left") with one extra column; images stacked."""
+    if "input_ids" not in rows[0]:
+        return {n: torch.stack([r[n] for r in rows]) for n in rows[0]}
+    t = max(len(r["input_ids"]) for r in rows) + 1
+    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), t), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        cols = slice(0, n) if side == "right" else slice(t - n, t)
+        ids[i, cols], mask[i, cols] = r["input_ids"], 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def alone(model: nn.Module, rows: list[dict]) -> list[dict[str, torch.Tensor]]:
+    """Each example's outputs with the model run on it alone (batch of one, no padding)."""
+    with torch.no_grad():
+        return [{n: v[0] for n, v in _tensors(model(**{k: x[None] for k, x in row.items()})).items()} for row in rows]
+
+
+def worst(want: list[dict[str, torch.Tensor]], batch: dict, out: Any) -> float:
+    """Max abs diff of a batch's outputs from ``alone``'s (per-token outputs on each row's real tokens only)."""
+    mask = batch.get("attention_mask")
+    got_all, result = _tensors(out), 0.0
+    for i, outputs in enumerate(want):
+        for name, expected in outputs.items():
+            got = got_all[name][i]
+            if mask is not None and got.dim() >= 1 and got.shape[0] == mask.shape[1] and name != "pooler_output":
+                got = got[mask[i].bool()]
+            assert got.shape == expected.shape, f"{name}: {tuple(got.shape)} != alone {tuple(expected.shape)}"
+            result = max(result, float((got - expected).abs().max()))
+    return result
+
+
+def _tensors(out: Any) -> dict[str, torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return {"output": out}
+    return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k != "loss"}
