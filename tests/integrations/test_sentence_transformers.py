@@ -103,3 +103,70 @@ def test_bad_inputs_say_what_was_expected(model):
         recycle_sentence_transformer(model, 0.5, store={"query": lr.MemoryStore()})
     with pytest.raises(ValueError, match="recycled already"):
         recycle_sentence_transformer(recycle_sentence_transformer(model, 0.5), 0.5)
+
+
+def test_a_plain_checkpoints_state_dict_loads_into_a_recycled_copy(model, tiny_model_dir):
+    """What the trainer does on resume_from_checkpoint and load_best_model_at_end."""
+    trained = _model(tiny_model_dir)
+    with torch.no_grad():
+        trained[0].model.encoder.layer[3].output.dense.weight.mul_(2.0)  # a top weight that differs
+    recycled = recycle_sentence_transformer(model, 0.5)
+    assert float((recycled.encode(ANCHORS, convert_to_tensor=True) - trained.encode(ANCHORS, convert_to_tensor=True)
+                  ).abs().max()) > 1e-3
+    recycled.load_state_dict(trained.state_dict())
+    assert float((recycled.encode(ANCHORS, convert_to_tensor=True) - trained.encode(ANCHORS, convert_to_tensor=True)
+                  ).abs().max()) <= 1e-5
+    with torch.no_grad():
+        trained[0].model.encoder.layer[0].output.dense.weight.mul_(2.0)  # a bottom weight: the store would be stale
+    with pytest.raises(RuntimeError, match="other weights for the frozen bottom"):
+        recycled.load_state_dict(trained.state_dict())
+
+
+@pytest.mark.parametrize("loss, columns", [
+    ("CoSENTLoss", {"sentence1": ANCHORS, "sentence2": POSITIVES, "score": [1.0, 0.8, 0.6, 1.0, 0.2, 1.0]}),
+    ("CosineSimilarityLoss", {"sentence1": ANCHORS, "sentence2": POSITIVES, "score": [1.0, 0.8, 0.6, 1.0, 0.2, 1.0]}),
+    ("TripletLoss", {"anchor": ANCHORS, "positive": POSITIVES, "negative": POSITIVES[1:] + POSITIVES[:1]}),
+    ("ContrastiveLoss", {"sentence1": ANCHORS, "sentence2": POSITIVES, "label": [1, 0, 1, 1, 0, 1]}),
+])
+def test_the_pair_and_triplet_losses_train_from_the_store(model, tmp_path, loss, columns):
+    import datasets
+
+    recycled = recycle_sentence_transformer(model, 0.5)
+    rec = recycled_models(recycled)["0"]
+    top = rec.top.model.encoder.layer[-1].output.dense.weight
+    was = top.detach().clone()
+    args = st.SentenceTransformerTrainingArguments(
+        str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=6, learning_rate=1e-2, report_to=[],
+        use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0)
+    st.SentenceTransformerTrainer(model=recycled, args=args, train_dataset=datasets.Dataset.from_dict(columns),
+                                  loss=getattr(losses, loss)(recycled)).train()
+    assert not torch.equal(top, was)  # the top trained
+    assert rec.stats.bottom_examples == len(rec.store) <= 12  # each distinct text ran the bottom once, in step 1
+
+
+def test_a_router_recycles_its_query_and_document_transformers(tiny_model_dir):
+    from sentence_transformers.base.modules.router import Router
+
+    query, document = Transformer(str(tiny_model_dir)), Transformer(str(tiny_model_dir))
+    pooling = Pooling(query.get_embedding_dimension(), "mean")
+    model = st.SentenceTransformer(modules=[Router.for_query_document([query, pooling], [document, pooling])],
+                                   device="cpu")
+    want_q, want_d = model.encode_query(ANCHORS, convert_to_tensor=True), model.encode_document(POSITIVES,
+                                                                                              convert_to_tensor=True)
+    with pytest.raises(ValueError, match="one store given for 2 transformers"):
+        recycle_sentence_transformer(model, 0.5, store=lr.MemoryStore())
+    recycled = recycle_sentence_transformer(model, 0.5)
+    got_q, got_d = recycled.encode_query(ANCHORS, convert_to_tensor=True), recycled.encode_document(
+        POSITIVES, convert_to_tensor=True)
+    assert float((got_q - want_q).abs().max()) <= 1e-5 and float((got_d - want_d).abs().max()) <= 1e-5
+    stores = {name: len(r.store) for name, r in recycled_models(recycled).items()}
+    assert sorted(stores.values()) == [6, 6] and len(stores) == 2  # each route's texts in its own store
+
+
+def test_an_evaluator_scores_the_recycled_model_as_the_plain_one(model):
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    evaluator = EmbeddingSimilarityEvaluator(ANCHORS, POSITIVES, [1.0, 0.8, 0.6, 1.0, 0.2, 1.0], name="pairs")
+    want = evaluator(model)
+    got = evaluator(recycle_sentence_transformer(model, 0.5))
+    assert want.keys() == got.keys() and all(abs(want[k] - got[k]) <= 1e-5 for k in want)

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from ..model import Recycled, recycle
+from ..saving import check_bottom_unchanged, untied_parameters
 from ..stores import MemoryStore, Store
 
 __all__ = ["recycle_sentence_transformer", "recycled_models"]
@@ -95,7 +96,26 @@ def _recycled(transformer: nn.Module, at: Any, store: Store | None, options: dic
     new._modules["model"] = rec
     new.unpad_inputs = False  # a recycled model keys padded rows; ST must not pack a batch into one sequence
     new.model_forward_params = {*rec.input_names, *_OPTIONS}  # ST's other feature keys never reach the model
+    rec.register_load_state_dict_pre_hook(_renamer(rec))
     return new
+
+
+def _renamer(rec: Recycled):
+    """A ``load_state_dict`` pre-hook that takes the plain model's names too: the trainer restores a checkpoint
+    (``resume_from_checkpoint``, ``load_best_model_at_end``) from a plain SentenceTransformer's state dict."""
+    first: dict[int, str] = {}
+    for name, t in rec.state_dict(keep_vars=True).items():
+        first.setdefault(id(t), name)
+    plain = {n: first[id(t)] for n, t in rec.source.state_dict(keep_vars=True).items() if id(t) in first}
+    plain.update({n: first[id(p)] for n, p in untied_parameters(rec).items() if id(p) in first})
+
+    def rename(module: nn.Module, state: dict, prefix: str, *_: Any) -> None:
+        for old, new in plain.items():
+            if prefix + old in state and prefix + new not in state:
+                state[prefix + new] = state.pop(prefix + old)
+        check_bottom_unchanged(module, state, prefix)  # its own hook ran before the names were ours
+
+    return rename
 
 
 def _rebuilt(module: nn.Module, swapped: dict[int, nn.Module]) -> nn.Module:
