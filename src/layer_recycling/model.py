@@ -12,7 +12,7 @@ import dataclasses
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -212,21 +212,27 @@ class Recycled(nn.Module):
 
     def loader(self, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False, fill_batch_size: int = 32,
                progress: bool = True, group_by_length: bool = False, seed: int | None = None,
-               **dataloader_kwargs) -> torch.utils.data.DataLoader:
+               inputs: Sequence[str] | None = None, **dataloader_kwargs) -> torch.utils.data.DataLoader:
         """A DataLoader of training batches ``{"states", "attention_mask", labels...}`` read from the store.
 
         Missing entries are filled first, once; after that no batch runs the bottom (with ``store=None`` the
         batches hold model inputs instead, and the bottom runs on each). Pass a batch to the model:
         ``rec(**batch).loss``. ``group_by_length`` batches examples of similar length together (shuffled when
         ``shuffle``), so less padding is computed. Other keyword arguments go to ``torch.utils.data.DataLoader``.
+
+        ``inputs=["anchor", "positive", ...]``: each example holds several model inputs under those fields (one
+        each, or a list of k), labels beside them; batches are ``{field: {"states", "attention_mask"}, labels}``
+        (b * k rows for a list field), every input keyed and stored by its own content, once.
         """
         return loader.make_loader(self.pipeline, examples, dtype_of(self.top), batch_size, shuffle, fill_batch_size,
-                                  progress, group_by_length, seed, **dataloader_kwargs)
+                                  progress, group_by_length, seed, inputs, **dataloader_kwargs)
 
-    def dataset(self, examples: Iterable[Any], fill_batch_size: int = 32, progress: bool = True):
+    def dataset(self, examples: Iterable[Any], fill_batch_size: int = 32, progress: bool = True,
+                inputs: Sequence[str] | None = None):
         """The training dataset over ``examples`` (filled first, once): items ``{"states", labels...}``, a
-        ``collate`` for batches, and ``lengths``. For trainers that build their own loaders (HF ``Trainer``)."""
-        return self.loader(examples, fill_batch_size=fill_batch_size, progress=progress).dataset
+        ``collate`` for batches, and ``lengths``. For trainers that build their own loaders (HF ``Trainer``).
+        ``inputs``: examples of several inputs, as for ``loader``."""
+        return self.loader(examples, fill_batch_size=fill_batch_size, progress=progress, inputs=inputs).dataset
 
     def predict(self, examples: Iterable[Any], batch_size: int = 32, progress: bool = True) -> list[dict]:
         """Outputs for raw examples in order (one dict of tensors each), keyed as ``fill`` keys them."""
