@@ -38,7 +38,10 @@ def model(tiny_model_dir):
 @pytest.mark.parametrize("at", [0, 0.5, 1.0])
 def test_encode_equals_the_plain_model_and_the_original_still_runs(model, at):
     want = model.encode(ANCHORS, convert_to_tensor=True)
+    model[0].can_flatten_inputs = True  # as under flash attention: ST would pack a batch into one sequence
     recycled = recycle_sentence_transformer(model, at)
+    model[0].can_flatten_inputs = False
+    assert recycled[0].can_flatten_inputs is False  # the recycled copy keys padded rows: it never packs
     rec = recycled_models(recycled)["0"]
     first, second = (recycled.encode(ANCHORS, convert_to_tensor=True) for _ in range(2))
     assert float((first - want).abs().max()) <= 1e-5 and float((second - want).abs().max()) <= 1e-5
