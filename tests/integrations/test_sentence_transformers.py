@@ -173,3 +173,10 @@ def test_an_evaluator_scores_the_recycled_model_as_the_plain_one(model):
     want = evaluator(model)
     got = evaluator(recycle_sentence_transformer(model, 0.5))
     assert want.keys() == got.keys() and all(abs(want[k] - got[k]) <= 1e-5 for k in want)
+
+
+def test_the_copy_has_hooks_and_children_of_its_own(model):
+    recycled = recycle_sentence_transformer(model, 0.5)
+    recycled[0].register_forward_hook(lambda *_: None)
+    recycled.append(torch.nn.Identity())
+    assert not model[0]._forward_hooks and len(model) == 2 and len(recycled) == 3

@@ -135,6 +135,10 @@ def _rebuilt(module: nn.Module, swapped: dict[int, nn.Module]) -> nn.Module:
 
 
 def _shallow(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` holding the same children, parameters and hooks in dicts of its own: changing the copy
+    (a child swapped, a hook added by a trainer) leaves the original as it was."""
     new = copy.copy(module)
-    new._modules = dict(module._modules)  # copy.copy would share the children's dict with the original
+    for name, value in vars(module).items():
+        if name.startswith("_") and isinstance(value, (dict, set)):  # copy.copy would share these with the original
+            new.__dict__[name] = copy.copy(value)
     return new
