@@ -1,4 +1,5 @@
-"""Training loaders: labels all-or-none, clear refusals, and the same batches from a store or from inputs."""
+"""Training loaders: labels all-or-none, clear refusals, the same batches from a store or from inputs, and examples
+of several inputs (anchor, positive, negatives) stored once per distinct input."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import torch
 
 import layer_recycling as lr
 from layer_recycling.loader import input_loader
-from conftest import text_examples
+from conftest import text_examples, text_model
+from helpers import padded_batch
 
 
 def test_mixing_labelled_and_unlabelled_examples_names_the_example(bert):
@@ -57,3 +59,83 @@ def test_a_sampler_or_batch_sampler_of_your_own_is_used(bert):
     assert [b["labels"].tolist() for b in batches] == [[5, 0], [2, 3, 4]]
     ordered = list(rec.loader(examples, batch_size=3, sampler=[4, 3, 2, 1, 0, 5], progress=False))
     assert [b["labels"].tolist() for b in ordered] == [[4, 3, 2], [1, 0, 5]]
+
+
+# ---- examples of several inputs: loader(inputs=[...]) ---------------------------------------------------------
+
+def _groups():
+    """Pairs over 6 texts, text 0 in three of them, with a list of two hard negatives each."""
+    t = [{k: v for k, v in e.items() if k != "label"} for e in text_examples(6)]
+    pairs = [(0, 1), (0, 2), (3, 0), (4, 5), (5, 4)]
+    return t, [{"anchor": t[a], "positive": t[p], "negatives": [t[(a + 2) % 6], t[(p + 3) % 6]], "label": i % 2}
+               for i, (a, p) in enumerate(pairs)]
+
+
+def _plain(model, rows):
+    """The whole model's last hidden states of ``rows`` (unpadded inputs), right-padded, and their mask."""
+    batch = padded_batch(rows, extra=0)
+    with torch.no_grad():
+        return model(**batch).last_hidden_state, batch["attention_mask"]
+
+
+@pytest.mark.parametrize("store", ["memory", None])
+def test_each_input_is_keyed_by_its_content_stored_once_and_batched_by_field(store):
+    model = text_model("bert", "Model")
+    _, examples = _groups()
+    rec = lr.recycle(model, at=2, **({} if store else {"store": None})).eval()
+    loader = rec.loader(examples, batch_size=5, inputs=["anchor", "positive", "negatives"], progress=False)
+    if store:
+        assert len(rec.store) == 6 and rec.stats.bottom_examples == 6  # 20 inputs, 6 distinct texts, each run once
+    (batch,) = list(loader)
+    assert set(batch) == {"anchor", "positive", "negatives", "labels"} and batch["labels"].tolist() == [0, 1, 0, 1, 0]
+    for field, rows in [("anchor", [e["anchor"] for e in examples]), ("positive", [e["positive"] for e in examples]),
+                        ("negatives", [n for e in examples for n in e["negatives"]])]:  # b * k, example by example
+        want, mask = _plain(model, rows)
+        with torch.no_grad():
+            got = rec(**batch[field]).last_hidden_state
+        assert got.shape == want.shape and float((got - want)[mask.bool()].abs().max()) <= 1e-5
+    if store:
+        assert rec.stats.bottom_examples == 6 and rec.stats.misses == 0  # every batch came from the store
+    else:
+        assert rec.stats.misses == 20 and rec.stats.stored == 0  # model inputs: the bottom ran on each call
+
+
+def test_an_in_batch_negatives_loss_trains_from_the_store_without_the_bottom():
+    _, examples = _groups()
+    rec = lr.recycle(text_model("bert", "Model"), at=2)
+    data = rec.dataset(examples, inputs=["anchor", "positive"], progress=False)
+    loader = torch.utils.data.DataLoader(data, batch_size=5, collate_fn=data.collate)
+    opt = torch.optim.AdamW([p for p in rec.parameters() if p.requires_grad], lr=1e-2)
+    ran, losses = rec.stats.bottom_examples, []
+
+    def embed(side):
+        out = rec(**side).last_hidden_state  # mean pooling over real tokens
+        return (out * side["attention_mask"][..., None]).sum(1) / side["attention_mask"].sum(1, keepdim=True)
+
+    for _ in range(10):
+        for batch in loader:
+            scores = torch.nn.functional.normalize(embed(batch["anchor"]), dim=-1) @ torch.nn.functional.normalize(
+                embed(batch["positive"]), dim=-1).T * 20
+            loss = torch.nn.functional.cross_entropy(scores, torch.arange(len(scores)))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.5 and rec.stats.bottom_examples == ran
+
+
+def test_bad_groups_say_what_was_expected():
+    _, examples = _groups()
+    rec = lr.recycle(text_model("bert", "Model"), at=2)
+    with pytest.raises(ValueError, match=r"example 0 has \['anchor', 'label', 'negatives', 'positive'\]; "
+                                         r"loader\(inputs=\['anchor', 'query'\]\)"):
+        rec.loader(examples, inputs=["anchor", "query"], progress=False)
+    with pytest.raises(TypeError, match="a list of field names"):
+        rec.loader(examples, inputs="anchor", progress=False)
+    labelled = [dict(e, positive=dict(e["positive"], label=1)) for e in examples]
+    with pytest.raises(ValueError, match=r"example 0's field 'positive' holds labels \(\['labels'\]\)"):
+        rec.loader(labelled, inputs=["anchor", "positive"], progress=False)
+    examples[3]["negatives"] = examples[3]["negatives"][:1]
+    with pytest.raises(ValueError, match=r"example 3 holds .*'negatives': 1.* example 0 holds .*'negatives': 2"):
+        rec.loader(examples, inputs=["anchor", "negatives"], progress=False)
+    assert rec.stats.bottom_examples == 0  # refused before any work

@@ -30,7 +30,7 @@ def test_quickstart_and_disk_store_run(tmp_path, monkeypatch):
     assert len(namespace["loader"]) == 1  # 4 examples, batch_size=32
 
     with pytest.warns(UserWarning, match="adapter weights sit in the recycled bottom"):
-        exec(compile(_block("With Trainer, PEFT, Lightning"), str(README), "exec"), namespace)
+        exec(compile(_block("With Trainer, sentence-transformers, PEFT, Lightning"), str(README), "exec"), namespace)
     import transformers
 
     saved = transformers.AutoModelForSequenceClassification.from_pretrained("out/model").eval()

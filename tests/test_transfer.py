@@ -27,6 +27,19 @@ def test_device_batches_equal_the_plain_loaders_and_cross_at_their_stored_size(t
     assert rec.stats.bottom_examples == 8  # filled once, by the first loader
 
 
+def test_examples_of_several_inputs_reach_the_device_field_by_field(tmp_path):
+    rec = lr.recycle(bert_classifier(), at=2, store=lr.DiskStore(tmp_path / "s", codec="float16"))
+    texts = [{k: v for k, v in e.items() if k != "label"} for e in labelled_examples()]
+    pairs = [{"anchor": texts[i], "positive": texts[(i + 1) % 8], "labels": i % 2} for i in range(8)]
+    plain = list(rec.loader(pairs, batch_size=4, inputs=["anchor", "positive"], progress=False))
+    moved = rec.loader(pairs, batch_size=4, inputs=["anchor", "positive"], progress=False, device="cpu")
+    assert next(iter(moved.loader))["anchor"]["states"].dtype == torch.float16  # stored size on the bus
+    for a, b in zip(plain, moved, strict=True):
+        assert b["anchor"]["states"].dtype == b["positive"]["states"].dtype == torch.float32
+        assert all(torch.equal(a[f][k], b[f][k]) for f in ("anchor", "positive") for k in a[f])
+        assert torch.equal(a["labels"], b["labels"])
+
+
 def test_device_batches_follow_the_samplers_epoch(tmp_path):
     rec = lr.recycle(bert_classifier(), at=2)
     moved = rec.loader(labelled_examples(), batch_size=2, shuffle=True, group_by_length=True, seed=1,

@@ -5,6 +5,7 @@ Every epoch reads only the store; the bottom ran once, in ``fill``, before the f
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
@@ -70,13 +71,114 @@ class InputDataset(torch.utils.data.Dataset):
         return {**batch, **data.collate_labels([y for _, y in rows], lengths, t)}
 
 
+class GroupDataset(torch.utils.data.Dataset):
+    """Examples of several inputs (anchor, positive, negatives...): item i is ``({field: [state or inputs, ...]},
+    labels)``; ``collate`` batches each field apart, so each input's state is its own stored entry."""
+
+    def __init__(self, rows: list[tuple[dict[str, list], dict]], store: Store | None, dtype: torch.dtype | None,
+                 pad_id: int, ragged: bool, lengths: list[int] | None):
+        self.rows, self.store, self.dtype, self.pad_id, self.ragged = rows, store, dtype, pad_id, ragged
+        self.lengths = lengths  # all tokens of an example, for length-grouped samplers
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, list], dict]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[dict[str, list], dict]]:
+        rows = [self.rows[i] for i in indices]
+        if self.store is None:  # entries are model inputs
+            return rows
+        keys = list(dict.fromkeys(k for parts, _ in rows for ks in parts.values() for k in ks))
+        state = dict(zip(keys, self.store.get_many(keys, dtype=self.dtype)))  # one read per batch, each key once
+        return [({f: [state[k] for k in ks] for f, ks in parts.items()}, y) for parts, y in rows]
+
+    def collate(self, rows: list[tuple[dict[str, list], dict]]) -> dict[str, Any]:
+        """``{field: {"states", "attention_mask"}}`` (or model inputs, without a store) with the b * k inputs of a
+        field that holds k per example, example by example; labels as a plain loader batches them."""
+        out: dict[str, Any] = {}
+        for field in rows[0][0]:
+            flat = [x for parts, _ in rows for x in parts[field]]
+            if self.store is None:
+                out[field] = data.collate_inputs(flat, self.pad_id, ragged=self.ragged)
+            elif self.ragged:
+                out[field] = dict(zip(("states", "attention_mask"), data.repad(flat)))
+            else:
+                out[field] = {"states": torch.stack(flat)}
+        return {**out, **data.collate_labels([y for _, y in rows], None, None)}
+
+
+def group_dataset(pipe: Pipeline, examples: Iterable[Any], inputs: Sequence[str], dtype: torch.dtype | None,
+                  fill_batch_size: int, progress: bool) -> GroupDataset:
+    """A ``GroupDataset`` over ``examples`` whose fields ``inputs`` each hold one input or a list of them; every
+    distinct input is filled first, once, keyed by its own content."""
+    rows, keyed = [], []
+    for i, example in enumerate(examples):
+        parts, labels = _group_parts(pipe, example, inputs, i)
+        rows.append((parts, labels))
+        keyed += [entry for entries in parts.values() for entry in entries]
+    if not rows:
+        raise ValueError("loader() got no examples; pass a non-empty list (or iterable) of examples")
+    _check_labels([("", {}, y) for _, y in rows])
+    _check_group_sizes(rows)
+    lengths = [sum(data.length(x) for es in p.values() for _, x in es) for p, _ in rows] if pipe.arch.masked else None
+    keeps = pipe.store.keeps
+    if keeps:
+        fill_keyed(pipe, keyed, fill_batch_size, progress)
+    rows = [({f: [k if keeps else x for k, x in es] for f, es in p.items()}, y) for p, y in rows]
+    return GroupDataset(rows, pipe.store if keeps else None, dtype, pipe.pad_id, pipe.arch.masked, lengths)
+
+
+def _group_parts(pipe: Pipeline, example: Any, inputs: Sequence[str], i: int):
+    """({field: [(key, unpadded inputs), ...]}, labels) of one example of several inputs."""
+    if not isinstance(example, Mapping) or any(f not in example for f in inputs):
+        have = sorted(example) if isinstance(example, Mapping) else type(example).__name__
+        raise ValueError(
+            f"example {i} has {have}; loader(inputs={list(inputs)}) expects a dict with each of those fields holding "
+            f"one model input (e.g. tokenizer(text)) or a list of them, and labels beside them"
+        )
+    parts = {}
+    for field in inputs:
+        value = example[field]
+        values = value if isinstance(value, (list, tuple)) and value and isinstance(value[0], Mapping) else [value]
+        encoded = [pipe.encode(v) for v in values]
+        inner = next((sorted(labels) for _, _, labels in encoded if labels), None)
+        if inner:
+            raise ValueError(
+                f"example {i}'s field {field!r} holds labels ({inner}): with "
+                f"loader(inputs=...) labels go on the example beside the inputs, not inside one of them. Move them"
+            )
+        parts[field] = [(k, x) for k, x, _ in encoded]
+    outer = {k: v for k, v in data.normalize(example, ()).items() if k in data.LABEL_NAMES and v is not None}
+    return parts, {n: data.as_tensor(v, n) for n, v in outer.items()}
+
+
+def _check_group_sizes(rows: list[tuple[dict[str, list], dict]]) -> None:
+    """Each field holds as many inputs in every example: a batch of b examples gives b * k rows, k per example."""
+    first = {f: len(es) for f, es in rows[0][0].items()}
+    for i, (parts, _) in enumerate(rows):
+        sizes = {f: len(es) for f, es in parts.items()}
+        if sizes != first:
+            raise ValueError(
+                f"example {i} holds {sizes} inputs per field, but example 0 holds {first}: a field's inputs are "
+                f"batched as b * k rows, so every example needs the same k. Pad the lists (repeat an input) or "
+                f"split the field"
+            )
+
+
 def make_loader(
     pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype | None, batch_size: int = 32, shuffle: bool = False,
     fill_batch_size: int = 32, progress: bool = True, group_by_length: bool = False, seed: int | None = None,
-    **dataloader_kwargs,
+    inputs: Sequence[str] | None = None, **dataloader_kwargs,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``examples`` for training the top (see ``Recycled.loader``); states read as ``dtype``
     (None: as the store keeps them, for a copy to the device at their stored size)."""
+    if inputs is not None:
+        if isinstance(inputs, str) or not inputs:
+            raise TypeError(f"loader(inputs=...) takes a list of field names, e.g. ['anchor', 'positive']; got {inputs!r}")
+        group = group_dataset(pipe, examples, list(inputs), dtype, fill_batch_size, progress)
+        return dataloader(group, group.lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
     encoded = [pipe.encode(e) for e in examples]
     if not encoded:
         raise ValueError("loader() got no examples; pass a non-empty list (or iterable) of examples")
@@ -107,7 +209,7 @@ def input_loader(model: torch.nn.Module, examples: Iterable[Any], batch_size: in
     return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
 
 
-def dataloader(dataset: CachedDataset | InputDataset, lengths: list[int] | None, batch_size: int, shuffle: bool,
+def dataloader(dataset: CachedDataset | InputDataset | GroupDataset, lengths: list[int] | None, batch_size: int, shuffle: bool,
                group_by_length: bool, seed: int | None, **dataloader_kwargs) -> torch.utils.data.DataLoader:
     """A DataLoader over ``dataset``: in batches of similar ``lengths`` when ``group_by_length``, and in a
     process group (torchrun) each rank's disjoint, equal share of every epoch. ``sampler=``/``batch_sampler=``

@@ -12,7 +12,7 @@ import dataclasses
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -214,7 +214,7 @@ class Recycled(nn.Module):
 
     def loader(self, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False, fill_batch_size: int = 32,
                progress: bool = True, group_by_length: bool = False, seed: int | None = None,
-               device: torch.device | str | None = None, **dataloader_kwargs
+               inputs: Sequence[str] | None = None, device: torch.device | str | None = None, **dataloader_kwargs
                ) -> torch.utils.data.DataLoader | transfer.DeviceLoader:
         """A DataLoader of training batches ``{"states", "attention_mask", labels...}`` read from the store.
 
@@ -225,20 +225,26 @@ class Recycled(nn.Module):
         the workers, or a thread), copied from pinned memory without blocking, states sent at their stored size
         (float16 stays float16 on the bus) and converted to the top's dtype on the device
         (``transfer.DeviceLoader``). Other keyword arguments go to ``torch.utils.data.DataLoader``.
+
+        ``inputs=["anchor", "positive", ...]``: each example holds several model inputs under those fields (one
+        each, or a list of k), labels beside them; batches are ``{field: {"states", "attention_mask"}, labels}``
+        (b * k rows for a list field), every input keyed and stored by its own content, once.
         """
         if device is None:
             return loader.make_loader(self.pipeline, examples, dtype_of(self.top), batch_size, shuffle,
-                                      fill_batch_size, progress, group_by_length, seed, **dataloader_kwargs)
+                                      fill_batch_size, progress, group_by_length, seed, inputs, **dataloader_kwargs)
         device = torch.device(device)
         dataloader_kwargs.setdefault("pin_memory", device.type == "cuda")
         batches = loader.make_loader(self.pipeline, examples, None, batch_size, shuffle, fill_batch_size, progress,
-                                     group_by_length, seed, **dataloader_kwargs)  # None: states as stored
+                                     group_by_length, seed, inputs, **dataloader_kwargs)  # None: states as stored
         return transfer.DeviceLoader(batches, device, dtype_of(self.top))
 
-    def dataset(self, examples: Iterable[Any], fill_batch_size: int = 32, progress: bool = True):
+    def dataset(self, examples: Iterable[Any], fill_batch_size: int = 32, progress: bool = True,
+                inputs: Sequence[str] | None = None):
         """The training dataset over ``examples`` (filled first, once): items ``{"states", labels...}``, a
-        ``collate`` for batches, and ``lengths``. For trainers that build their own loaders (HF ``Trainer``)."""
-        return self.loader(examples, fill_batch_size=fill_batch_size, progress=progress).dataset
+        ``collate`` for batches, and ``lengths``. For trainers that build their own loaders (HF ``Trainer``).
+        ``inputs``: examples of several inputs, as for ``loader``."""
+        return self.loader(examples, fill_batch_size=fill_batch_size, progress=progress, inputs=inputs).dataset
 
     def predict(self, examples: Iterable[Any], batch_size: int = 32, progress: bool = True) -> list[dict]:
         """Outputs for raw examples in order (one dict of tensors each), keyed as ``fill`` keys them."""

@@ -17,7 +17,7 @@ _END = object()
 
 
 class DeviceLoader:
-    """The batches of ``loader`` on ``device``; ``states`` as ``dtype``. Any other attribute is the loader's
+    """The batches of ``loader`` on ``device``; ``states`` (in each field's dict too) as ``dtype``. Any other attribute is the loader's
     (``batch_sampler.set_epoch``, ``dataset``, ``len``)."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device | str, dtype: torch.dtype,
@@ -36,6 +36,8 @@ class DeviceLoader:
             yield {name: self._move(name, value) for name, value in batch.items()}
 
     def _move(self, name: str, value: Any) -> Any:
+        if isinstance(value, dict):  # a field of examples of several inputs: {"states", "attention_mask"}
+            return {n: self._move(n, v) for n, v in value.items()}
         if not isinstance(value, torch.Tensor):
             return value
         value = value.to(self.device, non_blocking=True)  # from pinned memory: the copy overlaps the step

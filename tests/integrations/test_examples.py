@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,3 +22,20 @@ def test_example_trains_from_the_store(script, framework):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "the bottom ran 0 times after the fill" in out.stdout
     assert "eval mode" not in out.stderr  # the bottom's eval mode is by design: no warning about it
+
+
+def test_the_qdrant_faq_example_trains_recycled_and_answers_from_qdrant(tiny_model_dir, tmp_path):
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("qdrant_client")
+    words = ["paris", "london", "john", "mary", "film", "plot", "actor", "city"]
+    pairs = tmp_path / "faq.jsonl"
+    pairs.write_text("".join(json.dumps({"q": f"who is {w} ?", "a": f"{w} is a {w} ."}) + "\n" for w in words))
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import qdrant_faq
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    result = qdrant_faq.main(["--model", str(tiny_model_dir), "--pairs", str(pairs), "--epochs", "2", "--batch", "4",
+                              "--out", str(tmp_path / "out")])
+    assert result["filled"] == 16 and result["bottom_after_fill"] == 0  # 16 texts once; epoch 2 from the store
+    assert result["qdrant_recall"] == pytest.approx(result["recall_after"])  # Qdrant finds what exact search finds
