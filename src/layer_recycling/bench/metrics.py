@@ -1,14 +1,15 @@
-"""Task metrics computed once, in one place: classification, entity-level NER F1 and SQuAD v1.1 QA.
+"""Task metrics computed once, in one place: classification, entity-level NER F1, SQuAD v1.1 QA and retrieval.
 
 Every metric returns points in [0, 100] as a Python float.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -178,3 +179,58 @@ METRICS: dict[str, Callable[[Any, Any], float]] = {
     "exact_match": squad_exact_match,
     "squad_f1": squad_f1,
 }
+
+
+# --- retrieval ----------------------------------------------------------------------------------------------------
+
+def ranking(similarity: Any, relevant: Sequence[Collection[int]], exclude: Sequence[int | None] | None = None,
+            ks: Sequence[int] = (1, 5, 10), depth: int = 10) -> dict[str, float]:
+    """Recall@k, MRR@depth and nDCG@depth of an exact search: every query against every corpus entry.
+
+    Args:
+        similarity: a ``(queries, corpus)`` tensor of scores, higher is closer (cosine for unit vectors).
+        relevant: per query, the corpus positions that answer it (binary relevance); at least one each.
+        exclude: per query, a corpus position never ranked (the query itself, when queries are drawn from the
+            corpus), or None.
+        ks: the cut-offs of Recall@k: the share of queries with a relevant entry among their top k (the
+            metric-learning Recall@k; with one relevant entry per query, the hit rate).
+        depth: the cut-off of MRR and nDCG.
+
+    Returns:
+        ``{"recall@k": ..., "mrr@depth": ..., "ndcg@depth": ...}`` in points (0-100).
+
+    Raises:
+        ValueError: shapes disagree, a query has no relevant entry, or a position is out of range.
+    """
+    import torch
+
+    scores = torch.as_tensor(similarity, dtype=torch.float32).clone()
+    if scores.dim() != 2 or scores.shape[0] != len(relevant) or scores.shape[0] == 0:
+        raise ValueError(f"similarity has shape {tuple(scores.shape)} and relevant has {len(relevant)} rows; "
+                         "expected a (queries, corpus) matrix with one relevant set per query, at least one query")
+    n_queries, n_corpus = scores.shape
+    for q, found in enumerate(relevant):
+        if not found or any(not 0 <= c < n_corpus for c in found):
+            raise ValueError(f"query {q} has relevant positions {sorted(found)}; expected at least one, each in "
+                             f"0..{n_corpus - 1}: drop queries that nothing in the corpus answers")
+    if exclude is not None:
+        if len(exclude) != n_queries:
+            raise ValueError(f"exclude has {len(exclude)} entries for {n_queries} queries; expected one (or None) each")
+        for q, c in enumerate(exclude):
+            if c is not None:
+                scores[q, c] = float("-inf")
+    top = max(*ks, depth)
+    order = scores.topk(min(top, n_corpus), dim=1).indices.tolist()
+    recall = {k: 0.0 for k in ks}
+    mrr = ndcg = 0.0
+    for q, ranked in enumerate(order):
+        hits = [c in relevant[q] for c in ranked]
+        for k in ks:
+            recall[k] += any(hits[:k])
+        first = next((r for r, hit in enumerate(hits[:depth]) if hit), None)
+        mrr += 0.0 if first is None else 1.0 / (first + 1)
+        dcg = sum(1.0 / math.log2(r + 2) for r, hit in enumerate(hits[:depth]) if hit)
+        ideal = sum(1.0 / math.log2(r + 2) for r in range(min(len(relevant[q]), depth)))
+        ndcg += dcg / ideal
+    out = {f"recall@{k}": 100.0 * recall[k] / n_queries for k in ks}
+    return {**out, f"mrr@{depth}": 100.0 * mrr / n_queries, f"ndcg@{depth}": 100.0 * ndcg / n_queries}

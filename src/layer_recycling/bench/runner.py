@@ -49,13 +49,19 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
         trainable, forward, cache = [p for p in rec.parameters() if p.requires_grad], rec, store
         below = max((r for at, r in (lower or {}).items() if at < rec.at), key=lambda r: r.at, default=None)
         start = time.perf_counter()
-        rec.fill(task.train, batch_size=cfg.batch_size, progress=False, start_from=below if rec.store.keeps else None)
+        rec.fill(task.fill_examples(), batch_size=cfg.batch_size, progress=False,
+                 start_from=below if rec.store.keeps else None)
         fill_s = time.perf_counter() - start
         if lower is not None and setting.name == "recycled" and rec.store.codec in LOSSLESS:
             lower[rec.at] = rec
     batches = _train_batches(task, forward, cfg)
     lr = cfg.lora_lr if setting.name == "recycled+lora" else cfg.lr
-    epochs_s = train_epochs(forward, batches, trainable, lr, cfg.epochs, setting.label)
+    try:
+        epochs_s = train_epochs(forward, batches, trainable, lr, cfg.epochs, setting.label, task.training_loss)
+    except NothingToTrain:
+        if getattr(forward, "at", None) != getattr(forward, "num_layers", -1):
+            raise
+        epochs_s = []  # every block recycled and no head: the score is the pretrained model's
     forward.eval()
     start = time.perf_counter()
     scores = task.evaluate(forward)
@@ -70,7 +76,8 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
         "at": getattr(forward, "at", 0), "codec": setting.codec if setting.name.startswith("recycled") else None,
         "metric": task.metric, "score": scores[task.metric], "scores": scores,
         "fill_s": fill_s, "fill_from_at": below.at if below is not None and cache is not None else None,
-        "train_s_per_epoch": sum(epochs_s) / len(epochs_s), "epochs_s": epochs_s,
+        "train_s_per_epoch": sum(epochs_s) / len(epochs_s) if epochs_s else 0.0, "epochs_s": epochs_s,
+        "trained": bool(epochs_s),
         "end_to_end_s": fill_s + sum(epochs_s), "infer_hits_per_s": len(task.test) / hits_s,
         "infer_misses_per_s": len(task.test) / first_s, "cache_bytes": cache.volume() if cache is not None else 0,
         "val_score": val_scores[task.metric] if val_scores else None, "val_scores": val_scores,
@@ -92,21 +99,37 @@ def _store(setting: Setting, cfg: TrainConfig):
 
 def _train_batches(task: Task, forward: nn.Module, cfg: TrainConfig):
     """A DataLoader of training batches: stored states for a recycled model, model inputs otherwise."""
-    common = dict(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, group_by_length=True)
+    common = dict(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, group_by_length=True, inputs=task.inputs)
     if isinstance(forward, Recycled):
         return forward.loader(task.train, progress=False, **common)
     return input_loader(forward, task.train, **common)
 
 
-def train_epochs(forward: nn.Module, batches, params: list, lr: float, epochs: int, label: str) -> list[float]:
-    """Train ``params`` of ``forward`` on ``batches`` with AdamW; returns the seconds of each epoch."""
-    opt = torch.optim.AdamW(params, lr=lr)
+class NothingToTrain(ValueError):
+    """The loss does not depend on any trainable parameter (every block recycled, and no head)."""
+
+
+def train_epochs(forward: nn.Module, batches, params: list, lr: float, epochs: int, label: str,
+                 loss: Callable[[nn.Module, dict], torch.Tensor] | None = None) -> list[float]:
+    """Train ``params`` of ``forward`` on ``batches`` with AdamW; returns the seconds of each epoch.
+
+    ``loss(forward, batch)``: the training loss of a batch; default ``forward(**batch).loss``.
+
+    Raises:
+        NothingToTrain: the first batch's loss has no gradient (nothing above the cache to train).
+    """
+    loss = loss or (lambda model, batch: model(**batch).loss)
+    opt = torch.optim.AdamW(params, lr=lr) if params else None
     seconds = []
     for epoch in range(epochs):
         forward.train()
         start = time.perf_counter()
         for batch in tqdm(batches, desc=f"{label} epoch {epoch + 1}", leave=False, unit="batch"):
-            forward(**batch).loss.backward()
+            value = loss(forward, batch)
+            if not value.requires_grad or opt is None:
+                raise NothingToTrain(f"{label}: the loss depends on no trainable parameter (got {len(params)} "
+                                     "trainable tensors, none in its graph); recycle fewer blocks, or add a head")
+            value.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
         seconds.append(time.perf_counter() - start)

@@ -126,6 +126,13 @@ def read_labeled_texts(path: str | Path, columns: Columns = Columns(), split: st
     return out, declared
 
 
+def read_text_pairs(path: str | Path, columns: Columns, split: str | None = None) -> list[tuple[str, str]]:
+    """(query, positive) rows of a .csv/.tsv/.jsonl file or a ``datasets`` folder, in order: ``columns.text``
+    and ``columns.pair`` hold the two texts (retrieval pairs: a question and its answer)."""
+    rows, _ = _table_rows(Path(path), split)
+    return [(_text(row, columns.text, where, columns), _text(row, columns.pair, where, columns)) for where, row in rows]
+
+
 def read_text_labels(path: str | Path, text_column: str = "text", label_column: str = "label",
                      pair_column: str | None = None, split: str | None = None
                      ) -> tuple[list[tuple[str | tuple[str, str], int]], list[str]]:

@@ -21,7 +21,7 @@ Forward = Callable[..., Any]
 class Task:
     """One benchmark task on one dataset."""
 
-    kind: str  # "seq-cls" | "token-cls" | "qa" | "image-cls"
+    kind: str  # "seq-cls" | "token-cls" | "qa" | "image-cls" | "retrieval"
     dataset: str
     train: list[dict]  # one-example dicts: unpadded model inputs plus labels
     test: list[dict]  # the same, with the fields ``evaluate`` needs
@@ -34,6 +34,22 @@ class Task:
     val: list[dict] = dataclasses.field(default_factory=list)  # held out of train: levels are chosen on it
     val_extra: dict = dataclasses.field(default_factory=dict)  # ``extra`` for the validation examples
     preprocess: dict | None = None  # the tokenizer's call arguments: recycle(preprocess=) of a store filled from it
+    inputs: tuple[str, ...] | None = None  # training examples of several inputs: their fields (loader(inputs=))
+    loss: Callable[[Forward, dict], torch.Tensor] | None = None  # of a training batch; None: forward(**batch).loss
+
+    def fill_examples(self) -> list[dict]:
+        """Every model input of the training examples, one each (those of several inputs flattened)."""
+        if self.inputs is None:
+            return self.train
+        flat = []
+        for example in self.train:
+            for field in self.inputs:
+                value = example[field]
+                flat += value if isinstance(value, list) else [value]
+        return flat
+
+    def training_loss(self, forward: Forward, batch: dict) -> torch.Tensor:
+        return forward(**batch).loss if self.loss is None else self.loss(forward, batch)
 
     def evaluate_val(self, forward: Forward, batch_size: int = 64) -> dict[str, float] | None:
         """``evaluate`` on the validation examples (None when there are none)."""
@@ -95,8 +111,9 @@ def _evaluate_qa(task: Task, forward: Forward, batch_size: int) -> dict[str, flo
 
 EVALUATORS = {"seq-cls": _evaluate_classes, "image-cls": _evaluate_classes, "token-cls": _evaluate_tokens,
               "qa": _evaluate_qa}
-METRIC = {"seq-cls": "accuracy", "image-cls": "accuracy", "token-cls": "entity_f1", "qa": "squad_f1"}
-KINDS = tuple(EVALUATORS)  # the task kinds the harness runs
+METRIC = {"seq-cls": "accuracy", "image-cls": "accuracy", "token-cls": "entity_f1", "qa": "squad_f1",
+          "retrieval": "mrr@10"}
+KINDS = (*EVALUATORS, "retrieval")  # the task kinds the harness runs (retrieval's tasks are built in retrieval.py)
 
 
 def sequence_task(dataset: str, train: list[tuple[str, int]], test: list[tuple[str, int]], tokenizer,

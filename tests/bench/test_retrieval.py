@@ -1,0 +1,281 @@
+"""The retrieval task: exact-search metrics, in-batch negatives, both protocols, and every setting of a sweep."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import WORDS
+from layer_recycling import MemoryStore, recycle
+from layer_recycling.bench import metrics, retrieval, runner
+from layer_recycling.bench.catalog import load_task, model_factory
+from layer_recycling.bench.settings import Setting, TrainConfig
+from layer_recycling.bench.tables import Columns
+from layer_recycling.loader import input_loader
+
+# --- metrics --------------------------------------------------------------------------------------------------------
+
+
+def test_ranking_metrics_by_hand():
+    similarity = torch.tensor([[0.9, 0.8, 0.1, 0.0],    # relevant {1}: rank 2
+                               [0.1, 0.2, 0.3, 0.9],    # relevant {3}: rank 1
+                               [0.5, 0.4, 0.3, 0.2]])   # relevant {2, 3}: ranks 3 and 4
+    got = metrics.ranking(similarity, [{1}, {3}, {2, 3}], ks=(1, 2))
+    assert got["recall@1"] == pytest.approx(100 / 3) and got["recall@2"] == pytest.approx(200 / 3)
+    assert got["mrr@10"] == pytest.approx(100 * (1 / 2 + 1 + 1 / 3) / 3)
+    ideal2 = 1 + 1 / math.log2(3)
+    ndcg = [1 / math.log2(3), 1.0, (1 / math.log2(4) + 1 / math.log2(5)) / ideal2]
+    assert got["ndcg@10"] == pytest.approx(100 * sum(ndcg) / 3)
+
+
+def test_ranking_excludes_the_query_itself():
+    similarity = torch.eye(3) + 0.1 * torch.tensor([[0, 1, 0], [1, 0, 0], [0, 1, 0]])
+    assert metrics.ranking(similarity, [{1}, {0}, {1}])["recall@1"] == 0.0  # each query finds itself first
+    assert metrics.ranking(similarity, [{1}, {0}, {1}], exclude=[0, 1, 2])["recall@1"] == 100.0
+
+
+@pytest.mark.parametrize("relevant, words", [([set()], "at least one"), ([{5}], "0..1")])
+def test_ranking_refuses_queries_nothing_answers(relevant, words):
+    with pytest.raises(ValueError, match=words):
+        metrics.ranking(torch.zeros(1, 2), relevant)
+
+
+# --- the loss -------------------------------------------------------------------------------------------------------
+
+
+class _Rows(torch.nn.Module):
+    """A "model" whose hidden state is given: row i of ``vectors`` for input id i (one token)."""
+
+    def __init__(self, vectors):
+        super().__init__()
+        self.vectors = vectors
+
+    def forward(self, input_ids, attention_mask):
+        return (self.vectors[input_ids],)
+
+
+def _batch(anchors, positives, groups=None):
+    def inputs(ids):
+        return {"input_ids": torch.tensor(ids).view(-1, 1), "attention_mask": torch.ones(len(ids), 1)}
+
+    batch = {"anchor": inputs(anchors), "positive": inputs(positives)}
+    return {**batch, "labels": torch.tensor(groups)} if groups is not None else batch
+
+
+def test_the_loss_is_multiple_negatives_ranking_and_masks_the_anchors_own_group():
+    vectors = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    model = _Rows(vectors)
+    unit = F.normalize(vectors, dim=-1)
+    logits = 20 * unit[[0, 1, 2]] @ unit[[3, 4, 5]].T
+    expected = F.cross_entropy(logits, torch.arange(3))
+    assert retrieval.in_batch_negatives_loss(model, _batch([0, 1, 2], [3, 4, 5])) == pytest.approx(expected.item())
+    # anchors 0 and 2 share a group: each one's other positive is not its negative
+    masked = logits.clone()
+    masked[0, 2] = masked[2, 0] = float("-inf")
+    got = retrieval.in_batch_negatives_loss(model, _batch([0, 1, 2], [3, 4, 5], groups=[7, 8, 7]))
+    assert got == pytest.approx(F.cross_entropy(masked, torch.arange(3)).item())
+
+
+def test_mean_pooling_ignores_padding():
+    hidden = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [100.0, 100.0]]])
+    out = retrieval.embed(lambda **_: (hidden,), {"attention_mask": torch.tensor([[1, 1, 0]])})
+    assert torch.allclose(out, torch.tensor([[1.0, 0.0]]))
+
+
+# --- tasks from a user's tables -------------------------------------------------------------------------------------
+
+
+def _pairs_csv(path, n=30, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["question", "answer"])
+        for i in range(n):
+            question = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5)))
+            writer.writerow([question, f"{question} {' '.join(rng.choice(WORDS) for _ in range(3))}"])
+        writer.writerow(["who lives in paris", "john lives in paris"])  # one question, two answers
+        writer.writerow(["who lives in paris", "mary lives in paris"])
+    return path
+
+
+def _labelled_csv(path, labels=8, per_label=5, seed=0):
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for y in range(labels):
+            for _ in range(per_label):
+                writer.writerow([f"{WORDS[y]} " + " ".join(rng.choice(WORDS) for _ in range(3)), f"L{y}"])
+    return path
+
+
+def test_pairs_search_every_positive_and_keep_a_querys_pairs_on_one_side(tmp_path, tiny_model_dir):
+    task = load_task("retrieval", str(_pairs_csv(tmp_path / "p.csv")), str(tiny_model_dir),
+                     columns=Columns("question", "answer"), val=0.2)
+    assert task.kind == "retrieval" and task.metric == "mrr@10" and task.inputs == ("anchor", "positive")
+    extra = task.extra
+    corpus = {tuple(task.test[c]["input_ids"]) for c in extra["corpus"]}
+    assert len(corpus) == len(extra["corpus"]) == 32  # every distinct answer of every split, once
+    queries = {tuple(task.test[q]["input_ids"]) for q in extra["queries"]}
+    trained = {tuple(e["anchor"]["input_ids"]) for e in task.train}
+    validated = {tuple(task.val[q]["input_ids"]) for q in task.val_extra["queries"]}
+    assert not queries & trained and not validated & trained and not queries & validated
+    from layer_recycling.bench.catalog import tokenizer_for
+
+    paris = tokenizer_for(str(tiny_model_dir))("who lives in paris")["input_ids"]
+    where = [(texts, found) for texts, found in ((task.test, extra), (task.val, task.val_extra))
+             if paris in [texts[q]["input_ids"] for q in found["queries"]]]
+    if where:  # held out: both answers are relevant
+        texts, found = where[0]
+        assert len(found["relevant"][[texts[q]["input_ids"] for q in found["queries"]].index(paris)]) == 2
+    else:  # trained on: both pairs, each answer its own group
+        assert len({e["labels"] for e in task.train if e["anchor"]["input_ids"] == paris}) == 2
+
+
+def test_unseen_classes_hold_whole_labels_out_and_never_find_the_query_itself(tmp_path, tiny_model_dir):
+    path = _labelled_csv(tmp_path / "l.csv")
+    task = load_task("retrieval", str(path), str(tiny_model_dir), val=0.2)
+    rows = list(csv.DictReader(open(path)))
+    label_of = {}
+    from layer_recycling.bench.catalog import tokenizer_for
+
+    tok = tokenizer_for(str(tiny_model_dir))
+    for row in rows:
+        label_of[tuple(tok(row["text"])["input_ids"])] = row["label"]
+    train_labels = {label_of[tuple(e["anchor"]["input_ids"])] for e in task.train}
+    test_labels = {label_of[tuple(e["input_ids"])] for e in task.test}
+    val_labels = {label_of[tuple(e["input_ids"])] for e in task.val}
+    assert train_labels and test_labels and val_labels
+    assert not train_labels & test_labels and not train_labels & val_labels and not test_labels & val_labels
+    extra = task.extra
+    assert extra["exclude"] == extra["queries"]
+    for q, relevant in zip(extra["queries"], extra["relevant"]):
+        assert q not in relevant and relevant
+        assert {label_of[tuple(task.test[c]["input_ids"])] for c in relevant} == {label_of[tuple(task.test[q]["input_ids"])]}
+    for e in task.train:  # a pair shares its label, and its group id is that label's
+        assert label_of[tuple(e["anchor"]["input_ids"])] == label_of[tuple(e["positive"]["input_ids"])]
+        assert e["anchor"] != e["positive"]
+
+
+def test_a_table_with_one_label_cannot_hold_labels_out(tmp_path, tiny_model_dir):
+    path = _labelled_csv(tmp_path / "l.csv", labels=1)
+    with pytest.raises(ValueError, match="at least"):
+        load_task("retrieval", str(path), str(tiny_model_dir), val=0.0)
+
+
+# --- training and scoring -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pair_task(tmp_path, tiny_model_dir):
+    return load_task("retrieval", str(_pairs_csv(tmp_path / "p.csv")), str(tiny_model_dir),
+                     columns=Columns("question", "answer"), val=0.2)
+
+
+def test_a_recycled_encoder_scores_as_the_whole_one_before_training(pair_task, tiny_model_dir):
+    make = model_factory(str(tiny_model_dir), "retrieval", 0)
+    model = make().eval()
+    whole = pair_task.evaluate(model)
+    rec = recycle(make(), at=0.5, store=MemoryStore()).eval()
+    assert pair_task.evaluate(rec) == pytest.approx(whole, abs=1e-4)  # misses
+    assert pair_task.evaluate(rec) == pytest.approx(whole, abs=1e-4)  # hits
+    batch = next(iter(pair_task.batches(pair_task.test, 8, ("input_ids", "attention_mask", "token_type_ids"))))
+    assert torch.allclose(retrieval.embed(rec, batch), retrieval.embed(model, batch), atol=1e-5)
+
+
+def test_training_batches_of_the_whole_and_the_recycled_model_hold_the_same_pairs(pair_task, tiny_model_dir):
+    make = model_factory(str(tiny_model_dir), "retrieval", 0)
+    rec = recycle(make(), at=0.5, store=None)  # keeps nothing: batches of model inputs, as for the whole model
+    whole = next(iter(input_loader(make(), pair_task.train, batch_size=4, inputs=pair_task.inputs)))
+    recycled = next(iter(rec.loader(pair_task.train, batch_size=4, inputs=pair_task.inputs, progress=False)))
+    for field in ("anchor", "positive"):
+        assert torch.equal(whole[field]["input_ids"], recycled[field]["input_ids"])
+    assert torch.equal(whole["labels"], recycled["labels"])
+
+
+@pytest.mark.parametrize("setting", [Setting("full"), Setting("frozen", 0.5), Setting("recycled", 0.5),
+                                     Setting("recycled+lora", 0.5), Setting("recycled", 0.5, "int8")],
+                         ids=lambda s: s.label)
+def test_every_setting_trains_and_scores(pair_task, tiny_model_dir, setting):
+    make = model_factory(str(tiny_model_dir), "retrieval", 0)
+    result = runner.run(pair_task, setting, make, TrainConfig(epochs=1, batch_size=8, lr=1e-3))
+    assert result["trained"] and result["metric"] == "mrr@10" and result["val_score"] is not None
+    assert set(result["scores"]) == {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"}
+    assert (result["cache_bytes"] > 0) == setting.name.startswith("recycled")
+
+
+def test_training_from_the_store_lowers_the_in_batch_negatives_loss(pair_task, tiny_model_dir):
+    rec = recycle(model_factory(str(tiny_model_dir), "retrieval", 0)(), at=0.5, store=MemoryStore())
+    batches = rec.loader(pair_task.train, batch_size=8, inputs=pair_task.inputs, progress=False)
+    distinct = {tuple(e[f]["input_ids"]) for e in pair_task.train for f in pair_task.inputs}
+    assert rec.stats.stored == len(distinct)  # each text once, however many pairs hold it
+    calls = rec.stats.bottom_calls
+    batch = next(iter(batches))
+    rec.eval()
+    with torch.no_grad():
+        before = pair_task.training_loss(rec, batch).item()
+    params = [p for p in rec.parameters() if p.requires_grad]
+    runner.train_epochs(rec, batches, params, 1e-3, 3, "t", pair_task.training_loss)
+    rec.eval()
+    with torch.no_grad():
+        assert pair_task.training_loss(rec, batch).item() < before
+    assert rec.stats.bottom_calls == calls  # the epochs read the store only
+
+
+def test_frozen_and_recycled_train_alike(pair_task, tiny_model_dir):
+    make = model_factory(str(tiny_model_dir), "retrieval", 0)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3)
+    frozen = runner.run(pair_task, Setting("frozen", 0.5), make, cfg)
+    recycled = runner.run(pair_task, Setting("recycled", 0.5), make, cfg)
+    assert recycled["scores"] == pytest.approx(frozen["scores"], abs=1e-3)
+
+
+def test_every_block_recycled_leaves_nothing_to_train_and_scores_the_pretrained_model(pair_task, tiny_model_dir):
+    make = model_factory(str(tiny_model_dir), "retrieval", 0)
+    before = pair_task.evaluate(make().eval())
+    result = runner.run(pair_task, Setting("recycled", 1.0), make, TrainConfig(epochs=2, batch_size=8))
+    assert not result["trained"] and result["epochs_s"] == [] and result["train_s_per_epoch"] == 0.0
+    assert result["scores"] == pytest.approx(before, abs=1e-4)
+
+
+def test_nothing_to_train_is_refused_where_blocks_remain():
+    model = torch.nn.Linear(2, 2).requires_grad_(False)
+    batches = [{"x": torch.ones(1, 2)}]
+    with pytest.raises(runner.NothingToTrain, match="no trainable parameter"):
+        runner.train_epochs(model, batches, [], 1e-3, 1, "t", loss=lambda m, b: m(b["x"]).sum())
+
+
+# --- the command line -----------------------------------------------------------------------------------------------
+
+
+def test_recycle_bench_task_retrieval_on_a_users_pairs(tmp_path, tiny_model_dir, capsys):
+    from layer_recycling.cli import main
+
+    out = tmp_path / "out"
+    assert main(["bench", "--task", "retrieval", "--dataset", str(_pairs_csv(tmp_path / "p.csv")), "--model",
+                 str(tiny_model_dir), "--text-column", "question", "--text-pair-column", "answer", "--epochs", "1",
+                 "--levels", "0,0.5,1", "--codecs", "float16", "--lr", "1e-3", "--out", str(out)]) == 0
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    assert {r["label"] for r in results} == {"full", "frozen 50%", "recycled 0%", "recycled 50%", "recycled 100%",
+                                             "recycled+lora 50%", "recycled 50% float16"}
+    for r in results:
+        assert r["task"] == "retrieval" and r["metric"] == "mrr@10" and r["val_score"] is not None
+        assert r["trained"] == (r["label"] != "recycled 100%")
+    printed = capsys.readouterr().out
+    assert "| recycled 100% |" in printed and (out / "report.md").exists()
+
+
+def test_recycle_fill_and_train_on_labelled_texts(tmp_path, tiny_model_dir, capsys):
+    from layer_recycling.cli import main
+
+    common = ["--task", "retrieval", "--dataset", str(_labelled_csv(tmp_path / "l.csv")), "--model",
+              str(tiny_model_dir), "--at", "1", "--store", str(tmp_path / "store")]
+    assert main(["fill", *common]) == 0
+    assert main(["train", *common, "--epochs", "1", "--lr", "1e-3"]) == 0
+    assert "recall@1" in capsys.readouterr().out
