@@ -9,6 +9,7 @@ then, for each target drop (0.5, 1 and 2 points), the setting chosen on validati
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 from layer_recycling.bench.reporting import load, plot, recommend, summarize
@@ -46,8 +47,9 @@ def task_section(folder: Path, docs: Path) -> str:
     metric = rows[0]["metric"]
     val_n = cfg.get("val_examples", "10%")  # the default --val 0.1 (older results do not record the count)
     lines = [f"### {title}", "",
-             f"{cfg['train_examples']} training and {val_n} validation examples (held out of the training data), "
-             f"{cfg['test_examples']} test, {cfg['epochs']} epochs, lr {cfg['lr']}, batch {cfg['batch_size']}; "
+             (f"{cfg['sizes']}" if "sizes" in cfg else
+              f"{cfg['train_examples']} training and {val_n} validation examples (held out of the training data), "
+              f"{cfg['test_examples']} test") + f", {cfg['epochs']} epochs, lr {cfg['lr']}, batch {cfg['batch_size']}; "
              f"seeds {', '.join(map(str, seeds))}. Mean ± sd over seeds; drops are against full fine-tuning of the "
              f"same seed, ± the 95% t-interval.", "",
              f"| setting | blocks | validation drop | test {metric} | test drop | end-to-end speedup | fill s | "
@@ -71,8 +73,26 @@ def task_section(folder: Path, docs: Path) -> str:
                      f"{'yes' if best['drop'] <= target else 'no'} | "
                      f"{_pm(best['speedup'], best['speedup_sd'], '{:.2f}x')}"
                      f" | {spread} |")
-    lines += ["", f"![{title}]({png.name})", ""]
+    lines += ["", *all_scores(runs, [r["label"] for r in rows]), f"![{title}]({png.name})", ""]
     return "\n".join(lines)
+
+
+def all_scores(runs: list[dict], labels: list[str]) -> list[str]:
+    """Every test score a task reports (retrieval: R@1/5/10, MRR@10, nDCG@10), mean ± sd over seeds, per setting;
+    nothing for a task with a single score."""
+    names = list(runs[0]["scores"])
+    if len(names) < 2:
+        return []
+    lines = ["| setting | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for label in labels:
+        mine = [r for r in runs if r["label"] == label]
+        cells = []
+        for name in names:
+            values = [r["scores"][name] for r in mine]
+            sd = statistics.stdev(values) if len(values) > 1 else None
+            cells.append(_pm(statistics.fmean(values), sd, "{:.2f}"))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def main() -> None:

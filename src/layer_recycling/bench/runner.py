@@ -192,7 +192,8 @@ def sweep(task: Task, model: str, make_model: Callable[[], nn.Module], settings:
             result.update(task=task.kind, dataset=task.dataset, model=Path(model).name, model_source=str(model),
                           seed=seed, meta=meta,
                           config={**cfg.__dict__, "seed": seed, "train_examples": len(task.train),
-                                  "val_examples": len(task.val), "test_examples": len(task.test)})
+                                  "val_examples": len(task.val), "test_examples": len(task.test),
+                                  "sizes": task.sizes()})
             name = f"{task.dataset}-{Path(model).name}-{setting.label}-seed{seed}".replace(" ", "_").replace("%", "pct")
             (out / f"{name}.json").write_text(json.dumps(result, indent=2))
             results.append(result)

@@ -48,6 +48,14 @@ class Task:
                 flat += value if isinstance(value, list) else [value]
         return flat
 
+    def sizes(self) -> str:
+        """How many examples each split holds, in words."""
+        if self.kind != "retrieval":
+            return f"{len(self.train)} train / {len(self.val)} validation / {len(self.test)} test examples"
+        val = f"{len(self.val_extra['queries'])} validation / " if self.val else ""
+        return (f"{len(self.train)} training pairs, {val}{len(self.extra['queries'])} test queries searching "
+                f"{len(self.extra['corpus'])} texts")
+
     def training_loss(self, forward: Forward, batch: dict) -> torch.Tensor:
         return forward(**batch).loss if self.loss is None else self.loss(forward, batch)
 
