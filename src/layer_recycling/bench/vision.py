@@ -126,7 +126,8 @@ def efficientnet_lite0(num_classes: int, pretrained: bool = True) -> ImageClassi
 
     Args:
         num_classes: size of the new linear classifier (randomly initialised). With 1000 and ``pretrained``,
-            the ImageNet classifier is kept instead.
+            the ImageNet classifier is kept instead; with 0 there is none, and ``logits`` are the pooled
+            1280 features (an embedding model, for retrieval).
         pretrained: load the ImageNet weights; False gives random weights (same architecture).
     Raises:
         ModuleNotFoundError: the packages are not installed; the message gives the pip line.
@@ -136,7 +137,7 @@ def efficientnet_lite0(num_classes: int, pretrained: bool = True) -> ImageClassi
     n = len(net._blocks)
     blocks = [MBConv(b, rate * i / n) for i, b in enumerate(net._blocks)]  # as the original's loop scales it
     keep_fc = pretrained and num_classes == net._fc.out_features
-    fc = net._fc if keep_fc else nn.Linear(net._fc.in_features, num_classes)
+    fc = net._fc if keep_fc else nn.Linear(net._fc.in_features, num_classes) if num_classes else nn.Identity()
     head = PoolHead(ConvBNAct(net._conv_head, net._bn1, nn.ReLU6()), fc, dropout=net._global_params.dropout_rate)
     # Lite models use ReLU6 (not swish) throughout; the original shares one instance, each part gets its own.
     return ImageClassifier(ConvBNAct(net._conv_stem, net._bn0, nn.ReLU6()), blocks, head)
