@@ -31,7 +31,8 @@ def summary_row(folder: Path) -> str:
                      f"{best['speedup']:.2f}x)")
     half_text = ("-" if half is None else
                  f"{_pm(half['drop'], half['test_drop_ci'])} / {half['speedup']:.2f}x")
-    return (f"| {first['dataset']}, {first['model']} | {seeds} | {rows[0]['metric']} "
+    kind = " (retrieval)" if first["task"] == "retrieval" else ""
+    return (f"| {first['dataset']}{kind}, {first['model']} | {seeds} | {rows[0]['metric']} "
             f"{_pm(next(r for r in rows if r['setting'] == 'full')['score'], None, '{:.1f}')} | {half_text} | "
             + " | ".join(picks) + " |")
 
