@@ -174,12 +174,15 @@ def class_task(dataset: str, train: list[tuple[Any, str]], test: list[tuple[Any,
     def search(rows):
         rows = list(dict.fromkeys(rows))
         texts, labels = [t for t, _ in rows], [y for _, y in rows]
-        queries = [i for i, y in enumerate(labels) if labels.count(y) > 1]
+        members: dict[str, list[int]] = {}
+        for i, y in enumerate(labels):
+            members.setdefault(y, []).append(i)
+        queries = [i for i, y in enumerate(labels) if len(members[y]) > 1]
         if not queries:
             raise ValueError(f"{dataset}: no held-out label has two texts; expected each held-out label to hold "
                              "several texts (one searches for the others)")
         return texts, {"queries": queries, "corpus": list(range(len(texts))), "exclude": queries,
-                       "relevant": [{j for j, y in enumerate(labels) if y == labels[i] and j != i} for i in queries]}
+                       "relevant": [set(members[labels[i]]) - {i} for i in queries]}
 
     texts, found = search(test)
     val_texts, val_found = search(val) if val else ([], None)
