@@ -215,7 +215,7 @@ def _recycled(args):
     model = model_factory(args.model, task.kind, task.num_labels)()
     if args.store.is_file():
         raise NotADirectoryError(f"--store {args.store} is a file; expected a directory (new or holding a store)")
-    tok = tokenizer_for(args.model) if task.kind != "image-cls" else None
+    tok = tokenizer_for(args.model) if "pixel_values" not in task.test[0] else None
     # preprocess: the tokenizer's call arguments, so that Python opens this store with the same ones
     rec = recycle(model, at=args.at, store=DiskStore(args.store, codec=args.codec), tokenizer=tok,
                   preprocess=task.preprocess)
