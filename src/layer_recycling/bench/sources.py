@@ -213,6 +213,11 @@ def _wnut_file() -> Path:
     return path
 
 
+def take(items: list, n: int | None, seed: int) -> list:
+    """At most ``n`` of ``items``: all of them, or a seeded sample."""
+    return items if n is None or n >= len(items) else random.Random(seed).sample(items, n)
+
+
 def seeded_split(items: list[Any], test_size: float, seed: int, label_of: Callable[[Any], Any] | None = None
                  ) -> tuple[list[Any], list[Any]]:
     """(train, test): a ``test_size`` fraction of ``items`` cut with ``seed``, per label when ``label_of`` is given.
