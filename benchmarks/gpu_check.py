@@ -5,7 +5,8 @@
 
 For each model and level, on batches of ``--batch`` x ``--tokens``: (a) a full fine-tuning step, (b) the frozen
 bottom without a cache (``store=None``), (c) the recycled step with batches from a DiskStore through
-``rec.loader(..., device=...)`` (float16 and float32 stores), (d) the top alone on states already on the device;
+``rec.loader(..., device=...)`` (float16, int8 and float32 stores; each crosses to the device as stored and is
+converted there), (d) the top alone on states already on the device;
 the fill against the bare bottom's forward on the same batches; inference on all-hit batches against the full
 forward; peak device memory per setting. Rounds interleave the settings; medians are reported; the table is
 printed and the JSON written. Targets on a GPU: (c)/(d) <= 1.10 (float16), (a)/(c) >= 2.0 at 50% for MPNet,
@@ -27,6 +28,8 @@ import transformers as T
 
 import layer_recycling as lr
 from timing import meta
+
+CODECS = ("float16", "int8", "float32")  # the first is timed for the fill and used for (d) and serving
 
 
 def sync(device: torch.device) -> None:
@@ -88,14 +91,15 @@ def check(name: str, make: Callable[[], torch.nn.Module], at: float, args, devic
     frozen = lr.recycle(make().to(device), at=at, store=None).train()
     recs = {codec: lr.recycle(make().to(device), at=at, store=lr.DiskStore(folder / f"{name}-{at}-{codec}",
                                                                            codec=codec)).train()
-            for codec in ("float16", "float32")}
+            for codec in CODECS}
 
     # the fill against the bare bottom's forward on the same batches
     bare = lr.recycle(make().to(device), at=at, store=None).eval()
     bottom_s = timed(lambda: [bare.pipeline.run_bottom({k: v for k, v in b.items() if k != "labels"})
                               for b in batches], device)
     fill_s = timed(lambda: recs["float16"].fill(data, batch_size=args.batch, progress=False), device)
-    recs["float32"].fill(data, batch_size=args.batch, progress=False)
+    for other in CODECS[1:]:
+        recs[other].fill(data, batch_size=args.batch, progress=False)
 
     loaders = {c: r.loader(data, batch_size=args.batch, shuffle=True, seed=0, progress=False, device=device)
                for c, r in recs.items()}
@@ -124,8 +128,7 @@ def check(name: str, make: Callable[[], torch.nn.Module], at: float, args, devic
     steps = {
         "a_full": step(lambda: full(**batches[0]).loss, list(full.parameters())),
         "b_frozen_no_cache": step(lambda: frozen(**batches[0]).loss, top(frozen)),
-        "c_recycled_float16": step(lambda: recs["float16"](**next_batch("float16")).loss, top(recs["float16"])),
-        "c_recycled_float32": step(lambda: recs["float32"](**next_batch("float32")).loss, top(recs["float32"])),
+        **{f"c_recycled_{c}": step(lambda c=c: recs[c](**next_batch(c)).loss, top(recs[c])) for c in CODECS},
         "d_top_on_device": step(lambda: rec.top(cached["states"], attention_mask=cached["attention_mask"],
                                                 labels=cached["labels"]).loss, top(rec)),
     }
@@ -150,6 +153,7 @@ def check(name: str, make: Callable[[], torch.nn.Module], at: float, args, devic
             "a_over_c16": med["a_full"] / med["c_recycled_float16"],
             "b_over_c16": med["b_frozen_no_cache"] / med["c_recycled_float16"],
             "c16_over_d": med["c_recycled_float16"] / med["d_top_on_device"],
+            "c8_over_d": med["c_recycled_int8"] / med["d_top_on_device"],
             "c32_over_d": med["c_recycled_float32"] / med["d_top_on_device"],
             "fill_rate_vs_bare_bottom": bottom_s / fill_s,
             "inference_full_over_hits": med["full_forward"] / med["recycled_all_hits"],
@@ -158,7 +162,7 @@ def check(name: str, make: Callable[[], torch.nn.Module], at: float, args, devic
 
 
 def table(results: list[dict]) -> str:
-    cols = ["a_over_c16", "b_over_c16", "c16_over_d", "c32_over_d", "fill_rate_vs_bare_bottom",
+    cols = ["a_over_c16", "b_over_c16", "c16_over_d", "c8_over_d", "c32_over_d", "fill_rate_vs_bare_bottom",
             "inference_full_over_hits"]
     lines = ["| model | level | " + " | ".join(cols) + " | peak MB (a / c16) |", "|---" * (len(cols) + 3) + "|"]
     for r in results:

@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.py runs unchanged on a CPU with tiny sizes (--smoke): the script a lent GPU will run."""
+"""benchmarks/gpu_check.py runs unchanged on a CPU with tiny sizes (--smoke): the script a lent GPU will run; and
+benchmarks/device_batches.py measures what crosses to a device."""
 
 from __future__ import annotations
 
@@ -18,6 +19,24 @@ def test_the_gpu_check_runs_on_cpu_and_writes_every_ratio(tmp_path, monkeypatch,
     written = json.loads((tmp_path / "gpu.json").read_text())
     assert written["device"] == "cpu" and len(written["results"]) == 1 == len(out["results"])
     ratios = written["results"][0]["ratios"]
-    assert set(ratios) == {"a_over_c16", "b_over_c16", "c16_over_d", "c32_over_d", "fill_rate_vs_bare_bottom",
-                           "inference_full_over_hits"} and all(v > 0 for v in ratios.values())
+    assert set(ratios) == {"a_over_c16", "b_over_c16", "c16_over_d", "c8_over_d", "c32_over_d",
+                           "fill_rate_vs_bare_bottom", "inference_full_over_hits"}
+    assert all(v > 0 for v in ratios.values())
     assert "| tiny-4 | 2/4 |" in capsys.readouterr().out  # the printed table
+
+
+def test_device_batches_cross_at_their_stored_size(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("device_batches", None)
+    import device_batches
+
+    out = device_batches.main(["--entries", "8", "--tokens", "4", "--hidden", "8", "--batch", "4", "--rounds", "1",
+                               "--out", str(tmp_path / "d.json")])
+    r = json.loads((tmp_path / "d.json").read_text())["results"]
+    assert r == out["results"] and set(r) == {"float32", "float16", "bfloat16", "int8"}
+    mib = 4 * 4 * 8 * 4 / 2**20  # a batch of 4 entries of 4 x 8, as float32
+    assert all(x["decoded_mib"] == mib for x in r.values())
+    assert r["float32"]["crossing_mib"] == mib
+    assert r["float16"]["crossing_mib"] == r["bfloat16"]["crossing_mib"] == mib / 2
+    assert r["int8"]["crossing_mib"] == mib / 4 + 4 * 4 * 4 / 2**20  # codes, and a float32 scale per token
+    assert "| int8 |" in capsys.readouterr().out

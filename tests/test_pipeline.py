@@ -49,6 +49,6 @@ class DictOnly(dict):
 
 
 def test_a_store_without_the_protocols_capabilities_is_refused_naming_them():
-    with pytest.raises(TypeError, match=r"missing: contains_many, get_many, put_many, checks_many, flush, refresh, "
-                                        r"compact, open_snapshot, volume, bind_fingerprint"):
+    with pytest.raises(TypeError, match=r"missing: contains_many, get_many, get_stored, put_many, checks_many, flush, "
+                                        r"refresh, compact, open_snapshot, volume, bind_fingerprint"):
         lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=DictOnly())

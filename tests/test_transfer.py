@@ -8,34 +8,62 @@ import pytest
 import torch
 
 import layer_recycling as lr
+from layer_recycling.data import SCALES
 from layer_recycling.transfer import read_ahead
+from conftest import vit_model
 from helpers import bert_classifier, labelled_examples
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_device_batches_equal_the_plain_loaders_and_cross_at_their_stored_size(tmp_path, workers):
-    rec = lr.recycle(bert_classifier(), at=2, store=lr.DiskStore(tmp_path / "s", codec="float16"))
+@pytest.mark.parametrize("codec, workers", [("float16", 0), ("float16", 2), ("int8", 0), ("bfloat16", 0)])
+def test_device_batches_equal_the_plain_loaders_and_cross_at_their_stored_size(tmp_path, codec, workers):
+    rec = lr.recycle(bert_classifier(), at=2, store=lr.DiskStore(tmp_path / "s", codec=codec))
     examples = labelled_examples()
     plain = list(rec.loader(examples, batch_size=3, progress=False))
     moved = rec.loader(examples, batch_size=3, progress=False, device="cpu", num_workers=workers)
     assert len(moved) == len(plain) == 3 and moved.dataset is moved.loader.dataset
-    assert next(iter(moved.loader))["states"].dtype == torch.float16  # what crosses the bus: the stored bytes
+    crossing = next(iter(moved.loader))  # what crosses the bus: the stored bytes (int8: codes and row scales)
+    assert crossing["states"].dtype == getattr(torch, codec)
+    assert (SCALES in crossing) == (codec == "int8")
+    if codec == "int8":
+        assert crossing[SCALES].shape == crossing["attention_mask"].shape
+        assert crossing[SCALES].dtype == torch.float32 and not crossing[SCALES][crossing["attention_mask"] == 0].any()
     got = list(moved)
-    for a, b in zip(plain, got):
+    for a, b in zip(plain, got, strict=True):
         assert a.keys() == b.keys() and b["states"].dtype == torch.float32
-        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert all(torch.equal(a[k], b[k]) for k in a)  # converted on the device exactly as on the host
     assert rec.stats.bottom_examples == 8  # filled once, by the first loader
 
 
-def test_examples_of_several_inputs_reach_the_device_field_by_field(tmp_path):
-    rec = lr.recycle(bert_classifier(), at=2, store=lr.DiskStore(tmp_path / "s", codec="float16"))
+def test_int8_in_memory_and_fixed_length_states_are_converted_on_the_device():
+    model = vit_model()
+    images = [{"pixel_values": torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(i)), "labels": i % 3}
+              for i in range(5)]
+    rec = lr.recycle(model, at=1, store=lr.MemoryStore(codec="int8"))
+    plain = list(rec.loader(images, batch_size=2, progress=False))
+    moved = rec.loader(images, batch_size=2, progress=False, device="cpu")
+    crossing = next(iter(moved.loader))
+    assert crossing["states"].dtype == torch.int8 and crossing[SCALES].shape == crossing["states"].shape[:2]
+    for a, b in zip(plain, moved, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with torch.no_grad():
+        expected = model.eval()(pixel_values=torch.stack([x["pixel_values"] for x in images[:2]])).logits
+        served = rec.eval()(**next(iter(moved))).logits
+    assert (expected - served).abs().max() < 0.05  # int8's error, not a wrong row
+
+
+@pytest.mark.parametrize("codec", ["float16", "int8"])
+def test_examples_of_several_inputs_reach_the_device_field_by_field(tmp_path, codec):
+    rec = lr.recycle(bert_classifier(), at=2, store=lr.DiskStore(tmp_path / "s", codec=codec))
     texts = [{k: v for k, v in e.items() if k != "label"} for e in labelled_examples()]
     pairs = [{"anchor": texts[i], "positive": texts[(i + 1) % 8], "labels": i % 2} for i in range(8)]
     plain = list(rec.loader(pairs, batch_size=4, inputs=["anchor", "positive"], progress=False))
     moved = rec.loader(pairs, batch_size=4, inputs=["anchor", "positive"], progress=False, device="cpu")
-    assert next(iter(moved.loader))["anchor"]["states"].dtype == torch.float16  # stored size on the bus
+    crossing = next(iter(moved.loader))
+    assert crossing["anchor"]["states"].dtype == getattr(torch, codec)  # stored size on the bus
+    assert (SCALES in crossing["positive"]) == (codec == "int8")
     for a, b in zip(plain, moved, strict=True):
         assert b["anchor"]["states"].dtype == b["positive"]["states"].dtype == torch.float32
+        assert all(a[f].keys() == b[f].keys() for f in ("anchor", "positive"))
         assert all(torch.equal(a[f][k], b[f][k]) for f in ("anchor", "positive") for k in a[f])
         assert torch.equal(a["labels"], b["labels"])
 

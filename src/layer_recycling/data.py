@@ -16,6 +16,7 @@ import torch
 LABEL_NAMES = ("labels", "start_positions", "end_positions")
 _LABEL_ALIASES = {"label": "labels", "label_ids": "labels"}  # as the HF Trainer renames them
 IGNORE_INDEX = -100  # what transformers' losses skip: padding of per-token labels
+SCALES = "state_scales"  # beside int8 "states" in a batch bound for a device, which converts both (transfer.py)
 
 
 def as_tensor(value: Any, name: str) -> torch.Tensor:
@@ -175,6 +176,18 @@ def repad(states: Sequence[torch.Tensor], to: int | None = None) -> tuple[torch.
     """Stored states (n_i, h) as a batch: right-padded (b, max n_i or ``to``, h) and its attention mask (b, t)."""
     padded = pad(states, to=to)
     return padded, mask_for([s.shape[0] for s in states], padded.shape[1], padded.device)
+
+
+def collate_states(states: Sequence[torch.Tensor | tuple], ragged: bool) -> dict[str, torch.Tensor]:
+    """A batch of stored states, each a tensor (n_i, *feature) or as ``Store.get_stored`` gives it, (values,
+    row scales or None): ``{"states"}`` stacked, or right-padded with its ``attention_mask`` when ``ragged``;
+    int8 codes come with their row scales under ``SCALES`` (b, t), padded with 0, for the device to convert."""
+    values = [s[0] if isinstance(s, tuple) else s for s in states]
+    scales = [s[1] if isinstance(s, tuple) else None for s in states]
+    out = dict(zip(("states", "attention_mask"), repad(values))) if ragged else {"states": torch.stack(values)}
+    if scales[0] is not None:
+        out[SCALES] = pad(scales, to=out["states"].shape[1]) if ragged else torch.stack(scales)
+    return out
 
 
 def mask_for(lengths: Sequence[int], t: int, device: torch.device | str | None = None) -> torch.Tensor:

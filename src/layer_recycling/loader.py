@@ -40,16 +40,15 @@ class CachedDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> list[dict]:
         # One batched read per batch: DataLoader calls this when the dataset defines it.
         keys = [self.items[i][0] for i in indices]
-        states = self.store.get_many(keys, dtype=self.dtype)
+        states = read_states(self.store, keys, self.dtype)
         return [{"states": s, **self.items[i][1]} for s, i in zip(states, indices)]
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        states = [r.pop("states") for r in rows]
-        if self.items[0][2] is None:
-            return {"states": torch.stack(states), **data.collate_labels(rows, None, None)}
-        padded, mask = data.repad(states)
-        return {"states": padded, "attention_mask": mask,
-                **data.collate_labels(rows, [s.shape[0] for s in states], padded.shape[1])}
+        states = data.collate_states([r.pop("states") for r in rows], ragged=self.items[0][2] is not None)
+        if "attention_mask" not in states:
+            return {**states, **data.collate_labels(rows, None, None)}
+        lengths = states["attention_mask"].sum(1).tolist()
+        return {**states, **data.collate_labels(rows, lengths, states["states"].shape[1])}
 
 
 class InputDataset(torch.utils.data.Dataset):
@@ -91,7 +90,7 @@ class GroupDataset(torch.utils.data.Dataset):
         if self.store is None:  # entries are model inputs
             return rows
         keys = list(dict.fromkeys(k for parts, _ in rows for ks in parts.values() for k in ks))
-        state = dict(zip(keys, self.store.get_many(keys, dtype=self.dtype)))  # one read per batch, each key once
+        state = dict(zip(keys, read_states(self.store, keys, self.dtype)))  # one read per batch, each key once
         return [({f: [state[k] for k in ks] for f, ks in parts.items()}, y) for parts, y in rows]
 
     def collate(self, rows: list[tuple[dict[str, list], dict]]) -> dict[str, Any]:
@@ -102,11 +101,14 @@ class GroupDataset(torch.utils.data.Dataset):
             flat = [x for parts, _ in rows for x in parts[field]]
             if self.store is None:
                 out[field] = data.collate_inputs(flat, self.pad_id, ragged=self.ragged)
-            elif self.ragged:
-                out[field] = dict(zip(("states", "attention_mask"), data.repad(flat)))
             else:
-                out[field] = {"states": torch.stack(flat)}
+                out[field] = data.collate_states(flat, self.ragged)
         return {**out, **data.collate_labels([y for _, y in rows], None, None)}
+
+
+def read_states(store: Store, keys: list[str], dtype: torch.dtype | None) -> list:
+    """The states of ``keys`` as ``dtype``; None: as stored (``Store.get_stored``), converted on the device."""
+    return store.get_many(keys, dtype=dtype) if dtype is not None else store.get_stored(keys)
 
 
 def group_dataset(pipe: Pipeline, examples: Iterable[Any], inputs: Sequence[str], dtype: torch.dtype | None,

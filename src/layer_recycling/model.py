@@ -223,8 +223,8 @@ class Recycled(nn.Module):
         ``rec(**batch).loss``. ``group_by_length`` batches examples of similar length together (shuffled when
         ``shuffle``), so less padding is computed. ``device``: batches arrive there, read ahead of the step (by
         the workers, or a thread), copied from pinned memory without blocking, states sent at their stored size
-        (float16 stays float16 on the bus) and converted to the top's dtype on the device
-        (``transfer.DeviceLoader``). Other keyword arguments go to ``torch.utils.data.DataLoader``.
+        (float16 stays float16 on the bus, int8 its codes and row scales) and converted to the top's dtype on the
+        device (``transfer.DeviceLoader``). Other keyword arguments go to ``torch.utils.data.DataLoader``.
 
         ``inputs=["anchor", "positive", ...]``: each example holds several model inputs under those fields (one
         each, or a list of k), labels beside them; batches are ``{field: {"states", "attention_mask"}, labels}``

@@ -1,5 +1,6 @@
 """Batches to an accelerator: read ahead of the step, copied from pinned memory without blocking, and the stored
-states converted to the model's dtype on the device (float16/bfloat16 cross the bus at their stored size).
+states converted to the model's dtype on the device (float16/bfloat16 cross the bus at their stored size, int8
+as its codes and one scale per row).
 
 On a GPU the top's step takes milliseconds; reading the store, decoding and copying must overlap it or they
 become the step. ``DeviceLoader`` wraps a DataLoader: with workers, they read ahead; without, a thread does.
@@ -13,11 +14,15 @@ from typing import Any, Iterator
 
 import torch
 
+from .data import SCALES
+from .stores.codecs import dequantize
+
 _END = object()
 
 
 class DeviceLoader:
-    """The batches of ``loader`` on ``device``; ``states`` (in each field's dict too) as ``dtype``. Any other
+    """The batches of ``loader`` on ``device``; ``states`` (in each field's dict too) as ``dtype``, converted
+    there from the stored dtype (int8 codes times their row scales). Any other
     attribute is the loader's (``batch_sampler.set_epoch``, ``dataset``, ``len``)."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device | str, dtype: torch.dtype,
@@ -30,18 +35,20 @@ class DeviceLoader:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
         batches = iter(self.loader) if self.loader.num_workers else read_ahead(iter(self.loader), self.read_ahead)
         for batch in batches:
-            yield {name: self._move(name, value) for name, value in batch.items()}
+            yield self._move(batch)
 
-    def _move(self, name: str, value: Any) -> Any:
-        if isinstance(value, dict):  # a field of examples of several inputs: {"states", "attention_mask"}
-            return {n: self._move(n, v) for n, v in value.items()}
-        if not isinstance(value, torch.Tensor):
-            return value
-        value = value.to(self.device, non_blocking=True)  # from pinned memory: the copy overlaps the step
-        return value.to(self.dtype) if name == "states" else value
+    def _move(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` on the device; a field of examples of several inputs (a dict) likewise. ``states`` (int8
+        codes with their ``SCALES``) become ``dtype`` there."""
+        out = {name: self._move(value) if isinstance(value, dict) else
+               value.to(self.device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+               for name, value in batch.items()}  # from pinned memory: the copies overlap the step
+        if "states" in out:
+            out["states"] = dequantize(out["states"], out.pop(SCALES, None), self.dtype)
+        return out
 
 
 def read_ahead(batches: Iterator, depth: int) -> Iterator:

@@ -22,8 +22,10 @@ import layer_recycling as lr
 from conftest import text_examples
 from helpers import max_diff, padded_batch
 from layer_recycling.fingerprint import Fingerprint
+from layer_recycling.stores.codecs import dequantize
 from layer_recycling.stores.disk import DiskFull, DiskStore, StoreCorrupted
-from store_helpers import CODECS, FORK, assert_close, chunks, filled, flip, keys, opens_and_reads, store_files, value
+from store_helpers import (CODECS, FORK, assert_close, chunks, filled, flip, keys, number, opens_and_reads, store_files,
+                           value)
 
 # ---- round trips ----------------------------------------------------------------------------------------------
 
@@ -45,6 +47,29 @@ def test_round_trip_of_ragged_entries(tmp_path, codec, feature):
     as64 = store.get_many([names[3]], device="cpu", dtype=torch.float64)[0]
     assert as64.dtype == torch.float64 and as64.device.type == "cpu"
     assert_close(codec, as64, value(names[3], feature).double())
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("feature", [(8,), (3, 4, 2)], ids=["tokens", "feature-maps"])
+def test_get_stored_gives_the_bytes_that_get_many_decodes(tmp_path, codec, feature):
+    store = filled(tmp_path / "s", codec, n=8, feature=feature)
+    fresh = keys(2, start=8)
+    store.put_many(fresh, [value(k, feature) for k in fresh])  # buffered, not committed: read from memory
+    names = keys(8)[::-1] + fresh
+    kept = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
+    for reader in (store, DiskStore(tmp_path / "s", readonly=True)):
+        asked = names if reader is store else names[:8]
+        got = reader.get_stored(asked)
+        decoded = reader.get_many(asked, dtype=torch.float32)
+        for (values, scales), d, k in zip(got, decoded, asked, strict=True):
+            assert values.dtype == kept[codec] and values.shape == (number(k) % 7, *feature)
+            assert (scales is not None) == (codec == "int8")
+            if scales is not None:
+                assert scales.dtype == torch.float32 and scales.shape == (values.shape[0],)
+            assert torch.equal(dequantize(values, scales, torch.float32), d)  # the same conversion, anywhere
+    assert store.get_stored([]) == []
+    with pytest.raises(KeyError, match="is not in the store"):
+        store.get_stored([names[0], lr.digest("absent")])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import layer_recycling as lr
+from layer_recycling.stores.codecs import dequantize
 
 
 def test_verbs():
@@ -44,6 +45,12 @@ def test_codecs_by_name_or_dtype_keep_close_values(codec, tol, size):
     assert store["k"].dtype == torch.float32 or codec in ("float16", "bfloat16", torch.float16)
     assert float((store.get_many(["k"], dtype=torch.float32)[0] - x).abs().max()) <= tol * 3
     assert store.volume() >= 5 * 8 * size
+    (values, scales), = store.get_stored(["k"])  # as kept: int8 codes and row scales, else the kept tensor
+    assert values.dtype == (torch.int8 if codec == "int8" else store["k"].dtype)
+    assert (scales is None) == (codec != "int8")
+    assert torch.equal(dequantize(values, scales, torch.float32), store.get_many(["k"], dtype=torch.float32)[0])
+    with pytest.raises(KeyError, match="'z' is not in the store"):
+        store.get_stored(["k", "z"])
 
 
 def test_bad_codecs_and_float16_overflow_are_explained():

@@ -16,5 +16,6 @@ def test_null_store_keeps_nothing():
     store["b"] = torch.ones(1)
     assert len(store) == 0 and "a" not in store and list(store) == [] and store.volume() == 0
     assert np.array_equal(store.contains_many(["a", "b"]), [False, False])
-    with pytest.raises(KeyError, match="NullStore keeps nothing"):
-        store.get_many(["a"])
+    for read in (store.get_many, store.get_stored):
+        with pytest.raises(KeyError, match="NullStore keeps nothing"):
+            read(["a"])

@@ -73,13 +73,27 @@ def decode(
     dtype: torch.dtype | None,
 ) -> torch.Tensor:
     """A tensor (n, *feature) of ``dtype`` on ``device`` from stored bytes; the conversion runs on ``device``."""
-    t = torch.from_numpy(raw).to(device)  # bytes travel in their stored (small) dtype
+    values, row_scales = stored(raw, scales, codec)
+    values = values.to(device)  # bytes travel in their stored (small) dtype
+    row_scales = row_scales.to(device) if row_scales is not None else None
+    return dequantize(values, row_scales, dtype or codec.decoded)
+
+
+def stored(raw: np.ndarray, scales: np.ndarray | None, codec: Codec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stored bytes as tensors, not converted: (values in the stored dtype, row scales for int8 else None)."""
+    values = torch.from_numpy(raw)
     if codec.name == "bfloat16":
-        t = t.view(torch.bfloat16)
-    if codec.scaled:
-        s = torch.from_numpy(scales).to(device)
-        t = t.to(torch.float32) * s.view(-1, *([1] * (t.dim() - 1)))
-    return t.to(dtype or codec.decoded)
+        values = values.view(torch.bfloat16)
+    return values, torch.from_numpy(scales) if codec.scaled else None
+
+
+def dequantize(values: torch.Tensor, scales: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """``values`` as ``dtype``, where they are; int8 codes times their row ``scales`` (one per leading index:
+    (n,) for an entry (n, *feature), (b, t) for a padded batch (b, t, *feature))."""
+    if scales is None:
+        return values.to(dtype)
+    scales = scales.reshape(*scales.shape, *([1] * (values.dim() - scales.dim())))
+    return (values.to(torch.float32) * scales).to(dtype)
 
 
 def _check_float16_range(x: torch.Tensor, key: str) -> None:

@@ -20,7 +20,7 @@ import torch
 from ..fingerprint import Fingerprint
 from . import snapshot as snap
 from .buffer import Commit, WriteBuffer, encode_batch, new_entries
-from .codecs import CODECS, SCALE_DTYPE, codec_name, decode
+from .codecs import CODECS, SCALE_DTYPE, codec_name, decode, stored
 from .binkeys import key_bytes, key_strs, maybe_key_bytes
 from .files import DiskFull, StoreCorrupted, create_once, read_signed, signed
 from .segments import FORMAT, WRITER, RowReader, Segment, write_segment
@@ -194,6 +194,20 @@ class DiskStore:
         """
         if not len(keys):
             return []
+        raw, scales, lengths = self._gather(keys)
+        return list(decode(raw, scales, CODECS[self.codec], device, dtype).split(lengths))
+
+    def get_stored(self, keys: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The states of ``keys`` as stored, not converted (see ``Store.get_stored``); errors as ``get_many``."""
+        if not len(keys):
+            return []
+        raw, scales, lengths = self._gather(keys)
+        values, row_scales = stored(raw, scales, CODECS[self.codec])
+        parts = row_scales.split(lengths) if row_scales is not None else [None] * len(lengths)
+        return list(zip(values.split(lengths), parts))
+
+    def _gather(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+        """(the rows of ``keys``, in order, in one buffer of stored bytes; their row scales; rows per key)."""
         with self._locked():  # a put in another thread may retire a buffer (and reuse its array) between the two
             found, segs, spans = self._locate(keys)
             if not found.all():
@@ -202,7 +216,7 @@ class DiskStore:
             if not found.all():
                 key = keys[int(np.argmin(found))]
                 raise KeyError(f"key {key!r} is not in the store ({len(self)} entries at {self.path}); fill it first")
-            return self._read(keys, segs, spans, device, dtype)
+            return self._read(keys, segs, spans)
 
     # ---- lookup: one searchsorted per index for the whole batch ----------------------------------------------
 
@@ -225,8 +239,8 @@ class DiskStore:
     def _holder(self, key: str) -> WriteBuffer:
         return next(b for b in self._buffers() if key in b)
 
-    def _read(self, keys, segs, spans, device, dtype) -> list[torch.Tensor]:
-        """Gather the rows into one buffer (a pread per entry), move and decode it once, and cut it per entry."""
+    def _read(self, keys, segs, spans) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+        """Gather the rows into one buffer (a pread per entry), to be decoded once and cut per entry."""
         codec, feature = CODECS[self.codec], self._feature()
         lengths = spans[:, 1].tolist()
         for j in (j for j, s in enumerate(segs) if s is None):  # buffered: not committed yet
@@ -245,7 +259,7 @@ class DiskStore:
                 reader.read(seg, lo, n, at)
             at += n
         self._note_open({id(s): s for s in segs if s is not None}.values())
-        return list(decode(raw, scales, codec, device, dtype).split(lengths))
+        return raw, scales, lengths
 
     def _note_open(self, used) -> None:
         """Keep at most MAX_OPEN_FILES data files open (a 100M-entry store has thousands of segments), closing

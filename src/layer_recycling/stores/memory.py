@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..fingerprint import Fingerprint
-from .codecs import CODECS, FLOAT16_MAX, codec_name, decode, encode
+from .codecs import CODECS, FLOAT16_MAX, codec_name, decode, encode, stored
 
 
 class MemoryStore:
@@ -90,6 +90,16 @@ class MemoryStore:
                 out.append(decode(entry[0], entry[1], self._codec, device or self.device, dtype))
             else:
                 out.append(entry.to(device=device or self.device, dtype=dtype or entry.dtype))
+        return out
+
+    def get_stored(self, keys: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The states of ``keys`` as kept, not converted (see ``Store.get_stored``)."""
+        out = []
+        for key in keys:
+            entry = self._entries.get(key) if isinstance(key, str) else None
+            if entry is None:
+                raise KeyError(f"key {key!r} is not in the store ({len(self)} entries); fill it first")
+            out.append(stored(*entry, self._codec) if isinstance(entry, tuple) else (entry, None))
         return out
 
     def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor],

@@ -42,6 +42,9 @@ class NullStore:
     def get_many(self, keys: Sequence[str], device=None, dtype=None) -> list[torch.Tensor]:
         return [self[k] for k in keys]
 
+    def get_stored(self, keys: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        return [self[k] for k in keys]
+
     def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor], checks=None) -> None:
         pass
 

@@ -9,8 +9,8 @@ import torch
 
 from ..fingerprint import Fingerprint
 
-VERBS = ("__contains__", "contains_many", "get_many", "put_many", "checks_many", "flush", "refresh", "compact",
-         "open_snapshot", "volume", "bind_fingerprint", "codec", "keeps", "shared")
+VERBS = ("__contains__", "contains_many", "get_many", "get_stored", "put_many", "checks_many", "flush", "refresh",
+         "compact", "open_snapshot", "volume", "bind_fingerprint", "codec", "keeps", "shared")
 
 
 @runtime_checkable
@@ -52,6 +52,14 @@ class Store(Protocol):
         self, keys: Sequence[str], device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> list[torch.Tensor]:
         """The states of ``keys`` in order, converted to ``dtype`` on ``device``; KeyError names a missing key."""
+        ...
+
+    def get_stored(self, keys: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The states of ``keys`` as kept, not converted, where they are kept (a DiskStore: the host):
+        (values, row scales) per key. Values keep the stored dtype (float16 stays float16; int8 stays int8
+        codes, with one float32 scale per row; scales is None for every other codec).
+        ``codecs.dequantize(values, scales, dtype)`` converts them on any device: a loader sends them to an
+        accelerator at their stored size and converts them there."""
         ...
 
     def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor],
