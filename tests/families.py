@@ -19,6 +19,7 @@ _DEC = dict(_TEXT, num_key_value_heads=1, head_dim=16, bos_token_id=1, eos_token
 _VISION = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=37,
                image_size=16, patch_size=4, num_labels=LABELS)
 _TOKEN_HEADS = ["Model", "ForCausalLM", "ForSequenceClassification", "ForTokenClassification"]
+_SLIDING = dict(use_sliding_window=True, sliding_window=3, max_window_layers=2)
 
 
 class Missing(Exception):
@@ -36,11 +37,15 @@ def _cfg(name: str, **kwargs: Any) -> Callable[[], Any]:
 
 # case -> (table key, class prefix, config, heads, inputs: "text" | "pixels" | "features" | "audio")
 FAMILIES: dict[str, tuple[str, str, Callable[[], Any], list[str], str]] = {
-    "qwen3": ("qwen3", "Qwen3", _cfg("Qwen3Config", **_DEC), _TOKEN_HEADS, "text"),
+    # Sliding-window blocks after full ones (layer_types [full, full, sliding, sliding]); windows shorter than the
+    # examples: a top that gave its blocks the types of blocks 0.. would attend over the wrong spans.
+    "qwen3": ("qwen3", "Qwen3", _cfg("Qwen3Config", **_DEC, **_SLIDING), _TOKEN_HEADS, "text"),
+    "qwen2": ("qwen2", "Qwen2", _cfg("Qwen2Config", **_DEC, **_SLIDING), _TOKEN_HEADS, "text"),
     "gemma": ("gemma", "Gemma", _cfg("GemmaConfig", **_DEC), _TOKEN_HEADS, "text"),
     "gemma2": ("gemma2", "Gemma2", _cfg("Gemma2Config", **_DEC, sliding_window=4, attn_logit_softcapping=5.0,
                                         final_logit_softcapping=3.0), _TOKEN_HEADS, "text"),
-    "gemma3_text": ("gemma3_text", "Gemma3", _cfg("Gemma3TextConfig", **_DEC, sliding_window=4),
+    "gemma3_text": ("gemma3_text", "Gemma3", _cfg("Gemma3TextConfig", **_DEC, sliding_window=3, layer_types=[
+        "sliding_attention", "full_attention", "sliding_attention", "sliding_attention"]),  # local and global rope
                     ["TextModel", "ForCausalLM"], "text"),
     "phi3": ("phi3", "Phi3", _cfg("Phi3Config", **_DEC), _TOKEN_HEADS, "text"),
     "opt": ("opt", "OPT", _cfg("OPTConfig", vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,

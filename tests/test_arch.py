@@ -439,3 +439,13 @@ def test_the_real_packages_split_exactly(name):
     with torch.no_grad():
         assert float((model(x) - rec(x)).abs().max()) <= 1e-5
     assert 0 < rec.at < rec.num_layers and rec.num_layers >= 4
+
+
+def test_a_multiple_choice_head_is_refused_with_what_to_recycle_instead():
+    import transformers as T
+
+    config = T.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=37)
+    with pytest.raises(ValueError, match=r"BertForMultipleChoice is refused: .*\(batch, choices, tokens\).*"
+                                         r"BertForSequenceClassification\(num_labels=1\)"):
+        lr.recycle(T.BertForMultipleChoice(config), at=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -89,9 +90,14 @@ def test_the_check_compares_an_untied_head_with_its_own_copy():
 
 
 def test_a_user_added_entry_checks_itself_and_a_wrong_one_is_refused_at_construction(monkeypatch):
-    """The issue's case: Gemma2 as Llama is 0.29 off at k=1 (its alternating sliding window), unchecked before."""
-    monkeypatch.setitem(arch.TABLE, "gemma2", arch.TABLE["llama"])
+    """A user's entry is checked, not trusted. The issue's case, Gemma2 as Llama, was 0.29 off at k=1 (its
+    alternating sliding window); every split now gives the top its blocks' own layer types, so it passes its
+    check. Gemma2 without its final norm in the tail (the bottom's states normed twice) is refused."""
+    monkeypatch.setitem(arch.TABLE, "gemma2", dataclasses.replace(arch.TABLE["llama"]))  # a user's copy
     model = build("gemma2", "ForCausalLM")
+    checked = lr.recycle(model, at=1, example=examples("gemma2"))
+    assert not checked.arch.tested and checked.split_check.report.startswith("compared logits")
+    monkeypatch.setitem(arch.TABLE, "gemma2", arch.Arch(blocks="layers"))
     rec = lr.recycle(model, at=1)
     assert not rec.arch.tested and rec.split_check is not None
     with pytest.raises(ValueError, match=r"added outside this library's tests.*compared logits.*max abs diff"):

@@ -67,6 +67,42 @@ def test_predict_keys_and_serves_each_modality_like_text(case):
     assert rec.stats.hits == len(rows) and rec.stats.misses == 0
 
 
+@pytest.mark.parametrize("case, head", [("qwen2", "Model"), ("qwen3", "ForCausalLM"), ("gemma3_text", "TextModel")])
+@pytest.mark.parametrize("at", [1, 2, 3])
+def test_blocks_typed_by_their_index_keep_their_type_above_the_split(case, head, at):
+    """Mixed sliding and full blocks (``config.layer_types``): the top's blocks keep their own types (and
+    Gemma3's local or global rope), whatever the level; windows shorter than the examples make a shift visible."""
+    model, rows = _model(case, head), examples(case, n=4)
+    types = model.config.layer_types
+    assert len(set(types)) == 2  # sliding and full
+    rec = lr.recycle(model, at=at).eval()
+    batch = padded(rows, "right", rec.pipeline.pad_id)
+    with torch.no_grad():
+        assert worst(alone(model, rows), batch, rec(**batch)) <= TOL
+
+
+def test_a_blocks_override_gives_the_top_its_blocks_types_too():
+    """A family outside the table with per-block types (Cohere2), split by ``blocks=``: exact at every level, on
+    inputs longer than its window (the self-check ran on a short first batch, which no shift would show)."""
+    cohere2 = getattr(T, "Cohere2Model", None)
+    if cohere2 is None:
+        pytest.skip(f"transformers {T.__version__} has no Cohere2Model")
+    torch.manual_seed(0)
+    model = cohere2(T.Cohere2Config(vocab_size=99, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                    num_key_value_heads=1, intermediate_size=37, max_position_embeddings=64,
+                                    pad_token_id=0, bos_token_id=1, eos_token_id=2, sliding_window=3, layer_types=[
+                                        "sliding_attention", "sliding_attention", "full_attention",
+                                        "full_attention"])).eval()
+    rows = [{"input_ids": torch.randint(3, 99, (n,), generator=torch.Generator().manual_seed(n))} for n in (2, 3)]
+    long = [{"input_ids": torch.randint(3, 99, (n,), generator=torch.Generator().manual_seed(n))} for n in (12, 9)]
+    for at in range(1, 4):
+        rec = lr.recycle(model, at=at, blocks="layers").eval()
+        with torch.no_grad():
+            for batch_rows in (rows, long):  # the first batch runs the self-check
+                batch = padded(batch_rows, "right", 0)
+                assert worst(alone(model, batch_rows), batch, rec(**batch)) <= TOL, f"at {at}"
+
+
 def test_every_proven_entry_is_run_by_a_test():
     """An entry is trusted only if a test runs it: these families here, the older ones in test_split.py."""
     elsewhere = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet", "deberta-v2", "gpt2", "llama",

@@ -69,3 +69,16 @@ def test_content_keys_keep_no_input_digest(bert):
     rec = lr.recycle(bert, at=2, store=store)
     rec.fill(text_examples(3), progress=False)
     assert store.checks_many(list(store)) == [None] * 3  # the key is the inputs' digest already
+
+
+def test_an_example_longer_than_the_models_positions_is_named_with_the_limit():
+    import transformers as T
+
+    model = T.BertForSequenceClassification(T.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                                         num_attention_heads=2, intermediate_size=37,
+                                                         max_position_embeddings=16))
+    rec = lr.recycle(model, at=1)
+    with pytest.raises(ValueError, match=r"an example of 20 tokens is longer than the model's "
+                                         r"max_position_embeddings \(16\).*max_length=16"):
+        rec.fill([{"input_ids": [5] * n, "label": 0} for n in (4, 20)], progress=False)
+    assert rec.fill([{"input_ids": [5] * 16, "label": 0}], progress=False) == 1  # at the limit: fine

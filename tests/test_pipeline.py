@@ -52,3 +52,32 @@ def test_a_store_without_the_protocols_capabilities_is_refused_naming_them():
     with pytest.raises(TypeError, match=r"missing: contains_many, get_many, get_stored, put_many, checks_many, flush, "
                                         r"refresh, compact, open_snapshot, volume, bind_fingerprint"):
         lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=DictOnly())
+
+
+def test_a_bottom_changed_after_recycle_is_refused_before_the_store_is_read_or_written(tmp_path):
+    """``rec.to(torch.bfloat16)`` once stored bfloat16 states under a float32 fingerprint, and a later float32
+    model was served them; an in-place edit of a bottom weight likewise. A round trip that restores the same
+    bytes (to float64 and back; to another device and back) is the same bottom and goes on."""
+    examples = text_examples(4)
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "s"))
+    rec.fill(examples[:1], progress=False)
+    rec.double().float()  # new tensors, the same bytes
+    assert rec.fill(examples[1:2], progress=False) == 1
+    weight = next(rec.bottom.parameters())
+    with torch.no_grad():
+        weight.view(-1)[0] += 1.0
+    with pytest.raises(lr.FingerprintMismatch, match=r"changed after lr.recycle \(now float32.*in-place edit"):
+        rec.fill(examples, progress=False)
+    with torch.no_grad():
+        weight.view(-1)[0] -= 1.0  # the same bytes again (weights of this size keep 1.0 exactly)
+    assert rec.fill(examples[2:3], progress=False) == 1
+    rec.to(torch.bfloat16)
+    batch = padded_batch(examples)
+    for call in (lambda: rec.fill(examples, progress=False), lambda: rec(**batch),
+                 lambda: rec.predict(examples[:1], progress=False), lambda: rec.loader(examples, progress=False)):
+        with pytest.raises(lr.FingerprintMismatch, match=r"changed after lr.recycle \(now bfloat16.*lr.recycle\(model"):
+            call()
+    rec.float()  # bfloat16 dropped bits: not the bottom the store was bound to
+    with pytest.raises(lr.FingerprintMismatch, match="changed after lr.recycle"):
+        rec(**batch)
+    assert len(rec.store) == 3 and rec.stats.bottom_calls == 3  # nothing computed or stored since

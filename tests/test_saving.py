@@ -64,6 +64,11 @@ def test_an_untied_head_is_saved_as_the_tops_trained_copy(tmp_path):
     loaded = T.GPT2LMHeadModel.from_pretrained(tmp_path / "saved")
     assert not loaded.config.tie_word_embeddings and model.config.tie_word_embeddings  # the user's stays tied
     assert torch.equal(loaded.lm_head.weight, rec.top.model.lm_head.weight.detach())
+    torch.manual_seed(0)
+    fresh = lr.recycle(T.GPT2LMHeadModel(config).eval(), at=LAYERS // 2, untie=True)
+    lr.load_model_state_dict(fresh, whole)  # the trained head is the top's copy, not a change of the bottom
+    assert torch.equal(fresh.top.model.lm_head.weight, rec.top.model.lm_head.weight)
+    assert torch.equal(fresh.source.transformer.wte.weight, model.transformer.wte.weight)
 
 
 def test_a_model_without_save_pretrained_says_how_to_save_it():

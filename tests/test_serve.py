@@ -80,6 +80,45 @@ def test_a_mask_with_holes_is_refused():
         rec(input_ids=torch.tensor([[5, 6, 7]]), attention_mask=torch.tensor([[1, 0, 1]]))
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_position_ids_are_served_when_they_count_from_0_and_refused_otherwise(side):
+    """The stored states carry no positions and a rotary top counts from 0: positions a generation loop gives
+    (each row's real tokens 0..n-1, on either padding side) are served as the model serves them; others are
+    refused by name, in batches and in examples (they changed a Llama's states by 1e-2, served silently)."""
+    model = text_model("llama", "Model")
+    rec = lr.recycle(model, at=2).eval()
+    examples = text_examples()[:3]
+    batch = padded(examples, side)
+    batch["position_ids"] = (batch["attention_mask"].cumsum(1) - 1).clamp(min=0)  # as generate() computes them
+    with torch.no_grad():
+        got = rec(**batch).last_hidden_state
+    for i, e in enumerate(examples):
+        real = got[i][batch["attention_mask"][i].bool()]
+        assert (real - alone(model, e)["last_hidden_state"]).abs().max() <= 1e-5
+    shifted = dict(batch, position_ids=batch["position_ids"] + 3)
+    with pytest.raises(ValueError, match=r"row 0 of the batch has position_ids \[3, 4, 5.*not 0\.\.\d+.*Leave "
+                                         r"position_ids out"):
+        rec(**shifted)
+    ids = examples[0]["input_ids"]
+    with pytest.raises(ValueError, match=r"example has position_ids \[0, 5, 20"):
+        rec.predict([{"input_ids": ids, "position_ids": [0, 5, 20, *range(21, 18 + len(ids))]}], progress=False)
+
+
+def test_an_example_without_tokens_or_with_a_mask_of_another_length_is_refused():
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2)
+    for bad in ([{"input_ids": [], "label": 0}], [{"input_ids": [5, 6], "label": 1}, {"input_ids": [], "label": 0}],
+                [{"input_ids": [5, 6, 7], "attention_mask": [0, 0, 0], "label": 0}]):
+        with pytest.raises(ValueError, match="example has no tokens.*Drop it"):
+            rec.fill(bad, progress=False)
+    with pytest.raises(ValueError, match=r"input_ids of shape \(4,\) but an attention_mask of shape \(3,\)"):
+        rec.fill([{"input_ids": [5, 6, 7, 8], "attention_mask": [1, 1, 1]}], progress=False)
+    batch = padded([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}], "right")
+    batch["attention_mask"][1] = 0
+    with pytest.raises(ValueError, match="row 1 of the batch has no tokens"):
+        rec(**batch)
+    assert len(rec.store) == 0  # nothing was stored by a refused call
+
+
 def test_a_user_key_points_serving_to_predict():
     model = text_model("bert", "ForSequenceClassification")
     examples = [dict(e, id=f"ex{i}") for i, e in enumerate(text_examples())]

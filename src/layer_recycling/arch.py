@@ -51,9 +51,6 @@ class Arch:
     build: Callable[[nn.Module, int | float], tuple[nn.Module, nn.Module, int, int]] | None = None
     """For a model no list of modules run in order reproduces (a ViT's class token, ConvNeXt's stages): (model,
     ``at``) -> (bottom, top, blocks recycled, blocks in all), built by hand (``halves``)."""
-    indexed_types: bool = False
-    """The base forward picks each block's attention mask by its index in ``config.layer_types`` (Gemma2's
-    alternating sliding window): the top's base gets a copy of the config listing the types from block k."""
     tested: bool = True
     """The split is proven equal to the un-split model by this library's tests (an entry of ``PROVEN``); False (the
     generic rule, a ``blocks=`` override, an entry added or replaced by a user): it compares itself with the model
@@ -115,7 +112,7 @@ TABLE: dict[str, Arch] = {
     "phi3": _DECODER,
     # Gemma's embedding module scales by sqrt(hidden) itself, so inputs_embeds skips the scaling as it should.
     "gemma": _DECODER,
-    "gemma2": dataclasses.replace(_DECODER, indexed_types=True),
+    "gemma2": _DECODER,
     "gemma3_text": _DECODER,
     "opt": Arch(blocks="decoder.layers", top_fix=halves.opt_top, bottom_fix=halves.opt_bottom, heads=_LAST_TOKEN),
     "gpt_neox": Arch(blocks="layers", blank=("emb_dropout",), tail=("final_layer_norm",), heads=_LAST_TOKEN),
@@ -201,6 +198,7 @@ def lookup(model: nn.Module, blocks: str | list[str] | tuple[str, ...] | None = 
     key = model_key(model)
     if model_type is not None:
         _refuse_length_dependent(model)
+        _refuse_multiple_choice(model)
     if key in TABLE:
         arch = TABLE[key] if _SHIPPED.get(key) is TABLE[key] else dataclasses.replace(
             TABLE[key], tested=False, source="architecture table entry added outside this library's tests")
@@ -267,6 +265,18 @@ LENGTH_DEPENDENT = {
     "dynamic": "dynamic NTK rope rescales its frequencies by the longest sequence in the (padded) batch",
     "longrope": "longrope switches between its short and long factors by the (padded) batch length",
 }
+
+
+def _refuse_multiple_choice(model: nn.Module) -> None:
+    """A multiple-choice head takes (batch, choices, tokens) and flattens it itself: no split serves that."""
+    name = type(model).__name__
+    if name.endswith("ForMultipleChoice"):
+        raise ValueError(
+            f"{name} is refused: a multiple-choice head takes inputs of shape (batch, choices, tokens) and flattens "
+            f"them itself, which a top fed stored states per example cannot. Recycle "
+            f"{name.removesuffix('ForMultipleChoice')}ForSequenceClassification(num_labels=1) instead, one example "
+            f"per (question, choice) pair, and take the softmax over each question's choices"
+        )
 
 
 def _refuse_length_dependent(model: nn.Module) -> None:

@@ -83,12 +83,43 @@ def _unpad_text(inputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]
         inputs = {n: v[0] if v.dim() >= 2 and v.shape[0] == 1 else v for n, v in inputs.items()}
         labels = {n: v[0] if v.dim() >= 1 and v.shape[0] == 1 and v.dim() >= 2 else v for n, v in labels.items()}
     mask = inputs.get("attention_mask")
-    if mask is None or bool(mask.all()):
-        return inputs, labels
-    (start,), (n,) = spans(mask[None])
-    t = mask.shape[0]
-    cut = lambda v: v[start : start + n] if v.dim() >= 1 and v.shape[0] == t else v  # noqa: E731
-    return {k: cut(v) for k, v in inputs.items()}, {k: cut(v) for k, v in labels.items()}
+    if mask is not None and mask.shape != inputs["input_ids"].shape:
+        raise ValueError(
+            f"example has input_ids of shape {tuple(inputs['input_ids'].shape)} but an attention_mask of shape "
+            f"{tuple(mask.shape)}; expected one mask value per token. Pass the tokenizer's own attention_mask, or "
+            f"none (all tokens real)"
+        )
+    if mask is not None and not bool(mask.all()):
+        (start,), (n,) = spans(mask[None])
+        t = mask.shape[0]
+        cut = lambda v: v[start : start + n] if v.dim() >= 1 and v.shape[0] == t else v  # noqa: E731
+        inputs, labels = {k: cut(v) for k, v in inputs.items()}, {k: cut(v) for k, v in labels.items()}
+    check_tokens(inputs, "example")
+    return inputs, labels
+
+
+def check_tokens(inputs: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse an unpadded text example the recycled model would answer differently from the model: no tokens, or
+    ``position_ids`` other than 0..n-1 (stored states do not carry positions; the top counts them from 0).
+
+    Raises:
+        ValueError: naming what was received and what to do.
+    """
+    n = inputs["input_ids"].shape[0]
+    if n == 0:
+        raise ValueError(
+            f"{what} has no tokens (input_ids of length 0, or an attention_mask of zeros): the model cannot run an "
+            f"empty sequence, and a stored empty state would enter batches as a fully masked row. Drop it"
+        )
+    positions = inputs.get("position_ids")
+    if positions is not None and not torch.equal(positions.cpu(), torch.arange(n)):
+        shown = positions.tolist()[:8]
+        raise ValueError(
+            f"{what} has position_ids {shown}{' ...' if n > 8 else ''}, not 0..{n - 1}: the stored states do not "
+            f"carry positions, and a top that uses them (rotary attention in every block: Llama, Qwen, Gemma, ...) "
+            f"counts them from 0, so other positions would be served silently wrong. Leave position_ids out (packed "
+            f"sequences: one sequence per example)"
+        )
 
 
 def key_fields(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

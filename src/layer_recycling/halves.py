@@ -236,12 +236,20 @@ def opt_bottom(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
     return {f"decoder.{n}": nn.Identity() for n in tail if getattr(base.decoder, n, None) is not None}
 
 
-def shift_layer_types(top_base: nn.Module, k: int) -> None:
-    """Give the top's base (a shallow copy) a config whose ``layer_types`` start at block k, as its blocks do."""
+def shift_layer_types(top_base: nn.Module, k: int, blocks: int) -> None:
+    """Give the top's base (a shallow copy) a config whose ``layer_types`` start at block k, as its blocks do.
+
+    Forwards that pick each block's attention (sliding or full) and rope by its index in ``config.layer_types``
+    (Gemma2/3, Qwen2/3 with a sliding window, Cohere2, ...) would give the top's first block the type of block 0.
+    A config whose ``layer_types`` does not list one type per block is left as it is.
+    """
     import copy
 
+    types = getattr(getattr(top_base, "config", None), "layer_types", None)
+    if not isinstance(types, (list, tuple)) or len(types) != blocks:
+        return
     config = copy.copy(top_base.config)
-    config.layer_types = list(config.layer_types[k:])
+    config.layer_types = list(types[k:])
     top_base.config = config
 
 

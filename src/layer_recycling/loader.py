@@ -185,6 +185,7 @@ def make_loader(
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``examples`` for training the top (see ``Recycled.loader``); states read as ``dtype``
     (None: as the store keeps them, for a copy to the device at their stored size)."""
+    pipe.check_bottom()  # batches come from the store: it must hold this bottom's states
     if inputs is not None:
         if isinstance(inputs, str) or not inputs:
             raise TypeError(f"loader(inputs=...) takes a list of field names, e.g. ['anchor', 'positive']; got {inputs!r}")

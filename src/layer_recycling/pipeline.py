@@ -57,6 +57,43 @@ class Pipeline:
     pad_id: int
     fingerprint: Fingerprint
     stats: Stats = dataclasses.field(default_factory=Stats)
+    _seen: tuple = ()  # the bottom's tensors (dtype, where, version) when its weights last matched the fingerprint
+
+    def __post_init__(self) -> None:
+        self._seen = self._tensors_now()  # the fingerprint was just taken of these
+
+    def _tensors_now(self) -> tuple:
+        return tuple((t.dtype, t.device, t.data_ptr(), t._version)
+                     for t in (*self.bottom.parameters(), *self.bottom.buffers()))
+
+    def check_bottom(self) -> None:
+        """Refuse to read or write the store once the bottom's weights are not those of its fingerprint.
+
+        ``rec.to(torch.bfloat16)`` or an in-place edit of a bottom weight after ``recycle`` would otherwise store
+        (and serve) states of another bottom under this fingerprint. A cheap look at each tensor's dtype, storage
+        and version, every call; the weights are digested again only when that changed (moving the model to
+        another device keeps the digest).
+
+        Raises:
+            FingerprintMismatch: the bottom's weights differ from those the store was bound to.
+        """
+        if not self.store.keeps:
+            return
+        seen = self._tensors_now()
+        if seen == self._seen:
+            return
+        from .fingerprint import FingerprintMismatch, weights_digest
+
+        if weights_digest(self.bottom) != self.fingerprint.parts["weights"]:
+            dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in self.bottom.parameters()
+                             if t.is_floating_point()})
+            raise FingerprintMismatch(
+                f"the frozen bottom's weights changed after lr.recycle (now {', '.join(dtypes)}; a cast such as "
+                f"rec.to(torch.bfloat16), or an in-place edit): its store holds states of the bottom it was bound "
+                f"to, and would mix in states of this one. Cast or edit the model first, then lr.recycle(model, "
+                f"...) with a new store (autocast= computes states in lower precision without casting weights)"
+            )
+        self._seen = seen
 
     def encode(self, example: Any) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(key, unpadded model inputs, labels) of one raw example."""
@@ -67,6 +104,7 @@ class Pipeline:
     @torch.no_grad()
     def run_bottom(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The bottom's output for a right-padded batch of model inputs: (b, t, h) for text, (b, ...) otherwise."""
+        self.check_bottom()
         self.bottom.eval()
         self.stats.bottom_calls += 1
         self.stats.bottom_examples += next(iter(batch.values())).shape[0]
@@ -74,7 +112,22 @@ class Pipeline:
         with autocast(self.config.autocast, device):
             if self.arch.generic:
                 return self.bottom(*batch.values())
-            return self.bottom(**batch)
+            try:
+                return self.bottom(**batch)
+            except (RuntimeError, IndexError) as err:
+                self._refuse_too_long(batch, err)
+                raise
+
+    def _refuse_too_long(self, batch: dict[str, torch.Tensor], err: Exception) -> None:
+        """Say which limit a batch broke when the bottom failed on examples longer than the model's positions."""
+        limit = getattr(getattr(self.source, "config", None), "max_position_embeddings", None)
+        ids = batch.get("input_ids")
+        if isinstance(limit, int) and ids is not None and ids.dim() == 2 and ids.shape[1] > limit:
+            raise ValueError(
+                f"an example of {ids.shape[1]} tokens is longer than the model's max_position_embeddings ({limit}), "
+                f"and its bottom failed on it ({type(err).__name__}). Truncate the examples: "
+                f"tokenizer(text, truncation=True, max_length={limit})"
+            ) from err
 
     def bottom_states(self, rows: list[dict[str, torch.Tensor]], device: torch.device) -> list[torch.Tensor]:
         """Per-example states of unpadded ``rows``: one batch through the bottom, each row cut to its length."""

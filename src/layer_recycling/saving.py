@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +48,9 @@ def load_model_state_dict(rec: nn.Module, state: dict[str, torch.Tensor], strict
         RuntimeError: ``state`` holds other bottom weights than the model's (its stored states would be stale).
     """
     bottom = {id(t) for t in rec.bottom.state_dict(keep_vars=True).values()}
-    own = {n: t for n, t in rec.source.state_dict(keep_vars=True).items() if id(t) in bottom}
+    copies = untied_parameters(rec)  # a head tied to the bottom's embeddings, which the top trains as its own copy
+    own = {n: t for n, t in rec.source.state_dict(keep_vars=True).items() if id(t) in bottom and n not in copies}
     refuse_other_bottom(own, state, "")
-    copies = untied_parameters(rec)
     with torch.no_grad():
         for name, param in copies.items():
             if name in state:
@@ -129,7 +130,8 @@ def _tied(rec: nn.Module, name: str) -> bool:
 
 
 def save_pretrained(rec: nn.Module, directory: str | os.PathLike, **kwargs: Any) -> Path:
-    """Write the whole model as ``from_pretrained`` expects, and ``recycling_config.json`` beside it."""
+    """Write the whole model as ``from_pretrained`` expects (LoRA adapters merged into their layers' weights),
+    and ``recycling_config.json`` beside it."""
     source = rec.source
     if not hasattr(source, "save_pretrained"):
         raise TypeError(
@@ -140,8 +142,13 @@ def save_pretrained(rec: nn.Module, directory: str | os.PathLike, **kwargs: Any)
     untied = bool(rec.untied) and config is not None and getattr(config, "tie_word_embeddings", False)
     if untied:  # the saved head is the top's own copy: it must load untied
         config.tie_word_embeddings = False
+    state = model_state_dict(rec)
+    if "peft" in sys.modules:  # LoRA layers (add_lora, a recycled PEFT model): written merged, in plain names
+        from .integrations.peft import merged_state
+
+        state = merged_state(source, state)
     try:
-        source.save_pretrained(directory, state_dict=model_state_dict(rec), **kwargs)
+        source.save_pretrained(directory, state_dict=state, **kwargs)
     finally:
         if untied:
             config.tie_word_embeddings = True

@@ -36,6 +36,7 @@ def lookup(pipe: Pipeline, keys: Sequence[str], rows: Sequence[dict[str, torch.T
            device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
     """The states of ``rows`` (unpadded inputs, keyed ``keys``) as ``dtype`` on ``device``: hits from the store,
     misses from the bottom (stored when ``store_misses``)."""
+    pipe.check_bottom()  # hits were computed by the bottom of the fingerprint: it must still be this one
     unique = list(dict.fromkeys(keys))
     held = pipe.store.contains_many(unique)
     hits = [k for k, h in zip(unique, held) if h]
@@ -83,6 +84,8 @@ def prepare(pipe: Pipeline, dtype: torch.dtype, inputs: dict[str, torch.Tensor |
         return torch.stack(lookup(pipe, [row_key(r) for r in rows], rows, device, dtype)), None, labels, None
     layout = data.Layout.of(inputs)
     rows = [data.key_fields(r) for r in layout.rows(inputs)]
+    for i, row in enumerate(rows):
+        data.check_tokens(row, f"row {i} of the batch")
     states = lookup(pipe, [row_key(r) for r in rows], rows, device, dtype)
     per_token = {n: layout.gather(v, data.IGNORE_INDEX) for n, v in labels.items() if _is_per_token(v, layout)}
     return (*data.repad(states, to=layout.n), {**labels, **per_token}, layout)

@@ -63,8 +63,7 @@ def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = No
         bottom_edits.update(arch.bottom_fix(base, k))
     bottom = Bottom(replace(base, bottom_edits))
     top_model = replace(model, {join(prefix, p): m for p, m in _above(base, arch, layers, k).items()})
-    if arch.indexed_types:
-        halves.shift_layer_types(get(top_model, prefix), k)
+    halves.shift_layer_types(get(top_model, prefix), k, len(layers))
     for suffix, wrap in arch.heads:  # heads that read input_ids are restated on states
         if type(model).__name__.endswith(suffix):
             top_model = wrap(top_model)
@@ -117,8 +116,7 @@ def middle(model: nn.Module, j: int, k: int, blocks: str | list[str] | None = No
     if arch.bottom_fix is not None:  # the tail a family's bottom drops (OPT's, T5's final norm)
         edits.update(arch.bottom_fix(root, k))
     run = replace(root, edits)
-    if arch.indexed_types:
-        halves.shift_layer_types(run, j)
+    halves.shift_layer_types(run, j, len(layers))
     return Middle(Bottom(run), arch.entry)
 
 

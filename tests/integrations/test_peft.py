@@ -51,3 +51,28 @@ def test_add_lora_trains_only_adapters_and_the_head(bert):
     assert not any(p.requires_grad for p in rec.bottom.parameters())
     with pytest.raises(ValueError, match="model type None.*pass target_modules"):
         add_lora(lr.recycle(cnn_model(), at=2))
+
+
+def test_save_pretrained_after_add_lora_writes_a_folder_the_plain_class_loads_as_the_tuned_model(tmp_path):
+    """The adapters are written merged into their layers' weights, in the plain layers' names: ``from_pretrained``
+    of the model's class gives the recycled model's outputs (it once re-initialised the adapted layers), and the
+    loaded model recycles again on the same store. Checkpoints keep the adapters apart and load back into rec."""
+    import transformers as T
+    from layer_recycling.integrations.peft import add_lora
+    from safetensors.torch import load_file
+
+    model = text_model("bert", "ForSequenceClassification")
+    store = lr.DiskStore(tmp_path / "store")
+    rec = _train(add_lora(lr.recycle(model, at=2, store=store), r=4), text_examples(12), steps=5)
+    rec.save_pretrained(tmp_path / "saved")
+    names = load_file(tmp_path / "saved" / "model.safetensors").keys()
+    assert not [n for n in names if "lora_" in n or "base_layer" in n]
+    loaded = T.BertForSequenceClassification.from_pretrained(tmp_path / "saved").eval()
+    batch = {"input_ids": torch.tensor([text_examples(1)[0]["input_ids"]])}
+    with torch.no_grad():
+        assert float((loaded(**batch).logits - rec(**batch).logits).abs().max()) <= 1e-5
+    store.close()
+    again = lr.recycle(loaded, at=2, store=lr.DiskStore(tmp_path / "store"))  # the same bottom: no mismatch
+    assert len(again.store) == 12
+    whole = lr.model_state_dict(rec)
+    assert any("lora_A" in n for n in whole)  # a checkpoint keeps the adapters, to resume training them

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
 from torch import nn
 
 
@@ -15,8 +16,10 @@ def add_lora(rec: nn.Module, r: int = 8, alpha: int | None = None, target_module
     """LoRA adapters on the top's blocks; afterwards only they and the task head train (the paper's best variant).
 
     The adapters go into the top's blocks, which are your model's own modules (as PEFT's injection does), so
-    ``rec.save_pretrained`` and your model both carry them. ``target_modules`` defaults to PEFT's choice for the
-    model type. Returns ``rec``.
+    your model carries them, and ``lr.model_state_dict(rec)`` and trainer checkpoints keep them apart (they load
+    back into a model with adapters); ``rec.save_pretrained`` writes them merged into the weights, a folder that
+    ``from_pretrained`` of the model's class loads as the fine-tuned model. ``target_modules`` defaults to PEFT's
+    choice for the model type. Returns ``rec``.
 
     Raises:
         ValueError: the model type has no default targets and none were given.
@@ -39,6 +42,38 @@ def add_lora(rec: nn.Module, r: int = 8, alpha: int | None = None, target_module
         head = bool(prefix) and hasattr(model, prefix) and not name.startswith(prefix + ".")  # a base model has none
         p.requires_grad_(("lora_" in name or head) and id(p) not in bottom)
     return rec
+
+
+def merged_state(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` (``model``'s state dict) with each PEFT LoRA layer's active adapters merged into its base layer's
+    weight, under the plain layer's names: what ``from_pretrained`` of the model's class loads.
+
+    Raises:
+        TypeError: an adapter layer that is not LoRA (no merge rule here).
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)}
+    out = dict(state)
+    for name, layer in layers.items():
+        if not hasattr(layer, "get_delta_weight") or not hasattr(layer, "lora_A"):
+            raise TypeError(
+                f"{name} is a {type(layer).__name__} adapter: save_pretrained merges LoRA adapters only. Merge it "
+                f"yourself (peft's merge_and_unload) before saving, or save lr.model_state_dict(rec)"
+            )
+        prefix = f"{name}." if name else ""
+        under = [k for k in out if k.startswith(prefix)]
+        base = {k[len(prefix + "base_layer.") :]: out[k] for k in under if k.startswith(prefix + "base_layer.")}
+        for k in under:
+            del out[k]
+        weight = layer.get_base_layer().weight.detach()
+        if not layer.merged:  # merged adapters are in the base weight already
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
+        out.update({prefix + k: v for k, v in base.items()})
+        out[prefix + "weight"] = weight
+    return out
 
 
 def unwrap(model: Any) -> tuple[Any, dict[int, str]]:
