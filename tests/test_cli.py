@@ -166,6 +166,69 @@ def test_fill_inspect_and_train_from_a_store(tmp_path, tiny_model_dir, reviews, 
     assert "accuracy" in printed and (tmp_path / "saved" / "config.json").exists()
 
 
+def test_a_saved_model_carries_its_tokenizer_and_a_folder_without_one_is_refused(tmp_path, tiny_model_dir, reviews,
+                                                                                   capsys):
+    """``train --save`` once wrote no tokenizer; transformers then built one with no vocabulary from the folder,
+    every word became [UNK], and texts of equal length shared one entry."""
+    common = ["--dataset", str(reviews), "--at", "0.5", "--epochs", "1"]
+    assert main(["train", *common, "--model", str(tiny_model_dir), "--store", str(tmp_path / "a"),
+                 "--save", str(tmp_path / "saved")]) == 0
+    assert "saved the model and its tokenizer" in capsys.readouterr().out
+    assert main(["fill", "--dataset", str(reviews), "--model", str(tmp_path / "saved"),
+                 "--store", str(tmp_path / "b")]) == 0
+    assert "added 32 entries" in capsys.readouterr().out  # 32 distinct texts, as with the original folder
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (bare / f).write_bytes((tmp_path / "saved" / f).read_bytes())
+    assert main(["fill", "--dataset", str(reviews), "--model", str(bare), "--store", str(tmp_path / "c")]) == 2
+    assert "has no tokenizer" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_train_with_a_seed_is_reproducible(tmp_path, tiny_model_dir, reviews, capsys):
+    scores = []
+    for run in range(2):
+        assert main(["train", "--dataset", str(reviews), "--model", str(tiny_model_dir), "--store",
+                     str(tmp_path / f"s{run}"), "--epochs", "1", "--seed", "3"]) == 0
+        scores.append(capsys.readouterr().out.split("; ")[-1])
+    assert scores[0] == scores[1]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["bench", "--epochs", "0"], "argument --epochs: 0: expected at least 1"),
+    (["bench", "--batch-size", "0"], "0: expected at least 1"),
+    (["bench", "--train", "-1"], "-1: expected at least 1"),
+    (["bench", "--max-length", "0"], "0: expected at least 1"),
+    (["bench", "--val", "1.5"], "1.5: expected a fraction in [0, 1)"),
+    (["bench", "--frozen-level", "1.5"], "1.5: expected a fraction in [0, 1]"),
+    (["bench", "--codecs", "foo"], "unknown codecs ['foo']"),
+    (["bench", "--max-drop", "nan"], "nan: expected a finite number of 0 or more"),
+    (["bench", "--lr", "0"], "expected a finite number above 0"),
+    (["bench", "--seeds", "0,0"], "a seed is listed twice"),
+    (["fill", "--store", "s", "--at", "-1"], "expected 0 or more blocks"),
+])
+def test_numeric_options_are_checked_before_any_work(argv, words, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert words in capsys.readouterr().err
+
+
+def test_text_data_with_one_label_or_an_unquoted_delimiter_or_an_image_model_is_refused(tmp_path, tiny_model_dir,
+                                                                                        capsys):
+    one = tmp_path / "one.csv"
+    one.write_text("text,label\n" + "".join(f"the film was good {i},pos\n" for i in range(6)))
+    commas = tmp_path / "commas.csv"
+    commas.write_text("text,label\nthe film was good,pos\na gripping, moving film,pos\nbad,neg\n")
+    cases = [(["--dataset", str(one), "--model", str(tiny_model_dir)], "holds one label in column 'label' ('pos')"),
+             (["--dataset", str(commas), "--model", str(tiny_model_dir)], "commas.csv line 3 has 3 fields, but the "
+              "header names 2 (text, label): a text holding the delimiter ',' must be quoted"),
+             (["--dataset", str(commas), "--model", "efficientnet-lite0"], "is an image model"),
+             (["--task", "image-cls", "--dataset", "fashion_mnist", "--model", "minilm"], "is a text model")]
+    for argv, words in cases:
+        assert main(["fill", *argv, "--store", str(tmp_path / "s")]) == 2
+        assert words in capsys.readouterr().err, argv
+
+
 def test_inspect_prints_the_store_info(tmp_path, tiny_model_dir, reviews, capsys):
     store = tmp_path / "store"
     main(["fill", "--dataset", str(reviews), "--model", str(tiny_model_dir), "--store", str(store)])
@@ -231,6 +294,7 @@ def test_store_and_input_errors_exit_2_with_one_line(tmp_path, tiny_model_dir, r
     assert main(["train", *fill[1:], "--epochs", "1"]) == 2  # training reads the states: the damage is found
     errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
     assert len(errors) == 1 and "StoreCorrupted" in errors[0] and str(data.name) in errors[0]
+    assert "fill a new --store" in errors[0]
     a_file = tmp_path / "file"
     a_file.write_text("x")
     assert main(["inspect", str(a_file)]) == 2 and "is a file" in capsys.readouterr().err

@@ -82,3 +82,28 @@ def test_an_example_longer_than_the_models_positions_is_named_with_the_limit():
                                          r"max_position_embeddings \(16\).*max_length=16"):
         rec.fill([{"input_ids": [5] * n, "label": 0} for n in (4, 20)], progress=False)
     assert rec.fill([{"input_ids": [5] * 16, "label": 0}], progress=False) == 1  # at the limit: fine
+
+
+def test_an_interrupted_fill_commits_what_it_computed_and_a_rerun_computes_only_the_rest(tmp_path):
+    """Ctrl-C in a fill once lost every entry since the last full segment (the store's buffer): now the batches
+    computed before the interrupt are committed, and the rerun computes only the others."""
+    from conftest import text_model
+
+    examples = text_examples(12)
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "s"))
+    run_bottom, calls = rec.pipeline.run_bottom, []
+
+    def interrupted(batch):
+        calls.append(len(calls))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return run_bottom(batch)
+
+    rec.pipeline.run_bottom = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        rec.fill(examples, batch_size=4, progress=False)
+    reopened = lr.DiskStore(tmp_path / "s", readonly=True)
+    assert len(reopened) == 8 and reopened.info()["buffered"] == 0  # two batches of four, committed
+    rec.pipeline.run_bottom = run_bottom
+    again = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "s"))
+    assert again.fill(examples, batch_size=4, progress=False) == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -39,9 +40,13 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
 def _at(text: str) -> int | float:
     """``--at`` as ``at`` in Python: "3" is 3 blocks, "0.5" half of them; "2.5" is neither."""
     try:
-        return int(text)
+        blocks = int(text)
     except ValueError:
         pass
+    else:
+        if blocks < 0:
+            raise argparse.ArgumentTypeError(f"--at {text}: expected 0 or more blocks (or a fraction in [0, 1])")
+        return blocks
     try:
         value = float(text)
     except ValueError:
@@ -59,10 +64,68 @@ def _seeds(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected a count (3) or a comma list (0,1,2)") from None
     if "," in text:
+        if len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(f"--seeds {text!r}: a seed is listed twice; each seed once (0,1,2)")
         return values
     if not values or values[0] < 1:
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: a count is at least 1; for one seed s pass --seeds s,")
     return list(range(values[0]))
+
+
+def _count(text: str) -> int:
+    """A positive integer option (sizes, epochs, batch sizes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, e.g. 32") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected at least 1")
+    return value
+
+
+def _fraction(text: str, low_open: bool = False, high_open: bool = False) -> float:
+    """A number in [0, 1] (ends excluded where asked)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction such as 0.5") from None
+    if not (0 < value if low_open else 0 <= value) or not (value < 1 if high_open else value <= 1):
+        raise argparse.ArgumentTypeError(
+            f"{text}: expected a fraction in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
+    return value
+
+
+def _finite(text: str, zero: bool, example: str) -> float:
+    """A finite number above 0 (or at least 0 when ``zero``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number such as {example}") from None
+    if not math.isfinite(value) or value < 0 or value == 0 and not zero:
+        raise argparse.ArgumentTypeError(f"{text}: expected a finite number {'of 0 or more' if zero else 'above 0'}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """A learning rate."""
+    return _finite(text, zero=False, example="5e-5")
+
+
+def _points(text: str) -> float:
+    """Points of score a user accepts to lose."""
+    return _finite(text, zero=True, example="1")
+
+
+def _codecs(text: str) -> list[str]:
+    """``--codecs float16,int8``: extra stored forms at 50%."""
+    from .stores.codecs import CODECS
+
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CODECS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown codecs {unknown}; expected some of {sorted(CODECS)}, "
+                                         f"comma-separated ('' for none)")
+    return names
 
 
 def _data_args(p: argparse.ArgumentParser, training: bool = True) -> None:
@@ -75,18 +138,18 @@ def _data_args(p: argparse.ArgumentParser, training: bool = True) -> None:
     p.add_argument("--text-column", default="text", help="the column of the text (seq-cls files and folders)")
     p.add_argument("--text-pair-column", help="the column of a second text, for sentence pairs (NLI, paraphrase), "
                    "or of the positive of a retrieval pair")
-    p.add_argument("--label-column", default="label", help="the column of the label (a name or an integer)")
-    p.add_argument("--test-file", help="a separate test file or datasets folder, in --dataset's format and columns "
-                   "(default: a DatasetDict's test split, else a seeded 20%% split of --dataset)")
+    p.add_argument("--label-column", default="label", help="the name of the label's column")
+    p.add_argument("--test-file", help="a separate test file or datasets folder, in --dataset's format and columns; "
+                   "without it, a DatasetDict's test split, else a seeded 20%% split of --dataset")
     p.add_argument("--model", default="minilm", help="minilm, mpnet, efficientnet-lite0, or a transformers folder")
-    p.add_argument("--train", type=int, help="use at most this many training examples (retrieval: pairs)")
-    p.add_argument("--test", type=int, help="use at most this many test examples")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per text")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per batch")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data split (and of training)")
+    p.add_argument("--train", type=_count, help="use at most this many training examples (retrieval: pairs)")
+    p.add_argument("--test", type=_count, help="use at most this many test examples")
+    p.add_argument("--max-length", type=_count, default=128, help="tokens per text")
+    p.add_argument("--batch-size", type=_count, default=32, help="examples per batch")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data split, the new head and the training order")
     if training:
-        p.add_argument("--epochs", type=int, default=2, help="training epochs")
-        p.add_argument("--lr", type=float, default=5e-5, help="learning rate (AdamW)")
+        p.add_argument("--epochs", type=_count, default=2, help="training epochs")
+        p.add_argument("--lr", type=_positive, default=5e-5, help="learning rate (AdamW)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -98,21 +161,24 @@ def parser() -> argparse.ArgumentParser:
                        formatter_class=_Help)
     _data_args(b)
     b.add_argument("--levels", type=_levels, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="recycled fractions")
-    b.add_argument("--frozen-level", type=float, default=0.5, help="the frozen-without-cache baseline's fraction")
-    b.add_argument("--codecs", default="float16,int8", help="extra codecs at 50%% (comma list, '' for none)")
+    b.add_argument("--frozen-level", type=_fraction, default=0.5,
+                   help="the frozen-without-cache baseline's fraction")
+    b.add_argument("--codecs", type=_codecs, default="float16,int8", help="extra codecs at 50%% (comma list, '' for "
+                   "none)")
     b.add_argument("--no-lora", action="store_true", help="skip the LoRA-on-top setting")
     b.add_argument("--seeds", type=_seeds, default="1", help="a count (3: seeds 0, 1, 2) or a comma list of seeds; with more "
                    "than one the report gives mean, sd and 95%% intervals and flags borderline levels")
-    b.add_argument("--max-drop", type=float, default=1.0, help="points of score you accept to lose")
-    b.add_argument("--val", type=float, default=0.1, help="fraction of the training examples held out to choose "
-                   "the level on (the test split then checks the choice); 0 for none")
+    b.add_argument("--max-drop", type=_points, default=1.0, help="points of score you accept to lose")
+    b.add_argument("--val", type=lambda t: _fraction(t, high_open=True), default=0.1, help="fraction of the "
+                   "training examples held out to choose the level on (the test split then checks the choice); 0 for "
+                   "none")
     b.add_argument("--val-file", help="validation examples in --dataset's format, instead of holding --val out "
                    "of the training data (text datasets)")
     b.add_argument("--out", type=Path, default=Path("results/bench"), help="folder for the result files")
     r = sub.add_parser("report", help="table, plot and recommendation from a folder of results",
                        formatter_class=_Help)
     r.add_argument("folder", type=Path, help="a folder of result files written by bench")
-    r.add_argument("--max-drop", type=float, default=1.0, help="points of score you accept to lose")
+    r.add_argument("--max-drop", type=_points, default=1.0, help="points of score you accept to lose")
     i = sub.add_parser("inspect", help="what a disk store holds", formatter_class=_Help)
     i.add_argument("store", type=Path, help="the store's directory")
     for name, text in (("fill", "fill a disk store with the bottom's states"),
@@ -136,9 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"bench": _bench, "report": _report, "inspect": _inspect, "fill": _fill,
                 "train": _train}[args.command](args)
+    except KeyboardInterrupt:
+        kept = " (the entries computed so far are committed: rerun to go on from there)" if args.command in (
+            "fill", "train") else ""
+        print(f"recycle {args.command}: interrupted{kept}", file=sys.stderr)
+        return 130
     except (OSError, ValueError, TypeError, ModuleNotFoundError, StoreCorrupted, DiskFull) as err:
         # One line a user can act on (every such error says what and how to fix), never a traceback.
         message = " ".join(str(err).split()) or type(err).__name__
+        if isinstance(err, StoreCorrupted):
+            message += (". A damaged store is not served, and its damaged entries cannot be recovered: fill a new "
+                        "--store (or remove this one and fill it again)")
         print(f"recycle {args.command}: error: {type(err).__name__}: {message}", file=sys.stderr)
         return 2
 
@@ -170,7 +244,7 @@ def _bench(args) -> int:
     _require({"matplotlib": "the plot", "transformers": "text models and tokenizers",
               **({} if args.no_lora else {"peft": "the LoRA setting (or pass --no-lora)"})})
     task = _task(args)
-    codecs = [c for c in args.codecs.split(",") if c.strip()]
+    codecs = args.codecs
     lora = not args.no_lora and "pixel_values" not in task.test[0]
     if not args.no_lora and not lora:
         print("LoRA skipped: its target modules are known for transformers models only")
@@ -211,7 +285,10 @@ def _recycled(args):
     from .bench.catalog import model_factory, tokenizer_for
     from .stores import DiskStore
 
+    import torch
+
     task = _task(args)
+    torch.manual_seed(args.seed)  # the new head's initial weights
     model = model_factory(args.model, task.kind, task.num_labels)()
     if args.store.is_file():
         raise NotADirectoryError(f"--store {args.store} is a file; expected a directory (new or holding a store)")
@@ -219,7 +296,7 @@ def _recycled(args):
     # preprocess: the tokenizer's call arguments, so that Python opens this store with the same ones
     rec = recycle(model, at=args.at, store=DiskStore(args.store, codec=args.codec), tokenizer=tok,
                   preprocess=task.preprocess)
-    return task, model, rec
+    return task, tok, rec
 
 
 def _fill(args) -> int:
@@ -236,7 +313,10 @@ def _fill(args) -> int:
 def _train(args) -> int:
     from .bench.runner import train_epochs
 
-    task, model, rec = _recycled(args)
+    import torch
+
+    task, tok, rec = _recycled(args)
+    torch.manual_seed(args.seed)  # dropout in the top
     loader = rec.loader(task.train, batch_size=args.batch_size, shuffle=True, group_by_length=True, seed=args.seed,
                         inputs=task.inputs)
     params = [p for p in rec.parameters() if p.requires_grad]
@@ -245,9 +325,13 @@ def _train(args) -> int:
     rec.eval()
     scores = task.evaluate(rec)
     print(f"trained {args.epochs} epochs in {sum(seconds):.1f} s; " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    rec.store.flush()  # the test examples served as misses are stored: commit them
     if args.save:
         rec.save_pretrained(args.save)  # the whole model, and how it was recycled
-        print(f"saved the model to {args.save} (with recycling_config.json)")
+        if tok is not None:
+            tok.save_pretrained(args.save)  # --model of a later command reads it from the folder
+        print(f"saved the model{' and its tokenizer' if tok is not None else ''} to {args.save} (with "
+              f"recycling_config.json)")
     return 0
 
 

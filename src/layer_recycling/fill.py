@@ -47,14 +47,16 @@ def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, progress:
         keys.sort(key=lambda k: data.length(pending[k]), reverse=True)
     device = pipe.device
     states_of = states_of or (lambda _, rows: pipe.bottom_states(rows, device))
-    with tqdm(total=len(keys), unit="ex", desc="fill", disable=not progress or not keys) as bar:
-        for start in range(0, len(keys), batch_size):
-            chunk = keys[start : start + batch_size]
-            rows = [pending[k] for k in chunk]
-            put(pipe, chunk, states_of(chunk, rows), rows)
-            pipe.stats.stored += len(chunk)
-            bar.update(len(chunk))
-    pipe.store.flush()
+    try:
+        with tqdm(total=len(keys), unit="ex", desc="fill", disable=not progress or not keys) as bar:
+            for start in range(0, len(keys), batch_size):
+                chunk = keys[start : start + batch_size]
+                rows = [pending[k] for k in chunk]
+                put(pipe, chunk, states_of(chunk, rows), rows)
+                pipe.stats.stored += len(chunk)
+                bar.update(len(chunk))
+    finally:  # what was computed is committed, also when interrupted (Ctrl-C) or failing: a rerun resumes there
+        pipe.store.flush()
 
 
 def input_check(inputs: dict) -> str:

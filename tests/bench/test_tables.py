@@ -75,10 +75,12 @@ def test_text_labels_bad_values(tmp_path, text, error, words):
         read_text_labels(path)
 
 
-def test_csv_extra_fields_still_list_named_columns(tmp_path):
+def test_a_row_with_more_fields_than_the_header_is_refused_naming_the_line(tmp_path):
+    """An unquoted comma in a text once shifted the columns silently: the text cut, the rest taken as the label."""
     path = tmp_path / "data.csv"
-    path.write_text("sentence,label\nhi,1,surplus\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"columns found: \['label', 'sentence'\]"):
+    path.write_text("text,label\nfine,pos\na gripping, moving film,pos\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"data.csv line 3 has 3 fields, but the header names 2 \(text, label\): "
+                                         r"a text holding the delimiter ',' must be quoted"):
         read_text_labels(path)
 
 

@@ -82,6 +82,21 @@ def test_get_many_decodes_on_the_device(tmp_path, codec):
         assert_close(codec, g.cpu(), value(k))
 
 
+def test_entries_a_process_left_buffered_are_committed_when_it_exits(tmp_path):
+    """Misses stored while serving are readable at once but were durable only at the next commit, which a
+    process that served and exited never made: they are committed at exit now."""
+    code = (
+        "import sys, torch; from layer_recycling.stores.disk import DiskStore\n"
+        "s = DiskStore(sys.argv[1])\n"
+        "s.put_many(sys.argv[2:], [torch.ones(2, 3), torch.zeros(1, 3)])\n"
+        "assert s.info()['buffered'] == 2\n"
+    )
+    a, b = keys(2)
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "s"), a, b], check=True, timeout=120)
+    store = DiskStore(tmp_path / "s", readonly=True)
+    assert sorted(store) == sorted([a, b]) and torch.equal(store[a], torch.ones(2, 3))
+
+
 def test_a_subprocess_sees_the_same_content(tmp_path):
     store = filled(tmp_path / "s", "int8")
     here = {k: store[k].numpy().tobytes().hex() for k in store}

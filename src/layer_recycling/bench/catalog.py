@@ -59,10 +59,32 @@ def model_factory(name: str, kind: str, num_labels: int) -> Callable[[], nn.Modu
     return lambda: auto.from_pretrained(path, num_labels=num_labels)
 
 
+# What a transformers folder holds when its tokenizer was saved beside the model (tok.save_pretrained(folder)).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
 def tokenizer_for(name: str):
+    """The tokenizer of a text model name or folder.
+
+    Raises:
+        ValueError: ``name`` is the image model.
+        FileNotFoundError: a folder without tokenizer files (transformers would build one with no vocabulary, and
+            every word would become the unknown token).
+    """
     import transformers
 
-    return transformers.AutoTokenizer.from_pretrained(str(model_dir(name)))
+    if name in IMAGE_MODELS:
+        raise ValueError(f"model {name!r} is an image model, and this task reads texts; pass a text model (minilm, "
+                         f"mpnet or a transformers folder), or an image task (--task image-cls, or retrieval on "
+                         f"fashion_mnist)")
+    path = model_dir(name)
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"model folder {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); expected the tokenizer "
+            f"saved beside the model: tokenizer.save_pretrained({str(path)!r}) (recycle train --save does so)"
+        )
+    return transformers.AutoTokenizer.from_pretrained(str(path))
 
 
 def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, test: int | None = None,
@@ -97,6 +119,9 @@ def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, 
         task = load(dataset, tokenizer_for(model), max_length, pooling_of(model_dir(model)), train=train, test=test,
                     test_file=test_file, seed=seed, val=val, val_file=val_file, columns=columns)
     elif kind == "image-cls":
+        if model in TEXT_MODELS:
+            raise ValueError(f"model {model!r} is a text model, and image-cls reads images; pass --model "
+                             f"{IMAGE_MODELS[0]} or a transformers image classifier's folder")
         if val_file:
             raise ValueError("--val-file is for text datasets; for images pass --val, a fraction to hold out")
         task = _image(dataset, train, test, seed)
@@ -155,6 +180,12 @@ def _text_pairs(dataset: str, test_file: str | None, seed: int, columns: Columns
     from .tables import read_text_labels, splits_of
 
     pairs, names = read_text_labels(dataset, columns.text, columns.label, columns.pair)
+    if len(names) < 2:
+        raise ValueError(
+            f"{dataset} holds one label in column {columns.label!r} ({names[0]!r}) for all {len(pairs)} examples; "
+            f"classification needs at least two. Pass the column that holds the classes (--label-column), or data "
+            f"with examples of each class"
+        )
     if test_file:
         return (pairs, _pairs_named(test_file, names, columns)), names
     if Path(dataset).is_dir() and "test" in (splits_of(Path(dataset)) or []):

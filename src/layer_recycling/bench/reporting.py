@@ -1,7 +1,8 @@
 """Turn a folder of result JSON files into a markdown table, a speedup-vs-score plot and a recommendation.
 
 Speedups are ratios against full fine-tuning (and the frozen-without-cache run) of the same sweep: the same
-task, data, model and machine. Repeated seeds are averaged; the spread is their standard deviation.
+task, data, model and machine. Repeated seeds are averaged; the spread is their standard deviation. Results made
+under other conditions (config, examples, model) are refused a shared table rather than compared.
 """
 
 from __future__ import annotations
@@ -20,22 +21,36 @@ REQUIRED = ("task", "dataset", "model", "setting", "level", "at", "codec", "metr
 
 def load(folder: str | Path) -> list[dict]:
     """Every result in ``folder`` (``*.json``), checked for the fields a report needs."""
-    folder = Path(folder)
+    return [result for _, result in _load(Path(folder))]
+
+
+def _load(folder: Path) -> list[tuple[Path, dict]]:
     if folder.is_file():
         raise NotADirectoryError(f"{folder} is a file; expected the folder that `recycle bench --out` wrote")
     if not folder.is_dir():
         raise FileNotFoundError(f"no results folder at {folder}; run `recycle bench --out {folder}` first")
-    results = []
-    for path in sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")):  # skip hidden files
-        result = json.loads(path.read_text())
-        missing = [f for f in REQUIRED if f not in result]
-        if missing:
-            raise ValueError(f"{path} is not a benchmark result: it lacks {missing}")
-        results.append(result)
-    if not results:
+    found = read(folder)
+    if not found:
         raise ValueError(f"{folder} holds no result files (*.json, hidden files skipped); run `recycle bench "
                          f"--out {folder}` first")
-    return results
+    return found
+
+
+def read(folder: Path) -> list[tuple[Path, dict]]:
+    """(path, result) for every ``*.json`` in ``folder`` (none if it does not exist), checked like ``load``."""
+    found = []
+    for path in sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")):  # skip hidden files
+        try:
+            result = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); a run stopped while writing it leaves such a "
+                             f"file: delete it and rerun that setting") from None
+        missing = [f for f in REQUIRED if f not in result] if isinstance(result, dict) else list(REQUIRED)
+        if missing:
+            raise ValueError(f"{path} is not a benchmark result: it lacks {missing}; a report reads every *.json in "
+                             f"{folder}: move it elsewhere")
+        found.append((path, result))
+    return found
 
 
 def summarize(results: list[dict]) -> list[dict]:
@@ -222,24 +237,118 @@ def plot(rows: list[dict], path: str | Path, title: str) -> Path:
     return Path(path)
 
 
+# Seeds repeat a configuration and settings are its rows; everything else a result records about how it was made
+# (the training config, the task's examples and preprocessing, the model) must match for its ratios to mean anything.
+_UNRECORDED = "not recorded"  # results written before a condition was recorded
+_HINTS = {"data_fingerprint": " (a hash of the examples: another dataset file, --seed, --train/--test/--val or "
+                              "tokenizer)"}
+
+
+def conditions(result: dict) -> dict:
+    """What results must share to sit in one table: the model's source and every config field but the seed."""
+    config = result.get("config") or {}
+    return {"model_source": result.get("model_source", _UNRECORDED), **{k: v for k, v in config.items() if k != "seed"}}
+
+
+def differences(runs: list[tuple[str, dict]]) -> dict[str, dict[str, list[str]]]:
+    """The conditions that ``runs`` ((name, result) pairs) disagree on: {field: {value as JSON: names}}."""
+    found = [(name, conditions(r)) for name, r in runs]
+    diffs = {}
+    for field in dict.fromkeys(k for _, c in found for k in c):  # first-seen order
+        by_value: dict[str, list[str]] = defaultdict(list)
+        for name, c in found:
+            by_value[json.dumps(c.get(field, _UNRECORDED), sort_keys=True)].append(name)
+        if len(by_value) > 1:
+            diffs[field] = dict(by_value)
+    return diffs
+
+
+def _listed(diffs: dict[str, dict[str, list[str]]], most: int = 3) -> str:
+    """``epochs: 1 (a.json) vs 3 (b.json, c.json, d.json and 2 more)`` for each field in ``diffs``."""
+    def names(found: list[str]) -> str:
+        return ", ".join(found[:most]) + (f" and {len(found) - most} more" if len(found) > most else "")
+
+    return "; ".join(f"{field}{_HINTS.get(field, '')}: " + " vs ".join(f"{v} ({names(n)})" for v, n in values.items())
+                     for field, values in diffs.items())
+
+
+def _table(result: dict) -> tuple[str, str, str]:
+    return result["task"], result["dataset"], result["model"]
+
+
+def _title(table: tuple[str, str, str]) -> str:
+    return "{} on {} with {}".format(*table)
+
+
+def check_addition(folder: str | Path, result: dict) -> None:
+    """Refuse to add results made as ``result`` was to ``folder`` when its results of the same table differ.
+
+    ``result``: the fields ``conditions`` reads, plus task, dataset and model (the table it joins).
+    """
+    same = [(path.name, r) for path, r in read(Path(folder)) if _table(r) == _table(result)]
+    diffs = differences([*same, ("this run", result)])
+    if diffs:
+        raise ValueError(f"{folder} already holds results of {_title(_table(result))} made under other conditions: "
+                         f"{_listed(diffs)}. One report would take speedups and drops across them. Pass a new --out "
+                         f"folder, or remove those results from {folder} first")
+
+
+def check(folder: Path, runs: list[tuple[Path, dict]]) -> None:
+    """Refuse a table whose ratios would mislead: mixed conditions, a run of no time, or no full baseline."""
+    title, named = _title(_table(runs[0][1])), [(path.name, r) for path, r in runs]
+    diffs = differences(named)
+    if diffs:
+        raise ValueError(f"{folder} mixes results of {title} made under different conditions: {_listed(diffs)}. "
+                         f"Speedups and drops are ratios to full fine-tuning of the same configuration, so one table "
+                         f"cannot hold them: move each run's files into a folder of their own (or delete the stale "
+                         f"ones) and report each folder")
+    untimed = [(n, r) for n, r in named if not r["end_to_end_s"] > 0 or _epochs(r) < 1]
+    if untimed:
+        how = "; ".join(f"{n}: epochs {(r.get('config') or {}).get('epochs', _UNRECORDED)}, end to end "
+                        f"{r['end_to_end_s']:.3g} s" for n, r in untimed[:3])
+        more = f" and {len(untimed) - 3} more" if len(untimed) > 3 else ""
+        raise ValueError(f"{folder}: runs of {title} trained nothing ({how}{more}): with no training there is no "
+                         f"time to take a speedup against. Rerun `recycle bench` with --epochs 1 or more into a new "
+                         f"--out folder (or delete these files)")
+    if not any(r["setting"] == "full" for _, r in named):
+        held = ", ".join(sorted({r["label"] for _, r in named}))
+        raise ValueError(f"{folder} has no full fine-tuning result for {title} (it holds {held}); full fine-tuning "
+                         f"is the baseline of every speedup and drop. `recycle bench` runs it last, so a bench stopped "
+                         f"early leaves this. Rerun the same `recycle bench` command with --out {folder}: it runs "
+                         f"every setting again, full included, and replaces these files")
+
+
+def _epochs(result: dict) -> float:
+    """The epochs a result trained for (results that do not record it: taken as trained)."""
+    epochs = (result.get("config") or {}).get("epochs")
+    return epochs if isinstance(epochs, (int, float)) else 1
+
+
 def report(folder: str | Path, max_drop: float = 1.0) -> str:
-    """Markdown for every sweep in ``folder``; writes ``report.md`` and one PNG plot per sweep there."""
-    results = load(folder)
-    sweeps: dict[tuple, list[dict]] = defaultdict(list)
-    for r in results:
-        sweeps[(r["task"], r["dataset"], r["model"])].append(r)
+    """Markdown for every sweep in ``folder``; writes ``report.md`` and one PNG plot per sweep there.
+
+    Raises:
+        ValueError: a sweep's results were made under different conditions (``differences``), one took no time,
+            or it has no full fine-tuning result: the ratios would be wrong or undefined.
+    """
+    folder = Path(folder)
+    sweeps: dict[tuple, list[tuple[Path, dict]]] = defaultdict(list)
+    for path, r in _load(folder):
+        sweeps[_table(r)].append((path, r))
+    for runs in sweeps.values():
+        check(folder, runs)
     parts = []
     for (task, dataset, model), runs in sorted(sweeps.items()):
-        rows = summarize(runs)
-        title = f"{task} on {dataset} with {model}"
+        rows = summarize([r for _, r in runs])
+        title = _title((task, dataset, model))
         try:
-            png = plot(rows, Path(folder) / f"{dataset}-{model}.png".replace("/", "_"), title)
+            png = plot(rows, folder / f"{dataset}-{model}.png".replace("/", "_"), title)
             picture = f"![{title}]({png.name})"
         except ImportError as err:  # the table stands on its own; say why there is no picture
             picture = f"(no plot: {err.name or 'matplotlib'} is not installed; pip install 'layer-recycling[bench]')"
         parts.append(markdown(rows, title, max_drop) + f"\n\n{picture}\n")
     text = "\n".join(parts)
-    (Path(folder) / "report.md").write_text(text)
+    (folder / "report.md").write_text(text)
     return text
 
 

@@ -6,6 +6,7 @@ Settings: ``full`` fine-tuning, ``frozen`` (bottom frozen, no cache), ``recycled
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -24,6 +25,7 @@ from ..loader import input_loader
 from ..model import Recycled, recycle
 from ..stack import LOSSLESS
 from ..stores import DiskStore, MemoryStore
+from .reporting import check_addition
 from .settings import Setting, TrainConfig
 from .tasks import Task
 
@@ -177,11 +179,67 @@ def environment() -> dict:
             "cpus": os.cpu_count(), "threads": torch.get_num_threads()}
 
 
+def data_fingerprint(task: Task) -> str:
+    """A hash of the task's examples, labels and search lists: equal for the same data, split and preprocessing.
+
+    Results keep the dataset's file name only; this tells two files of one name (or two splits of one file) apart.
+    """
+    def default(x):
+        if isinstance(x, torch.Tensor):  # a tensor by its dtype, shape and bytes
+            t = x.detach().cpu().contiguous().reshape(-1)
+            return [str(x.dtype), list(x.shape), hashlib.sha256(t.view(torch.uint8).numpy()).hexdigest()]
+        if hasattr(x, "tolist"):  # numpy arrays and scalars
+            return x.tolist()
+        if isinstance(x, (set, frozenset)):
+            return sorted(x, key=repr)
+        return type(x).__qualname__  # not repr: it may hold an address that differs run to run
+
+    parts = [task.kind, task.num_labels, task.label_names, task.train, task.val, task.test, task.extra, task.val_extra]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=default).encode()).hexdigest()[:16]
+
+
+def conditions(task: Task, model: str, cfg: TrainConfig) -> dict:
+    """What every result of a sweep shares, as JSON: the model's source and the config (training, data) but the seed.
+
+    A report compares results only when these match (``reporting.conditions``), and a sweep checks its folder first.
+    """
+    config = {**{k: v for k, v in cfg.__dict__.items() if k != "seed"}, "train_examples": len(task.train),
+              "val_examples": len(task.val), "test_examples": len(task.test), "sizes": task.sizes(),
+              "preprocess": task.preprocess, "data_fingerprint": data_fingerprint(task)}
+    return json.loads(json.dumps({"model_source": model_source(model), "config": config}, default=str))
+
+
+def model_source(model: str) -> str:
+    """A built-in model's name, else the model folder's absolute path: two folders of one name stay apart."""
+    from .catalog import IMAGE_MODELS, TEXT_MODELS
+
+    local = Path(model).expanduser()
+    return str(model) if model in TEXT_MODELS or model in IMAGE_MODELS or not local.exists() else str(local.resolve())
+
+
+def _check_seeds(seeds: list[int]) -> None:
+    if not seeds:
+        raise ValueError("seeds=[]: expected at least one seed, e.g. seeds=(0,) (--seeds 1) or (0, 1, 2) (--seeds 3)")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        raise ValueError(f"seeds={seeds}: seed(s) {twice} listed more than once; each seed trains every setting once "
+                         f"and writes its own files, so a repeat would only overwrite them: list each seed once, "
+                         f"e.g. seeds={sorted(set(seeds))}")
+
+
 def sweep(task: Task, model: str, make_model: Callable[[], nn.Module], settings: list[Setting],
           cfg: TrainConfig, out: str | Path, seeds: Sequence[int] = (0,), echo: Callable[[str], None] = print
           ) -> list[dict]:
-    """Run every setting for every seed; write ``out/<dataset>-<model>-<label>-seed<k>.json`` for each run."""
-    out = Path(out)
+    """Run every setting for every seed; write ``out/<dataset>-<model>-<label>-seed<k>.json`` for each run.
+
+    Raises:
+        ValueError: ``seeds`` is empty or repeats a seed, or ``out`` holds results of this task, dataset and model
+            made under other conditions (``conditions``) - checked before anything trains.
+    """
+    seeds, out = list(seeds), Path(out)
+    _check_seeds(seeds)
+    shared = conditions(task, model, cfg)
+    check_addition(out, {"task": task.kind, "dataset": task.dataset, "model": Path(model).name, **shared})
     out.mkdir(parents=True, exist_ok=True)
     meta = environment()
     results = []
@@ -189,11 +247,9 @@ def sweep(task: Task, model: str, make_model: Callable[[], nn.Module], settings:
         lower: dict[int, Recycled] = {}  # each level's fill starts from the store of the level below
         for setting in sorted(settings, key=lambda s: (s.name != "recycled", s.level)):
             result = run(task, setting, make_model, TrainConfig(**{**cfg.__dict__, "seed": seed}), lower)
-            result.update(task=task.kind, dataset=task.dataset, model=Path(model).name, model_source=str(model),
-                          seed=seed, meta=meta,
-                          config={**cfg.__dict__, "seed": seed, "train_examples": len(task.train),
-                                  "val_examples": len(task.val), "test_examples": len(task.test),
-                                  "sizes": task.sizes()})
+            result.update(task=task.kind, dataset=task.dataset, model=Path(model).name,
+                          model_source=shared["model_source"], seed=seed, meta=meta,
+                          config={**shared["config"], "seed": seed})
             name = f"{task.dataset}-{Path(model).name}-{setting.label}-seed{seed}".replace(" ", "_").replace("%", "pct")
             (out / f"{name}.json").write_text(json.dumps(result, indent=2))
             results.append(result)

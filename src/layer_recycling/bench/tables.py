@@ -51,6 +51,14 @@ def _delimited_rows(path: Path, delimiter: str) -> list[tuple[str, dict[str, Any
     if reader.fieldnames is None:
         raise ValueError(f"{path.name} is empty; expected a header row naming the columns")
     rows = [(f"{path} line {reader.line_num}", row) for row in reader]
+    for where, row in rows:
+        if None in row:  # DictReader keeps the fields beyond the header under None
+            raise ValueError(
+                f"{where} has {len(reader.fieldnames) + len(row[None])} fields, but the header names "
+                f"{len(reader.fieldnames)} ({', '.join(reader.fieldnames)}): a text holding the delimiter "
+                f"{delimiter!r} must be quoted (\"a gripping, moving film\"), as csv writers do. Quote it, or "
+                f"drop the extra fields"
+            )
     if not rows:
         raise ValueError(f"{path} holds only a header row ({', '.join(reader.fieldnames)}) and no examples; "
                          f"expected one example per row below it: add rows, or pass the file that holds them")

@@ -6,10 +6,12 @@ generation by replacing ``CURRENT``. Format: ``segments.py`` and ``snapshot.py``
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -33,6 +35,24 @@ MAX_OPEN_FILES = 256  # data file descriptors one store keeps open per process
 # Segments a writer commits at once, each in its thread: while one waits for its fsync the next is written, so
 # the disk never idles while the buffer refills.
 IN_FLIGHT = 2
+
+
+_OPEN: weakref.WeakSet = weakref.WeakSet()  # writable stores of this process
+
+
+@atexit.register
+def _commit_at_exit() -> None:
+    """Commit what open stores still buffer when the interpreter exits (entries are readable at once but durable
+    only when committed: misses stored while serving would be lost). A failure is raised after the others
+    committed, for the interpreter to print."""
+    errors = []
+    for store in list(_OPEN):
+        try:
+            store.flush()
+        except Exception as err:  # noqa: BLE001 - raised below, once every store had its turn
+            errors.append(err)
+    if errors:
+        raise errors[0]
 
 
 class DiskStore:
@@ -85,6 +105,7 @@ class DiskStore:
         self._refresh()
         if not self.readonly:
             self.cleanup()
+            _OPEN.add(self)  # what it buffers (misses stored while serving) is committed at exit
 
     def _setup(self, path: Path, readonly: bool, writer, segment_bytes: int, compact_after: int) -> None:
         self.path, self.readonly, self._writer = path, readonly, writer
