@@ -61,7 +61,36 @@ def test_a_correct_override_split_passes_its_check_and_serves_exactly(head):
     batch = padded_batch(text_examples())
     with torch.no_grad():
         assert max_diff(model(**batch), rec(**batch), batch["attention_mask"]) <= 1e-5
-    assert not rec.bottom._forward_pre_hooks
+    longest = max(len(e["input_ids"]) for e in text_examples())  # the fill's first batch: its longest
+    assert rec.split_check.error is None and rec.split_check.checked == longest
+    assert rec.bottom._forward_pre_hooks  # token sequences: compared again on a batch twice as long
+
+
+def test_a_split_wrong_only_beyond_a_sliding_window_is_refused_on_the_first_batch_long_enough(monkeypatch):
+    """The check compared the first batch only: 3 tokens, inside a window of 3, hid a split that gave the top's
+    blocks the wrong attention types (0.82 off on 12 tokens). A batch more than twice as long is compared again."""
+    cohere2 = getattr(T, "Cohere2Model", None)
+    if cohere2 is None:
+        pytest.skip(f"transformers {T.__version__} has no Cohere2Model")
+    from layer_recycling import halves
+
+    monkeypatch.setattr(halves, "shift_layer_types", lambda *a: None)  # the bug this guards against, planted
+    torch.manual_seed(0)
+    model = cohere2(T.Cohere2Config(vocab_size=99, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                    num_key_value_heads=1, intermediate_size=37, max_position_embeddings=64,
+                                    pad_token_id=0, bos_token_id=1, eos_token_id=2, sliding_window=3, layer_types=[
+                                        "sliding_attention", "sliding_attention", "full_attention",
+                                        "full_attention"])).eval()
+    rec = lr.recycle(model, at=1, blocks="layers").eval()
+    with torch.no_grad():
+        rec(input_ids=torch.randint(3, 99, (2, 3)))  # inside the window: compared, and equal
+        assert rec.split_check.checked == 3 and rec.split_check.error is None
+        rec(input_ids=torch.randint(3, 99, (2, 5)))  # not twice as long: not compared again
+        assert rec.split_check.checked == 3
+        with pytest.raises(ValueError, match=r"max abs diff .* over the tolerance"):
+            rec(input_ids=torch.randint(3, 99, (2, 12)))
+        with pytest.raises(ValueError, match="over the tolerance"):  # and from then on
+            rec(input_ids=torch.randint(3, 99, (2, 3)))
 
 
 def test_the_check_compares_an_untied_head_with_its_own_copy():
@@ -121,7 +150,7 @@ def test_blocks_override_finds_the_tail_and_says_what_it_compared(monkeypatch):
     rec = lr.recycle(model, at=2, blocks="layers", example=examples("modernbert"))
     assert rec.arch.tail == ("final_norm",) and rec.arch.source == "blocks= override"
     assert rec.split_check.report.startswith("compared last_hidden_state (3, 9, 32) of the model with bottom then top")
-    assert "max abs diff 0 " in rec.split_check.report and not rec.bottom._forward_pre_hooks
+    assert "max abs diff 0 " in rec.split_check.report and rec.split_check.checked == 9
 
 
 def test_blocks_override_on_a_decoder_outside_the_table_feeds_inputs_embeds(monkeypatch):

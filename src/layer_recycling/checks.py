@@ -1,5 +1,5 @@
-"""Splits that no test of this library proves exact check themselves: on the first batch their bottom sees, or at
-construction on ``recycle(..., example=...)``.
+"""Splits that no test of this library proves exact check themselves: on the first batch their bottom sees (and
+on much longer ones later), or at construction on ``recycle(..., example=...)``.
 
 A generic split assumes ``forward()`` is stem -> blocks -> head; a ``blocks=`` override assumes nothing runs
 between the block list and the head; an entry a user adds to the table assumes the family is like another.
@@ -21,19 +21,24 @@ if TYPE_CHECKING:
     from .split import Split
 
 SAMPLE = 4  # examples compared: the check runs the whole model once more, and bottom then top, on this many
+LONGER = 2  # token sequences are compared again on a batch this many times as long as any compared before
 ATOL = 1e-5  # absolute, on every output in float32: both paths run the same modules in the same order
 
 
 class SplitCheck:
     """A forward pre-hook on the bottom: its first call compares bottom -> top with the model on a few rows.
 
-    A passing check removes itself; a failing one raises ``ValueError`` on that call and on every later call.
+    Token sequences are compared again on a batch more than ``LONGER`` times as long as the longest compared so
+    far: a sliding window or a position scheme the split gets wrong shows only on inputs longer than the window
+    (a few checks in all, each on ``SAMPLE`` rows). Other inputs are compared once, and a passing check removes
+    itself. A failing check raises ``ValueError`` on that call and on every later call.
     """
 
     def __init__(self, model: nn.Module, split: Split, source: str):
         self.model, self.split, self.source = model, split, source  # source: where the block list came from
         self.error: ValueError | None = None
         self.report = "not run yet: it runs on the first batch the bottom sees"  # what was compared, and the result
+        self.checked: int | None = None  # the longest sequence compared so far (0 for inputs without a length)
         self._running = False
         self._handle = None
 
@@ -44,15 +49,18 @@ class SplitCheck:
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._running:  # the check's own call of the bottom
             return None
-        if self.error is None:
+        length = _length(kwargs) if self.split.arch.masked else None
+        due = self.checked is None or length is not None and length > LONGER * self.checked
+        if self.error is None and due:
             self._running = True
             try:
                 self.error = self._compare(args, kwargs)
             finally:
                 self._running = False
+            self.checked = length or 0
         if self.error is not None:
             raise self.error
-        if self._handle is not None:
+        if length is None and self._handle is not None:
             self._handle.remove()
         return None
 
@@ -156,6 +164,12 @@ def check_example(rec: Any, example: Any) -> str:
 def source_of(arch: Any, overridden: bool) -> str:
     """Where a split's block list came from, for the refusal."""
     return "blocks= override" if overridden else arch.source
+
+
+def _length(kwargs: dict) -> int | None:
+    """Tokens per row of a batch of token sequences (its attention mask's or ids' width), None if it has none."""
+    seq = kwargs.get("attention_mask", kwargs.get("input_ids"))
+    return int(seq.shape[1]) if isinstance(seq, torch.Tensor) and seq.dim() == 2 else None
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int:
