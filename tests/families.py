@@ -103,6 +103,20 @@ def build(case: str, head: str, seed: int = 0) -> nn.Module:
     return cls(config()).eval()
 
 
+def cohere2(seed: int = 0) -> nn.Module:
+    """A tiny Cohere2 (outside the table) with sliding blocks below full ones, in eval mode."""
+    cls = getattr(T, "Cohere2Model", None)
+    if cls is None:
+        raise Missing(f"transformers {T.__version__} has no Cohere2Model")
+    torch.manual_seed(seed)
+    types = ["sliding_attention", "sliding_attention", "full_attention", "full_attention"]
+    config = T.Cohere2Config(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                             num_attention_heads=HEADS, num_key_value_heads=1, intermediate_size=37,
+                             max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                             sliding_window=3, layer_types=types)
+    return cls(config).eval()
+
+
 def _modeling(prefix: str) -> Any:
     """transformers' modeling module of a family: classes it does not export (WhisperEncoder) live there."""
     import importlib

@@ -15,7 +15,7 @@ import transformers as T
 
 import layer_recycling as lr
 from layer_recycling import arch
-from families import FAMILIES, LAYERS, Missing, alone, build, examples, padded, worst
+from families import FAMILIES, LAYERS, Missing, alone, build, cohere2, examples, padded, worst
 
 CASES = [(case, head) for case, (_, _, _, heads, _) in FAMILIES.items() for head in heads]
 SAMPLED = [pytest.param(case, head, i % (LAYERS + 1), id=f"{case}-{head}-{i % (LAYERS + 1)}")
@@ -84,15 +84,10 @@ def test_blocks_typed_by_their_index_keep_their_type_above_the_split(case, head,
 def test_a_blocks_override_gives_the_top_its_blocks_types_too():
     """A family outside the table with per-block types (Cohere2), split by ``blocks=``: exact at every level, on
     inputs longer than its window (the self-check ran on a short first batch, which no shift would show)."""
-    cohere2 = getattr(T, "Cohere2Model", None)
-    if cohere2 is None:
-        pytest.skip(f"transformers {T.__version__} has no Cohere2Model")
-    torch.manual_seed(0)
-    model = cohere2(T.Cohere2Config(vocab_size=99, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                                    num_key_value_heads=1, intermediate_size=37, max_position_embeddings=64,
-                                    pad_token_id=0, bos_token_id=1, eos_token_id=2, sliding_window=3, layer_types=[
-                                        "sliding_attention", "sliding_attention", "full_attention",
-                                        "full_attention"])).eval()
+    try:
+        model = cohere2()
+    except Missing as err:
+        pytest.skip(str(err))
     rows = [{"input_ids": torch.randint(3, 99, (n,), generator=torch.Generator().manual_seed(n))} for n in (2, 3)]
     long = [{"input_ids": torch.randint(3, 99, (n,), generator=torch.Generator().manual_seed(n))} for n in (12, 9)]
     for at in range(1, 4):
