@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import layer_recycling as lr
-from conftest import LABELS, LAYERS, text_examples, text_model
+from conftest import LABELS, LAYERS, cnn_model, text_examples, text_model
 
 CASES = [("bert", "ForTokenClassification"), ("bert", "ForSequenceClassification"), ("llama", "ForCausalLM"),
          ("gpt2", "LMHeadModel"), ("bert", "ForQuestionAnswering")]
@@ -117,6 +117,71 @@ def test_an_example_without_tokens_or_with_a_mask_of_another_length_is_refused()
     with pytest.raises(ValueError, match="row 1 of the batch has no tokens"):
         rec(**batch)
     assert len(rec.store) == 0  # nothing was stored by a refused call
+
+
+@pytest.mark.parametrize("family, head", [("bert", "Model"), ("llama", "Model"), ("gpt2", "Model")])
+def test_hidden_states_and_attentions_are_the_top_blocks_once_each(family, head):
+    """transformers records them with hooks it installs on a model's first call; the halves, copied before it,
+    installed a second set on the same blocks: each top block came back twice ([2, 3, 3, 4, 4] at 2 of 4)."""
+    model = text_model(family, head)
+    model.config._attn_implementation = "eager"  # attentions come back only from eager attention
+    rec = lr.recycle(model, at=2).eval()
+    ids = torch.tensor([[8, 9, 10, 11]])
+    with torch.no_grad():
+        model(input_ids=ids)  # the plain model's first call, after recycle
+        plain = model(input_ids=ids, output_hidden_states=True, output_attentions=True)
+        got = rec(input_ids=ids, output_hidden_states=True, output_attentions=True)
+    assert len(got.hidden_states) == LAYERS - 2 + 1 and len(got.attentions) == LAYERS - 2
+    for mine, theirs in ((got.hidden_states, plain.hidden_states[2:]), (got.attentions, plain.attentions[2:])):
+        assert all(float((a - b).abs().max()) <= 1e-5 for a, b in zip(mine, theirs, strict=True))
+
+
+def test_a_tuple_answer_follows_the_callers_layout_like_named_outputs():
+    """With return_dict=False the per-token logits of a left-padded batch came back right-padded (0.30 off)."""
+    model = text_model("bert", "ForTokenClassification")
+    rec = lr.recycle(model, at=2).eval()
+    examples = text_examples(3)
+    batch = padded(examples, "left")
+    with torch.no_grad():
+        named, plain = rec(**batch), rec(**batch, return_dict=False)
+        attentions = rec(**batch, output_attentions=True).attentions
+    assert isinstance(plain, tuple) and torch.equal(plain[0], named.logits)
+    t, real = batch["attention_mask"].shape[1], batch["attention_mask"].bool()
+    for i, e in enumerate(examples):
+        assert (named.logits[i][real[i]] - alone(model, e)["logits"]).abs().max() <= 1e-5
+        assert not named.logits[i][~real[i]].any()
+    assert all(a.shape[-2:] == (t, t) and not a[0][:, ~real[0]].any() for a in attentions)  # the caller's layout
+
+
+def test_predict_runs_in_eval_mode_and_names_a_tuples_items():
+    model = text_model("bert", "ForSequenceClassification")
+    model.config.return_dict = False  # the model answers with tuples
+    rec = lr.recycle(model, at=2)  # a new recycled model trains: dropout on
+    assert rec.training
+    examples = text_examples(3)
+    first, again = rec.predict(examples, progress=False), rec.predict(examples, progress=False)
+    assert rec.training and all(torch.equal(a["logits"], b["logits"]) for a, b in zip(first, again))
+    cnn = cnn_model().eval()
+    images = torch.randn(3, 3, 8, 8)
+    pair = lr.recycle(TupleOut(cnn), at=2).eval()
+    got = pair.predict([(x, 0) for x in images], progress=False)
+    with torch.no_grad():
+        want = TupleOut(cnn)(images)
+    assert sorted(got[0]) == ["output[0]", "output[1]"]
+    assert all(torch.allclose(g[f"output[{j}]"], want[j][i], atol=1e-5) for i, g in enumerate(got) for j in (0, 1))
+
+
+class TupleOut(torch.nn.Module):
+    """A generic model answering (logits, logits * 2)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.stem, self.features, self.fc = inner.stem, inner.features, inner.fc
+
+    def forward(self, x):
+        x = self.features(self.stem(x))
+        y = self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+        return y, 2 * y
 
 
 def test_a_user_key_points_serving_to_predict():

@@ -71,3 +71,20 @@ def test_another_bottom_a_lossy_store_or_a_higher_level_is_refused():
         lr.recycle(model, at=3).fill(examples, progress=False, start_from=half)
     with pytest.raises(ValueError, match="start from a lower level"):
         lr.recycle(model, at=2).fill(examples, progress=False, start_from=lr.recycle(model, at=2))
+
+
+def test_a_stacked_fill_runs_its_blocks_under_the_levels_autocast_and_refuses_another():
+    """The blocks between the levels ran without autocast: entries 2.3e-4 off a direct bfloat16 fill, and
+    ``verify`` flagged them. Now equal to a direct fill; a lower level of another autocast is refused."""
+    model = text_model("bert", "ForSequenceClassification")
+    examples = text_examples(8)
+    lower = lr.recycle(model, at=1, store=lr.MemoryStore(codec="float32"), autocast="bfloat16")
+    stacked = lr.recycle(model, at=3, autocast="bfloat16")
+    stacked.fill(examples, start_from=lower, progress=False)
+    direct = lr.recycle(model, at=3, autocast="bfloat16")
+    direct.fill(examples, progress=False)
+    keys = [direct.encode(e)[0] for e in examples]
+    assert all(torch.equal(a, b) for a, b in zip(stacked.store.get_many(keys), direct.store.get_many(keys)))
+    with pytest.raises(ValueError, match=r"under autocast='bfloat16', this level's bottom runs under "
+                                         r"autocast=None"):
+        lr.recycle(model, at=3).fill(examples, start_from=lower, progress=False)

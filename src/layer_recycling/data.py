@@ -16,6 +16,7 @@ import torch
 LABEL_NAMES = ("labels", "start_positions", "end_positions")
 _LABEL_ALIASES = {"label": "labels", "label_ids": "labels"}  # as the HF Trainer renames them
 IGNORE_INDEX = -100  # what transformers' losses skip: padding of per-token labels
+_EXAMPLE_DIMS = {"pixel_values": 3, "input_features": 2}  # one image (c, h, w); one clip's features (mels, frames)
 SCALES = "state_scales"  # beside int8 "states" in a batch bound for a device, which converts both (transfer.py)
 
 
@@ -69,6 +70,13 @@ def parts(example: dict[str, Any], input_names: Sequence[str]) -> tuple[dict[str
     labels = {n: as_tensor(example[n], n) for n in LABEL_NAMES if n in example and example[n] is not None}
     if "input_ids" in inputs:
         inputs, labels = _unpad_text(inputs, labels)
+    for name, dims in _EXAMPLE_DIMS.items():  # a processor's return_tensors="pt" output: a batch of one
+        value = inputs.get(name)
+        if value is not None and value.dim() == dims + 1:
+            if value.shape[0] != 1:
+                raise ValueError(f"one example holds {name} of shape {tuple(value.shape)}: a batch of "
+                                 f"{value.shape[0]}. Pass one dict per image (or clip): split the batch into rows")
+            inputs[name] = value[0]
     return inputs, labels
 
 
@@ -194,6 +202,15 @@ class Layout:
         return out
 
 
+    def scatter_square(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, heads, n, n) token-by-token maps (attentions) -> (b, heads, t, t) in the caller's layout, 0 at
+        padded rows and columns."""
+        out = x.new_zeros((x.shape[0], x.shape[1], self.t, self.t))
+        for i, (s, n) in enumerate(zip(self.starts, self.lengths)):
+            out[i, :, s : s + n, s : s + n] = x[i, :, :n, :n]
+        return out
+
+
 def pad(tensors: Sequence[torch.Tensor], value: float = 0, to: int | None = None) -> torch.Tensor:
     """Right-pad tensors whose first dim varies: list of (n_i, ...) -> (b, max n_i or ``to``, ...)."""
     t = max([x.shape[0] for x in tensors] + [to or 0])
@@ -215,7 +232,7 @@ def collate_states(states: Sequence[torch.Tensor | tuple], ragged: bool) -> dict
     int8 codes come with their row scales under ``SCALES`` (b, t), padded with 0, for the device to convert."""
     values = [s[0] if isinstance(s, tuple) else s for s in states]
     scales = [s[1] if isinstance(s, tuple) else None for s in states]
-    out = dict(zip(("states", "attention_mask"), repad(values))) if ragged else {"states": torch.stack(values)}
+    out = dict(zip(("states", "attention_mask"), repad(values))) if ragged else {"states": stack(values, "states")}
     if scales[0] is not None:
         out[SCALES] = pad(scales, to=out["states"].shape[1]) if ragged else torch.stack(scales)
     return out
@@ -226,10 +243,27 @@ def mask_for(lengths: Sequence[int], t: int, device: torch.device | str | None =
     return (torch.arange(t, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]).long()
 
 
+def stack(tensors: Sequence[torch.Tensor], name: str) -> torch.Tensor:
+    """``torch.stack`` of a batch's fixed-size inputs (images, audio features) or their states.
+
+    Raises:
+        ValueError: two of them differ in shape (images of two sizes): naming both and the fix.
+    """
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        a, b = sorted(shapes)[:2]
+        raise ValueError(
+            f"one batch holds {name} of shapes {a} and {b}: inputs without a token mask are batched as they are, "
+            f"so a batch needs one size. Resize the images (the model's image processor does), or batch each size "
+            f"apart (one fill/predict call per size)"
+        )
+    return torch.stack(list(tensors))
+
+
 def collate_inputs(rows: Sequence[dict[str, torch.Tensor]], pad_id: int, ragged: bool) -> dict[str, torch.Tensor]:
     """Stack unpadded model inputs into a batch, right-padded with a matching attention mask."""
     if not ragged:
-        return {n: torch.stack([r[n] for r in rows]) for n in rows[0]}
+        return {n: stack([r[n] for r in rows], n) for n in rows[0]}
     lengths = [length(r) for r in rows]
     batch = {n: pad([r[n] for r in rows], pad_id if n == "input_ids" else 0) for n in rows[0] if n != "attention_mask"}
     batch["attention_mask"] = mask_for(lengths, max(lengths))

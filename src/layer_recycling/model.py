@@ -115,8 +115,10 @@ class Recycled(nn.Module):
 
     # ---- the model ----------------------------------------------------------------------------------------
 
-    def forward(self, *args: Any, states: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+    def forward(self, *args: Any, states: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                input_features: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, output_attentions: bool | None = None,
                 return_dict: bool | None = None, num_items_in_batch: Any = None, **inputs: Any):
@@ -125,14 +127,17 @@ class Recycled(nn.Module):
         ``rec(**model_inputs)`` or ``rec(*model_inputs)`` (no ``states``; positional arguments mean what they mean
         to the model's own forward) serves through the store (``serve.serve``): hits are read, misses run the
         bottom and are stored. An argument that cannot reach the bottom or the top is refused, never dropped.
-        Returns what the model returns, with a loss when labels are given. The keywords are named so that
-        trainers (HF ``Trainer``'s ``remove_unused_columns``) keep these columns. ``output_hidden_states`` gives
+        Returns what the model returns, with a loss when labels are given. The usual model inputs and labels
+        are named keywords so that trainers keep those columns (HF ``Trainer``'s ``remove_unused_columns`` drops
+        the columns of a ``datasets.Dataset`` that ``forward`` does not name). ``output_hidden_states`` gives
         the top's hidden states: the first is the stored state at block k; ``num_items_in_batch`` reaches the
         model's loss as it would without recycling.
         """
-        given = {"attention_mask": attention_mask, "labels": labels, "start_positions": start_positions,
-                 "end_positions": end_positions, "output_hidden_states": output_hidden_states,
-                 "output_attentions": output_attentions, "return_dict": return_dict, **inputs}
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
+                 "position_ids": position_ids, "pixel_values": pixel_values, "input_features": input_features,
+                 "labels": labels, "start_positions": start_positions, "end_positions": end_positions,
+                 "output_hidden_states": output_hidden_states, "output_attentions": output_attentions,
+                 "return_dict": return_dict, **inputs}
         given = {k: v for k, v in given.items() if v is not None}
         if args:
             given = self._bind(args, given, states)
@@ -143,7 +148,11 @@ class Recycled(nn.Module):
         if states is None:  # serving: hits from the store, misses through the bottom (and stored)
             states, mask, extra, layout = serve.prepare(self.pipeline, dtype_of(self.top),
                                                         {**given, "attention_mask": mask}, extra)
-            return serve.restore(self._top(states, mask, extra), layout)
+            as_tuple = layout is not None and self._wants_tuple(extra)
+            if as_tuple:  # named outputs go back into the caller's layout; the tuple is made from them after
+                extra["return_dict"] = True
+            out = serve.restore(self._top(states, mask, extra), layout)
+            return out.to_tuple() if as_tuple else out
         if given:
             raise TypeError(f"with states=, expected attention_mask, labels and output options; got {sorted(given)}")
         return self._top(states, mask, extra)
@@ -166,6 +175,13 @@ class Recycled(nn.Module):
             raise TypeError(f"{name}.forward takes *{starred[0]}; a recycled model cannot route them to its "
                             f"bottom or top. Pass the model inputs by name ({list(self.input_names)})")
         return {**{k: v for k, v in bound.items() if v is not None}, **given}
+
+    def _wants_tuple(self, extra: dict[str, Any]) -> bool:
+        """Whether a transformers model would answer with a tuple (``return_dict=False``, given or configured)."""
+        if self.config is None or not ("return_dict" in self.top.accepts or self.top.takes_kwargs):
+            return False
+        asked = extra.get("return_dict")
+        return asked is False or asked is None and getattr(self.config, "return_dict", True) is False
 
     def _top(self, states: torch.Tensor, mask: torch.Tensor | None, extra: dict[str, Any]):
         self._check_frozen()
@@ -247,9 +263,22 @@ class Recycled(nn.Module):
         return self.loader(examples, fill_batch_size=fill_batch_size, progress=progress, inputs=inputs).dataset
 
     def predict(self, examples: Iterable[Any], batch_size: int = 32, progress: bool = True) -> list[dict]:
-        """Outputs for raw examples in order (one dict of tensors each), keyed as ``fill`` keys them."""
-        return serve.predict(self.pipeline, self._top, device_of(self.top), dtype_of(self.top), examples,
-                             batch_size, progress)
+        """Outputs for raw examples in order, keyed as ``fill`` keys them: one dict of tensors each (a model's
+        named outputs, per-token ones cut to the example's tokens; ``output`` for a bare tensor, ``output[i]``
+        for a tuple's items). Runs in eval mode (no dropout) whatever the model's mode, and restores it after."""
+        named = {"return_dict": True} if self.config is not None and (
+            "return_dict" in self.top.accepts or self.top.takes_kwargs) else {}
+
+        def top(states: torch.Tensor, mask: torch.Tensor | None, extra: dict[str, Any]) -> Any:
+            return self._top(states, mask, {**extra, **named})
+
+        training = self.training
+        self.eval()
+        try:
+            return serve.predict(self.pipeline, top, device_of(self.top), dtype_of(self.top), examples, batch_size,
+                                 progress)
+        finally:
+            self.train(training)
 
     def verify(self, examples: Iterable[Any], sample: int = 32, rtol: float | None = None, atol: float = 1e-4,
                seed: int = 0) -> fill.VerifyReport:

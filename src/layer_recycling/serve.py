@@ -81,7 +81,7 @@ def prepare(pipe: Pipeline, dtype: torch.dtype, inputs: dict[str, torch.Tensor |
     device = next(iter(inputs.values())).device
     if not pipe.arch.masked:
         rows = [{n: v[i] for n, v in inputs.items()} for i in range(next(iter(inputs.values())).shape[0])]
-        return torch.stack(lookup(pipe, [row_key(r) for r in rows], rows, device, dtype)), None, labels, None
+        return data.stack(lookup(pipe, [row_key(r) for r in rows], rows, device, dtype), "states"), None, labels, None
     layout = data.Layout.of(inputs)
     rows = [data.key_fields(r) for r in layout.rows(inputs)]
     for i, row in enumerate(rows):
@@ -106,6 +106,8 @@ def restore(out: Any, layout: data.Layout | None) -> Any:
             out[name] = layout.scatter(value)
         elif name == "hidden_states" and isinstance(value, tuple):
             out[name] = tuple(layout.scatter(v) for v in value)
+        elif name == "attentions" and isinstance(value, tuple):  # (b, heads, n, n): rows and columns are tokens
+            out[name] = tuple(layout.scatter_square(v) for v in value)
     return out
 
 
@@ -129,13 +131,18 @@ def predict(pipe: Pipeline, top: Top, device: torch.device, dtype: torch.dtype, 
 
 def _per_example(pipe: Pipeline, top: Top, states: list[torch.Tensor]) -> list[dict]:
     if not pipe.arch.masked:
-        out = top(torch.stack(states), None, {})
-        return [{"output": row} for row in out] if isinstance(out, torch.Tensor) else _rows(out, None)
+        return _rows(top(data.stack(states, "states"), None, {}), None)
     out = top(*data.repad(states), {})
     return _rows(out, [s.shape[0] for s in states])
 
 
 def _rows(out: Any, lengths: list[int] | None) -> list[dict]:
+    """One dict per example: named outputs by their names, a bare tensor as ``output``, a tuple's items as
+    ``output[i]``; per-token outputs cut to each example's tokens."""
+    if isinstance(out, torch.Tensor):
+        out = {"output": out}
+    elif isinstance(out, (tuple, list)):
+        out = {f"output[{i}]": v for i, v in enumerate(out)}
     fields = {n: v for n, v in out.items() if isinstance(v, torch.Tensor) and n != "loss"}
     b = next(iter(fields.values())).shape[0]
     rows = []

@@ -48,6 +48,7 @@ def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = No
         ValueError: unknown architecture or bad level; the message says how to name the block list.
     """
     arch = lookup(model, blocks)
+    hooks_before_copies(model)
     if arch.build is not None:
         bottom, top, k, num_layers = arch.build(model, at)
         return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=num_layers, arch=arch)
@@ -69,6 +70,23 @@ def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = No
             top_model = wrap(top_model)
     top = Top(top_model, arch.entry)
     return Split(bottom=bottom, top=top, at=k, num_layers=len(layers), arch=arch)
+
+
+def hooks_before_copies(model: nn.Module) -> None:
+    """Install transformers' output-recording hooks on ``model`` now, before its halves copy it.
+
+    transformers (5.x) records ``output_hidden_states`` and ``output_attentions`` with forward hooks it installs on a
+    model's blocks at its first call, and marks the model as hooked. The halves are shallow copies sharing those
+    blocks: a copy made before the first call carries no mark and would install a second set, and every block of
+    the top would then be recorded twice. Installed first, every copy inherits the mark and the blocks keep one set.
+    """
+    try:
+        from transformers import PreTrainedModel
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # no transformers, or one that records outputs in its forward loops (nothing to share)
+        return
+    if isinstance(model, PreTrainedModel):
+        maybe_install_capturing_hooks(model)
 
 
 def _above(base: nn.Module, arch: Arch, layers: nn.ModuleList, k: int) -> dict[str, nn.Module | None]:
@@ -102,6 +120,7 @@ def middle(model: nn.Module, j: int, k: int, blocks: str | list[str] | None = No
     A store filled at level j feeds a fill at level k through it: only these blocks run.
     """
     arch = lookup(model, blocks)
+    hooks_before_copies(model)
     if arch.build is not None:
         raise ValueError(f"{type(model).__name__} is split by a hand-made builder: fill each level from scratch")
     root = model if arch.generic else model.base_model

@@ -13,7 +13,7 @@ import torch
 from . import data
 from .fill import StatesOf, fill_keyed, keyed, missing
 from .fingerprint import FingerprintMismatch, fingerprint_of
-from .pipeline import dtype_of
+from .pipeline import autocast, dtype_of
 from .split import middle, split
 from .stores.codecs import LOSSLESS
 
@@ -41,12 +41,14 @@ def stacked_states(pipe: Pipeline, lower: Pipeline) -> StatesOf:
 
     @torch.no_grad()
     def states_of(keys: list[str], rows: list[dict]) -> list[torch.Tensor]:
+        pipe.check_bottom()
         states = lower.store.get_many(keys, device=device, dtype=dtype)
         pipe.stats.bottom_calls += 1
         pipe.stats.bottom_examples += len(keys)
-        if not pipe.arch.masked:
-            return list(blocks(torch.stack(states)))
-        out = blocks(*data.repad(states))
+        with autocast(pipe.config.autocast, device):  # as the bottom of this level runs them
+            if not pipe.arch.masked:
+                return list(blocks(data.stack(states, "states")))
+            out = blocks(*data.repad(states))
         return [out[i, : s.shape[0]] for i, s in enumerate(states)]
 
     return states_of
@@ -68,6 +70,12 @@ def check_stackable(pipe: Pipeline, lower: Pipeline) -> None:
         )
     if lower.key_fn is not pipe.key_fn:
         raise ValueError("start_from keys examples with another key function; use the same key= for both levels")
+    if lower.config.autocast != pipe.config.autocast:
+        raise ValueError(
+            f"start_from's states were computed under autocast={lower.config.autocast!r}, this level's bottom runs "
+            f"under autocast={pipe.config.autocast!r}: its first {lower.at} blocks would not be this level's. "
+            f"Recycle both levels with the same autocast=, or fill this level from scratch"
+        )
     s = split(pipe.source, lower.at, pipe.config.blocks)
     own = fingerprint_of(s.bottom, model=pipe.source, at=s.at, num_layers=s.num_layers, blocks=s.arch.blocks,
                          codec=lower.store.codec).parts

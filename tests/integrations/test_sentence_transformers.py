@@ -51,6 +51,19 @@ def test_encode_equals_the_plain_model_and_the_original_still_runs(model, at):
     assert float((model.encode(ANCHORS, convert_to_tensor=True) - want).abs().max()) == 0
 
 
+def test_truncating_the_copy_leaves_the_original_alone(model):
+    """The copy shared the original's tokenizer: its max_seq_length truncated the original's inputs too."""
+    want = model.encode(ANCHORS, convert_to_tensor=True)
+    recycled = recycle_sentence_transformer(model, 0.5)
+    length = model.max_seq_length
+    recycled.max_seq_length = 3
+    assert model.max_seq_length == length and recycled.max_seq_length == 3
+    assert float((model.encode(ANCHORS, convert_to_tensor=True) - want).abs().max()) == 0
+    model.max_seq_length = 3
+    short = model.encode(ANCHORS, convert_to_tensor=True)
+    assert float((recycled.encode(ANCHORS, convert_to_tensor=True) - short).abs().max()) <= 1e-5
+
+
 def test_trainer_with_mnrl_runs_the_bottom_only_in_epoch_one_and_saves_a_plain_model(model, tmp_path):
     import datasets
     from transformers import TrainerCallback

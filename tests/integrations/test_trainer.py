@@ -40,6 +40,20 @@ def test_the_default_trainer_trains_evaluates_and_predicts_from_the_store(tmp_pa
     assert rec.stats.bottom_calls == calls  # every batch came from the store
 
 
+def test_the_default_trainer_keeps_the_input_columns_of_a_tokenized_datasets_table(tmp_path):
+    """``remove_unused_columns`` keeps the columns ``forward`` names: input_ids was hidden in ``**inputs`` and
+    dropped, and the Trainer failed in its collator. Served through the store: misses once, then hits."""
+    datasets = pytest.importorskip("datasets")
+    rows = [e for e in text_examples(8) if len(e["input_ids"]) == len(text_examples(8)[0]["input_ids"])]
+    table = datasets.Dataset.from_list([{"input_ids": e["input_ids"], "attention_mask": [1] * len(e["input_ids"]),
+                                         "label": e["label"], "note": "unused"} for e in rows])
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2)
+    trainer = T.Trainer(model=rec, args=_args(tmp_path, num_train_epochs=2), train_dataset=table, eval_dataset=table)
+    trainer.train()
+    assert "eval_loss" in trainer.evaluate()
+    assert rec.stats.misses == len(rows) and rec.stats.hits >= 2 * len(rows)
+
+
 @pytest.mark.parametrize("family, head, untie", [("bert", "ForSequenceClassification", False),
                                                  ("gpt2", "LMHeadModel", False), ("gpt2", "LMHeadModel", True)])
 def test_recycled_trainer_checkpoints_load_with_from_pretrained(tmp_path, family, head, untie):

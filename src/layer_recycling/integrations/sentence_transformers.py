@@ -94,6 +94,9 @@ def _recycled(transformer: nn.Module, at: Any, store: Store | None, options: dic
     rec = recycle(transformer.model, at, store, tokenizer=transformer.tokenizer, **options)
     new = _shallow(transformer)
     new._modules["model"] = rec
+    for name in ("processor", "tokenizer", "processing_kwargs"):  # its own: max_seq_length on the copy truncates
+        if name in new.__dict__:                                   # the copy's inputs only
+            new.__dict__[name] = copy.deepcopy(new.__dict__[name])
     new.unpad_inputs = False  # a recycled model keys padded rows; ST must not pack a batch into one sequence
     new.model_forward_params = {*rec.input_names, *_OPTIONS}  # ST's other feature keys never reach the model
     rec.register_load_state_dict_pre_hook(_renamer(rec))
