@@ -16,7 +16,7 @@ import torch
 
 from layer_recycling.stores.disk import DiskStore, StoreCorrupted
 from layer_recycling.stores.files import blake, npy_bytes, signed
-from store_helpers import FORK, check_store, fill, filled, flip, keys, opens_and_reads, store_files
+from store_helpers import FORK, check_store, fill, filled, flip, keys, opens_and_reads, store_files, value
 
 
 def _committed_files(store: DiskStore) -> set[str]:
@@ -152,13 +152,19 @@ def _keys_of(seg) -> list[str]:
     return key_strs(np.asarray(seg.index()[0]))
 
 
-def test_a_named_writer_replaces_its_own_segments(tmp_path):
-    names = keys(20)
-    for _ in range(2):  # a retried task: the same name, the same work
-        fill(str(tmp_path / "s"), names, 10, writer="ray-task-7", segment_bytes=10**9)
-        fill(str(tmp_path / "s"), names[:0], 10)
+@pytest.mark.parametrize("merge", [False, True])
+def test_a_named_writers_later_session_keeps_the_earlier_ones_segments(tmp_path, merge):
+    """``writer="rank-0"`` in a rerun once named its first segment as the first run had, replacing it: the first
+    run's entries were lost (a killed torchrun job resumed with 8 of 40 entries gone). A later session of a writer
+    numbers its segments after the last one it finds, merged or not."""
+    first, second = keys(10), keys(10, start=10)
+    fill(str(tmp_path / "s"), first, 10, "float32", writer="rank-0", segment_bytes=10**9)
+    if merge:
+        DiskStore(tmp_path / "s").compact()
+    fill(str(tmp_path / "s"), second, 10, "float32", writer="rank-0", segment_bytes=10**9)
     store = DiskStore(tmp_path / "s")
-    assert store.info()["segments"] == 1 and len(store) == 20
+    assert sorted(store) == sorted(first + second) and store.contains_many(first).all()
+    assert all(torch.equal(store[k], value(k)) for k in first + second)
 
 
 @pytest.mark.parametrize("owner_bits", [16, 1])  # 1: more unmerged segments than can be numbered, all searched

@@ -101,7 +101,8 @@ def _sink_class():
         def write(self, blocks, ctx) -> dict:
             from ray.data.block import BlockAccessor
 
-            # One writer name per task of this fill: a retried task replaces its own segment, never adds a twin.
+            # One writer name per task of this fill: a retried task numbers its segments after those a failed
+            # attempt committed (a key stored twice is harmless: the first copy wins, the merge keeps one).
             store = type(self.store)(self.store.path, writer=f"ray-{self.run}-task-{ctx.task_idx}")
             written = 0
             for block in blocks:

@@ -25,7 +25,7 @@ from .buffer import Commit, WriteBuffer, encode_batch, new_entries
 from .codecs import CODECS, SCALE_DTYPE, codec_name, decode, stored
 from .binkeys import key_bytes, key_strs, maybe_key_bytes
 from .files import DiskFull, StoreCorrupted, create_once, read_signed, signed
-from .segments import FORMAT, WRITER, RowReader, Segment, write_segment
+from .segments import FORMAT, SEGMENT, WRITER, RowReader, Segment, write_segment
 from .store_files import STORE, FINGERPRINT, cleanup, create, read_store
 from .view import NO_CHECK, View, checks_in, scan, unmerged_segments
 
@@ -103,6 +103,10 @@ class DiskStore:
             self._why_readonly = "is in a directory this process cannot write, so it opened for reading only, as " \
                                  "with readonly=True,"
         self._refresh()
+        if writer is not None:  # a later session of a named writer goes on from its last segment, never over it
+            merged = [f"{h['name']}.json" for h in self._snap.header["segments"]] if self._snap else []
+            self._seq = 1 + max((int(m["seq"]) for m in map(SEGMENT.fullmatch, [*self._headers, *merged])
+                                 if m and m["writer"] == writer), default=-1)
         if not self.readonly:
             self.cleanup()
             _OPEN.add(self)  # what it buffers (misses stored while serving) is committed at exit
