@@ -96,17 +96,25 @@ def missing(pipe: Pipeline, keyed: Iterable[tuple[str, dict]]) -> dict[str, dict
         ValueError: a ``key=`` function gave one key to two different inputs (their states would be mixed up),
             within ``keyed`` or against an entry stored earlier from other inputs.
     """
+    keyed = list(keyed)
+    if pipe.key_fn is not None:
+        check_collisions(keyed)
     first: dict[str, dict] = {}
-    seen: dict[str, tuple[int, str]] = {}  # key -> (first example, digest of its inputs), for user keys
-    for i, (key, inputs) in enumerate(keyed):
-        if pipe.key_fn is not None:
-            _check_collision(seen, key, i, inputs)
+    for key, inputs in keyed:
         first.setdefault(key, inputs)
     keys = list(first)
     stored = pipe.store.contains_many(keys) if keys else []
     held = [k for k, h in zip(keys, stored) if h]
     refuse_stale(check_stored(pipe, held, [first[k] for k in held]))
     return {k: first[k] for k, h in zip(keys, stored) if not h}
+
+
+def check_collisions(keyed: list[tuple[str, dict]]) -> None:
+    """Refuse a user key given to two different inputs of ``keyed`` ((key, inputs) pairs): one stored state
+    would serve both."""
+    seen: dict[str, tuple[int, str]] = {}  # key -> (first example, digest of its inputs)
+    for i, (key, inputs) in enumerate(keyed):
+        _check_collision(seen, key, i, inputs)
 
 
 def _check_collision(seen: dict[str, tuple[int, str]], key: str, i: int, inputs: dict) -> None:

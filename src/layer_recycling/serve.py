@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data
-from .fill import check_stored, put, refuse_stale
+from .fill import check_collisions, check_stored, put, refuse_stale
 from .pipeline import row_key
 
 if TYPE_CHECKING:
@@ -37,6 +37,8 @@ def lookup(pipe: Pipeline, keys: Sequence[str], rows: Sequence[dict[str, torch.T
     """The states of ``rows`` (unpadded inputs, keyed ``keys``) as ``dtype`` on ``device``: hits from the store,
     misses from the bottom (stored when ``store_misses``)."""
     pipe.check_bottom()  # hits were computed by the bottom of the fingerprint: it must still be this one
+    if pipe.key_fn is not None:  # one user key for two different inputs of this batch: one state would serve both
+        check_collisions(list(zip(keys, rows)))
     unique = list(dict.fromkeys(keys))
     held = pipe.store.contains_many(unique)
     hits = [k for k, h in zip(unique, held) if h]

@@ -73,3 +73,8 @@ def test_a_ray_fill_under_user_keys_keeps_input_digests(local_ray, tmp_path):
     later = [dict(e, id=i) for i, e in enumerate(text_examples(4, lengths=(7, 3)))]  # same ids, other inputs
     with pytest.raises(ValueError, match="stored earlier from different model inputs"):
         rec.fill(later, progress=False)
+    twins = [dict(e, id=9) for e in text_examples(2, lengths=(5, 6))]  # one new key, two different inputs
+    with pytest.raises(Exception, match="the same key .* but their model inputs differ"):  # was stored, one of them
+        fill_from_dataset(functools.partial(make_keyed, path), local_ray.data.from_items(twins), batch_size=2,
+                          num_cpus=0.5)
+    assert lr.digest(9) not in make_keyed(path).store

@@ -74,9 +74,10 @@ class _Bottom:
         import pandas as pd
 
         rows = frame.drop(columns=[KEY]).to_dict("records")
-        keyed = {k: _encode(r, self.rec.key_fn, self.rec.input_names)[1] for k, r in zip(frame[KEY], rows)}
+        # Every copy of a key, as pairs: a key= given to two different inputs is refused (copies meet in one block).
+        keyed = [(k, _encode(r, self.rec.key_fn, self.rec.input_names)[1]) for k, r in zip(frame[KEY], rows)]
         pipe = self.rec.pipeline
-        pending = fill.missing(pipe, keyed.items())
+        pending = fill.missing(pipe, keyed)
         keys, states = list(pending), []
         for start in range(0, len(keys), self.batch_size):
             chunk = keys[start : start + self.batch_size]
