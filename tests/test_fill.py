@@ -112,3 +112,27 @@ def test_an_interrupted_fill_commits_what_it_computed_and_a_rerun_computes_only_
     rec.pipeline.run_bottom = run_bottom
     again = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "s"))
     assert again.fill(examples, batch_size=4, progress=False) == 4
+
+
+def test_a_fill_stopped_by_sigterm_commits_what_it_computed(tmp_path):
+    """torchrun stops the other ranks with SIGTERM when one fails: their buffered entries were lost (0 kept)."""
+    import os
+    import signal
+
+    from conftest import text_model
+
+    examples = text_examples(12)
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "s"))
+    run_bottom, calls = rec.pipeline.run_bottom, []
+
+    def terminated(batch):
+        calls.append(len(calls))
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return run_bottom(batch)
+
+    rec.pipeline.run_bottom = terminated
+    with pytest.raises(SystemExit):
+        rec.fill(examples, batch_size=4, progress=False)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the default handling is back
+    assert len(lr.DiskStore(tmp_path / "s", readonly=True)) == 8

@@ -48,10 +48,27 @@ def barrier(group: Any) -> None:
 
 
 def broadcast(value: Any, group: Any, src: int = 0) -> Any:
-    """``value`` of rank ``src`` on every rank (a small picklable object: a snapshot name, a count)."""
+    """``value`` of rank ``src`` of ``group`` (its own numbering, not the global one) on every rank of it (a small
+    picklable object: a snapshot name, a count)."""
     box = [value]
-    torch.distributed.broadcast_object_list(box, src=src, group=group)
+    dist = torch.distributed
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, src) if group is not None else src, group=group)
     return box[0]
+
+
+def check_same(value: str, group: Any, what: str, fix: str) -> None:
+    """Refuse, on every rank alike, when the ranks of ``group`` hold different ``value``s (digests of what each
+    passed: ``what`` says what; ``fix``, why it matters and what to do).
+
+    Raises:
+        ValueError: naming the ranks that differ from rank 0.
+    """
+    dist = torch.distributed
+    values: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(values, value, group=group)
+    differ = [r for r, v in enumerate(values) if v != values[0]]
+    if differ:
+        raise ValueError(f"rank(s) {differ} of the process group passed other {what} than rank 0: {fix}")
 
 
 def warn_unshared(store: Any) -> None:

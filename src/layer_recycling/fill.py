@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import signal
+import threading
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -47,6 +49,7 @@ def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, progress:
         keys.sort(key=lambda k: data.length(pending[k]), reverse=True)
     device = pipe.device
     states_of = states_of or (lambda _, rows: pipe.bottom_states(rows, device))
+    terminated = _TerminateAsExit()
     try:
         with tqdm(total=len(keys), unit="ex", desc="fill", disable=not progress or not keys) as bar:
             for start in range(0, len(keys), batch_size):
@@ -55,8 +58,31 @@ def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, progress:
                 put(pipe, chunk, states_of(chunk, rows), rows)
                 pipe.stats.stored += len(chunk)
                 bar.update(len(chunk))
-    finally:  # what was computed is committed, also when interrupted (Ctrl-C) or failing: a rerun resumes there
-        pipe.store.flush()
+    finally:  # what was computed is committed, also when interrupted (Ctrl-C, SIGTERM) or failing: a rerun resumes
+        try:
+            pipe.store.flush()
+        finally:
+            terminated.close()
+
+
+class _TerminateAsExit:
+    """SIGTERM (torchrun stopping a job when a rank failed, a scheduler's stop) raises ``SystemExit`` during a fill,
+    so that what it computed is committed before the process ends; the default handling returns after. Only in the
+    main thread, and only where SIGTERM has its default handling (a program's own handler is left alone)."""
+
+    def __init__(self):
+        self.previous = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self.previous = signal.signal(signal.SIGTERM, self._exit)
+
+    @staticmethod
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    def close(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+            self.previous = None
 
 
 def input_check(inputs: dict) -> str:
@@ -161,6 +187,9 @@ def fill_keyed(pipe: Pipeline, keyed: list[tuple[str, dict]], batch_size: int, p
         compute(pipe, pending, batch_size, progress, states_of)
         return len(pending)
     group, rank, world = ranks
+    distributed.check_same(digest(sorted({k for k, _ in keyed})), group, "examples to fill",
+                           "every rank passes the same examples, and each computes its share of the missing ones. "
+                           "Pass the same list on every rank")
     distributed.barrier(group)  # every rank reads the store in one state ...
     pending = missing(pipe, keyed)
     distributed.barrier(group)  # ... before any rank writes to it

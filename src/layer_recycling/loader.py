@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 
 from . import data, distributed
+from .keys import digest
 from .arch import lookup
 from .fill import fill_keyed
 from .pipeline import input_names_of
@@ -259,11 +260,22 @@ def dataloader(dataset: CachedDataset | InputDataset | GroupDataset, lengths: li
             "batch sampler, which DataLoader cannot combine with drop_last. Drop drop_last"
         )
     _, rank, world = ranks or (None, 0, 1)
+    if ranks is not None:
+        distributed.check_same(digest(_order(dataset)), ranks[0], "examples to rec.loader, or the same in another "
+                               "order", "each rank takes its share of every epoch by position, so every rank "
+                               "passes the same examples in the same order. Pass the same list on every rank")
     if ranks is not None and seed is None:
         seed = distributed.broadcast(torch.randint(2**31, ()).item(), ranks[0])  # one order for all ranks
     sampler = data.LengthGroupedBatches(lengths or [1] * len(dataset), batch_size, shuffle, seed, rank=rank,
                                         world=world, group=grouped)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
+
+
+def _order(dataset: CachedDataset | InputDataset | GroupDataset) -> list:
+    """What a dataset's items are, in order (keys, or model inputs without a store), for comparing ranks."""
+    if isinstance(dataset, CachedDataset):
+        return [key for key, _, _ in dataset.items]
+    return [inputs for inputs, _ in dataset.rows]
 
 
 def _check_labels(encoded: list[tuple[str, dict, dict]]) -> None:
