@@ -24,11 +24,15 @@ def main() -> None:
     accelerator = Accelerator()
     model, examples = model_and_examples(args.model, args.examples)
     rec = lr.recycle(model, at=0.5)
-    loader = rec.loader(examples, batch_size=32, shuffle=True, group_by_length=True, seed=0)  # fills once
+    # Fills once; under `accelerate launch` each process reads its own share of every epoch already, so the
+    # loader is not prepared (accelerate would shard it a second time); batches arrive on this process's device.
+    loader = rec.loader(examples, batch_size=32, shuffle=True, group_by_length=True, seed=0,
+                        device=accelerator.device)
     calls = rec.stats.bottom_calls
     opt = torch.optim.AdamW([p for p in rec.parameters() if p.requires_grad], lr=5e-5)
-    rec, opt, loader = accelerator.prepare(rec, opt, loader)
+    rec, opt = accelerator.prepare(rec, opt)
     for epoch in range(args.epochs):
+        loader.batch_sampler.set_epoch(epoch)
         total = 0.0
         for batch in loader:
             loss = rec(**batch).loss

@@ -89,33 +89,11 @@ def test_an_example_longer_than_the_models_positions_is_named_with_the_limit():
     assert rec.fill([{"input_ids": [5] * 16, "label": 0}], progress=False) == 1  # at the limit: fine
 
 
-def test_an_interrupted_fill_commits_what_it_computed_and_a_rerun_computes_only_the_rest(tmp_path):
-    """Ctrl-C in a fill once lost every entry since the last full segment (the store's buffer): now the batches
-    computed before the interrupt are committed, and the rerun computes only the others."""
-    from conftest import text_model
-
-    examples = text_examples(12)
-    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "s"))
-    run_bottom, calls = rec.pipeline.run_bottom, []
-
-    def interrupted(batch):
-        calls.append(len(calls))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return run_bottom(batch)
-
-    rec.pipeline.run_bottom = interrupted
-    with pytest.raises(KeyboardInterrupt):
-        rec.fill(examples, batch_size=4, progress=False)
-    reopened = lr.DiskStore(tmp_path / "s", readonly=True)
-    assert len(reopened) == 8 and reopened.info()["buffered"] == 0  # two batches of four, committed
-    rec.pipeline.run_bottom = run_bottom
-    again = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "s"))
-    assert again.fill(examples, batch_size=4, progress=False) == 4
-
-
-def test_a_fill_stopped_by_sigterm_commits_what_it_computed(tmp_path):
-    """torchrun stops the other ranks with SIGTERM when one fails: their buffered entries were lost (0 kept)."""
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_a_stopped_fill_commits_what_it_computed_and_a_rerun_computes_only_the_rest(tmp_path, stop):
+    """Ctrl-C (KeyboardInterrupt) and SIGTERM (torchrun stopping the other ranks when one fails) lost every entry
+    since the last full segment: now the batches computed before the stop are committed, and the rerun computes
+    only the others. SIGTERM's default handling is back after the fill."""
     import os
     import signal
 
@@ -125,14 +103,20 @@ def test_a_fill_stopped_by_sigterm_commits_what_it_computed(tmp_path):
     rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "s"))
     run_bottom, calls = rec.pipeline.run_bottom, []
 
-    def terminated(batch):
+    def stopped(batch):
         calls.append(len(calls))
         if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
+            if stop == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            else:
+                raise KeyboardInterrupt
         return run_bottom(batch)
 
-    rec.pipeline.run_bottom = terminated
-    with pytest.raises(SystemExit):
+    rec.pipeline.run_bottom = stopped
+    with pytest.raises(SystemExit if stop == "sigterm" else KeyboardInterrupt):
         rec.fill(examples, batch_size=4, progress=False)
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the default handling is back
-    assert len(lr.DiskStore(tmp_path / "s", readonly=True)) == 8
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    reopened = lr.DiskStore(tmp_path / "s", readonly=True)
+    assert len(reopened) == 8 and reopened.info()["buffered"] == 0  # two batches of four, committed
+    again = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "s"))
+    assert again.fill(examples, batch_size=4, progress=False) == 4
