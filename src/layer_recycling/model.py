@@ -222,7 +222,8 @@ class Recycled(nn.Module):
         the two levels run, on its stored states; its store is filled first where it lacks an example.
         In a process group (``torch.distributed`` initialised, or ``group=``) with a store all ranks share
         (a ``DiskStore``), every rank passes the same examples and computes a disjoint share of the missing
-        keys, balanced by token count; then all ranks see every entry.
+        keys, balanced by token count; then all ranks see every entry. It is collective there: every rank calls
+        it (``loader`` and ``dataset`` too), and ranks passing other examples are refused.
         """
         if start_from is not None:
             return stack.fill(self.pipeline, start_from.pipeline, examples, batch_size, progress, group)
