@@ -56,7 +56,7 @@ def _phases_worker(rank: int, folder: str) -> None:
     """One process group for the three phases the tests below check, each in its own folder: one spawn, not three."""
     _init(rank, folder)
     try:
-        for phase in (_fill, _loaders, _ddp, _mismatch):
+        for phase in (_fill, _loaders, _ddp, _mismatch, _unshared):
             Path(folder, phase.__name__).mkdir(exist_ok=True)
             phase(rank, str(Path(folder, phase.__name__)))
             torch.distributed.barrier()
@@ -74,6 +74,17 @@ def _mismatch(rank: int, folder: str) -> None:
             said[name] = None
         except ValueError as err:
             said[name] = str(err)
+    Path(folder, f"rank{rank}.json").write_text(json.dumps(said))
+
+
+def _unshared(rank: int, folder: str) -> None:
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2,
+                     store=lr.DiskStore(f"{folder}/node{rank}"))  # each rank its own directory: not shared
+    try:
+        rec.fill(text_examples(6), progress=False)
+        said = None
+    except lr.StoreCorrupted as err:
+        said = str(err)
     Path(folder, f"rank{rank}.json").write_text(json.dumps(said))
 
 
@@ -178,6 +189,13 @@ def test_ranks_passing_other_examples_or_another_order_are_refused_on_every_rank
         assert "rank(s) [1] of the process group passed other examples to fill than rank 0" in r["fill"]
         assert "other examples to rec.loader, or the same in another order" in r["loader"]
     assert len(lr.DiskStore(phases / "_mismatch" / "store", readonly=True)) == 6  # the loader's own fill agreed
+
+
+def test_ranks_that_do_not_share_the_store_directory_are_told_so_on_every_rank(phases):
+    """Rank 1 once failed with a missing snapshot file and rank 0 reported success with 4 of its 6 examples."""
+    for r in range(WORLD):
+        said = json.loads((phases / "_unshared" / f"rank{r}.json").read_text())
+        assert "rank(s) [1] cannot open the merged index" in said and "Do all ranks open one directory" in said
 
 
 def _dying_worker(rank: int, folder: str) -> None:

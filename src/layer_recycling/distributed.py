@@ -56,6 +56,13 @@ def broadcast(value: Any, group: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def gather(value: Any, group: Any) -> list[Any]:
+    """Every rank's ``value`` (small and picklable), in rank order, on every rank."""
+    values: list[Any] = [None] * torch.distributed.get_world_size(group)
+    torch.distributed.all_gather_object(values, value, group=group)
+    return values
+
+
 def check_same(value: str, group: Any, what: str, fix: str) -> None:
     """Refuse, on every rank alike, when the ranks of ``group`` hold different ``value``s (digests of what each
     passed: ``what`` says what; ``fix``, why it matters and what to do).
@@ -63,9 +70,7 @@ def check_same(value: str, group: Any, what: str, fix: str) -> None:
     Raises:
         ValueError: naming the ranks that differ from rank 0.
     """
-    dist = torch.distributed
-    values: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(values, value, group=group)
+    values = gather(value, group)
     differ = [r for r, v in enumerate(values) if v != values[0]]
     if differ:
         raise ValueError(f"rank(s) {differ} of the process group passed other {what} than rank 0: {fix}")

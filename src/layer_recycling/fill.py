@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from . import data, distributed
 from .keys import digest
 from .stores.codecs import LOSSLESS
+from .stores.files import StoreCorrupted
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -199,7 +200,18 @@ def fill_keyed(pipe: Pipeline, keyed: list[tuple[str, dict]], batch_size: int, p
     pipe.store.refresh()  # every rank's segments are committed now: see them before merging
     merged = pipe.store.compact() if rank == 0 else None
     snapshot = distributed.broadcast(merged, group)  # its name travels through the group, never a listing
-    pipe.store.open_snapshot(snapshot)
+    try:
+        pipe.store.open_snapshot(snapshot)
+        error = None
+    except StoreCorrupted as err:
+        error = err
+    failed = [r for r, e in enumerate(distributed.gather(None if error is None else str(error), group)) if e]
+    if failed:  # every rank says so, not only those that failed
+        raise StoreCorrupted(
+            f"rank(s) {failed} cannot open the merged index {snapshot!r} that rank 0 wrote ({error or 'see rank '}"
+            f"{'' if error else failed[0]}). Do all ranks open one directory they share ({pipe.store!r})? A store "
+            f"on each node's own disk is not shared: put it on a filesystem every rank sees"
+        ) from error
     return len(pending)
 
 
