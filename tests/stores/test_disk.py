@@ -97,6 +97,18 @@ def test_entries_a_process_left_buffered_are_committed_when_it_exits(tmp_path):
     assert sorted(store) == sorted([a, b]) and torch.equal(store[a], torch.ones(2, 3))
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_a_store_let_go_keeps_no_file_descriptor(tmp_path):
+    """Each store opened and read kept its segments' data files open after it was gone: a loop of checks ran out
+    of descriptors (EMFILE) in the fault-injection tests."""
+    filled(tmp_path / "s", n=12, per_put=4)  # three segments
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = fds()
+    for _ in range(30):
+        DiskStore(tmp_path / "s").get_many(keys(12))
+    assert fds() <= before + 2
+
+
 def test_a_subprocess_sees_the_same_content(tmp_path):
     store = filled(tmp_path / "s", "int8")
     here = {k: store[k].numpy().tobytes().hex() for k in store}

@@ -236,6 +236,9 @@ class Segment:
             os.close(self._file[1])
         self._file = None
 
+    def __del__(self) -> None:  # a store let go keeps no descriptor: 100 stores opened in a loop ran out of them
+        self.close_file()
+
     def drop_maps(self) -> None:
         self._index, self._data, self._checks = None, None, None
         self.close_file()
