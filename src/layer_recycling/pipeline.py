@@ -63,15 +63,17 @@ class Pipeline:
         self._seen = self._tensors_now()  # the fingerprint was just taken of these
 
     def _tensors_now(self) -> tuple:
-        return tuple((t.dtype, t.device, t.data_ptr(), t._version)
-                     for t in (*self.bottom.parameters(), *self.bottom.buffers()))
+        """Each bottom tensor's dtype and storage, and each weight's version (buffers' versions are left out: DDP
+        writes the same buffers into every replica at every step, which would digest the weights every step)."""
+        return (*((p.dtype, p.device, p.data_ptr(), p._version) for p in self.bottom.parameters()),
+                *((b.dtype, b.device, b.data_ptr()) for b in self.bottom.buffers()))
 
     def check_bottom(self) -> None:
         """Refuse to read or write the store once the bottom's weights are not those of its fingerprint.
 
         ``rec.to(torch.bfloat16)`` or an in-place edit of a bottom weight after ``recycle`` would otherwise store
-        (and serve) states of another bottom under this fingerprint. A cheap look at each tensor's dtype, storage
-        and version, every call; the weights are digested again only when that changed (moving the model to
+        (and serve) states of another bottom under this fingerprint. A cheap look at each tensor's dtype and storage
+        and each weight's version, every call; the weights are digested again only when that changed (moving the model to
         another device keeps the digest).
 
         Raises:
