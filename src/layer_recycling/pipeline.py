@@ -72,9 +72,9 @@ class Pipeline:
         """Refuse to read or write the store once the bottom's weights are not those of its fingerprint.
 
         ``rec.to(torch.bfloat16)`` or an in-place edit of a bottom weight after ``recycle`` would otherwise store
-        (and serve) states of another bottom under this fingerprint. A cheap look at each tensor's dtype and storage
-        and each weight's version, every call; the weights are digested again only when that changed (moving the model to
-        another device keeps the digest).
+        (and serve) states of another bottom under this fingerprint. A cheap look at each tensor's dtype and
+        storage and each weight's version, every call; the weights are digested again only when that changed
+        (moving the model to another device keeps the digest).
 
         Raises:
             FingerprintMismatch: the bottom's weights differ from those the store was bound to.
