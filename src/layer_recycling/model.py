@@ -176,9 +176,14 @@ class Recycled(nn.Module):
                             f"bottom or top. Pass the model inputs by name ({list(self.input_names)})")
         return {**{k: v for k, v in bound.items() if v is not None}, **given}
 
+    @property
+    def _names_outputs(self) -> bool:
+        """A transformers top, which answers with named outputs when asked (``return_dict``)."""
+        return self.config is not None and ("return_dict" in self.top.accepts or self.top.takes_kwargs)
+
     def _wants_tuple(self, extra: dict[str, Any]) -> bool:
         """Whether a transformers model would answer with a tuple (``return_dict=False``, given or configured)."""
-        if self.config is None or not ("return_dict" in self.top.accepts or self.top.takes_kwargs):
+        if not self._names_outputs:
             return False
         asked = extra.get("return_dict")
         return asked is False or asked is None and getattr(self.config, "return_dict", True) is False
@@ -267,8 +272,7 @@ class Recycled(nn.Module):
         """Outputs for raw examples in order, keyed as ``fill`` keys them: one dict of tensors each (a model's
         named outputs, per-token ones cut to the example's tokens; ``output`` for a bare tensor, ``output[i]``
         for a tuple's items). Runs in eval mode (no dropout) whatever the model's mode, and restores it after."""
-        named = {"return_dict": True} if self.config is not None and (
-            "return_dict" in self.top.accepts or self.top.takes_kwargs) else {}
+        named = {"return_dict": True} if self._names_outputs else {}
 
         def top(states: torch.Tensor, mask: torch.Tensor | None, extra: dict[str, Any]) -> Any:
             return self._top(states, mask, {**extra, **named})
