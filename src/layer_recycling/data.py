@@ -201,7 +201,6 @@ class Layout:
             out[i, s : s + n] = x[i, :n]
         return out
 
-
     def scatter_square(self, x: torch.Tensor) -> torch.Tensor:
         """(b, heads, n, n) token-by-token maps (attentions) -> (b, heads, t, t) in the caller's layout, 0 at
         padded rows and columns."""
