@@ -73,7 +73,8 @@ class _TerminateAsExit:
 
     def __init__(self):
         self.previous = None
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             self.previous = signal.signal(signal.SIGTERM, self._exit)
 
     @staticmethod
@@ -207,10 +208,11 @@ def fill_keyed(pipe: Pipeline, keyed: list[tuple[str, dict]], batch_size: int, p
         error = err
     failed = [r for r, e in enumerate(distributed.gather(None if error is None else str(error), group)) if e]
     if failed:  # every rank says so, not only those that failed
+        cause = str(error) if error is not None else f"see rank {failed[0]}"
         raise StoreCorrupted(
-            f"rank(s) {failed} cannot open the merged index {snapshot!r} that rank 0 wrote ({error or 'see rank '}"
-            f"{'' if error else failed[0]}). Do all ranks open one directory they share ({pipe.store!r})? A store "
-            f"on each node's own disk is not shared: put it on a filesystem every rank sees"
+            f"rank(s) {failed} cannot open the merged index {snapshot!r} that rank 0 wrote ({cause}). Do all ranks "
+            f"open one directory they share ({pipe.store!r})? A store on each node's own disk is not shared: put it "
+            f"on a filesystem every rank sees"
         ) from error
     return len(pending)
 
