@@ -83,15 +83,14 @@ def _count(text: str) -> int:
     return value
 
 
-def _fraction(text: str, low_open: bool = False, high_open: bool = False) -> float:
-    """A number in [0, 1] (ends excluded where asked)."""
+def _fraction(text: str, below_one: bool = False) -> float:
+    """A number in [0, 1] (in [0, 1) when ``below_one``)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction such as 0.5") from None
-    if not (0 < value if low_open else 0 <= value) or not (value < 1 if high_open else value <= 1):
-        raise argparse.ArgumentTypeError(
-            f"{text}: expected a fraction in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
+    if not 0 <= value <= 1 or below_one and value == 1:
+        raise argparse.ArgumentTypeError(f"{text}: expected a fraction in [0, 1{')' if below_one else ']'}")
     return value
 
 
@@ -169,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=_seeds, default="1", help="a count (3: seeds 0, 1, 2) or a comma list of seeds; with more "
                    "than one the report gives mean, sd and 95%% intervals and flags borderline levels")
     b.add_argument("--max-drop", type=_points, default=1.0, help="points of score you accept to lose")
-    b.add_argument("--val", type=lambda t: _fraction(t, high_open=True), default=0.1, help="fraction of the "
+    b.add_argument("--val", type=lambda t: _fraction(t, below_one=True), default=0.1, help="fraction of the "
                    "training examples held out to choose the level on (the test split then checks the choice); 0 for "
                    "none")
     b.add_argument("--val-file", help="validation examples in --dataset's format, instead of holding --val out "
