@@ -21,9 +21,9 @@ _END = object()
 
 
 class DeviceLoader:
-    """The batches of ``loader`` on ``device``; ``states`` (in each field's dict too) as ``dtype``, converted
-    there from the stored dtype (int8 codes times their row scales). Any other
-    attribute is the loader's (``batch_sampler.set_epoch``, ``dataset``, ``len``)."""
+    """The batches of ``loader`` on ``device``; ``states`` (in each field's dict too) as ``dtype``, converted there
+    from the stored dtype (int8 codes times their row scales). Any other attribute is the loader's
+    (``batch_sampler.set_epoch``, ``dataset``, ``len``)."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device | str, dtype: torch.dtype,
                  read_ahead: int = 2):
