@@ -135,6 +135,10 @@ def test_bad_groups_say_what_was_expected():
     labelled = [dict(e, positive=dict(e["positive"], label=1)) for e in examples]
     with pytest.raises(ValueError, match=r"example 0's field 'positive' holds labels \(\['labels'\]\)"):
         rec.loader(labelled, inputs=["anchor", "positive"], progress=False)
+    batched = [dict(e, negatives={"input_ids": [n["input_ids"] for n in e["negatives"]]}) for e in examples]
+    with pytest.raises(ValueError, match=r"example 0's field 'negatives' holds one tokenizer call over 2 texts.*"
+                                         r"\[tok\(text\) for text in texts\]"):
+        rec.loader(batched, inputs=["anchor", "negatives"], progress=False)
     examples[3]["negatives"] = examples[3]["negatives"][:1]
     with pytest.raises(ValueError, match=r"example 3 holds .*'negatives': 1.* example 0 holds .*'negatives': 2"):
         rec.loader(examples, inputs=["anchor", "negatives"], progress=False)

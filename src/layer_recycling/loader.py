@@ -160,6 +160,12 @@ def _group_fields(example: Any, inputs: Sequence[str], i: int, caller: str) -> t
     fields = {}
     for field in inputs:
         value = example[field]
+        ids = value.get("input_ids") if isinstance(value, Mapping) else None
+        if isinstance(ids, (list, tuple)) and len(ids) > 1 and isinstance(ids[0], (list, tuple)):
+            raise ValueError(
+                f"example {i}'s field {field!r} holds one tokenizer call over {len(ids)} texts; {caller}(inputs=...) "
+                f"takes one encoding per input: a list of them, e.g. [tok(text) for text in texts]"
+            )
         several = isinstance(value, (list, tuple)) and value and isinstance(value[0], Mapping)
         fields[field] = list(value) if several else [value]
     outer = {k: v for k, v in data.normalize(example, ()).items() if k in data.LABEL_NAMES and v is not None}

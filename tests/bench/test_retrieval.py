@@ -40,6 +40,17 @@ def test_ranking_excludes_the_query_itself():
     assert metrics.ranking(similarity, [{1}, {0}, {1}], exclude=[0, 1, 2])["recall@1"] == 100.0
 
 
+def test_excluded_and_nan_positions_are_never_ranked():
+    """An excluded position came back from topk at -inf and counted as a hit when relevant (100 on every metric);
+    NaN scores (a diverged model) sorted first and counted as hits too."""
+    assert metrics.ranking(torch.tensor([[0.3]]), [{0}], exclude=[0])["recall@10"] == 0.0
+    assert metrics.ranking(torch.tensor([[0.9, 0.5, 0.2]]), [{0}], exclude=[0]) == {
+        "recall@1": 0.0, "recall@5": 0.0, "recall@10": 0.0, "mrr@10": 0.0, "ndcg@10": 0.0}
+    nan = float("nan")
+    assert all(v == 0.0 for v in metrics.ranking(torch.tensor([[nan, 0.5, 0.2]]), [{0}]).values())
+    assert metrics.ranking(torch.tensor([[nan, 0.5, 0.2]]), [{1}])["recall@1"] == 100.0  # the rest still rank
+
+
 @pytest.mark.parametrize("relevant, words", [([set()], "at least one"), ([{5}], "0..1")])
 def test_ranking_refuses_queries_nothing_answers(relevant, words):
     with pytest.raises(ValueError, match=words):
@@ -80,6 +91,36 @@ def test_the_loss_is_multiple_negatives_ranking_and_masks_the_anchors_own_group(
     masked[0, 2] = masked[2, 0] = float("-inf")
     got = retrieval.in_batch_negatives_loss(model, _batch([0, 1, 2], [3, 4, 5], groups=[7, 8, 7]))
     assert got == pytest.approx(F.cross_entropy(masked, torch.arange(3)).item())
+
+
+def test_a_query_with_two_answers_is_never_pushed_from_either():
+    """Pairs (q, a1), (q, a2): the group was the answer, so a2 was a negative of q's row for a1 (loss 0.46 with
+    embeddings on both answers). Queries and answers linked by any pair are one group."""
+    groups = retrieval._linked([("q", "a1"), ("q", "a2"), ("r", "a3"), ("s", "a3"), ("t", "a4")])
+    assert groups["q"] != groups["r"] == groups["s"] != groups["t"] and len(set(groups.values())) == 3
+    vectors = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), dim=-1)  # q, a1, a2, x
+    model = _Rows(vectors)
+    loss = retrieval.in_batch_negatives_loss(model, _batch([0, 0, 3], [1, 2, 3], groups=[0, 0, 1]))
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("config, pooling", [
+    ({"embedding_dimension": 8, "pooling_mode": "cls", "include_prompt": True}, "cls"),  # sentence-transformers 5+
+    ({"pooling_mode": "mean"}, "mean"),
+    ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, "cls"),  # the older flags
+    ({"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}, "mean"),
+    ({"pooling_mode": "max"}, "pools with 'max'"),
+    ({"pooling_mode_lasttoken": True}, "pools with 'lasttoken'"),
+])
+def test_pooling_is_read_from_either_config_form(tmp_path, config, pooling):
+    """The current form ({"pooling_mode": "cls"}) was read as mean: a CLS model trained and scored mean-pooled."""
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(config))
+    if pooling in ("cls", "mean"):
+        assert retrieval.pooling_of(tmp_path) == pooling
+    else:
+        with pytest.raises(ValueError, match=pooling):
+            retrieval.pooling_of(tmp_path)
 
 
 def test_mean_pooling_ignores_padding():
@@ -134,8 +175,9 @@ def test_pairs_search_every_positive_and_keep_a_querys_pairs_on_one_side(tmp_pat
     if where:  # held out: both answers are relevant
         texts, found = where[0]
         assert len(found["relevant"][[texts[q]["input_ids"] for q in found["queries"]].index(paris)]) == 2
-    else:  # trained on: both pairs, each answer its own group
-        assert len({e["labels"] for e in task.train if e["anchor"]["input_ids"] == paris}) == 2
+    else:  # trained on: both pairs, one group (neither answer is a negative of the other's pair)
+        rows = [e for e in task.train if e["anchor"]["input_ids"] == paris]
+        assert len(rows) == 2 and len({e["labels"] for e in rows}) == 1
 
 
 def test_unseen_classes_hold_whole_labels_out_and_never_find_the_query_itself(tmp_path, tiny_model_dir):

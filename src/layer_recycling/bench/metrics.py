@@ -191,7 +191,8 @@ def ranking(similarity: Any, relevant: Sequence[Collection[int]], exclude: Seque
         similarity: a ``(queries, corpus)`` tensor of scores, higher is closer (cosine for unit vectors).
         relevant: per query, the corpus positions that answer it (binary relevance); at least one each.
         exclude: per query, a corpus position never ranked (the query itself, when queries are drawn from the
-            corpus), or None.
+            corpus), or None. A NaN score (a model whose training diverged) is never ranked either: such a query
+            finds nothing.
         ks: the cut-offs of Recall@k: the share of queries with a relevant entry among their top k (the
             metric-learning Recall@k; with one relevant entry per query, the hit rate).
         depth: the cut-off of MRR and nDCG.
@@ -213,6 +214,7 @@ def ranking(similarity: Any, relevant: Sequence[Collection[int]], exclude: Seque
         if not found or any(not 0 <= c < n_corpus for c in found):
             raise ValueError(f"query {q} has relevant positions {sorted(found)}; expected at least one, each in "
                              f"0..{n_corpus - 1}: drop queries that nothing in the corpus answers")
+    scores = scores.nan_to_num(nan=float("-inf"))
     if exclude is not None:
         if len(exclude) != n_queries:
             raise ValueError(f"exclude has {len(exclude)} entries for {n_queries} queries; expected one (or None) each")
@@ -220,11 +222,11 @@ def ranking(similarity: Any, relevant: Sequence[Collection[int]], exclude: Seque
             if c is not None:
                 scores[q, c] = float("-inf")
     top = max(*ks, depth)
-    order = scores.topk(min(top, n_corpus), dim=1).indices.tolist()
+    best = scores.topk(min(top, n_corpus), dim=1)
     recall = {k: 0.0 for k in ks}
     mrr = ndcg = 0.0
-    for q, ranked in enumerate(order):
-        hits = [c in relevant[q] for c in ranked]
+    for q, (ranked, kept) in enumerate(zip(best.indices.tolist(), (best.values > float("-inf")).tolist())):
+        hits = [c in relevant[q] for c, keep in zip(ranked, kept) if keep]  # excluded and NaN positions: unranked
         for k in ks:
             recall[k] += any(hits[:k])
         first = next((r for r, hit in enumerate(hits[:depth]) if hit), None)

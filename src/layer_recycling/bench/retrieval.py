@@ -40,12 +40,26 @@ BUILT_IN = {"faq": "503 construction FAQ question/answer pairs (pairs)",
 # --- embeddings, loss and the evaluator ---------------------------------------------------------------------------
 
 def pooling_of(model_dir: str | Path | None) -> str:
-    """``"cls"`` where the sentence-transformers folder pools the first token, else ``"mean"``."""
+    """``"cls"`` or ``"mean"``: how the sentence-transformers folder pools (its ``1_Pooling/config.json``, in the
+    current ``pooling_mode`` form or the older ``pooling_mode_*_tokens`` flags); ``"mean"`` for a plain folder.
+
+    Raises:
+        ValueError: a pooling the harness does not compute (max, last token, weighted mean).
+    """
     config = Path(model_dir) / "1_Pooling" / "config.json" if model_dir is not None else None
     if config is None or not config.is_file():
         return "mean"
     modes = json.loads(config.read_text())
-    return "cls" if modes.get("pooling_mode_cls_token") and not modes.get("pooling_mode_mean_tokens") else "mean"
+    mode = modes.get("pooling_mode")
+    if not isinstance(mode, str):  # the older form: one flag per mode
+        flags = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens", "max": "pooling_mode_max_tokens",
+                 "lasttoken": "pooling_mode_lasttoken", "weightedmean": "pooling_mode_weightedmean_tokens"}
+        on = [name for name, flag in flags.items() if modes.get(flag)]
+        mode = on[0] if len(on) == 1 else "+".join(on) or "mean"
+    if mode not in ("cls", "mean"):
+        raise ValueError(f"{config} pools with {mode!r}; the retrieval harness pools 'mean' or 'cls': pass a model "
+                         f"that pools one of those, or train it with sentence-transformers' own trainer")
+    return mode
 
 
 def embed(forward: Callable[..., Any], inputs: dict, pooling: str = "mean") -> torch.Tensor:
@@ -146,8 +160,26 @@ def pair_task(dataset: str, train: list[tuple[str, str]], test: list[tuple[str, 
 
     texts, found = search(test)
     val_texts, val_found = search(val) if val else ([], None)
-    triples = [(q, p, position[p]) for q, p in train]
+    group = _linked(train)
+    triples = [(q, p, group[q]) for q, p in train]
     return _task(dataset, triples, texts, found, enc, pooling, val_texts, val_found)
+
+
+def _linked(pairs: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """A group id per query: queries that share an answer, or answers that share a query, are one group, so the
+    loss never pushes a query away from another of its own answers (in-batch candidates of the group are masked)."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(x: tuple[str, str]) -> tuple[str, str]:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for q, p in pairs:
+        parent[root(("q", q))] = root(("a", p))
+    roots: dict[tuple[str, str], int] = {}
+    return {q: roots.setdefault(root(("q", q)), len(roots)) for q, _ in pairs}
 
 
 def class_task(dataset: str, train: list[tuple[Any, str]], test: list[tuple[Any, str]], enc: Encoder,
