@@ -123,6 +123,13 @@ def test_pooling_is_read_from_either_config_form(tmp_path, config, pooling):
             retrieval.pooling_of(tmp_path)
 
 
+def test_held_out_queries_that_were_trained_on_are_named():
+    enc = retrieval.Encoder(lambda text: {"input_ids": [len(text)]})
+    train = [("q1", "a1"), ("q2", "a2"), ("q3", "a3")]
+    with pytest.warns(UserWarning, match=r"2 held-out queries are training queries too \(first: 'q1'\)"):
+        retrieval.pair_task("mine", train, [("q1", "a1"), ("q2", "a9"), ("q4", "a4")], enc)
+
+
 def test_mean_pooling_ignores_padding():
     hidden = torch.tensor([[[1.0, 0.0], [3.0, 0.0], [100.0, 100.0]]])
     out = retrieval.embed(lambda **_: (hidden,), {"attention_mask": torch.tensor([[1, 1, 0]])})

@@ -18,6 +18,7 @@ import functools
 import importlib.util
 import json
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -145,6 +146,14 @@ def pair_task(dataset: str, train: list[tuple[str, str]], test: list[tuple[str, 
     if not train or not test:
         raise ValueError(f"{dataset}: {len(train)} training and {len(test)} test pairs; expected some of each: pass "
                          "more rows (or a --test-file)")
+    seen = {q for q, _ in train}
+    shared = sorted({q for q, _ in [*val, *test] if q in seen})
+    if shared:  # a held-out split of the user's own making (--test-file, --val-file): said, not changed
+        warnings.warn(
+            f"{dataset}: {len(shared)} held-out queries are training queries too (first: {shared[0]!r}); their "
+            f"scores measure what was trained on, not retrieval of unseen queries. Drop them from one side",
+            stacklevel=3,
+        )
     every = [*train, *val, *test]
     corpus = list(dict.fromkeys(p for _, p in every))
     position = {p: i for i, p in enumerate(corpus)}
