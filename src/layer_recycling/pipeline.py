@@ -57,7 +57,8 @@ class Pipeline:
     pad_id: int
     fingerprint: Fingerprint
     stats: Stats = dataclasses.field(default_factory=Stats)
-    _seen: tuple = ()  # the bottom's tensors (dtype, where, version) when its weights last matched the fingerprint
+    # the bottom's tensors (dtype, where, version) when its weights last matched the fingerprint
+    _seen: tuple = dataclasses.field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._seen = self._tensors_now()  # the fingerprint was just taken of these
