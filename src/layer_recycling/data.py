@@ -128,6 +128,42 @@ def check_tokens(inputs: dict[str, torch.Tensor], what: str) -> None:
             f"counts them from 0, so other positions would be served silently wrong. Leave position_ids out (packed "
             f"sequences: one sequence per example)"
         )
+    check_id_type(inputs["input_ids"], what)  # after the empty check: [] is a float tensor
+
+
+def check_id_type(ids: torch.Tensor, what: str) -> None:
+    """Refuse token ids that are not integers (floats, bools): they would key, then fail in the embedding.
+
+    Raises:
+        TypeError: naming the dtype received and the fix.
+    """
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(
+            f"{what} has input_ids of dtype {str(ids.dtype).removeprefix('torch.')}; expected integer token ids "
+            f"(int64, as a tokenizer returns). Pass the tokenizer's input_ids, or convert them: ids.long()"
+        )
+
+
+def check_ids(ids: torch.Tensor, vocab: int, what: str, mask: torch.Tensor | None = None) -> None:
+    """Refuse token ids outside 0..vocab-1 among ``ids``, one example's (n,) or a batch's (b, t) real tokens:
+    torch's embedding would fail with an IndexError that names nothing (on an accelerator, a device assert).
+
+    Raises:
+        ValueError: naming the id, where it is, the vocabulary size and the likely fix.
+    """
+    check_id_type(ids, what)
+    outside = (ids < 0) | (ids >= vocab)
+    if mask is not None:
+        outside &= mask.bool()  # padding holds the pad id, which never reaches a stored state
+    if bool(outside.any()):
+        at = outside.nonzero()[0].tolist()
+        place = f"row {at[0]}, token {at[1]}" if len(at) == 2 else f"token {at[0]}"
+        raise ValueError(
+            f"{what} holds the token id {int(ids[tuple(at)])} ({place}; {int(outside.sum())} such id(s) in all), "
+            f"but the model's embedding has {vocab} ids (0..{vocab - 1}). Was the text tokenized by another model's "
+            f"tokenizer? Use the model's own, or resize its embeddings (model.resize_token_embeddings) before "
+            f"lr.recycle"
+        )
 
 
 def key_fields(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -259,8 +295,37 @@ def stack(tensors: Sequence[torch.Tensor], name: str) -> torch.Tensor:
     return torch.stack(list(tensors))
 
 
+def fields(row: dict[str, torch.Tensor]) -> tuple[str, ...]:
+    """The inputs an unpadded example gives its model, sorted; its mask (all ones once unpadded) is left out."""
+    return tuple(sorted(n for n in row if n != "attention_mask"))
+
+
+def check_fields(rows: Sequence[dict[str, torch.Tensor]], what: str = "example") -> None:
+    """Refuse rows that differ in which model inputs they have: one padded batch holds one set of fields, and a
+    field some rows lack would be padded into them or dropped from the others (a state of other inputs).
+
+    Raises:
+        ValueError: naming the first row that differs from row 0, the fields each has, and the fix.
+    """
+    first = fields(rows[0]) if rows else ()
+    for i, row in enumerate(rows):
+        if fields(row) != first:
+            odd = sorted(set(first) ^ set(fields(row)))
+            raise ValueError(
+                f"{what} {i} has the model inputs {list(fields(row))}, but {what} 0 has {list(first)}: one batch of "
+                f"model inputs needs the same fields in every {what}, and {odd} would be dropped from some rows or "
+                f"made up for others, giving them the states of other inputs. Give every {what} the same fields "
+                f"(e.g. the tokenizer's token_type_ids for all, or for none)"
+            )
+
+
 def collate_inputs(rows: Sequence[dict[str, torch.Tensor]], pad_id: int, ragged: bool) -> dict[str, torch.Tensor]:
-    """Stack unpadded model inputs into a batch, right-padded with a matching attention mask."""
+    """Stack unpadded model inputs into a batch, right-padded with a matching attention mask.
+
+    Raises:
+        ValueError: the rows differ in which inputs they have (``check_fields``).
+    """
+    check_fields(rows, "row")
     if not ragged:
         return {n: stack([r[n] for r in rows], n) for n in rows[0]}
     lengths = [length(r) for r in rows]

@@ -169,7 +169,7 @@ def fill(pipe: Pipeline, examples: Iterable[Any], batch_size: int = 32, progress
 
 def keyed(pipe: Pipeline, examples: Iterable[Any]) -> list[tuple[str, dict]]:
     """(key, unpadded model inputs) of each example."""
-    return [(key, inputs) for key, inputs, _ in map(pipe.encode, examples)]
+    return [(key, inputs) for i, e in enumerate(examples) for key, inputs, _ in [pipe.encode(e, f"example {i}")]]
 
 
 def fill_keyed(pipe: Pipeline, keyed: list[tuple[str, dict]], batch_size: int, progress: bool,

@@ -130,6 +130,8 @@ def group_dataset(pipe: Pipeline, examples: Iterable[Any], inputs: Sequence[str]
     if keeps:
         fill_keyed(pipe, keyed, fill_batch_size, progress)
     rows = [({f: [k if keeps else x for k, x in es] for f, es in p.items()}, y) for p, y in rows]
+    if not keeps:  # batches of model inputs: each field's inputs are batched together
+        _check_group_fields(rows)
     return GroupDataset(rows, pipe.store if keeps else None, dtype, pipe.pad_id, pipe.arch.masked, lengths)
 
 
@@ -138,7 +140,7 @@ def _group_parts(pipe: Pipeline, example: Any, inputs: Sequence[str], i: int):
     fields, labels = _group_fields(example, inputs, i, "loader")
     parts = {}
     for field, values in fields.items():
-        encoded = [pipe.encode(v) for v in values]
+        encoded = [pipe.encode(v, f"example {i}'s field {field!r}") for v in values]
         inner = next((sorted(labels) for _, _, labels in encoded if labels), None)
         if inner:
             raise ValueError(
@@ -185,6 +187,12 @@ def _check_group_sizes(rows: list[tuple[dict[str, list], dict]]) -> None:
             )
 
 
+def _check_group_fields(rows: list[tuple[dict[str, list], dict]]) -> None:
+    """Each field's model inputs have the same fields in every example (they are batched together)."""
+    for field in rows[0][0]:
+        data.check_fields([x for parts, _ in rows for x in parts[field]], f"input of field {field!r}, number")
+
+
 def make_loader(
     pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype | None, batch_size: int = 32, shuffle: bool = False,
     fill_batch_size: int = 32, progress: bool = True, group_by_length: bool = False, seed: int | None = None,
@@ -198,7 +206,7 @@ def make_loader(
             raise TypeError(f"loader(inputs=...) takes a list of field names, e.g. ['anchor', 'positive']; got {inputs!r}")
         group = group_dataset(pipe, examples, list(inputs), dtype, fill_batch_size, progress)
         return dataloader(group, group.lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
-    encoded = [pipe.encode(e) for e in examples]
+    encoded = [pipe.encode(e, f"example {i}") for i, e in enumerate(examples)]
     if not encoded:
         raise ValueError("loader() got no examples; pass a non-empty list (or iterable) of examples")
     _check_labels(encoded)
@@ -208,6 +216,7 @@ def make_loader(
         items = [(k, y, n) for (k, _, y), n in zip(encoded, lengths or [None] * len(encoded))]
         dataset: Any = CachedDataset(pipe.store, items, dtype=dtype)
     else:  # nothing kept: batches of model inputs, the bottom runs on each
+        data.check_fields([inputs for _, inputs, _ in encoded])
         dataset = InputDataset([(i, y) for _, i, y in encoded], pipe.pad_id, ragged=pipe.arch.masked)
     return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
 
@@ -227,11 +236,13 @@ def input_loader(model: torch.nn.Module, examples: Iterable[Any], batch_size: in
         groups = [_input_group(e, list(inputs), names, i) for i, e in enumerate(examples)]
         _check_labels([("", {}, y) for _, y in groups])
         _check_group_sizes(groups)
+        _check_group_fields(groups)
         lengths = [sum(data.length(x) for xs in p.values() for x in xs) for p, _ in groups] if arch.masked else None
         dataset: Any = GroupDataset(groups, None, None, pad_id, arch.masked, lengths)
         return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
     rows = [data.parts(data.normalize(e, names), names) for e in examples]
     _check_labels([("", i, y) for i, y in rows])
+    data.check_fields([i for i, _ in rows])
     dataset = InputDataset(rows, pad_id, ragged=arch.masked)
     lengths = [data.length(i) for i, _ in rows] if arch.masked else None
     return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)

@@ -57,11 +57,14 @@ class Pipeline:
     pad_id: int
     fingerprint: Fingerprint
     stats: Stats = dataclasses.field(default_factory=Stats)
+    vocab: int | None = None  # token ids the bottom's embedding holds (None: not a token model), from source
     # the bottom's tensors (dtype, where, version) when its weights last matched the fingerprint
     _seen: tuple = dataclasses.field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._seen = self._tensors_now()  # the fingerprint was just taken of these
+        if self.vocab is None:
+            self.vocab = vocab_of(self.source)
 
     def _tensors_now(self) -> tuple:
         """Each bottom tensor's dtype and storage, and each weight's version (buffers' versions are left out: DDP
@@ -98,16 +101,29 @@ class Pipeline:
             )
         self._seen = seen
 
-    def encode(self, example: Any) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(key, unpadded model inputs, labels) of one raw example."""
+    def encode(self, example: Any, what: str = "an example"
+               ) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(key, unpadded model inputs, labels) of one raw example (``what`` names it in errors).
+
+        Raises:
+            ValueError, TypeError: inputs the model cannot take (token ids outside its vocabulary, ...).
+        """
         inputs, labels = data.parts(data.normalize(example, self.input_names), self.input_names)
+        self.check_inputs(inputs, what)
         key = digest(self.key_fn(example)) if self.key_fn is not None else row_key(inputs)
         return key, inputs, labels
+
+    def check_inputs(self, inputs: dict[str, torch.Tensor], what: str) -> None:
+        """Refuse one unpadded example's token ids outside the model's vocabulary, before anything runs."""
+        if self.vocab is not None and "input_ids" in inputs:
+            data.check_ids(inputs["input_ids"], self.vocab, what)
 
     @torch.no_grad()
     def run_bottom(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The bottom's output for a right-padded batch of model inputs: (b, t, h) for text, (b, ...) otherwise."""
         self.check_bottom()
+        if self.vocab is not None and "input_ids" in batch:  # the last guard: callers check each example first
+            data.check_ids(batch["input_ids"], self.vocab, "a batch", batch.get("attention_mask"))
         self.bottom.eval()
         self.stats.bottom_calls += 1
         self.stats.bottom_examples += next(iter(batch.values())).shape[0]
@@ -133,7 +149,19 @@ class Pipeline:
             ) from err
 
     def bottom_states(self, rows: list[dict[str, torch.Tensor]], device: torch.device) -> list[torch.Tensor]:
-        """Per-example states of unpadded ``rows``: one batch through the bottom, each row cut to its length."""
+        """Per-example states of unpadded ``rows``, each cut to its length: one batch through the bottom for each
+        set of inputs the rows have (an example with ``token_type_ids`` beside one without: each runs as given)."""
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(data.fields(row), []).append(i)
+        states: list[Any] = [None] * len(rows)
+        for members in groups.values():
+            for i, state in zip(members, self._states_of([rows[i] for i in members], device)):
+                states[i] = state
+        return states
+
+    def _states_of(self, rows: list[dict[str, torch.Tensor]], device: torch.device) -> list[torch.Tensor]:
+        """``bottom_states`` of rows that have the same inputs: one padded batch."""
         batch = data.collate_inputs(rows, self.pad_id, ragged=self.arch.masked)
         out = self.run_bottom({n: v.to(device) for n, v in batch.items()})
         if not self.arch.masked:
@@ -177,6 +205,17 @@ def input_names_of(model: nn.Module, generic: bool) -> tuple[str, ...]:
     if generic:
         return tuple(p.name for p in params[:1])
     return tuple(p.name for p in params if p.name not in _NOT_INPUTS)
+
+
+def vocab_of(model: nn.Module) -> int | None:
+    """How many token ids ``model``'s input embedding holds; None for a model without one."""
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        embedding = get() if callable(get) else None
+    except (NotImplementedError, AttributeError):  # transformers' base class, for a model without token ids
+        embedding = None
+    size = getattr(embedding, "num_embeddings", None)
+    return size if isinstance(size, int) else None
 
 
 def device_of(module: nn.Module) -> torch.device:

@@ -185,7 +185,10 @@ def test_an_evaluator_scores_the_recycled_model_as_the_plain_one(model):
     evaluator = EmbeddingSimilarityEvaluator(ANCHORS, POSITIVES, [1.0, 0.8, 0.6, 1.0, 0.2, 1.0], name="pairs")
     want = evaluator(model)
     got = evaluator(recycle_sentence_transformer(model, 0.5))
-    assert want.keys() == got.keys() and all(abs(want[k] - got[k]) <= 1e-5 for k in want)
+    # Two pairs repeat their text (cosine 1 up to the last bit): Spearman over that tie flips with float noise on
+    # another CPU, so only the continuous statistic is compared within a tolerance; ranks are not.
+    pearson = [k for k in want if "pearson" in k]
+    assert want.keys() == got.keys() and pearson and all(abs(want[k] - got[k]) <= 1e-5 for k in pearson)
 
 
 def test_the_copy_has_hooks_and_children_of_its_own(model):
