@@ -353,11 +353,13 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
     next). Examples are sorted by length within windows of 50 batches (``group=True``) so that batches hold
     similar lengths. As ``DistributedSampler``: the order is padded by repeating its first examples to a
     multiple of ``world``, and rank r takes every world-th example, so every rank gets equally many batches.
+    Orders are numpy arrays (8 bytes an example while an epoch runs), never a Python object per example.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int | None = None,
-                 *, rank: int = 0, world: int = 1, group: bool = True):
-        self.lengths, self.batch_size, self.shuffle, self.group = list(lengths), batch_size, shuffle, group
+    def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, shuffle: bool = True,
+                 seed: int | None = None, *, rank: int = 0, world: int = 1, group: bool = True):
+        self.lengths = np.asarray(lengths, dtype=np.int64) if not isinstance(lengths, np.ndarray) else lengths
+        self.batch_size, self.shuffle, self.group = batch_size, shuffle, group
         self.seed = seed if seed is not None else random.randrange(2**31)
         self.rank, self.world, self.epoch = rank, world, 0
 
@@ -371,18 +373,17 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __iter__(self):
-        rng = random.Random(self.seed + self.epoch)
+        rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
-        order = list(range(len(self.lengths)))
-        if self.shuffle:
-            rng.shuffle(order)
-        order += order[: self._per_rank() * self.world - len(order)]
-        order = order[self.rank :: self.world]
+        n = len(self.lengths)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        order = np.concatenate([order, order[: self._per_rank() * self.world - n]])[self.rank :: self.world]
         if self.group:
             window = self.batch_size * 50
-            order = [i for s in range(0, len(order), window)
-                     for i in sorted(order[s : s + window], key=self.lengths.__getitem__, reverse=True)]
-        batches = [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+            for s in range(0, len(order), window):  # longest first in each window (stable: ties keep their order)
+                part = order[s : s + window]
+                order[s : s + window] = part[np.argsort(-self.lengths[part], kind="stable")]
+        starts = np.arange(0, len(order), self.batch_size)
         if self.shuffle and self.group:
-            rng.shuffle(batches)
-        return iter(batches)
+            starts = rng.permutation(starts)
+        return (order[s : s + self.batch_size].tolist() for s in starts)

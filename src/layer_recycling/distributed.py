@@ -1,13 +1,12 @@
-"""Many processes (torchrun / torch.distributed): each rank fills a share of the keys, and reads a share of each epoch.
+"""Many processes (torchrun / torch.distributed): each rank fills the keys its rank owns, and reads a share of each epoch.
 
 Ranks see the same examples in the same order; shares are deterministic, so no rank ever sends keys to another.
 """
 
 from __future__ import annotations
 
-import heapq
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable
 
 import torch
 
@@ -21,26 +20,33 @@ def active_group(group: Any = None) -> tuple[Any, int, int] | None:
     return (group, dist.get_rank(group), world) if world > 1 else None
 
 
-def partition(lengths: Sequence[int], world: int) -> list[list[int]]:
-    """Indices of ``lengths`` for each of ``world`` ranks, balanced by token count, the same on every rank.
+def owned(rank: int, world: int) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``mine(pending)``: the keys of ``pending`` (key -> inputs) that ``rank`` computes. A key belongs to the rank
+    its digest names (keys are uniform digests, so shares are even), whatever chunk or order it comes in: each
+    rank sees its own uncommitted entries, so a key repeated later is never computed twice."""
+    return lambda pending: {k: v for k, v in pending.items() if int(k[:8], 16) % world == rank}
 
-    Longest first, each to the rank with the fewest tokens so far (ties: the lower rank): within one longest
-    item of the best split, whatever the order of lengths.
+
+def together(ranks: tuple[Any, int, int] | None, step: Callable[[], int]) -> int:
+    """``step()`` on every rank; when it raises on one, every rank raises (the others would wait for it forever).
+
+    Raises:
+        the failing rank's own error there; RuntimeError naming that rank and its error on the others.
     """
-    shares: list[list[int]] = [[] for _ in range(world)]
-    load = [(0, r) for r in range(world)]
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        tokens, r = heapq.heappop(load)
-        shares[r].append(i)
-        heapq.heappush(load, (tokens + lengths[i], r))
-    return [sorted(s) for s in shares]
-
-
-def share(pending: dict[str, dict], lengths: dict[str, int], rank: int, world: int) -> dict[str, dict]:
-    """This rank's part of ``pending`` (key -> inputs): keys sorted first, so every rank cuts the same way."""
-    keys = sorted(pending)
-    mine = partition([lengths[k] for k in keys], world)[rank]
-    return {keys[i]: pending[keys[i]] for i in mine}
+    if ranks is None:
+        return step()
+    try:
+        out, error = step(), None
+    except Exception as err:  # noqa: BLE001 - re-raised below, on this rank and (named) on every other
+        out, error = 0, err
+    said = gather(None if error is None else f"{type(error).__name__}: {error}", ranks[0])
+    if error is not None:
+        raise error
+    failed = [(r, e) for r, e in enumerate(said) if e]
+    if failed:
+        raise RuntimeError(f"rank {failed[0][0]} of the process group failed during the fill, so every rank stops: "
+                           f"{failed[0][1]}")
+    return out
 
 
 def barrier(group: Any) -> None:

@@ -6,11 +6,12 @@ Functions here take the ``pipeline.Pipeline`` of a recycled model: its bottom, s
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import signal
 import threading
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -39,9 +40,9 @@ class VerifyReport:
         return not self.mismatched
 
 
-def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, progress: bool,
-            states_of: StatesOf | None = None) -> None:
-    """Run the bottom on ``pending`` (key -> unpadded inputs) in length-sorted batches and store the states.
+def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, states_of: StatesOf | None = None) -> int:
+    """Run the bottom on ``pending`` (key -> unpadded inputs) in length-sorted batches and store the states;
+    returns how many were stored.
 
     ``states_of(keys, rows)`` replaces the bottom (a stacked fill reads a lower store and runs the middle).
     """
@@ -50,20 +51,12 @@ def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, progress:
         keys.sort(key=lambda k: data.length(pending[k]), reverse=True)
     device = pipe.device
     states_of = states_of or (lambda _, rows: pipe.bottom_states(rows, device))
-    terminated = _TerminateAsExit()
-    try:
-        with tqdm(total=len(keys), unit="ex", desc="fill", disable=not progress or not keys) as bar:
-            for start in range(0, len(keys), batch_size):
-                chunk = keys[start : start + batch_size]
-                rows = [pending[k] for k in chunk]
-                put(pipe, chunk, states_of(chunk, rows), rows)
-                pipe.stats.stored += len(chunk)
-                bar.update(len(chunk))
-    finally:  # what was computed is committed, also when interrupted (Ctrl-C, SIGTERM) or failing: a rerun resumes
-        try:
-            pipe.store.flush()
-        finally:
-            terminated.close()
+    for start in range(0, len(keys), batch_size):
+        chunk = keys[start : start + batch_size]
+        rows = [pending[k] for k in chunk]
+        put(pipe, chunk, states_of(chunk, rows), rows)
+        pipe.stats.stored += len(chunk)
+    return len(keys)
 
 
 class _TerminateAsExit:
@@ -156,47 +149,116 @@ def _check_collision(seen: dict[str, tuple[int, str]], key: str, i: int, inputs:
         )
 
 
+CHUNK = 4096  # examples keyed, checked and computed at a time: a fill's memory does not grow with the dataset
+
+Step = Callable[[list[tuple[str, dict]], Callable[[dict], dict]], int]  # (chunk, this rank's share of) -> added
+
+
 def fill(pipe: Pipeline, examples: Iterable[Any], batch_size: int = 32, progress: bool = True,
          group: Any = None) -> int:
     """Run the bottom once per distinct example not yet stored; returns how many entries were added.
 
-    In a process group each rank computes its share.
+    ``examples`` are read once, in chunks of ``CHUNK``: a generator, or a ``datasets.Dataset`` row by row, is
+    never held whole. In a process group each rank computes its share.
     """
     if not pipe.store.keeps:
         return 0  # a NullStore keeps nothing: no need to key the examples either
-    return fill_keyed(pipe, keyed(pipe, examples), batch_size, progress, group)
+    return fill_keyed(pipe, keyed(pipe, examples), batch_size, progress, group, total=size_of(examples))
 
 
-def keyed(pipe: Pipeline, examples: Iterable[Any]) -> list[tuple[str, dict]]:
-    """(key, unpadded model inputs) of each example."""
-    return [(key, inputs) for i, e in enumerate(examples) for key, inputs, _ in [pipe.encode(e, f"example {i}")]]
+def keyed(pipe: Pipeline, examples: Iterable[Any]) -> Iterator[tuple[str, dict]]:
+    """(key, unpadded model inputs) of each example, as they are read."""
+    for i, example in enumerate(examples):
+        key, inputs, _ = pipe.encode(example, f"example {i}")
+        yield key, inputs
 
 
-def fill_keyed(pipe: Pipeline, keyed: list[tuple[str, dict]], batch_size: int, progress: bool,
-               group: Any = None, states_of: StatesOf | None = None) -> int:
-    """``fill`` for examples already keyed: (key, unpadded inputs) pairs.
+def fill_keyed(pipe: Pipeline, keyed: Iterable[tuple[str, dict]], batch_size: int, progress: bool,
+               group: Any = None, states_of: StatesOf | None = None, total: int | None = None,
+               what: str = "examples to fill") -> int:
+    """``fill`` for examples already keyed: (key, unpadded inputs) pairs, read once, chunk by chunk.
 
     ``states_of(keys, rows)`` replaces the bottom (a stacked fill reads a lower store and runs the middle).
     """
-    if not pipe.store.keeps:
+    step: Step = lambda chunk, mine: compute(pipe, mine(missing(pipe, chunk)), batch_size, states_of)  # noqa: E731
+    return stream([pipe], keyed, step, progress, group, total, what)
+
+
+def stream(pipes: list[Pipeline], keyed: Iterable[tuple[str, dict]], step: Step, progress: bool, group: Any = None,
+           total: int | None = None, what: str = "examples to fill") -> int:
+    """Run ``step(chunk, mine)`` over bounded chunks of ``keyed``; returns the entries added (all ranks').
+
+    ``mine(pending)`` keeps the keys this rank computes: in a process group each key belongs to one rank (by its
+    digest), so no rank needs another's view of the store, and each key is computed once. The ranks compare
+    each chunk's keys before computing it (the same examples in the same order) and fail together; at the end
+    ``pipes``' stores are committed and merged for every rank to read. What was computed is committed however
+    the fill ends (Ctrl-C, SIGTERM, an error): a rerun resumes.
+    """
+    pipes = [p for p in pipes if p.store.keeps]
+    if not pipes:
         return 0  # a NullStore keeps nothing: the bottom runs on every batch instead
     ranks = distributed.active_group(group)
-    if ranks is not None and not pipe.store.shared:
-        distributed.warn_unshared(pipe.store)
+    if ranks is not None and not all(p.store.shared for p in pipes):
+        distributed.warn_unshared(next(p.store for p in pipes if not p.store.shared))
         ranks = None
+    mine = (lambda pending: pending) if ranks is None else distributed.owned(ranks[1], ranks[2])
+    added, chunks = 0, _chunks(keyed, CHUNK)
+    terminated = _TerminateAsExit()
+    try:
+        with tqdm(total=total, unit="ex", desc="fill", disable=not progress) as bar:
+            while (chunk := next(chunks, None)) is not None or ranks is not None:
+                if ranks is not None and not _same_chunk(chunk, ranks[0], what):
+                    break  # every rank has read all its examples
+                added += distributed.together(ranks, lambda: step(chunk, mine))
+                bar.update(len(chunk))
+    finally:
+        _commit(pipes, terminated)
     if ranks is None:
-        pending = missing(pipe, keyed)
-        compute(pipe, pending, batch_size, progress, states_of)
-        return len(pending)
-    group, rank, world = ranks
-    distributed.check_same(digest(sorted({k for k, _ in keyed})), group, "examples to fill",
-                           "every rank passes the same examples, and each computes its share of the missing ones. "
-                           "Pass the same list on every rank")
-    distributed.barrier(group)  # every rank reads the store in one state ...
-    pending = missing(pipe, keyed)
-    distributed.barrier(group)  # ... before any rank writes to it
-    lengths = {k: data.length(v) if pipe.arch.masked else 1 for k, v in pending.items()}
-    compute(pipe, distributed.share(pending, lengths, rank, world), batch_size, progress, states_of)
+        return added
+    for pipe in pipes:
+        publish(pipe, ranks[0], ranks[1])
+    return sum(distributed.gather(added, ranks[0]))
+
+
+def _same_chunk(chunk: list | None, group: Any, what: str) -> bool:
+    """Whether the ranks go on (all read a chunk) or stop (none did); refused, on every rank, when they passed
+    other examples or another order."""
+    distributed.check_same(digest([k for k, _ in chunk]) if chunk is not None else "end", group,
+                           f"{what}, or the same in another order",
+                           "every rank passes the same examples in the same order, and computes its share of the "
+                           "missing ones. Pass the same list on every rank")
+    return chunk is not None
+
+
+def _chunks(keyed: Iterable[tuple[str, dict]], size: int) -> Iterator[list[tuple[str, dict]]]:
+    it = iter(keyed)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def size_of(examples: Any) -> int | None:
+    """How many examples there are, where that is known without reading them (for the progress bar)."""
+    try:
+        return len(examples)
+    except TypeError:
+        return None
+
+
+def _commit(pipes: list[Pipeline], terminated: _TerminateAsExit) -> None:
+    try:
+        for pipe in pipes:
+            pipe.store.flush()
+    finally:
+        terminated.close()
+
+
+def publish(pipe: Pipeline, group: Any, rank: int) -> None:
+    """After a fill in a process group: every rank's segments committed, merged by rank 0, opened by all.
+
+    Raises:
+        StoreCorrupted: on every rank, when one cannot open the merged index (ranks that do not share a
+            directory).
+    """
     distributed.barrier(group)
     pipe.store.refresh()  # every rank's segments are committed now: see them before merging
     merged = pipe.store.compact() if rank == 0 else None
@@ -214,7 +276,6 @@ def fill_keyed(pipe: Pipeline, keyed: list[tuple[str, dict]], batch_size: int, p
             f"open one directory they share ({pipe.store!r})? A store on each node's own disk is not shared: put it "
             f"on a filesystem every rank sees"
         ) from error
-    return len(pending)
 
 
 def _close(now: torch.Tensor, was: torch.Tensor, codec: str, rtol: float, atol: float) -> bool:

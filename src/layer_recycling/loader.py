@@ -6,50 +6,21 @@ Every epoch reads only the store; the bottom ran once, in ``fill``, before the f
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
+import numpy as np
 import torch
 
 from . import data, distributed
 from .keys import digest
 from .arch import lookup
-from .fill import fill_keyed
+from .columns import CachedDataset, Columns, Labels, check_label_names, read_states
+from .fill import fill_keyed, size_of
 from .pipeline import input_names_of
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
     from .stores import Store
-
-
-class CachedDataset(torch.utils.data.Dataset):
-    """Item i is ``{"states": (n_i, h), labels...}`` read from the store; ``collate`` re-pads a batch."""
-
-    def __init__(self, store: Store, items: list[tuple[str, dict, int | None]], dtype: torch.dtype | None):
-        self.store, self.items, self.dtype = store, items, dtype
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    @property
-    def lengths(self) -> list[int] | None:
-        """Tokens of each example (None for inputs that are not token sequences): for length-grouped samplers."""
-        return None if not self.items or self.items[0][2] is None else [n for _, _, n in self.items]
-
-    def __getitem__(self, i: int) -> dict:
-        return self.__getitems__([i])[0]
-
-    def __getitems__(self, indices: list[int]) -> list[dict]:
-        # One batched read per batch: DataLoader calls this when the dataset defines it.
-        keys = [self.items[i][0] for i in indices]
-        states = read_states(self.store, keys, self.dtype)
-        return [{"states": s, **self.items[i][1]} for s, i in zip(states, indices)]
-
-    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        states = data.collate_states([r.pop("states") for r in rows], ragged=self.items[0][2] is not None)
-        if "attention_mask" not in states:
-            return {**states, **data.collate_labels(rows, None, None)}
-        lengths = states["attention_mask"].sum(1).tolist()
-        return {**states, **data.collate_labels(rows, lengths, states["states"].shape[1])}
 
 
 class InputDataset(torch.utils.data.Dataset):
@@ -105,11 +76,6 @@ class GroupDataset(torch.utils.data.Dataset):
             else:
                 out[field] = data.collate_states(flat, self.ragged)
         return {**out, **data.collate_labels([y for _, y in rows], None, None)}
-
-
-def read_states(store: Store, keys: list[str], dtype: torch.dtype | None) -> list:
-    """The states of ``keys`` as ``dtype``; None: as stored (``Store.get_stored``), converted on the device."""
-    return store.get_many(keys, dtype=dtype) if dtype is not None else store.get_stored(keys)
 
 
 def group_dataset(pipe: Pipeline, examples: Iterable[Any], inputs: Sequence[str], dtype: torch.dtype | None,
@@ -206,19 +172,39 @@ def make_loader(
             raise TypeError(f"loader(inputs=...) takes a list of field names, e.g. ['anchor', 'positive']; got {inputs!r}")
         group = group_dataset(pipe, examples, list(inputs), dtype, fill_batch_size, progress)
         return dataloader(group, group.lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
-    encoded = [pipe.encode(e, f"example {i}") for i, e in enumerate(examples)]
+    if pipe.store.keeps:
+        dataset: Any = cached_dataset(pipe, examples, dtype, fill_batch_size, progress)
+        return dataloader(dataset, dataset.lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
+    encoded = [pipe.encode(e, f"example {i}") for i, e in enumerate(examples)]  # nothing kept: model inputs
     if not encoded:
         raise ValueError("loader() got no examples; pass a non-empty list (or iterable) of examples")
     _check_labels(encoded)
+    data.check_fields([inputs for _, inputs, _ in encoded])
     lengths = [data.length(inputs) for _, inputs, _ in encoded] if pipe.arch.masked else None
-    if pipe.store.keeps:
-        fill_keyed(pipe, [(k, i) for k, i, _ in encoded], fill_batch_size, progress)
-        items = [(k, y, n) for (k, _, y), n in zip(encoded, lengths or [None] * len(encoded))]
-        dataset: Any = CachedDataset(pipe.store, items, dtype=dtype)
-    else:  # nothing kept: batches of model inputs, the bottom runs on each
-        data.check_fields([inputs for _, inputs, _ in encoded])
-        dataset = InputDataset([(i, y) for _, i, y in encoded], pipe.pad_id, ragged=pipe.arch.masked)
+    dataset = InputDataset([(i, y) for _, i, y in encoded], pipe.pad_id, ragged=pipe.arch.masked)
     return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
+
+
+def cached_dataset(pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype | None, fill_batch_size: int,
+                   progress: bool) -> CachedDataset:
+    """A ``CachedDataset`` over ``examples``, read once: each is keyed, filled if the store lacks it, and leaves
+    its key, length and labels in columns (a few dozen bytes; labels other than one number each are read from
+    ``examples`` again when a batch is made)."""
+    columns, labels = Columns(ragged=pipe.arch.masked), Labels(pipe.input_names, examples)
+
+    def keyed() -> Iterator[tuple[str, dict]]:
+        for i, example in enumerate(examples):
+            key, inputs, y = pipe.encode(example, f"example {i}")
+            columns.add(key, inputs)
+            labels.add(y)
+            yield key, inputs
+
+    fill_keyed(pipe, keyed(), fill_batch_size, progress, total=size_of(examples), what="examples to rec.loader")
+    if not labels.n:
+        raise ValueError("loader() got no examples; pass a non-empty list (or iterable) of examples")
+    columns.done()
+    labels.done()
+    return CachedDataset(pipe.store, columns, labels, dtype)
 
 
 def input_loader(model: torch.nn.Module, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False,
@@ -283,7 +269,8 @@ def dataloader(dataset: CachedDataset | InputDataset | GroupDataset, lengths: li
                                "passes the same examples in the same order. Pass the same list on every rank")
     if ranks is not None and seed is None:
         seed = distributed.broadcast(torch.randint(2**31, ()).item(), ranks[0])  # one order for all ranks
-    sampler = data.LengthGroupedBatches(lengths or [1] * len(dataset), batch_size, shuffle, seed, rank=rank,
+    lengths = lengths if lengths is not None else np.ones(len(dataset), np.int64)
+    sampler = data.LengthGroupedBatches(lengths, batch_size, shuffle, seed, rank=rank,
                                         world=world, group=grouped)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
 
@@ -291,17 +278,12 @@ def dataloader(dataset: CachedDataset | InputDataset | GroupDataset, lengths: li
 def _order(dataset: CachedDataset | InputDataset | GroupDataset) -> list:
     """What a dataset's items are, in order (keys, or model inputs without a store), for comparing ranks."""
     if isinstance(dataset, CachedDataset):
-        return [key for key, _, _ in dataset.items]
+        return [dataset.columns.keys]
     return [inputs for inputs, _ in dataset.rows]
 
 
 def _check_labels(encoded: list[tuple[str, dict, dict]]) -> None:
     """All examples carry the same label fields: a batch cannot mix labelled and unlabelled examples."""
-    names = set(encoded[0][2])
+    first = sorted(encoded[0][2])
     for i, (_, _, labels) in enumerate(encoded):
-        if set(labels) != names:
-            have = sorted(labels) or "no labels"
-            raise ValueError(
-                f"example {i} has {have}, but example 0 has {sorted(names) or 'no labels'}: every example of a "
-                f"loader needs the same label fields. Add the missing labels, or leave labels out of all examples"
-            )
+        check_label_names(first, labels, i)

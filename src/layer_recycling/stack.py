@@ -6,12 +6,12 @@ recycled at a lower level, with a lossless store: its states stand exactly for t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
 from . import data
-from .fill import StatesOf, fill_keyed, keyed, missing
+from .fill import StatesOf, size_of, compute, keyed, missing, stream
 from .fingerprint import FingerprintMismatch, fingerprint_of
 from .pipeline import autocast, dtype_of
 from .split import middle, split
@@ -29,9 +29,14 @@ def fill(pipe: Pipeline, lower: Pipeline, examples: Iterable[Any], batch_size: i
     if not pipe.store.keeps:
         return 0
     check_stackable(pipe, lower)
-    pairs = keyed(pipe, examples)
-    fill_keyed(lower, list(missing(pipe, pairs).items()), batch_size, progress, group)  # only what pipe lacks
-    return fill_keyed(pipe, pairs, batch_size, progress, group, states_of=stacked_states(pipe, lower))
+    states_of = stacked_states(pipe, lower)
+
+    def step(chunk: list[tuple[str, dict]], mine: Callable[[dict], dict]) -> int:
+        pending = mine(missing(pipe, chunk))  # what this level lacks; the lower level computes what it lacks of it
+        compute(lower, mine(missing(lower, list(pending.items()))), batch_size)
+        return compute(pipe, pending, batch_size, states_of)  # a key's owner stored its lower state: it reads it
+
+    return stream([lower, pipe], keyed(pipe, examples), step, progress, group, total=size_of(examples))
 
 
 def stacked_states(pipe: Pipeline, lower: Pipeline) -> StatesOf:

@@ -1,0 +1,162 @@
+"""What a training dataset holds per example: its key, its length and its labels, as arrays, not Python objects.
+
+At 10M examples a list of (key, labels, length) tuples costs gigabytes, and again in every DataLoader worker that
+touches it (fork copies a page whenever a reference count changes). Here an example costs 20 bytes of key, 4 of
+length and 8 per scalar label, in tensors moved to shared memory once: fork and spawn workers map the same pages.
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from . import data
+from .stores.binkeys import KEY_BYTES, key_bytes, key_strs
+
+if TYPE_CHECKING:
+    from .stores import Store
+
+
+_TYPECODES = {torch.int64: "q", torch.int32: "i", torch.float32: "f", torch.float64: "d", torch.bool: "b"}
+
+
+class Labels:
+    """Each example's labels. Scalar labels of one dtype per name (classes, scores, group ids) are columns;
+    other labels (per-token tags, vectors) are read again from ``source`` when a batch is made, or, for a source
+    that cannot be read again (a generator), kept as they came."""
+
+    def __init__(self, input_names: tuple[str, ...], source: Any):
+        self.input_names, self.names, self.n = input_names, None, 0
+        self.source = source if _indexable(source) else None
+        self._grow: dict[str, tuple[torch.dtype, array.array]] | None = {}  # scalar columns while they are built
+        self.columns: dict[str, torch.Tensor] | None = None
+        self.kept: list[dict] | None = None  # labels as they came: non-scalar labels of a source read once
+
+    def add(self, labels: dict[str, torch.Tensor]) -> None:
+        """The labels of the next example.
+
+        Raises:
+            ValueError: its label fields differ from the first example's.
+        """
+        self._check_names(labels)
+        if self._grow is not None and not self._scalar(labels):
+            self._stop_columns()
+        if self._grow is not None:
+            for name, value in labels.items():
+                self._grow.setdefault(name, (value.dtype, array.array(_TYPECODES[value.dtype])))[1].append(value.item())
+        elif self.kept is not None:
+            self.kept.append(labels)
+        self.n += 1
+
+    def _check_names(self, labels: dict[str, torch.Tensor]) -> None:
+        if self.names is None:
+            self.names = sorted(labels)
+        check_label_names(self.names, labels, self.n)
+
+    def _scalar(self, labels: dict[str, torch.Tensor]) -> bool:
+        return all(v.dim() == 0 and v.dtype in _TYPECODES and v.dtype == self._grow.get(n, (v.dtype,))[0]
+                   for n, v in labels.items())
+
+    def _stop_columns(self) -> None:
+        """Labels that are not one number of one dtype each: read them from the source, or keep them."""
+        if self.source is None:
+            self.kept = [{n: torch.tensor(col[i], dtype=dt) for n, (dt, col) in self._grow.items()}
+                         for i in range(self.n)]
+        self._grow = None
+
+    def done(self) -> None:
+        """Join the columns (once every example was added) and move them to shared memory."""
+        if self._grow is not None:
+            self.columns = {n: torch.tensor(col, dtype=dt).share_memory_() for n, (dt, col) in self._grow.items()}
+        self._grow = None
+
+    def of(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        if self.columns is not None:
+            return [{n: c[i] for n, c in self.columns.items()} for i in indices]
+        if self.kept is not None:
+            return [self.kept[i] for i in indices]
+        return [data.parts(data.normalize(self.source[i], self.input_names), self.input_names)[1] for i in indices]
+
+
+def check_label_names(first: list[str], labels: dict, i: int) -> None:
+    """Refuse example ``i`` whose label fields are not example 0's (``first``): a batch cannot mix them.
+
+    Raises:
+        ValueError: naming both sets of fields and the fix.
+    """
+    if sorted(labels) != first:
+        raise ValueError(
+            f"example {i} has {sorted(labels) or 'no labels'}, but example 0 has {first or 'no labels'}: every "
+            f"example of a loader needs the same label fields. Add the missing labels, or leave labels out of all "
+            f"examples"
+        )
+
+
+def _indexable(source: Any) -> bool:
+    """A list, a tuple, a ``datasets.Dataset``: something whose i-th example can be read again."""
+    return isinstance(source, Sequence) or hasattr(source, "__getitem__") and hasattr(source, "__len__") and not \
+        isinstance(source, (dict, str, bytes))
+
+
+class Columns:
+    """Keys (n, 20) and lengths (n,) of examples as they are read; ``done`` freezes them in shared memory."""
+
+    def __init__(self, ragged: bool):
+        self.ragged, self._keys, self._lengths = ragged, bytearray(), array.array("i")
+        self.keys: torch.Tensor | None = None
+        self.lengths: torch.Tensor | None = None
+
+    def add(self, key: str, inputs: dict[str, torch.Tensor]) -> None:
+        self._keys += key_bytes([key]).tobytes()
+        if self.ragged:
+            self._lengths.append(data.length(inputs))
+
+    def done(self) -> None:
+        self.keys = torch.frombuffer(bytearray(self._keys), dtype=torch.uint8).view(-1, KEY_BYTES).clone()
+        self.keys.share_memory_()
+        self.lengths = torch.frombuffer(self._lengths, dtype=torch.int32).clone().share_memory_() if self.ragged \
+            else None
+        self._keys, self._lengths = bytearray(), array.array("i")
+
+
+class CachedDataset(torch.utils.data.Dataset):
+    """Item i is ``{"states": (n_i, h), labels...}`` read from the store; ``collate`` re-pads a batch."""
+
+    def __init__(self, store: Store, columns: Columns, labels: Labels, dtype: torch.dtype | None):
+        self.store, self.columns, self.labels, self.dtype = store, columns, labels, dtype
+
+    def __len__(self) -> int:
+        return int(self.columns.keys.shape[0])
+
+    @property
+    def lengths(self) -> np.ndarray | None:
+        """Tokens of each example (None for inputs that are not token sequences): for length-grouped samplers."""
+        return None if self.columns.lengths is None else self.columns.lengths.numpy()
+
+    def keys(self, indices: Sequence[int] | slice = slice(None)) -> list[str]:
+        """The store keys of examples ``indices``."""
+        return key_strs(self.columns.keys[indices].numpy())
+
+    def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        # One batched read per batch: DataLoader calls this when the dataset defines it.
+        states = read_states(self.store, self.keys(list(indices)), self.dtype)
+        return [{"states": s, **y} for s, y in zip(states, self.labels.of(list(indices)))]
+
+    def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        states = data.collate_states([r.pop("states") for r in rows], ragged=self.columns.ragged)
+        if "attention_mask" not in states:
+            return {**states, **data.collate_labels(rows, None, None)}
+        lengths = states["attention_mask"].sum(1).tolist()
+        return {**states, **data.collate_labels(rows, lengths, states["states"].shape[1])}
+
+
+def read_states(store: Store, keys: list[str], dtype: torch.dtype | None) -> list:
+    """The states of ``keys`` as ``dtype``; None: as stored (``Store.get_stored``), converted on the device."""
+    return store.get_many(keys, dtype=dtype) if dtype is not None else store.get_stored(keys)
