@@ -30,6 +30,7 @@ import argparse  # noqa: E402
 import faulthandler  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -51,10 +52,10 @@ class Budget:
         self.total_s = total_s
 
     def left(self) -> float:
-        return self.total_s - (time.monotonic() - STARTED)
+        return max(self.total_s - (time.monotonic() - STARTED), 0.0)
 
     def share(self, parts_left: int) -> float:
-        return max(self.left(), 0.0) / parts_left
+        return self.left() / parts_left
 
 
 def table(results: list[dict]) -> str:
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     device, budget = torch.device(args.device), Budget(args.budget)
     chosen = sources(args.weights, args.smoke)
     print(header(args, device, chosen), flush=True)
-    faulthandler.dump_traceback_later(max(budget.left(), 0) + GRACE_S, exit=True)
+    faulthandler.dump_traceback_later(budget.left() + GRACE_S, exit=True, file=sys.__stderr__)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     lines = args.out.with_suffix(".jsonl")
     lines.write_text("")
