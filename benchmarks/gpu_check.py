@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
                 torch.cuda.empty_cache()
             with lines.open("a") as f:
                 f.write(json.dumps(results[-1]) + "\n")
-            print(f"done in {results[-1]['spent_s']:.1f} s\n{table(results)}", flush=True)
+            phases = ", ".join(f"{k} {v:.1f} s" for k, v in results[-1].get("phases_s", {}).items())
+            print(f"done in {results[-1]['spent_s']:.1f} s ({phases})\n{table(results)}", flush=True)
     finally:
         faulthandler.cancel_dump_traceback_later()
     out = {"config": {k: str(v) for k, v in vars(args).items()}, "device": device_name(device),

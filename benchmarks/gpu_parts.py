@@ -77,6 +77,7 @@ class Part:
     def __init__(self, source: Source, at: float, args, device: torch.device, folder: Path, seconds: float):
         self.source, self.at, self.args, self.device, self.folder = source, at, args, device, folder
         self.seconds, self.started = seconds, time.monotonic()
+        self.mark = self.started
         self.config = source.config()
         self.of = self.config.num_hidden_layers
         self.blocks = lr.resolve_at(at, self.of)
@@ -86,6 +87,10 @@ class Part:
         return time.monotonic() - self.started > self.seconds
 
     def checkpoint(self, done: str) -> None:
+        """Record how long ``done`` took; stop the part here if its budget is spent."""
+        now = time.monotonic()
+        self.measured.setdefault("phases_s", {})[done] = now - self.mark
+        self.mark = now
         if self.over():
             raise OutOfTime(f"budget spent after {done}")
 
@@ -98,6 +103,7 @@ class Part:
         self.measured["peak_mb"] = {k: peak_mb(fn, self.device) for k, fn in steps.items()}  # also the warm-up
         self.checkpoint("the warm-up")
         self.time_rounds(steps, serving)
+        self.measured["phases_s"]["the rounds"] = time.monotonic() - self.mark
 
     def build(self) -> None:
         make, dev, args, config = self.source.maker(), self.device, self.args, self.config
