@@ -114,10 +114,28 @@ def device_name(device: torch.device) -> str:
 
 
 def header(args, device: torch.device, chosen: list[Source]) -> str:
-    lines = [f"gpu_check on {device_name(device)}: torch {torch.__version__}, transformers {T.__version__}; batch {args.batch} x up to "
-             f"{args.tokens} tokens (IMDB lengths, seed 0), {args.batches} batches, up to {args.rounds} rounds; budget "
-             f"{args.budget:.0f} s, {time.monotonic() - STARTED:.0f} s spent importing"]
+    lines = [f"gpu_check on {device_name(device)}: torch {torch.__version__}, transformers {T.__version__}; batch "
+             f"{args.batch} x up to {args.tokens} tokens (IMDB lengths, seed 0), {args.batches} batches, up to "
+             f"{args.rounds} rounds; budget {args.budget:.0f} s, {time.monotonic() - STARTED:.0f} s spent importing"]
     return "\n".join(lines + [s.describe() for s in chosen])
+
+
+def run_all(plan: list[tuple[Source, float]], args, device: torch.device, budget: Budget, lines: Path) -> list[dict]:
+    """The parts in turn, each in its share of the time left; its JSON line and the table so far as each ends."""
+    results = []
+    for i, (source, at) in enumerate(plan):
+        seconds = budget.share(len(plan) - i)
+        print(f"\n[{i + 1}/{len(plan)}] {source.name} at {at}: budget {seconds:.0f} s of {budget.left():.0f} s left",
+              flush=True)
+        results.append(run_part(source, at, args, device, seconds))
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        with lines.open("a") as f:
+            f.write(json.dumps(results[-1]) + "\n")
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in results[-1].get("phases_s", {}).items())
+        print(f"done in {results[-1]['spent_s']:.1f} s ({phases})\n{table(results)}", flush=True)
+    return results
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -126,25 +144,12 @@ def main(argv: list[str] | None = None) -> dict:
     device, budget = torch.device(args.device), Budget(args.budget)
     chosen = sources(args.weights, args.smoke)
     print(header(args, device, chosen), flush=True)
-    faulthandler.dump_traceback_later(budget.left() + GRACE_S, exit=True, file=sys.__stderr__)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     lines = args.out.with_suffix(".jsonl")
     lines.write_text("")
-    plan = [(source, at) for source in chosen for at in args.levels]
-    results = []
+    faulthandler.dump_traceback_later(budget.left() + GRACE_S, exit=True, file=sys.__stderr__)
     try:
-        for i, (source, at) in enumerate(plan):
-            seconds = budget.share(len(plan) - i)
-            print(f"\n[{i + 1}/{len(plan)}] {source.name} at {at}: budget {seconds:.0f} s of {budget.left():.0f} s "
-                  f"left", flush=True)
-            results.append(run_part(source, at, args, device, seconds))
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            with lines.open("a") as f:
-                f.write(json.dumps(results[-1]) + "\n")
-            phases = ", ".join(f"{k} {v:.1f} s" for k, v in results[-1].get("phases_s", {}).items())
-            print(f"done in {results[-1]['spent_s']:.1f} s ({phases})\n{table(results)}", flush=True)
+        results = run_all([(source, at) for source in chosen for at in args.levels], args, device, budget, lines)
     finally:
         faulthandler.cancel_dump_traceback_later()
     out = {"config": {k: str(v) for k, v in vars(args).items()}, "device": device_name(device),
