@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.py runs unchanged on a CPU with tiny sizes (--smoke): the script a lent GPU will run; and
+"""benchmarks/gpu_check.py, the script a lent GPU will run: on a CPU with tiny sizes (--smoke), without the model
+packages (the kept configs at random init, "shapes only"), within its budget, with only the GPU image's packages; and
 benchmarks/device_batches.py measures what crosses to a device."""
 
 from __future__ import annotations
