@@ -30,10 +30,13 @@ import argparse  # noqa: E402
 import faulthandler  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here downloads: offline, a bare machine never waits on a hub
 
 import torch  # noqa: E402
 import transformers as T  # noqa: E402

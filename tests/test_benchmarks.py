@@ -23,6 +23,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def fresh(monkeypatch, name: str):
     """A benchmark script's module, imported anew from benchmarks/ (with the helpers it imports)."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1"))  # gpu_check sets it: undone after
     for mod in (name, "gpu_models", "gpu_parts", "timing"):
         sys.modules.pop(mod, None)
     return importlib.import_module(name)
@@ -193,7 +194,8 @@ def test_the_gpu_check_runs_from_a_fresh_process_with_only_torch_transformers_nu
     they require is hidden (the model and data packages, sentence-transformers, peft, datasets, matplotlib, ...).
     A module of the package that imported one of them at the top would break the GPU check; this is where it shows
     (a fresh interpreter: 14 s with the machine's load at 10, about 5 s when quiet)."""
-    env = {**os.environ, "PYTHONPATH": "src", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}  # as the documented command: unset
+    env.update(PYTHONPATH="src", OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, "-c", ONLY_THE_IMAGE, "--smoke", "--device", "cpu", "--out",
                            str(tmp_path / "gpu.json")], cwd=BENCHMARKS.parent, env=env, capture_output=True,
                           text=True, timeout=120)
