@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import transformers as T
 
+from layer_recycling.bench import assets
+
 CONFIGS = Path(__file__).resolve().parent / "configs"
 LENGTHS = CONFIGS / "imdb_lengths.json"
 SEED = 0  # of the random init (the whole model, or the classifier head on real weights) and of the drawn inputs
@@ -85,8 +87,6 @@ def _source(name: str, weights: str, smoke: bool) -> Source:
     kept = CONFIGS / folder
     if smoke or weights == "shapes":
         return Source(name, SHAPES, kept, "--smoke" if smoke else "--weights shapes", smoke)
-    from layer_recycling.bench import assets
-
     try:
         path = getattr(assets, lookup)()
     except (ModuleNotFoundError, FileNotFoundError) as err:

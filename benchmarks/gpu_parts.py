@@ -117,6 +117,7 @@ class Part:
             store = lr.DiskStore(self.folder / codec, codec=codec)
             self.recs[codec] = lr.recycle(make().to(dev), at=self.at, store=store).train()
         self.measured["tokens_mean"] = sum(len(r["input_ids"]) for r in self.data) / len(self.data)
+        self.measured["attention"] = getattr(self.full.config, "_attn_implementation", None)  # sdpa, eager, ...
 
     def time_fill(self) -> None:
         """The float16 fill against the bare bottom's forward on the same batches (warmed up first)."""
