@@ -8,8 +8,9 @@ length and 8 per scalar label, in tensors moved to shared memory once: fork and 
 from __future__ import annotations
 
 import array
+import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -29,8 +30,9 @@ class Labels:
     other labels (per-token tags, vectors) are read again from ``source`` when a batch is made, or, for a source
     that cannot be read again (a generator), kept as they came."""
 
-    def __init__(self, input_names: tuple[str, ...], source: Any):
-        self.input_names, self.names, self.n = input_names, None, 0
+    def __init__(self, input_names: tuple[str, ...], source: Any, read: Callable[[Any, int], dict] | None = None):
+        self.names, self.n = None, 0
+        self.read = read or functools.partial(plain_labels, input_names=input_names)  # (example, i) -> labels
         self.source = source if _indexable(source) else None
         self._grow: dict[str, tuple[torch.dtype, array.array]] | None = {}  # scalar columns while they are built
         self.columns: dict[str, torch.Tensor] | None = None
@@ -79,7 +81,12 @@ class Labels:
             return [{n: c[i] for n, c in self.columns.items()} for i in indices]
         if self.kept is not None:
             return [self.kept[i] for i in indices]
-        return [data.parts(data.normalize(self.source[i], self.input_names), self.input_names)[1] for i in indices]
+        return [self.read(self.source[i], i) for i in indices]
+
+
+def plain_labels(example: Any, i: int, input_names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The labels of example ``i`` as the loader read them the first time (cut as its inputs were)."""
+    return data.parts(data.normalize(example, input_names), input_names)[1]
 
 
 def check_label_names(first: list[str], labels: dict, i: int) -> None:
@@ -155,6 +162,43 @@ class CachedDataset(torch.utils.data.Dataset):
             return {**states, **data.collate_labels(rows, None, None)}
         lengths = states["attention_mask"].sum(1).tolist()
         return {**states, **data.collate_labels(rows, lengths, states["states"].shape[1])}
+
+
+class CachedGroups(torch.utils.data.Dataset):
+    """Examples of several inputs (anchor, positive, negatives...) over stored states: item i is ``({field: [state,
+    ...]}, labels)``, each input its own stored entry; per field, k inputs an example in its ``Columns``."""
+
+    def __init__(self, store: Store, fields: dict[str, Columns], sizes: dict[str, int], labels: Labels,
+                 dtype: torch.dtype | None):
+        self.store, self.fields, self.sizes, self.labels, self.dtype = store, fields, sizes, labels, dtype
+        self.ragged = next(iter(fields.values())).ragged
+        per_field = [c.lengths.view(-1, sizes[f]).sum(1) for f, c in fields.items()] if self.ragged else None
+        self._lengths = torch.stack(per_field).sum(0).int().share_memory_() if per_field else None
+
+    def __len__(self) -> int:
+        return self.labels.n
+
+    @property
+    def lengths(self) -> np.ndarray | None:
+        """All tokens of each example (None for inputs that are not token sequences): for length-grouped samplers."""
+        return None if self._lengths is None else self._lengths.numpy()
+
+    def __getitem__(self, i: int) -> tuple[dict[str, list], dict]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[dict[str, list], dict]]:
+        keys = {f: key_strs(c.keys.view(-1, self.sizes[f], KEY_BYTES)[list(indices)].numpy())
+                for f, c in self.fields.items()}
+        unique = list(dict.fromkeys(k for ks in keys.values() for k in ks))
+        state = dict(zip(unique, read_states(self.store, unique, self.dtype)))  # one read per batch, each key once
+        rows = []
+        for j, y in enumerate(self.labels.of(list(indices))):
+            rows.append(({f: [state[k] for k in ks[j * self.sizes[f] : (j + 1) * self.sizes[f]]]
+                          for f, ks in keys.items()}, y))
+        return rows
+
+    def collate(self, rows: list[tuple[dict[str, list], dict]]) -> dict[str, Any]:
+        return data.collate_groups(rows, True, 0, self.ragged)
 
 
 def read_states(store: Store, keys: list[str], dtype: torch.dtype | None) -> list:

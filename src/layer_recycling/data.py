@@ -334,6 +334,18 @@ def collate_inputs(rows: Sequence[dict[str, torch.Tensor]], pad_id: int, ragged:
     return batch
 
 
+def collate_groups(rows: Sequence[tuple[dict[str, list], dict]], stored: bool, pad_id: int, ragged: bool
+                   ) -> dict[str, Any]:
+    """A batch of examples of several inputs, ``({field: [state or model inputs, ...]}, labels)`` each:
+    ``{field: {"states", "attention_mask"}}`` (or padded model inputs) with the b * k inputs of a field that holds
+    k per example, example by example; labels as a plain loader batches them."""
+    out: dict[str, Any] = {}
+    for field in rows[0][0]:
+        flat = [x for parts, _ in rows for x in parts[field]]
+        out[field] = collate_states(flat, ragged) if stored else collate_inputs(flat, pad_id, ragged=ragged)
+    return {**out, **collate_labels([y for _, y in rows], None, None)}
+
+
 def collate_labels(
     rows: Sequence[dict[str, torch.Tensor]], lengths: Sequence[int] | None, t: int | None
 ) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ Every epoch reads only the store; the bottom ran once, in ``fill``, before the f
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -14,7 +15,7 @@ import torch
 from . import data, distributed
 from .keys import digest
 from .arch import lookup
-from .columns import CachedDataset, Columns, Labels, check_label_names, read_states
+from .columns import CachedDataset, CachedGroups, Columns, Labels, check_label_names
 from .fill import fill_keyed, size_of
 from .pipeline import input_names_of
 
@@ -43,62 +44,73 @@ class InputDataset(torch.utils.data.Dataset):
 
 
 class GroupDataset(torch.utils.data.Dataset):
-    """Examples of several inputs (anchor, positive, negatives...): item i is ``({field: [state or inputs, ...]},
-    labels)``; ``collate`` batches each field apart, so each input's state is its own stored entry."""
+    """Examples of several inputs (anchor, positive, negatives...) as model inputs, for a store that keeps nothing:
+    item i is ``({field: [model inputs, ...]}, labels)``; ``collate`` batches each field apart."""
 
-    def __init__(self, rows: list[tuple[dict[str, list], dict]], store: Store | None, dtype: torch.dtype | None,
-                 pad_id: int, ragged: bool, lengths: list[int] | None):
-        self.rows, self.store, self.dtype, self.pad_id, self.ragged = rows, store, dtype, pad_id, ragged
+    def __init__(self, rows: list[tuple[dict[str, list], dict]], pad_id: int, ragged: bool,
+                 lengths: list[int] | None):
+        self.rows, self.pad_id, self.ragged = rows, pad_id, ragged
         self.lengths = lengths  # all tokens of an example, for length-grouped samplers
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> tuple[dict[str, list], dict]:
-        return self.__getitems__([i])[0]
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[dict[str, list], dict]]:
-        rows = [self.rows[i] for i in indices]
-        if self.store is None:  # entries are model inputs
-            return rows
-        keys = list(dict.fromkeys(k for parts, _ in rows for ks in parts.values() for k in ks))
-        state = dict(zip(keys, read_states(self.store, keys, self.dtype)))  # one read per batch, each key once
-        return [({f: [state[k] for k in ks] for f, ks in parts.items()}, y) for parts, y in rows]
+        return self.rows[i]
 
     def collate(self, rows: list[tuple[dict[str, list], dict]]) -> dict[str, Any]:
-        """``{field: {"states", "attention_mask"}}`` (or model inputs, without a store) with the b * k inputs of a
-        field that holds k per example, example by example; labels as a plain loader batches them."""
-        out: dict[str, Any] = {}
-        for field in rows[0][0]:
-            flat = [x for parts, _ in rows for x in parts[field]]
-            if self.store is None:
-                out[field] = data.collate_inputs(flat, self.pad_id, ragged=self.ragged)
-            else:
-                out[field] = data.collate_states(flat, self.ragged)
-        return {**out, **data.collate_labels([y for _, y in rows], None, None)}
+        return data.collate_groups(rows, False, self.pad_id, self.ragged)
 
 
 def group_dataset(pipe: Pipeline, examples: Iterable[Any], inputs: Sequence[str], dtype: torch.dtype | None,
-                  fill_batch_size: int, progress: bool) -> GroupDataset:
-    """A ``GroupDataset`` over ``examples`` whose fields ``inputs`` each hold one input or a list of them; every
-    distinct input is filled first, once, keyed by its own content."""
-    rows, keyed = [], []
-    for i, example in enumerate(examples):
-        parts, labels = _group_parts(pipe, example, inputs, i)
-        rows.append((parts, labels))
-        keyed += [entry for entries in parts.values() for entry in entries]
+                  fill_batch_size: int, progress: bool) -> GroupDataset | CachedGroups:
+    """A dataset over ``examples`` whose fields ``inputs`` each hold one input or a list of them; every distinct
+    input is filled first, once, keyed by its own content. With a store that keeps states it holds columns (keys,
+    lengths, labels), read once; without, the examples' model inputs."""
+    if pipe.store.keeps:
+        return cached_groups(pipe, examples, list(inputs), dtype, fill_batch_size, progress)
+    rows = [_group_parts(pipe, example, inputs, i) for i, example in enumerate(examples)]
     if not rows:
         raise ValueError("loader() got no examples; pass a non-empty list (or iterable) of examples")
     _check_labels([("", {}, y) for _, y in rows])
     _check_group_sizes(rows)
     lengths = [sum(data.length(x) for es in p.values() for _, x in es) for p, _ in rows] if pipe.arch.masked else None
-    keeps = pipe.store.keeps
-    if keeps:
-        fill_keyed(pipe, keyed, fill_batch_size, progress)
-    rows = [({f: [k if keeps else x for k, x in es] for f, es in p.items()}, y) for p, y in rows]
-    if not keeps:  # batches of model inputs: each field's inputs are batched together
-        _check_group_fields(rows)
-    return GroupDataset(rows, pipe.store if keeps else None, dtype, pipe.pad_id, pipe.arch.masked, lengths)
+    rows = [({f: [x for _, x in es] for f, es in p.items()}, y) for p, y in rows]
+    _check_group_fields(rows)  # batches of model inputs: each field's inputs are batched together
+    return GroupDataset(rows, pipe.pad_id, pipe.arch.masked, lengths)
+
+
+def cached_groups(pipe: Pipeline, examples: Iterable[Any], inputs: list[str], dtype: torch.dtype | None,
+                  fill_batch_size: int, progress: bool) -> CachedGroups:
+    """A ``CachedGroups`` over ``examples``, read once: each input keyed and filled, its key and length left in its
+    field's columns, the example's labels in ``Labels``."""
+    fields = {f: Columns(ragged=pipe.arch.masked) for f in inputs}
+    labels = Labels((), examples, functools.partial(group_labels, inputs=inputs))
+    sizes: dict[str, int] = {}
+
+    def keyed() -> Iterator[tuple[str, dict]]:
+        for i, example in enumerate(examples):
+            parts, y = _group_parts(pipe, example, inputs, i)
+            sizes.update({} if sizes else {f: len(es) for f, es in parts.items()})
+            _same_sizes(sizes, parts, i)
+            labels.add(y)
+            for field, entries in parts.items():
+                for key, x in entries:
+                    fields[field].add(key, x)
+                    yield key, x
+
+    fill_keyed(pipe, keyed(), fill_batch_size, progress, total=size_of(examples), what="examples to rec.loader")
+    if not labels.n:
+        raise ValueError("loader() got no examples; pass a non-empty list (or iterable) of examples")
+    for columns in fields.values():
+        columns.done()
+    labels.done()
+    return CachedGroups(pipe.store, fields, sizes, labels, dtype)
+
+
+def group_labels(example: Any, i: int, inputs: list[str]) -> dict[str, torch.Tensor]:
+    """The labels of example ``i`` of several inputs (beside its input fields)."""
+    return _group_fields(example, inputs, i, "loader")[1]
 
 
 def _group_parts(pipe: Pipeline, example: Any, inputs: Sequence[str], i: int):
@@ -144,13 +156,17 @@ def _check_group_sizes(rows: list[tuple[dict[str, list], dict]]) -> None:
     """Each field holds as many inputs in every example: a batch of b examples gives b * k rows, k per example."""
     first = {f: len(es) for f, es in rows[0][0].items()}
     for i, (parts, _) in enumerate(rows):
-        sizes = {f: len(es) for f, es in parts.items()}
-        if sizes != first:
-            raise ValueError(
-                f"example {i} holds {sizes} inputs per field, but example 0 holds {first}: a field's inputs are "
-                f"batched as b * k rows, so every example needs the same k. Pad the lists (repeat an input) or "
-                f"split the field"
-            )
+        _same_sizes(first, parts, i)
+
+
+def _same_sizes(first: dict[str, int], parts: dict[str, list], i: int) -> None:
+    sizes = {f: len(es) for f, es in parts.items()}
+    if sizes != first:
+        raise ValueError(
+            f"example {i} holds {sizes} inputs per field, but example 0 holds {first}: a field's inputs are "
+            f"batched as b * k rows, so every example needs the same k. Pad the lists (repeat an input) or "
+            f"split the field"
+        )
 
 
 def _check_group_fields(rows: list[tuple[dict[str, list], dict]]) -> None:
@@ -224,7 +240,7 @@ def input_loader(model: torch.nn.Module, examples: Iterable[Any], batch_size: in
         _check_group_sizes(groups)
         _check_group_fields(groups)
         lengths = [sum(data.length(x) for xs in p.values() for x in xs) for p, _ in groups] if arch.masked else None
-        dataset: Any = GroupDataset(groups, None, None, pad_id, arch.masked, lengths)
+        dataset: Any = GroupDataset(groups, pad_id, arch.masked, lengths)
         return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
     rows = [data.parts(data.normalize(e, names), names) for e in examples]
     _check_labels([("", i, y) for i, y in rows])
@@ -275,10 +291,12 @@ def dataloader(dataset: CachedDataset | InputDataset | GroupDataset, lengths: li
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
 
 
-def _order(dataset: CachedDataset | InputDataset | GroupDataset) -> list:
+def _order(dataset: CachedDataset | CachedGroups | InputDataset | GroupDataset) -> list:
     """What a dataset's items are, in order (keys, or model inputs without a store), for comparing ranks."""
     if isinstance(dataset, CachedDataset):
         return [dataset.columns.keys]
+    if isinstance(dataset, CachedGroups):
+        return [columns.keys for columns in dataset.fields.values()]
     return [inputs for inputs, _ in dataset.rows]
 
 

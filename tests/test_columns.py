@@ -1,0 +1,161 @@
+"""Larger than memory: a fill reads its examples once, in chunks; a loader holds keys, lengths and labels as arrays.
+
+Every test here would fail if the whole dataset were held: a source that can be iterated once, a memory bound that
+grows slower than the example count, labels read back from a ``datasets.Dataset``.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+import layer_recycling as lr
+from layer_recycling import fill as fill_module
+from layer_recycling.columns import CachedDataset
+from layer_recycling.stores.null import NullStore
+from conftest import text_examples, text_model
+
+
+class Once:
+    """An iterable that may be iterated once, as a generator over a file or a stream."""
+
+    def __init__(self, examples):
+        self.examples, self.used = examples, False
+
+    def __iter__(self):
+        assert not self.used, "read twice"
+        self.used = True
+        yield from self.examples
+
+
+class Discarding(NullStore):
+    """Keeps nothing but says it keeps: what a fill holds in memory is then the fill's own, not the store's."""
+
+    keeps = True
+
+    def __init__(self):
+        self.put = 0
+
+    def put_many(self, keys, values, checks=None) -> None:
+        self.put += len(list(keys))
+
+
+@pytest.fixture
+def bert():
+    return text_model("bert", "ForSequenceClassification")
+
+
+def test_fill_reads_a_source_once_and_computes_each_distinct_example_once(bert, monkeypatch):
+    monkeypatch.setattr(fill_module, "CHUNK", 4)  # several chunks, duplicates across them
+    examples = text_examples(6) * 2 + text_examples(9)[6:]
+    rec = lr.recycle(bert, at=2).eval()
+    assert rec.fill(Once(examples), batch_size=2, progress=False) == 9
+    assert rec.stats.bottom_examples == 9 and len(rec.store) == 9
+    assert rec.fill(iter(examples), progress=False) == 0
+
+
+def test_a_user_key_given_to_two_inputs_in_different_chunks_is_refused(bert, monkeypatch):
+    monkeypatch.setattr(fill_module, "CHUNK", 2)
+    examples = [dict(e, id=i % 3) for i, e in enumerate(text_examples(6))]  # example 3 reuses example 0's key
+    rec = lr.recycle(bert, at=2, key=lambda ex: ex["id"])
+    with pytest.raises(ValueError, match="key= gives 1 example"):
+        rec.fill(iter(examples), progress=False)
+
+
+def _fill_peak(bert, n: int) -> tuple[int, int]:
+    """(peak bytes tracemalloc saw during a fill of ``n`` short examples from a generator, entries put)."""
+    rec = lr.recycle(bert, at=1, store=Discarding()).eval()
+    examples = ({"input_ids": [1 + i % 90, 2 + i // 90 % 90, 3 + i // 8100 % 90]} for i in range(n))
+    tracemalloc.start()
+    try:
+        rec.fill(examples, batch_size=64, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak, rec.store.put
+
+
+def test_a_fills_memory_does_not_grow_with_the_number_of_examples(bert, monkeypatch):
+    monkeypatch.setattr(fill_module, "CHUNK", 128)
+    small, put = _fill_peak(bert, 512)
+    large, put_large = _fill_peak(bert, 4096)
+    assert (put, put_large) == (512, 4096)
+    # Holding every example's (key, inputs) cost 1,809 B an example; what is left (about 20 B) is torch's and
+    # transformers' per-call bookkeeping over the batches, not the examples.
+    per_example = (large - small) / (4096 - 512)
+    assert per_example < 100, f"peak {large} B for 4096 examples against {small} B for 512: it grows with them"
+
+
+def test_a_loader_holds_arrays_not_objects_per_example(bert, tmp_path):
+    examples = [dict(e, label=i % 3) for i, e in enumerate(text_examples(40, lengths=tuple(range(2, 30))))]
+    rec = lr.recycle(bert, at=2, store=lr.DiskStore(tmp_path / "s")).eval()
+    dataset = rec.dataset(iter(examples), progress=False)  # read once: scalar labels become a column
+    assert isinstance(dataset, CachedDataset) and len(dataset) == 40
+    assert dataset.columns.keys.shape == (40, 20) and dataset.columns.keys.is_shared()
+    assert dataset.labels.columns["labels"].tolist() == [i % 3 for i in range(40)]
+    assert np.array_equal(dataset.lengths, [len(e["input_ids"]) for e in examples])
+    batch = dataset.collate(dataset.__getitems__([0, 5, 7]))
+    assert batch["labels"].tolist() == [0, 2, 1] and batch["states"].shape[0] == 3
+
+
+def _tagged(n: int = 12) -> list[dict]:
+    return [dict(e, labels=[(i + t) % 3 for t in range(len(e["input_ids"]))])
+            for i, e in enumerate(text_examples(n, lengths=(4, 7, 3, 9)))]
+
+
+def test_per_token_labels_of_a_datasets_dataset_are_read_back_when_a_batch_is_made(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    model = text_model("bert", "ForTokenClassification")
+    examples = _tagged()
+    rec = lr.recycle(model, at=2, store=lr.DiskStore(tmp_path / "s")).eval()
+    source = datasets.Dataset.from_list(examples)
+    from_dataset = rec.loader(source, batch_size=4, progress=False)
+    assert from_dataset.dataset.labels.columns is None and from_dataset.dataset.labels.source is source
+    from_list = rec.loader(examples, batch_size=4, progress=False)
+    for a, b in zip(from_dataset, from_list):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert rec.stats.bottom_examples == len({tuple(e["input_ids"]) for e in examples})
+
+
+def test_per_token_labels_from_an_iterator_are_kept(bert, tmp_path):
+    model = text_model("bert", "ForTokenClassification")
+    examples = _tagged()
+    rec = lr.recycle(model, at=2).eval()
+    kept = rec.dataset(Once(examples), progress=False)
+    assert kept.labels.kept is not None and len(kept.labels.kept) == len(examples)
+    batch = kept.collate(kept.__getitems__([1, 2]))
+    assert batch["labels"][0, : len(examples[1]["input_ids"])].tolist() == examples[1]["labels"]
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_workers_read_the_columns_from_shared_memory(bert, tmp_path, context):
+    examples = [dict(e, label=i % 2) for i, e in enumerate(text_examples(16))]
+    rec = lr.recycle(bert, at=2, store=lr.DiskStore(tmp_path / "s")).eval()
+    plain = list(rec.loader(examples, batch_size=4, progress=False))
+    workers = list(rec.loader(examples, batch_size=4, progress=False, num_workers=2, multiprocessing_context=context))
+    for a, b in zip(plain, workers):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_pairs_loader_holds_key_columns_and_reads_each_input_once(bert, tmp_path):
+    texts = [{"input_ids": e["input_ids"]} for e in text_examples(8)]
+    pairs = [{"anchor": texts[i], "positive": [texts[(i + 1) % 8], texts[(i + 2) % 8]], "label": i % 4}
+             for i in range(8)]
+    rec = lr.recycle(bert, at=2, store=lr.DiskStore(tmp_path / "s")).eval()
+    from_once = rec.dataset(Once(pairs), inputs=["anchor", "positive"], progress=False)
+    assert rec.stats.bottom_examples == 8  # each distinct text once, whichever field it is in
+    assert from_once.fields["positive"].keys.shape == (16, 20) and len(from_once) == 8
+    assert from_once.labels.columns["labels"].tolist() == [i % 4 for i in range(8)]
+    plain = lr.recycle(bert, at=2, store=None).eval()
+    want = list(plain.loader(pairs, inputs=["anchor", "positive"], batch_size=8, progress=False))[0]
+    got = from_once.collate(from_once.__getitems__(list(range(8))))
+    assert torch.equal(got["labels"], want["labels"])
+    with torch.no_grad():
+        for field in ("anchor", "positive"):
+            assert torch.allclose(rec(**got[field]).logits, plain(**want[field]).logits, atol=1e-5)
+    with pytest.raises(ValueError, match=r"example 1 holds \{'anchor': 1, 'positive': 1\} inputs per field"):
+        rec.dataset(iter([pairs[0], dict(pairs[1], positive=texts[0])]), inputs=["anchor", "positive"],
+                    progress=False)
