@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from layer_recycling.stores.disk import DiskStore, StoreCorrupted
-from layer_recycling.stores.files import blake, npy_bytes, signed
+from layer_recycling.stores.files import blake, checksummed, npy_bytes
 from store_helpers import FORK, check_store, fill, filled, flip, keys, opens_and_reads, store_files, value
 
 
@@ -247,7 +247,7 @@ def _forge_segment(path: Path, edit) -> None:
     Path(f"{stem}.keys.npy").write_bytes(raw_k)
     Path(f"{stem}.spans.npy").write_bytes(raw_s)
     h.update(keys_blake2b=blake(raw_k), spans_blake2b=blake(raw_s))
-    (path / f"{h['name']}.json").write_bytes(signed(h))
+    (path / f"{h['name']}.json").write_bytes(checksummed(h))
 
 
 FORGERIES = {
@@ -289,7 +289,7 @@ def test_forged_segment_headers_are_refused(tmp_path, forgery):
     target = next(path.glob("seg-*.json"))
     h = json.loads(target.read_bytes())["doc"]
     HEADER_FORGERIES[forgery](h)
-    target.write_bytes(signed(h))
+    target.write_bytes(checksummed(h))
     with pytest.raises(StoreCorrupted):
         opens_and_reads(path)
     with pytest.raises(StoreCorrupted):

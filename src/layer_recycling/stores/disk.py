@@ -24,7 +24,7 @@ from . import snapshot as snap
 from .buffer import Commit, WriteBuffer, encode_batch, new_entries
 from .codecs import CODECS, SCALE_DTYPE, codec_name, decode, stored
 from .binkeys import key_bytes, key_strs, maybe_key_bytes
-from .files import DiskFull, StoreCorrupted, create_once, read_signed, signed
+from .files import DiskFull, StoreCorrupted, checksummed, create_once, read_checksummed
 from .segments import FORMAT, SEGMENT, WRITER, RowReader, Segment, write_segment
 from .store_files import STORE, FINGERPRINT, cleanup, create, read_store
 from .view import NO_CHECK, View, checks_in, scan, unmerged_segments
@@ -88,7 +88,7 @@ class DiskStore:
                                      f"holding a store). Pass a directory path")
         self._setup(Path(path).absolute(), readonly, writer, segment_bytes, compact_after)
         requested = codec_name(codec)
-        if not (self.path / STORE).exists():
+        if not os.path.lexists(self.path / STORE):  # a link or a pipe there is refused by read_store, not replaced
             create(self.path, requested or "float32", readonly)
         self._store = read_store(self.path)
         self.codec = self._store["codec"]
@@ -194,7 +194,7 @@ class DiskStore:
     def fingerprint_parts(self) -> dict[str, str] | None:
         if self._fp_cache is None:
             with contextlib.suppress(FileNotFoundError):
-                doc = read_signed(self.path / FINGERPRINT, "fingerprint")
+                doc = read_checksummed(self.path / FINGERPRINT, "fingerprint")
                 if not all(isinstance(v, str) for v in doc.values()):
                     raise StoreCorrupted(f"{self.path / FINGERPRINT} holds parts that are not strs")
                 self._fp_cache = doc
@@ -205,7 +205,7 @@ class DiskStore:
         if self.fingerprint_parts is None and self.readonly:
             self._bound = dict(fingerprint.parts)  # nothing may be written: remember it in this object only
         elif self.fingerprint_parts is None:
-            create_once(self.path / FINGERPRINT, signed(dict(fingerprint.parts)))  # the first writer's wins
+            create_once(self.path / FINGERPRINT, checksummed(dict(fingerprint.parts)))  # the first writer's wins
         fingerprint.check(self.fingerprint_parts, where=repr(self))
 
     def get_many(
@@ -479,7 +479,7 @@ class DiskStore:
         size = 0
         for f in self._view.files():
             with contextlib.suppress(FileNotFoundError):
-                size += os.stat(self.path / f).st_size
+                size += os.lstat(self.path / f).st_size
         return {
             "path": str(self.path), "format": FORMAT, "entries": len(self), "bytes": size, "codec": self.codec,
             "feature_shape": self._feature(), "fingerprint": self.fingerprint_parts,

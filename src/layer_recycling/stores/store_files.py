@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .._version import __version__
 from .codecs import CODECS
-from .files import StoreCorrupted, create_once, read_signed, signed
+from .files import StoreCorrupted, checksummed, create_once, read_checksummed
 from .segments import FORMAT, SEGMENT, files_of
 from .snapshot import CURRENT, SNAPSHOT
 
@@ -34,7 +34,7 @@ def create(path: Path, codec: str, readonly: bool) -> None:
         if not os.access(path, os.W_OK):
             raise PermissionError(errno.EACCES, "not writable")
         created_by = f"layer_recycling {__version__}"
-        create_once(path / STORE, signed({"format": FORMAT, "codec": codec, "created_by": created_by}))
+        create_once(path / STORE, checksummed({"format": FORMAT, "codec": codec, "created_by": created_by}))
     except OSError as err:
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
@@ -45,7 +45,7 @@ def create(path: Path, codec: str, readonly: bool) -> None:
 
 def read_store(path: Path) -> dict:
     try:
-        doc = read_signed(path / STORE, "store header")
+        doc = read_checksummed(path / STORE, "store header")
     except FileNotFoundError:
         raise FileNotFoundError(f"no DiskStore at {path} (no {STORE}); open it with readonly=False") from None
     if not (doc.get("format") == FORMAT and doc.get("codec") in CODECS and isinstance(doc.get("created_by"), str)):
@@ -65,10 +65,11 @@ def cleanup(path: Path, snapshot, headers: dict, grace: float) -> int:
         live.update(f"snap-{snapshot.generation}.{x}" for x in ("json", "keys.npy", "loc.npy"))
     now, removed = time.time(), 0
     for entry in os.scandir(path):
-        if entry.name in live or not _OURS.fullmatch(entry.name) or SEGMENT.fullmatch(entry.name):
+        if (entry.name in live or not _OURS.fullmatch(entry.name) or SEGMENT.fullmatch(entry.name)
+                or entry.is_dir(follow_symlinks=False)):  # a directory under one of our names is not ours to remove
             continue
         with contextlib.suppress(FileNotFoundError):
-            if now - entry.stat().st_mtime >= grace:
+            if now - entry.stat(follow_symlinks=False).st_mtime >= grace:
                 os.unlink(entry.path)
                 removed += 1
     return removed
