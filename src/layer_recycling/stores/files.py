@@ -29,6 +29,10 @@ class StoreCorrupted(RuntimeError):
     """A store file is truncated, altered or not a DiskStore file; nothing in it is served."""
 
 
+class DigestMismatch(StoreCorrupted):
+    """A store opened with ``digest=`` has another digest: it is not the store that digest was published for."""
+
+
 class DiskFull(OSError):
     """The disk (or quota) ran out while writing; entries committed before are intact."""
 
@@ -220,9 +224,9 @@ def _npy_offset(fd: int, size: int, path: Path, dtype: np.dtype, shape: tuple) -
     if got_dtype != dtype or tuple(got_shape) != tuple(shape) or fortran:
         raise StoreCorrupted(f"{path} holds {got_dtype}{tuple(got_shape)}, expected {dtype}{tuple(shape)}")
     offset = head.tell()
-    if size != offset + dtype.itemsize * math.prod(shape):
-        raise StoreCorrupted(f"{path} has {size} bytes, its header promises {offset + dtype.itemsize * math.prod(shape)}"
-                             f": truncated or padded")
+    expected = offset + dtype.itemsize * math.prod(shape)
+    if size != expected:
+        raise StoreCorrupted(f"{path} has {size} bytes, its header promises {expected}: truncated or padded")
     return offset
 
 
