@@ -237,7 +237,7 @@ def test_every_truncation_and_bit_flip_is_refused(tmp_path, codec):
 
 
 def _forge_segment(path: Path, edit) -> None:
-    """Apply ``edit(keys, spans)`` to the newest segment's index and re-sign everything: only checks catch it."""
+    """Apply ``edit(keys, spans)`` to the newest segment's index and recompute every checksum: only checks catch it."""
     h = json.loads(max(path.glob("seg-*.json"), key=lambda p: p.stat().st_mtime_ns).read_bytes())["doc"]
     stem = path / f"{h['name']}.{h['token']}"
     k = np.load(f"{stem}.keys.npy").copy()

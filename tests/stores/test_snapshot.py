@@ -163,7 +163,7 @@ def test_a_damaged_pointer_is_refused(tmp_path):
 
 
 def _forge_snapshot(path: Path, edit) -> None:
-    """Apply ``edit(keys, loc, header)`` to the current generation, re-signing it and CURRENT."""
+    """Apply ``edit(keys, loc, header)`` to the current generation, recomputing its checksums and CURRENT."""
     gen = read_current(path)[0]
     h = json.loads((path / f"snap-{gen}.json").read_bytes())["doc"]
     k, loc = np.load(path / f"snap-{gen}.keys.npy").copy(), np.load(path / f"snap-{gen}.loc.npy").copy()
