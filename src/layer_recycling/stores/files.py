@@ -168,13 +168,18 @@ def parse_checksummed(raw: bytes, path: Path, what: str) -> dict:
     return doc
 
 
+HASH_CHUNK = 1 << 18  # bytes hashed per read
+
+
 def hash_fd(fd: int, size: int) -> str:
-    """blake2b of the first ``size`` bytes of a file, read in 1 MiB chunks (not mapped: hashing must not grow the
-    process's memory); a file that ends early hashes what it has, which no checksum matches."""
+    """blake2b of the first ``size`` bytes of a file, read through one buffer (not mapped, and no new buffer per
+    read: hashing must not grow the process's memory); a file that ends early hashes what it has, which no checksum
+    matches."""
     h, pos = hashlib.blake2b(digest_size=32), 0
-    while pos < size and (chunk := os.pread(fd, min(1 << 20, size - pos), pos)):
-        h.update(chunk)
-        pos += len(chunk)
+    view = memoryview(bytearray(min(HASH_CHUNK, size)))
+    while pos < size and (got := os.preadv(fd, [view[: size - pos]], pos)):
+        h.update(view[:got])
+        pos += got
     return h.hexdigest()
 
 
