@@ -24,7 +24,9 @@ from . import snapshot as snap
 from .buffer import Commit, WriteBuffer, encode_batch, new_entries
 from .codecs import CODECS, SCALE_DTYPE, codec_name, decode, stored
 from .binkeys import key_bytes, key_strs, maybe_key_bytes
-from .files import DigestMismatch, DiskFull, StoreCorrupted, checksummed, create_once, read_checksummed
+from .files import (
+    MAX_FINGERPRINT_BYTES, DigestMismatch, DiskFull, StoreCorrupted, checksummed, create_once, read_checksummed,
+)
 from .segments import FORMAT, SEGMENT, WRITER, RowReader, Segment, write_segment
 from .store_files import STORE, FINGERPRINT, check_pin, check_pin_argument, cleanup, create, digest_of, read_store
 from .view import NO_CHECK, View, checks_in, scan, unmerged_segments
@@ -239,7 +241,7 @@ class DiskStore:
         """``fingerprint.json``'s parts (None: none yet; read again until there are, unless pinned)."""
         if self._fp_cache is None and self._pinned is None:
             with contextlib.suppress(FileNotFoundError):
-                doc = read_checksummed(self.path / FINGERPRINT, "fingerprint")
+                doc = read_checksummed(self.path / FINGERPRINT, "fingerprint", MAX_FINGERPRINT_BYTES)
                 if not all(isinstance(v, str) for v in doc.values()):
                     raise StoreCorrupted(f"{self.path / FINGERPRINT} holds parts that are not strs")
                 self._fp_cache = doc

@@ -43,7 +43,8 @@ def is_hex(s) -> bool:
 
 # ---- reading: regular files only, sizes checked before reading --------------------------------------------------
 
-MAX_JSON_BYTES = 1 << 20  # a store's JSON files: headers are about 500 bytes, a fingerprint a few KB
+MAX_JSON_BYTES = 1 << 20  # a store's JSON files: headers are about 500 bytes
+MAX_FINGERPRINT_BYTES = 16 << 20  # a fingerprint holds a model's config: a few KB, more for a large nested one
 MAX_SNAPSHOT_JSON_BYTES = 1 << 28  # a generation's header lists every segment's header: 400k segments of ~600 B
 NPY_HEADER_MAX = 4096  # an index file's .npy header: 128 bytes as written
 

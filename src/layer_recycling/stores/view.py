@@ -116,7 +116,7 @@ class KeyHashes:
     65,536 every segment is searched."""
 
     def __init__(self, segments: list[Segment], packed: np.ndarray | None):
-        self.segments, self.packed = segments, packed  # packed None: too many segments to number
+        self.segments, self.packed = segments, packed  # packed None: search every segment (one, or too many)
 
     @classmethod
     def of(cls, segments: list[Segment], previous: KeyHashes | None) -> KeyHashes:
