@@ -15,8 +15,10 @@ Reports, per size: time per segment commit at the start vs the end of the fill (
 that commits, and its user part: the store's own work apart from the disk and the kernel; the last, partial
 segment is left out), and the same for plain synced files of the segment size written with os.write (what the
 disk and the page cache do to any writer); the whole fill vs writing the same bytes to one file with numpy (+
-fsync); open time and RSS growth after open + one batched lookup (``contains_many`` of 32 random keys, in a fresh
-process), and after reading them (the first read hashes each segment it touches); random batches of 32 with a
+fsync); open time and memory growth after open, after one batched lookup (``contains_many`` of 32 random keys, in
+a fresh process) and after reading them (the first read hashes each segment it touches), anonymous apart from
+file-backed (``RssAnon``, ``RssFile``), in a bare process and after a 16 MB block was freed (glibc then keeps
+freed temporaries of up to that size: the state of any process that loaded a model); random batches of 32 with a
 warm page cache (GB/s), with the lookups alone and the floor of one bare pread per entry; merge time and its peak
 memory in a fresh process (and a projection to 100M entries by fitting t = c * n * log2(n) to the largest
 measured size); and at the largest size, one epoch through a DataLoader with 4 workers with how much each
@@ -151,25 +153,27 @@ def plain_chunks(path: Path, nbytes: int, chunk_bytes: int) -> dict:
 
 OPEN_PROBE = """
 import json, random, sys, time
-def rss():
-    return int([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]) * 1024
+def status():
+    return {l.split(':')[0]: int(l.split()[1]) * 1024 for l in open('/proc/self/status')
+            if l.startswith(('VmRSS', 'RssAnon', 'RssFile'))}
 import torch, numpy
-from layer_recycling.stores import disk, snapshot
 from layer_recycling.stores.disk import DiskStore
 from store_scale import key
-n = int(sys.argv[2])
+n, warm = int(sys.argv[2]), sys.argv[4] == "1"
+if warm:  # as in a process that loaded a model: glibc's mmap threshold raised, freed blocks kept in its heap
+    numpy.ones(16 << 20, numpy.uint8)
 keys = [key(i, sys.argv[3]) for i in random.Random(1).sample(range(n), 32)]
-before = rss(); t = time.perf_counter()
+before = status(); t = time.perf_counter()
 s = DiskStore(sys.argv[1], readonly=True)
-opened = time.perf_counter() - t
+opened = time.perf_counter() - t; at_open = status()
 t = time.perf_counter(); held = s.contains_many(keys); lookup = time.perf_counter() - t
-assert held.all(); index = rss() - before
+assert held.all(); at_lookup = status()
 t = time.perf_counter(); got = s.get_many(keys); read = time.perf_counter() - t
-lines = [l for l in open('/proc/self/status') if l.startswith(('RssAnon', 'RssFile'))]
-status = {l.split(':')[0]: int(l.split()[1]) * 1024 for l in lines}
-print(json.dumps({"open_s": opened, "lookup_s": lookup, "rss_growth": index, "first_read_s": read,
-                  "rss_growth_after_read": rss() - before, "rss_anon_after": status["RssAnon"],
-                  "rss_file_after": status["RssFile"]}))
+at_read = status()
+growth = {when: {k: now[k] - before[k] for k in now} for when, now in
+          (("open", at_open), ("lookup", at_lookup), ("read", at_read))}
+print(json.dumps({"open_s": opened, "lookup_s": lookup, "first_read_s": read, "growth": growth,
+                  "rss_growth": growth["lookup"]["VmRSS"], "rss_growth_after_read": growth["read"]["VmRSS"]}))
 """
 
 
@@ -192,10 +196,19 @@ def merge_probe(path: Path) -> dict:
 
 
 def open_probe(path: Path, n: int, pattern: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", OPEN_PROBE, str(path), str(n), pattern], capture_output=True, text=True,
-                         check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    res = json.loads(out.stdout)
+    """Open ``path`` in a fresh process, look up 32 keys, read them: times, and how much its memory grew after each
+    step, anonymous (the process's own) apart from file-backed (page cache mapped, shared by every process), per
+    entry; once in a bare process, once after a 16 MB block was freed (``warm_heap``: glibc then keeps freed blocks
+    up to that size in its heap, as in any process that loaded a model)."""
+    runs = []
+    for warm in ("0", "1"):
+        out = subprocess.run([sys.executable, "-c", OPEN_PROBE, str(path), str(n), pattern, warm], capture_output=True,
+                             text=True, check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        runs.append(json.loads(out.stdout))
+    res, warm = runs
     res["rss_bytes_per_entry"] = res["rss_growth"] / n
+    for name, run in (("per_entry", res), ("warm_heap_per_entry", warm)):
+        res[name] = {when: {"anon": g["RssAnon"] / n, "file": g["RssFile"] / n} for when, g in run["growth"].items()}
     return res
 
 
@@ -309,6 +322,7 @@ def main() -> int:
     if "digest" in results["keys"]:
         report_digests(results, max(args.sizes))
     report_keys(results["keys"])
+    report_memory(results["keys"])
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
     return 0
@@ -357,6 +371,33 @@ def report_keys(by_pattern: dict) -> None:
                 cells += [_cell(at, base, "open_lookup_s", 1, 3), _cell(at, base, "rss_growth", 1e-6, 1),
                           _cell(at, base, "batch_ms", 1, 3)]
             print(f"{pattern:>13} {n:>8} {cells[0]} | {' '.join(cells[1:4])} | {' '.join(cells[4:])}")
+
+
+def report_memory(by_pattern: dict) -> None:
+    """Per key pattern and size, before and after the merge: bytes per entry a fresh process's memory grew by at
+    open, after one lookup and after reading its 32 entries, anonymous (file-backed), in a bare process and after
+    a 16 MB block was freed (``warm heap``); then, between consecutive sizes, the growth per added entry: what
+    grows with the store, apart from fixed costs (modules imported on first use, read buffers)."""
+    steps = ("open", "lookup", "read")
+    print(f"\nmemory growth, bytes per entry: anonymous (file-backed); open, lookup, read")
+    print(f"{'keys':>13} {'entries':>9} {'index':>9} | {'bare process':^41} | {'warm heap':^41}")
+    for pattern, sizes in by_pattern.items():
+        for where in ("unmerged", "merged"):
+            at = {n: (r[where] if where == "unmerged" else r) for n, r in sizes.items()}
+            for n, r in at.items():
+                print(f"{pattern:>13} {n:>9} {where:>9} | {_memory_cells(r, steps, 1)}")
+            ns = sorted(at)
+            for small, big in zip(ns, ns[1:]):
+                grown = {k: {w: {m: (at[big][k][w][m] * big - at[small][k][w][m] * small) / (big - small)
+                                 for m in ("anon", "file")} for w in steps}
+                         for k in ("per_entry", "warm_heap_per_entry")}
+                print(f"{pattern:>13} {f'+{big - small}':>9} {where:>9} | {_memory_cells(grown, steps, 1)}")
+
+
+def _memory_cells(r: dict, steps: tuple, digits: int) -> str:
+    cells = [f"{r[k][w]['anon']:>5.{digits}f} ({r[k][w]['file']:>4.{digits}f})"
+             for k in ("per_entry", "warm_heap_per_entry") for w in steps]
+    return f"{' '.join(cells[:3])} | {' '.join(cells[3:])}"
 
 
 def _cell(r: dict, ref: dict | None, name: str, scale: float, digits: int) -> str:

@@ -19,11 +19,11 @@ from .model import Recycled, recycle
 from .pipeline import Pipeline, Stats
 from .saving import load_model_state_dict, model_state_dict
 from .split import Split, split
-from .stores import DiskFull, DiskStore, MemoryStore, NullStore, Store, StoreCorrupted
+from .stores import DigestMismatch, DiskFull, DiskStore, MemoryStore, NullStore, Store, StoreCorrupted
 from .surgery import resolve_at
 
 __all__ = [
-    "CachedDataset", "DiskFull", "DiskStore", "Fingerprint", "FingerprintMismatch", "MemoryStore", "NullStore",
-    "Pipeline", "RecycleConfig", "Recycled", "Split", "Stats", "Store", "StoreCorrupted", "VerifyReport", "__version__",
-    "digest", "load_model_state_dict", "model_state_dict", "recycle", "resolve_at", "split",
+    "CachedDataset", "DigestMismatch", "DiskFull", "DiskStore", "Fingerprint", "FingerprintMismatch", "MemoryStore",
+    "NullStore", "Pipeline", "RecycleConfig", "Recycled", "Split", "Stats", "Store", "StoreCorrupted", "VerifyReport",
+    "__version__", "digest", "load_model_state_dict", "model_state_dict", "recycle", "resolve_at", "split",
 ]

@@ -643,7 +643,7 @@ class _Payload:
 def test_planted_pickles_are_refused_and_never_run(tmp_path):
     import numpy as np
 
-    from layer_recycling.stores.files import blake, signed
+    from layer_recycling.stores.files import blake, checksummed
 
     sentinel = tmp_path / "sentinel"
     payload = pickle.dumps(_Payload(str(sentinel)))
@@ -669,7 +669,7 @@ def test_planted_pickles_are_refused_and_never_run(tmp_path):
     np.save(buf, np.array([_Payload(str(sentinel))] * seg["entries"], dtype=object), allow_pickle=True)
     keys_file.write_bytes(buf.getvalue())
     seg["keys_blake2b"] = blake(buf.getvalue())
-    (path / f"{seg['name']}.json").write_bytes(signed(seg))
+    (path / f"{seg['name']}.json").write_bytes(checksummed(seg))
     for snap in path.glob("snap-*"):
         snap.unlink()
     (path / "CURRENT").unlink()

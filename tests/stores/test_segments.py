@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from layer_recycling.stores.disk import DiskStore, StoreCorrupted
-from layer_recycling.stores.files import blake, npy_bytes, signed
+from layer_recycling.stores.files import blake, checksummed, npy_bytes
 from store_helpers import FORK, check_store, fill, filled, flip, keys, opens_and_reads, store_files, value
 
 
@@ -237,7 +237,7 @@ def test_every_truncation_and_bit_flip_is_refused(tmp_path, codec):
 
 
 def _forge_segment(path: Path, edit) -> None:
-    """Apply ``edit(keys, spans)`` to the newest segment's index and re-sign everything: only checks catch it."""
+    """Apply ``edit(keys, spans)`` to the newest segment's index and recompute every checksum: only checks catch it."""
     h = json.loads(max(path.glob("seg-*.json"), key=lambda p: p.stat().st_mtime_ns).read_bytes())["doc"]
     stem = path / f"{h['name']}.{h['token']}"
     k = np.load(f"{stem}.keys.npy").copy()
@@ -247,7 +247,7 @@ def _forge_segment(path: Path, edit) -> None:
     Path(f"{stem}.keys.npy").write_bytes(raw_k)
     Path(f"{stem}.spans.npy").write_bytes(raw_s)
     h.update(keys_blake2b=blake(raw_k), spans_blake2b=blake(raw_s))
-    (path / f"{h['name']}.json").write_bytes(signed(h))
+    (path / f"{h['name']}.json").write_bytes(checksummed(h))
 
 
 FORGERIES = {
@@ -289,7 +289,7 @@ def test_forged_segment_headers_are_refused(tmp_path, forgery):
     target = next(path.glob("seg-*.json"))
     h = json.loads(target.read_bytes())["doc"]
     HEADER_FORGERIES[forgery](h)
-    target.write_bytes(signed(h))
+    target.write_bytes(checksummed(h))
     with pytest.raises(StoreCorrupted):
         opens_and_reads(path)
     with pytest.raises(StoreCorrupted):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from layer_recycling.stores.disk import DiskStore, StoreCorrupted
-from layer_recycling.stores.files import blake, npy_bytes, signed
+from layer_recycling.stores.files import blake, checksummed, npy_bytes
 from layer_recycling.stores.snapshot import read_current
 from store_helpers import FORK, check_store, chunks, fill, keys, value
 
@@ -148,10 +148,10 @@ def test_a_damaged_pointer_is_refused(tmp_path):
     generation = _merged(path)
     current = (path / "CURRENT").read_bytes()
     doc = json.loads(current)["doc"]
-    forgeries = [b"", b"{}", b"not json", current[:-3], signed({"generation": "g000099-00000000",
+    forgeries = [b"", b"{}", b"not json", current[:-3], checksummed({"generation": "g000099-00000000",
                                                              "blake2b": doc["blake2b"]}),
-                 signed({"generation": generation, "blake2b": "0" * 64}), signed({"generation": "../x"}),
-                 signed({**doc, "generation": 5})]
+                 checksummed({"generation": generation, "blake2b": "0" * 64}), checksummed({"generation": "../x"}),
+                 checksummed({**doc, "generation": 5})]
     for bad in forgeries:
         (path / "CURRENT").write_bytes(bad)
         with pytest.raises(StoreCorrupted):
@@ -163,7 +163,7 @@ def test_a_damaged_pointer_is_refused(tmp_path):
 
 
 def _forge_snapshot(path: Path, edit) -> None:
-    """Apply ``edit(keys, loc, header)`` to the current generation, re-signing it and CURRENT."""
+    """Apply ``edit(keys, loc, header)`` to the current generation, recomputing its checksums and CURRENT."""
     gen = read_current(path)[0]
     h = json.loads((path / f"snap-{gen}.json").read_bytes())["doc"]
     k, loc = np.load(path / f"snap-{gen}.keys.npy").copy(), np.load(path / f"snap-{gen}.loc.npy").copy()
@@ -172,9 +172,9 @@ def _forge_snapshot(path: Path, edit) -> None:
     (path / f"snap-{gen}.keys.npy").write_bytes(rk)
     (path / f"snap-{gen}.loc.npy").write_bytes(rl)
     h.update(keys_blake2b=blake(rk), loc_blake2b=blake(rl), entries=len(k))
-    header = signed(h)
+    header = checksummed(h)
     (path / f"snap-{gen}.json").write_bytes(header)
-    (path / "CURRENT").write_bytes(signed({"generation": gen, "blake2b": blake(header)}))
+    (path / "CURRENT").write_bytes(checksummed({"generation": gen, "blake2b": blake(header)}))
 
 
 SNAPSHOT_FORGERIES = {

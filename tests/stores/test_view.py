@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -128,3 +129,50 @@ def test_keys_that_share_their_leading_bytes_hash_apart():
     for keys in (key_bytes([key(i) for i in range(100_000)]), prefixed):
         kept = view.key_hashes(keys) & ~view.OWNER
         assert len(np.unique(kept)) == len(keys)
+
+
+# ---- memory at open --------------------------------------------------------------------------------------------
+
+
+def committed(path: Path, segments: int, per: int) -> list[str]:
+    """A store of ``segments`` committed, unmerged segments of ``per`` random keys (one float16 row each), written
+    as segments directly (fast at 100k entries); a key of each segment, to look up."""
+    from layer_recycling.stores.binkeys import KEY_DTYPE, key_strs
+    from layer_recycling.stores.segments import write_segment
+
+    DiskStore(path, codec="float16").close()
+    rng, probe = np.random.default_rng(per), []
+    for s in range(segments):
+        keys = np.unique(np.frombuffer(rng.bytes(20 * per), KEY_DTYPE))
+        write_segment(path, f"seg-m-{s:06d}", f"{s:012x}", "float16", [1], keys,
+                      [np.zeros((len(keys), 1), "<f2")], np.ones(len(keys), np.int64), None)
+        probe += key_strs(keys[len(keys) // 2 :][:1])
+    return probe
+
+
+def open_cost(path: Path, probe: list[str]) -> tuple[int, int]:
+    """(bytes still allocated, peak bytes allocated) by opening ``path`` and one lookup, as tracemalloc sees them
+    (numpy's arrays included; mapped files not: they are page cache, shared by every process)."""
+    tracemalloc.start()
+    try:
+        store = DiskStore(path, readonly=True)
+        assert store.contains_many(probe).all()
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return held, peak
+
+
+@pytest.mark.parametrize("segments", [1, 3])
+def test_opening_a_store_costs_at_most_8_bytes_per_unmerged_entry(tmp_path, segments):
+    """Per entry, the only memory an open allocates is the unmerged keys' hash index (8 bytes, and none for one
+    segment): every other index is mapped from its file. Temporaries are chunked: the issue's store (one writer,
+    one unmerged segment) cost 56-108 bytes per entry once malloc kept whole-index temporaries of 24-60 bytes."""
+    sizes, costs = (20_000, 100_000), []
+    for per in sizes:
+        probe = committed(tmp_path / str(per), segments, per)
+        costs.append(open_cost(tmp_path / str(per), probe))
+    entries = segments * (sizes[1] - sizes[0])
+    held, peak = ((big - small) / entries for small, big in zip(*costs))
+    bound = (8 if segments > 1 else 0) + 1  # + 1: temporaries of a fixed size, a little larger for the larger store
+    assert held <= bound and peak <= bound, f"{held:.1f} bytes held, {peak:.1f} at the peak, per entry"

@@ -24,12 +24,14 @@ from . import snapshot as snap
 from .buffer import Commit, WriteBuffer, encode_batch, new_entries
 from .codecs import CODECS, SCALE_DTYPE, codec_name, decode, stored
 from .binkeys import key_bytes, key_strs, maybe_key_bytes
-from .files import DiskFull, StoreCorrupted, create_once, read_signed, signed
+from .files import (
+    MAX_FINGERPRINT_BYTES, DigestMismatch, DiskFull, StoreCorrupted, checksummed, create_once, read_checksummed,
+)
 from .segments import FORMAT, SEGMENT, WRITER, RowReader, Segment, write_segment
-from .store_files import STORE, FINGERPRINT, cleanup, create, read_store
+from .store_files import STORE, FINGERPRINT, check_pin, check_pin_argument, cleanup, create, digest_of, read_store
 from .view import NO_CHECK, View, checks_in, scan, unmerged_segments
 
-__all__ = ["DiskFull", "DiskStore", "StoreCorrupted"]
+__all__ = ["DigestMismatch", "DiskFull", "DiskStore", "StoreCorrupted"]
 
 MAX_OPEN_FILES = 256  # data file descriptors one store keeps open per process
 # Segments a writer commits at once, each in its thread: while one waits for its fsync the next is written, so
@@ -72,15 +74,21 @@ class DiskStore:
         segment_bytes: buffer size at which a segment commits. A fill holds up to IN_FLIGHT + 1 such buffers: one
             filling while full ones commit in threads.
         compact_after: merge automatically once this many segments are not in the snapshot.
+        digest: open the store only if ``digest()`` is this (as its maker published it), with ``readonly=True``;
+            the store then serves what it held at open and nothing committed later (``refresh`` keeps it).
     Raises:
-        StoreCorrupted: a store file is damaged.
+        StoreCorrupted: a store file is damaged, or not a regular file.
+        DigestMismatch: ``digest`` was given and the store's differs.
     """
 
     keeps = True
     shared = True  # every process that opens the directory sees the same committed entries
 
     def __init__(self, path: str | os.PathLike, codec: str | torch.dtype | None = None, readonly: bool = False,
-                 writer: str | None = None, segment_bytes: int = 64 << 20, compact_after: int = 64):
+                 writer: str | None = None, segment_bytes: int = 64 << 20, compact_after: int = 64,
+                 digest: str | None = None):
+        if digest is not None:
+            check_pin_argument(digest, readonly)
         if writer is not None and not WRITER.fullmatch(writer):
             raise ValueError(f"writer={writer!r}: expected 1-80 letters, digits, '.', '_' or '-'")
         if Path(path).is_file():
@@ -88,7 +96,7 @@ class DiskStore:
                                      f"holding a store). Pass a directory path")
         self._setup(Path(path).absolute(), readonly, writer, segment_bytes, compact_after)
         requested = codec_name(codec)
-        if not (self.path / STORE).exists():
+        if not os.path.lexists(self.path / STORE):  # a link or a pipe there is refused by read_store, not replaced
             create(self.path, requested or "float32", readonly)
         self._store = read_store(self.path)
         self.codec = self._store["codec"]
@@ -103,6 +111,8 @@ class DiskStore:
             self._why_readonly = "is in a directory this process cannot write, so it opened for reading only, as " \
                                  "with readonly=True,"
         self._refresh()
+        if digest is not None:
+            self._pin(digest)
         if writer is not None:  # a later session of a named writer goes on from its last segment, never over it
             merged = [f"{h['name']}.json" for h in self._snap.header["segments"]] if self._snap else []
             self._seq = 1 + max((int(m["seq"]) for m in map(SEGMENT.fullmatch, [*self._headers, *merged])
@@ -124,6 +134,7 @@ class DiskStore:
         self._spare: tuple | None = None  # a committed buffer's arrays, for the next buffer of a fill to reuse
         self._committing: list[tuple[WriteBuffer, Commit]] = []  # full buffers, each written by a thread
         self._fp_cache, self._bound = None, None
+        self._pinned: str | None = None  # the digest this store was opened with: its view is kept as opened
         self._lock = threading.RLock()
         self._open_files: OrderedDict[str, Segment] = OrderedDict()  # data files open here, least recent first
 
@@ -131,7 +142,7 @@ class DiskStore:
 
     def __getstate__(self) -> dict:
         return {"path": str(self.path), "readonly": self.readonly, "writer": self._writer, "bound": self._bound,
-                "segment_bytes": self.segment_bytes, "compact_after": self.compact_after}
+                "segment_bytes": self.segment_bytes, "compact_after": self.compact_after, "digest": self._pinned}
 
     def __setstate__(self, state: dict) -> None:
         self._setup(Path(state["path"]), state["readonly"], state["writer"], state["segment_bytes"],
@@ -140,6 +151,8 @@ class DiskStore:
         self._store = read_store(self.path)
         self.codec = self._store["codec"]
         self._refresh()
+        if state.get("digest") is not None:  # a worker that reopens a pinned store checks it again
+            self._pin(state["digest"])
 
     # ---- dict verbs -----------------------------------------------------------------------------------------
 
@@ -170,12 +183,16 @@ class DiskStore:
         self.put_many([key], [value])
 
     def refresh(self) -> None:
-        """See segments other writers committed and the generation ``CURRENT`` names now."""
+        """See segments other writers committed and the generation ``CURRENT`` names now (a store opened with
+        ``digest=`` keeps what it was opened with)."""
         self._refresh()
 
     def open_snapshot(self, generation: str | None) -> None:
         """Open generation ``generation`` (as ``compact`` returned it) plus segments committed after it."""
         with self._locked():
+            if self._pinned is not None and generation != (self._snap.generation if self._snap else None):
+                raise ValueError(f"{self!r} was opened with digest={self._pinned!r} and serves generation "
+                                 f"{self._snap.generation if self._snap else None!r} only; got {generation!r}")
             if generation is not None and (self._snap is None or self._snap.generation != generation):
                 self._snap = snap.load(self.path, generation, None, self._known)
             self._refresh(keep_snapshot=generation is not None)
@@ -190,22 +207,52 @@ class DiskStore:
     def volume(self) -> int:
         return self.info()["bytes"]
 
+    def digest(self, verify: bool = True) -> str:
+        """One blake2b digest (64 hex chars) of the committed store this object serves: ``store.json``,
+        ``fingerprint.json``, the current generation and every committed segment's files, through the checksums
+        their headers hold (``store_files.digest_of`` says exactly what). Equal on every reopen and in every
+        process; uncommitted entries do not count. ``DiskStore(path, readonly=True, digest=d)`` opens the store
+        only if it is the one ``d`` was computed from.
+
+        ``verify``: first check every file against its checksum (reads the whole store once); without it only
+        the headers are read, and a damaged file is refused when first read, as always.
+
+        Raises:
+            StoreCorrupted: ``verify`` and a file fails its checksum.
+        """
+        with self._locked():
+            self._refresh()
+            if verify:
+                for seg in self._view.segments:
+                    seg.verify()
+            snapshot = self._snap.header if self._snap is not None else None
+            return digest_of(self._store, self._fingerprint_doc(), snapshot, [s.header for s in self._view.unmerged])
+
+    def _pin(self, digest: str) -> None:
+        """Refuse this store unless its digest is ``digest``; then keep its view (and fingerprint) as they are."""
+        check_pin(self.path, digest, self.digest(verify=False))
+        self._pinned = digest
+
     @property
     def fingerprint_parts(self) -> dict[str, str] | None:
-        if self._fp_cache is None:
+        return self._fingerprint_doc() or self._bound
+
+    def _fingerprint_doc(self) -> dict[str, str] | None:
+        """``fingerprint.json``'s parts (None: none yet; read again until there are, unless pinned)."""
+        if self._fp_cache is None and self._pinned is None:
             with contextlib.suppress(FileNotFoundError):
-                doc = read_signed(self.path / FINGERPRINT, "fingerprint")
+                doc = read_checksummed(self.path / FINGERPRINT, "fingerprint", MAX_FINGERPRINT_BYTES)
                 if not all(isinstance(v, str) for v in doc.values()):
                     raise StoreCorrupted(f"{self.path / FINGERPRINT} holds parts that are not strs")
                 self._fp_cache = doc
-        return self._fp_cache or self._bound
+        return self._fp_cache
 
     def bind_fingerprint(self, fingerprint: Fingerprint) -> None:
         """Record ``fingerprint`` in a store that has none, or check it against the recorded one."""
         if self.fingerprint_parts is None and self.readonly:
             self._bound = dict(fingerprint.parts)  # nothing may be written: remember it in this object only
         elif self.fingerprint_parts is None:
-            create_once(self.path / FINGERPRINT, signed(dict(fingerprint.parts)))  # the first writer's wins
+            create_once(self.path / FINGERPRINT, checksummed(dict(fingerprint.parts)))  # the first writer's wins
         fingerprint.check(self.fingerprint_parts, where=repr(self))
 
     def get_many(
@@ -313,6 +360,8 @@ class DiskStore:
 
     def _refresh(self, keep_snapshot: bool = False) -> None:
         with self._locked():
+            if self._pinned is not None:  # a pinned store serves what its digest covers, nothing committed later
+                return
             if not keep_snapshot:
                 current = snap.read_current(self.path)
                 if current is not None and (self._snap is None or current[0] != self._snap.generation):
@@ -479,7 +528,7 @@ class DiskStore:
         size = 0
         for f in self._view.files():
             with contextlib.suppress(FileNotFoundError):
-                size += os.stat(self.path / f).st_size
+                size += os.lstat(self.path / f).st_size
         return {
             "path": str(self.path), "format": FORMAT, "entries": len(self), "bytes": size, "codec": self.codec,
             "feature_shape": self._feature(), "fingerprint": self.fingerprint_parts,

@@ -30,8 +30,8 @@ import numpy as np
 from .binkeys import KEY_DTYPE
 from .codecs import CODECS, SCALE_DTYPE
 from .files import (
-    StoreCorrupted, atomic_write, blake, fsync_dir, hash_fd, is_hex, load_npy, npy_bytes, open_ro, pad,
-    raw_bytes, read_signed, signed,
+    StoreCorrupted, atomic_write, blake, checksummed, fsync_dir, hash_fd, is_hex, load_npy, npy_bytes,
+    open_committed, pad, raw_bytes, read_checksummed,
 )
 
 FORMAT = 2
@@ -84,7 +84,7 @@ def write_segment(root: Path, name: str, token: str, codec: str, feature: list[i
               "entries": len(keys), "rows": rows, "data_bytes": sum(len(memoryview(p)) for p in parts),
               "scales_start": scales_start, "data_blake2b": data_hash, "keys_blake2b": blake(keys_raw),
               "spans_blake2b": blake(spans_raw), **extra}
-    atomic_write(root / f"{name}.json", [signed(header)])  # the commit
+    atomic_write(root / f"{name}.json", [checksummed(header)])  # the commit
     return header
 
 
@@ -129,7 +129,7 @@ def read_header(root: Path, name: str) -> dict:
         StoreCorrupted: damaged, or fields of the wrong kind or inconsistent with each other.
     """
     path = root / f"{name}.json"
-    return check_header(read_signed(path, "segment index header"), name, path)
+    return check_header(read_checksummed(path, "segment index header"), name, path)
 
 
 def check_header(h: dict, name: str, path: Path) -> dict:
@@ -156,14 +156,13 @@ def _ints(xs) -> bool:
 
 @dataclasses.dataclass
 class Segment:
-    """A committed segment: its header, and (lazily, per process) its index arrays and its data map."""
+    """A committed segment: its header, and (lazily, per process) its index arrays and its data file."""
 
     root: Path
     header: dict
     _index: tuple | None = None
     _checks: np.ndarray | None = None
-    _data: tuple | None = None
-    _verified: bool = False
+    _verified: tuple | None = None  # the identity (device, inode, size, mtime, ctime) of the data file hashed
     _file: tuple | None = None  # (pid, descriptor) of the data file
 
     @property
@@ -188,48 +187,39 @@ class Segment:
             self._checks = load_npy(path, h["checks_blake2b"], KEY_DTYPE, (h["entries"],))
         return self._checks
 
-    def data(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(rows (rows, *feature), scales (rows,) or None) memory-mapped; the file is hashed before first use."""
-        if self._data is None:
-            h = self.header
-            path, codec, feature = self.root / f"{self.name}.{h['token']}.data", CODECS[h["codec"]], h["feature_shape"]
-            fd = open_ro(path)
-            try:
-                size = os.fstat(fd).st_size
-                if size != h["data_bytes"]:
-                    raise StoreCorrupted(f"{path} has {size} bytes, its index says {h['data_bytes']}: truncated or "
-                                         f"replaced")
-                if not self._verified and hash_fd(fd) != h["data_blake2b"]:
-                    raise StoreCorrupted(f"{path} fails its checksum: the file was altered or damaged after it was "
-                                         f"written")
-                self._verified = True
-                mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ) if size else b""
-            finally:
-                os.close(fd)
-            data = np.frombuffer(mm, codec.storage, count=h["rows"] * math.prod(feature)).reshape(h["rows"], *feature)
-            scales = (np.frombuffer(mm, SCALE_DTYPE, count=h["rows"], offset=h["scales_start"])
-                      if codec.scaled else None)
-            self._data = data, scales
-        return self._data
-
     def fd(self) -> int:
         """The data file's descriptor in this process, opened (and the file hashed) on first use."""
         pid = os.getpid()
         if self._file is None or self._file[0] != pid:  # a forked child opens its own (and may be closed apart)
-            path = self.root / f"{self.name}.{self.header['token']}.data"
-            fd = open_ro(path)
-            size = os.fstat(fd).st_size
-            if size != self.header["data_bytes"]:
-                os.close(fd)
-                raise StoreCorrupted(f"{path} has {size} bytes, its index says {self.header['data_bytes']}: "
+            self._file = (pid, self._open_data())
+        return self._file[1]
+
+    def verify(self) -> None:
+        """Check every file of the segment against its header now (reads check them lazily, on first use)."""
+        self.index()
+        self.checks()
+        if self._file is None or self._file[0] != os.getpid():
+            os.close(self._open_data())
+
+    def _open_data(self) -> int:
+        """The data file, a regular file of the header's size, hashed unless this very file (same inode, size and
+        times: a file replaced or written since differs) was hashed before; a reopen, after the open-file limit
+        closed it or in a forked child, reads only bytes that were checked."""
+        path = self.root / f"{self.name}.{self.header['token']}.data"
+        fd, st = open_committed(path, "segment data file")
+        try:
+            if st.st_size != self.header["data_bytes"]:
+                raise StoreCorrupted(f"{path} has {st.st_size} bytes, its index says {self.header['data_bytes']}: "
                                      f"truncated or replaced")
-            if not self._verified and hash_fd(fd) != self.header["data_blake2b"]:
-                os.close(fd)
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if self._verified != identity and hash_fd(fd, st.st_size) != self.header["data_blake2b"]:
                 raise StoreCorrupted(f"{path} fails its checksum: the file was altered or damaged after it was "
                                      f"written")
-            self._verified = True
-            self._file = (pid, fd)
-        return self._file[1]
+        except BaseException:
+            os.close(fd)
+            raise
+        self._verified = identity
+        return fd
 
     def close_file(self) -> None:
         if self._file is not None and self._file[0] == os.getpid():
@@ -240,7 +230,7 @@ class Segment:
         self.close_file()
 
     def drop_maps(self) -> None:
-        self._index, self._data, self._checks = None, None, None
+        self._index, self._checks = None, None
         self.close_file()
 
 
@@ -273,7 +263,7 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> None:
 
 
 def check_index(keys: np.ndarray, spans: np.ndarray, rows: int, path: Path, chunk: int = CHECK_ROWS) -> None:
-    """Refuse keys out of order or repeated, and spans outside the data (a forged but re-signed index).
+    """Refuse keys out of order or repeated, and spans outside the data (a forged index whose checksums were recomputed).
 
     Chunked, and the pages are released after: checking a 100M-entry index must not make it resident.
     """

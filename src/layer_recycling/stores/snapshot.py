@@ -8,7 +8,7 @@ Files of generation ``g<n>-<token>``:
 - ``snap-<gen>.json``: the headers of the segments it covers (a segment rewritten later keeps its old files
   for this generation), entry count, checksums of both arrays.
 
-``CURRENT`` (signed JSON: generation and the checksum of its header) names the generation readers open. A merge
+``CURRENT`` (checksummed JSON: generation and the checksum of its header) names the generation readers open. A merge
 writes everything first and replaces ``CURRENT`` last, so a merge killed midway leaves the previous generation
 in place. Data files are never rewritten.
 """
@@ -24,7 +24,8 @@ import numpy as np
 
 from .binkeys import KEY_DTYPE
 from .files import (
-    StoreCorrupted, atomic_write, blake, fsync_dir, hash_file, load_npy, raw_bytes, read_signed, signed,
+    MAX_SNAPSHOT_JSON_BYTES, StoreCorrupted, atomic_write, blake, checksummed, fsync_dir, hash_file, load_npy,
+    parse_checksummed, raw_bytes, read_bounded, read_checksummed,
 )
 from .segments import CHECK_ROWS, FORMAT, SEGMENT, Segment, check_header, ranks, release
 
@@ -49,7 +50,7 @@ class Snapshot:
         self._check()
 
     def _check(self) -> None:
-        """Keys sorted and unique, every location inside its segment (a forged but re-signed snapshot)."""
+        """Keys sorted and unique, every location inside its segment (a forged snapshot whose checksums were recomputed)."""
         path = self.root / f"snap-{self.generation}.loc.npy"
         rows = np.array([s.header["rows"] for s in self.segments] + [0], np.int64)
         chunk = CHECK_ROWS
@@ -74,7 +75,7 @@ def read_current(root: Path) -> tuple[str, str] | None:
         StoreCorrupted: ``CURRENT`` is damaged.
     """
     try:
-        doc = read_signed(root / CURRENT, "snapshot pointer")
+        doc = read_checksummed(root / CURRENT, "snapshot pointer")
     except FileNotFoundError:
         return None
     gen, checksum = doc.get("generation"), doc.get("blake2b")
@@ -91,12 +92,12 @@ def load(root: Path, generation: str, checksum: str | None, known: dict) -> Snap
     """
     path = root / f"snap-{generation}.json"
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, "snapshot header", MAX_SNAPSHOT_JSON_BYTES)
     except FileNotFoundError:
         raise StoreCorrupted(f"{path} is named by {root / CURRENT} but missing") from None
     if checksum is not None and blake(raw) != checksum:
         raise StoreCorrupted(f"{path} does not match the checksum {root / CURRENT} records for it")
-    header = read_signed(path, "snapshot header")
+    header = parse_checksummed(raw, path, "snapshot header")
     segs = header.get("segments")
     if not (header.get("format") == FORMAT and header.get("generation") == generation and isinstance(segs, list)
             and type(header.get("entries")) is int and header["entries"] >= 0
@@ -159,12 +160,12 @@ def merge(root: Path, previous: Snapshot | None, unmerged: list[Segment]) -> str
     atomic_write(root / f"snap-{generation}.loc.npy", loc_file.parts(lc for _, lc in _ranges(sources, bounds)),
                  sync_dir=False, finish=loc_file.finish)
     fsync_dir(root)
-    keys_hash, loc_hash = (hash_file(root / f"snap-{generation}.{x}.npy") for x in ("keys", "loc"))
-    header = signed({"format": FORMAT, "generation": generation, "entries": keys_file.rows,
+    keys_hash, loc_hash = (hash_file(root / f"snap-{generation}.{x}.npy", "index file") for x in ("keys", "loc"))
+    header = checksummed({"format": FORMAT, "generation": generation, "entries": keys_file.rows,
                      "keys_blake2b": keys_hash, "loc_blake2b": loc_hash, "loc_dtype": loc_dtype.str,
                      "segments": [s.header for s in segments]})
     atomic_write(root / f"snap-{generation}.json", [header])
-    atomic_write(root / CURRENT, [signed({"generation": generation, "blake2b": blake(header)})])  # the publish
+    atomic_write(root / CURRENT, [checksummed({"generation": generation, "blake2b": blake(header)})])  # the publish
     return generation
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from . import snapshot as snap
 from .binkeys import KEY_BYTES, key_strs
 from .files import StoreCorrupted
-from .segments import SEGMENT, Segment, files_of, ranks, read_header
+from .segments import CHECK_ROWS, SEGMENT, Segment, files_of, ranks, read_header, release
 
 
 class View:
@@ -82,9 +82,9 @@ class View:
             np.asarray(s.index()[0]) for s in self.unmerged]
 
     def count(self) -> int | None:
-        """Entries, when no key can be in two indexes (nothing unmerged); else None."""
+        """Entries, when no key can be in two indexes (one index, or none); else None."""
         if self.unmerged:
-            return None
+            return self.unmerged[0].header["entries"] if len(self.unmerged) == 1 and self.snapshot is None else None
         return len(self.snapshot.keys) if self.snapshot is not None else 0
 
     def feature(self) -> list[int] | None:
@@ -109,12 +109,14 @@ CROWDED = 8
 
 class KeyHashes:
     """Every unmerged key's hash and the segment it came from, packed in one sorted uint64 (the hash high, the
-    segment low): which segments may hold a key, in one ``searchsorted``, with 8 bytes per unmerged entry; a merge
+    segment low): which segments may hold a key, in one ``searchsorted``, with 8 bytes per unmerged entry (the one
+    per-entry cost of opening a store in anonymous memory: every other index is mapped from its file); a merge
     empties it. A hash of the whole key, not its leading bytes: keys that share a prefix (sequential ids, a fixed
-    prefix) spread as digests do. Past 65,536 unmerged segments every segment is searched."""
+    prefix) spread as digests do. With one unmerged segment there is none (searching it is the one search), and past
+    65,536 every segment is searched."""
 
     def __init__(self, segments: list[Segment], packed: np.ndarray | None):
-        self.segments, self.packed = segments, packed  # packed None: too many segments to number
+        self.segments, self.packed = segments, packed  # packed None: search every segment (one, or too many)
 
     @classmethod
     def of(cls, segments: list[Segment], previous: KeyHashes | None) -> KeyHashes:
@@ -125,12 +127,17 @@ class KeyHashes:
         new = [s for s in segments if id(s) not in have]
         if not new:
             return previous
-        if len(previous.segments) + len(new) > 1 << OWNER_BITS:
+        if not 1 < len(previous.segments) + len(new) <= 1 << OWNER_BITS:
             return cls(previous.segments + new, None)
-        parts = [key_hashes(np.asarray(s.index()[0])) & ~OWNER | np.uint64(len(previous.segments) + j)
-                 for j, s in enumerate(new)]
-        add = np.concatenate(parts)
-        del parts
+        add = np.empty(sum(s.header["entries"] for s in new), np.uint64)
+        at = 0
+        for j, s in enumerate(new):
+            keys = s.index()[0]
+            for lo in range(0, len(keys), CHECK_ROWS):  # temporaries under 1 MB, which malloc hands back
+                part = key_hashes(np.asarray(keys[lo : lo + CHECK_ROWS]))
+                add[at : at + len(part)] = part & ~OWNER | np.uint64(len(previous.segments) + j)
+                at += len(part)
+            release(keys)  # the keys' pages were read once: leave them to the page cache
         add.sort()
         if len(previous.packed):
             add = np.insert(previous.packed, np.searchsorted(previous.packed, add), add)
