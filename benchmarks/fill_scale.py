@@ -22,6 +22,9 @@ from pathlib import Path
 from timing import meta
 
 
+PARTS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")  # the loader's growth, and its kinds of memory
+
+
 def _status(field: str) -> int:
     """A /proc/self/status field in bytes (VmRSS, VmHWM, RssAnon, RssFile)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -56,13 +59,15 @@ def one(n: int, folder: str) -> dict:
     added = rec.fill(examples(n), batch_size=1024, progress=False)
     fill_s, fill_peak = time.perf_counter() - start, _status("VmHWM") - before
     _reset_peak()
-    before = _status("VmRSS")
+    before = {f: _status(f) for f in PARTS}
     loader = rec.loader(examples(n), batch_size=256, shuffle=True, progress=False)
-    loader_rss, loader_peak = _status("VmRSS") - before, _status("VmHWM") - before
+    grew = {f: _status(f) - before[f] for f in PARTS}
+    loader_rss, loader_peak = grew["VmRSS"], _status("VmHWM") - before["VmRSS"]
     assert len(loader.dataset) == n and rec.stats.bottom_examples == 2000 + added
     return {"examples": n, "added": added, "fill_s": fill_s, "fill_peak_bytes": fill_peak,
             "fill_peak_per_example": fill_peak / n, "loader_bytes": loader_rss, "loader_per_example": loader_rss / n,
-            "loader_build_peak_bytes": loader_peak, "store_bytes": rec.store.volume()}
+            "loader_build_peak_bytes": loader_peak, "store_bytes": rec.store.volume(),
+            **{f"loader_{f}_bytes": grew[f] for f in PARTS[1:]}}
 
 
 def main() -> None:
@@ -85,7 +90,8 @@ def main() -> None:
         r = rows[-1]
         print(f"{n:>10,} examples: fill {r['fill_s']:7.1f} s, peak +{r['fill_peak_bytes'] / 2**20:7.1f} MiB "
               f"({r['fill_peak_per_example']:6.1f} B/ex); loader +{r['loader_bytes'] / 2**20:6.1f} MiB "
-              f"({r['loader_per_example']:5.1f} B/ex)", flush=True)
+              f"({r['loader_per_example']:5.1f} B/ex: anonymous {r['loader_RssAnon_bytes'] / n:5.1f}, file "
+              f"{r['loader_RssFile_bytes'] / n:5.1f}, shared {r['loader_RssShmem_bytes'] / n:5.1f})", flush=True)
     first, last = rows[0], rows[-1]
     growth = {"fill_peak_growth": last["fill_peak_bytes"] / max(first["fill_peak_bytes"], 1),
               "examples_growth": last["examples"] / first["examples"]}

@@ -123,10 +123,8 @@ class Columns:
             self._lengths.append(data.length(inputs))
 
     def done(self) -> None:
-        self.keys = torch.frombuffer(bytearray(self._keys), dtype=torch.uint8).view(-1, KEY_BYTES).clone()
-        self.keys.share_memory_()
-        self.lengths = torch.frombuffer(self._lengths, dtype=torch.int32).clone().share_memory_() if self.ragged \
-            else None
+        self.keys = torch.frombuffer(self._keys, dtype=torch.uint8).view(-1, KEY_BYTES).share_memory_()  # 1 copy
+        self.lengths = torch.frombuffer(self._lengths, dtype=torch.int32).share_memory_() if self.ragged else None
         self._keys, self._lengths = bytearray(), array.array("i")
 
 
