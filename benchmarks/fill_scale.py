@@ -63,7 +63,8 @@ def one(n: int, folder: str) -> dict:
     loader = rec.loader(examples(n), batch_size=256, shuffle=True, progress=False)
     grew = {f: _status(f) - before[f] for f in PARTS}
     loader_rss, loader_peak = grew["VmRSS"], _status("VmHWM") - before["VmRSS"]
-    assert len(loader.dataset) == n and rec.stats.bottom_examples == 2000 + added
+    counts = (n, len(loader.dataset), added, rec.stats.bottom_examples)
+    assert counts[1] == n and counts[3] == 2000 + added, f"examples, loader, added, bottom runs: {counts}"
     return {"examples": n, "added": added, "fill_s": fill_s, "fill_peak_bytes": fill_peak,
             "fill_peak_per_example": fill_peak / n, "loader_bytes": loader_rss, "loader_per_example": loader_rss / n,
             "loader_build_peak_bytes": loader_peak, "store_bytes": rec.store.volume(),

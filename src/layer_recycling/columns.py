@@ -118,9 +118,12 @@ class Columns:
         self.lengths: torch.Tensor | None = None
 
     def add(self, key: str, inputs: dict[str, torch.Tensor]) -> None:
+        self.add_length(key, data.length(inputs) if self.ragged else None)
+
+    def add_length(self, key: str, length: int | None) -> None:
         self._keys += key_bytes([key]).tobytes()
         if self.ragged:
-            self._lengths.append(data.length(inputs))
+            self._lengths.append(length)
 
     def done(self) -> None:
         self.keys = torch.frombuffer(self._keys, dtype=torch.uint8).view(-1, KEY_BYTES).share_memory_()  # 1 copy
@@ -133,6 +136,19 @@ class CachedDataset(torch.utils.data.Dataset):
 
     def __init__(self, store: Store, columns: Columns, labels: Labels, dtype: torch.dtype | None):
         self.store, self.columns, self.labels, self.dtype = store, columns, labels, dtype
+
+    @classmethod
+    def from_items(cls, store: Store, items: Sequence[tuple[str, dict, int | None]], dtype: torch.dtype | None
+                   ) -> CachedDataset:
+        """A dataset over entries already stored: ``(key, labels, tokens or None)`` each, e.g. for a sampler of
+        your own. ``rec.loader`` and ``rec.dataset`` build it from examples, filling what is missing."""
+        columns, labels = Columns(ragged=bool(items) and items[0][2] is not None), Labels((), None)
+        for key, y, n in items:
+            columns.add_length(key, n)
+            labels.add({name: data.as_tensor(v, name) for name, v in y.items()})
+        columns.done()
+        labels.done()
+        return cls(store, columns, labels, dtype)
 
     def __len__(self) -> int:
         return int(self.columns.keys.shape[0])

@@ -571,7 +571,7 @@ def test_dataloader_workers_read_the_same_batches(tmp_path):
     filled(tmp_path / "s", "bfloat16", n=30)  # six more in an unmerged segment
     names = keys(30)
     items = [(k, {"labels": torch.tensor(i % 3)}, value(k).shape[0]) for i, k in enumerate(names)]
-    dataset = lr.CachedDataset(DiskStore(tmp_path / "s", readonly=True), items, torch.float32)
+    dataset = lr.CachedDataset.from_items(DiskStore(tmp_path / "s", readonly=True), items, torch.float32)
     plain = list(torch.utils.data.DataLoader(dataset, batch_size=5, collate_fn=dataset.collate))
     for context in ("fork", "spawn"):
         loader = torch.utils.data.DataLoader(dataset, batch_size=5, collate_fn=dataset.collate, num_workers=2,
