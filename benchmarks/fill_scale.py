@@ -85,7 +85,7 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         out = subprocess.run([sys.executable, __file__, "--one", str(n), "--dir", args.dir], check=True,
-                             capture_output=True, text=True).stdout
+                             stdout=subprocess.PIPE, text=True).stdout  # its errors go to ours
         rows.append(json.loads(out.strip().splitlines()[-1]))
         shutil.rmtree(Path(args.dir) / f"s{n}", ignore_errors=True)
         r = rows[-1]

@@ -76,7 +76,7 @@ def test_a_loader_of_model_inputs_refuses_mixed_fields_up_front(bert):
 def test_pairs_of_model_inputs_refuse_mixed_fields_within_a_field(bert):
     rec = lr.recycle(bert, at=0.5, store=None)
     pairs = [{"anchor": LONG, "positive": TYPED}, {"anchor": TYPED, "positive": TYPED_LONG}]
-    with pytest.raises(ValueError, match="input of field 'anchor', number 1 has"):
+    with pytest.raises(ValueError, match="example 1.s .anchor. input 0 has the model inputs"):
         rec.loader(pairs, inputs=["anchor", "positive"], batch_size=2, progress=False)
 
 

@@ -33,7 +33,7 @@ class Labels:
     def __init__(self, input_names: tuple[str, ...], source: Any, read: Callable[[Any, int], dict] | None = None):
         self.names, self.n = None, 0
         self.read = read or functools.partial(plain_labels, input_names=input_names)  # (example, i) -> labels
-        self.source = source if _indexable(source) else None
+        self.source = source if indexable(source) else None
         self._grow: dict[str, tuple[torch.dtype, array.array]] | None = {}  # scalar columns while they are built
         self.columns: dict[str, torch.Tensor] | None = None
         self.kept: list[dict] | None = None  # labels as they came: non-scalar labels of a source read once
@@ -103,7 +103,7 @@ def check_label_names(first: list[str], labels: dict, i: int) -> None:
         )
 
 
-def _indexable(source: Any) -> bool:
+def indexable(source: Any) -> bool:
     """A list, a tuple, a ``datasets.Dataset``: something whose i-th example can be read again."""
     return isinstance(source, Sequence) or hasattr(source, "__getitem__") and hasattr(source, "__len__") and not \
         isinstance(source, (dict, str, bytes))

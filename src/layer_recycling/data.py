@@ -307,16 +307,20 @@ def check_fields(rows: Sequence[dict[str, torch.Tensor]], what: str = "example")
     Raises:
         ValueError: naming the first row that differs from row 0, the fields each has, and the fix.
     """
-    first = fields(rows[0]) if rows else ()
     for i, row in enumerate(rows):
-        if fields(row) != first:
-            odd = sorted(set(first) ^ set(fields(row)))
-            raise ValueError(
-                f"{what} {i} has the model inputs {list(fields(row))}, but {what} 0 has {list(first)}: one batch of "
-                f"model inputs needs the same fields in every {what}, and {odd} would be dropped from some rows or "
-                f"made up for others, giving them the states of other inputs. Give every {what} the same fields "
-                f"(e.g. the tokenizer's token_type_ids for all, or for none)"
-            )
+        same_fields(rows[0], row, f"{what} 0", f"{what} {i}")
+
+
+def same_fields(first: dict[str, torch.Tensor], row: dict[str, torch.Tensor], first_name: str, name: str) -> None:
+    """``check_fields`` of two rows, named in the message as given."""
+    if fields(row) != fields(first):
+        odd = sorted(set(fields(first)) ^ set(fields(row)))
+        raise ValueError(
+            f"{name} has the model inputs {list(fields(row))}, but {first_name} has {list(fields(first))}: one "
+            f"batch of model inputs needs the same fields in every row, and {odd} would be dropped from some rows "
+            f"or made up for others, giving them the states of other inputs. Give every example the same fields "
+            f"(e.g. the tokenizer's token_type_ids for all, or for none)"
+        )
 
 
 def collate_inputs(rows: Sequence[dict[str, torch.Tensor]], pad_id: int, ragged: bool) -> dict[str, torch.Tensor]:

@@ -5,9 +5,11 @@ Every epoch reads only the store; the bottom ran once, in ``fill``, before the f
 
 from __future__ import annotations
 
+import array
 import functools
+import hashlib
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -15,7 +17,7 @@ import torch
 from . import data, distributed
 from .keys import digest
 from .arch import lookup
-from .columns import CachedDataset, CachedGroups, Columns, Labels, check_label_names
+from .columns import CachedDataset, CachedGroups, Columns, Labels, check_label_names, indexable
 from .fill import fill_keyed, size_of
 from .pipeline import input_names_of
 
@@ -25,59 +27,90 @@ if TYPE_CHECKING:
 
 
 class InputDataset(torch.utils.data.Dataset):
-    """Item i is the unpadded model inputs and labels of example i; ``collate`` pads them into a model batch."""
+    """Model inputs and labels read from ``source[i]`` when item i is asked (for a store that keeps nothing, and
+    for whole models): nothing is held per example but its length. ``read(example, i)`` gives ``(inputs,
+    labels)``, or ``({field: [inputs, ...]}, labels)`` for examples of several inputs; ``collate`` pads a batch."""
 
-    def __init__(self, rows: list[tuple[dict, dict]], pad_id: int, ragged: bool):
-        self.rows, self.pad_id, self.ragged = rows, pad_id, ragged
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> tuple[dict, dict]:
-        return self.rows[i]
-
-    def collate(self, rows: list[tuple[dict, dict]]) -> dict[str, torch.Tensor]:
-        batch = data.collate_inputs([r for r, _ in rows], self.pad_id, ragged=self.ragged)
-        lengths = [data.length(r) for r, _ in rows] if self.ragged else None
-        t = batch["input_ids"].shape[1] if self.ragged else None
-        return {**batch, **data.collate_labels([y for _, y in rows], lengths, t)}
-
-
-class GroupDataset(torch.utils.data.Dataset):
-    """Examples of several inputs (anchor, positive, negatives...) as model inputs, for a store that keeps nothing:
-    item i is ``({field: [model inputs, ...]}, labels)``; ``collate`` batches each field apart."""
-
-    def __init__(self, rows: list[tuple[dict[str, list], dict]], pad_id: int, ragged: bool,
-                 lengths: list[int] | None):
-        self.rows, self.pad_id, self.ragged = rows, pad_id, ragged
-        self.lengths = lengths  # all tokens of an example, for length-grouped samplers
+    def __init__(self, source: Sequence, read: Callable[[Any, int], tuple], collate: Callable[[list], dict],
+                 lengths: np.ndarray | None, order: str):
+        self.source, self.read, self.collate, self.lengths = source, read, collate, lengths
+        self.order = order  # a digest of every example's inputs, in order: ranks compare it
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.source)
 
-    def __getitem__(self, i: int) -> tuple[dict[str, list], dict]:
-        return self.rows[i]
+    def __getitem__(self, i: int) -> tuple:
+        return self.read(self.source[i], i)
 
-    def collate(self, rows: list[tuple[dict[str, list], dict]]) -> dict[str, Any]:
-        return data.collate_groups(rows, False, self.pad_id, self.ragged)
+
+def _plain_item(example: Any, i: int, names: Sequence[str]) -> tuple[dict, dict]:
+    return data.parts(data.normalize(example, names), names)
+
+
+def _collate_plain(rows: list[tuple[dict, dict]], pad_id: int, ragged: bool) -> dict[str, torch.Tensor]:
+    batch = data.collate_inputs([r for r, _ in rows], pad_id, ragged=ragged)
+    lengths = [data.length(r) for r, _ in rows] if ragged else None
+    t = batch["input_ids"].shape[1] if ragged else None
+    return {**batch, **data.collate_labels([y for _, y in rows], lengths, t)}
+
+
+def input_dataset(examples: Iterable[Any], parse: Callable[[Any, int], tuple], read: Callable[[Any, int], tuple],
+                  collate: Callable[[list], dict], ragged: bool, grouped: bool, caller: str) -> InputDataset:
+    """An ``InputDataset`` over ``examples`` (a list or ``datasets.Dataset`` is read again for each batch; another
+    iterable is listed first): one pass parses each (``parse`` checks it as the loader will use it) for its
+    length, its inputs and labels (batched with example 0's) and the order digest, keeping none of it."""
+    source = examples if indexable(examples) else list(examples)
+    if not len(source):
+        raise ValueError(f"{caller}() got no examples; pass a non-empty list (or iterable) of examples")
+    lengths, order, first = array.array("q"), hashlib.blake2b(digest_size=20), None
+    for i in range(len(source)):
+        parts, labels = parse(source[i], i)
+        groups = parts if grouped else {"": [parts]}
+        first = first or (sorted(labels), groups)
+        check_label_names(first[0], labels, i)
+        _like_first(first[1], groups, i)
+        rows = [x for xs in groups.values() for x in xs]
+        lengths.append(sum(data.length(x) for x in rows) if ragged else 1)
+        order.update(bytes.fromhex(digest([data.key_fields(x) for x in rows])))
+    return InputDataset(source, read, collate, np.frombuffer(lengths, np.int64) if ragged else None, order.hexdigest())
+
+
+def _like_first(first: dict[str, list], groups: dict[str, list], i: int) -> None:
+    """Example ``i``'s inputs batch with example 0's: as many per field, and the same fields in each."""
+    if "" not in groups:
+        _same_sizes({f: len(xs) for f, xs in first.items()}, groups, i)
+    for field, xs in groups.items():
+        where = f" {field!r} input" if field else ""
+        for j, x in enumerate(xs):
+            data.same_fields(first[field][0], x, f"example 0's{where} 0" if field else "example 0",
+                             f"example {i}'s{where} {j}" if field else f"example {i}")
 
 
 def group_dataset(pipe: Pipeline, examples: Iterable[Any], inputs: Sequence[str], dtype: torch.dtype | None,
-                  fill_batch_size: int, progress: bool) -> GroupDataset | CachedGroups:
-    """A dataset over ``examples`` whose fields ``inputs`` each hold one input or a list of them; every distinct
-    input is filled first, once, keyed by its own content. With a store that keeps states it holds columns (keys,
-    lengths, labels), read once; without, the examples' model inputs."""
+                  fill_batch_size: int, progress: bool) -> InputDataset | CachedGroups:
+    """A dataset over ``examples`` whose fields ``inputs`` each hold one input or a list of them: with a store
+    that keeps states, every distinct input is filled first, once, keyed by its own content, and columns (keys,
+    lengths, labels) are kept; without, the examples' model inputs are read again for each batch."""
     if pipe.store.keeps:
         return cached_groups(pipe, examples, list(inputs), dtype, fill_batch_size, progress)
-    rows = [_group_parts(pipe, example, inputs, i) for i, example in enumerate(examples)]
-    if not rows:
-        raise ValueError("loader() got no examples; pass a non-empty list (or iterable) of examples")
-    _check_labels([("", {}, y) for _, y in rows])
-    _check_group_sizes(rows)
-    lengths = [sum(data.length(x) for es in p.values() for _, x in es) for p, _ in rows] if pipe.arch.masked else None
-    rows = [({f: [x for _, x in es] for f, es in p.items()}, y) for p, y in rows]
-    _check_group_fields(rows)  # batches of model inputs: each field's inputs are batched together
-    return GroupDataset(rows, pipe.pad_id, pipe.arch.masked, lengths)
+
+    def parse(example: Any, i: int) -> tuple[dict[str, list], dict]:
+        parts, labels = _group_parts(pipe, example, inputs, i)  # checks the ids too
+        return {f: [x for _, x in es] for f, es in parts.items()}, labels
+
+    collate = functools.partial(data.collate_groups, stored=False, pad_id=pipe.pad_id, ragged=pipe.arch.masked)
+    read = _group_reader(list(inputs), pipe.input_names)
+    return input_dataset(examples, parse, read, collate, pipe.arch.masked, True, "loader")
+
+
+def _group_reader(inputs: list[str], names: Sequence[str]) -> Callable[[Any, int], tuple]:
+    return functools.partial(_group_item, inputs=inputs, names=tuple(names))
+
+
+def _group_item(example: Any, i: int, inputs: list[str], names: tuple[str, ...]) -> tuple[dict[str, list], dict]:
+    """({field: [unpadded model inputs, ...]}, labels) of one example of several inputs."""
+    fields, labels = _group_fields(example, inputs, i, "loader")
+    return {f: [data.parts(data.normalize(v, names), names)[0] for v in vs] for f, vs in fields.items()}, labels
 
 
 def cached_groups(pipe: Pipeline, examples: Iterable[Any], inputs: list[str], dtype: torch.dtype | None,
@@ -152,13 +185,6 @@ def _group_fields(example: Any, inputs: Sequence[str], i: int, caller: str) -> t
     return fields, {n: data.as_tensor(v, n) for n, v in outer.items()}
 
 
-def _check_group_sizes(rows: list[tuple[dict[str, list], dict]]) -> None:
-    """Each field holds as many inputs in every example: a batch of b examples gives b * k rows, k per example."""
-    first = {f: len(es) for f, es in rows[0][0].items()}
-    for i, (parts, _) in enumerate(rows):
-        _same_sizes(first, parts, i)
-
-
 def _same_sizes(first: dict[str, int], parts: dict[str, list], i: int) -> None:
     sizes = {f: len(es) for f, es in parts.items()}
     if sizes != first:
@@ -167,12 +193,6 @@ def _same_sizes(first: dict[str, int], parts: dict[str, list], i: int) -> None:
             f"batched as b * k rows, so every example needs the same k. Pad the lists (repeat an input) or "
             f"split the field"
         )
-
-
-def _check_group_fields(rows: list[tuple[dict[str, list], dict]]) -> None:
-    """Each field's model inputs have the same fields in every example (they are batched together)."""
-    for field in rows[0][0]:
-        data.check_fields([x for parts, _ in rows for x in parts[field]], f"input of field {field!r}, number")
 
 
 def make_loader(
@@ -190,15 +210,12 @@ def make_loader(
         return dataloader(group, group.lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
     if pipe.store.keeps:
         dataset: Any = cached_dataset(pipe, examples, dtype, fill_batch_size, progress)
-        return dataloader(dataset, dataset.lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
-    encoded = [pipe.encode(e, f"example {i}") for i, e in enumerate(examples)]  # nothing kept: model inputs
-    if not encoded:
-        raise ValueError("loader() got no examples; pass a non-empty list (or iterable) of examples")
-    _check_labels(encoded)
-    data.check_fields([inputs for _, inputs, _ in encoded])
-    lengths = [data.length(inputs) for _, inputs, _ in encoded] if pipe.arch.masked else None
-    dataset = InputDataset([(i, y) for _, i, y in encoded], pipe.pad_id, ragged=pipe.arch.masked)
-    return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
+    else:  # nothing kept: batches of model inputs, the bottom runs on each
+        parse = lambda example, i: pipe.encode(example, f"example {i}")[1:]  # noqa: E731 - checks the ids too
+        read = functools.partial(_plain_item, names=pipe.input_names)
+        collate = functools.partial(_collate_plain, pad_id=pipe.pad_id, ragged=pipe.arch.masked)
+        dataset = input_dataset(examples, parse, read, collate, pipe.arch.masked, False, "loader")
+    return dataloader(dataset, dataset.lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
 
 
 def cached_dataset(pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype | None, fill_batch_size: int,
@@ -227,36 +244,22 @@ def input_loader(model: torch.nn.Module, examples: Iterable[Any], batch_size: in
                  group_by_length: bool = False, seed: int | None = None, inputs: Sequence[str] | None = None,
                  **dataloader_kwargs) -> torch.utils.data.DataLoader:
     """Padded batches of ``model``'s inputs and labels: for training a whole, un-recycled model the same way.
-    ``inputs``: examples of several inputs, batched field by field as ``Recycled.loader(inputs=...)`` does."""
+    ``inputs``: examples of several inputs, batched field by field as ``Recycled.loader(inputs=...)`` does.
+    A list or ``datasets.Dataset`` is read again for each batch (the loader holds a length an example)."""
     arch = lookup(model)
     names = input_names_of(model, arch.generic)
-    examples = list(examples)
-    if not examples:
-        raise ValueError("input_loader() got no examples; pass a non-empty list (or iterable) of examples")
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
     if inputs is not None:
-        groups = [_input_group(e, list(inputs), names, i) for i, e in enumerate(examples)]
-        _check_labels([("", {}, y) for _, y in groups])
-        _check_group_sizes(groups)
-        _check_group_fields(groups)
-        lengths = [sum(data.length(x) for xs in p.values() for x in xs) for p, _ in groups] if arch.masked else None
-        dataset: Any = GroupDataset(groups, pad_id, arch.masked, lengths)
-        return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
-    rows = [data.parts(data.normalize(e, names), names) for e in examples]
-    _check_labels([("", i, y) for i, y in rows])
-    data.check_fields([i for i, _ in rows])
-    dataset = InputDataset(rows, pad_id, ragged=arch.masked)
-    lengths = [data.length(i) for i, _ in rows] if arch.masked else None
-    return dataloader(dataset, lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
+        read = _group_reader(list(inputs), names)
+        collate = functools.partial(data.collate_groups, stored=False, pad_id=pad_id, ragged=arch.masked)
+    else:
+        read = functools.partial(_plain_item, names=names)
+        collate = functools.partial(_collate_plain, pad_id=pad_id, ragged=arch.masked)
+    dataset = input_dataset(examples, read, read, collate, arch.masked, inputs is not None, "input_loader")
+    return dataloader(dataset, dataset.lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
 
 
-def _input_group(example: Any, inputs: list[str], names: Sequence[str], i: int) -> tuple[dict[str, list], dict]:
-    """({field: [model inputs, ...]}, labels) of one example of several inputs, for an un-recycled model."""
-    fields, labels = _group_fields(example, inputs, i, "input_loader")
-    return {f: [data.parts(data.normalize(v, names), names)[0] for v in vs] for f, vs in fields.items()}, labels
-
-
-def dataloader(dataset: CachedDataset | InputDataset | GroupDataset, lengths: list[int] | None, batch_size: int,
+def dataloader(dataset: CachedDataset | CachedGroups | InputDataset, lengths: list[int] | None, batch_size: int,
                shuffle: bool, group_by_length: bool, seed: int | None, **dataloader_kwargs
                ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``dataset``: in batches of similar ``lengths`` when ``group_by_length``, and in a
@@ -291,17 +294,10 @@ def dataloader(dataset: CachedDataset | InputDataset | GroupDataset, lengths: li
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
 
 
-def _order(dataset: CachedDataset | CachedGroups | InputDataset | GroupDataset) -> list:
+def _order(dataset: CachedDataset | CachedGroups | InputDataset) -> list:
     """What a dataset's items are, in order (keys, or model inputs without a store), for comparing ranks."""
     if isinstance(dataset, CachedDataset):
         return [dataset.columns.keys]
     if isinstance(dataset, CachedGroups):
         return [columns.keys for columns in dataset.fields.values()]
-    return [inputs for inputs, _ in dataset.rows]
-
-
-def _check_labels(encoded: list[tuple[str, dict, dict]]) -> None:
-    """All examples carry the same label fields: a batch cannot mix labelled and unlabelled examples."""
-    first = sorted(encoded[0][2])
-    for i, (_, _, labels) in enumerate(encoded):
-        check_label_names(first, labels, i)
+    return [dataset.order]
