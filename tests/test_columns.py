@@ -159,3 +159,19 @@ def test_a_pairs_loader_holds_key_columns_and_reads_each_input_once(bert, tmp_pa
     with pytest.raises(ValueError, match=r"example 1 holds \{'anchor': 1, 'positive': 1\} inputs per field"):
         rec.dataset(iter([pairs[0], dict(pairs[1], positive=texts[0])]), inputs=["anchor", "positive"],
                     progress=False)
+
+
+def test_loaders_of_model_inputs_read_examples_again_and_hold_a_length_each(bert):
+    datasets = pytest.importorskip("datasets")
+    from layer_recycling.loader import InputDataset, input_loader
+
+    examples = [dict(e, label=i % 3) for i, e in enumerate(text_examples(10))]
+    source = datasets.Dataset.from_list(examples)
+    for loader in (input_loader(bert, source, batch_size=4), lr.recycle(bert, at=2, store=None).loader(
+            source, batch_size=4, progress=False)):
+        dataset = loader.dataset
+        assert isinstance(dataset, InputDataset) and dataset.source is source and dataset.lengths.dtype == np.int64
+        for a, b in zip(loader, input_loader(bert, examples, batch_size=4)):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    once = input_loader(bert, Once(examples), batch_size=4)  # read once: listed first
+    assert len(once.dataset) == 10 and isinstance(once.dataset.source, list)
