@@ -205,6 +205,7 @@ def test_train_with_a_seed_is_reproducible(tmp_path, tiny_model_dir, reviews, ca
     (["bench", "--max-drop", "nan"], "nan: expected a finite number of 0 or more"),
     (["bench", "--lr", "0"], "expected a finite number above 0"),
     (["bench", "--seeds", "0,0"], "a seed is listed twice"),
+    (["bench", "--seeds", "-1"], "expected a count (3: seeds 0, 1, 2), the seed 0"),
     (["fill", "--store", "s", "--at", "-1"], "expected 0 or more blocks"),
 ])
 def test_numeric_options_are_checked_before_any_work(argv, words, capsys):
@@ -306,7 +307,7 @@ def test_store_and_input_errors_exit_2_with_one_line(tmp_path, tiny_model_dir, r
     assert main(["report", str(hidden)]) == 2 and "holds no result files" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("text, seeds", [("3", [0, 1, 2]), ("1", [0]), ("0,4", [0, 4]), ("7,", [7])])
+@pytest.mark.parametrize("text, seeds", [("3", [0, 1, 2]), ("1", [0]), ("0", [0]), ("0,4", [0, 4]), ("7,", [7])])
 def test_seeds_are_a_count_or_a_list(text, seeds):
     from layer_recycling.cli import parser
 

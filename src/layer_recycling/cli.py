@@ -58,7 +58,7 @@ def _at(text: str) -> int | float:
 
 
 def _seeds(text: str) -> list[int]:
-    """``--seeds 3`` is seeds 0, 1, 2; ``--seeds 0,4`` those seeds."""
+    """``--seeds 3`` is seeds 0, 1, 2; ``--seeds 0,4`` those seeds; ``--seeds 0`` (no count) is seed 0."""
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -67,9 +67,10 @@ def _seeds(text: str) -> list[int]:
         if len(set(values)) != len(values):
             raise argparse.ArgumentTypeError(f"--seeds {text!r}: a seed is listed twice; each seed once (0,1,2)")
         return values
-    if not values or values[0] < 1:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: a count is at least 1; for one seed s pass --seeds s,")
-    return list(range(values[0]))
+    if not values or values[0] < 0:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected a count (3: seeds 0, 1, 2), the seed 0, or a "
+                                         f"comma list of seeds (for one seed s pass --seeds s,)")
+    return list(range(values[0])) if values[0] else [0]
 
 
 def _count(text: str) -> int:
