@@ -17,8 +17,8 @@ class MemoryStore:
     Args:
         device: where entries live (default CPU); a GPU keeps a small cache next to the model.
         codec: how entries are kept: None (as the bottom produced them), ``"float32"``, ``"float16"``,
-            ``"bfloat16"`` (half the memory, converted back on read) or ``"int8"`` (a quarter, per-row scale; kept
-            on the CPU), or the matching torch dtype.
+            ``"bfloat16"`` (half the memory, converted back on read) or ``"int8"`` (a quarter, plus per row a
+            scale and its 4 largest values kept exactly; on the CPU), or the matching torch dtype.
     """
 
     keeps = True
@@ -63,7 +63,7 @@ class MemoryStore:
             return  # the first copy wins, as in every store
         value = value.detach()
         if self._codec is not None and self._codec.scaled:
-            self._entries[key] = encode(value, self._codec, key)  # int8 bytes and row scales, on the CPU
+            self._entries[key] = encode(value, self._codec, key)  # int8 codes and side records, on the CPU
         else:
             # copy=True: a slice of a batch must not keep the whole padded batch alive.
             dtype = self._codec.decoded if self._codec is not None else value.dtype
