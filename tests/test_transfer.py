@@ -21,11 +21,11 @@ def test_device_batches_equal_the_plain_loaders_and_cross_at_their_stored_size(t
     plain = list(rec.loader(examples, batch_size=3, progress=False))
     moved = rec.loader(examples, batch_size=3, progress=False, device="cpu", num_workers=workers)
     assert len(moved) == len(plain) == 3 and moved.dataset is moved.loader.dataset
-    crossing = next(iter(moved.loader))  # what crosses the bus: the stored bytes (int8: codes and row scales)
+    crossing = next(iter(moved.loader))  # what crosses the bus: the stored bytes (int8: codes and side records)
     assert crossing["states"].dtype == getattr(torch, codec)
     assert (SCALES in crossing) == (codec == "int8")
-    if codec == "int8":
-        assert crossing[SCALES].shape == crossing["attention_mask"].shape
+    if codec == "int8":  # per token: its scale, its 4 kept values and their columns
+        assert crossing[SCALES].shape == (*crossing["attention_mask"].shape, 9)
         assert crossing[SCALES].dtype == torch.float32 and not crossing[SCALES][crossing["attention_mask"] == 0].any()
     got = list(moved)
     for a, b in zip(plain, got, strict=True):
@@ -42,7 +42,7 @@ def test_int8_in_memory_and_fixed_length_states_are_converted_on_the_device():
     plain = list(rec.loader(images, batch_size=2, progress=False))
     moved = rec.loader(images, batch_size=2, progress=False, device="cpu")
     crossing = next(iter(moved.loader))
-    assert crossing["states"].dtype == torch.int8 and crossing[SCALES].shape == crossing["states"].shape[:2]
+    assert crossing["states"].dtype == torch.int8 and crossing[SCALES].shape == (*crossing["states"].shape[:2], 9)
     for a, b in zip(plain, moved, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with torch.no_grad():

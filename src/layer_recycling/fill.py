@@ -17,13 +17,14 @@ from tqdm.auto import tqdm
 
 from . import data, distributed
 from .keys import digest
-from .stores.codecs import LOSSLESS
+from .stores.codecs import CODECS, LOSSLESS, check_error, error_bound
 from .stores.files import StoreCorrupted
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
 
 StatesOf = Callable[[list[str], list[dict]], list[torch.Tensor]]  # (keys, unpadded inputs) -> their states
+Locate = Callable[[str], str]  # key -> the example in words, for errors ("example 7")
 
 
 @dataclasses.dataclass
@@ -40,10 +41,12 @@ class VerifyReport:
 
 
 def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, progress: bool,
-            states_of: StatesOf | None = None) -> None:
-    """Run the bottom on ``pending`` (key -> unpadded inputs) in length-sorted batches and store the states.
+            states_of: StatesOf | None = None, locate: Locate | None = None) -> None:
+    """Run the bottom on ``pending`` (key -> unpadded inputs) in length-sorted batches and store the states; the
+    first batch also measures the store's codec against its stated bound (``put``).
 
     ``states_of(keys, rows)`` replaces the bottom (a stacked fill reads a lower store and runs the middle).
+    ``locate(key)`` names an example in errors.
     """
     keys = list(pending)
     if pipe.arch.masked:  # similar lengths together: less padding to compute
@@ -56,7 +59,7 @@ def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, progress:
             for start in range(0, len(keys), batch_size):
                 chunk = keys[start : start + batch_size]
                 rows = [pending[k] for k in chunk]
-                put(pipe, chunk, states_of(chunk, rows), rows)
+                put(pipe, chunk, states_of(chunk, rows), rows, locate, measure=start == 0)
                 pipe.stats.stored += len(chunk)
                 bar.update(len(chunk))
     finally:  # what was computed is committed, also when interrupted (Ctrl-C, SIGTERM) or failing: a rerun resumes
@@ -93,10 +96,39 @@ def input_check(inputs: dict) -> str:
     return digest(data.key_fields(inputs))
 
 
-def put(pipe: Pipeline, keys: list[str], states: list, rows: list[dict]) -> None:
-    """Store ``states`` under ``keys``; entries keyed by a user's ``key=`` keep a digest of their inputs."""
+def put(pipe: Pipeline, keys: list[str], states: list, rows: list[dict], locate: Locate | None = None,
+        measure: bool = False) -> None:
+    """Store ``states`` under ``keys``; entries keyed by a user's ``key=`` keep a digest of their inputs.
+
+    Raises:
+        ValueError: a state holds NaN or inf (unless ``allow_nonfinite``), or (``measure``) the store's codec
+            exceeds its stated error bound on these states; nothing of the batch is stored.
+    """
+    locate = locate or (lambda _: "an example")
+    if not pipe.config.allow_nonfinite:
+        refuse_nonfinite(keys, states, locate)
+    codec = CODECS.get(pipe.store.codec)
+    if measure and codec is not None and states and len({tuple(s.shape[1:]) for s in states}) == 1:
+        check_error(states, codec, [f"{locate(k)} (key {k[:12]}...)" for k in keys])
     checks = [input_check(r) for r in rows] if pipe.key_fn is not None else None
     pipe.store.put_many(keys, states, checks=checks)
+
+
+def refuse_nonfinite(keys: list[str], states: list[torch.Tensor], locate: Locate) -> None:
+    """Refuse states holding NaN or inf, naming the first such example (one device sync for the batch)."""
+    if not states:
+        return
+    finite = torch.stack([torch.isfinite(s).all() for s in states]).cpu()
+    if bool(finite.all()):
+        return
+    i = int((~finite).nonzero()[0, 0])
+    s = states[i]
+    raise ValueError(
+        f"{locate(keys[i])} (key {keys[i][:12]}...) has a state with {int(torch.isnan(s).sum())} NaN and "
+        f"{int(torch.isinf(s).sum())} inf among its {s.numel()} values: the bottom overflowed (float16 weights or "
+        f"autocast?) or its inputs or weights hold NaN. Nothing of this batch was stored. Fix the example or the "
+        f"model, or store them as they are with recycle(..., allow_nonfinite=True) (a float codec; int8 cannot)"
+    )
 
 
 def check_stored(pipe: Pipeline, keys: list[str], rows: list[dict]) -> list[str]:
@@ -184,9 +216,10 @@ def fill_keyed(pipe: Pipeline, keyed: list[tuple[str, dict]], batch_size: int, p
     if ranks is not None and not pipe.store.shared:
         distributed.warn_unshared(pipe.store)
         ranks = None
+    locate = _locator(keyed)
     if ranks is None:
         pending = missing(pipe, keyed)
-        compute(pipe, pending, batch_size, progress, states_of)
+        compute(pipe, pending, batch_size, progress, states_of, locate)
         return len(pending)
     group, rank, world = ranks
     distributed.check_same(digest(sorted({k for k, _ in keyed})), group, "examples to fill",
@@ -196,7 +229,7 @@ def fill_keyed(pipe: Pipeline, keyed: list[tuple[str, dict]], batch_size: int, p
     pending = missing(pipe, keyed)
     distributed.barrier(group)  # ... before any rank writes to it
     lengths = {k: data.length(v) if pipe.arch.masked else 1 for k, v in pending.items()}
-    compute(pipe, distributed.share(pending, lengths, rank, world), batch_size, progress, states_of)
+    compute(pipe, distributed.share(pending, lengths, rank, world), batch_size, progress, states_of, locate)
     distributed.barrier(group)
     pipe.store.refresh()  # every rank's segments are committed now: see them before merging
     merged = pipe.store.compact() if rank == 0 else None
@@ -217,14 +250,20 @@ def fill_keyed(pipe: Pipeline, keyed: list[tuple[str, dict]], batch_size: int, p
     return len(pending)
 
 
+def _locator(keyed: list[tuple[str, dict]]) -> Locate:
+    """``locate(key)``: "example i", i its first place in ``keyed`` (searched only when an error needs it)."""
+    return lambda key: f"example {next((i for i, (k, _) in enumerate(keyed) if k == key), '?')}"
+
+
 def _close(now: torch.Tensor, was: torch.Tensor, codec: str, rtol: float, atol: float) -> bool:
-    """Whether a stored entry is what the bottom computes now, within its codec's rounding: int8 keeps each row
-    within half a step (its absolute max / 254) of the value, other codecs within ``rtol``."""
-    if codec != "int8" or not now.numel():
+    """Whether a stored entry is what the bottom computes now, within its codec's rounding: int8 within its stated
+    bound per value (``codecs.error_bound``: half the row's step, exact for its kept values), other codecs within
+    ``rtol``."""
+    spec = CODECS.get(codec)
+    if spec is None or not spec.scaled or not now.numel():
         return torch.allclose(now, was, rtol=rtol, atol=atol)
-    rows, stored = now.float().reshape(now.shape[0], -1), was.float().reshape(now.shape[0], -1)
-    half_step = rows.abs().amax(dim=1, keepdim=True) / 254
-    return bool(((rows - stored).abs() <= half_step * (1 + rtol) + atol).all())
+    bound = error_bound(now, spec)
+    return bool(((now.float() - was.float()).abs() <= bound * (1 + rtol) + atol).all())
 
 
 def verify(pipe: Pipeline, examples: Iterable[Any], sample: int = 32, rtol: float | None = None,
