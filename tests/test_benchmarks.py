@@ -38,5 +38,6 @@ def test_device_batches_cross_at_their_stored_size(tmp_path, monkeypatch, capsys
     assert all(x["decoded_mib"] == mib for x in r.values())
     assert r["float32"]["crossing_mib"] == mib
     assert r["float16"]["crossing_mib"] == r["bfloat16"]["crossing_mib"] == mib / 2
-    assert r["int8"]["crossing_mib"] == mib / 4 + 4 * 4 * 4 / 2**20  # codes, and a float32 scale per token
+    # codes, and per token a side record of 9 float32: its scale, its 4 kept values and their columns
+    assert r["int8"]["crossing_mib"] == mib / 4 + 4 * 4 * 9 * 4 / 2**20
     assert "| int8 |" in capsys.readouterr().out
