@@ -139,3 +139,14 @@ def test_a_store_of_the_earlier_int8_is_read_as_written_and_never_written(tmp_pa
         store.put_many([lr.digest("new")], [torch.ones(1, 3)])
     with pytest.raises(ValueError, match="holds a 'int8' \\(the earlier int8.*codec=None"):
         DiskStore(tmp_path / "s", codec="int8")
+
+
+def test_float_codecs_keep_inf_and_nan_as_they_are_and_measure_only_finite_values():
+    """Whether they may be stored is the fill's to say (allow_nonfinite); the codecs keep them, float16 too."""
+    x = torch.tensor([[float("inf"), 1.0], [float("nan"), -3.0]])
+    for name in ("float32", "float16", "bfloat16"):
+        got = round_trip(x, CODECS[name])
+        assert got[0, 0] == float("inf") and got[1, 0].isnan() and got[1, 1] == -3.0
+        assert check_error([x], CODECS[name], ["a"]) == 0.0
+    with pytest.raises(ValueError, match="up to 7e\\+04, beyond float16's range"):
+        encode(torch.tensor([[float("inf"), 70000.0]]), CODECS["float16"], "k")

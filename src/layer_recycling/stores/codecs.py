@@ -69,6 +69,7 @@ CODECS = {
     # loses the others. Read as written (its bound is half its row's step), never written again.
     "int8": Codec("int8", np.dtype("i1"), torch.float32, side=1, writable=False),
 }
+NAMES = ("bfloat16", "float16", "float32", "int8")  # what a new store is asked for by
 LOSSLESS = ("native", "float32")  # codecs that give back exactly what was stored
 _ALIASES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.int8: "int8"}
 _NEW = {"int8": "int8-outliers"}  # what a name asks for in a new store
@@ -87,7 +88,7 @@ def codec_name(codec: str | torch.dtype | None) -> str | None:
     name = _NEW.get(name, name)
     if name not in CODECS:
         raise ValueError(
-            f"codec={codec!r}: expected one of ['bfloat16', 'float16', 'float32', 'int8'] (or the torch dtypes); "
+            f"codec={codec!r}: expected one of {list(NAMES)} (or the torch dtypes); "
             f"float16 halves the size, int8 quarters it (a scale and the {OUTLIERS} largest values of each row kept "
             f"apart)"
         )
@@ -115,7 +116,7 @@ def encode(value: torch.Tensor, codec: Codec, key: str) -> tuple[np.ndarray, np.
             f"values exactly), 'bfloat16' or 'float32'"
         )
     if codec.name == "float16" and x.dtype != torch.float16:  # float16 input fits as it is (and abs on it is slow)
-        _check_float16_range(x, key)
+        check_float16_range(x, key)
     if codec.scaled:
         return _encode_int8(x, codec, key)
     if codec.name == "bfloat16":
@@ -170,15 +171,16 @@ def dequantize(values: torch.Tensor, side: torch.Tensor | None, dtype: torch.dty
     return out.reshape(values.shape).to(dtype)
 
 
-def _check_float16_range(x: torch.Tensor, key: str) -> None:
+def check_float16_range(x: torch.Tensor, key: str) -> None:
+    """Refuse finite values beyond float16's range: they would be stored as inf."""
     if not x.numel():
         return
     top = float(torch.where(torch.isinf(x), 0.0, x.abs()).max())  # inf stays inf (allowed or refused by the fill)
     if top > FLOAT16_MAX:
         raise ValueError(
             f"entry {key!r} holds values up to {top:.4g}, beyond float16's range (+-65504): "
-            f"they would be stored as inf. Open the store with codec='bfloat16' (same size, float32's range) "
-            f"or codec='float32'."
+            f"they would be stored as inf. Use codec='bfloat16' (same size, float32's range) or codec='float32' "
+            f"(a MemoryStore: also codec=None)."
         )
 
 
