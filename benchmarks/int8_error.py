@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import tempfile
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch
 
 import layer_recycling as lr
 from layer_recycling.stores.codecs import CODECS, decode, encode
-from timing import meta
+from timing import write_result
 
 OLD = dataclasses.replace(CODECS["int8"], writable=True)  # the earlier int8, written here only to measure it
 NEW = CODECS["int8-outliers"]
@@ -104,9 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
         for codec, e in r.items():
             print(f"| {name} | {codec} | {e['max_error']:.4g} | {e['max_error_over_token_median']:.3g} | "
                   f"{e['tokens_lost']} of {e['tokens']} | {e['bytes_per_token']} |")
-    out = {"config": {k: str(v) for k, v in vars(args).items()}, "results": results, "meta": meta()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    out = write_result(args.out, args, results)
     return out
 
 
