@@ -109,7 +109,7 @@ def put(pipe: Pipeline, keys: list[str], states: list, rows: list[dict], locate:
         refuse_nonfinite(keys, states, locate)
     codec = CODECS.get(pipe.store.codec)
     if measure and codec is not None and states and len({tuple(s.shape[1:]) for s in states}) == 1:
-        check_error(states, codec, [f"{locate(k)} (key {k[:12]}...)" for k in keys])
+        check_error(states, codec, lambda i: f"{locate(keys[i])} (key {keys[i][:12]}...)")
     checks = [input_check(r) for r in rows] if pipe.key_fn is not None else None
     pipe.store.put_many(keys, states, checks=checks)
 
@@ -205,10 +205,11 @@ def keyed(pipe: Pipeline, examples: Iterable[Any]) -> list[tuple[str, dict]]:
 
 
 def fill_keyed(pipe: Pipeline, keyed: list[tuple[str, dict]], batch_size: int, progress: bool,
-               group: Any = None, states_of: StatesOf | None = None) -> int:
+               group: Any = None, states_of: StatesOf | None = None, locate: Locate | None = None) -> int:
     """``fill`` for examples already keyed: (key, unpadded inputs) pairs.
 
     ``states_of(keys, rows)`` replaces the bottom (a stacked fill reads a lower store and runs the middle).
+    ``locate(key)`` names an example in errors (default: its place in ``keyed``).
     """
     if not pipe.store.keeps:
         return 0  # a NullStore keeps nothing: the bottom runs on every batch instead
@@ -216,7 +217,7 @@ def fill_keyed(pipe: Pipeline, keyed: list[tuple[str, dict]], batch_size: int, p
     if ranks is not None and not pipe.store.shared:
         distributed.warn_unshared(pipe.store)
         ranks = None
-    locate = _locator(keyed)
+    locate = locate or locator(keyed)
     if ranks is None:
         pending = missing(pipe, keyed)
         compute(pipe, pending, batch_size, progress, states_of, locate)
@@ -250,7 +251,7 @@ def fill_keyed(pipe: Pipeline, keyed: list[tuple[str, dict]], batch_size: int, p
     return len(pending)
 
 
-def _locator(keyed: list[tuple[str, dict]]) -> Locate:
+def locator(keyed: list[tuple[str, dict]]) -> Locate:
     """``locate(key)``: "example i", i its first place in ``keyed`` (searched only when an error needs it)."""
     return lambda key: f"example {next((i for i, (k, _) in enumerate(keyed) if k == key), '?')}"
 

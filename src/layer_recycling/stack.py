@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import torch
 
 from . import data
-from .fill import StatesOf, fill_keyed, keyed, missing
+from .fill import StatesOf, fill_keyed, keyed, locator, missing
 from .fingerprint import FingerprintMismatch, fingerprint_of
 from .pipeline import autocast, dtype_of
 from .split import middle, split
@@ -30,7 +30,8 @@ def fill(pipe: Pipeline, lower: Pipeline, examples: Iterable[Any], batch_size: i
         return 0
     check_stackable(pipe, lower)
     pairs = keyed(pipe, examples)
-    fill_keyed(lower, list(missing(pipe, pairs).items()), batch_size, progress, group)  # only what pipe lacks
+    fill_keyed(lower, list(missing(pipe, pairs).items()), batch_size, progress, group,  # only what pipe lacks
+               locate=locator(pairs))  # errors name the example as given
     return fill_keyed(pipe, pairs, batch_size, progress, group, states_of=stacked_states(pipe, lower))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -230,19 +230,19 @@ def error_bound(x: torch.Tensor, codec: Codec) -> torch.Tensor:
     return (m / 254.0 * (1 + 2.0**-14)).reshape(-1, *([1] * (x.dim() - 1))).expand(x.shape)
 
 
-def check_error(states: Sequence[torch.Tensor], codec: Codec, names: Sequence[str]) -> float:
+def check_error(states: Sequence[torch.Tensor], codec: Codec, name_of: Callable[[int], str]) -> float:
     """Encode and decode ``states`` (each (n_i, *feature), one shape after dim 0) and refuse an error beyond the
     codec's stated bound on any value; returns the largest error found. Values that are not finite are left
     out (whether they may be stored is the fill's to say).
 
     Raises:
-        ValueError: a value's error exceeds the bound: the error, the bound, the example ``names[i]``, where.
+        ValueError: a value's error exceeds the bound: the error, the bound, the example ``name_of(i)``, where.
     """
     if not states:
         return 0.0
     joined = torch.cat([s.detach() for s in states])
     x = joined.float()
-    raw, side = encode(joined, codec, names[0] if len(names) == 1 else "")
+    raw, side = encode(joined, codec, name_of(0) if len(states) == 1 else "")
     got = decode(raw, side, codec, x.device, torch.float32)
     finite = torch.isfinite(x)
     error = torch.where(finite, (got - x).abs(), 0.0)
@@ -255,7 +255,7 @@ def check_error(states: Sequence[torch.Tensor], codec: Codec, names: Sequence[st
     i = int(np.searchsorted(ends, row, side="right"))
     flat_x, flat_got = x.reshape(-1), got.reshape(-1)
     raise ValueError(
-        f"codec {codec.name!r} exceeds its stated error bound ({codec.bound_text}): {names[i]} has row "
+        f"codec {codec.name!r} exceeds its stated error bound ({codec.bound_text}): {name_of(i)} has row "
         f"{row - (ends[i - 1] if i else 0)}, value {col} = {float(flat_x[at]):.6g} stored as {float(flat_got[at]):.6g}, "
         f"an error of {float(error.reshape(-1)[at]):.4g} where the bound is "
         f"{float(error_bound(x, codec).reshape(-1)[at]):.4g} (largest error in this batch {float(error.max()):.4g}). "
