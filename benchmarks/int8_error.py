@@ -35,7 +35,8 @@ def planted(entries: int, tokens: int, hidden: int, channels: int, seed: int = 0
     for _ in range(entries):
         x = torch.randn(tokens, hidden, generator=g)
         cols = torch.arange(channels) * 37 % hidden
-        x[:, cols] += torch.empty(channels).uniform_(20, 60, generator=g) * torch.sign(torch.randn(channels, generator=g))
+        signs = torch.sign(torch.randn(channels, generator=g))
+        x[:, cols] += torch.empty(channels).uniform_(20, 60, generator=g) * signs
         x[::16, 101 % hidden] = 1500.0
         x[::16, 203 % hidden] = -800.0
         out.append(x)

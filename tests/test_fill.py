@@ -152,8 +152,8 @@ def test_a_codec_beyond_its_stated_bound_is_refused_on_the_first_batch_with_the_
     real = codecs.error_bound
     monkeypatch.setattr(codecs, "error_bound", lambda x, codec: real(x, codec) / 10)  # a bound it cannot meet
     with pytest.raises(ValueError, match=r"codec 'int8-outliers' exceeds its stated error bound \(\|x - x'\| <= "
-                                         r"m / 254.*\): example \d+ \(key [0-9a-f]{12}\.\.\.\) has row \d+, value \d+ = "
-                                         r".* an error of [0-9.e-]+ where the bound is [0-9.e-]+ .*Nothing"):
+                                         r"m / 254.*\): example \d+ \(key [0-9a-f]{12}\.\.\.\) has row \d+, "
+                                         r"value \d+ = .* an error of [0-9.e-]+ where the bound is [0-9.e-]+ .*Nothing"):
         rec.fill(text_examples(), progress=False)
     assert len(rec.store) == 0
     monkeypatch.setattr(codecs, "error_bound", real)

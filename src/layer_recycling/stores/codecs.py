@@ -256,7 +256,8 @@ def check_error(states: Sequence[torch.Tensor], codec: Codec, name_of: Callable[
     flat_x, flat_got = x.reshape(-1), got.reshape(-1)
     raise ValueError(
         f"codec {codec.name!r} exceeds its stated error bound ({codec.bound_text}): {name_of(i)} has row "
-        f"{row - (ends[i - 1] if i else 0)}, value {col} = {float(flat_x[at]):.6g} stored as {float(flat_got[at]):.6g}, "
+        f"{row - (ends[i - 1] if i else 0)}, value {col} = {float(flat_x[at]):.6g} stored as "
+        f"{float(flat_got[at]):.6g}, "
         f"an error of {float(error.reshape(-1)[at]):.4g} where the bound is "
         f"{float(error_bound(x, codec).reshape(-1)[at]):.4g} (largest error in this batch {float(error.max()):.4g}). "
         f"Nothing of this batch was stored. Use codec='float32' (exact) or 'bfloat16', and report it: a codec "

@@ -189,7 +189,8 @@ class Segment:
         return self._checks
 
     def data(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(rows (rows, *feature), side records (rows, side) or None) memory-mapped; the file is hashed before first use."""
+        """(rows (rows, *feature), side records (rows, side) or None) memory-mapped; the file is hashed before
+        first use."""
         if self._data is None:
             h = self.header
             path, codec, feature = self.root / f"{self.name}.{h['token']}.data", CODECS[h["codec"]], h["feature_shape"]
