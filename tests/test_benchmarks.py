@@ -51,6 +51,6 @@ def test_int8_error_measures_the_earlier_int8_against_the_one_that_keeps_outlier
     out = int8_error.main(["--entries", "2", "--tokens", "20", "--hidden", "32", "--channels", "2", "--no-minilm",
                            "--out", str(tmp_path / "e.json")])
     r = out["results"]["planted, 2 outlier channels"]
-    assert r["old int8"]["tokens_lost"] == 4 and r["int8"]["tokens_lost"] == 0  # tokens 0 and 16 of each entry
+    assert r["old int8"]["tokens_lost"] >= 4 and r["int8"]["tokens_lost"] == 0  # tokens 0 and 16 of each, at least
     assert r["int8"]["max_error"] < 0.05 < 1.0 < r["old int8"]["max_error"]
     assert (r["old int8"]["bytes_per_token"], r["int8"]["bytes_per_token"]) == (32 + 4, 32 + 36)
