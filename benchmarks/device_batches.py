@@ -11,7 +11,6 @@ that cross to the device. Medians of interleaved rounds; writes one JSON result 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 import layer_recycling as lr
 from layer_recycling.data import collate_states
-from timing import meta, seconds
+from timing import seconds, write_result
 
 CODECS = ["float32", "float16", "bfloat16", "int8"]
 
@@ -65,9 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     for codec, r in results.items():
         print(f"| {codec} | {r['decoded_on_host_ms']:.2f} | {r['as_stored_ms']:.2f} | {r['decoded_mib']:.2f} | "
               f"{r['crossing_mib']:.2f} |")
-    out = {"config": {k: str(v) for k, v in vars(args).items()}, "results": results, "meta": meta()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
+    out = write_result(args.out, args, results)
     print(f"\nwrote {args.out}")
     return out
 

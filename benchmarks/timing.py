@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 from layer_recycling.bench.runner import environment
@@ -23,3 +25,11 @@ def seconds(fn: Callable[[], Any]) -> float:
 def meta() -> dict:
     """Versions, git commit and machine, as every harness result records them."""
     return environment()
+
+
+def write_result(path: Path, args: Any, results: dict) -> dict:
+    """Write ``{"config", "results", "meta"}`` as JSON to ``path`` (its folder made); returns it."""
+    out = {"config": {k: str(v) for k, v in vars(args).items()}, "results": results, "meta": meta()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    return out

@@ -75,6 +75,13 @@ def bert_classifier(seed: int = 0) -> torch.nn.Module:
     return text_model("bert", "ForSequenceClassification", seed=seed)
 
 
+def nan_bottom(bert, token: int = 7):
+    """``bert`` whose embedding of ``token`` is NaN: the examples holding it give NaN states, the others do not."""
+    with torch.no_grad():
+        bert.bert.embeddings.word_embeddings.weight[token] = float("nan")
+    return bert
+
+
 def train_top(rec, steps: int = 3) -> None:
     """A few SGD steps on the top of ``rec`` from its loader, so its weights differ from the model's."""
     opt = torch.optim.SGD([p for p in rec.parameters() if p.requires_grad], lr=0.5)

@@ -157,7 +157,8 @@ def test_device_batches_cross_at_their_stored_size(tmp_path, monkeypatch, capsys
     assert all(x["decoded_mib"] == mib for x in r.values())
     assert r["float32"]["crossing_mib"] == mib
     assert r["float16"]["crossing_mib"] == r["bfloat16"]["crossing_mib"] == mib / 2
-    assert r["int8"]["crossing_mib"] == mib / 4 + 4 * 4 * 4 / 2**20  # codes, and a float32 scale per token
+    # codes, and per token a side record of 9 float32: its scale, its 4 kept values and their columns
+    assert r["int8"]["crossing_mib"] == mib / 4 + 4 * 4 * 9 * 4 / 2**20
     assert "| int8 |" in capsys.readouterr().out
 
 
@@ -202,3 +203,16 @@ def test_the_gpu_check_runs_from_a_fresh_process_with_only_torch_transformers_nu
     assert done.returncode == 0, done.stderr[-3000:]
     assert "minilm: shapes only" in done.stdout and "mpnet: shapes only" in done.stdout
     assert "| mpnet | shapes | 2/4 |" in done.stdout
+
+
+def test_int8_error_measures_the_earlier_int8_against_the_one_that_keeps_outliers(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("int8_error", None)
+    import int8_error
+
+    out = int8_error.main(["--entries", "2", "--tokens", "20", "--hidden", "32", "--channels", "2", "--no-minilm",
+                           "--out", str(tmp_path / "e.json")])
+    r = out["results"]["planted, 2 outlier channels"]
+    assert r["old int8"]["tokens_lost"] >= 4 and r["int8"]["tokens_lost"] == 0  # tokens 0 and 16 of each, at least
+    assert r["int8"]["max_error"] < 0.05 < 1.0 < r["old int8"]["max_error"]
+    assert (r["old int8"]["bytes_per_token"], r["int8"]["bytes_per_token"]) == (32 + 4, 32 + 36)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import layer_recycling as lr
 from conftest import text_examples
+from helpers import bert_classifier, nan_bottom
+from layer_recycling.stores import codecs
 
 
 def test_fill_computes_each_distinct_input_once(bert):
@@ -124,3 +127,34 @@ def test_a_stopped_fill_commits_what_it_computed_and_a_rerun_computes_only_the_r
     assert len(reopened) == 8 and reopened.info()["buffered"] == 0  # two batches of four, committed
     again = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=lr.DiskStore(tmp_path / "s"))
     assert again.fill(examples, batch_size=4, progress=False) == 4
+
+
+def test_non_finite_states_are_refused_at_fill_naming_the_example_unless_allowed(tmp_path):
+    examples = [{"input_ids": [5, 6, 8, 9]}, {"input_ids": [5, 7, 9]}, {"input_ids": [4, 4]}]  # token 7 is NaN
+    rec = lr.recycle(nan_bottom(bert_classifier()), at=2, store=lr.DiskStore(tmp_path / "s"))
+    with pytest.raises(ValueError, match=r"example 1 \(key [0-9a-f]{12}\.\.\.\) has a state with \d+ NaN.*"
+                                         r"allow_nonfinite=True"):
+        rec.fill(examples, progress=False)
+    assert len(rec.store) == 0  # nothing of the batch was stored
+    allowed = lr.recycle(nan_bottom(bert_classifier()), at=2, store=lr.DiskStore(tmp_path / "a"), allow_nonfinite=True)
+    assert allowed.fill(examples, progress=False) == 3
+    assert torch.isnan(allowed.store[allowed.encode(examples[1])[0]]).all()
+    assert allowed.fingerprint.parts["nonfinite"] == "allowed" and "nonfinite" not in rec.fingerprint.parts
+    with pytest.raises(lr.FingerprintMismatch, match="nonfinite"):  # its readers could not count on finite states
+        lr.recycle(nan_bottom(bert_classifier()), at=2, store=lr.DiskStore(tmp_path / "a"))
+    with pytest.raises(ValueError, match="inf or nan, which int8 cannot"):  # allowed, but int8 cannot hold them
+        lr.recycle(nan_bottom(bert_classifier()), at=2, store=lr.MemoryStore(codec="int8"),
+                   allow_nonfinite=True).fill(examples, progress=False)
+
+
+def test_a_codec_beyond_its_stated_bound_is_refused_on_the_first_batch_with_the_numbers(bert, monkeypatch):
+    rec = lr.recycle(bert, at=2, store=lr.MemoryStore(codec="int8"))
+    real = codecs.error_bound
+    monkeypatch.setattr(codecs, "error_bound", lambda x, codec: real(x, codec) / 10)  # a bound it cannot meet
+    with pytest.raises(ValueError, match=r"codec 'int8-outliers' exceeds its stated error bound \(\|x - x'\| <= "
+                                         r"m / 254.*\): example \d+ \(key [0-9a-f]{12}\.\.\.\) has row \d+, "
+                                         r"value \d+ = .* an error of [0-9.e-]+ where the bound is [0-9.e-]+ .*Nothing"):
+        rec.fill(text_examples(), progress=False)
+    assert len(rec.store) == 0
+    monkeypatch.setattr(codecs, "error_bound", real)
+    assert rec.fill(text_examples(), progress=False) == 6 and rec.verify(text_examples()).ok

@@ -7,6 +7,7 @@ import torch
 
 import layer_recycling as lr
 from conftest import LABELS, LAYERS, cnn_model, text_examples, text_model
+from helpers import bert_classifier, nan_bottom, padded_batch
 
 CASES = [("bert", "ForTokenClassification"), ("bert", "ForSequenceClassification"), ("llama", "ForCausalLM"),
          ("gpt2", "LMHeadModel"), ("bert", "ForQuestionAnswering")]
@@ -233,3 +234,18 @@ def test_output_hidden_states_pass_through_and_start_at_the_stored_block(side):
     batch_from_store = next(iter(rec.loader(examples, batch_size=4, progress=False)))
     with torch.no_grad():
         assert len(rec(**batch_from_store, output_hidden_states=True).hidden_states) == LAYERS - 1
+
+
+def test_non_finite_misses_are_refused_when_served_unless_allowed():
+    batch = padded_batch([{"input_ids": [5, 6, 8]}, {"input_ids": [5, 7, 9, 4]}])  # row 1 holds the NaN token
+    rec = lr.recycle(nan_bottom(bert_classifier()), at=2).eval()
+    with pytest.raises(ValueError, match=r"row 1 of the batch \(key [0-9a-f]{12}\.\.\.\) has a state with"):
+        rec(**batch)
+    with pytest.raises(ValueError, match=r"example 3 \(key"):  # predict names the example of its call
+        rec.predict([{"input_ids": [4]}, {"input_ids": [5]}, {"input_ids": [6]}, {"input_ids": [7]}], batch_size=2,
+                    progress=False)
+    assert len(rec.store) == 2  # the misses of predict's first batch; none of a refused batch
+    allowed = lr.recycle(nan_bottom(bert_classifier()), at=2, allow_nonfinite=True).eval()
+    assert torch.isnan(allowed(**batch).logits[1]).all() and len(allowed.store) == 2
+    served = lr.recycle(nan_bottom(bert_classifier()), at=2, store_misses=False).eval()
+    assert torch.isnan(served(**batch).logits[1]).all()  # nothing is stored, so nothing is refused

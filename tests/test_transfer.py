@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import layer_recycling as lr
-from layer_recycling.data import SCALES
-from layer_recycling.transfer import read_ahead
+from layer_recycling.data import SCALES, collate_states
+from layer_recycling.transfer import DeviceLoader, read_ahead
 from conftest import vit_model
 from helpers import bert_classifier, labelled_examples
 
@@ -21,11 +21,11 @@ def test_device_batches_equal_the_plain_loaders_and_cross_at_their_stored_size(t
     plain = list(rec.loader(examples, batch_size=3, progress=False))
     moved = rec.loader(examples, batch_size=3, progress=False, device="cpu", num_workers=workers)
     assert len(moved) == len(plain) == 3 and moved.dataset is moved.loader.dataset
-    crossing = next(iter(moved.loader))  # what crosses the bus: the stored bytes (int8: codes and row scales)
+    crossing = next(iter(moved.loader))  # what crosses the bus: the stored bytes (int8: codes and side records)
     assert crossing["states"].dtype == getattr(torch, codec)
     assert (SCALES in crossing) == (codec == "int8")
-    if codec == "int8":
-        assert crossing[SCALES].shape == crossing["attention_mask"].shape
+    if codec == "int8":  # per token: its scale, its 4 kept values and their columns
+        assert crossing[SCALES].shape == (*crossing["attention_mask"].shape, 9)
         assert crossing[SCALES].dtype == torch.float32 and not crossing[SCALES][crossing["attention_mask"] == 0].any()
     got = list(moved)
     for a, b in zip(plain, got, strict=True):
@@ -42,7 +42,7 @@ def test_int8_in_memory_and_fixed_length_states_are_converted_on_the_device():
     plain = list(rec.loader(images, batch_size=2, progress=False))
     moved = rec.loader(images, batch_size=2, progress=False, device="cpu")
     crossing = next(iter(moved.loader))
-    assert crossing["states"].dtype == torch.int8 and crossing[SCALES].shape == crossing["states"].shape[:2]
+    assert crossing["states"].dtype == torch.int8 and crossing[SCALES].shape == (*crossing["states"].shape[:2], 9)
     for a, b in zip(plain, moved, strict=True):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with torch.no_grad():
@@ -94,3 +94,26 @@ def test_read_ahead_raises_the_error_where_it_happened_and_stops_when_the_consum
     assert next(endless) == 0
     endless.close()  # the consumer stops: the thread ends too
     assert not [t for t in threading.enumerate() if t.name == "layer-recycling-read-ahead"]
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_int8_with_outliers_converts_on_the_device_exactly_as_on_the_host(tmp_path, device):
+    """Codes and side records cross as stored; the device's batch equals the host's decoded and padded one."""
+    store = lr.DiskStore(tmp_path / "s", codec="int8")
+    g = torch.Generator().manual_seed(0)
+    keys = [lr.digest(i) for i in range(6)]
+    states = [torch.randn(n, 32, generator=g) for n in (4, 1, 6, 3, 5, 2)]
+    for s in states:  # outlier channels on every token, a massive first token
+        s[:, 7] += 30.0
+        s[0, 11] = 2000.0
+    store.put_many(keys, states)
+    store.flush()
+    batches = torch.utils.data.DataLoader([keys[:3], keys[3:]], batch_size=None, pin_memory=device == "cuda",
+                                          collate_fn=lambda b: collate_states(store.get_stored(b), ragged=True))
+    for names, batch in zip([keys[:3], keys[3:]], DeviceLoader(batches, device, torch.float32), strict=True):
+        host = collate_states(store.get_many(names, dtype=torch.float32), ragged=True)
+        assert batch["states"].device.type == device and torch.equal(batch["states"].cpu(), host["states"])
+        assert batch["states"][:, 0, 11].eq(2000.0).all()  # kept exactly, beside the others to 1/254 of ~3

@@ -118,12 +118,12 @@ def _points(text: str) -> float:
 
 def _codecs(text: str) -> list[str]:
     """``--codecs float16,int8``: extra stored forms at 50%."""
-    from .stores.codecs import CODECS
+    from .stores.codecs import NAMES
 
     names = [c.strip() for c in text.split(",") if c.strip()]
-    unknown = [c for c in names if c not in CODECS]
+    unknown = [c for c in names if c not in NAMES]
     if unknown:
-        raise argparse.ArgumentTypeError(f"{text!r}: unknown codecs {unknown}; expected some of {sorted(CODECS)}, "
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown codecs {unknown}; expected some of {list(NAMES)}, "
                                          f"comma-separated ('' for none)")
     return names
 

@@ -34,6 +34,10 @@ class RecycleConfig:
     untie: bool = False
     """Give the top its own trainable copy of parameters tied to the frozen bottom (an LM head tied to the input
     embeddings); False keeps them tied, hence frozen, and warns."""
+    allow_nonfinite: bool = False
+    """Store states holding NaN or inf (float codecs keep them; int8 cannot). False (the default) refuses them at
+    fill and when serving stores a miss, naming the example; part of the fingerprint, so a reader of a store
+    filled without it can trust that every entry is finite."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

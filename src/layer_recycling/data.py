@@ -17,7 +17,7 @@ LABEL_NAMES = ("labels", "start_positions", "end_positions")
 _LABEL_ALIASES = {"label": "labels", "label_ids": "labels"}  # as the HF Trainer renames them
 IGNORE_INDEX = -100  # what transformers' losses skip: padding of per-token labels
 _EXAMPLE_DIMS = {"pixel_values": 3, "input_features": 2}  # one image (c, h, w); one clip's features (mels, frames)
-SCALES = "state_scales"  # beside int8 "states" in a batch bound for a device, which converts both (transfer.py)
+SCALES = "state_scales"  # int8's side records beside its "states" in a batch bound for a device (transfer.py)
 
 
 def as_tensor(value: Any, name: str) -> torch.Tensor:
@@ -263,8 +263,9 @@ def repad(states: Sequence[torch.Tensor], to: int | None = None) -> tuple[torch.
 
 def collate_states(states: Sequence[torch.Tensor | tuple], ragged: bool) -> dict[str, torch.Tensor]:
     """A batch of stored states, each a tensor (n_i, *feature) or as ``Store.get_stored`` gives it, (values,
-    row scales or None): ``{"states"}`` stacked, or right-padded with its ``attention_mask`` when ``ragged``;
-    int8 codes come with their row scales under ``SCALES`` (b, t), padded with 0, for the device to convert."""
+    side records or None): ``{"states"}`` stacked, or right-padded with its ``attention_mask`` when ``ragged``;
+    int8 codes come with their side records under ``SCALES`` (b, t, side), padded with 0, for the device to
+    convert."""
     values = [s[0] if isinstance(s, tuple) else s for s in states]
     scales = [s[1] if isinstance(s, tuple) else None for s in states]
     out = dict(zip(("states", "attention_mask"), repad(values))) if ragged else {"states": stack(values, "states")}

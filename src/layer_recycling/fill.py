@@ -18,13 +18,14 @@ from tqdm.auto import tqdm
 
 from . import data, distributed
 from .keys import digest
-from .stores.codecs import LOSSLESS
+from .stores.codecs import CODECS, LOSSLESS, check_error, error_bound
 from .stores.files import StoreCorrupted
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
 
 StatesOf = Callable[[list[str], list[dict]], list[torch.Tensor]]  # (keys, unpadded inputs) -> their states
+Locate = Callable[[str], str]  # key -> the example in words, for errors ("example 7")
 
 
 @dataclasses.dataclass
@@ -40,11 +41,13 @@ class VerifyReport:
         return not self.mismatched
 
 
-def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, states_of: StatesOf | None = None) -> int:
+def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, states_of: StatesOf | None = None,
+            locate: Locate | None = None) -> int:
     """Run the bottom on ``pending`` (key -> unpadded inputs) in length-sorted batches and store the states;
-    returns how many were stored.
+    returns how many were stored. The first batch also measures the store's codec against its stated bound.
 
     ``states_of(keys, rows)`` replaces the bottom (a stacked fill reads a lower store and runs the middle).
+    ``locate(key)`` names an example in errors.
     """
     keys = list(pending)
     if pipe.arch.masked:  # similar lengths together: less padding to compute
@@ -54,7 +57,7 @@ def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, states_of
     for start in range(0, len(keys), batch_size):
         chunk = keys[start : start + batch_size]
         rows = [pending[k] for k in chunk]
-        put(pipe, chunk, states_of(chunk, rows), rows)
+        put(pipe, chunk, states_of(chunk, rows), rows, locate, measure=start == 0)
         pipe.stats.stored += len(chunk)
     return len(keys)
 
@@ -86,10 +89,39 @@ def input_check(inputs: dict) -> str:
     return digest(data.key_fields(inputs))
 
 
-def put(pipe: Pipeline, keys: list[str], states: list, rows: list[dict]) -> None:
-    """Store ``states`` under ``keys``; entries keyed by a user's ``key=`` keep a digest of their inputs."""
+def put(pipe: Pipeline, keys: list[str], states: list, rows: list[dict], locate: Locate | None = None,
+        measure: bool = False) -> None:
+    """Store ``states`` under ``keys``; entries keyed by a user's ``key=`` keep a digest of their inputs.
+
+    Raises:
+        ValueError: a state holds NaN or inf (unless ``allow_nonfinite``), or (``measure``) the store's codec
+            exceeds its stated error bound on these states; nothing of the batch is stored.
+    """
+    locate = locate or (lambda _: "an example")
+    if not pipe.config.allow_nonfinite:
+        refuse_nonfinite(keys, states, locate)
+    codec = CODECS.get(pipe.store.codec)
+    if measure and codec is not None and states and len({tuple(s.shape[1:]) for s in states}) == 1:
+        check_error(states, codec, lambda i: f"{locate(keys[i])} (key {keys[i][:12]}...)")
     checks = [input_check(r) for r in rows] if pipe.key_fn is not None else None
     pipe.store.put_many(keys, states, checks=checks)
+
+
+def refuse_nonfinite(keys: list[str], states: list[torch.Tensor], locate: Locate) -> None:
+    """Refuse states holding NaN or inf, naming the first such example (one device sync for the batch)."""
+    if not states:
+        return
+    finite = torch.stack([torch.isfinite(s).all() for s in states]).cpu()
+    if bool(finite.all()):
+        return
+    i = int((~finite).nonzero()[0, 0])
+    s = states[i]
+    raise ValueError(
+        f"{locate(keys[i])} (key {keys[i][:12]}...) has a state with {int(torch.isnan(s).sum())} NaN and "
+        f"{int(torch.isinf(s).sum())} inf among its {s.numel()} values: the bottom overflowed (float16 weights or "
+        f"autocast?) or its inputs or weights hold NaN. Nothing of this batch was stored. Fix the example or the "
+        f"model, or store them as they are with recycle(..., allow_nonfinite=True) (a float codec; int8 cannot)"
+    )
 
 
 def check_stored(pipe: Pipeline, keys: list[str], rows: list[dict]) -> list[str]:
@@ -151,7 +183,8 @@ def _check_collision(seen: dict[str, tuple[int, str]], key: str, i: int, inputs:
 
 CHUNK = 4096  # examples keyed, checked and computed at a time: a fill's memory does not grow with the dataset
 
-Step = Callable[[list[tuple[str, dict]], Callable[[dict], dict]], int]  # (chunk, this rank's share of) -> added
+Step = Callable[[list[tuple[str, dict]], Callable[[dict], dict], Locate], int]  # (chunk, this rank's share of,
+# names of its examples) -> added
 
 
 def fill(pipe: Pipeline, examples: Iterable[Any], batch_size: int = 32, progress: bool = True,
@@ -180,7 +213,9 @@ def fill_keyed(pipe: Pipeline, keyed: Iterable[tuple[str, dict]], batch_size: in
 
     ``states_of(keys, rows)`` replaces the bottom (a stacked fill reads a lower store and runs the middle).
     """
-    step: Step = lambda chunk, mine: compute(pipe, mine(missing(pipe, chunk)), batch_size, states_of)  # noqa: E731
+    def step(chunk: list[tuple[str, dict]], mine: Callable[[dict], dict], locate: Locate) -> int:
+        return compute(pipe, mine(missing(pipe, chunk)), batch_size, states_of, locate)
+
     return stream([pipe], keyed, step, progress, group, total, what)
 
 
@@ -202,14 +237,15 @@ def stream(pipes: list[Pipeline], keyed: Iterable[tuple[str, dict]], step: Step,
         distributed.warn_unshared(next(p.store for p in pipes if not p.store.shared))
         ranks = None
     mine = (lambda pending: pending) if ranks is None else distributed.owned(ranks[1], ranks[2])
-    added, chunks = 0, _chunks(keyed, CHUNK)
+    added, read, chunks = 0, 0, _chunks(keyed, CHUNK)
     terminated = _TerminateAsExit()
     try:
         with tqdm(total=total, unit="ex", desc="fill", disable=not progress) as bar:
             while (chunk := next(chunks, None)) is not None or ranks is not None:
                 if ranks is not None and not _same_chunk(chunk, ranks[0], what):
                     break  # every rank has read all its examples
-                added += distributed.together(ranks, lambda: step(chunk, mine))
+                added += distributed.together(ranks, lambda: step(chunk, mine, locator(chunk, read)))
+                read += len(chunk)
                 bar.update(len(chunk))
     finally:
         _commit(pipes, terminated)
@@ -228,6 +264,12 @@ def _same_chunk(chunk: list | None, group: Any, what: str) -> bool:
                            "every rank passes the same examples in the same order, and computes its share of the "
                            "missing ones. Pass the same list on every rank")
     return chunk is not None
+
+
+def locator(keyed: list[tuple[str, dict]], first: int = 0) -> Locate:
+    """``locate(key)``: "example i", i its first place in ``keyed`` counted from ``first`` (searched only when an
+    error needs it)."""
+    return lambda key: f"example {next((first + i for i, (k, _) in enumerate(keyed) if k == key), '?')}"
 
 
 def _chunks(keyed: Iterable[tuple[str, dict]], size: int) -> Iterator[list[tuple[str, dict]]]:
@@ -279,13 +321,14 @@ def publish(pipe: Pipeline, group: Any, rank: int) -> None:
 
 
 def _close(now: torch.Tensor, was: torch.Tensor, codec: str, rtol: float, atol: float) -> bool:
-    """Whether a stored entry is what the bottom computes now, within its codec's rounding: int8 keeps each row
-    within half a step (its absolute max / 254) of the value, other codecs within ``rtol``."""
-    if codec != "int8" or not now.numel():
+    """Whether a stored entry is what the bottom computes now, within its codec's rounding: int8 within its stated
+    bound per value (``codecs.error_bound``: half the row's step, exact for its kept values), other codecs within
+    ``rtol``."""
+    spec = CODECS.get(codec)
+    if spec is None or not spec.scaled or not now.numel():
         return torch.allclose(now, was, rtol=rtol, atol=atol)
-    rows, stored = now.float().reshape(now.shape[0], -1), was.float().reshape(now.shape[0], -1)
-    half_step = rows.abs().amax(dim=1, keepdim=True) / 254
-    return bool(((rows - stored).abs() <= half_step * (1 + rtol) + atol).all())
+    bound = error_bound(now, spec)
+    return bool(((now.float() - was.float()).abs() <= bound * (1 + rtol) + atol).all())
 
 
 def verify(pipe: Pipeline, examples: Iterable[Any], sample: int = 32, rtol: float | None = None,

@@ -79,6 +79,7 @@ def fingerprint_of(
     tokenizer: Any = None,
     preprocess: dict | None = None,
     autocast: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> Fingerprint:
     """Fingerprint of ``bottom`` (a half of ``model`` split at ``at`` of ``num_layers``) stored as ``codec``."""
     parts = {
@@ -91,6 +92,8 @@ def fingerprint_of(
     }
     if autocast is not None:  # states computed in lower precision are other states
         parts["autocast"] = autocast
+    if allow_nonfinite:  # a store filled without it holds finite states only: its readers may count on that
+        parts["nonfinite"] = "allowed"
     if tokenizer is not None or preprocess:
         parts["preprocess"] = digest({"tokenizer": _tokenizer_digest(tokenizer), "call": _jsonable(preprocess or {})})
     return Fingerprint(parts)

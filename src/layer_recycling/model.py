@@ -63,6 +63,7 @@ class Recycled(nn.Module):
         fingerprint = fingerprint_of(
             self.bottom, model=model, at=s.at, num_layers=s.num_layers, blocks=s.arch.blocks, codec=store.codec,
             tokenizer=tokenizer, preprocess=recycle_config.preprocess, autocast=recycle_config.autocast,
+            allow_nonfinite=recycle_config.allow_nonfinite,
         )
         store.bind_fingerprint(fingerprint)
         self.pipeline = Pipeline(
@@ -245,8 +246,8 @@ class Recycled(nn.Module):
         ``rec(**batch).loss``. ``group_by_length`` batches examples of similar length together (shuffled when
         ``shuffle``), so less padding is computed. ``device``: batches arrive there, read ahead of the step (by
         the workers, or a thread), copied from pinned memory without blocking, states sent at their stored size
-        (float16 stays float16 on the bus, int8 its codes and row scales) and converted to the top's dtype on the
-        device (``transfer.DeviceLoader``). Other keyword arguments go to ``torch.utils.data.DataLoader``.
+        (float16 stays float16 on the bus, int8 its codes and side records) and converted to the top's dtype on
+        the device (``transfer.DeviceLoader``). Other keyword arguments go to ``torch.utils.data.DataLoader``.
 
         ``inputs=["anchor", "positive", ...]``: each example holds several model inputs under those fields (one
         each, or a list of k), labels beside them; batches are ``{field: {"states", "attention_mask"}, labels}``
@@ -315,8 +316,8 @@ def recycle(
         store: where states live; default a new ``MemoryStore()``. ``None`` keeps nothing (a ``NullStore``:
             the bottom runs every call, the frozen-without-cache baseline).
         config: a ``RecycleConfig``; ``options`` (its field names: ``blocks``, ``store_misses``,
-            ``preprocess``, ``check_split``, ``untie``) override its fields. The result holds it as
-            ``rec.recycle_config`` (``rec.config`` is the model's own config).
+            ``preprocess``, ``check_split``, ``untie``, ``allow_nonfinite``) override its fields. The result
+            holds it as ``rec.recycle_config`` (``rec.config`` is the model's own config).
         key: ``example -> object`` to key examples yourself (e.g. an image file's bytes); default: a digest
             of the model inputs that reach the bottom.
         tokenizer: folded into the fingerprint, with ``preprocess`` (the tokenizer's call arguments).

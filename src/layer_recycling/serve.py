@@ -33,9 +33,10 @@ def per_token(name: str, value: torch.Tensor) -> bool:
 
 
 def lookup(pipe: Pipeline, keys: Sequence[str], rows: Sequence[dict[str, torch.Tensor]],
-           device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+           device: torch.device, dtype: torch.dtype, first: int | None = None) -> list[torch.Tensor]:
     """The states of ``rows`` (unpadded inputs, keyed ``keys``) as ``dtype`` on ``device``: hits from the store,
-    misses from the bottom (stored when ``store_misses``)."""
+    misses from the bottom (stored when ``store_misses``; NaN or inf refused unless ``allow_nonfinite``).
+    ``first``: the index of ``rows[0]`` among the caller's examples (None: rows of one batch), for errors."""
     pipe.check_bottom()  # hits were computed by the bottom of the fingerprint: it must still be this one
     if pipe.key_fn is not None:  # one user key for two different inputs of this batch: one state would serve both
         check_collisions(list(zip(keys, rows)))
@@ -51,11 +52,17 @@ def lookup(pipe: Pipeline, keys: Sequence[str], rows: Sequence[dict[str, torch.T
         states = pipe.bottom_states(list(misses.values()), device)
         found.update(zip(misses, (s.to(dtype) for s in states)))
         if pipe.config.store_misses and pipe.store.keeps:
-            put(pipe, list(misses), states, list(misses.values()))  # readable at once; durable at its next commit
+            put(pipe, list(misses), states, list(misses.values()), _locator(keys, first))  # durable at next commit
             pipe.stats.stored += len(misses)
     pipe.stats.misses += sum(k in misses for k in keys)
     pipe.stats.hits += sum(k not in misses for k in keys)
     return [found[k] for k in keys]
+
+
+def _locator(keys: Sequence[str], first: int | None):
+    """``locate(key)`` for errors: "row i of the batch", or "example first + i" of a ``predict`` call."""
+    at = {k: i for i, k in reversed(list(enumerate(keys)))}  # a key's first row
+    return (lambda k: f"row {at[k]} of the batch") if first is None else (lambda k: f"example {first + at[k]}")
 
 
 @torch.compiler.disable  # keys, store reads and misses are data-dependent Python: never traced, the top is
@@ -126,7 +133,7 @@ def predict(pipe: Pipeline, top: Top, device: torch.device, dtype: torch.dtype, 
         for start in range(0, len(examples), batch_size):
             encoded = [pipe.encode(e, f"example {start + j}") for j, e in enumerate(examples[start : start + batch_size])]
             keys, rows = [k for k, _, _ in encoded], [i for _, i, _ in encoded]
-            states = lookup(pipe, keys, rows, device, dtype)
+            states = lookup(pipe, keys, rows, device, dtype, first=start)
             results += _per_example(pipe, top, states)
             bar.update(len(encoded))
     return results

@@ -31,10 +31,10 @@ def fill(pipe: Pipeline, lower: Pipeline, examples: Iterable[Any], batch_size: i
     check_stackable(pipe, lower)
     states_of = stacked_states(pipe, lower)
 
-    def step(chunk: list[tuple[str, dict]], mine: Callable[[dict], dict]) -> int:
+    def step(chunk: list[tuple[str, dict]], mine: Callable[[dict], dict], locate: Callable[[str], str]) -> int:
         pending = mine(missing(pipe, chunk))  # what this level lacks; the lower level computes what it lacks of it
-        compute(lower, mine(missing(lower, list(pending.items()))), batch_size)
-        return compute(pipe, pending, batch_size, states_of)  # a key's owner stored its lower state: it reads it
+        compute(lower, mine(missing(lower, list(pending.items()))), batch_size, locate=locate)
+        return compute(pipe, pending, batch_size, states_of, locate)  # a key's owner stored its lower state
 
     return stream([lower, pipe], keyed(pipe, examples), step, progress, group, total=size_of(examples))
 

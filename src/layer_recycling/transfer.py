@@ -1,6 +1,6 @@
 """Batches to an accelerator: read ahead of the step, copied from pinned memory without blocking, and the stored
 states converted to the model's dtype on the device (float16/bfloat16 cross the bus at their stored size, int8
-as its codes and one scale per row).
+as its codes and one side record per row: its scale and its kept values).
 
 On a GPU the top's step takes milliseconds; reading the store, decoding and copying must overlap it or they
 become the step. ``DeviceLoader`` wraps a DataLoader: with workers, they read ahead; without, a thread does.
@@ -22,8 +22,8 @@ _END = object()
 
 class DeviceLoader:
     """The batches of ``loader`` on ``device``; ``states`` (in each field's dict too) as ``dtype``, converted there
-    from the stored dtype (int8 codes times their row scales). Any other attribute is the loader's
-    (``batch_sampler.set_epoch``, ``dataset``, ``len``)."""
+    from the stored dtype (int8: codes times their row's scale, kept values written back). Any other attribute is
+    the loader's (``batch_sampler.set_epoch``, ``dataset``, ``len``)."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device | str, dtype: torch.dtype,
                  read_ahead: int = 2):
@@ -42,7 +42,7 @@ class DeviceLoader:
 
     def _move(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``batch`` on the device; a field of examples of several inputs (a dict) likewise. ``states`` (int8
-        codes with their ``SCALES``) become ``dtype`` there."""
+        codes with their side records, ``SCALES``) become ``dtype`` there."""
         out = {name: self._move(value) if isinstance(value, dict) else
                value.to(self.device, non_blocking=True) if isinstance(value, torch.Tensor) else value
                for name, value in batch.items()}  # from pinned memory: the copies overlap the step

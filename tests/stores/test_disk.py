@@ -22,7 +22,7 @@ import layer_recycling as lr
 from conftest import text_examples
 from helpers import max_diff, padded_batch
 from layer_recycling.fingerprint import Fingerprint
-from layer_recycling.stores.codecs import dequantize
+from layer_recycling.stores.codecs import codec_name, dequantize
 from layer_recycling.stores.disk import DiskFull, DiskStore, StoreCorrupted
 from store_helpers import (CODECS, FORK, assert_close, chunks, filled, flip, keys, number, opens_and_reads, store_files,
                            value)
@@ -35,7 +35,7 @@ from store_helpers import (CODECS, FORK, assert_close, chunks, filled, flip, key
 def test_round_trip_of_ragged_entries(tmp_path, codec, feature):
     store = filled(tmp_path / "s", codec, n=14, feature=feature)
     names = keys(14)
-    assert len(store) == 14 and list(store) == sorted(names) and store.codec == codec
+    assert len(store) == 14 and list(store) == sorted(names) and store.codec == codec_name(codec)
     assert store[names[7]].shape == (0, *feature)  # ragged: no padding, empty entries too
     worst = 0.0
     for reopened in (store, DiskStore(tmp_path / "s"), DiskStore(tmp_path / "s", readonly=True)):
@@ -64,8 +64,8 @@ def test_get_stored_gives_the_bytes_that_get_many_decodes(tmp_path, codec, featu
         for (values, scales), d, k in zip(got, decoded, asked, strict=True):
             assert values.dtype == kept[codec] and values.shape == (number(k) % 7, *feature)
             assert (scales is not None) == (codec == "int8")
-            if scales is not None:
-                assert scales.dtype == torch.float32 and scales.shape == (values.shape[0],)
+            if scales is not None:  # a side record per row: scale, 4 kept values, their columns
+                assert scales.dtype == torch.float32 and scales.shape == (values.shape[0], 9)
             assert torch.equal(dequantize(values, scales, torch.float32), d)  # the same conversion, anywhere
     assert store.get_stored([]) == []
     with pytest.raises(KeyError, match="is not in the store"):

@@ -82,6 +82,8 @@ class _Bottom:
         for start in range(0, len(keys), self.batch_size):
             chunk = keys[start : start + self.batch_size]
             states += pipe.bottom_states([pending[k] for k in chunk], pipe.device)
+        if not pipe.config.allow_nonfinite:  # as fill.put refuses them
+            fill.refuse_nonfinite(keys, states, lambda _: "an example of the dataset")
         arrays = [s.float().cpu().numpy() for s in states]
         columns = {KEY: keys, "state": [a.reshape(-1) for a in arrays], "shape": [list(a.shape) for a in arrays]}
         if self.rec.key_fn is not None:  # a user's key: the entry keeps a digest of its inputs (see fill.put)

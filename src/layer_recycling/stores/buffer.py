@@ -56,12 +56,12 @@ class WriteBuffer:
     def add(self, keys: list[str], data: np.ndarray, scales: np.ndarray | None, lengths: list[int],
             checks: dict[str, str]) -> None:
         """Entries ``keys`` (new, unique), whose rows are ``data`` cut by ``lengths``, in order."""
-        if self.used == 0 and self.data is not None and (data.shape[1:], data.dtype, scales is None) != (
-                self.data.shape[1:], self.data.dtype, self.scales is None):
+        if self.used == 0 and self.data is not None and (data.shape[1:], data.dtype, _width(scales)) != (
+                self.data.shape[1:], self.data.dtype, _width(self.scales)):
             self.data, self.scales = None, None  # a spare of another kind: make new arrays
         end = self.used + len(data)
         if self.data is None or end > len(self.data):
-            self._make_room(end, data, scales is not None)
+            self._make_room(end, data, _width(scales))
         self.data[self.used : end] = data
         if scales is not None:
             self.scales[self.used : end] = scales
@@ -70,16 +70,16 @@ class WriteBuffer:
         self.checks.update(checks)
         self.used = end
 
-    def _make_room(self, rows: int, like: np.ndarray, scaled: bool) -> None:
+    def _make_room(self, rows: int, like: np.ndarray, side: int | None) -> None:
         """Room for ``rows`` rows like ``like``'s, and at least an eighth past the segment size: allocated at once
         (never grown by copying), the pages it does not fill are never touched."""
         row_bytes = max(1, like.itemsize * math.prod(like.shape[1:]))
         capacity = max(rows, (self.limit + self.limit // 8) // row_bytes)
         data = np.empty((capacity, *like.shape[1:]), like.dtype)
-        scales = np.empty(capacity, SCALE_DTYPE) if scaled else None
+        scales = np.empty((capacity, side), SCALE_DTYPE) if side is not None else None
         if self.used:
             data[: self.used] = self.data[: self.used]
-            if scaled:
+            if scales is not None:
                 scales[: self.used] = self.scales[: self.used]
         self.data, self.scales = data, scales
 
@@ -107,6 +107,11 @@ class WriteBuffer:
         checks = {k: self.checks[k] for k in keys if k in self.checks}
         scales = [s for _, s in kept] if self.scales is not None else None
         return keys, [d for d, _ in kept], scales, lengths[keep], checks
+
+
+def _width(side: np.ndarray | None) -> int | None:
+    """Floats per row of a side array (int8's), None for none."""
+    return side.shape[1] if side is not None else None
 
 
 def new_entries(keys: list[str], values: list, checks: list[str | None], feature: list[int] | None,
@@ -155,8 +160,8 @@ def _uniform(values: list, feature: list[int] | None) -> bool:
 
 
 def encode_batch(keys: list[str], values: list[torch.Tensor], codec: Codec) -> tuple[np.ndarray, np.ndarray | None]:
-    """``values`` as one array of the codec's rows (and int8 scales), encoded in one torch call; on a failure, one
-    call per entry, so that the error names the bad entry's key."""
+    """``values`` as one array of the codec's rows (and int8 side records), encoded in one torch call; on a failure,
+    one call per entry, so that the error names the bad entry's key."""
     try:
         return encode(torch.cat(values) if len(values) > 1 else values[0], codec, "")
     except (ValueError, RuntimeError):

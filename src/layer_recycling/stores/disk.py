@@ -22,7 +22,7 @@ import torch
 from ..fingerprint import Fingerprint
 from . import snapshot as snap
 from .buffer import Commit, WriteBuffer, encode_batch, new_entries
-from .codecs import CODECS, SCALE_DTYPE, codec_name, decode, stored
+from .codecs import CODECS, codec_name, decode, describe, stored
 from .binkeys import key_bytes, key_strs, maybe_key_bytes
 from .files import (
     MAX_FINGERPRINT_BYTES, DigestMismatch, DiskFull, StoreCorrupted, checksummed, create_once, read_checksummed,
@@ -66,7 +66,9 @@ class DiskStore:
     Args:
         path: the store's directory; created (with its parents) when it holds no store yet.
         codec: None (a new store keeps float32; an existing one keeps its own), ``"float32"``, ``"float16"``,
-            ``"bfloat16"`` or ``"int8"`` (per-row absmax scale), or the matching torch dtype.
+            ``"bfloat16"`` or ``"int8"`` (stored as ``"int8-outliers"``: a scale and the 4 largest values of each
+            row kept exactly; ``codecs.error_bound`` states its error), or the matching torch dtype. A store of
+            the earlier int8 (``"int8"``, one scale per row) opens with None and is read, never written.
         readonly: open a finished store without writing anything. A store in a directory this process cannot
             write (a read-only disk, another user's folder) opens so without it, and refuses writes.
         writer: this writer's name (letters, digits, ``._-``); default: a fresh run id plus the pid. A retried
@@ -102,7 +104,7 @@ class DiskStore:
         self.codec = self._store["codec"]
         if requested is not None and requested != self.codec:
             raise ValueError(
-                f"{self.path} holds a {self.codec!r} store, but codec={codec!r} was asked for; open it with "
+                f"{self.path} holds a {describe(self.codec)} store, but codec={codec!r} was asked for; open it with "
                 f"codec=None (or {self.codec!r}), or use a new path for a {requested!r} store"
             )
         if not readonly and not os.access(self.path, os.W_OK):
@@ -318,7 +320,7 @@ class DiskStore:
         for j in (j for j, s in enumerate(segs) if s is None):  # buffered: not committed yet
             lengths[j] = self._holder(keys[j]).entries[keys[j]][1]
         raw = np.empty((sum(lengths), *feature), codec.storage)
-        scales = np.empty(len(raw), SCALE_DTYPE) if codec.scaled else None
+        scales = codec.side_array(len(raw))
         reader = RowReader(raw, scales)
         at = 0
         for k, seg, lo, n in zip(keys, segs, spans[:, 0].tolist(), lengths):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..fingerprint import Fingerprint
-from .codecs import CODECS, FLOAT16_MAX, codec_name, decode, encode, stored
+from .codecs import CODECS, NAMES, check_float16_range, codec_name, decode, encode, stored
 
 
 class MemoryStore:
@@ -17,8 +17,8 @@ class MemoryStore:
     Args:
         device: where entries live (default CPU); a GPU keeps a small cache next to the model.
         codec: how entries are kept: None (as the bottom produced them), ``"float32"``, ``"float16"``,
-            ``"bfloat16"`` (half the memory, converted back on read) or ``"int8"`` (a quarter, per-row scale; kept
-            on the CPU), or the matching torch dtype.
+            ``"bfloat16"`` (half the memory, converted back on read) or ``"int8"`` (a quarter, plus per row a
+            scale and its 4 largest values kept exactly; on the CPU), or the matching torch dtype.
     """
 
     keeps = True
@@ -29,7 +29,7 @@ class MemoryStore:
             name = codec_name(codec)
         except ValueError:
             raise ValueError(
-                f"MemoryStore(codec={codec!r}): expected None (as computed) or one of {sorted(CODECS)} (or the "
+                f"MemoryStore(codec={codec!r}): expected None (as computed) or one of {list(NAMES)} (or the "
                 f"matching torch dtype)"
             ) from None
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -63,15 +63,12 @@ class MemoryStore:
             return  # the first copy wins, as in every store
         value = value.detach()
         if self._codec is not None and self._codec.scaled:
-            self._entries[key] = encode(value, self._codec, key)  # int8 bytes and row scales, on the CPU
+            self._entries[key] = encode(value, self._codec, key)  # int8 codes and side records, on the CPU
         else:
             # copy=True: a slice of a batch must not keep the whole padded batch alive.
             dtype = self._codec.decoded if self._codec is not None else value.dtype
-            if self.codec == "float16" and value.numel() and float(value.abs().max()) > FLOAT16_MAX:
-                raise ValueError(
-                    f"entry {key!r} holds values up to {float(value.abs().max()):.4g}, beyond float16's range "
-                    f"(+-65504): they would be kept as inf. Use MemoryStore(codec='bfloat16') or codec=None"
-                )
+            if self.codec == "float16" and value.dtype != torch.float16:
+                check_float16_range(value, key)
             self._entries[key] = value.to(device=self.device, dtype=dtype, copy=True)
 
     def contains_many(self, keys: Sequence[str]) -> np.ndarray:

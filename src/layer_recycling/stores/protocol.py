@@ -56,10 +56,10 @@ class Store(Protocol):
 
     def get_stored(self, keys: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """The states of ``keys`` as kept, not converted, where they are kept (a DiskStore: the host):
-        (values, row scales) per key. Values keep the stored dtype (float16 stays float16; int8 stays int8
-        codes, with one float32 scale per row; scales is None for every other codec).
-        ``codecs.dequantize(values, scales, dtype)`` converts them on any device: a loader sends them to an
-        accelerator at their stored size and converts them there."""
+        (values, side) per key. Values keep the stored dtype (float16 stays float16; int8 stays int8 codes,
+        with a float32 side record per row (n, side): its scale, its kept values and their columns; side is None
+        for every other codec). ``codecs.dequantize(values, side, dtype)`` converts them on any device: a loader
+        sends them to an accelerator at their stored size and converts them there."""
         ...
 
     def put_many(self, keys: Iterable[str], values: Iterable[torch.Tensor],

@@ -4,7 +4,7 @@ Files of segment ``seg-<writer>-<seq>`` (``<token>`` is fresh per commit, so a r
 name never overwrites a file a reader may still need):
 
 - ``<name>.<token>.data``: the rows of every entry in the codec's storage dtype, then (int8) their float32
-  scales, each section 64-aligned;
+  side records (``codecs.Codec.side`` floats a row: scale, kept values, their columns), each section 64-aligned;
 - ``<name>.<token>.keys.npy``: the keys as 20-byte digests, sorted, unique (``S20``);
 - ``<name>.<token>.spans.npy``: int64 (entries, 2): each key's first row and row count;
 - ``<name>.<token>.checks.npy`` (only when a writer passed checks): per key, in the keys' order, a 20-byte digest
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .binkeys import KEY_DTYPE
-from .codecs import CODECS, SCALE_DTYPE
+from .codecs import CODECS
 from .files import (
     StoreCorrupted, atomic_write, blake, checksummed, fsync_dir, hash_fd, is_hex, load_npy, npy_bytes,
     open_committed, pad, raw_bytes, read_checksummed,
@@ -142,7 +142,7 @@ def check_header(h: dict, name: str, path: Path) -> dict:
           and is_hex(h.get("checks_blake2b", "0" * 64)))
     if ok:
         end = h["rows"] * math.prod(h["feature_shape"]) * codec.storage.itemsize
-        size = h["scales_start"] + h["rows"] * SCALE_DTYPE.itemsize if codec.scaled else end
+        size = h["scales_start"] + h["rows"] * codec.side_bytes if codec.scaled else end
         ok = h["data_bytes"] == size and h["scales_start"] == end + pad(end)
     if not ok:
         raise StoreCorrupted(f"{path} is not a segment index header of format {FORMAT} (fields of the wrong kind "
@@ -235,13 +235,14 @@ class Segment:
 
 
 class RowReader:
-    """Copies segments' rows into one array (and their int8 scales into another) with pread, not a map: a map's
+    """Copies segments' rows into one array (and their int8 side records into another) with pread, not a map: a map's
     page faults pull whole large folios (2 MB here) into the process, a pread copies only the rows asked for."""
 
     def __init__(self, out: np.ndarray, scales_out: np.ndarray | None):
         self.rowbytes = out.itemsize * math.prod(out.shape[1:])
         self.rows = memoryview(out.reshape(-1).view(np.uint8))  # ``out`` is C-contiguous: a view, not a copy
-        self.scales = memoryview(scales_out.view(np.uint8)) if scales_out is not None else None
+        self.scales = memoryview(scales_out.reshape(-1).view(np.uint8)) if scales_out is not None else None
+        self.side_bytes = scales_out.itemsize * math.prod(scales_out.shape[1:]) if scales_out is not None else 0
 
     def read(self, seg: Segment, lo: int, n: int, at: int) -> None:
         """Rows ``lo : lo + n`` of ``seg`` to rows ``at : at + n`` of the output."""
@@ -250,7 +251,7 @@ class RowReader:
         if os.preadv(fd, [view], lo * rb) != len(view):  # one call, nearly always; else the rest, or an error
             _pread_into(fd, view, lo * rb)
         if self.scales is not None:
-            size = SCALE_DTYPE.itemsize
+            size = self.side_bytes
             _pread_into(fd, self.scales[at * size : (at + n) * size], seg.header["scales_start"] + lo * size)
 
 
