@@ -49,6 +49,7 @@ def one(n: int, folder: str) -> dict:
     import layer_recycling as lr
 
     torch.manual_seed(0)
+    shutil.rmtree(Path(folder) / f"s{n}", ignore_errors=True)  # a fresh store: an earlier run's would be all hits
     config = T.BertConfig(vocab_size=1200, hidden_size=8, num_hidden_layers=2, num_attention_heads=1,
                           intermediate_size=16, max_position_embeddings=8, num_labels=2)
     rec = lr.recycle(T.BertForSequenceClassification(config).eval(), at=1,

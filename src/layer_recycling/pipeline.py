@@ -33,13 +33,14 @@ _NOT_INPUTS = {
 
 @dataclasses.dataclass
 class Stats:
-    """Counters of one recycled model (per process)."""
+    """Counters of one recycled model (per process). Rows are what serving answered (a text twice in a batch is two
+    rows); inputs are what the bottom computed (each distinct input once per call)."""
 
-    hits: int = 0  # examples served from the store at inference
-    misses: int = 0  # examples the bottom ran on at inference
-    stored: int = 0  # entries this model wrote to the store
-    bottom_calls: int = 0  # batches the bottom ran on (fill and inference)
-    bottom_examples: int = 0  # examples the bottom ran on (fill and inference)
+    hits: int = 0  # rows served from entries the store held (rec(**batch), predict)
+    misses: int = 0  # rows the store lacked when served: their inputs ran through the bottom (repeats count again)
+    stored: int = 0  # entries this model wrote to the store (fill, and misses stored while serving)
+    bottom_calls: int = 0  # batches the bottom ran on (fill and serving)
+    bottom_examples: int = 0  # distinct inputs the bottom ran on (fill and serving): what recycling did not save
 
 
 @dataclasses.dataclass(eq=False)

@@ -196,3 +196,21 @@ def test_the_copy_has_hooks_and_children_of_its_own(model):
     recycled[0].register_forward_hook(lambda *_: None)
     recycled.append(torch.nn.Identity())
     assert not model[0]._forward_hooks and len(model) == 2 and len(recycled) == 3
+
+
+def test_training_the_copy_leaves_the_original_as_it_was_unless_weights_are_shared(model):
+    want = model.encode(ANCHORS, convert_to_tensor=True)
+    flags = [p.requires_grad for p in model.parameters()]
+    recycled = recycle_sentence_transformer(model, 0.5)
+    recycled.encode(ANCHORS)
+    assert recycled.stats is recycled_models(recycled)["0"].stats and recycled.stats.misses == len(ANCHORS)
+    params = [p for p in recycled.parameters() if p.requires_grad]
+    for p in params:  # a step of training: every trainable weight of the copy moves
+        p.data.add_(0.1)
+    assert float((recycled.encode(ANCHORS, convert_to_tensor=True) - want).abs().max()) > 1e-3
+    assert torch.equal(model.encode(ANCHORS, convert_to_tensor=True), want)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    shared = recycle_sentence_transformer(model, 0.5, share_weights=True)
+    next(p for p in shared.parameters() if p.requires_grad).data.add_(0.1)
+    assert not torch.equal(model.encode(ANCHORS, convert_to_tensor=True), want)  # the documented sharing
+    assert not all(p.requires_grad for p in model.parameters())

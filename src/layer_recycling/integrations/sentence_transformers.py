@@ -3,8 +3,9 @@
 ``recycle_sentence_transformer(st, at=0.5)`` returns a copy of ``st`` whose ``Transformer`` modules call a
 recycled model (``lr.recycle``) instead of the plain one: ``encode``, ``SentenceTransformerTrainer`` and its
 losses, evaluators and ``save``/``save_pretrained`` work unchanged. Each text is keyed by its own tokens, so a
-text seen in many pairs or triplets runs the bottom once. The copy shares every weight with ``st`` (which still
-runs as it did); it saves the whole plain transformer, so the folder loads as an ordinary ``SentenceTransformer``.
+text seen in many pairs or triplets runs the bottom once. The copy has weights of its own (``st`` is left as it
+was; ``share_weights=True`` shares them instead); it saves the whole plain transformer, so the folder loads as an
+ordinary ``SentenceTransformer``.
 """
 
 from __future__ import annotations
@@ -27,28 +28,37 @@ _OPTIONS = ("return_dict", "output_hidden_states", "output_attentions")
 
 
 def recycle_sentence_transformer(model: nn.Module, at: int | float | None = None,
-                                 store: Store | Mapping[str, Store] | None = _DEFAULT_STORE, **options: Any) -> nn.Module:
+                                 store: Store | Mapping[str, Store] | None = _DEFAULT_STORE, *,
+                                 share_weights: bool = False, **options: Any) -> nn.Module:
     """A copy of the ``SentenceTransformer`` ``model`` whose transformer(s) serve their bottom ``at`` blocks from
     ``store``: hits are read, misses run the bottom once and are stored (also while training).
 
     Args:
         model: a ``SentenceTransformer`` (or any module holding sentence-transformers ``Transformer`` modules:
-            a ``Router`` with a query and a document transformer recycles both). It is not changed, except that
-            the recycled blocks' parameters stop requiring gradients.
+            a ``Router`` with a query and a document transformer recycles both). It is not changed: the copy has
+            weights of its own, so training it leaves ``model``'s weights and trainable flags as they were.
         at: blocks to recycle (int) or a fraction, as for ``lr.recycle``.
         store: a store for the one transformer (default a new ``MemoryStore``; ``None`` keeps nothing), or
             ``{name: store}`` with the names ``recycled_models`` gives, one per transformer.
+        share_weights: True shares every weight with ``model`` instead of copying them (half the memory): then
+            training the copy trains ``model`` too, and ``model``'s recycled blocks stop requiring gradients.
         options: ``lr.recycle``'s keyword arguments (``config=``, ``key=``, ``autocast=``, ...).
     Returns:
-        The recycled copy; ``recycled_models(copy)`` gives its ``Recycled`` models (``.stats``, ``.store``).
+        The recycled copy; ``copy.stats`` is its recycled model's live ``Stats`` (with several transformers, a
+        dict of them by name), ``recycled_models(copy)`` its ``Recycled`` models (``.stats``, ``.store``).
     Raises:
         TypeError: ``model`` holds no sentence-transformers ``Transformer`` module.
         ValueError: one store given for several transformers, or a store mapping whose names do not match.
     """
-    found = _transformers(model)
+    _transformers(model)  # refuse a model without one before copying it
+    source = model if share_weights else copy.deepcopy(model)
+    found = _transformers(source)
     stores = _stores_for(found, store)
     swapped = {id(t): _recycled(t, at, stores[name], options) for name, t in found.items()}
-    return _rebuilt(model, swapped)
+    out = _rebuilt(source, swapped)
+    stats = {name: t.model.stats for name, t in _transformers(out).items() if isinstance(t.model, Recycled)}
+    out.stats = next(iter(stats.values())) if len(stats) == 1 else stats
+    return out
 
 
 def recycled_models(model: nn.Module) -> dict[str, Recycled]:
