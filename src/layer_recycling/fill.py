@@ -221,13 +221,13 @@ def fill_keyed(pipe: Pipeline, keyed: Iterable[tuple[str, dict]], batch_size: in
 
 def stream(pipes: list[Pipeline], keyed: Iterable[tuple[str, dict]], step: Step, progress: bool, group: Any = None,
            total: int | None = None, what: str = "examples to fill") -> int:
-    """Run ``step(chunk, mine)`` over bounded chunks of ``keyed``; returns the entries added (all ranks').
+    """Run ``step(chunk, mine, locate)`` over bounded chunks of ``keyed``; returns the entries added (all ranks').
 
     ``mine(pending)`` keeps the keys this rank computes: in a process group each key belongs to one rank (by its
     digest), so no rank needs another's view of the store, and each key is computed once. The ranks compare
     each chunk's keys before computing it (the same examples in the same order) and fail together; at the end
     ``pipes``' stores are committed and merged for every rank to read. What was computed is committed however
-    the fill ends (Ctrl-C, SIGTERM, an error): a rerun resumes.
+    the fill ends (Ctrl-C, SIGTERM, an error): a rerun resumes. ``locate`` names a chunk's examples in errors.
     """
     pipes = [p for p in pipes if p.store.keeps]
     if not pipes:

@@ -37,6 +37,7 @@ MAX_OPEN_FILES = 256  # data file descriptors one store keeps open per process
 # Segments a writer commits at once, each in its thread: while one waits for its fsync the next is written, so
 # the disk never idles while the buffer refills.
 IN_FLIGHT = 2
+SEGMENT_ENTRIES = 1 << 16  # a buffer's keys are a dict: small entries commit by count, not only at segment_bytes
 
 
 _OPEN: weakref.WeakSet = weakref.WeakSet()  # writable stores of this process
@@ -61,7 +62,8 @@ class DiskStore:
     """Per-example states in a directory, ragged (dim 0 varies per entry, trailing dims are fixed per store).
 
     ``put_many`` buffers entries (readable in this process at once); a segment commits when the buffer holds
-    ``segment_bytes``, on ``flush()`` and on ``close()``. A key already stored is kept, never overwritten.
+    ``segment_bytes`` or ``SEGMENT_ENTRIES`` entries, on ``flush()`` and on ``close()``. A key already stored is
+    kept, never overwritten.
 
     Args:
         path: the store's directory; created (with its parents) when it holds no store yet.
@@ -430,7 +432,7 @@ class DiskStore:
                 self._buffer.add(keys, *encode_batch(keys, values, CODECS[self.codec]), [v.shape[0] for v in values],
                                  fresh)
             self._finish_commits(wait=False)  # see the segments written, reuse a buffer, raise an error
-            if self._buffer.nbytes >= self.segment_bytes:
+            if self._buffer.nbytes >= self.segment_bytes or len(self._buffer) >= SEGMENT_ENTRIES:
                 if len(self._committing) >= IN_FLIGHT:  # memory stays under IN_FLIGHT + 1 buffers
                     self._committing[0][1].join()
                     self._finish_commits(wait=False)
