@@ -18,7 +18,8 @@ from .loader import CachedDataset
 from .model import Recycled, recycle
 from .pipeline import Pipeline, Stats
 from .saving import load_model_state_dict, model_state_dict
-from .split import Split, split
+from .discover import split
+from .split import Split
 from .stores import DiskFull, DiskStore, MemoryStore, NullStore, Store, StoreCorrupted
 from .surgery import resolve_at
 

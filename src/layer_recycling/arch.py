@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import weakref
 from typing import Callable
 
 from torch import nn
 
 from . import halves
 from .heads import LastTokenClassifier
-from .surgery import get
+from .surgery import get, join
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Arch:
     """Family-specific edits of the top: (base model, split index) -> {dotted path in base: replacement}."""
     bottom_fix: Callable[[nn.Module, int], dict[str, nn.Module | None]] | None = None
     """Family-specific edits of the bottom, like ``top_fix``."""
+    unscale: tuple[str, ...] = ()
+    """Float attributes of the base model its forward multiplies ``inputs_embeds`` by (Granite's
+    ``embedding_multiplier``): the stored states hold the product, so the top sets them to 1."""
     heads: tuple[tuple[str, Callable[[nn.Module], nn.Module]], ...] = ()
     """(head class suffix, wrapper): heads that read ``input_ids``, which the top does not receive, restated
     by a wrapper of the top model (e.g. ``heads.LastTokenClassifier``)."""
@@ -168,6 +172,11 @@ REFUSED: dict[str, str] = {
 }
 
 
+# Splits ``discover`` found for models outside the table, by the model object: lookup returns them, so a stacked fill
+# and the loaders see the split that was checked. Weak keys: a model's entry goes with it.
+FOUND: weakref.WeakKeyDictionary[nn.Module, Arch] = weakref.WeakKeyDictionary()
+
+
 def model_key(model: nn.Module) -> str:
     """The table key of ``model``: transformers' ``config.model_type``, else ``"<package>.<class name>"``."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
@@ -189,6 +198,8 @@ def lookup(model: nn.Module, blocks: str | list[str] | tuple[str, ...] | None = 
             on a model whose stem the library cannot bypass.
     """
     blocks = _paths(blocks)
+    if blocks is None and model in FOUND:  # found by ``discover`` and checked on a synthetic example
+        return FOUND[model]
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type is not None and isinstance(blocks, tuple):
         raise ValueError(
@@ -197,8 +208,7 @@ def lookup(model: nn.Module, blocks: str | list[str] | tuple[str, ...] | None = 
         )
     key = model_key(model)
     if model_type is not None:
-        _refuse_length_dependent(model)
-        _refuse_multiple_choice(model)
+        refuse_unsupported(model)
     if key in TABLE:
         arch = TABLE[key] if _SHIPPED.get(key) is TABLE[key] else dataclasses.replace(
             TABLE[key], tested=False, source="architecture table entry added outside this library's tests")
@@ -236,22 +246,42 @@ def overridden(base: nn.Module, blocks: str) -> Arch:
             f"blocks={blocks!r}: {type(base).__name__} has no child {head!r} (its children: "
             f"{', '.join(children) or 'none'}); pass the dotted path of its list of blocks"
         )
-    names = list(children)
-    tail = tuple(n for n in names[names.index(head) + 1 :] if "norm" in type(children[n]).__name__.lower())
     seam = ("embeddings",) if "embeddings" in children else ()
-    common = dict(blocks=blocks, seam=seam, tail=tail, tested=False, source="blocks= override")
+    common = dict(blocks=blocks, tail=tail_of(base, blocks), tested=False, source="blocks= override")
     if "inputs_embeds" in accepts:
-        return Arch(entry="inputs_embeds", **common)
+        return Arch(entry="inputs_embeds", seam=seam, **common)
+    seam = seam or _only_before(children, head)
     if "pixel_values" in accepts and seam:
-        return Arch(entry="pixel_values", keep=_kept(children["embeddings"]), masked=False, **common)
+        return Arch(entry="pixel_values", seam=seam, keep=_kept(children[seam[0]]), masked=False, **common)
     raise ValueError(
         f"blocks={blocks!r} on {type(base).__name__}: to feed stored states to the blocks above the split, "
         f"layer_recycling looked for a forward argument 'inputs_embeds' (text models), or 'pixel_values' with a "
         f"child 'embeddings' to bypass (vision models), and found neither (its forward takes "
-        f"{', '.join(accepts)}; its children: {', '.join(names)}). Add an entry for it to "
+        f"{', '.join(accepts)}; its children: {', '.join(children)}). Add an entry for it to "
         f"layer_recycling.arch.TABLE (an Arch with the right entry, seam and tail), or wrap the model in an "
         f"nn.Module whose forward is stem -> blocks -> head and recycle that (the generic rule)."
     )
+
+
+def tail_of(base: nn.Module, blocks: str) -> tuple[str, ...]:
+    """Norms registered after the block list, at its level and every level above it (a final norm inside the
+    encoder, as Megatron-BERT's ``encoder.ln`` and ESM's ``encoder.emb_layer_norm_after``): the top applies them."""
+    tail, owner, prefix = [], base, ""
+    for part in blocks.split("."):
+        names = list(owner._modules)
+        after = names[names.index(part) + 1 :] if part in names else []
+        tail += [join(prefix, n) for n in after
+                 if owner._modules[n] is not None and "norm" in type(owner._modules[n]).__name__.lower()]
+        owner, prefix = getattr(owner, part, None), join(prefix, part)
+        if owner is None:
+            break
+    return tuple(tail)
+
+
+def _only_before(children: dict[str, nn.Module], head: str) -> tuple[str, ...]:
+    # A vision stem under another name (ResNet's ``embedder``): the one child registered before the blocks.
+    names = list(children)
+    return tuple(names[:1]) if names.index(head) == 1 else ()
 
 
 def _kept(embeddings: nn.Module) -> tuple[str, ...]:
@@ -265,6 +295,13 @@ LENGTH_DEPENDENT = {
     "dynamic": "dynamic NTK rope rescales its frequencies by the longest sequence in the (padded) batch",
     "longrope": "longrope switches between its short and long factors by the (padded) batch length",
 }
+
+
+def refuse_unsupported(model: nn.Module) -> None:
+    """Refuse what no split of any transformers family serves: a position scheme that reads the padded length, a
+    multiple-choice head."""
+    _refuse_length_dependent(model)
+    _refuse_multiple_choice(model)
 
 
 def _refuse_multiple_choice(model: nn.Module) -> None:
