@@ -131,8 +131,9 @@ def examples(case: str, n: int = 3, seed: int = 1) -> list[dict[str, torch.Tenso
     """Unpadded one-example dicts of ``case``'s input kind (token ids of different lengths, or images)."""
     kind = FAMILIES[case][4] if case in FAMILIES else FOUND[case][3]
     g = torch.Generator().manual_seed(seed)
-    if kind == "pixels":
-        return [{"pixel_values": torch.randn(3, 16, 16, generator=g)} for _ in range(n)]
+    if kind.startswith("pixels"):  # "pixels:<side>" for models that need larger images than 16 x 16
+        side = int(kind.partition(":")[2] or 16)
+        return [{"pixel_values": torch.randn(3, side, side, generator=g)} for _ in range(n)]
     if kind == "features":  # log-mel frames, padded to the model's fixed length as its feature extractor does
         return [{"input_features": torch.randn(8, 32, generator=g)} for _ in range(n)]
     lengths = (5, 9, 3, 7, 2, 6)
@@ -233,8 +234,8 @@ FOUND: dict[str, tuple[str, Callable[[], Any], list[str], str]] = {
     "bit": ("Bit", _cfg("BitConfig", **dict(_STAGES, embedding_size=32, hidden_sizes=[32, 32, 32, 32]), num_groups=4),
             _IMAGE_HEADS, "pixels"),
     "efficientnet": ("EfficientNet", _cfg("EfficientNetConfig", image_size=32, width_coefficient=0.25,
-                                          depth_coefficient=0.25, hidden_dim=32, num_labels=LABELS), _IMAGE_HEADS,
-                     "pixels"),
+                                          depth_coefficient=0.25, hidden_dim=320, num_labels=LABELS), _IMAGE_HEADS,
+                     "pixels:32"),
     "swin": ("Swin", _cfg("SwinConfig", **_SWIN), _IMAGE_HEADS, "pixels"),
     "swinv2": ("Swinv2", _cfg("Swinv2Config", **_SWIN), _IMAGE_HEADS, "pixels"),
     "beit": ("Beit", _cfg("BeitConfig", **_VISION), _IMAGE_HEADS, "pixels"),

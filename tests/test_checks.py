@@ -152,7 +152,7 @@ def test_blocks_override_on_a_decoder_outside_the_table_feeds_inputs_embeds(monk
     monkeypatch.delitem(arch.TABLE, "qwen3")  # as a family the table does not know
     model = build("qwen3", "ForTokenClassification")
     with pytest.raises(ValueError, match="'qwen3'.*not in layer_recycling's architecture table.*blocks="):
-        lr.recycle(model, at=2)
+        arch.lookup(model)  # found only by running it: discover.split
     rec = lr.recycle(model, at=2, blocks="layers", example=examples("qwen3"))
     assert rec.arch.entry == "inputs_embeds" and rec.arch.tail == ("norm",)
 

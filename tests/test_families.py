@@ -14,8 +14,8 @@ import torch
 import transformers as T
 
 import layer_recycling as lr
-from layer_recycling import arch
-from families import FAMILIES, LAYERS, Missing, alone, build, cohere2, examples, padded, worst
+from layer_recycling import arch, discover
+from families import FAMILIES, FOUND, LAYERS, Missing, alone, build, build_found, cohere2, examples, padded, worst
 
 CASES = [(case, head) for case, (_, _, _, heads, _) in FAMILIES.items() for head in heads]
 SAMPLED = [pytest.param(case, head, i % (LAYERS + 1), id=f"{case}-{head}-{i % (LAYERS + 1)}")
@@ -41,6 +41,11 @@ def test_family_serves_what_each_example_alone_gives(case, head, at):
         warnings.simplefilter("ignore")  # an LM head tied to the frozen embeddings warns; not what this tests
         rec = lr.recycle(model, at=at).eval()
     assert rec.arch.tested and rec.split_check is None, f"{case} is not a proven entry: it checks itself"
+    _serves_each_alone(rec, rows, want, at)
+
+
+def _serves_each_alone(rec, rows: list[dict], want: list[dict], at: int) -> None:
+    """Misses then hits, right and left padded, each row within ``TOL`` of its example run alone."""
     assert rec.at == at and rec.num_layers == LAYERS
     for side in ("right", "left"):
         batch = padded(rows, side, rec.pipeline.pad_id)
@@ -141,3 +146,97 @@ def test_a_stacked_fill_stores_what_the_bottom_computes(case):
     for want, got in zip(direct.store.get_many(keys), stacked.store.get_many(keys)):
         assert float((want - got).abs().max()) <= TOL, case
     assert stacked.stats.bottom_calls == 1 and lower.stats.bottom_calls == 1
+
+
+# ---- families outside the table: found by ``discover`` on a synthetic example, checked, exact or refused ----------
+
+# case: what its refusal says (a regex). Every other case of ``families.FOUND`` is exact at every level with no blocks=.
+FOUND_REFUSED: dict[str, str] = {
+    "swin": r"\(model type 'swin'\) is refused: its stages pass the feature map's \(height, width\)",
+    "swinv2": r"\(model type 'swinv2'\) is refused: its stages pass the feature map's \(height, width\)",
+    "data2vec-vision": r"is refused: its forward reads the image's height and width from pixel_values",
+    "vit_mae": r"is refused: it masks a random subset of patches in every forward",
+}
+FOUND_CASES = [(case, head) for case, (_, _, heads, _) in FOUND.items() for head in heads]
+FOUND_SAMPLED = [pytest.param(case, heads[i % len(heads)], i % (LAYERS + 1), id=f"found-{case}-{i % (LAYERS + 1)}")
+                 for i, (case, (_, _, heads, _)) in enumerate(FOUND.items()) if i % 3 == 0]
+FOUND_EVERY = [pytest.param(case, head, at, id=f"found-all-{case}-{head}-{at}", marks=pytest.mark.slow)
+               for case, head in FOUND_CASES for at in range(LAYERS + 1)]
+
+
+def _found_model(case: str, head: str):
+    try:
+        return build_found(case, head)
+    except Missing as err:
+        pytest.skip(f"{case} {head}: {err}")
+
+
+@pytest.mark.parametrize("case, head, at", FOUND_SAMPLED + FOUND_EVERY)
+def test_a_family_outside_the_table_is_found_checked_and_exact(case, head, at):
+    """No ``blocks=``, no example: the block list is found and the split proven at construction, or refused."""
+    model = _found_model(case, head)
+    assert model.config.model_type == case and case not in arch.TABLE
+    if case in FOUND_REFUSED:
+        with pytest.raises(ValueError, match=FOUND_REFUSED[case]):
+            lr.recycle(model, at=at)
+        return
+    rows = examples(case)
+    want = alone(model, rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec = lr.recycle(model, at=at).eval()
+    assert not rec.arch.tested and rec.arch.source == discover.SOURCE  # it still checks its first batches
+    _serves_each_alone(rec, rows, want, at)
+
+
+def test_the_readme_lists_the_families_found_as_the_tests_find_them():
+    exact = {case for case in FOUND if case not in FOUND_REFUSED}
+    assert set(arch.FOUND_BY_TESTS) == exact, sorted(set(arch.FOUND_BY_TESTS) ^ exact)
+
+
+# Proven table entries that discovery alone cannot reproduce, and why (a regex of the refusal).
+NOT_FOUND_ALONE: dict[str, str] = {}
+ALONE = [(case, heads[0]) for case, (_, _, _, heads, _) in FAMILIES.items()]
+ALONE_SAMPLED = [pytest.param(case, head, 1 + i % (LAYERS - 1), id=f"alone-{case}") for i, (case, head) in
+                 enumerate(ALONE) if i % 2 == 0]
+ALONE_EVERY = [pytest.param(case, head, at, id=f"alone-all-{case}-{at}", marks=pytest.mark.slow)
+               for case, head in ALONE for at in range(LAYERS + 1)]
+
+
+@pytest.mark.parametrize("case, head, at", ALONE_SAMPLED + ALONE_EVERY)
+def test_discovery_alone_is_exact_on_the_families_the_table_proves(monkeypatch, case, head, at):
+    """Each proven entry removed: the split found by running the model gives the same outputs, or is refused
+    naming the lists it considered. Never silently wrong."""
+    key = FAMILIES[case][0]
+    model = _model(case, head)
+    monkeypatch.delitem(arch.TABLE, key)
+    if key in NOT_FOUND_ALONE:
+        with pytest.raises(ValueError, match=NOT_FOUND_ALONE[key]):
+            lr.recycle(model, at=at)
+        return
+    rows = examples(case)
+    want = alone(model, rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec = lr.recycle(model, at=at).eval()
+    assert rec.arch.source == discover.SOURCE
+    _serves_each_alone(rec, rows, want, at)
+
+
+@pytest.mark.parametrize("at", [1, 3])
+def test_state_space_blocks_typed_by_index_split_exactly_with_blocks_named(at):
+    """Jamba (Mamba blocks between attention blocks, its ``layer_types`` a read-only property) with blocks='layers':
+    this crashed with an AttributeError; the top's blocks now keep their own types."""
+    model = _found_model("jamba", "Model")
+    assert len(set(model.config.layer_types)) == 2
+    rows = examples("jamba")
+    rec = lr.recycle(model, at=at, blocks="layers").eval()
+    _serves_each_alone(rec, rows, alone(model, rows), at)
+
+
+def test_a_model_whose_inputs_cannot_be_made_up_is_refused_saying_what_to_pass():
+    config = T.Data2VecAudioConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                                   conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8),
+                                   num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)
+    with pytest.raises(ValueError, match=r"its input 'input_values' is not one the library makes up.*blocks="):
+        lr.recycle(T.Data2VecAudioModel(config), at=1)

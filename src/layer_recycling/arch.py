@@ -159,14 +159,23 @@ _AUDIO = ("a padded batch of raw audio is not each clip alone: the feature encod
           "wrap the encoder yourself (the generic rule checks itself)")
 _TOWERS = ("the dual text-image model runs two towers; recycle one of them, e.g. {}VisionModel.from_pretrained(name) "
            "for images")
+_SWIN = ("its stages pass the feature map's (height, width) along as an argument, which a top fed stored states does "
+         "not receive, and shift windows by the block's place in its stage; no split of it is proven yet. DINOv2, "
+         "DeiT, ViT and ConvNeXt are")
 REFUSED: dict[str, str] = {
     "clip_text_model": "its pooled output is read at the end-of-text token, which it finds in input_ids, and a top "
                        "fed stored states has no input_ids. Use CLIPVisionModel for images, or its last_hidden_state "
                        "through your own wrapper (the generic rule checks itself)",
     "clip": _TOWERS.format("CLIP"),
     "siglip": _TOWERS.format("Siglip"),
-    "swin": "its stages pass the feature map's (height, width) along and shift windows by the block's place in its "
-            "stage; no split of it is proven yet. DINOv2, DeiT, ViT and ConvNeXt are",
+    "swin": _SWIN,
+    "swinv2": _SWIN,
+    "data2vec-vision": "its forward reads the image's height and width from pixel_values for its relative position "
+                       "bias, which a top fed stored states does not have; no split of it is proven yet. BEiT (without "
+                       "a relative position bias), DINOv2, DeiT and ViT are",
+    "vit_mae": "it masks a random subset of patches in every forward (config.mask_ratio), so an input has no one "
+               "output to store. Recycle the encoder it pre-trained as a ViT (ViTModel.from_pretrained(name)), which "
+               "does not mask",
     "wav2vec2": _AUDIO,
     "hubert": _AUDIO,
 }
@@ -175,6 +184,19 @@ REFUSED: dict[str, str] = {
 # Splits ``discover`` found for models outside the table, by the model object: lookup returns them, so a stacked fill
 # and the loaders see the split that was checked. Weak keys: a model's entry goes with it.
 FOUND: weakref.WeakKeyDictionary[nn.Module, Arch] = weakref.WeakKeyDictionary()
+
+
+# Families outside the table that ``discover`` finds by running the model and checks at construction, each found and
+# exact at every level in tests/test_families.py (model type: the block list found). The split is found anew for
+# each model: this lists what the tests saw, for the README.
+_LAYERS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmo2", "starcoder2", "smollm3", "glm", "glm4", "gpt_oss", "stablelm",
+           "granite", "mamba", "falcon_mamba", "jamba")
+_ENCODERS = ("mobilebert", "big_bird", "ernie", "data2vec-text", "megatron-bert", "esm", "roformer",
+             "dinov2_with_registers", "beit")
+FOUND_BY_TESTS: dict[str, str] = {
+    **dict.fromkeys(_LAYERS, "layers"), **dict.fromkeys(_ENCODERS, "encoder.layer"), "xlnet": "layer",
+    **dict.fromkeys(("convnextv2", "resnet", "regnet", "bit"), "encoder.stages"), "efficientnet": "encoder.blocks",
+}
 
 
 def model_key(model: nn.Module) -> str:
@@ -416,6 +438,10 @@ def families_markdown() -> str:
                  else "its first argument")
         trust = "proven by the tests" if PROVEN.get(key) is a else "checks itself against the model"
         rows.append(f"| `{key}` | `{blocks}` | {entry} | {trust} |")
+    rows += ["", "Not in the table: found by running the model on an example made up from its config, then checked "
+             "on it at construction and on its first batches (the tests find these exact at every level).", "",
+             "| family (`model_type`) | block list found | trusted |", "|---|---|---|"]
+    rows += [f"| `{key}` | `{blocks}` | found and checked |" for key, blocks in sorted(FOUND_BY_TESTS.items())]
     rows += ["", "| refused (`model_type`) | why |", "|---|---|"]
     rows += [f"| `{key}` | {why} |" for key, why in sorted(REFUSED.items())]
     return "\n".join(rows)

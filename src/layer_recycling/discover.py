@@ -202,10 +202,37 @@ def _fixes(model: nn.Module, path: str, plain: Arch) -> dict[str, dict]:
     projections = _projections(base, path)
     if projections:
         fixes[f"the top skips the embedding projection {', '.join(projections)}"] = {"blank": projections}
+    after = _after_blocks(base, path, plain.tail)
+    if after:
+        fixes[f"the bottom stops at the blocks, before {', '.join(after)}"] = {"tail": plain.tail + after}
+    positions = _positions(base, path) if plain.entry == "inputs_embeds" else ()
+    if positions:
+        fixes[f"the top adds no positions {', '.join(positions)}"] = {"zero": positions}
     scales = tuple(n for n, v in vars(base).items() if "multiplier" in n and "embed" in n and isinstance(v, float))
     if scales and plain.entry == "inputs_embeds":
         fixes[f"the top leaves out {', '.join(scales)}"] = {"unscale": scales}
     return fixes
+
+
+def _after_blocks(base: nn.Module, path: str, tail: tuple[str, ...]) -> tuple[str, ...]:
+    """Modules registered after the block list in the module that holds it (EfficientNet's ``top_conv``,
+    ``top_bn``): the bottom must stop at the blocks, the top runs them."""
+    owner_path, _, name = path.rpartition(".")
+    owner = base.get_submodule(owner_path) if owner_path else base
+    names = list(owner._modules)
+    prefix = f"{owner_path}." if owner_path else ""
+    return tuple(prefix + n for n in names[names.index(name) + 1 :]
+                 if owner._modules[n] is not None and prefix + n not in tail)
+
+
+def _positions(base: nn.Module, path: str) -> tuple[str, ...]:
+    """``nn.Embedding`` children of the base registered before the blocks, other than the token embeddings: learned
+    positions its forward adds to ``inputs_embeds`` (GPT-2's ``wpe``), which the states carry."""
+    words = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
+    head = path.partition(".")[0]
+    names = list(base._modules)
+    return tuple(n for n in names[: names.index(head)]
+                 if isinstance(base._modules[n], nn.Embedding) and base._modules[n] is not words)
 
 
 def _projections(base: nn.Module, path: str) -> tuple[str, ...]:
