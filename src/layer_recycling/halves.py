@@ -51,7 +51,8 @@ class Zeros(nn.Module):
         super().__init__()
         self.dim, self.dtype = replaced.embedding_dim, replaced.weight.dtype
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        # (b, t) ids or mask -> (b, t, dim) zeros; OPT passes its mask and the cache length
         return torch.zeros(*ids.shape, self.dim, dtype=self.dtype, device=ids.device)
 
 
