@@ -15,6 +15,7 @@ import transformers as T
 
 import layer_recycling as lr
 from layer_recycling import arch, discover
+from conftest import TEXT_CASES, text_model, vit_model
 from families import FAMILIES, FOUND, LAYERS, Missing, alone, build, build_found, cohere2, examples, padded, worst
 
 CASES = [(case, head) for case, (_, _, _, heads, _) in FAMILIES.items() for head in heads]
@@ -240,3 +241,27 @@ def test_a_model_whose_inputs_cannot_be_made_up_is_refused_saying_what_to_pass()
                                    num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)
     with pytest.raises(ValueError, match=r"its input 'input_values' is not one the library makes up.*blocks="):
         lr.recycle(T.Data2VecAudioModel(config), at=1)
+
+
+OLDER = [(family, head) for family, head in TEXT_CASES if not head.endswith("QuestionAnswering")] + [("vit", "Model")]
+
+
+@pytest.mark.parametrize("family, head", [pytest.param(f, h, marks=pytest.mark.slow) for f, h in OLDER])
+@pytest.mark.parametrize("at", range(LAYERS + 1))
+def test_discovery_alone_is_exact_on_the_older_proven_families(monkeypatch, family, head, at):
+    """As above, for the families ``test_split.py`` proves (BERT and its kin, GPT-2, Llama, ViT)."""
+    model = vit_model(head) if family == "vit" else text_model(family, head)
+    monkeypatch.delitem(arch.TABLE, family)
+    if family in NOT_FOUND_ALONE:
+        with pytest.raises(ValueError, match=NOT_FOUND_ALONE[family]):
+            lr.recycle(model, at=at)
+        return
+    g = torch.Generator().manual_seed(1)
+    rows = ([{"pixel_values": torch.randn(3, 16, 16, generator=g)} for _ in range(3)] if family == "vit" else
+            [{"input_ids": torch.randint(3, 99, (n,), generator=g)} for n in (5, 9, 3)])
+    want = alone(model, rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec = lr.recycle(model, at=at).eval()
+    assert rec.arch.source == discover.SOURCE
+    _serves_each_alone(rec, rows, want, at)
