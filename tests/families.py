@@ -241,6 +241,13 @@ FOUND: dict[str, tuple[str, Callable[[], Any], list[str], str]] = {
     "beit": ("Beit", _cfg("BeitConfig", **_VISION), _IMAGE_HEADS, "pixels"),
     "data2vec-vision": ("Data2VecVision", _cfg("Data2VecVisionConfig", **_VISION), _IMAGE_HEADS, "pixels"),
     "vit_mae": ("ViTMAE", _cfg("ViTMAEConfig", **_VISION), ["Model"], "pixels"),
+    "mobilevit": ("MobileViT", _cfg("MobileViTConfig", image_size=32, hidden_sizes=[16, 24, 32], num_attention_heads=2,
+                                    neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 40], num_labels=LABELS), _IMAGE_HEADS,
+                  "pixels:32"),
+    "funnel": ("Funnel", _cfg("FunnelConfig", vocab_size=VOCAB, block_sizes=[1, 1], d_model=HIDDEN, n_head=HEADS,
+                              d_head=16, d_inner=37, num_labels=LABELS), ["Model"], "text"),
+    "nystromformer": ("Nystromformer", _cfg("NystromformerConfig", **_TEXT, num_landmarks=4,
+                                            segment_means_seq_len=8), ["Model"], "text"),
 }
 
 

@@ -179,6 +179,8 @@ REFUSED: dict[str, str] = {
                "does not mask",
     "wav2vec2": _AUDIO,
     "hubert": _AUDIO,
+    "wavlm": _AUDIO,
+    "data2vec-audio": _AUDIO,
 }
 
 
@@ -193,7 +195,7 @@ FOUND: weakref.WeakKeyDictionary[nn.Module, Arch] = weakref.WeakKeyDictionary()
 _LAYERS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmo2", "starcoder2", "smollm3", "glm", "glm4", "gpt_oss", "stablelm",
            "granite", "mamba", "falcon_mamba", "jamba")
 _ENCODERS = ("mobilebert", "big_bird", "ernie", "data2vec-text", "megatron-bert", "esm", "roformer",
-             "dinov2_with_registers", "beit")
+             "dinov2_with_registers", "beit", "mobilevit")
 FOUND_BY_TESTS: dict[str, str] = {
     **dict.fromkeys(_LAYERS, "layers"), **dict.fromkeys(_ENCODERS, "encoder.layer"), "xlnet": "layer",
     **dict.fromkeys(("convnextv2", "resnet", "regnet", "bit"), "encoder.stages"), "efficientnet": "encoder.blocks",

@@ -41,7 +41,10 @@ class Seam(nn.Module):
             setattr(self, name, getattr(replaced, name))
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self._signature.bind_partial(*args, **kwargs).arguments[self.entry]
+        arguments = self._signature.bind_partial(*args, **kwargs).arguments
+        if self.entry not in self._signature.parameters:  # a stem called on the input alone: conv_stem(pixels)
+            return next(iter(arguments.values()))
+        return arguments[self.entry]
 
 
 class Zeros(nn.Module):
