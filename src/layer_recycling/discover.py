@@ -122,12 +122,14 @@ def _check(model: nn.Module, s: Split, batch: dict[str, torch.Tensor]) -> tuple[
 
 def variants(model: nn.Module, path: str, t: Trace) -> Iterator[tuple[str, Arch]]:
     """(label, split of ``model`` at the block list ``path``): as a ``blocks=`` override cuts it (with every module
-    that ran after the blocks in the top only), then with the fixes that apply to this model, all together and
+    inside the base's children that ran after the blocks in the top only: OPT's decoder norm, EfficientNet's
+    top convolution), then with the fixes that apply to this model, all together and
     (when several apply) each alone."""
     base = model.base_model
     before, after = t.around(base, path)
     plain = arch_table.overridden(base, path)
-    plain = dataclasses.replace(plain, tail=tuple(dict.fromkeys(plain.tail + tuple(after))), source=SOURCE)
+    inner = tuple(q for q in after if "." in q)  # the base's own later children read its output: norms only
+    plain = dataclasses.replace(plain, tail=tuple(dict.fromkeys(plain.tail + inner)), source=SOURCE)
     yield "as found", plain
     fixes = _fixes(model, plain, before)
     if fixes:
