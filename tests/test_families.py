@@ -164,8 +164,11 @@ FOUND_REFUSED: dict[str, str] = {
     "vit_mae": r"is refused: it masks a random subset of patches in every forward",
 }
 FOUND_CASES = [(case, head) for case, (_, _, heads, _) in FOUND.items() for head in heads]
-FOUND_SAMPLED = [pytest.param(case, heads[i % len(heads)], i % (LAYERS + 1), id=f"found-{case}-{i % (LAYERS + 1)}")
-                 for i, (case, (_, _, heads, _)) in enumerate(FOUND.items()) if i % 3 == 0]
+# The default run: one family per kind of fix discovery makes (a decoder's multiplier, an encoder's inner final
+# norm, a CNN's stages, a refusal); the rest under slow.
+FOUND_SAMPLED = [pytest.param(case, head, at, id=f"found-{case}-{at}") for case, head, at in
+                 [("granite", "Model", 2), ("megatron-bert", "ForSequenceClassification", 3), ("resnet", "Model", 1),
+                  ("vit_mae", "Model", 1)]]
 FOUND_EVERY = [pytest.param(case, head, at, id=f"found-all-{case}-{head}-{at}", marks=pytest.mark.slow)
                for case, head in FOUND_CASES for at in range(LAYERS + 1)]
 
@@ -201,11 +204,16 @@ def test_the_readme_lists_the_families_found_as_the_tests_find_them():
 
 
 # Proven table entries that discovery alone cannot reproduce, and why (a regex of the refusal).
-NOT_FOUND_ALONE: dict[str, str] = {}
-ALONE = [(case, heads[0]) for case, (_, _, _, heads, _) in FAMILIES.items()]
-ALONE_SAMPLED = [pytest.param(case, head, 1 + i % (LAYERS - 1), id=f"alone-{case}") for i, (case, head) in
-                 enumerate(ALONE) if i % 2 == 0]
-ALONE_EVERY = [pytest.param(case, head, at, id=f"alone-all-{case}-{at}", marks=pytest.mark.slow)
+NOT_FOUND_ALONE: dict[str, str] = {
+    "albert": r"the lists considered were: 'encoder.albert_layer_groups': the forward ran its items \[0, 0, 1, 1\], "
+              r"not each once in order",  # its shared layer groups run twice each: halves.albert counts applications
+    "t5": r"'encoder.block' \(as found\): at level 2, compared last_hidden_state",  # block 0 computes the bias
+    "whisper": r"its input 'input_features' is not one the library makes up",
+}
+ALONE = [(case, head) for case, (_, _, _, heads, _) in FAMILIES.items() for head in heads]
+ALONE_SAMPLED = [pytest.param(case, FAMILIES[case][3][0], at, id=f"alone-{case}") for case, at in
+                 [("opt", 2), ("albert", 1)]]
+ALONE_EVERY = [pytest.param(case, head, at, id=f"alone-all-{case}-{head}-{at}", marks=pytest.mark.slow)
                for case, head in ALONE for at in range(LAYERS + 1)]
 
 
@@ -229,7 +237,7 @@ def test_discovery_alone_is_exact_on_the_families_the_table_proves(monkeypatch, 
     _serves_each_alone(rec, rows, want, at)
 
 
-@pytest.mark.parametrize("at", [1, 3])
+@pytest.mark.parametrize("at", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_state_space_blocks_typed_by_index_split_exactly_with_blocks_named(at):
     """Jamba (Mamba blocks between attention blocks, its ``layer_types`` a read-only property) with blocks='layers':
     this crashed with an AttributeError; the top's blocks now keep their own types."""

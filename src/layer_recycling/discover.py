@@ -132,6 +132,9 @@ def variants(model: nn.Module, path: str, t: Trace) -> Iterator[tuple[str, Arch]
     plain = dataclasses.replace(plain, tail=tuple(dict.fromkeys(plain.tail + inner)), source=SOURCE)
     yield "as found", plain
     fixes = _fixes(model, plain, before)
+    outer = tuple(q for q in after if "." not in q and q not in plain.tail)
+    if outer:  # the base's own later children that transform its output (MobileViT's conv_1x1_exp)
+        fixes[f"the bottom stops before {', '.join(outer)}"] = {"tail": plain.tail + outer}
     if fixes:
         yield " + ".join(fixes), dataclasses.replace(plain, **{k: v for fix in fixes.values() for k, v in fix.items()})
     if len(fixes) > 1:
