@@ -185,17 +185,21 @@ def test_a_family_outside_the_table_is_found_checked_and_exact(case, head, at):
     """No ``blocks=``, no example: the block list is found and the split proven at construction, or refused."""
     model = _found_model(case, head)
     assert model.config.model_type == case and case not in arch.TABLE
-    if case in FOUND_REFUSED:
-        with pytest.raises(ValueError, match=FOUND_REFUSED[case]):
+    _discovered(model, examples(case), at, FOUND_REFUSED.get(case), layers=None)  # a CNN's stages: not always 4
+
+
+def _discovered(model, rows: list[dict], at: int, refusal: str | None, layers: int | None = LAYERS) -> None:
+    """``recycle(model, at)`` with no ``blocks=``: refused matching ``refusal``, else found and exact on ``rows``."""
+    if refusal is not None:
+        with pytest.raises(ValueError, match=refusal):
             lr.recycle(model, at=at)
         return
-    rows = examples(case)
     want = alone(model, rows)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # an LM head tied to the frozen embeddings warns
         rec = lr.recycle(model, at=at).eval()
     assert not rec.arch.tested and rec.arch.source == discover.SOURCE  # it still checks its first batches
-    _serves_each_alone(rec, rows, want, at, layers=None)  # a CNN's stages or blocks: not always 4
+    _serves_each_alone(rec, rows, want, at, layers)
 
 
 def test_the_readme_lists_the_families_found_as_the_tests_find_them():
@@ -224,17 +228,7 @@ def test_discovery_alone_is_exact_on_the_families_the_table_proves(monkeypatch, 
     key = FAMILIES[case][0]
     model = _model(case, head)
     monkeypatch.delitem(arch.TABLE, key)
-    if key in NOT_FOUND_ALONE:
-        with pytest.raises(ValueError, match=NOT_FOUND_ALONE[key]):
-            lr.recycle(model, at=at)
-        return
-    rows = examples(case)
-    want = alone(model, rows)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rec = lr.recycle(model, at=at).eval()
-    assert rec.arch.source == discover.SOURCE
-    _serves_each_alone(rec, rows, want, at)
+    _discovered(model, examples(case), at, NOT_FOUND_ALONE.get(key))
 
 
 @pytest.mark.parametrize("at", [1, pytest.param(3, marks=pytest.mark.slow)])
@@ -264,19 +258,10 @@ def test_discovery_alone_is_exact_on_the_older_proven_families(monkeypatch, fami
     """As above, for the families ``test_split.py`` proves (BERT and its kin, GPT-2, Llama, ViT)."""
     model = vit_model(head) if family == "vit" else text_model(family, head)
     monkeypatch.delitem(arch.TABLE, family)
-    if family in NOT_FOUND_ALONE:
-        with pytest.raises(ValueError, match=NOT_FOUND_ALONE[family]):
-            lr.recycle(model, at=at)
-        return
     g = torch.Generator().manual_seed(1)
     rows = ([{"pixel_values": torch.randn(3, 16, 16, generator=g)} for _ in range(3)] if family == "vit" else
             [{"input_ids": torch.randint(3, 99, (n,), generator=g)} for n in (5, 9, 3)])
-    want = alone(model, rows)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        rec = lr.recycle(model, at=at).eval()
-    assert rec.arch.source == discover.SOURCE
-    _serves_each_alone(rec, rows, want, at)
+    _discovered(model, rows, at, NOT_FOUND_ALONE.get(family))
 
 
 def test_a_found_split_serves_a_stacked_fill_and_its_levels_are_each_checked():
