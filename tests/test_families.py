@@ -185,21 +185,24 @@ def test_a_family_outside_the_table_is_found_checked_and_exact(case, head, at):
     """No ``blocks=``, no example: the block list is found and the split proven at construction, or refused."""
     model = _found_model(case, head)
     assert model.config.model_type == case and case not in arch.TABLE
-    _discovered(model, examples(case), at, FOUND_REFUSED.get(case), layers=None)  # a CNN's stages: not always 4
+    rec = _discovered(model, examples(case), at, FOUND_REFUSED.get(case), layers=None)  # CNN stages: not always 4
+    assert rec is None or rec.arch.blocks == arch.FOUND_BY_TESTS[case]  # as the README says
 
 
-def _discovered(model, rows: list[dict], at: int, refusal: str | None, layers: int | None = LAYERS) -> None:
-    """``recycle(model, at)`` with no ``blocks=``: refused matching ``refusal``, else found and exact on ``rows``."""
+def _discovered(model, rows: list[dict], at: int, refusal: str | None, layers: int | None = LAYERS):
+    """``recycle(model, at)`` with no ``blocks=``: refused matching ``refusal`` (None), else found and exact on
+    ``rows`` (the recycled model)."""
     if refusal is not None:
         with pytest.raises(ValueError, match=refusal):
             lr.recycle(model, at=at)
-        return
+        return None
     want = alone(model, rows)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an LM head tied to the frozen embeddings warns
         rec = lr.recycle(model, at=at).eval()
     assert not rec.arch.tested and rec.arch.source == discover.SOURCE  # it still checks its first batches
     _serves_each_alone(rec, rows, want, at, layers)
+    return rec
 
 
 def test_the_readme_lists_the_families_found_as_the_tests_find_them():

@@ -35,6 +35,9 @@ _CHECKED: weakref.WeakKeyDictionary[nn.Module, set[int]] = weakref.WeakKeyDictio
 def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = None) -> Split:
     """``split.split``, and for a transformers model outside the table (no ``blocks=``) the split found and checked.
 
+    What is found is kept by model (``arch.FOUND``), so every level of it is cut the same way (a stacked fill's
+    blocks j..k too); a level not checked before is checked on the made-up example first.
+
     Raises:
         ValueError: no candidate block list gives the model's outputs (the message names each and why), or the
             model's inputs cannot be made up from its config (the message says what to pass instead).
@@ -47,11 +50,15 @@ def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = No
         arch_table.FOUND[model] = found
     else:
         s = split_with(model, at, found)
-    if s.at not in _CHECKED.setdefault(model, set()):
+    checked = _CHECKED.setdefault(model, set())
+    if s.at not in checked:
         error, report = _check(model, s, synthetic(model))
         if error is not None:
-            raise ValueError(f"{type(model).__name__}: the block list found earlier fails at level {s.at}: {report}")
-    _CHECKED[model].add(s.at)
+            raise ValueError(
+                f"{type(model).__name__}: the split found for it (blocks={found.blocks!r}) is not exact at level "
+                f"{s.at}: {report}. Recycle it at a level checked before ({sorted(checked)}), or name its block "
+                f"list with blocks='<dotted.path>', or add an entry to layer_recycling.arch.TABLE")
+    checked.add(s.at)
     return s
 
 
