@@ -191,9 +191,10 @@ _TEXT_HEADS = ["Model", "ForSequenceClassification", "ForTokenClassification"]
 _DEC_HEADS = ["Model", "ForCausalLM", "ForSequenceClassification"]
 _IMAGE_HEADS = ["Model", "ForImageClassification"]
 FOUND: dict[str, tuple[str, Callable[[], Any], list[str], str]] = {
-    "mixtral": ("Mixtral", _cfg("MixtralConfig", **_DEC32, num_local_experts=4, num_experts_per_tok=2), _DEC_HEADS, "text"),
-    "qwen2_moe": ("Qwen2Moe", _cfg("Qwen2MoeConfig", **_DEC32, **_MOE, num_experts=4, shared_expert_intermediate_size=16),
-                  _DEC_HEADS, "text"),
+    "mixtral": ("Mixtral", _cfg("MixtralConfig", **_DEC32, num_local_experts=4, num_experts_per_tok=2), _DEC_HEADS,
+                "text"),
+    "qwen2_moe": ("Qwen2Moe", _cfg("Qwen2MoeConfig", **_DEC32, **_MOE, num_experts=4,
+                                   shared_expert_intermediate_size=16), _DEC_HEADS, "text"),
     "qwen3_moe": ("Qwen3Moe", _cfg("Qwen3MoeConfig", **_DEC32, **_MOE, num_experts=4), _DEC_HEADS, "text"),
     "olmo2": ("Olmo2", _cfg("Olmo2Config", **_DEC), ["Model", "ForCausalLM"], "text"),
     "starcoder2": ("Starcoder2", _cfg("Starcoder2Config", **_DEC), _DEC_HEADS, "text"),

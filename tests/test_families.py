@@ -216,7 +216,7 @@ NOT_FOUND_ALONE: dict[str, str] = {
               r"not each once in order",  # its shared layer groups run twice each: halves.albert counts applications
     "t5": r"'encoder.block' \(as found\): at level 2, compared last_hidden_state",  # block 0 computes the bias
     "whisper": r"its input 'input_features' is not one the library makes up",
-    # its encoder adds a convolution to block 0's output, and cannot run zero blocks (the table's _deberta_top, _deberta_bottom)
+    # its encoder adds a convolution to block 0's output and cannot run zero blocks (arch's _deberta_top, _bottom)
     "deberta-v2": r"'encoder.layer' \(as found\): at level \d, (compared|bottom then top fails)",
 }
 ALONE = [(case, head) for case, (_, _, _, heads, _) in FAMILIES.items() for head in heads]
