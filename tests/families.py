@@ -198,6 +198,8 @@ FOUND: dict[str, tuple[str, Callable[[], Any], list[str], str]] = {
     "qwen3_moe": ("Qwen3Moe", _cfg("Qwen3MoeConfig", **_DEC32, **_MOE, num_experts=4), _DEC_HEADS, "text"),
     "olmo2": ("Olmo2", _cfg("Olmo2Config", **_DEC), ["Model", "ForCausalLM"], "text"),
     "starcoder2": ("Starcoder2", _cfg("Starcoder2Config", **_DEC), _DEC_HEADS, "text"),
+    "cohere2": ("Cohere2", _cfg("Cohere2Config", **_DEC, sliding_window=3, layer_types=[
+        "sliding_attention", "sliding_attention", "full_attention", "full_attention"]), ["Model", "ForCausalLM"], "text"),
     "smollm3": ("SmolLM3", _cfg("SmolLM3Config", **_DEC), _DEC_HEADS, "text"),
     "glm": ("Glm", _cfg("GlmConfig", **_DEC), _DEC_HEADS, "text"),
     "glm4": ("Glm4", _cfg("Glm4Config", **_DEC), _DEC_HEADS, "text"),

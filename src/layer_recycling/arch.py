@@ -192,8 +192,8 @@ FOUND: weakref.WeakKeyDictionary[nn.Module, Arch] = weakref.WeakKeyDictionary()
 # Families outside the table that ``discover`` finds by running the model and checks at construction, each found and
 # exact at every level in tests/test_families.py (model type: the block list found). The split is found anew for
 # each model: this lists what the tests saw, for the README.
-_LAYERS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmo2", "starcoder2", "smollm3", "glm", "glm4", "gpt_oss", "stablelm",
-           "granite", "mamba", "falcon_mamba", "jamba", "beit")
+_LAYERS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmo2", "starcoder2", "cohere2", "smollm3", "glm", "glm4", "gpt_oss",
+           "stablelm", "granite", "mamba", "falcon_mamba", "jamba", "beit")
 _ENCODERS = ("mobilebert", "big_bird", "ernie", "data2vec-text", "megatron-bert", "esm", "roformer",
              "dinov2_with_registers", "mobilevit")
 FOUND_BY_TESTS: dict[str, str] = {
