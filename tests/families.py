@@ -129,10 +129,11 @@ def _modeling(prefix: str) -> Any:
 
 def examples(case: str, n: int = 3, seed: int = 1) -> list[dict[str, torch.Tensor]]:
     """Unpadded one-example dicts of ``case``'s input kind (token ids of different lengths, or images)."""
-    kind = FAMILIES[case][4]
+    kind = FAMILIES[case][4] if case in FAMILIES else FOUND[case][3]
     g = torch.Generator().manual_seed(seed)
-    if kind == "pixels":
-        return [{"pixel_values": torch.randn(3, 16, 16, generator=g)} for _ in range(n)]
+    if kind.startswith("pixels"):  # "pixels:<side>" for models that need larger images than 16 x 16
+        side = int(kind.partition(":")[2] or 16)
+        return [{"pixel_values": torch.randn(3, side, side, generator=g)} for _ in range(n)]
     if kind == "features":  # log-mel frames, padded to the model's fixed length as its feature extractor does
         return [{"input_features": torch.randn(8, 32, generator=g)} for _ in range(n)]
     lengths = (5, 9, 3, 7, 2, 6)
@@ -177,3 +178,87 @@ def _tensors(out: Any) -> dict[str, torch.Tensor]:
     if isinstance(out, torch.Tensor):
         return {"output": out}
     return {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k != "loss"}
+
+
+# Families outside the table, split by ``discover`` (no ``blocks=``), each with its expected result: "exact", or
+# the start of its refusal. case -> (class prefix, config, heads, inputs)
+_MOE = dict(num_experts_per_tok=2, moe_intermediate_size=16)
+_DEC32 = dict(_DEC, intermediate_size=32)  # grouped expert matmuls need rows of a multiple of 16 bytes
+_STAGES = dict(num_channels=3, embedding_size=8, hidden_sizes=[8, 12, 16, 20], depths=[1, 1, 1, 1], num_labels=LABELS)
+_SWIN = dict(image_size=16, patch_size=2, embed_dim=8, depths=[2, 2], num_heads=[1, 1], window_size=2,
+             num_labels=LABELS)
+_TEXT_HEADS = ["Model", "ForSequenceClassification", "ForTokenClassification"]
+_DEC_HEADS = ["Model", "ForCausalLM", "ForSequenceClassification"]
+_IMAGE_HEADS = ["Model", "ForImageClassification"]
+FOUND: dict[str, tuple[str, Callable[[], Any], list[str], str]] = {
+    "mixtral": ("Mixtral", _cfg("MixtralConfig", **_DEC32, num_local_experts=4, num_experts_per_tok=2), _DEC_HEADS,
+                "text"),
+    "qwen2_moe": ("Qwen2Moe", _cfg("Qwen2MoeConfig", **_DEC32, **_MOE, num_experts=4,
+                                   shared_expert_intermediate_size=16), _DEC_HEADS, "text"),
+    "qwen3_moe": ("Qwen3Moe", _cfg("Qwen3MoeConfig", **_DEC32, **_MOE, num_experts=4), _DEC_HEADS, "text"),
+    "olmo2": ("Olmo2", _cfg("Olmo2Config", **_DEC), ["Model", "ForCausalLM"], "text"),
+    "starcoder2": ("Starcoder2", _cfg("Starcoder2Config", **_DEC), _DEC_HEADS, "text"),
+    "cohere2": ("Cohere2", _cfg("Cohere2Config", **_DEC, sliding_window=3, layer_types=[
+        "sliding_attention", "sliding_attention", "full_attention", "full_attention"]), ["Model", "ForCausalLM"], "text"),
+    "smollm3": ("SmolLM3", _cfg("SmolLM3Config", **_DEC), _DEC_HEADS, "text"),
+    "glm": ("Glm", _cfg("GlmConfig", **_DEC), _DEC_HEADS, "text"),
+    "glm4": ("Glm4", _cfg("Glm4Config", **_DEC), _DEC_HEADS, "text"),
+    "gpt_oss": ("GptOss", _cfg("GptOssConfig", **_DEC32, num_local_experts=4, num_experts_per_tok=2, sliding_window=3),
+                _DEC_HEADS, "text"),
+    "stablelm": ("StableLm", _cfg("StableLmConfig", **_DEC), _DEC_HEADS, "text"),
+    "granite": ("Granite", _cfg("GraniteConfig", **_DEC, embedding_multiplier=12.0), _DEC_HEADS, "text"),
+    "mobilebert": ("MobileBert", _cfg("MobileBertConfig", **_TEXT, embedding_size=16, intra_bottleneck_size=16,
+                                      true_hidden_size=16, num_feedforward_networks=1), _TEXT_HEADS, "text"),
+    "big_bird": ("BigBird", _cfg("BigBirdConfig", **_TEXT, attention_type="original_full"), _TEXT_HEADS, "text"),
+    "ernie": ("Ernie", _cfg("ErnieConfig", **_TEXT), _TEXT_HEADS, "text"),
+    "data2vec-text": ("Data2VecText", _cfg("Data2VecTextConfig", **_TEXT, pad_token_id=1), _TEXT_HEADS, "text"),
+    "xlnet": ("XLNet", _cfg("XLNetConfig", vocab_size=VOCAB, d_model=HIDDEN, n_layer=LAYERS, n_head=HEADS, d_inner=37,
+                            num_labels=LABELS), ["Model", "ForTokenClassification"], "text"),
+    "megatron-bert": ("MegatronBert", _cfg("MegatronBertConfig", **_TEXT), _TEXT_HEADS, "text"),
+    "esm": ("Esm", _cfg("EsmConfig", **_TEXT, pad_token_id=1, mask_token_id=3, token_dropout=False,
+                        position_embedding_type="rotary"), ["Model", "ForTokenClassification"], "text"),
+    "roformer": ("RoFormer", _cfg("RoFormerConfig", **_TEXT, embedding_size=16), _TEXT_HEADS, "text"),
+    "mamba": ("Mamba", _cfg("MambaConfig", vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                            state_size=8, expand=2, conv_kernel=4), ["Model", "ForCausalLM"], "text"),
+    "falcon_mamba": ("FalconMamba", _cfg("FalconMambaConfig", vocab_size=VOCAB, hidden_size=HIDDEN,
+                                         num_hidden_layers=LAYERS, state_size=8, expand=2, conv_kernel=4),
+                     ["Model", "ForCausalLM"], "text"),
+    "jamba": ("Jamba", _cfg("JambaConfig", **_DEC32, num_experts=2, num_experts_per_tok=1, attn_layer_period=2,
+                            attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=1, mamba_d_state=8,
+                            mamba_expand=2, mamba_dt_rank=4, use_mamba_kernels=False), _DEC_HEADS, "text"),
+    "dinov2_with_registers": ("Dinov2WithRegisters", _cfg("Dinov2WithRegistersConfig", **_VISION,
+                                                          num_register_tokens=2), _IMAGE_HEADS, "pixels"),
+    "convnextv2": ("ConvNextV2", _cfg("ConvNextV2Config", num_channels=3, patch_size=2, image_size=16,
+                                      hidden_sizes=[8, 12, 16, 20], depths=[1, 1, 1, 1], num_labels=LABELS),
+                   _IMAGE_HEADS, "pixels"),
+    "resnet": ("ResNet", _cfg("ResNetConfig", **_STAGES, layer_type="basic"), _IMAGE_HEADS, "pixels"),
+    "regnet": ("RegNet", _cfg("RegNetConfig", **dict(_STAGES, hidden_sizes=[8, 16, 16, 32]), groups_width=8),
+               _IMAGE_HEADS, "pixels"),
+    "bit": ("Bit", _cfg("BitConfig", **dict(_STAGES, embedding_size=32, hidden_sizes=[32, 32, 32, 32]), num_groups=4),
+            _IMAGE_HEADS, "pixels"),
+    "efficientnet": ("EfficientNet", _cfg("EfficientNetConfig", image_size=32, width_coefficient=0.25,
+                                          depth_coefficient=0.25, hidden_dim=320, num_labels=LABELS), _IMAGE_HEADS,
+                     "pixels:32"),
+    "swin": ("Swin", _cfg("SwinConfig", **_SWIN), _IMAGE_HEADS, "pixels"),
+    "swinv2": ("Swinv2", _cfg("Swinv2Config", **_SWIN), _IMAGE_HEADS, "pixels"),
+    "beit": ("Beit", _cfg("BeitConfig", **_VISION), _IMAGE_HEADS, "pixels"),
+    "data2vec-vision": ("Data2VecVision", _cfg("Data2VecVisionConfig", **_VISION), _IMAGE_HEADS, "pixels"),
+    "vit_mae": ("ViTMAE", _cfg("ViTMAEConfig", **_VISION), ["Model"], "pixels"),
+    "mobilevit": ("MobileViT", _cfg("MobileViTConfig", image_size=32, hidden_sizes=[16, 24, 32], num_attention_heads=2,
+                                    neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 40], num_labels=LABELS), _IMAGE_HEADS,
+                  "pixels:32"),
+    "funnel": ("Funnel", _cfg("FunnelConfig", vocab_size=VOCAB, block_sizes=[1, 1], d_model=HIDDEN, n_head=HEADS,
+                              d_head=16, d_inner=37, num_labels=LABELS), ["Model"], "text"),
+    "nystromformer": ("Nystromformer", _cfg("NystromformerConfig", **_TEXT, num_landmarks=4,
+                                            segment_means_seq_len=8), ["Model"], "text"),
+}
+
+
+def build_found(case: str, head: str, seed: int = 0) -> nn.Module:
+    """The tiny random ``case`` model of ``FOUND`` with ``head``, in eval mode."""
+    prefix, config, _, _ = FOUND[case]
+    cls = getattr(T, prefix + head, None)
+    if cls is None:
+        raise Missing(f"transformers {T.__version__} has no {prefix + head}")
+    torch.manual_seed(seed)
+    return cls(config()).eval()

@@ -12,7 +12,7 @@ from torch import nn
 
 import layer_recycling as lr
 from conftest import LABELS, LAYERS, cnn_model, text_examples
-from families import Missing, build, cohere2, examples
+from families import Missing, build, build_found, cohere2, examples
 from helpers import max_diff, padded_batch
 from layer_recycling import arch
 
@@ -24,15 +24,25 @@ def _megatron() -> nn.Module:
     return T.MegatronBertForSequenceClassification(config).eval()
 
 
-def test_an_override_split_that_misses_a_final_norm_refuses_itself():
-    model = _megatron()  # its encoder applies a LayerNorm after the block list: the bottom would apply it too
-    rec = lr.recycle(model, at=2, blocks="encoder.layer").eval()
-    words = r"MegatronBert.*blocks= override.*max abs diff .* in logits.*check_split=False"
+def test_an_override_split_that_misses_a_family_fix_refuses_itself():
+    model = build_found("granite", "ForCausalLM")  # forward scales inputs_embeds: the top would scale them twice
+    rec = lr.recycle(model, at=2, blocks="layers").eval()
+    words = r"Granite.*blocks= override.*max abs diff .* in logits.*check_split=False"
     with pytest.raises(ValueError, match=words):
         rec.fill(text_examples(), progress=False)
     with pytest.raises(ValueError, match="max abs diff"):  # the refusal stands: serving refuses too
         rec(**padded_batch(text_examples()))
     assert len(rec.store) == 0
+
+
+def test_an_override_puts_a_final_norm_inside_the_encoder_in_the_top():
+    """Megatron-BERT applies a LayerNorm after its block list, inside its encoder: the top applies it, not both."""
+    model = _megatron()
+    rec = lr.recycle(model, at=2, blocks="encoder.layer", example=text_examples()[:4]).eval()
+    assert rec.arch.tail == ("encoder.ln",) and "max abs diff" in rec.split_check.report
+    batch = padded_batch(text_examples())
+    with torch.no_grad():
+        assert max_diff(model(**batch), rec(**batch), batch["attention_mask"]) <= 1e-5
 
 
 def test_a_correct_generic_split_checks_itself_once_and_silently():
@@ -152,7 +162,7 @@ def test_blocks_override_on_a_decoder_outside_the_table_feeds_inputs_embeds(monk
     monkeypatch.delitem(arch.TABLE, "qwen3")  # as a family the table does not know
     model = build("qwen3", "ForTokenClassification")
     with pytest.raises(ValueError, match="'qwen3'.*not in layer_recycling's architecture table.*blocks="):
-        lr.recycle(model, at=2)
+        arch.lookup(model)  # found only by running it: discover.split
     rec = lr.recycle(model, at=2, blocks="layers", example=examples("qwen3"))
     assert rec.arch.entry == "inputs_embeds" and rec.arch.tail == ("norm",)
 

@@ -14,8 +14,9 @@ import torch
 import transformers as T
 
 import layer_recycling as lr
-from layer_recycling import arch
-from families import FAMILIES, LAYERS, Missing, alone, build, cohere2, examples, padded, worst
+from layer_recycling import arch, discover
+from conftest import TEXT_CASES, text_model, vit_model
+from families import FAMILIES, FOUND, LAYERS, Missing, alone, build, build_found, cohere2, examples, padded, worst
 
 CASES = [(case, head) for case, (_, _, _, heads, _) in FAMILIES.items() for head in heads]
 SAMPLED = [pytest.param(case, head, i % (LAYERS + 1), id=f"{case}-{head}-{i % (LAYERS + 1)}")
@@ -41,7 +42,12 @@ def test_family_serves_what_each_example_alone_gives(case, head, at):
         warnings.simplefilter("ignore")  # an LM head tied to the frozen embeddings warns; not what this tests
         rec = lr.recycle(model, at=at).eval()
     assert rec.arch.tested and rec.split_check is None, f"{case} is not a proven entry: it checks itself"
-    assert rec.at == at and rec.num_layers == LAYERS
+    _serves_each_alone(rec, rows, want, at)
+
+
+def _serves_each_alone(rec, rows: list[dict], want: list[dict], at: int, layers: int | None = LAYERS) -> None:
+    """Misses then hits, right and left padded, each row within ``TOL`` of its example run alone."""
+    assert rec.at == at and rec.num_layers == (layers or rec.num_layers)
     for side in ("right", "left"):
         batch = padded(rows, side, rec.pipeline.pad_id)
         with torch.no_grad():
@@ -109,6 +115,8 @@ def test_every_proven_entry_is_run_by_a_test():
 _AUDIO = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(8, 8),
               conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2)
 REFUSED = {  # model type: a tiny model of it
+    "wavlm": lambda: T.WavLMModel(T.WavLMConfig(**_AUDIO)),
+    "data2vec-audio": lambda: T.Data2VecAudioModel(T.Data2VecAudioConfig(**_AUDIO)),
     "swin": lambda: T.SwinModel(T.SwinConfig(image_size=16, patch_size=2, embed_dim=8, depths=[1, 1],
                                              num_heads=[1, 1], window_size=2)),
     "wav2vec2": lambda: T.Wav2Vec2Model(T.Wav2Vec2Config(**_AUDIO)),
@@ -141,3 +149,134 @@ def test_a_stacked_fill_stores_what_the_bottom_computes(case):
     for want, got in zip(direct.store.get_many(keys), stacked.store.get_many(keys)):
         assert float((want - got).abs().max()) <= TOL, case
     assert stacked.stats.bottom_calls == 1 and lower.stats.bottom_calls == 1
+
+
+# ---- families outside the table: found by ``discover`` on a synthetic example, checked, exact or refused ----------
+
+# case: what its refusal says (a regex). Every other case of ``families.FOUND`` is exact at every level with no blocks=.
+FOUND_REFUSED: dict[str, str] = {
+    "funnel": r"'funnel'\) is not in layer_recycling's architecture table, and no block list found in it splits "
+              r"exactly.*'decoder.layers' \(as found\): at level",
+    "nystromformer": r"fails on the example made up from its config to find its blocks \(input_ids \(2, 10\)",
+    "swin": r"\(model type 'swin'\) is refused: its stages pass the feature map's \(height, width\)",
+    "swinv2": r"\(model type 'swinv2'\) is refused: its stages pass the feature map's \(height, width\)",
+    "data2vec-vision": r"is refused: its forward reads the image's height and width from pixel_values",
+    "vit_mae": r"is refused: it masks a random subset of patches in every forward",
+}
+FOUND_CASES = [(case, head) for case, (_, _, heads, _) in FOUND.items() for head in heads]
+# The default run: one family per kind of fix discovery makes (a decoder's multiplier, an encoder's inner final
+# norm, a CNN's stages, a refusal); the rest under slow.
+FOUND_SAMPLED = [pytest.param(case, head, at, id=f"found-{case}-{at}") for case, head, at in
+                 [("granite", "Model", 2), ("megatron-bert", "ForSequenceClassification", 3), ("resnet", "Model", 1),
+                  ("vit_mae", "Model", 1)]]
+FOUND_EVERY = [pytest.param(case, head, at, id=f"found-all-{case}-{head}-{at}", marks=pytest.mark.slow)
+               for case, head in FOUND_CASES for at in range(LAYERS + 1)]
+
+
+def _found_model(case: str, head: str):
+    try:
+        return build_found(case, head)
+    except Missing as err:
+        pytest.skip(f"{case} {head}: {err}")
+
+
+@pytest.mark.parametrize("case, head, at", FOUND_SAMPLED + FOUND_EVERY)
+def test_a_family_outside_the_table_is_found_checked_and_exact(case, head, at):
+    """No ``blocks=``, no example: the block list is found and the split proven at construction, or refused."""
+    model = _found_model(case, head)
+    assert model.config.model_type == case and case not in arch.TABLE
+    rec = _discovered(model, examples(case), at, FOUND_REFUSED.get(case), layers=None)  # CNN stages: not always 4
+    assert rec is None or rec.arch.blocks == arch.FOUND_BY_TESTS[case]  # as the README says
+
+
+def _discovered(model, rows: list[dict], at: int, refusal: str | None, layers: int | None = LAYERS):
+    """``recycle(model, at)`` with no ``blocks=``: refused matching ``refusal`` (None), else found and exact on
+    ``rows`` (the recycled model)."""
+    if refusal is not None:
+        with pytest.raises(ValueError, match=refusal):
+            lr.recycle(model, at=at)
+        return None
+    want = alone(model, rows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an LM head tied to the frozen embeddings warns
+        rec = lr.recycle(model, at=at).eval()
+    assert not rec.arch.tested and rec.arch.source == discover.SOURCE  # it still checks its first batches
+    _serves_each_alone(rec, rows, want, at, layers)
+    return rec
+
+
+def test_the_readme_lists_the_families_found_as_the_tests_find_them():
+    exact = {case for case in FOUND if case not in FOUND_REFUSED}
+    assert set(arch.FOUND_BY_TESTS) == exact, sorted(set(arch.FOUND_BY_TESTS) ^ exact)
+
+
+# Proven table entries that discovery alone cannot reproduce, and why (a regex of the refusal).
+NOT_FOUND_ALONE: dict[str, str] = {
+    "albert": r"the lists considered were: 'encoder.albert_layer_groups': the forward ran its items \[0, 0, 1, 1\], "
+              r"not each once in order",  # its shared layer groups run twice each: halves.albert counts applications
+    "t5": r"'encoder.block' \(as found\): at level 2, compared last_hidden_state",  # block 0 computes the bias
+    "whisper": r"its input 'input_features' is not one the library makes up",
+    # its encoder adds a convolution to block 0's output and cannot run zero blocks (arch's _deberta_top, _bottom)
+    "deberta-v2": r"'encoder.layer' \(as found\): at level \d, (compared|bottom then top fails)",
+}
+ALONE = [(case, head) for case, (_, _, _, heads, _) in FAMILIES.items() for head in heads]
+ALONE_SAMPLED = [pytest.param(case, FAMILIES[case][3][0], at, id=f"alone-{case}") for case, at in
+                 [("opt", 2), ("albert", 1)]]
+ALONE_EVERY = [pytest.param(case, head, at, id=f"alone-all-{case}-{head}-{at}", marks=pytest.mark.slow)
+               for case, head in ALONE for at in range(LAYERS + 1)]
+
+
+@pytest.mark.parametrize("case, head, at", ALONE_SAMPLED + ALONE_EVERY)
+def test_discovery_alone_is_exact_on_the_families_the_table_proves(monkeypatch, case, head, at):
+    """Each proven entry removed: the split found by running the model gives the same outputs, or is refused
+    naming the lists it considered. Never silently wrong."""
+    key = FAMILIES[case][0]
+    model = _model(case, head)
+    monkeypatch.delitem(arch.TABLE, key)
+    _discovered(model, examples(case), at, NOT_FOUND_ALONE.get(key))
+
+
+@pytest.mark.parametrize("at", [1, pytest.param(3, marks=pytest.mark.slow)])
+def test_state_space_blocks_typed_by_index_split_exactly_with_blocks_named(at):
+    """Jamba (Mamba blocks between attention blocks, its ``layer_types`` a read-only property) with blocks='layers':
+    this crashed with an AttributeError; the top's blocks now keep their own types."""
+    model = _found_model("jamba", "Model")
+    assert len(set(model.config.layer_types)) == 2
+    rows = examples("jamba")
+    rec = lr.recycle(model, at=at, blocks="layers").eval()
+    _serves_each_alone(rec, rows, alone(model, rows), at)
+
+
+def test_a_model_whose_inputs_cannot_be_made_up_is_refused_saying_what_to_pass():
+    config = T.ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                         max_length=32, num_mel_bins=16)
+    with pytest.raises(ValueError, match=r"its input 'input_values' is not one the library makes up.*blocks="):
+        lr.recycle(T.ASTModel(config), at=1)
+
+
+OLDER = [(family, head) for family, head in TEXT_CASES if not head.endswith("QuestionAnswering")] + [("vit", "Model")]
+
+
+@pytest.mark.parametrize("family, head", [pytest.param(f, h, marks=pytest.mark.slow) for f, h in OLDER])
+@pytest.mark.parametrize("at", range(LAYERS + 1))
+def test_discovery_alone_is_exact_on_the_older_proven_families(monkeypatch, family, head, at):
+    """As above, for the families ``test_split.py`` proves (BERT and its kin, GPT-2, Llama, ViT)."""
+    model = vit_model(head) if family == "vit" else text_model(family, head)
+    monkeypatch.delitem(arch.TABLE, family)
+    g = torch.Generator().manual_seed(1)
+    rows = ([{"pixel_values": torch.randn(3, 16, 16, generator=g)} for _ in range(3)] if family == "vit" else
+            [{"input_ids": torch.randint(3, 99, (n,), generator=g)} for n in (5, 9, 3)])
+    _discovered(model, rows, at, NOT_FOUND_ALONE.get(family))
+
+
+def test_a_found_split_serves_a_stacked_fill_and_its_levels_are_each_checked():
+    """The split found for a model is kept by model (``arch.FOUND``): a stacked fill runs blocks 1..3 of it, and
+    the states equal a fill from scratch."""
+    model, rows = _found_model("olmo2", "Model"), examples("olmo2")
+    lower, direct, stacked = (lr.recycle(model, at=at) for at in (1, 3, 3))
+    assert arch.lookup(model) is lower.arch and lower.arch.source == discover.SOURCE
+    direct.fill(rows, progress=False)
+    stacked.fill(rows, progress=False, start_from=lower)
+    keys = [direct.encode(r)[0] for r in rows]
+    for want, got in zip(direct.store.get_many(keys), stacked.store.get_many(keys)):
+        assert float((want - got).abs().max()) <= TOL

@@ -14,11 +14,12 @@ from .config import RecycleConfig
 from .fill import VerifyReport
 from .fingerprint import Fingerprint, FingerprintMismatch
 from .keys import digest
-from .loader import CachedDataset
+from .columns import CachedDataset
 from .model import Recycled, recycle
 from .pipeline import Pipeline, Stats
 from .saving import load_model_state_dict, model_state_dict
-from .split import Split, split
+from .discover import split
+from .split import Split
 from .stores import DigestMismatch, DiskFull, DiskStore, MemoryStore, NullStore, Store, StoreCorrupted
 from .surgery import resolve_at
 

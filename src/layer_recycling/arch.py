@@ -1,21 +1,23 @@
 """The one table of architecture knowledge: where each model family keeps its blocks and what its top needs.
 
 Everything family-specific lives here, keyed by transformers' ``config.model_type`` (other models by package and
-class, see ``model_key``); models outside the table fall back to a generic rule (the block list is the largest
-``ModuleList``/``Sequential``, or a run of stage lists) or to a user override.
+class, see ``model_key``). A transformers model outside the table is split by ``discover`` (its block list found by
+running it, the split checked at construction); any other module by the generic rule (``generic.find_blocks``: the
+largest ``ModuleList``/``Sequential``, or a run of stage lists); ``blocks=`` overrides both.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import weakref
 from typing import Callable
 
 from torch import nn
 
 from . import halves
+from .generic import find_blocks
 from .heads import LastTokenClassifier
-from .surgery import get
+from .surgery import join
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,9 @@ class Arch:
     """Family-specific edits of the top: (base model, split index) -> {dotted path in base: replacement}."""
     bottom_fix: Callable[[nn.Module, int], dict[str, nn.Module | None]] | None = None
     """Family-specific edits of the bottom, like ``top_fix``."""
+    unscale: tuple[str, ...] = ()
+    """Float attributes of the base model its forward multiplies ``inputs_embeds`` by (Granite's
+    ``embedding_multiplier``): the stored states hold the product, so the top sets them to 1."""
     heads: tuple[tuple[str, Callable[[nn.Module], nn.Module]], ...] = ()
     """(head class suffix, wrapper): heads that read ``input_ids``, which the top does not receive, restated
     by a wrapper of the top model (e.g. ``heads.LastTokenClassifier``)."""
@@ -155,16 +160,45 @@ _AUDIO = ("a padded batch of raw audio is not each clip alone: the feature encod
           "wrap the encoder yourself (the generic rule checks itself)")
 _TOWERS = ("the dual text-image model runs two towers; recycle one of them, e.g. {}VisionModel.from_pretrained(name) "
            "for images")
+_SWIN = ("its stages pass the feature map's (height, width) along as an argument, which a top fed stored states does "
+         "not receive, and shift windows by the block's place in its stage; no split of it is proven yet. DINOv2, "
+         "DeiT, ViT and ConvNeXt are")
 REFUSED: dict[str, str] = {
     "clip_text_model": "its pooled output is read at the end-of-text token, which it finds in input_ids, and a top "
                        "fed stored states has no input_ids. Use CLIPVisionModel for images, or its last_hidden_state "
                        "through your own wrapper (the generic rule checks itself)",
     "clip": _TOWERS.format("CLIP"),
     "siglip": _TOWERS.format("Siglip"),
-    "swin": "its stages pass the feature map's (height, width) along and shift windows by the block's place in its "
-            "stage; no split of it is proven yet. DINOv2, DeiT, ViT and ConvNeXt are",
+    "swin": _SWIN,
+    "swinv2": _SWIN,
+    "data2vec-vision": "its forward reads the image's height and width from pixel_values for its relative position "
+                       "bias, which a top fed stored states does not have; no split of it is proven yet. BEiT (without "
+                       "a relative position bias), DINOv2, DeiT and ViT are",
+    "vit_mae": "it masks a random subset of patches in every forward (config.mask_ratio), so an input has no one "
+               "output to store. Recycle the encoder it pre-trained as a ViT (ViTModel.from_pretrained(name)), which "
+               "does not mask",
     "wav2vec2": _AUDIO,
     "hubert": _AUDIO,
+    "wavlm": _AUDIO,
+    "data2vec-audio": _AUDIO,
+}
+
+
+# Splits ``discover`` found for models outside the table, by the model object: lookup returns them, so a stacked fill
+# and the loaders see the split that was checked. Weak keys: a model's entry goes with it.
+FOUND: weakref.WeakKeyDictionary[nn.Module, Arch] = weakref.WeakKeyDictionary()
+
+
+# Families outside the table that ``discover`` finds by running the model and checks at construction, each found and
+# exact at every level in tests/test_families.py (model type: the block list found). The split is found anew for
+# each model: this lists what the tests saw, for the README.
+_LAYERS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmo2", "starcoder2", "cohere2", "smollm3", "glm", "glm4", "gpt_oss",
+           "stablelm", "granite", "mamba", "falcon_mamba", "jamba", "beit")
+_ENCODERS = ("mobilebert", "big_bird", "ernie", "data2vec-text", "megatron-bert", "esm", "roformer",
+             "dinov2_with_registers", "mobilevit")
+FOUND_BY_TESTS: dict[str, str] = {
+    **dict.fromkeys(_LAYERS, "layers"), **dict.fromkeys(_ENCODERS, "encoder.layer"), "xlnet": "layer",
+    **dict.fromkeys(("convnextv2", "resnet", "regnet", "bit"), "encoder.stages"), "efficientnet": "encoder.blocks",
 }
 
 
@@ -189,6 +223,8 @@ def lookup(model: nn.Module, blocks: str | list[str] | tuple[str, ...] | None = 
             on a model whose stem the library cannot bypass.
     """
     blocks = _paths(blocks)
+    if blocks is None and model in FOUND:  # found by ``discover`` and checked on a synthetic example
+        return FOUND[model]
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type is not None and isinstance(blocks, tuple):
         raise ValueError(
@@ -197,8 +233,7 @@ def lookup(model: nn.Module, blocks: str | list[str] | tuple[str, ...] | None = 
         )
     key = model_key(model)
     if model_type is not None:
-        _refuse_length_dependent(model)
-        _refuse_multiple_choice(model)
+        refuse_unsupported(model)
     if key in TABLE:
         arch = TABLE[key] if _SHIPPED.get(key) is TABLE[key] else dataclasses.replace(
             TABLE[key], tested=False, source="architecture table entry added outside this library's tests")
@@ -236,22 +271,42 @@ def overridden(base: nn.Module, blocks: str) -> Arch:
             f"blocks={blocks!r}: {type(base).__name__} has no child {head!r} (its children: "
             f"{', '.join(children) or 'none'}); pass the dotted path of its list of blocks"
         )
-    names = list(children)
-    tail = tuple(n for n in names[names.index(head) + 1 :] if "norm" in type(children[n]).__name__.lower())
     seam = ("embeddings",) if "embeddings" in children else ()
-    common = dict(blocks=blocks, seam=seam, tail=tail, tested=False, source="blocks= override")
+    common = dict(blocks=blocks, tail=tail_of(base, blocks), tested=False, source="blocks= override")
     if "inputs_embeds" in accepts:
-        return Arch(entry="inputs_embeds", **common)
+        return Arch(entry="inputs_embeds", seam=seam, **common)
+    seam = seam or _only_before(children, head)
     if "pixel_values" in accepts and seam:
-        return Arch(entry="pixel_values", keep=_kept(children["embeddings"]), masked=False, **common)
+        return Arch(entry="pixel_values", seam=seam, keep=_kept(children[seam[0]]), masked=False, **common)
     raise ValueError(
         f"blocks={blocks!r} on {type(base).__name__}: to feed stored states to the blocks above the split, "
         f"layer_recycling looked for a forward argument 'inputs_embeds' (text models), or 'pixel_values' with a "
         f"child 'embeddings' to bypass (vision models), and found neither (its forward takes "
-        f"{', '.join(accepts)}; its children: {', '.join(names)}). Add an entry for it to "
+        f"{', '.join(accepts)}; its children: {', '.join(children)}). Add an entry for it to "
         f"layer_recycling.arch.TABLE (an Arch with the right entry, seam and tail), or wrap the model in an "
         f"nn.Module whose forward is stem -> blocks -> head and recycle that (the generic rule)."
     )
+
+
+def tail_of(base: nn.Module, blocks: str) -> tuple[str, ...]:
+    """Norms registered after the block list, at its level and every level above it (a final norm inside the
+    encoder, as Megatron-BERT's ``encoder.ln`` and ESM's ``encoder.emb_layer_norm_after``): the top applies them."""
+    tail, owner, prefix = [], base, ""
+    for part in blocks.split("."):
+        names = list(owner._modules)
+        after = names[names.index(part) + 1 :] if part in names else []
+        tail += [join(prefix, n) for n in after
+                 if owner._modules[n] is not None and "norm" in type(owner._modules[n]).__name__.lower()]
+        owner, prefix = getattr(owner, part, None), join(prefix, part)
+        if owner is None:
+            break
+    return tuple(tail)
+
+
+def _only_before(children: dict[str, nn.Module], head: str) -> tuple[str, ...]:
+    # A vision stem under another name (ResNet's ``embedder``): the one child registered before the blocks.
+    names = list(children)
+    return tuple(names[:1]) if names.index(head) == 1 else ()
 
 
 def _kept(embeddings: nn.Module) -> tuple[str, ...]:
@@ -265,6 +320,13 @@ LENGTH_DEPENDENT = {
     "dynamic": "dynamic NTK rope rescales its frequencies by the longest sequence in the (padded) batch",
     "longrope": "longrope switches between its short and long factors by the (padded) batch length",
 }
+
+
+def refuse_unsupported(model: nn.Module) -> None:
+    """Refuse what no split of any transformers family serves: a position scheme that reads the padded length, a
+    multiple-choice head."""
+    _refuse_length_dependent(model)
+    _refuse_multiple_choice(model)
 
 
 def _refuse_multiple_choice(model: nn.Module) -> None:
@@ -316,59 +378,6 @@ def _paths(blocks: str | list[str] | tuple[str, ...] | None) -> str | tuple[str,
     return paths[0] if len(paths) == 1 else paths
 
 
-def find_blocks(model: nn.Module) -> str | tuple[str, ...]:
-    """The block list of ``model``: its largest ``ModuleList``/``Sequential`` child, or a run of stage lists.
-
-    Stage lists (ResNet's ``layer1``..``layer4``, torchvision EfficientNet's ``features.1``..``features.7``) are
-    consecutive plain lists named ``<prefix><i>`` whose items are composite blocks; when they hold more blocks
-    than the largest single list, their blocks count as one list, so levels mean the same fraction of the network.
-    """
-    best, best_len = None, 1
-    for name, child in model.named_children():
-        if isinstance(child, (nn.ModuleList, nn.Sequential)) and len(child) > best_len:
-            best, best_len = name, len(child)
-    stages = _stage_run(model) or (_stage_run(get(model, best), best) if best else None)
-    if stages and sum(len(get(model, p)) for p in stages) > best_len:
-        return stages
-    if isinstance(model, nn.Sequential) and best is None:
-        return ""
-    if best is None:
-        found = ", ".join(f"{n}: {type(c).__name__}" for n, c in model.named_children()) or "no children"
-        raise ValueError(
-            f"could not find a block list in {type(model).__name__} (children: {found}). Expected a child "
-            f"nn.ModuleList or nn.Sequential of at least 2 blocks; name it with blocks='features' "
-            f"(a dotted path, or a list of them for stage lists), or wrap the model in nn.Sequential."
-        )
-    return best
-
-
-_NUMBERED = re.compile(r"^(.*?)(\d+)$")
-
-
-def _stage_run(owner: nn.Module, prefix: str = "") -> tuple[str, ...] | None:
-    """The longest run of consecutive children of ``owner`` that are stage lists named ``<p>1, <p>2, ...``."""
-    runs, run, last = [], [], None
-    for name, child in owner.named_children():
-        m = _NUMBERED.match(name)
-        key = (m.group(1), int(m.group(2))) if m and _is_stage(child) else None
-        if key and run and last and key == (last[0], last[1] + 1):
-            run.append(name)
-        else:
-            runs.append(run)
-            run = [name] if key else []
-        last = key
-    runs.append(run)
-    best = max(runs, key=lambda r: sum(len(getattr(owner, n)) for n in r))
-    return tuple(f"{prefix}.{n}" if prefix else n for n in best) if len(best) >= 2 else None
-
-
-def _is_stage(child: nn.Module) -> bool:
-    # A plain list of composite blocks; a list of torch.nn layers (conv, norm, act) is one block, not a stage.
-    return type(child) in (nn.Sequential, nn.ModuleList) and len(child) > 0 and all(
-        not type(b).__module__.startswith("torch.nn") for b in child
-    )
-
-
 def families_markdown() -> str:
     """The README's table of families: one row per ``TABLE`` entry, then the refused families with the reason."""
     rows = ["| family (`model_type`, or package.class) | block list | the top gets the states as | trusted |",
@@ -379,6 +388,10 @@ def families_markdown() -> str:
                  else "its first argument")
         trust = "proven by the tests" if PROVEN.get(key) is a else "checks itself against the model"
         rows.append(f"| `{key}` | `{blocks}` | {entry} | {trust} |")
+    rows += ["", "Not in the table: found by running the model on an example made up from its config, then checked "
+             "on it at construction and on its first batches (the tests find these exact at every level).", "",
+             "| family (`model_type`) | block list found | trusted |", "|---|---|---|"]
+    rows += [f"| `{key}` | `{blocks}` | found and checked |" for key, blocks in sorted(FOUND_BY_TESTS.items())]
     rows += ["", "| refused (`model_type`) | why |", "|---|---|"]
     rows += [f"| `{key}` | {why} |" for key, why in sorted(REFUSED.items())]
     return "\n".join(rows)

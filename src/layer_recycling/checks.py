@@ -69,7 +69,7 @@ class SplitCheck:
         args = tuple(_head(a, b) for a in args)
         kwargs = {n: _head(v, b) for n, v in kwargs.items()}
         mask = kwargs.get("attention_mask") if self.split.arch.masked else None
-        with torch.no_grad(), _eval(self.model, self.split.bottom, self.split.top):
+        with torch.no_grad(), eval_mode(self.model, self.split.bottom, self.split.top):
             want = self._reference(args, kwargs)
             try:
                 got = self.split.top(self.split.bottom(*args, **kwargs),
@@ -185,7 +185,7 @@ def _head(value: Any, b: int) -> Any:
 
 
 @contextlib.contextmanager
-def _eval(*modules: nn.Module):
+def eval_mode(*modules: nn.Module):
     """Eval mode for the comparison (dropout off, norm statistics frozen); the modes are restored after."""
     modes = {m: m.training for root in modules for m in root.modules()}
     try:

@@ -41,7 +41,10 @@ class Seam(nn.Module):
             setattr(self, name, getattr(replaced, name))
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self._signature.bind_partial(*args, **kwargs).arguments[self.entry]
+        arguments = self._signature.bind_partial(*args, **kwargs).arguments
+        if self.entry not in self._signature.parameters:  # a stem called on the input alone: conv_stem(pixels)
+            return next(iter(arguments.values()))
+        return arguments[self.entry]
 
 
 class Zeros(nn.Module):
@@ -51,7 +54,8 @@ class Zeros(nn.Module):
         super().__init__()
         self.dim, self.dtype = replaced.embedding_dim, replaced.weight.dtype
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        # (b, t) ids or mask -> (b, t, dim) zeros; OPT passes its mask and the cache length
         return torch.zeros(*ids.shape, self.dim, dtype=self.dtype, device=ids.device)
 
 
@@ -239,18 +243,39 @@ def opt_bottom(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
 def shift_layer_types(top_base: nn.Module, k: int, blocks: int) -> None:
     """Give the top's base (a shallow copy) a config whose ``layer_types`` start at block k, as its blocks do.
 
-    Forwards that pick each block's attention (sliding or full) and rope by its index in ``config.layer_types``
-    (Gemma2/3, Qwen2/3 with a sliding window, Cohere2, ...) would give the top's first block the type of block 0.
-    A config whose ``layer_types`` does not list one type per block is left as it is.
+    Forwards that pick each block's attention (sliding or full, attention or state space) and rope by its index in
+    ``config.layer_types`` (Gemma2/3, Qwen2/3 with a sliding window, Cohere2, Jamba, ...) would give the top's first
+    block the type of block 0. A config whose ``layer_types`` does not list one type per block, or lists one type
+    only, is left as it is. A config that derives ``layer_types`` from other fields (a read-only property: Jamba,
+    Mamba) gets a subclass where it is a plain field.
     """
     import copy
 
     types = getattr(getattr(top_base, "config", None), "layer_types", None)
-    if not isinstance(types, (list, tuple)) or len(types) != blocks:
+    if not isinstance(types, (list, tuple)) or len(types) != blocks or len(set(types)) == 1:
         return
     config = copy.copy(top_base.config)
+    if isinstance(getattr(type(config), "layer_types", None), property):
+        config.__class__ = _settable(type(config))
     config.layer_types = list(types[k:])
     top_base.config = config
+
+
+_SETTABLE: dict[type, type] = {}
+
+
+def _settable(cls: type) -> type:
+    """``cls`` with ``layer_types`` a plain attribute in place of its read-only property (one subclass per class)."""
+    if cls not in _SETTABLE:
+        _SETTABLE[cls] = type(cls.__name__, (cls,), {"layer_types": None, "__module__": cls.__module__})
+    return _SETTABLE[cls]
+
+
+def unscale(top_base: nn.Module, names: tuple[str, ...]) -> None:
+    """Set the float attributes ``names`` of the top's base (a shallow copy) to 1: factors its forward applies to
+    the embeddings (Granite's ``embedding_multiplier``), which the stored states carry already."""
+    for name in names:
+        setattr(top_base, name, 1.0)
 
 
 # ---- the generic rule's bottom ---------------------------------------------------------------------------------------

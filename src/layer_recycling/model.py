@@ -23,7 +23,8 @@ from .config import RecycleConfig
 from .fingerprint import Fingerprint, fingerprint_of
 from .integrations import peft
 from .pipeline import Pipeline, Stats, device_of, dtype_of, input_names_of
-from .split import resolve_ties, split
+from .discover import split
+from .split import resolve_ties
 from .stores import MemoryStore, NullStore, Store, check_store
 
 __all__ = ["Recycled", "Stats", "recycle"]

@@ -47,7 +47,11 @@ def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = No
     Raises:
         ValueError: unknown architecture or bad level; the message says how to name the block list.
     """
-    arch = lookup(model, blocks)
+    return split_with(model, at, lookup(model, blocks))
+
+
+def split_with(model: nn.Module, at: int | float, arch: Arch) -> Split:
+    """Cut ``model`` after ``at`` blocks as ``arch`` says (an entry of the table, or one found by ``discover``)."""
     hooks_before_copies(model)
     if arch.build is not None:
         bottom, top, k, num_layers = arch.build(model, at)
@@ -59,12 +63,13 @@ def split(model: nn.Module, at: int | float, blocks: str | list[str] | None = No
     layers = _block_list(base, arch.blocks)
     k = resolve_at(at, len(layers))
     bottom_edits = {arch.blocks: nn.ModuleList(layers[:k])}
-    bottom_edits.update({t: nn.Identity() for t in arch.tail if getattr(base, t, None) is not None})
+    bottom_edits.update({t: nn.Identity() for t in arch.tail if _has(base, t)})
     if arch.bottom_fix is not None:
         bottom_edits.update(arch.bottom_fix(base, k))
     bottom = Bottom(replace(base, bottom_edits))
     top_model = replace(model, {join(prefix, p): m for p, m in _above(base, arch, layers, k).items()})
     halves.shift_layer_types(get(top_model, prefix), k, len(layers))
+    halves.unscale(get(top_model, prefix), arch.unscale)
     for suffix, wrap in arch.heads:  # heads that read input_ids are restated on states
         if type(model).__name__.endswith(suffix):
             top_model = wrap(top_model)
@@ -94,7 +99,7 @@ def _above(base: nn.Module, arch: Arch, layers: nn.ModuleList, k: int) -> dict[s
     edits: dict[str, nn.Module | None] = {arch.blocks: nn.ModuleList(layers[k:])}
     for name in arch.seam:
         edits[name] = Seam(get(base, name), arch.entry, arch.keep)
-    edits.update({n: nn.Identity() for n in arch.blank if getattr(base, n, None) is not None})
+    edits.update({n: nn.Identity() for n in arch.blank if _has(base, n)})
     edits.update({n: Zeros(get(base, n)) for n in arch.zero})
     if arch.top_fix is not None:
         edits.update(arch.top_fix(base, k))
@@ -131,12 +136,21 @@ def middle(model: nn.Module, j: int, k: int, blocks: str | list[str] | None = No
     if arch.generic:
         return Middle(halves.Chain(*layers[j:k]), None)
     edits = {**_above(root, arch, layers, j), arch.blocks: nn.ModuleList(layers[j:k])}
-    edits.update({t: nn.Identity() for t in arch.tail if getattr(root, t, None) is not None})
+    edits.update({t: nn.Identity() for t in arch.tail if _has(root, t)})
     if arch.bottom_fix is not None:  # the tail a family's bottom drops (OPT's, T5's final norm)
         edits.update(arch.bottom_fix(root, k))
     run = replace(root, edits)
     halves.shift_layer_types(run, j, len(layers))
+    halves.unscale(run, arch.unscale)
     return Middle(Bottom(run), arch.entry)
+
+
+def _has(root: nn.Module, path: str) -> bool:
+    """``root`` has a module at the dotted ``path`` (a tail the family may lack, such as an optional pooler)."""
+    try:
+        return get(root, path) is not None
+    except AttributeError:
+        return False
 
 
 def _block_list(root: nn.Module, path: str) -> nn.ModuleList | nn.Sequential:

@@ -1,0 +1,62 @@
+"""Families recycled with no ``blocks=``, at every level and head: the max abs diff from each example run alone
+(right and left padding, misses and hits), or the refusal. A report, not a test:
+
+    HF_HUB_OFFLINE=1 PYTHONPATH=src:tests python tests/families_sweep.py [case ...]          # families.FOUND
+    HF_HUB_OFFLINE=1 PYTHONPATH=src:tests python tests/families_sweep.py --alone [case ...]  # table entries removed
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import torch
+
+import layer_recycling as lr
+from families import FAMILIES, FOUND, LAYERS, Missing, alone, build, build_found, examples, padded, worst
+from layer_recycling import arch
+
+
+def sweep(case: str, head: str, make) -> str:
+    """'max diff D over levels 0..L' or the first refusal (its level and text)."""
+    try:
+        model = make(case, head)
+    except Missing as err:
+        return f"skipped: {err}"
+    rows = examples(case)
+    try:
+        want = alone(model, rows)
+    except Exception as err:  # noqa: BLE001 - the examples do not fit the model: say so
+        return f"the model alone fails: {type(err).__name__}: {err}"
+    result = 0.0
+    for at in range(LAYERS + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                rec = lr.recycle(model, at=at).eval()
+                for side in ("right", "left"):
+                    batch = padded(rows, side, rec.pipeline.pad_id)
+                    with torch.no_grad():
+                        result = max(result, worst(want, batch, rec(**batch)), worst(want, batch, rec(**batch)))
+        except Exception as err:  # noqa: BLE001 - the refusal is the finding
+            return f"at {at}: {type(err).__name__}: {err}"
+    return f"max diff {result:.3g} over levels 0..{LAYERS} (blocks {rec.arch.blocks!r})"
+
+
+def main(args: list[str]) -> None:
+    removed = args[:1] == ["--alone"]
+    names = args[1:] if removed else args
+    cases = FAMILIES if removed else FOUND
+    for case in names or list(cases):
+        heads = cases[case][3] if removed else cases[case][2]
+        entry = arch.TABLE.pop(FAMILIES[case][0]) if removed else None
+        try:
+            for head in heads:
+                print(f"{case} {head}: {sweep(case, head, build if removed else build_found)}", flush=True)
+        finally:
+            if removed:
+                arch.TABLE[FAMILIES[case][0]] = entry
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
