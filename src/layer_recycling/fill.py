@@ -111,9 +111,9 @@ def refuse_nonfinite(keys: list[str], states: list[torch.Tensor], locate: Locate
     """Refuse states holding NaN or inf, naming the first such example (one device sync for the batch)."""
     if not states:
         return
-    finite = torch.stack([torch.isfinite(s).all() for s in states]).cpu()
-    if bool(finite.all()):
+    if bool(torch.isfinite(torch.cat([s.reshape(-1) for s in states])).all()):  # one op for the batch
         return
+    finite = torch.stack([torch.isfinite(s).all() for s in states]).cpu()  # which one, to name it
     i = int((~finite).nonzero()[0, 0])
     s = states[i]
     raise ValueError(
@@ -244,6 +244,8 @@ def stream(pipes: list[Pipeline], keyed: Iterable[tuple[str, dict]], step: Step,
             while (chunk := next(chunks, None)) is not None or ranks is not None:
                 if ranks is not None and not _same_chunk(chunk, ranks[0], what):
                     break  # every rank has read all its examples
+                for pipe in pipes:  # every example's ids, before any of the chunk runs
+                    pipe.check_rows([inputs for _, inputs in chunk], lambda i: f"example {read + i}")
                 added += distributed.together(ranks, lambda: step(chunk, mine, locator(chunk, read)))
                 read += len(chunk)
                 bar.update(len(chunk))

@@ -95,8 +95,10 @@ def group_dataset(pipe: Pipeline, examples: Iterable[Any], inputs: Sequence[str]
         return cached_groups(pipe, examples, list(inputs), dtype, fill_batch_size, progress)
 
     def parse(example: Any, i: int) -> tuple[dict[str, list], dict]:
-        parts, labels = _group_parts(pipe, example, inputs, i)  # checks the ids too
-        return {f: [x for _, x in es] for f, es in parts.items()}, labels
+        parts, labels = _group_parts(pipe, example, inputs, i)
+        rows = {f: [x for _, x in es] for f, es in parts.items()}
+        pipe.check_rows([x for xs in rows.values() for x in xs], lambda _: f"example {i}")
+        return rows, labels
 
     collate = functools.partial(data.collate_groups, stored=False, pad_id=pipe.pad_id, ragged=pipe.arch.masked)
     read = _group_reader(list(inputs), pipe.input_names)
@@ -211,7 +213,11 @@ def make_loader(
     if pipe.store.keeps:
         dataset: Any = cached_dataset(pipe, examples, dtype, fill_batch_size, progress)
     else:  # nothing kept: batches of model inputs, the bottom runs on each
-        parse = lambda example, i: pipe.encode(example, f"example {i}")[1:]  # noqa: E731 - checks the ids too
+        def parse(example: Any, i: int) -> tuple[dict, dict]:
+            _, inputs, labels = pipe.encode(example, f"example {i}")
+            pipe.check_rows([inputs], lambda _: f"example {i}")
+            return inputs, labels
+
         read = functools.partial(_plain_item, names=pipe.input_names)
         collate = functools.partial(_collate_plain, pad_id=pipe.pad_id, ragged=pipe.arch.masked)
         dataset = input_dataset(examples, parse, read, collate, pipe.arch.masked, False, "loader")

@@ -104,20 +104,31 @@ class Pipeline:
 
     def encode(self, example: Any, what: str = "an example"
                ) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(key, unpadded model inputs, labels) of one raw example (``what`` names it in errors).
+        """(key, unpadded model inputs, labels) of one raw example (``what`` names it in errors); its token ids
+        are checked against the vocabulary by ``check_rows``, a batch of examples at a time.
 
         Raises:
-            ValueError, TypeError: inputs the model cannot take (token ids outside its vocabulary, ...).
+            ValueError, TypeError: inputs the model cannot take (float ids, a mask of another length, ...).
         """
         inputs, labels = data.parts(data.normalize(example, self.input_names), self.input_names)
-        self.check_inputs(inputs, what)
         key = digest(self.key_fn(example)) if self.key_fn is not None else row_key(inputs)
         return key, inputs, labels
 
-    def check_inputs(self, inputs: dict[str, torch.Tensor], what: str) -> None:
-        """Refuse one unpadded example's token ids outside the model's vocabulary, before anything runs."""
-        if self.vocab is not None and "input_ids" in inputs:
-            data.check_ids(inputs["input_ids"], self.vocab, what)
+    def check_rows(self, rows: list[dict[str, torch.Tensor]], name: Callable[[int], str]) -> None:
+        """Refuse unpadded examples holding token ids outside the model's vocabulary, before anything runs: one
+        look at all their ids, then the first such example named (``name(i)`` for ``rows[i]``).
+
+        Raises:
+            ValueError: naming the example, the id and the vocabulary size (``data.check_ids``).
+        """
+        ids = [r["input_ids"] for r in rows if "input_ids" in r]
+        if self.vocab is None or not ids:
+            return
+        joined = torch.cat([i.reshape(-1) for i in ids])
+        if not joined.numel() or 0 <= int(joined.min()) and int(joined.max()) < self.vocab:
+            return
+        for i, row in enumerate(rows):
+            data.check_ids(row["input_ids"], self.vocab, name(i))
 
     @torch.no_grad()
     def run_bottom(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -95,7 +95,7 @@ def prepare(pipe: Pipeline, dtype: torch.dtype, inputs: dict[str, torch.Tensor |
     rows = [data.key_fields(r) for r in layout.rows(inputs)]
     for i, row in enumerate(rows):
         data.check_tokens(row, f"row {i} of the batch")
-        pipe.check_inputs(row, f"row {i} of the batch")
+    pipe.check_rows(rows, lambda i: f"row {i} of the batch")
     states = lookup(pipe, [row_key(r) for r in rows], rows, device, dtype)
     per_token = {n: layout.gather(v, data.IGNORE_INDEX) for n, v in labels.items() if _is_per_token(v, layout)}
     return (*data.repad(states, to=layout.n), {**labels, **per_token}, layout)
@@ -133,6 +133,7 @@ def predict(pipe: Pipeline, top: Top, device: torch.device, dtype: torch.dtype, 
         for start in range(0, len(examples), batch_size):
             encoded = [pipe.encode(e, f"example {start + j}") for j, e in enumerate(examples[start : start + batch_size])]
             keys, rows = [k for k, _, _ in encoded], [i for _, i, _ in encoded]
+            pipe.check_rows(rows, lambda i: f"example {start + i}")
             states = lookup(pipe, keys, rows, device, dtype, first=start)
             results += _per_example(pipe, top, states)
             bar.update(len(encoded))
