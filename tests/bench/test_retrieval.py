@@ -10,9 +10,10 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 
 from conftest import WORDS
-from layer_recycling import MemoryStore, recycle
+from layer_recycling import MemoryStore, data, recycle
 from layer_recycling.bench import metrics, retrieval, runner
 from layer_recycling.bench.catalog import load_task, model_factory
 from layer_recycling.bench.settings import Setting, TrainConfig
@@ -109,14 +110,16 @@ def test_a_query_with_two_answers_is_never_pushed_from_either():
     ({"pooling_mode": "mean"}, "mean"),
     ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, "cls"),  # the older flags
     ({"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}, "mean"),
-    ({"pooling_mode": "max"}, "pools with 'max'"),
-    ({"pooling_mode_lasttoken": True}, "pools with 'lasttoken'"),
+    ({"pooling_mode": "max"}, "max"),
+    ({"pooling_mode_lasttoken": True}, "lasttoken"),  # decoder embedding models
+    ({"pooling_mode": "weightedmean"}, "pools with 'weightedmean'"),
+    ({"pooling_mode_cls_token": True, "pooling_mode_max_tokens": True}, "pools with 'cls\\+max'"),
 ])
 def test_pooling_is_read_from_either_config_form(tmp_path, config, pooling):
     """The current form ({"pooling_mode": "cls"}) was read as mean: a CLS model trained and scored mean-pooled."""
     (tmp_path / "1_Pooling").mkdir()
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(config))
-    if pooling in ("cls", "mean"):
+    if pooling in retrieval.POOLINGS:
         assert retrieval.pooling_of(tmp_path) == pooling
     else:
         with pytest.raises(ValueError, match=pooling):
@@ -385,3 +388,53 @@ def test_a_dataset_or_model_retrieval_cannot_use_is_refused_in_one_line(tiny_mod
     assert main(["bench", "--task", "retrieval", "--model", str(tiny_model_dir), *argv]) == 2
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3_dir(tmp_path_factory, tiny_model_dir):
+    """A tiny Qwen3 embedding model as sentence-transformers saves one: left padding, last-token pooling."""
+    folder = tmp_path_factory.mktemp("tiny-qwen3")
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.padding_side = "left"
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = transformers.Qwen3Config(vocab_size=len(tok), hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                      num_key_value_heads=1, intermediate_size=37, head_dim=16,
+                                      max_position_embeddings=64, pad_token_id=0)
+    transformers.Qwen3Model(config).save_pretrained(folder)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "lasttoken",
+                                                                  "embedding_dimension": 32}))
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["lasttoken", "max", "cls", "mean"])
+def test_each_pooling_equals_sentence_transformers_own_on_a_left_padded_decoder(tiny_qwen3_dir, mode):
+    st = pytest.importorskip("sentence_transformers")
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    model = st.SentenceTransformer(modules=[Transformer(str(tiny_qwen3_dir)), Pooling(32, pooling_mode=mode)],
+                                   device="cpu")
+    texts = ["the film was good", "a bad plot", "the actor was fun and the plot was great"]
+    want = model.encode(texts, convert_to_tensor=True, normalize_embeddings=True)
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_qwen3_dir)
+    plain = transformers.AutoModel.from_pretrained(tiny_qwen3_dir).eval()
+    left = tok(texts, padding=True, return_tensors="pt")
+    right = data.collate_inputs([{"input_ids": torch.tensor(ids)} for ids in tok(texts)["input_ids"]], 0, True)
+    with torch.no_grad():
+        for batch in (left, right):  # the harness batches right-padded; the model's tokenizer pads left
+            assert torch.allclose(retrieval.embed(plain, dict(batch), mode), want, atol=1e-5)
+
+
+def test_recycle_bench_task_retrieval_on_a_decoder_embedding_model(tmp_path, tiny_qwen3_dir):
+    from layer_recycling.cli import main
+
+    out = tmp_path / "out"
+    assert main(["bench", "--task", "retrieval", "--dataset", str(_pairs_csv(tmp_path / "p.csv")), "--model",
+                 str(tiny_qwen3_dir), "--text-column", "question", "--text-pair-column", "answer", "--epochs", "1",
+                 "--levels", "0.5", "--lr", "1e-3", "--out", str(out)]) == 0
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
+    assert {r["label"] for r in results} >= {"full", "recycled 50%"} and all(r["trained"] for r in results)
+    task = load_task("retrieval", str(_pairs_csv(tmp_path / "q.csv")), str(tiny_qwen3_dir),
+                     columns=Columns("question", "answer"), val=0.2)
+    assert task.extra["pooling"] == "lasttoken"

@@ -8,7 +8,8 @@ label among some labels, and each text of the held-out labels searches all the o
 Training is MultipleNegativesRankingLoss (sentence-transformers' semantics: cosine similarity times 20, cross
 entropy over the batch's positives), with the one difference that in-batch candidates of the anchor's own group
 (the same answer, the same class) are masked rather than counted as negatives. Embeddings are the model's
-pooling (mean over tokens, or the first token where its ``1_Pooling`` folder says so), normalised; the metrics are
+pooling as its ``1_Pooling`` folder says (mean, first token, max, or the last real token of a decoder embedding
+model; mean for a plain folder), normalised; the metrics are
 plain tensor math over every query and corpus entry (``metrics.ranking``), no approximate index.
 """
 
@@ -40,12 +41,16 @@ BUILT_IN = {"faq": "503 construction FAQ question/answer pairs (pairs)",
 
 # --- embeddings, loss and the evaluator ---------------------------------------------------------------------------
 
+POOLINGS = ("cls", "mean", "max", "lasttoken")  # what ``embed`` computes, as sentence-transformers names them
+
+
 def pooling_of(model_dir: str | Path | None) -> str:
-    """``"cls"`` or ``"mean"``: how the sentence-transformers folder pools (its ``1_Pooling/config.json``, in the
+    """One of ``POOLINGS``: how the sentence-transformers folder pools (its ``1_Pooling/config.json``, in the
     current ``pooling_mode`` form or the older ``pooling_mode_*_tokens`` flags); ``"mean"`` for a plain folder.
+    Decoder embedding models (Qwen3-Embedding, ...) pool their last token.
 
     Raises:
-        ValueError: a pooling the harness does not compute (max, last token, weighted mean).
+        ValueError: a pooling the harness does not compute (weighted mean, several modes at once).
     """
     config = Path(model_dir) / "1_Pooling" / "config.json" if model_dir is not None else None
     if config is None or not config.is_file():
@@ -57,9 +62,9 @@ def pooling_of(model_dir: str | Path | None) -> str:
                  "lasttoken": "pooling_mode_lasttoken", "weightedmean": "pooling_mode_weightedmean_tokens"}
         on = [name for name, flag in flags.items() if modes.get(flag)]
         mode = on[0] if len(on) == 1 else "+".join(on) or "mean"
-    if mode not in ("cls", "mean"):
-        raise ValueError(f"{config} pools with {mode!r}; the retrieval harness pools 'mean' or 'cls': pass a model "
-                         f"that pools one of those, or train it with sentence-transformers' own trainer")
+    if mode not in POOLINGS:
+        raise ValueError(f"{config} pools with {mode!r}; the retrieval harness pools with one of {list(POOLINGS)}: "
+                         f"pass a model that pools one of those, or train it with sentence-transformers' own trainer")
     return mode
 
 
@@ -79,12 +84,22 @@ def embed(forward: Callable[..., Any], inputs: dict, pooling: str = "mean") -> t
     if hidden.dim() != 3:
         raise ValueError(f"the model returned a hidden state of shape {tuple(hidden.shape)}; retrieval pools a "
                          "(batch, tokens, hidden) state: pass the encoder itself (AutoModel), not a model with a head")
+    return F.normalize(pool(hidden, inputs["attention_mask"], pooling).float(), dim=-1)
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(b, t, h) token states -> (b, h) as sentence-transformers' ``Pooling`` does for ``pooling``: the first token
+    (cls), the mean or the max over real tokens, or the last real token (either padding side)."""
     if pooling == "cls":
-        vectors = hidden[:, 0]
-    else:
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-    return F.normalize(vectors.float(), dim=-1)
+        return hidden[:, 0]
+    real = mask.bool().unsqueeze(-1)
+    if pooling == "max":
+        return hidden.masked_fill(~real, torch.finfo(hidden.dtype).min).amax(dim=1)
+    if pooling == "lasttoken":  # the highest position holding a real token
+        last = (mask.bool() * torch.arange(1, mask.shape[1] + 1, device=mask.device)).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    weights = real.to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 def in_batch_negatives_loss(forward: Callable[..., Any], batch: dict, pooling: str = "mean",
