@@ -4,9 +4,11 @@
 
 Each size runs in a fresh process: a tiny BERT (hidden 8, one block recycled, so that the model's own memory and
 time do not count), short examples of 3 token ids made on the fly by a generator (the source costs nothing: what
-grows is the library's), a float16 DiskStore. Reported per size: the process's peak RSS over the fill above its RSS
-before it (VmHWM), and the RSS a built loader adds (`rec.loader` over the same generator, all hits: keys, lengths
-and labels), each also per example; then the growth from the smallest to the largest size. Writes JSON.
+grows is the library's), a float16 DiskStore. Reported per size: the process's peak RSS over the fill above its
+RSS before it (VmHWM: file-backed pages of the store's index included) and its peak anonymous memory (sampled
+every 20 ms), and the RSS a built loader adds (`rec.loader` over the same generator, all hits: keys, lengths and
+labels), anonymous, file-backed and shared apart, each also per example; then the growth from the smallest to the
+largest size. Writes JSON.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +34,24 @@ def _status(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     raise KeyError(field)
+
+
+class AnonPeak:
+    """The largest RssAnon seen while it runs (sampled every 20 ms): VmHWM counts file-backed pages too."""
+
+    def __enter__(self):
+        self.peak, self._stop = _status("RssAnon"), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _status("RssAnon"))
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _reset_peak() -> None:
@@ -56,9 +77,11 @@ def one(n: int, folder: str) -> dict:
                      store=lr.DiskStore(Path(folder) / f"s{n}", codec="float16"))
     rec.fill(examples(2000), batch_size=1024, progress=False)  # one-time costs of a first fill, not counted
     _reset_peak()
-    before, start = _status("VmRSS"), time.perf_counter()
-    added = rec.fill(examples(n), batch_size=1024, progress=False)
+    before, anon, start = _status("VmRSS"), _status("RssAnon"), time.perf_counter()
+    with AnonPeak() as sampled:
+        added = rec.fill(examples(n), batch_size=1024, progress=False)
     fill_s, fill_peak = time.perf_counter() - start, _status("VmHWM") - before
+    fill_anon_peak = sampled.peak - anon
     _reset_peak()
     before = {f: _status(f) for f in PARTS}
     loader = rec.loader(examples(n), batch_size=256, shuffle=True, progress=False)
@@ -67,7 +90,8 @@ def one(n: int, folder: str) -> dict:
     counts = (n, len(loader.dataset), added, rec.stats.bottom_examples)
     assert counts[1] == n and counts[3] == 2000 + added, f"examples, loader, added, bottom runs: {counts}"
     return {"examples": n, "added": added, "fill_s": fill_s, "fill_peak_bytes": fill_peak,
-            "fill_peak_per_example": fill_peak / n, "loader_bytes": loader_rss, "loader_per_example": loader_rss / n,
+            "fill_peak_per_example": fill_peak / n, "fill_anon_peak_bytes": fill_anon_peak, "loader_bytes": loader_rss,
+            "loader_per_example": loader_rss / n,
             "loader_build_peak_bytes": loader_peak, "store_bytes": rec.store.volume(),
             **{f"loader_{f}_bytes": grew[f] for f in PARTS[1:]}}
 
@@ -91,7 +115,8 @@ def main() -> None:
         shutil.rmtree(Path(args.dir) / f"s{n}", ignore_errors=True)
         r = rows[-1]
         print(f"{n:>10,} examples: fill {r['fill_s']:7.1f} s, peak +{r['fill_peak_bytes'] / 2**20:7.1f} MiB "
-              f"({r['fill_peak_per_example']:6.1f} B/ex); loader +{r['loader_bytes'] / 2**20:6.1f} MiB "
+              f"({r['fill_peak_per_example']:6.1f} B/ex; anonymous +{r['fill_anon_peak_bytes'] / 2**20:6.1f} MiB); "
+              f"loader +{r['loader_bytes'] / 2**20:6.1f} MiB "
               f"({r['loader_per_example']:5.1f} B/ex: anonymous {r['loader_RssAnon_bytes'] / n:5.1f}, file "
               f"{r['loader_RssFile_bytes'] / n:5.1f}, shared {r['loader_RssShmem_bytes'] / n:5.1f})", flush=True)
     first, last = rows[0], rows[-1]

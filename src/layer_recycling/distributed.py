@@ -1,4 +1,4 @@
-"""Many processes (torchrun / torch.distributed): each rank fills the keys its rank owns, and reads a share of each epoch.
+"""Many processes (torchrun / torch.distributed): each rank fills the keys it owns, and reads a share of each epoch.
 
 Ranks see the same examples in the same order; shares are deterministic, so no rank ever sends keys to another.
 """
