@@ -183,8 +183,8 @@ def _check_collision(seen: dict[str, tuple[int, str]], key: str, i: int, inputs:
 
 CHUNK = 4096  # examples keyed, checked and computed at a time: a fill's memory does not grow with the dataset
 
-Step = Callable[[list[tuple[str, dict]], Callable[[dict], dict], Locate], int]  # (chunk, this rank's share of,
-# names of its examples) -> added
+# (chunk, this rank's share of pending keys, the chunk's names for errors) -> entries added
+Step = Callable[[list[tuple[str, dict]], Callable[[dict], dict], Locate], int]
 
 
 def fill(pipe: Pipeline, examples: Iterable[Any], batch_size: int = 32, progress: bool = True,

@@ -126,7 +126,8 @@ def cached_groups(pipe: Pipeline, examples: Iterable[Any], inputs: list[str], dt
     def keyed() -> Iterator[tuple[str, dict]]:
         for i, example in enumerate(examples):
             parts, y = _group_parts(pipe, example, inputs, i)
-            sizes.update({} if sizes else {f: len(es) for f, es in parts.items()})
+            if not sizes:  # example 0 sets how many inputs each field holds
+                sizes.update({f: len(es) for f, es in parts.items()})
             _same_sizes(sizes, parts, i)
             labels.add(y)
             for field, entries in parts.items():
