@@ -17,6 +17,7 @@ from .keys import digest
 from .columns import CachedDataset
 from .model import Recycled, recycle
 from .pipeline import Pipeline, Stats
+from .plan import Plan, plan
 from .saving import load_model_state_dict, model_state_dict
 from .discover import split
 from .split import Split
@@ -25,6 +26,6 @@ from .surgery import resolve_at
 
 __all__ = [
     "CachedDataset", "DigestMismatch", "DiskFull", "DiskStore", "Fingerprint", "FingerprintMismatch", "MemoryStore",
-    "NullStore", "Pipeline", "RecycleConfig", "Recycled", "Split", "Stats", "Store", "StoreCorrupted", "VerifyReport",
-    "__version__", "digest", "load_model_state_dict", "model_state_dict", "recycle", "resolve_at", "split",
+    "NullStore", "Pipeline", "Plan", "RecycleConfig", "Recycled", "Split", "Stats", "Store", "StoreCorrupted", "VerifyReport",
+    "__version__", "digest", "load_model_state_dict", "model_state_dict", "plan", "recycle", "resolve_at", "split",
 ]

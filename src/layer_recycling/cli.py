@@ -13,6 +13,7 @@ from .bench.tasks import KINDS
 EPILOG = """examples:
   recycle bench --task seq-cls --dataset rotten_tomatoes --model minilm --train 2000 --test 1000 --out results/rt
   recycle report results/rt --max-drop 1
+  recycle plan --dataset imdb --model minilm --at 0.5 --store cache/imdb
   recycle fill --dataset imdb --model minilm --at 0.5 --store cache/imdb --codec float16
   recycle train --dataset imdb --model minilm --at 0.5 --store cache/imdb --epochs 3 --save models/imdb
   recycle bench --dataset my.csv --text-column review --label-column stars --model minilm --out results/my
@@ -181,6 +182,14 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--max-drop", type=_points, default=1.0, help="points of score you accept to lose")
     i = sub.add_parser("inspect", help="what a disk store holds", formatter_class=_Help)
     i.add_argument("store", type=Path, help="the store's directory")
+    pl = sub.add_parser("plan", help="before a fill: the store's size per codec, the fill's time, the payoff "
+                        "epochs, whether the disk has room", formatter_class=_Help)
+    _data_args(pl, training=False)
+    pl.add_argument("--at", type=_at, default=0.5, help="blocks to recycle: a count (3) or a fraction (0.5)")
+    pl.add_argument("--store", type=Path, help="the store's directory (new or holding a store); default: in memory")
+    pl.add_argument("--codec", default=None, help="the codec of a new store (float32, float16, bfloat16, int8)")
+    pl.add_argument("--sample", type=_count, default=64, help="examples run to time the bottom, top and model")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
     for name, text in (("fill", "fill a disk store with the bottom's states"),
                        ("train", "train the top from a disk store and score it")):
         p = sub.add_parser(name, help=text, formatter_class=_Help)
@@ -201,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return {"bench": _bench, "report": _report, "inspect": _inspect, "fill": _fill,
-                "train": _train}[args.command](args)
+                "train": _train, "plan": _plan}[args.command](args)
     except KeyboardInterrupt:
         kept = " (the entries computed so far are committed: rerun to go on from there)" if args.command in (
             "fill", "train") else ""
@@ -297,6 +306,19 @@ def _recycled(args):
     rec = recycle(model, at=args.at, store=DiskStore(args.store, codec=args.codec), tokenizer=tok,
                   preprocess=task.preprocess)
     return task, tok, rec
+
+
+def _plan(args) -> int:
+    from .bench.catalog import model_factory, tokenizer_for
+    from .plan import plan
+
+    task = _task(args)
+    model = model_factory(args.model, task.kind, task.num_labels)()
+    tok = tokenizer_for(args.model) if "pixel_values" not in task.test[0] else None
+    result = plan(model, task.fill_examples() + task.test, args.at, store=args.store, codec=args.codec, tokenizer=tok,
+                  batch_size=args.batch_size, sample=args.sample, preprocess=task.preprocess)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    return 0 if result.fits is not False else 3
 
 
 def _fill(args) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import random
 import signal
 import threading
@@ -20,6 +21,7 @@ from . import data, distributed
 from .keys import digest
 from .stores.codecs import CODECS, LOSSLESS, check_error, error_bound
 from .stores.files import StoreCorrupted
+from .stores.sizes import check_room
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -42,12 +44,13 @@ class VerifyReport:
 
 
 def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, states_of: StatesOf | None = None,
-            locate: Locate | None = None) -> int:
+            locate: Locate | None = None, room: Callable[[list[torch.Tensor]], None] | None = None) -> int:
     """Run the bottom on ``pending`` (key -> unpadded inputs) in length-sorted batches and store the states;
     returns how many were stored. The first batch also measures the store's codec against its stated bound.
 
     ``states_of(keys, rows)`` replaces the bottom (a stacked fill reads a lower store and runs the middle).
-    ``locate(key)`` names an example in errors.
+    ``locate(key)`` names an example in errors. ``room(states)`` sees the first batch's states before they are
+    stored (a fill's check that the store's disk has room for all of it).
     """
     keys = list(pending)
     if pipe.arch.masked:  # similar lengths together: less padding to compute
@@ -57,7 +60,10 @@ def compute(pipe: Pipeline, pending: dict[str, dict], batch_size: int, states_of
     for start in range(0, len(keys), batch_size):
         chunk = keys[start : start + batch_size]
         rows = [pending[k] for k in chunk]
-        put(pipe, chunk, states_of(chunk, rows), rows, locate, measure=start == 0)
+        states = states_of(chunk, rows)
+        if room is not None and start == 0:
+            room(states)
+        put(pipe, chunk, states, rows, locate, measure=start == 0)
         pipe.stats.stored += len(chunk)
     return len(keys)
 
@@ -212,9 +218,20 @@ def fill_keyed(pipe: Pipeline, keyed: Iterable[tuple[str, dict]], batch_size: in
     """``fill`` for examples already keyed: (key, unpadded inputs) pairs, read once, chunk by chunk.
 
     ``states_of(keys, rows)`` replaces the bottom (a stacked fill reads a lower store and runs the middle).
+    With ``total`` known, the first chunk's share of missing examples and its first batch's states predict the
+    store's growth: a fill the disk cannot hold is refused before it writes (``sizes.check_room``).
     """
+    seen = [0, False]  # examples read before this chunk; whether the room was checked
+
     def step(chunk: list[tuple[str, dict]], mine: Callable[[dict], dict], locate: Locate) -> int:
-        return compute(pipe, mine(missing(pipe, chunk)), batch_size, states_of, locate)
+        pending = missing(pipe, chunk)
+        room = None
+        if total and pending and not seen[1]:  # the first misses: all ranks' (one disk), over what is left to read
+            seen[1] = True
+            expected = math.ceil(len(pending) / len(chunk) * max(total - seen[0], len(chunk)))
+            room = lambda states: check_room(pipe.store, states, expected, pipe.key_fn is not None)  # noqa: E731
+        seen[0] += len(chunk)
+        return compute(pipe, mine(pending), batch_size, states_of, locate, room)
 
     return stream([pipe], keyed, step, progress, group, total, what)
 
