@@ -501,7 +501,7 @@ def _check_read_only_directory(path: str) -> None:
             store.put_many(keys(1, start=50), [torch.ones(1, 8)])
         store.close()
     with pytest.raises(PermissionError, match=r"cannot create a DiskStore in .*read-only.*readonly=True"):
-        DiskStore(Path(path, "new"))
+        DiskStore(Path(path).parent / "new")  # the parent is root's, 0755
 
 
 def _can_create(path: Path) -> bool:
@@ -709,3 +709,15 @@ def test_input_digests_survive_flush_reopen_merge_and_damage_is_named(tmp_path):
     with pytest.raises(ValueError, match="40-char hex"):
         reopened.put_many(keys(1, start=50), [value(ks[0])], checks=["not a digest"])
 
+
+
+def test_a_store_inside_another_store_or_on_a_filesystem_without_files_is_refused(tmp_path):
+    filled(tmp_path / "s")
+    for inner in (tmp_path / "s" / "new", tmp_path / "s" / "a" / "b"):
+        with pytest.raises(ValueError, match=r"inside the DiskStore at .*/s, whose files"):
+            DiskStore(inner)
+        assert not inner.exists()
+    (tmp_path / "file").write_text("x")
+    for path in (tmp_path / "file" / "s", Path("/proc/lr-store")):
+        with pytest.raises(FileNotFoundError, match=r"cannot create a DiskStore in .*: expected a directory"):
+            DiskStore(path)

@@ -26,6 +26,10 @@ _OURS = re.compile(r"(seg-[A-Za-z0-9_.-]{1,80}-[0-9]{6}(\.[0-9a-f]{12}\.(data|ke
 def create(path: Path, codec: str, readonly: bool) -> None:
     if readonly:
         raise FileNotFoundError(f"no DiskStore at {path} (no {STORE}); open it with readonly=False to create one")
+    outer = next((p for p in path.parents if (p / STORE).is_file()), None)
+    if outer is not None:
+        raise ValueError(f"cannot create a DiskStore in {path}: it is inside the DiskStore at {outer}, whose files "
+                         f"and cleanup() would mix with its own. Pass a directory outside any store")
     try:
         path.mkdir(parents=True, exist_ok=True)
         foreign = [p.name for p in path.iterdir() if not _OURS.fullmatch(p.name)]
@@ -37,6 +41,9 @@ def create(path: Path, codec: str, readonly: bool) -> None:
         created_by = f"layer_recycling {__version__}"
         create_once(path / STORE, checksummed({"format": FORMAT, "codec": codec, "created_by": created_by}))
     except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):  # /proc/x, a path through a file: say which and why
+            raise FileNotFoundError(err.errno, f"cannot create a DiskStore in {path} ({err.strerror}): expected a "
+                                    f"directory that exists or can be made, on a filesystem that holds files") from None
         if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
         raise PermissionError(f"cannot create a DiskStore in {path}: the directory is read-only ({err.strerror}); "
