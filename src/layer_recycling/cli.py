@@ -13,6 +13,7 @@ from .bench.tasks import KINDS
 EPILOG = """examples:
   recycle bench --task seq-cls --dataset rotten_tomatoes --model minilm --train 2000 --test 1000 --out results/rt
   recycle report results/rt --max-drop 1
+  recycle choose --task seq-cls --dataset rotten_tomatoes --model minilm --max-drop 1 --confirm
   recycle plan --dataset imdb --model minilm --at 0.5 --store cache/imdb
   recycle fill --dataset imdb --model minilm --at 0.5 --store cache/imdb --codec float16
   recycle train --dataset imdb --model minilm --at 0.5 --store cache/imdb --epochs 3 --save models/imdb
@@ -176,6 +177,18 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--val-file", help="validation examples in --dataset's format, instead of holding --val out "
                    "of the training data (text datasets)")
     b.add_argument("--out", type=Path, default=Path("results/bench"), help="folder for the result files")
+    c = sub.add_parser("choose", help="the most recycled level within --max-drop on validation, for a fraction of "
+                       "a sweep's cost", formatter_class=_Help)
+    _data_args(c)
+    c.add_argument("--max-drop", type=_points, default=1.0, help="points of validation score you accept to lose")
+    c.add_argument("--levels", type=_levels, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="candidate fractions")
+    c.add_argument("--val", type=lambda t: _fraction(t, below_one=True), default=0.1, help="fraction of the "
+                   "training examples held out to choose on")
+    c.add_argument("--val-file", help="validation examples in --dataset's format, instead of --val")
+    c.add_argument("--folds", type=_count, default=5, help="parts of the validation set: the drop's interval")
+    c.add_argument("--budget", type=_positive, default=2.0, help="most cost, in full fine-tunings")
+    c.add_argument("--confirm", action="store_true", help="score the choice and full fine-tuning once on test")
+    c.add_argument("--json", type=Path, help="also write the answer, every probe and the cost to this file")
     r = sub.add_parser("report", help="table, plot and recommendation from a folder of results",
                        formatter_class=_Help)
     r.add_argument("folder", type=Path, help="a folder of result files written by bench")
@@ -210,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return {"bench": _bench, "report": _report, "inspect": _inspect, "fill": _fill,
-                "train": _train, "plan": _plan}[args.command](args)
+                "train": _train, "plan": _plan, "choose": _choose}[args.command](args)
     except KeyboardInterrupt:
         kept = " (the entries computed so far are committed: rerun to go on from there)" if args.command in (
             "fill", "train") else ""
@@ -267,6 +280,25 @@ def _bench(args) -> int:
     print()
     print(report(args.out, args.max_drop))
     print(f"\nwrote {args.out}/report.md and the plot beside it")
+    return 0
+
+
+def _choose(args) -> int:
+    from .bench import TrainConfig
+    from .bench.catalog import model_factory
+    from .bench.choose import choose
+
+    task = _task(args)
+    print(f"{task.kind} on {task.dataset}: {task.sizes()}, model {args.model}; the most recycled level within "
+          f"{args.max_drop:g} points on validation")
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    answer = choose(task, model_factory(args.model, task.kind, task.num_labels), args.max_drop, cfg,
+                    levels=args.levels, folds=args.folds, budget=args.budget, confirm=args.confirm)
+    print()
+    print(answer)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(answer.to_dict(), indent=2))
     return 0
 
 

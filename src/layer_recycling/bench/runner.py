@@ -112,10 +112,12 @@ class NothingToTrain(ValueError):
 
 
 def train_epochs(forward: nn.Module, batches, params: list, lr: float, epochs: int, label: str,
-                 loss: Callable[[nn.Module, dict], torch.Tensor] | None = None) -> list[float]:
+                 loss: Callable[[nn.Module, dict], torch.Tensor] | None = None,
+                 after_epoch: Callable[[int], bool] | None = None) -> list[float]:
     """Train ``params`` of ``forward`` on ``batches`` with AdamW; returns the seconds of each epoch.
 
     ``loss(forward, batch)``: the training loss of a batch; default ``forward(**batch).loss``.
+    ``after_epoch(epoch)`` (1-based), untimed, after each epoch: False stops the training there.
 
     Raises:
         NothingToTrain: the first batch's loss has no gradient (nothing above the cache to train).
@@ -135,6 +137,8 @@ def train_epochs(forward: nn.Module, batches, params: list, lr: float, epochs: i
             opt.step()
             opt.zero_grad(set_to_none=True)
         seconds.append(time.perf_counter() - start)
+        if after_epoch is not None and not after_epoch(epoch + 1):
+            break
     return seconds
 
 

@@ -1,0 +1,218 @@
+"""``choose``: the most recycled level whose validation drop stays within a target, for a fraction of a sweep's cost.
+
+1. Full fine-tuning runs once, scored on validation after every epoch: the reference.
+2. One pass of the bottom fills every candidate level's store (stacked: each level's fill starts from the store of
+   the level below, so only the blocks between two levels run).
+3. Levels are tried from the most recycled (the cheapest to train) down. Each trains as a sweep trains it and is
+   scored after every epoch against the reference at the same epoch; it is dropped as soon as its drop exceeds the
+   target by more than twice its standard error, and it holds when its drop after the last epoch is within the
+   target. The first level that holds is the answer: every more recycled one failed. A level whose predicted cost
+   (the reference's training time times the share of blocks it trains) would take the total past ``budget`` full
+   fine-tunings is not tried, and the answer says so.
+
+Validation is scored in ``folds`` disjoint parts (retrieval: parts of the queries, each searching the whole corpus):
+a drop's interval is the 95% t-interval of the paired per-part drops. The cost is every second spent (training,
+fills, scoring) over the reference's, the unit the sweeps' costs are given in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..model import Recycled, recycle
+from ..stores import MemoryStore
+from .reporting import interval
+from .runner import NothingToTrain, _train_batches, train_epochs
+from .settings import Setting, TrainConfig
+from .tasks import Task
+
+LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclasses.dataclass
+class Probe:
+    """One trained setting: its validation score after each epoch (the mean of the folds) and the verdict."""
+
+    label: str
+    level: float | None  # None: full fine-tuning
+    at: int
+    scores: list[float] = dataclasses.field(default_factory=list)  # per epoch
+    folds: list[list[float]] = dataclasses.field(default_factory=list)  # per epoch, per fold
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    verdict: str = ""  # "reference", "holds", "fails", "fails after epoch e of E", "not tried: ..."
+    drop: float | None = None
+    half_width: float | None = None  # of the drop's 95% interval
+    se: float | None = None  # the drop's standard error (None: one fold)
+
+
+@dataclasses.dataclass
+class Choice:
+    """The answer of ``choose``: the level (None: no level held, fine-tune fully), how sure, and what it cost."""
+
+    level: float | None
+    at: int | None
+    max_drop: float
+    metric: str
+    probes: list[Probe]
+    seconds: dict[str, float]  # reference, fill, training, scoring
+    budget: float
+    test: dict[str, float] | None = None  # with confirm: the chosen level's and the reference's test scores
+
+    @property
+    def cost(self) -> float:
+        """Everything ``choose`` spent, in full fine-tunings (the reference's training time)."""
+        return sum(self.seconds.values()) / self.seconds["reference"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "cost": self.cost}
+
+    @property
+    def chosen(self) -> Probe | None:
+        return next((p for p in self.probes if p.verdict == "holds"), None)
+
+    def __str__(self) -> str:
+        lines = [f"{'setting':>14}  {'val ' + self.metric:>12}  {'drop':>16}  verdict"]
+        for p in self.probes:
+            score = f"{p.scores[-1]:.2f}" if p.scores else "-"
+            drop = "-" if p.drop is None else f"{p.drop:+.2f}" + (f" ± {p.half_width:.2f}" if p.half_width else "")
+            lines.append(f"{p.label:>14}  {score:>12}  {drop:>16}  {p.verdict}")
+        pick = self.chosen
+        lines.append("")
+        if pick is None:
+            lines.append(f"choice: full fine-tuning: no level tried kept its validation drop within {self.max_drop:g}")
+        else:
+            lines.append(f"choice: recycle {round(pick.level * 100)}% ({pick.at} blocks): validation drop "
+                         f"{pick.drop:+.2f}" + (f" ± {pick.half_width:.2f} (95%)" if pick.half_width else "")
+                         + f", target {self.max_drop:g}")
+        lines.append(f"cost: {self.cost:.2f} full fine-tunings (budget {self.budget:g}): " + ", ".join(
+            f"{k} {v:.1f} s" for k, v in self.seconds.items()))
+        if self.test is not None:
+            lines.append("test: " + ", ".join(f"{k} {v:.2f}" for k, v in self.test.items()))
+        return "\n".join(lines)
+
+
+def fold_scores(task: Task, forward: Callable[..., Any], folds: int) -> list[float]:
+    """The validation score of ``forward`` on each of ``folds`` disjoint parts of the validation examples."""
+    if task.kind == "retrieval":
+        search = task.val_extra
+        parts = [{**search, "queries": search["queries"][i::folds], "relevant": search["relevant"][i::folds],
+                  "exclude": None if search["exclude"] is None else search["exclude"][i::folds]}
+                 for i in range(folds)]
+        views = [dataclasses.replace(task, test=task.val, extra={**task.extra, **p}) for p in parts]
+    elif task.kind == "qa":  # windows of one question must stay together: one part
+        views = [dataclasses.replace(task, test=task.val, extra={**task.extra, **task.val_extra})]
+    else:
+        views = [dataclasses.replace(task, test=task.val[i::folds]) for i in range(folds)]
+    return [v.evaluate(forward)[task.metric] for v in views if v.test]
+
+
+def choose(task: Task, make_model: Callable[[], nn.Module], max_drop: float, cfg: TrainConfig,
+           levels: Sequence[float] = LEVELS, folds: int = 5, budget: float = 2.0, confirm: bool = False,
+           echo: Callable[[str], None] = print) -> Choice:
+    """The most recycled of ``levels`` whose validation drop against full fine-tuning is within ``max_drop``
+    points (see the module's docstring); ``confirm`` scores it and the reference once on test.
+
+    Raises:
+        ValueError: the task has no validation examples (the choice is made on them), or ``folds`` < 1.
+    """
+    if not task.val:
+        raise ValueError(f"{task.dataset}: no validation examples; choose picks a level on validation (--val 0.1 "
+                         f"holds out a tenth of the training data, or pass --val-file)")
+    if folds < 1:
+        raise ValueError(f"folds={folds}: expected at least 1 part of the validation examples")
+    seconds = dict.fromkeys(("reference", "fill", "training", "scoring"), 0.0)
+    torch.manual_seed(cfg.seed)
+    reference, full_model = _train(task, make_model(), None, cfg, folds, seconds, "reference", echo)
+    recs, states = _fill(task, make_model, sorted(set(levels)), cfg, seconds)
+    probes, chosen, level = [reference], None, None
+    for level in sorted(recs, reverse=True):
+        rec = recs[level]
+        guess = seconds["reference"] * (rec.num_layers - rec.at) / rec.num_layers
+        label = f"recycled {round(level * 100)}%"
+        if sum(seconds.values()) + guess > budget * seconds["reference"]:
+            probes.append(Probe(label, level, rec.at, verdict=f"not tried: about {guess:.0f} s more would pass the "
+                                                                 f"budget of {budget:g} full fine-tunings"))
+            break
+        torch.set_rng_state(states[level])  # as a sweep's run: the head made, then training
+        probe, _ = _train(task, rec, reference, cfg, folds, seconds, "training", echo, max_drop, level)
+        probes.append(probe)
+        if probe.verdict == "holds":
+            chosen = rec
+            break
+    choice = Choice(level if chosen is not None else None, chosen.at if chosen is not None else None, max_drop,
+                    task.metric, probes, seconds, budget)
+    if confirm:  # once, on test: the choice is not revised by it
+        choice.test = {"full": task.evaluate(full_model)[task.metric]}
+        if chosen is not None:
+            choice.test[f"recycled {round(level * 100)}%"] = task.evaluate(chosen.eval())[task.metric]
+    return choice
+
+
+def _fill(task: Task, make_model: Callable[[], nn.Module], levels: list[float], cfg: TrainConfig,
+          seconds: dict[str, float]) -> tuple[dict[float, Recycled], dict[float, torch.Tensor]]:
+    """Each level's recycled model (its head made as a sweep's run makes it) with its store filled, stacked."""
+    recs, states, below = {}, {}, None
+    for level in levels:
+        torch.manual_seed(cfg.seed)
+        rec = recycle(make_model(), at=level, store=MemoryStore())
+        states[level] = torch.get_rng_state()
+        start = time.perf_counter()
+        rec.fill(task.fill_examples(), batch_size=cfg.batch_size, progress=False, start_from=below)
+        seconds["fill"] += time.perf_counter() - start
+        if below is not None and below.at == rec.at:  # two fractions of one block count: one store serves both
+            continue
+        recs[level], below = rec, rec
+    return recs, states
+
+
+def _train(task: Task, forward: nn.Module, reference: Probe | None, cfg: TrainConfig, folds: int,
+           seconds: dict[str, float], account: str, echo: Callable[[str], None], max_drop: float = 0.0,
+           level: float | None = None) -> tuple[Probe, nn.Module]:
+    """Train ``forward`` for up to ``cfg.epochs``, scored on validation after each; with a ``reference``, stop when
+    the drop is clearly past ``max_drop``."""
+    setting = Setting("full") if level is None else Setting("recycled", level)
+    probe = Probe(setting.label, level, getattr(forward, "at", 0), verdict="reference" if reference is None else "")
+    params = [p for p in forward.parameters() if p.requires_grad]
+
+    def after(epoch: int) -> bool:
+        start = time.perf_counter()
+        forward.eval()
+        probe.folds.append(fold_scores(task, forward, folds))
+        probe.scores.append(sum(probe.folds[-1]) / len(probe.folds[-1]))
+        probe.eval_s += time.perf_counter() - start
+        if reference is None:
+            return True
+        _drop(probe, reference, epoch)
+        clearly_past = probe.drop - 2 * (probe.se or 0.0) > max_drop
+        if epoch < cfg.epochs and clearly_past:
+            probe.verdict = f"fails after epoch {epoch} of {cfg.epochs}"
+            return False
+        return True
+
+    batches = _train_batches(task, forward, cfg)
+    try:
+        probe.train_s = sum(train_epochs(forward, batches, params, cfg.lr, cfg.epochs, setting.label,
+                                         task.training_loss, after))
+    except NothingToTrain:
+        after(cfg.epochs)  # every block recycled, no head: the pretrained model's score
+    seconds[account] += probe.train_s
+    seconds["scoring"] += probe.eval_s
+    if not probe.verdict:
+        probe.verdict = "holds" if probe.drop <= max_drop else "fails"
+    echo(f"{probe.label:>16}  val {task.metric} {probe.scores[-1]:6.2f}  {probe.verdict}")
+    return probe, forward
+
+
+def _drop(probe: Probe, reference: Probe, epoch: int) -> None:
+    """The probe's drop against the reference at ``epoch`` (the reference's last when it trained fewer), paired
+    per fold."""
+    ref = reference.folds[min(epoch, len(reference.folds)) - 1]
+    drops = [r - s for r, s in zip(ref, probe.folds[-1])]
+    probe.drop, sd, probe.half_width = interval(drops)
+    probe.se = None if sd is None else sd / len(drops) ** 0.5

@@ -1,0 +1,101 @@
+"""``choose`` on tiny models: the level within the target, its evidence and cost, early stops, the budget, a seed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import LABELS, LAYERS, text_examples, text_model
+from layer_recycling.bench import tasks
+from layer_recycling.bench.choose import choose, fold_scores
+from layer_recycling.bench.settings import TrainConfig
+from layer_recycling.cli import main
+
+
+def _rows(n: int, seed: int = 1) -> list[dict]:
+    return [{**{k: v for k, v in e.items() if k != "label"}, "labels": e["label"]} for e in text_examples(n, seed)]
+
+
+def _task(evaluate=tasks.EVALUATORS["seq-cls"]) -> tasks.Task:
+    rows = _rows(30)
+    return tasks.Task("seq-cls", "tiny", rows[:12], rows[12:18], LABELS, "accuracy", evaluate, val=rows[18:])
+
+
+def _make():
+    return text_model("bert", "ForSequenceClassification")  # 4 blocks
+
+
+def _by_level(task, forward, batch_size):
+    """A score that falls 4 points per recycled block: full 80, 25% 76, 50% 72, 75% 68, 100% 64."""
+    return {"accuracy": 80.0 - 4 * getattr(forward, "at", 0)}
+
+
+@pytest.mark.parametrize("max_drop, level, at", [(5, 0.25, 1), (20, 1.0, 4)])
+def test_choose_picks_the_most_recycled_level_within_the_target(max_drop, level, at):
+    answer = choose(_task(_by_level), _make, max_drop, TrainConfig(epochs=1, batch_size=4), budget=100, echo=print)
+    assert (answer.level, answer.at) == (level, at)
+    assert answer.chosen.drop == pytest.approx(4 * at) and answer.chosen.verdict == "holds"
+    tried = [p.level for p in answer.probes[1:]]
+    assert tried == sorted(tried, reverse=True) and tried[-1] == level  # from the most recycled down, then stop
+    assert all(p.verdict.startswith("fails") for p in answer.probes[1:-1])
+    assert answer.probes[0].verdict == "reference" and answer.cost > 1
+    assert f"choice: recycle {round(level * 100)}% ({at} blocks)" in str(answer)
+
+
+def test_a_level_clearly_past_the_target_stops_after_its_first_epoch():
+    answer = choose(_task(_by_level), _make, 13, TrainConfig(epochs=3, batch_size=4), levels=(0.75, 1.0), budget=100,
+                    echo=print)
+    first = answer.probes[1]
+    assert first.level == 1.0 and first.verdict == "fails after epoch 1 of 3" and len(first.scores) == 1
+    assert len(answer.chosen.scores) == 3  # the level that holds trained every epoch
+
+
+def test_no_level_within_the_target_answers_full_fine_tuning():
+    def worse(task, forward, batch_size):
+        return {"accuracy": 80.0 - (10 if hasattr(forward, "at") else 0)}
+
+    answer = choose(_task(worse), _make, 1, TrainConfig(epochs=1, batch_size=4), levels=(0.5, 1.0), budget=100,
+                    echo=print)
+    assert answer.level is None and answer.chosen is None and "choice: full fine-tuning" in str(answer)
+
+
+def test_a_level_that_would_pass_the_budget_is_not_tried():
+    answer = choose(_task(_by_level), _make, 5, TrainConfig(epochs=1, batch_size=4), levels=(0.5, 1.0), budget=0.5,
+                    echo=print)
+    assert answer.level is None and answer.probes[-1].verdict.startswith("not tried: about")
+
+
+def test_choose_is_reproducible_with_a_seed_and_confirms_on_test():
+    cfg = TrainConfig(epochs=1, batch_size=4, seed=3)
+    a, b = (choose(_task(), _make, 50, cfg, levels=(1.0,), folds=3, budget=100, confirm=True, echo=print)
+            for _ in range(2))
+    assert [p.folds for p in a.probes] == [p.folds for p in b.probes] and a.level == b.level == 1.0
+    assert set(a.test) == {"full", "recycled 100%"} and all(0 <= v <= 100 for v in a.test.values())
+    assert len(a.probes[0].folds[-1]) == 3 and a.chosen.half_width is not None
+
+
+def test_the_folds_split_the_validation_examples():
+    task, model = _task(), _make()
+    whole = task.evaluate_val(model)["accuracy"]
+    parts = fold_scores(task, model, 2)  # 6 examples: 3 and 3, so the mean of the parts is the whole
+    assert sum(parts) / 2 == pytest.approx(whole)
+
+
+def test_choose_refuses_a_task_without_validation_examples():
+    task = _task()
+    task.val = []
+    with pytest.raises(ValueError, match="no validation examples; choose picks a level on validation"):
+        choose(task, _make, 1, TrainConfig(epochs=1))
+
+
+def test_recycle_choose_on_the_command_line(tmp_path, tiny_model_dir, capsys):
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("text,label\n" + "\n".join(f"the film was {['good', 'bad'][i % 2]} {'fun ' * (i % 3)},{i % 2}"
+                                              for i in range(40)))
+    out = tmp_path / "choice.json"
+    assert main(["choose", "--dataset", str(csv), "--model", str(tiny_model_dir), "--epochs", "1", "--max-drop",
+                 "100", "--levels", "0.5,1", "--val", "0.3", "--budget", "50", "--json", str(out)]) == 0
+    assert f"choice: recycle 100% ({LAYERS} blocks)" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["level"] == 1.0 and saved["cost"] > 0 and saved["probes"][0]["verdict"] == "reference"
