@@ -99,3 +99,28 @@ def test_recycle_choose_on_the_command_line(tmp_path, tiny_model_dir, capsys):
     assert f"choice: recycle 100% ({LAYERS} blocks)" in capsys.readouterr().out
     saved = json.loads(out.read_text())
     assert saved["level"] == 1.0 and saved["cost"] > 0 and saved["probes"][0]["verdict"] == "reference"
+
+
+def test_retrieval_folds_embed_once_and_split_the_queries(tmp_path, tiny_model_dir):
+    import csv
+
+    from layer_recycling.bench.catalog import load_task, model_factory
+    from layer_recycling.bench.tables import Columns
+
+    path = tmp_path / "pairs.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["question", "answer"])
+        for i in range(40):
+            writer.writerow([f"who {['lives', 'is'][i % 2]} in {['paris', 'london'][i % 3 % 2]} {'a ' * (i % 7)}",
+                             f"{['john', 'mary'][i % 2]} lives in {['paris', 'london'][i % 3 % 2]} {'the ' * (i % 5)}"])
+    task = load_task("retrieval", str(path), str(tiny_model_dir), columns=Columns("question", "answer"), val=0.25)
+    model = model_factory(str(tiny_model_dir), "retrieval", task.num_labels)()
+    calls = []
+    counted = lambda **batch: calls.append(1) or model(**batch)  # noqa: E731
+    parts = fold_scores(task, counted, 2)
+    queries = len(task.val_extra["queries"])
+    assert len(parts) == 2 and len(calls) == -(-len(task.val) // 64)  # one pass over the texts
+    whole = task.evaluate_val(model)["mrr@10"]
+    sizes = [len(range(i, queries, 2)) for i in range(2)]
+    assert sum(p * n for p, n in zip(parts, sizes)) / queries == pytest.approx(whole, abs=1e-6)

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..model import Recycled, recycle
 from ..stores import MemoryStore
+from . import retrieval
 from .reporting import interval
 from .runner import NothingToTrain, _train_batches, train_epochs
 from .settings import Setting, TrainConfig
@@ -101,13 +102,11 @@ class Choice:
 
 def fold_scores(task: Task, forward: Callable[..., Any], folds: int) -> list[float]:
     """The validation score of ``forward`` on each of ``folds`` disjoint parts of the validation examples."""
-    if task.kind == "retrieval":
-        search = task.val_extra
-        parts = [{**search, "queries": search["queries"][i::folds], "relevant": search["relevant"][i::folds],
-                  "exclude": None if search["exclude"] is None else search["exclude"][i::folds]}
-                 for i in range(folds)]
-        views = [dataclasses.replace(task, test=task.val, extra={**task.extra, **p}) for p in parts]
-    elif task.kind == "qa":  # windows of one question must stay together: one part
+    if task.kind == "retrieval":  # the texts embedded once, the queries searched in parts
+        view = dataclasses.replace(task, test=task.val, extra={**task.extra, **task.val_extra})
+        with torch.no_grad():
+            return [s[task.metric] for s in retrieval.evaluate_parts(view, forward, 64, folds)]
+    if task.kind == "qa":  # windows of one question must stay together: one part
         views = [dataclasses.replace(task, test=task.val, extra={**task.extra, **task.val_extra})]
     else:
         views = [dataclasses.replace(task, test=task.val[i::folds]) for i in range(folds)]

@@ -117,12 +117,24 @@ def in_batch_negatives_loss(forward: Callable[..., Any], batch: dict, pooling: s
 
 def evaluate(task: Task, forward: Callable[..., Any], batch_size: int) -> dict[str, float]:
     """Embed every text of ``task.test`` once, then search: each query against the whole corpus."""
+    return evaluate_parts(task, forward, batch_size, 1)[0]
+
+
+def evaluate_parts(task: Task, forward: Callable[..., Any], batch_size: int, parts: int) -> list[dict[str, float]]:
+    """``evaluate`` on ``parts`` disjoint sets of the queries (every ``parts``-th one), each searching the whole
+    corpus; the texts are embedded once."""
     extra = task.extra
     inputs = TEXT_INPUTS if "input_ids" in task.test[0] else ("pixel_values",)
     vectors = torch.cat([embed(forward, batch, extra["pooling"])
                          for batch in task.batches(task.test, batch_size, inputs)])
-    similarity = vectors[extra["queries"]] @ vectors[extra["corpus"]].T
-    return metrics.ranking(similarity, extra["relevant"], extra["exclude"])
+    queries, exclude = extra["queries"], extra["exclude"]
+    out = []
+    for part in range(min(parts, len(queries))):
+        rows = range(part, len(queries), parts)
+        similarity = vectors[[queries[r] for r in rows]] @ vectors[extra["corpus"]].T
+        out.append(metrics.ranking(similarity, [extra["relevant"][r] for r in rows],
+                                   None if exclude is None else [exclude[r] for r in rows]))
+    return out
 
 
 # --- tasks --------------------------------------------------------------------------------------------------------
