@@ -166,6 +166,9 @@ _TOWERS = ("the dual text-image model runs two towers, each split on its own: lr
 _SWIN = ("its stages pass the feature map's (height, width) along as an argument, which a top fed stored states does "
          "not receive, and shift windows by the block's place in its stage; no split of it is proven yet. DINOv2, "
          "DeiT, ViT and ConvNeXt are")
+# Dual text-image models: ``dual`` recycles each tower on its own store (model type: {tower: its path}); ``split``
+# refuses them (REFUSED), as a split cuts one list of blocks.
+DUALS: dict[str, dict[str, str]] = dict.fromkeys(("clip", "siglip"), {"text": "text_model", "image": "vision_model"})
 REFUSED: dict[str, str] = {
     "clip": _TOWERS,
     "siglip": _TOWERS,

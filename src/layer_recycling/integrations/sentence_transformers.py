@@ -16,13 +16,15 @@ from typing import Any
 
 from torch import nn
 
+from ..dual import RecycledDual
 from ..model import Recycled, recycle
-from ..saving import check_bottom_unchanged, untied_parameters
+from ..saving import check_bottoms_unchanged, untied_parameters
 from ..stores import MemoryStore, Store
 
 __all__ = ["recycle_sentence_transformer", "recycled_models"]
 
 _DEFAULT_STORE: Any = object()
+_RECYCLED = (Recycled, RecycledDual)  # what lr.recycle returns: a dual model (CLIP) recycles each tower
 # What a recycled model takes from the features ST passes on (ST's own bookkeeping keys stay out).
 _OPTIONS = ("return_dict", "output_hidden_states", "output_attentions")
 
@@ -56,14 +58,14 @@ def recycle_sentence_transformer(model: nn.Module, at: int | float | None = None
     stores = _stores_for(found, store)
     swapped = {id(t): _recycled(t, at, stores[name], options) for name, t in found.items()}
     out = _rebuilt(source, swapped)
-    stats = {name: t.model.stats for name, t in _transformers(out).items() if isinstance(t.model, Recycled)}
+    stats = {name: t.model.stats for name, t in _transformers(out).items() if isinstance(t.model, _RECYCLED)}
     out.stats = next(iter(stats.values())) if len(stats) == 1 else stats
     return out
 
 
-def recycled_models(model: nn.Module) -> dict[str, Recycled]:
+def recycled_models(model: nn.Module) -> dict[str, Recycled | RecycledDual]:
     """{module path: recycled model} of a ``recycle_sentence_transformer`` result ("0" for a plain one)."""
-    return {name: t.model for name, t in _transformers(model).items() if isinstance(t.model, Recycled)}
+    return {name: t.model for name, t in _transformers(model).items() if isinstance(t.model, _RECYCLED)}
 
 
 def _transformers(model: nn.Module) -> dict[str, nn.Module]:
@@ -99,7 +101,7 @@ def _stores_for(found: dict[str, nn.Module], store: Any) -> dict[str, Store | No
 
 def _recycled(transformer: nn.Module, at: Any, store: Store | None, options: dict[str, Any]) -> nn.Module:
     """A copy of an ST ``Transformer`` module that calls ``lr.recycle(transformer.model, ...)``."""
-    if isinstance(transformer.model, Recycled):
+    if isinstance(transformer.model, _RECYCLED):
         raise ValueError("this SentenceTransformer is recycled already; recycle the original model instead")
     rec = recycle(transformer.model, at, store, tokenizer=transformer.tokenizer, **options)
     new = _shallow(transformer)
@@ -126,7 +128,7 @@ def _renamer(rec: Recycled):
         for old, new in plain.items():
             if prefix + old in state and prefix + new not in state:
                 state[prefix + new] = state.pop(prefix + old)
-        check_bottom_unchanged(module, state, prefix)  # its own hook ran before the names were ours
+        check_bottoms_unchanged(module, state, prefix)  # its own hook ran before the names were ours
 
     return rename
 
