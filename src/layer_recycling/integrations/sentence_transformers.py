@@ -16,10 +16,10 @@ from typing import Any
 
 from torch import nn
 
-from ..dual import RecycledDual
+from ..dual import TOWERS, RecycledDual
 from ..model import Recycled, recycle
 from ..saving import check_bottoms_unchanged, untied_parameters
-from ..stores import MemoryStore, Store
+from ..stores import Store
 
 __all__ = ["recycle_sentence_transformer", "recycled_models"]
 
@@ -81,7 +81,10 @@ def _transformers(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-def _stores_for(found: dict[str, nn.Module], store: Any) -> dict[str, Store | None]:
+def _stores_for(found: dict[str, nn.Module], store: Any) -> dict[str, Any]:
+    """{transformer name: what ``lr.recycle`` gets as its store}: a dual model's (CLIP) is a mapping of its towers."""
+    if isinstance(store, Mapping) and set(store) == set(TOWERS) and len(found) == 1:  # one dual model's two stores
+        return {name: store for name in found}
     if isinstance(store, Mapping):
         if set(store) != set(found):
             raise ValueError(
@@ -89,8 +92,8 @@ def _stores_for(found: dict[str, nn.Module], store: Any) -> dict[str, Store | No
                 f"per transformer, keyed by those names"
             )
         return dict(store)
-    if store is _DEFAULT_STORE:
-        return {name: MemoryStore() for name in found}
+    if store is _DEFAULT_STORE:  # lr.recycle's default: a new MemoryStore (for a dual model, one per tower)
+        return dict.fromkeys(found, _DEFAULT_STORE)
     if len(found) > 1 and store is not None:
         raise ValueError(
             f"one store given for {len(found)} transformers ({sorted(found)}); each bottom needs a store of its own "
@@ -103,7 +106,8 @@ def _recycled(transformer: nn.Module, at: Any, store: Store | None, options: dic
     """A copy of an ST ``Transformer`` module that calls ``lr.recycle(transformer.model, ...)``."""
     if isinstance(transformer.model, _RECYCLED):
         raise ValueError("this SentenceTransformer is recycled already; recycle the original model instead")
-    rec = recycle(transformer.model, at, store, tokenizer=transformer.tokenizer, **options)
+    stores = {} if store is _DEFAULT_STORE else {"store": store}
+    rec = recycle(transformer.model, at, **stores, tokenizer=transformer.tokenizer, **options)
     new = _shallow(transformer)
     new._modules["model"] = rec
     for name in ("processor", "tokenizer", "processing_kwargs"):  # its own: max_seq_length on the copy truncates
