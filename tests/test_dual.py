@@ -141,3 +141,19 @@ def test_a_dual_model_refuses_one_store_for_two_towers_and_says_how_to_pass_them
     with pytest.raises(ValueError, match=r"interpolate_pos_encoding=True: the image tower's stored states"):
         lr.recycle(model, at=1).get_image_features(pixel_values=pairs("clip")["pixel_values"],
                                                    interpolate_pos_encoding=True)
+
+
+def test_the_readme_dual_block_runs_as_written(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"### Dual text-image models \(CLIP, SigLIP\)\s+```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    batch = pairs("clip")
+    namespace = {"lr": lr, "clip": dual_model(), "batch": batch,
+                 "pairs": [{k: v[i] for k, v in batch.items()} for i in range(4)]}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert namespace["out"].loss is not None and namespace["text"].pooler_output.shape == (4, 8)
+    assert {n: s.hits for n, s in namespace["rec"].stats.items()} == {"text": 8, "image": 4}  # forward; text features
+    assert (tmp_path / "out" / "clip" / "recycling_config.json").is_file()

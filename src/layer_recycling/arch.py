@@ -387,14 +387,16 @@ def families_markdown() -> str:
             "|---|---|---|---|"]
     for key, a in sorted(TABLE.items()):
         blocks = ", ".join(a.blocks) if isinstance(a.blocks, tuple) else a.blocks
-        entry = (f"built by `halves.{a.build.__name__}`" if a.build else f"`{a.entry}`" if a.entry
+        entry = (f"built by `{a.build.__module__.rpartition('.')[2]}.{a.build.__name__}`" if a.build else f"`{a.entry}`" if a.entry
                  else "its first argument")
         trust = "proven by the tests" if PROVEN.get(key) is a else "checks itself against the model"
         rows.append(f"| `{key}` | `{blocks}` | {entry} | {trust} |")
+    rows += [f"| `{key}` (dual) | each tower's own (`{'`, `'.join(paths.values())}`) | each tower's own, from its own "
+             f"store (`dual`) | proven by the tests |" for key, paths in sorted(DUALS.items())]
     rows += ["", "Not in the table: found by running the model on an example made up from its config, then checked "
              "on it at construction and on its first batches (the tests find these exact at every level).", "",
              "| family (`model_type`) | block list found | trusted |", "|---|---|---|"]
     rows += [f"| `{key}` | `{blocks}` | found and checked |" for key, blocks in sorted(FOUND_BY_TESTS.items())]
     rows += ["", "| refused (`model_type`) | why |", "|---|---|"]
-    rows += [f"| `{key}` | {why} |" for key, why in sorted(REFUSED.items())]
+    rows += [f"| `{key}` | {why} |" for key, why in sorted(REFUSED.items()) if key not in DUALS]
     return "\n".join(rows)

@@ -22,7 +22,8 @@ from .surgery import replace
 
 if TYPE_CHECKING:
     from .config import RecycleConfig
-    from .model import Recycled
+
+Recycled = nn.Module  # a tower's ``model.Recycled``, which this module never imports (``model`` imports it)
 
 TOWERS = ("text", "image")  # the names a dual's stores, levels, keys and stats go by
 
