@@ -120,6 +120,20 @@ def test_the_whole_model_saves_in_its_own_names_and_loads_back(tmp_path):
         lr.load_model_state_dict(fresh, lr.model_state_dict(lr.recycle(dual_model(seed=5), at=0.5)))
 
 
+def test_every_dual_family_is_run_by_these_tests():
+    """The README calls each entry of ``arch.DUALS`` proven by the tests: these, parametrized over both."""
+    from layer_recycling import arch
+
+    assert set(arch.DUALS) == {"clip", "siglip"}
+
+
+def test_an_example_checks_each_towers_split_at_construction():
+    example = {k: v[1] for k, v in pairs("clip").items()}  # a padded text: its mask goes to the text tower
+    rec = lr.recycle(dual_model(), at=1, example=example)
+    for name, tower in rec.towers.items():
+        assert tower.split_check.report.startswith("compared last_hidden_state"), name
+
+
 def test_each_store_is_bound_to_its_own_towers_fingerprint():
     model = dual_model()
     stores = {"text": lr.MemoryStore(), "image": lr.MemoryStore()}
