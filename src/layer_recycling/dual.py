@@ -17,6 +17,7 @@ from torch import nn
 
 from .arch import DUALS
 from .checks import check_example
+from .pipeline import Stats
 from .stores import MemoryStore, NullStore, Store
 from .surgery import replace
 
@@ -77,16 +78,19 @@ class RecycledDual(nn.Module):
         return {name: rec.store for name, rec in self.towers.items()}
 
     @property
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Stats]:
         return {name: rec.stats for name, rec in self.towers.items()}
 
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(n for rec in self.towers.values() for n in rec.input_names)
 
-    def forward(self, *args: Any, **kwargs: Any):
-        """The model's forward (``return_loss=True`` for its contrastive loss), each tower served by its store."""
-        return self.model(*args, **kwargs)
+    def forward(self, input_ids: Any = None, pixel_values: Any = None, attention_mask: Any = None,
+                position_ids: Any = None, return_loss: bool | None = None, **kwargs: Any):
+        """The model's forward (``return_loss=True`` for its contrastive loss), each tower served by its store.
+        The inputs are named, as the model names them, so that trainers keep those columns."""
+        return self.model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
+                          position_ids=position_ids, return_loss=return_loss, **kwargs)
 
     def get_text_features(self, input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
                           **kwargs: Any):
