@@ -88,6 +88,14 @@ FAMILIES: dict[str, tuple[str, str, Callable[[], Any], list[str], str]] = {
                                             max_source_positions=16, classifier_proj_size=8, num_labels=LABELS,
                                             pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1),
                 ["Encoder", "ForAudioClassification"], "features"),
+    # Pooled at the end-of-text token CLIP finds in input_ids (eos_token_id 2: the largest id, wherever it falls in
+    # these random rows; test_text_towers.py covers the first-eos rule), or at SigLIP's last token.
+    "clip_text": ("clip_text_model", "CLIPText", _cfg("CLIPTextConfig", **_TEXT, projection_dim=8, pad_token_id=0,
+                                                      bos_token_id=1, eos_token_id=2), ["Model", "ModelWithProjection"],
+                  "text"),
+    "siglip_text": ("siglip_text_model", "SiglipText", _cfg("SiglipTextConfig", **_TEXT, projection_size=8,
+                                                            pad_token_id=0, bos_token_id=1, eos_token_id=2), ["Model"],
+                    "text"),
     "dinov2": ("dinov2", "Dinov2", _cfg("Dinov2Config", **_VISION), ["Model", "ForImageClassification"], "pixels"),
     "deit": ("deit", "DeiT", _cfg("DeiTConfig", **_VISION), ["Model", "ForImageClassification"], "pixels"),
 }

@@ -14,7 +14,7 @@ from typing import Callable
 
 from torch import nn
 
-from . import halves
+from . import halves, text_towers
 from .generic import find_blocks
 from .heads import LastTokenClassifier
 from .surgery import join
@@ -130,6 +130,9 @@ TABLE: dict[str, Arch] = {
                                              tail=()),  # post_layernorm only norms the pooled output
     "siglip_vision_model": dataclasses.replace(_VIT, blocks="encoder.layers", keep=(),
                                                tail=("post_layernorm", "head")),
+    # The pooled token is found in input_ids (CLIP) or is the batch's last (SigLIP): the halves carry it over.
+    "clip_text_model": Arch(blocks="encoder.layers", build=text_towers.clip_text),
+    "siglip_text_model": Arch(blocks="encoder.layers", build=text_towers.siglip_text),
     # ALBERT applies its shared layer groups num_hidden_layers times: a level counts applications.
     "albert": Arch(blocks="encoder.albert_layer_groups", build=halves.albert),
     "whisper": Arch(blocks="layers", entry="input_features", masked=False, build=halves.whisper),
@@ -158,17 +161,17 @@ _AUDIO = ("a padded batch of raw audio is not each clip alone: the feature encod
           "models) normalises over the padding, and the frames per clip follow its length, which the library's "
           "stored states do not carry yet. No split of it is proven; recycle a model over fixed-length inputs, or "
           "wrap the encoder yourself (the generic rule checks itself)")
-_TOWERS = ("the dual text-image model runs two towers; recycle one of them, e.g. {}VisionModel.from_pretrained(name) "
-           "for images")
+_TOWERS = ("the dual text-image model runs two towers, each split on its own: lr.recycle(model, at) recycles both "
+           "(layer_recycling.dual), lr.split cuts one, e.g. lr.split(model.text_model, at)")
 _SWIN = ("its stages pass the feature map's (height, width) along as an argument, which a top fed stored states does "
          "not receive, and shift windows by the block's place in its stage; no split of it is proven yet. DINOv2, "
          "DeiT, ViT and ConvNeXt are")
+# Dual text-image models: ``dual`` recycles each tower on its own store (model type: {tower: its path}); ``split``
+# refuses them (REFUSED), as a split cuts one list of blocks.
+DUALS: dict[str, dict[str, str]] = dict.fromkeys(("clip", "siglip"), {"text": "text_model", "image": "vision_model"})
 REFUSED: dict[str, str] = {
-    "clip_text_model": "its pooled output is read at the end-of-text token, which it finds in input_ids, and a top "
-                       "fed stored states has no input_ids. Use CLIPVisionModel for images, or its last_hidden_state "
-                       "through your own wrapper (the generic rule checks itself)",
-    "clip": _TOWERS.format("CLIP"),
-    "siglip": _TOWERS.format("Siglip"),
+    "clip": _TOWERS,
+    "siglip": _TOWERS,
     "swin": _SWIN,
     "swinv2": _SWIN,
     "data2vec-vision": "its forward reads the image's height and width from pixel_values for its relative position "
@@ -384,14 +387,16 @@ def families_markdown() -> str:
             "|---|---|---|---|"]
     for key, a in sorted(TABLE.items()):
         blocks = ", ".join(a.blocks) if isinstance(a.blocks, tuple) else a.blocks
-        entry = (f"built by `halves.{a.build.__name__}`" if a.build else f"`{a.entry}`" if a.entry
+        entry = (f"built by `{a.build.__module__.rpartition('.')[2]}.{a.build.__name__}`" if a.build else f"`{a.entry}`" if a.entry
                  else "its first argument")
         trust = "proven by the tests" if PROVEN.get(key) is a else "checks itself against the model"
         rows.append(f"| `{key}` | `{blocks}` | {entry} | {trust} |")
+    rows += [f"| `{key}` (dual) | each tower's own (`{'`, `'.join(paths.values())}`) | each tower's own, from its own "
+             f"store (`dual`) | proven by the tests |" for key, paths in sorted(DUALS.items())]
     rows += ["", "Not in the table: found by running the model on an example made up from its config, then checked "
              "on it at construction and on its first batches (the tests find these exact at every level).", "",
              "| family (`model_type`) | block list found | trusted |", "|---|---|---|"]
     rows += [f"| `{key}` | `{blocks}` | found and checked |" for key, blocks in sorted(FOUND_BY_TESTS.items())]
     rows += ["", "| refused (`model_type`) | why |", "|---|---|"]
-    rows += [f"| `{key}` | {why} |" for key, why in sorted(REFUSED.items())]
+    rows += [f"| `{key}` | {why} |" for key, why in sorted(REFUSED.items()) if key not in DUALS]
     return "\n".join(rows)

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from . import data, fill, loader, saving, serve, stack, transfer
+from . import data, dual, fill, loader, saving, serve, stack, transfer
 from .checks import SplitCheck, check_example, source_of
 from .config import RecycleConfig
 from .fingerprint import Fingerprint, fingerprint_of
@@ -307,15 +307,18 @@ def recycle(
     tokenizer: Any = None,
     example: Any = None,
     **options: Any,
-) -> Recycled:
+) -> Recycled | dual.RecycledDual:
     """Recycle the bottom ``at`` blocks of ``model`` (int count or fraction; 0.5 of 6 blocks is 3).
 
     Args:
         model: a transformers model (base or task head) or any ``nn.Module`` with a block list. It is not
-            changed, except that the recycled blocks' parameters stop requiring gradients.
-        at: overrides ``config.at`` (default 0.5).
+            changed, except that the recycled blocks' parameters stop requiring gradients. A dual text-image
+            model (CLIPModel, SiglipModel) gives a ``dual.RecycledDual``: each tower recycled on its own store.
+        at: overrides ``config.at`` (default 0.5); for a dual model one level for both towers or
+            ``{"text": at, "image": at}``.
         store: where states live; default a new ``MemoryStore()``. ``None`` keeps nothing (a ``NullStore``:
-            the bottom runs every call, the frozen-without-cache baseline).
+            the bottom runs every call, the frozen-without-cache baseline). A dual model takes
+            ``{"text": store, "image": store}`` (and ``key=`` one per tower, by the same names).
         config: a ``RecycleConfig``; ``options`` (its field names: ``blocks``, ``store_misses``,
             ``preprocess``, ``check_split``, ``untie``, ``allow_nonfinite``) override its fields. The result
             holds it as ``rec.recycle_config`` (``rec.config`` is the model's own config).
@@ -335,6 +338,8 @@ def recycle(
         raise TypeError(f"recycle() got unknown options {unknown}; expected some of {sorted(fields)}")
     given = {**options, **({"at": at} if at is not None else {})}
     config = dataclasses.replace(config or RecycleConfig(), **given)
+    if dual.towers_of(model) is not None:  # CLIP, SigLIP: each tower recycled on a store of its own
+        return dual.recycle_dual(model, Recycled, config, store, store is _DEFAULT_STORE, key, tokenizer, example)
     store = MemoryStore() if store is _DEFAULT_STORE else NullStore() if store is None else store
     rec = Recycled(model, config, store, key=key, tokenizer=tokenizer)
     if example is not None and config.check_split:

@@ -18,11 +18,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from .surgery import join
+
+
+def recycled_parts(rec: nn.Module) -> dict[str, nn.Module]:
+    """{path in the user's model: recycled model}: ``{"": rec}``, or each tower of a dual model (``dual.parts``)."""
+    return getattr(rec, "parts", None) or {"": rec}
+
 
 def untied_parameters(rec: nn.Module) -> dict[str, torch.nn.Parameter]:
     """{name in the model: the top's own trained copy} for parameters that ``untie=True`` copied."""
-    top = dict(rec.top.model.named_parameters(remove_duplicate=False))
-    return {name: top[name] for name in rec.untied if name in top}
+    found = {}
+    for path, part in recycled_parts(rec).items():
+        top = dict(part.top.model.named_parameters(remove_duplicate=False))
+        found.update({join(path, name): top[name] for name in part.untied if name in top})
+    return found
 
 
 def model_state_dict(rec: nn.Module) -> dict[str, torch.Tensor]:
@@ -47,7 +57,7 @@ def load_model_state_dict(rec: nn.Module, state: dict[str, torch.Tensor], strict
     Raises:
         RuntimeError: ``state`` holds other bottom weights than the model's (its stored states would be stale).
     """
-    bottom = {id(t) for t in rec.bottom.state_dict(keep_vars=True).values()}
+    bottom = {id(t) for part in recycled_parts(rec).values() for t in part.bottom.state_dict(keep_vars=True).values()}
     copies = untied_parameters(rec)  # a head tied to the bottom's embeddings, which the top trains as its own copy
     own = {n: t for n, t in rec.source.state_dict(keep_vars=True).items() if id(t) in bottom and n not in copies}
     refuse_other_bottom(own, state, "")
@@ -97,6 +107,14 @@ def check_bottom_unchanged(rec: nn.Module, state: dict[str, torch.Tensor], prefi
     refuse_other_bottom(rec.bottom.state_dict(keep_vars=True), state, prefix + "bottom.")
 
 
+def check_bottoms_unchanged(rec: nn.Module, state: dict[str, torch.Tensor], prefix: str) -> None:
+    """``check_bottom_unchanged`` on each recycled part of ``rec`` (a dual model's towers), in ``rec``'s names."""
+    names = {id(m): n for n, m in rec.named_modules()}
+    for part in recycled_parts(rec).values():
+        path = names[id(part)]
+        check_bottom_unchanged(part, state, prefix + (path + "." if path else ""))
+
+
 @contextlib.contextmanager
 def _unhooked(rec: nn.Module):
     object.__setattr__(rec, "_unhooked", True)
@@ -139,7 +157,7 @@ def save_pretrained(rec: nn.Module, directory: str | os.PathLike, **kwargs: Any)
             f"torch.save(rec.state_dict(), path) and its recycling options with rec.recycle_config.save_pretrained(dir)"
         )
     config = getattr(source, "config", None)
-    untied = bool(rec.untied) and config is not None and getattr(config, "tie_word_embeddings", False)
+    untied = bool(untied_parameters(rec)) and config is not None and getattr(config, "tie_word_embeddings", False)
     if untied:  # the saved head is the top's own copy: it must load untied
         config.tie_word_embeddings = False
     state = model_state_dict(rec)
@@ -152,6 +170,13 @@ def save_pretrained(rec: nn.Module, directory: str | os.PathLike, **kwargs: Any)
     finally:
         if untied:
             config.tie_word_embeddings = True
-    rec.recycle_config.save_pretrained(directory, at_blocks=rec.at, num_layers=rec.num_layers, level=rec.level,
-                               block_path=rec.arch.blocks, codec=rec.store.codec, fingerprint=rec.fingerprint.parts)
+    parts = recycled_parts(rec)
+    recorded = {path: _recorded(part) for path, part in parts.items()}
+    rec.recycle_config.save_pretrained(directory, **(recorded[""] if "" in parts else {"towers": recorded}))
     return Path(directory)
+
+
+def _recorded(rec: nn.Module) -> dict[str, Any]:
+    """What ``recycling_config.json`` records of one recycled model: its split, codec and fingerprint."""
+    return dict(at_blocks=rec.at, num_layers=rec.num_layers, level=rec.level, block_path=rec.arch.blocks,
+                codec=rec.store.codec, fingerprint=rec.fingerprint.parts)

@@ -16,13 +16,15 @@ from typing import Any
 
 from torch import nn
 
+from ..dual import TOWERS, RecycledDual
 from ..model import Recycled, recycle
-from ..saving import check_bottom_unchanged, untied_parameters
-from ..stores import MemoryStore, Store
+from ..saving import check_bottoms_unchanged, untied_parameters
+from ..stores import Store
 
 __all__ = ["recycle_sentence_transformer", "recycled_models"]
 
 _DEFAULT_STORE: Any = object()
+_RECYCLED = (Recycled, RecycledDual)  # what lr.recycle returns: a dual model (CLIP) recycles each tower
 # What a recycled model takes from the features ST passes on (ST's own bookkeeping keys stay out).
 _OPTIONS = ("return_dict", "output_hidden_states", "output_attentions")
 
@@ -56,14 +58,14 @@ def recycle_sentence_transformer(model: nn.Module, at: int | float | None = None
     stores = _stores_for(found, store)
     swapped = {id(t): _recycled(t, at, stores[name], options) for name, t in found.items()}
     out = _rebuilt(source, swapped)
-    stats = {name: t.model.stats for name, t in _transformers(out).items() if isinstance(t.model, Recycled)}
+    stats = {name: t.model.stats for name, t in _transformers(out).items() if isinstance(t.model, _RECYCLED)}
     out.stats = next(iter(stats.values())) if len(stats) == 1 else stats
     return out
 
 
-def recycled_models(model: nn.Module) -> dict[str, Recycled]:
+def recycled_models(model: nn.Module) -> dict[str, Recycled | RecycledDual]:
     """{module path: recycled model} of a ``recycle_sentence_transformer`` result ("0" for a plain one)."""
-    return {name: t.model for name, t in _transformers(model).items() if isinstance(t.model, Recycled)}
+    return {name: t.model for name, t in _transformers(model).items() if isinstance(t.model, _RECYCLED)}
 
 
 def _transformers(model: nn.Module) -> dict[str, nn.Module]:
@@ -79,7 +81,10 @@ def _transformers(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
-def _stores_for(found: dict[str, nn.Module], store: Any) -> dict[str, Store | None]:
+def _stores_for(found: dict[str, nn.Module], store: Any) -> dict[str, Any]:
+    """{transformer name: what ``lr.recycle`` gets as its store}: a dual model's (CLIP) is a mapping of its towers."""
+    if isinstance(store, Mapping) and set(store) == set(TOWERS) and len(found) == 1:  # one dual model's two stores
+        return {name: store for name in found}
     if isinstance(store, Mapping):
         if set(store) != set(found):
             raise ValueError(
@@ -87,8 +92,8 @@ def _stores_for(found: dict[str, nn.Module], store: Any) -> dict[str, Store | No
                 f"per transformer, keyed by those names"
             )
         return dict(store)
-    if store is _DEFAULT_STORE:
-        return {name: MemoryStore() for name in found}
+    if store is _DEFAULT_STORE:  # lr.recycle's default: a new MemoryStore (for a dual model, one per tower)
+        return dict.fromkeys(found, _DEFAULT_STORE)
     if len(found) > 1 and store is not None:
         raise ValueError(
             f"one store given for {len(found)} transformers ({sorted(found)}); each bottom needs a store of its own "
@@ -99,9 +104,10 @@ def _stores_for(found: dict[str, nn.Module], store: Any) -> dict[str, Store | No
 
 def _recycled(transformer: nn.Module, at: Any, store: Store | None, options: dict[str, Any]) -> nn.Module:
     """A copy of an ST ``Transformer`` module that calls ``lr.recycle(transformer.model, ...)``."""
-    if isinstance(transformer.model, Recycled):
+    if isinstance(transformer.model, _RECYCLED):
         raise ValueError("this SentenceTransformer is recycled already; recycle the original model instead")
-    rec = recycle(transformer.model, at, store, tokenizer=transformer.tokenizer, **options)
+    stores = {} if store is _DEFAULT_STORE else {"store": store}
+    rec = recycle(transformer.model, at, **stores, tokenizer=transformer.tokenizer, **options)
     new = _shallow(transformer)
     new._modules["model"] = rec
     for name in ("processor", "tokenizer", "processing_kwargs"):  # its own: max_seq_length on the copy truncates
@@ -126,7 +132,7 @@ def _renamer(rec: Recycled):
         for old, new in plain.items():
             if prefix + old in state and prefix + new not in state:
                 state[prefix + new] = state.pop(prefix + old)
-        check_bottom_unchanged(module, state, prefix)  # its own hook ran before the names were ours
+        check_bottoms_unchanged(module, state, prefix)  # its own hook ran before the names were ours
 
     return rename
 
