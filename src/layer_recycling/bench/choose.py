@@ -7,8 +7,8 @@
    scored after every epoch against the reference at the same epoch; it is dropped as soon as its drop exceeds the
    target by more than twice its standard error, and it holds when its drop after the last epoch is within the
    target. The first level that holds is the answer: every more recycled one failed. A level whose predicted cost
-   (the reference's training time times the share of blocks it trains) would take the total past ``budget`` full
-   fine-tunings is not tried, and the answer says so.
+   (the reference's training time times the share of blocks it trains, and the reference's scoring time) would take
+   the total past ``budget`` full fine-tunings is not tried, and the answer says so.
 
 Validation is scored in ``folds`` disjoint parts (retrieval: parts of the queries, each searching the whole corpus):
 a drop's interval is the 95% t-interval of the paired per-part drops. The cost is every second spent (training,
@@ -134,7 +134,7 @@ def choose(task: Task, make_model: Callable[[], nn.Module], max_drop: float, cfg
     probes, chosen, level = [reference], None, None
     for level in sorted(recs, reverse=True):
         rec = recs[level]
-        guess = seconds["reference"] * (rec.num_layers - rec.at) / rec.num_layers
+        guess = seconds["reference"] * (rec.num_layers - rec.at) / rec.num_layers + reference.eval_s  # and scoring
         label = f"recycled {round(level * 100)}%"
         if sum(seconds.values()) + guess > budget * seconds["reference"]:
             probes.append(Probe(label, level, rec.at, verdict=f"not tried: about {guess:.0f} s more would pass the "
