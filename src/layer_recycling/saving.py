@@ -10,13 +10,15 @@ those are put back in.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from . import adapters
 
 
 def untied_parameters(rec: nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -140,18 +142,16 @@ def save_pretrained(rec: nn.Module, directory: str | os.PathLike, **kwargs: Any)
         )
     config = getattr(source, "config", None)
     untied = bool(rec.untied) and config is not None and getattr(config, "tie_word_embeddings", False)
-    if untied:  # the saved head is the top's own copy: it must load untied
-        config.tie_word_embeddings = False
-    state = model_state_dict(rec)
-    if "peft" in sys.modules:  # LoRA layers (add_lora, a recycled PEFT model): written merged, in plain names
-        from .integrations.peft import merged_state
-
-        state = merged_state(source, state)
-    try:
-        source.save_pretrained(directory, state_dict=state, **kwargs)
-    finally:
-        if untied:
-            config.tie_word_embeddings = True
+    if untied and kwargs.get("push_to_hub"):
+        raise ValueError("save_pretrained(push_to_hub=True) with an untied head: the folder's config is rewritten "
+                         "after the model's save_pretrained writes it (the head must load untied), so it would push "
+                         "the tied one. Save to a folder, then upload it (huggingface_hub.upload_folder)")
+    state = adapters.merged_state(source, model_state_dict(rec))  # LoRA layers written merged, in plain names
+    source.save_pretrained(directory, state_dict=state, **kwargs)
+    if untied and kwargs.get("is_main_process", True):  # the saved head is the top's own copy: it must load untied
+        saved = copy.deepcopy(config)  # the user's config stays as it is
+        saved.tie_word_embeddings = False
+        saved.save_pretrained(directory)
     rec.recycle_config.save_pretrained(directory, at_blocks=rec.at, num_layers=rec.num_layers, level=rec.level,
                                block_path=rec.arch.blocks, codec=rec.store.codec, fingerprint=rec.fingerprint.parts)
     return Path(directory)
