@@ -97,6 +97,24 @@ def test_entries_a_process_left_buffered_are_committed_when_it_exits(tmp_path):
     assert sorted(store) == sorted([a, b]) and torch.equal(store[a], torch.ones(2, 3))
 
 
+def test_opening_a_store_leaves_no_hook_beyond_the_store(tmp_path):
+    """The exit commit was a module-level atexit hook over every store of the process; it is each store's own
+    now: importing the module registers nothing, and a store let go is collected (the hook holds it weakly),
+    keeping what it committed."""
+    code = ("import atexit, gc, sys, weakref, torch\n"
+            "ours, register = [], atexit.register\n"
+            "atexit.register = lambda f, *a, **k: (ours.append(f.__module__), register(f, *a, **k))[1]\n"
+            "from layer_recycling.stores.disk import DiskStore\n"
+            "assert not [m for m in ours if m.startswith('layer_recycling')], 'importing registered an exit hook'\n"
+            "s = DiskStore(sys.argv[1]); s.put_many(sys.argv[2:3], [torch.ones(2, 3)]); s.flush()\n"
+            "s.put_many(sys.argv[3:], [torch.zeros(1, 3)])\n"
+            "ref = weakref.ref(s); del s; gc.collect()\n"
+            "assert ref() is None, 'the exit hook kept the store alive'\n")
+    a, b = keys(2)
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "s"), a, b], check=True, timeout=120)
+    assert sorted(DiskStore(tmp_path / "s", readonly=True)) == [a]  # committed kept; buffered when let go: not
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
 def test_a_store_let_go_keeps_no_file_descriptor(tmp_path):
     """Each store opened and read kept its segments' data files open after it was gone: a loop of checks ran out
