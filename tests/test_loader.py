@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import layer_recycling as lr
-from layer_recycling.loader import input_loader
+from layer_recycling.bench.runner import input_loader
 from conftest import LABELS, text_examples, text_model
 from helpers import padded_batch
 

@@ -254,12 +254,15 @@ class Recycled(nn.Module):
         (b * k rows for a list field), every input keyed and stored by its own content, once.
         """
         if device is None:
-            return loader.make_loader(self.pipeline, examples, dtype_of(self.top), batch_size, shuffle,
-                                      fill_batch_size, progress, group_by_length, seed, inputs, **dataloader_kwargs)
+            return loader.make_loader(self.pipeline, examples, dtype=dtype_of(self.top), batch_size=batch_size,
+                                      shuffle=shuffle, fill_batch_size=fill_batch_size, progress=progress,
+                                      group_by_length=group_by_length, seed=seed, inputs=inputs, **dataloader_kwargs)
         device = torch.device(device)
         dataloader_kwargs.setdefault("pin_memory", device.type == "cuda")
-        batches = loader.make_loader(self.pipeline, examples, None, batch_size, shuffle, fill_batch_size, progress,
-                                     group_by_length, seed, inputs, **dataloader_kwargs)  # None: states as stored
+        batches = loader.make_loader(self.pipeline, examples, dtype=None, batch_size=batch_size, shuffle=shuffle,
+                                     fill_batch_size=fill_batch_size, progress=progress,
+                                     group_by_length=group_by_length, seed=seed, inputs=inputs,
+                                     **dataloader_kwargs)  # dtype None: states as stored
         return transfer.DeviceLoader(batches, device, dtype_of(self.top))
 
     def dataset(self, examples: Iterable[Any], fill_batch_size: int = 32, progress: bool = True,

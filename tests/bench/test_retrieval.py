@@ -18,7 +18,7 @@ from layer_recycling.bench import metrics, retrieval, runner
 from layer_recycling.bench.catalog import load_task, model_factory
 from layer_recycling.bench.settings import Setting, TrainConfig
 from layer_recycling.bench.tables import Columns
-from layer_recycling.loader import input_loader
+from layer_recycling.bench.runner import input_loader
 
 # --- metrics --------------------------------------------------------------------------------------------------------
 

@@ -14,15 +14,17 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..integrations.peft import add_lora
-from ..loader import input_loader
+from ..arch import lookup
+from ..loader import dataloader, inputs_dataset
 from ..model import Recycled, recycle
+from ..pipeline import input_names_of
 from ..stack import LOSSLESS
 from ..stores import DiskStore, MemoryStore
 from .reporting import check_addition
@@ -105,6 +107,19 @@ def _train_batches(task: Task, forward: nn.Module, cfg: TrainConfig):
     if isinstance(forward, Recycled):
         return forward.loader(task.train, progress=False, **common)
     return input_loader(forward, task.train, **common)
+
+
+def input_loader(model: nn.Module, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False,
+                 group_by_length: bool = False, seed: int | None = None, inputs: Sequence[str] | None = None,
+                 **dataloader_kwargs) -> torch.utils.data.DataLoader:
+    """Padded batches of ``model``'s inputs and labels: the full fine-tuning baseline trains the whole,
+    un-recycled model on them, batched as ``Recycled.loader`` batches (``inputs``: examples of several inputs).
+    A list or ``datasets.Dataset`` is read again for each batch (the loader holds a length an example)."""
+    arch = lookup(model)
+    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+    dataset = inputs_dataset(examples, input_names_of(model, arch.generic), pad_id, arch.masked, inputs, "input_loader")
+    return dataloader(dataset, dataset.lengths, batch_size=batch_size, shuffle=shuffle, group_by_length=group_by_length,
+                      seed=seed, **dataloader_kwargs)
 
 
 class NothingToTrain(ValueError):
