@@ -6,6 +6,7 @@ Settings: ``full`` fine-tuning, ``frozen`` (bottom frozen, no cache), ``recycled
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,12 +29,13 @@ from ..pipeline import input_names_of
 from ..stack import LOSSLESS
 from ..stores import DiskStore, MemoryStore
 from .reporting import check_addition
+from .result import Result
 from .settings import Setting, TrainConfig
 from .tasks import Task
 
 
 def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: TrainConfig,
-        lower: dict[int, Recycled] | None = None) -> dict:
+        lower: dict[int, Recycled] | None = None) -> Result:
     """Train ``setting`` on ``task`` and return its measurements.
 
     ``lower``: recycled runs of this sweep by block count; the highest below this level feeds its fill (a
@@ -75,18 +77,18 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
         task.evaluate(forward)  # now all hits
     hits_s = time.perf_counter() - start if cache is not None else first_s
     val_scores = task.evaluate_val(forward)  # after the timed passes: it does not count in inference speed
-    result = {
-        "setting": setting.name, "label": setting.label, "level": setting.level if setting.name != "full" else 0.0,
-        "at": getattr(forward, "at", 0), "codec": setting.codec if setting.name.startswith("recycled") else None,
-        "metric": task.metric, "score": scores[task.metric], "scores": scores,
-        "fill_s": fill_s, "fill_from_at": below.at if below is not None and cache is not None else None,
-        "train_s_per_epoch": sum(epochs_s) / len(epochs_s) if epochs_s else 0.0, "epochs_s": epochs_s,
-        "trained": bool(epochs_s),
-        "end_to_end_s": fill_s + sum(epochs_s), "infer_hits_per_s": len(task.test) / hits_s,
-        "infer_misses_per_s": len(task.test) / first_s, "cache_bytes": cache.volume() if cache is not None else 0,
-        "val_score": val_scores[task.metric] if val_scores else None, "val_scores": val_scores,
-        "trainable_params": sum(p.numel() for p in trainable), "peak_mem_mb": _peak_memory_mb(),
-    }
+    result = Result(
+        setting=setting.name, label=setting.label, level=setting.level if setting.name != "full" else 0.0,
+        at=getattr(forward, "at", 0), codec=setting.codec if setting.name.startswith("recycled") else None,
+        metric=task.metric, score=scores[task.metric], scores=scores,
+        fill_s=fill_s, fill_from_at=below.at if below is not None and cache is not None else None,
+        train_s_per_epoch=sum(epochs_s) / len(epochs_s) if epochs_s else 0.0, epochs_s=epochs_s,
+        trained=bool(epochs_s),
+        end_to_end_s=fill_s + sum(epochs_s), infer_hits_per_s=len(task.test) / hits_s,
+        infer_misses_per_s=len(task.test) / first_s, cache_bytes=cache.volume() if cache is not None else 0,
+        val_score=val_scores[task.metric] if val_scores else None, val_scores=val_scores,
+        trainable_params=sum(p.numel() for p in trainable), peak_mem_mb=_peak_memory_mb(),
+    )
     if store_path is not None:
         shutil.rmtree(store_path, ignore_errors=True)
     return result
@@ -244,7 +246,7 @@ def _check_seeds(seeds: list[int]) -> None:
 
 def sweep(task: Task, model: str, make_model: Callable[[], nn.Module], settings: list[Setting],
           cfg: TrainConfig, out: str | Path, seeds: Sequence[int] = (0,), echo: Callable[[str], None] = print
-          ) -> list[dict]:
+          ) -> list[Result]:
     """Run every setting for every seed; write ``out/<dataset>-<model>-<label>-seed<k>.json`` for each run.
 
     Raises:
@@ -254,7 +256,7 @@ def sweep(task: Task, model: str, make_model: Callable[[], nn.Module], settings:
     seeds, out = list(seeds), Path(out)
     _check_seeds(seeds)
     shared = conditions(task, model, cfg)
-    check_addition(out, {"task": task.kind, "dataset": task.dataset, "model": Path(model).name, **shared})
+    check_addition(out, (task.kind, task.dataset, Path(model).name), shared)
     out.mkdir(parents=True, exist_ok=True)
     meta = environment()
     results = []
@@ -262,12 +264,12 @@ def sweep(task: Task, model: str, make_model: Callable[[], nn.Module], settings:
         lower: dict[int, Recycled] = {}  # each level's fill starts from the store of the level below
         for setting in sorted(settings, key=lambda s: (s.name != "recycled", s.level)):
             result = run(task, setting, make_model, TrainConfig(**{**cfg.__dict__, "seed": seed}), lower)
-            result.update(task=task.kind, dataset=task.dataset, model=Path(model).name,
-                          model_source=shared["model_source"], seed=seed, meta=meta,
-                          config={**shared["config"], "seed": seed})
+            result = dataclasses.replace(result, task=task.kind, dataset=task.dataset, model=Path(model).name,
+                                         model_source=shared["model_source"], seed=seed, meta=meta,
+                                         config={**shared["config"], "seed": seed})
             name = f"{task.dataset}-{Path(model).name}-{setting.label}-seed{seed}".replace(" ", "_").replace("%", "pct")
-            (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+            (out / f"{name}.json").write_text(json.dumps(result.to_json(), indent=2))
             results.append(result)
-            echo(f"{setting.label:>24}  {task.metric} {result['score']:6.2f}  end-to-end {result['end_to_end_s']:7.1f} s"
-                 f"  (fill {result['fill_s']:.1f} s, {result['train_s_per_epoch']:.1f} s/epoch)")
+            echo(f"{setting.label:>24}  {task.metric} {result.score:6.2f}  end-to-end {result.end_to_end_s:7.1f} s"
+                 f"  (fill {result.fill_s:.1f} s, {result.train_s_per_epoch:.1f} s/epoch)")
     return results
