@@ -38,11 +38,16 @@ def _kind(text: str) -> str:
     return text
 
 
-def _levels(text: str) -> list[float]:
+def _comma_list(text: str, option: str, kind: type, expected: str) -> list:
+    """``text`` split at commas into ``kind`` values (blanks skipped), or an error naming ``option``."""
     try:
-        levels = [float(x) for x in text.split(",") if x.strip()]
+        return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--levels {text!r}: expected fractions like 0,0.25,0.5,0.75,1") from None
+        raise argparse.ArgumentTypeError(f"{option} {text!r}: expected {expected}") from None
+
+
+def _levels(text: str) -> list[float]:
+    levels = _comma_list(text, "--levels", float, "fractions like 0,0.25,0.5,0.75,1")
     if not levels or any(not 0 <= x <= 1 for x in levels):
         raise argparse.ArgumentTypeError(f"--levels {text!r}: each level must be a fraction in [0, 1]")
     return levels
@@ -74,10 +79,7 @@ def _at(text: str) -> int | float:
 
 def _seeds(text: str) -> list[int]:
     """``--seeds 3`` is seeds 0, 1, 2; ``--seeds 0,4`` those seeds; ``--seeds 0`` (no count) is seed 0."""
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected a count (3) or a comma list (0,1,2)") from None
+    values = _comma_list(text, "--seeds", int, "a count (3) or a comma list (0,1,2)")
     if "," in text:
         if len(set(values)) != len(values):
             raise argparse.ArgumentTypeError(f"--seeds {text!r}: a seed is listed twice; each seed once (0,1,2)")
