@@ -104,14 +104,21 @@ def test_the_cli_imports_the_harness_only_inside_the_commands_that_use_it():
     assert named and not [n for n in named if "bench" in n or "integrations" in n]
 
 
-def test_importing_the_core_and_the_cli_loads_no_harness_or_integration_module():
-    """Run in a fresh interpreter: whatever this test session imported before does not count."""
+def test_importing_the_core_and_the_cli_loads_no_harness_or_integration_module_and_registers_no_exit_hook():
+    """Run in a fresh interpreter: whatever this test session imported before does not count. An exit hook of
+    ours (DiskStore's commit at exit was one, over every store) would outlive every call."""
     import subprocess
     import sys
 
     core = core_modules(import_graph())
-    code = ("import importlib, sys\n"
+    code = ("import atexit, importlib, sys\n"
+            "ours, register = [], atexit.register\n"
+            "def spy(f, *a, **k):\n"
+            "    ours.append(getattr(f, '__module__', None) or '')\n"
+            "    return register(f, *a, **k)\n"
+            "atexit.register = spy\n"
             f"for m in {core + ['layer_recycling.cli']!r}: importlib.import_module(m)\n"
+            "assert not [m for m in ours if m.startswith('layer_recycling')], ours\n"
             f"print(sorted(m for m in sys.modules if m.startswith({EDGE!r})))")
     env = {**__import__("os").environ, "PYTHONPATH": str(PACKAGE.parent)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
