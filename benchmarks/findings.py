@@ -12,7 +12,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from layer_recycling.bench.reporting import load, plot, recommend, summarize
+from layer_recycling.bench.reporting import Result, load, plot, recommend, summarize
 from layer_recycling.bench.reporting import plus_minus as _pm
 
 TARGETS = (0.5, 1.0, 2.0)
@@ -22,7 +22,7 @@ def summary_row(folder: Path) -> str:
     """One line per task: the 50% level's test drop and speedup, and the level chosen on validation per target."""
     runs = load(folder)
     rows = summarize(runs)
-    first, seeds = runs[0], len({r["seed"] for r in runs})
+    first, seeds = runs[0], len({r.seed for r in runs})
     half = next((r for r in rows if r["label"] == "recycled 50%"), None)
     picks = []
     for target in TARGETS:
@@ -31,8 +31,8 @@ def summary_row(folder: Path) -> str:
                      f"{best['speedup']:.2f}x)")
     half_text = ("-" if half is None else
                  f"{_pm(half['drop'], half['test_drop_ci'])} / {half['speedup']:.2f}x")
-    kind = " (retrieval)" if first["task"] == "retrieval" else ""
-    return (f"| {first['dataset']}{kind}, {first['model']} | {seeds} | {rows[0]['metric']} "
+    kind = " (retrieval)" if first.task == "retrieval" else ""
+    return (f"| {first.dataset}{kind}, {first.model} | {seeds} | {rows[0]['metric']} "
             f"{_pm(next(r for r in rows if r['setting'] == 'full')['score'], None, '{:.1f}')} | {half_text} | "
             + " | ".join(picks) + " |")
 
@@ -41,9 +41,9 @@ def task_section(folder: Path, docs: Path) -> str:
     runs = load(folder)
     rows = summarize(runs)
     first = runs[0]
-    cfg = first["config"]
-    seeds = sorted({r["seed"] for r in runs})
-    title = f"{first['task']} on {first['dataset']} with {first['model']}"
+    cfg = first.config or {}
+    seeds = sorted({r.seed for r in runs})
+    title = f"{first.task} on {first.dataset} with {first.model}"
     png = plot(rows, docs / f"findings-{folder.name}.png", title)
     metric = rows[0]["metric"]
     val_n = cfg.get("val_examples", "10%")  # the default --val 0.1 (older results do not record the count)
@@ -78,18 +78,18 @@ def task_section(folder: Path, docs: Path) -> str:
     return "\n".join(lines)
 
 
-def all_scores(runs: list[dict], labels: list[str]) -> list[str]:
+def all_scores(runs: list[Result], labels: list[str]) -> list[str]:
     """Every test score a task reports (retrieval: R@1/5/10, MRR@10, nDCG@10), mean ± sd over seeds, per setting;
     nothing for a task with a single score."""
-    names = list(runs[0]["scores"])
+    names = list(runs[0].scores or {})
     if len(names) < 2:
         return []
     lines = ["| setting | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for label in labels:
-        mine = [r for r in runs if r["label"] == label]
+        mine = [r for r in runs if r.label == label]
         cells = []
         for name in names:
-            values = [r["scores"][name] for r in mine]
+            values = [r.scores[name] for r in mine]
             sd = statistics.stdev(values) if len(values) > 1 else None
             cells.append(_pm(statistics.fmean(values), sd, "{:.2f}"))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

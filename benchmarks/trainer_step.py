@@ -19,7 +19,7 @@ import transformers as T
 import layer_recycling as lr
 from layer_recycling.bench.assets import minilm_path, movie_reviews
 from layer_recycling.bench.runner import train_epochs
-from layer_recycling.loader import input_loader
+from layer_recycling.bench.runner import input_loader
 from timing import meta, timed
 
 

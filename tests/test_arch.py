@@ -449,3 +449,8 @@ def test_a_multiple_choice_head_is_refused_with_what_to_recycle_instead():
     with pytest.raises(ValueError, match=r"BertForMultipleChoice is refused: .*\(batch, choices, tokens\).*"
                                          r"BertForSequenceClassification\(num_labels=1\)"):
         lr.recycle(T.BertForMultipleChoice(config), at=1)
+
+
+def test_a_transformers_model_takes_one_block_path(bert):
+    with pytest.raises(ValueError, match="has one block list"):
+        lr.recycle(bert, at=2, blocks=["encoder.layer", "encoder.layer"])

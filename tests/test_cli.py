@@ -272,6 +272,17 @@ def test_a_fraction_above_one_is_refused_with_the_fix(capsys):
     assert "for a number of blocks pass an integer" in capsys.readouterr().err
 
 
+def test_the_task_option_names_and_takes_the_harness_kinds_and_refuses_others(capsys):
+    from layer_recycling.bench.tasks import KINDS
+    from layer_recycling.cli import TASKS, parser
+
+    assert sorted(TASKS.replace(" or ", ", ").split(", ")) == sorted(KINDS)  # the help lists what the parser takes
+    assert [parser().parse_args(["fill", "--store", "s", "--task", k]).task for k in KINDS] == list(KINDS)
+    with pytest.raises(SystemExit):
+        parser().parse_args(["train", "--store", "s", "--task", "summarize"])
+    assert "--task 'summarize': expected one of seq-cls" in capsys.readouterr().err
+
+
 def test_help_shows_defaults_and_fill_takes_no_training_options(capsys):
     from layer_recycling.cli import parser
 

@@ -163,7 +163,8 @@ def test_a_pairs_loader_holds_key_columns_and_reads_each_input_once(bert, tmp_pa
 
 def test_loaders_of_model_inputs_read_examples_again_and_hold_a_length_each(bert):
     datasets = pytest.importorskip("datasets")
-    from layer_recycling.loader import InputDataset, input_loader
+    from layer_recycling.bench.runner import input_loader
+    from layer_recycling.loader import InputDataset
 
     examples = [dict(e, label=i % 3) for i, e in enumerate(text_examples(10))]
     source = datasets.Dataset.from_list(examples)

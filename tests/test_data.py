@@ -7,7 +7,7 @@ import torch
 
 import layer_recycling as lr
 from layer_recycling import data
-from conftest import text_model
+from conftest import text_model, vit_model
 
 
 def test_spans_find_right_left_and_middle_runs():
@@ -70,3 +70,22 @@ def test_a_real_tokenizers_padding_gives_the_same_keys_and_outputs():
         served = rec(**batch).logits
         alone = torch.cat([model(**tok(t, return_tensors="pt")).logits for t in texts])
     assert rec.stats.misses == 0 and float((served - alone).abs().max()) <= 1e-5
+
+
+def test_images_as_a_processor_returns_them_and_two_sizes_in_one_batch():
+    """``return_tensors="pt"`` gives one image as (1, c, h, w): served like the image; a batch of two in one
+    example, or two sizes in one batch (once a bare torch.stack error), are refused by name."""
+    model = vit_model("Model")
+    rec = lr.recycle(model, at=2).eval()
+    image = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert rec.fill([{"pixel_values": image[None]}], progress=False) == 1
+    assert rec.fill([{"pixel_values": image}], progress=False) == 0  # the same key
+    with torch.no_grad():
+        want = model(pixel_values=image[None]).last_hidden_state[0]
+    got = rec.predict([{"pixel_values": image[None]}], progress=False)[0]["last_hidden_state"]
+    assert float((got - want).abs().max()) <= 1e-5
+    with pytest.raises(ValueError, match=r"pixel_values of shape \(2, 3, 16, 16\): a batch of 2"):
+        rec.fill([{"pixel_values": torch.randn(2, 3, 16, 16)}], progress=False)
+    with pytest.raises(ValueError, match=r"pixel_values of shapes \(3, 16, 16\) and \(3, 24, 24\).*one size"):
+        rec.fill([{"pixel_values": torch.randn(3, 16, 16)}, {"pixel_values": torch.randn(3, 24, 24)}],
+                 progress=False)

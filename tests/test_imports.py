@@ -77,3 +77,50 @@ def test_the_stages_never_import_the_model():
 
 def test_a_cycle_is_found():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+EDGE = ("layer_recycling.bench", "layer_recycling.integrations")  # the harness and the framework modules
+
+
+def core_modules(graph: dict[str, set[str]]) -> list[str]:
+    """The library's own modules: all but the harness, the integrations and the command line on top of them."""
+    return sorted(m for m in graph if not m.startswith(EDGE) and m != "layer_recycling.cli")
+
+
+def test_the_core_imports_neither_the_harness_nor_the_integrations():
+    graph = import_graph()
+    core = core_modules(graph)
+    assert len(core) > 30 and "layer_recycling.saving" in core and "layer_recycling.stores.disk" in core
+    upward = {m: sorted(d for d in graph[m] if d.startswith(EDGE)) for m in core}
+    assert {m: d for m, d in upward.items() if d} == {}
+    assert "layer_recycling.bench.runner" not in graph["layer_recycling.cli"]  # fill and train run the library
+
+
+def test_the_cli_imports_the_harness_only_inside_the_commands_that_use_it():
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    named = [a.name for n in top_level for a in n.names] + [n.module or "" for n in top_level
+                                                            if isinstance(n, ast.ImportFrom)]
+    assert named and not [n for n in named if "bench" in n or "integrations" in n]
+
+
+def test_importing_the_core_and_the_cli_loads_no_harness_or_integration_module_and_registers_no_exit_hook():
+    """Run in a fresh interpreter: whatever this test session imported before does not count. An exit hook of
+    ours (DiskStore's commit at exit was one, over every store) would outlive every call."""
+    import subprocess
+    import sys
+
+    core = core_modules(import_graph())
+    code = ("import atexit, importlib, sys\n"
+            "ours, register = [], atexit.register\n"
+            "def spy(f, *a, **k):\n"
+            "    ours.append(getattr(f, '__module__', None) or '')\n"
+            "    return register(f, *a, **k)\n"
+            "atexit.register = spy\n"
+            f"for m in {core + ['layer_recycling.cli']!r}: importlib.import_module(m)\n"
+            "assert not [m for m in ours if m.startswith('layer_recycling')], ours\n"
+            f"print(sorted(m for m in sys.modules if m.startswith({EDGE!r})))")
+    env = {**__import__("os").environ, "PYTHONPATH": str(PACKAGE.parent)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import layer_recycling as lr
+from conftest import text_examples
+from helpers import padded_batch
 
 SAMPLES = {
     "text": "a café review",
@@ -86,3 +88,12 @@ def test_palette_images_key_their_palette():
     b.putpalette([0, 0, 255] * 256)
     assert a.tobytes() == b.tobytes()  # the same indices, other colours
     assert lr.digest(a) != lr.digest(b)
+
+
+def test_keys_ignore_padding_and_container_type(bert):
+    examples = text_examples()
+    rec = lr.recycle(bert, at=2).eval()
+    rec.fill([{k: torch.tensor(v) for k, v in e.items()} for e in examples], progress=False)
+    with torch.no_grad():
+        rec(**padded_batch(examples, extra=5))
+    assert rec.stats.hits == len(examples) and rec.stats.misses == 0

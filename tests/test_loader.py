@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import layer_recycling as lr
-from layer_recycling.loader import input_loader
-from conftest import text_examples, text_model
+from layer_recycling.bench.runner import input_loader
+from conftest import LABELS, text_examples, text_model
 from helpers import padded_batch
 
 
@@ -143,3 +143,67 @@ def test_bad_groups_say_what_was_expected():
     with pytest.raises(ValueError, match=r"example 3 holds .*'negatives': 1.* example 0 holds .*'negatives': 2"):
         rec.loader(examples, inputs=["anchor", "negatives"], progress=False)
     assert rec.stats.bottom_examples == 0  # refused before any work
+
+
+def test_labels_give_the_models_loss():
+    model = text_model("bert", "ForTokenClassification")
+    examples = [{**e, "labels": [i % LABELS] * len(e["input_ids"])} for i, e in enumerate(text_examples())]
+    rec = lr.recycle(model, at=2).eval()
+    batch = next(iter(rec.loader(examples, batch_size=6, progress=False)))
+    assert batch["labels"].shape == batch["attention_mask"].shape
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()  # padding is ignored by the loss
+    full = padded_batch(examples, extra=0)
+    full["labels"] = batch["labels"]
+    with torch.no_grad():
+        assert abs(float(rec(**batch).loss) - float(model(**full).loss)) <= 1e-5
+
+
+def test_question_answering_positions_are_stacked():
+    model = text_model("bert", "ForQuestionAnswering").eval()
+    same = text_examples(6, lengths=(7,))  # no padding: HF's QA loss counts padded positions in its softmax
+    examples = [{"input_ids": e["input_ids"], "start_positions": i % 5, "end_positions": 5} for i, e in enumerate(same)]
+    rec = lr.recycle(model, at=2).eval()
+    batch = next(iter(rec.loader(examples, batch_size=6, progress=False)))
+    assert batch["start_positions"].tolist() == [0, 1, 2, 3, 4, 0] and batch["end_positions"].tolist() == [5] * 6
+    with torch.no_grad():
+        want = model(**padded_batch(same, extra=0), start_positions=batch["start_positions"],
+                     end_positions=batch["end_positions"])
+        assert abs(float(rec(**batch).loss) - float(want.loss)) <= 1e-5
+
+
+def test_no_store_loader_trains_from_model_inputs_like_the_store(bert):
+    examples = text_examples(12)
+    cached, plain = lr.recycle(bert, at=2).eval(), lr.recycle(bert, at=2, store=None).eval()
+    a = list(cached.loader(examples, batch_size=4, seed=0, shuffle=True, progress=False))
+    b = list(plain.loader(examples, batch_size=4, seed=0, shuffle=True, progress=False))
+    assert "states" in a[0] and "input_ids" in b[0] and plain.stats.bottom_calls == 0
+    with torch.no_grad():
+        for x, y in zip(a, b):
+            assert abs(float(cached(**x).loss) - float(plain(**y).loss)) <= 1e-5
+    assert plain.stats.bottom_calls == 3
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_loader_workers_give_the_same_batches(bert, context):
+    rec = lr.recycle(bert, at=2).eval()
+    examples = text_examples(12)
+    plain = list(rec.loader(examples, batch_size=4, progress=False))
+    workers = list(rec.loader(examples, batch_size=4, progress=False, num_workers=2, multiprocessing_context=context))
+    assert len(plain) == len(workers) == 3
+    for a, b in zip(plain, workers):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_grouped_batches_cover_every_example_once_with_less_padding(bert):
+    rec = lr.recycle(bert, at=2).eval()
+    examples = [dict(e, label=i % 3) for i, e in enumerate(text_examples(60, lengths=tuple(range(2, 40))))]
+    plain = rec.loader(examples, batch_size=6, shuffle=True, seed=0, progress=False)
+    grouped = rec.loader(examples, batch_size=6, shuffle=True, seed=0, group_by_length=True, progress=False)
+    pads = {}
+    for name, loader in [("plain", plain), ("grouped", grouped)]:
+        batches = list(loader)
+        assert sum(len(b["labels"]) for b in batches) == 60 and len(batches) == len(loader) == 10
+        pads[name] = sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+    assert pads["grouped"] < pads["plain"] / 2
+    first, second = ([b["labels"].tolist() for b in grouped] for _ in range(2))
+    assert first != second  # a new order each epoch

@@ -11,7 +11,7 @@ import torch
 import transformers as T
 
 import layer_recycling as lr
-from layer_recycling.loader import input_loader
+from layer_recycling.bench.runner import input_loader
 
 LONG = {"input_ids": [1, 5, 6, 7, 8, 9, 2]}  # the longest, without token types: fill sorts it first
 TYPED = {"input_ids": [1, 5, 6, 2], "token_type_ids": [0, 0, 1, 1]}

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import layer_recycling as lr
-from conftest import decoder_classifier, text_examples
+from conftest import LABELS, cnn_model, decoder_classifier, text_examples
 from helpers import assert_same_weights, bert_classifier, labelled_examples, max_diff, padded_batch, train_top
 
 
@@ -203,3 +203,43 @@ def test_a_tensor_shared_by_the_halves_is_saved_once_and_loads_back_under_every_
     fresh.load_state_dict(safetensors.load_file(tmp_path / "parent.safetensors"))  # strict: every name loads
     assert_same_weights(fresh, parent)
     assert fresh["rec"].top.model.base.wte.weight is fresh["rec"].bottom.base.wte.weight  # still one tensor
+
+
+def test_training_lowers_the_loss_without_running_the_bottom(bert):
+    examples = text_examples(24)
+    rec = lr.recycle(bert, at=2).eval()
+    loader = rec.loader(examples, batch_size=8, shuffle=True, progress=False)
+    calls = rec.stats.bottom_calls
+    trainable = [p for p in rec.parameters() if p.requires_grad]
+    assert {id(p) for p in trainable}.isdisjoint({id(p) for p in rec.bottom.parameters()})
+    opt = torch.optim.AdamW(trainable, lr=3e-3)
+    rec.train()
+    assert not any(m.training for m in rec.bottom.modules())  # the bottom stays in eval mode
+    losses = []
+    for _ in range(8):
+        for batch in loader:
+            loss = rec(**batch).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 * 0.7
+    assert rec.stats.bottom_calls == calls
+    assert all(p.grad is None for p in rec.bottom.parameters())
+
+
+def test_a_trainable_bottom_is_refused(bert):
+    rec = lr.recycle(bert, at=2).eval()
+    loader = rec.loader(text_examples(), batch_size=3, progress=False)
+    bert.bert.encoder.layer[0].output.dense.weight.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="trainable parameters.*layer.0"):
+        rec(**next(iter(loader)))
+
+
+def test_generic_model_without_loss_says_how_to_train():
+    rec = lr.recycle(cnn_model(), at=2).eval()
+    batch = next(iter(rec.loader([(torch.randn(3, 8, 8), 1) for _ in range(4)], batch_size=4, progress=False)))
+    assert batch["states"].shape == (4, 8, 8, 8) and batch["labels"].tolist() == [1] * 4
+    with pytest.raises(TypeError, match="computes no loss"):
+        rec(**batch)
+    assert rec(states=batch["states"]).shape == (4, LABELS)

@@ -18,7 +18,7 @@ def test_the_stages_run_on_the_pipeline_alone():
     pipe = rec.pipeline
     assert pipe.bottom is rec.bottom and pipe.store is rec.store and pipe.stats is rec.stats and pipe.at == 2
     assert fill.fill(pipe, text_examples(6), progress=False) == 6 and len(rec.store) == 6
-    batch = next(iter(loader.make_loader(pipe, text_examples(6), torch.float32, batch_size=6, progress=False)))
+    batch = next(iter(loader.make_loader(pipe, text_examples(6), dtype=torch.float32, batch_size=6, progress=False)))
     assert batch["states"].shape[:2] == batch["attention_mask"].shape and rec.stats.bottom_examples == 6
     inputs = padded_batch(text_examples(6))
     states, mask, extra, layout = serve.prepare(pipe, torch.float32, inputs, {})

@@ -50,10 +50,14 @@ def test_save_pretrained_writes_the_trained_model_and_how_it_was_recycled(tmp_pa
     assert again.fingerprint.parts == rec.fingerprint.parts
 
 
-def test_an_untied_head_is_saved_as_the_tops_trained_copy(tmp_path):
+def test_an_untied_head_is_saved_as_the_tops_trained_copy(tmp_path, monkeypatch):
     torch.manual_seed(0)
     config = T.GPT2Config(vocab_size=99, n_embd=32, n_layer=LAYERS, n_head=2, n_positions=64)
     model = T.GPT2LMHeadModel(config).eval()
+    written = []  # the user's config was set untied for the save and set back: now it is never written
+    setattr_ = T.GPT2Config.__setattr__
+    monkeypatch.setattr(T.GPT2Config, "__setattr__", lambda self, k, v: (
+        written.append(k) if self is model.config and k == "tie_word_embeddings" else None, setattr_(self, k, v))[1])
     rec = lr.recycle(model, at=LAYERS // 2, untie=True)
     with torch.no_grad():
         rec.top.model.lm_head.weight.add_(0.5)  # trained: now differs from the frozen embeddings
@@ -63,6 +67,7 @@ def test_an_untied_head_is_saved_as_the_tops_trained_copy(tmp_path):
     rec.save_pretrained(tmp_path / "saved")
     loaded = T.GPT2LMHeadModel.from_pretrained(tmp_path / "saved")
     assert not loaded.config.tie_word_embeddings and model.config.tie_word_embeddings  # the user's stays tied
+    assert written == []
     assert torch.equal(loaded.lm_head.weight, rec.top.model.lm_head.weight.detach())
     torch.manual_seed(0)
     fresh = lr.recycle(T.GPT2LMHeadModel(config).eval(), at=LAYERS // 2, untie=True)

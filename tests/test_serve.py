@@ -7,7 +7,7 @@ import torch
 
 import layer_recycling as lr
 from conftest import LABELS, LAYERS, cnn_model, text_examples, text_model
-from helpers import bert_classifier, nan_bottom, padded_batch
+from helpers import bert_classifier, max_diff, nan_bottom, padded_batch
 
 CASES = [("bert", "ForTokenClassification"), ("bert", "ForSequenceClassification"), ("llama", "ForCausalLM"),
          ("gpt2", "LMHeadModel"), ("bert", "ForQuestionAnswering")]
@@ -249,3 +249,52 @@ def test_non_finite_misses_are_refused_when_served_unless_allowed():
     assert torch.isnan(allowed(**batch).logits[1]).all() and len(allowed.store) == 2
     served = lr.recycle(nan_bottom(bert_classifier()), at=2, store_misses=False).eval()
     assert torch.isnan(served(**batch).logits[1]).all()  # nothing is stored, so nothing is refused
+
+
+def test_half_hits_run_the_bottom_on_the_misses_only(bert):
+    examples = text_examples(8, lengths=(4, 9, 6, 3))
+    rec = lr.recycle(bert, at=2).eval()
+    rec.fill(examples[::2], progress=False)
+    before = rec.stats.bottom_examples
+    batch = padded_batch(examples)
+    with torch.no_grad():
+        out = rec(**batch)
+        assert max_diff(bert(**batch), out, batch["attention_mask"]) <= 1e-5
+    assert rec.stats.bottom_examples - before == 4
+    assert (rec.stats.hits, rec.stats.misses, len(rec.store)) == (4, 4, 8)  # misses were stored
+
+
+def test_misses_need_not_be_stored(bert):
+    rec = lr.recycle(bert, at=2, store_misses=False).eval()
+    with torch.no_grad():
+        rec(**padded_batch(text_examples()))
+    assert len(rec.store) == 0 and rec.stats.misses == 6
+
+
+def test_no_store_runs_bottom_and_top_every_time(bert):
+    rec = lr.recycle(bert, at=2, store=None).eval()
+    assert isinstance(rec.store, lr.NullStore)
+    batch = padded_batch(text_examples())
+    with torch.no_grad():
+        assert max_diff(bert(**batch), rec(**batch), batch["attention_mask"]) <= 1e-5
+        rec(**batch)
+    assert rec.stats.bottom_calls == 2 and rec.stats.misses == 12
+    assert rec.fill(text_examples(), progress=False) == 0 and len(rec.store) == 0  # nothing is kept
+
+
+def test_unknown_inputs_are_named(bert):
+    rec = lr.recycle(bert, at=2).eval()
+    with pytest.raises(TypeError, match="pixel_values"):
+        rec(pixel_values=torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="no 'input_ids', the model's main input.*Tokenize the text first"):
+        rec.fill([{"text": "not tokenized"}], progress=False)
+
+
+def test_half_precision_store_serves_close_states(bert):
+    rec = lr.recycle(bert, at=2, store=lr.MemoryStore(codec=torch.float16)).eval()
+    examples = text_examples()
+    rec.fill(examples, progress=False)
+    assert next(iter(rec.store._entries.values())).dtype == torch.float16
+    batch = padded_batch(examples)
+    with torch.no_grad():
+        assert max_diff(bert(**batch), rec(**batch), batch["attention_mask"]) <= 1e-2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import transformers as T
@@ -104,3 +106,48 @@ def test_explicit_block_path_overrides_the_search():
         lr.split(model, 1, blocks="missing")
     with pytest.raises(ValueError, match="is a Linear"):
         lr.split(model, 1, blocks="fc")
+
+
+def _tied_lm(family: str) -> nn.Module:
+    torch.manual_seed(0)
+    if family == "gpt2":
+        return text_model("gpt2", "LMHeadModel")
+    config = T.LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
+                           num_key_value_heads=1, intermediate_size=37, tie_word_embeddings=True)
+    return T.LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_head_tied_to_the_frozen_embeddings_is_named_in_a_warning(family):
+    model = _tied_lm(family)
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    embeddings = "transformer.wte" if family == "gpt2" else "model.embed_tokens"
+    words = rf"tied to the frozen bottom: lm_head\.weight \(= {embeddings}\.weight\).*untie=True"
+    with pytest.warns(UserWarning, match=words):
+        rec = lr.recycle(model, at=2)
+    assert not rec.top.model.lm_head.weight.requires_grad  # frozen with the bottom, hence the warning
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_untie_gives_the_top_a_trainable_head_and_leaves_the_model_alone(family):
+    model = _tied_lm(family)
+    embedding = model.get_input_embeddings().weight.detach().clone()
+    examples = [{"input_ids": e["input_ids"], "labels": e["input_ids"]} for e in text_examples(4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # untied: no warning
+        rec = lr.recycle(model, at=LAYERS, untie=True)
+    head = rec.top.model.lm_head.weight
+    assert head.requires_grad and head is not model.lm_head.weight
+    batch = next(iter(rec.loader(examples, batch_size=4, progress=False)))
+    opt = torch.optim.AdamW([p for p in rec.parameters() if p.requires_grad], lr=1e-2)
+    rec.train()
+    losses = []
+    for _ in range(40):
+        loss = rec(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] * 0.5, losses
+    assert torch.equal(model.get_input_embeddings().weight, embedding)  # the user's model is unchanged
+    assert model.lm_head.weight is model.get_input_embeddings().weight  # and still tied

@@ -94,7 +94,7 @@ class SplitCheck:
         """(max abs diff, row) of the most padded row of bottom then top against the model on that example alone;
         None when no row is padded (or the model cannot run it alone: the batch comparison stands)."""
         from .data import spans
-        from .serve import per_token
+        from .serve import named_outputs, per_token
 
         lengths = mask.sum(dim=1)
         i, b, t = int(lengths.argmin()), mask.shape[0], mask.shape[1]
@@ -108,7 +108,7 @@ class SplitCheck:
             alone = self._reference((), inputs)
         except Exception:  # noqa: BLE001 - a model that runs only in batches: nothing to compare
             return None
-        cut = {k: row(v) if per_token(k, v) else v[i : i + 1] for k, v in _tensors(got).items()}
+        cut = {k: row(v) if per_token(k, v) else v[i : i + 1] for k, v in named_outputs(got).items()}
         return _max_diff(alone, cut, None)[0], i
 
     def _reference(self, args: tuple, kwargs: dict) -> Any:
@@ -197,17 +197,11 @@ def eval_mode(*modules: nn.Module):
             m.training = mode
 
 
-def _tensors(out: Any) -> dict[str, torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return {"output": out}
-    if isinstance(out, (tuple, list)):
-        return {f"output[{i}]": v for i, v in enumerate(out) if isinstance(v, torch.Tensor)}
-    return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)} if hasattr(out, "items") else {}
-
-
 def _max_diff(want: Any, got: Any, mask: torch.Tensor | None) -> tuple[float, str, str]:
     """(largest abs difference, the output it is in, what was compared); inf where an output is missing."""
-    a_all, b_all = _tensors(want), _tensors(got)
+    from .serve import named_outputs
+
+    a_all, b_all = named_outputs(want), named_outputs(got)
     compared = ", ".join(f"{n} {tuple(v.shape)}" for n, v in a_all.items()) or "no tensor outputs"
     worst, where = 0.0, ""
     for name, a in a_all.items():

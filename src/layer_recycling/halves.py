@@ -48,7 +48,8 @@ class Seam(nn.Module):
 
 
 class Zeros(nn.Module):
-    """Stands in for an additive embedding (GPT-2's positions) in the top: the states already hold it."""
+    """Stands in for an additive embedding (GPT-2's and OPT's learned positions) in the top: the states already
+    hold it."""
 
     def __init__(self, replaced: nn.Embedding):
         super().__init__()
@@ -120,7 +121,7 @@ def _before(model: nn.Module, name: str) -> tuple[str, ...]:
 _TIMM_STEM_PARAMS = ("cls_token", "reg_token", "pos_embed")
 
 
-Built = tuple[nn.Module, nn.Module, int, int]  # bottom, top, blocks recycled, blocks in all
+Built = tuple[nn.Module, nn.Module, int, int]  # bottom, top (a Top when fed by keyword), blocks recycled, in all
 
 
 def timm_vit(model: nn.Module, at: int | float) -> Built:
@@ -217,19 +218,8 @@ def hf_convnext(model: nn.Module, at: int | float) -> Built:
 # ---- transformers OPT: learned positions added in the decoder's forward, final norm and projection after -----------
 
 
-class NoPositions(nn.Module):
-    """OPT's learned positions in the top: the stored states hold them already. (mask (b, t), ...) -> zeros."""
-
-    def __init__(self, replaced: nn.Embedding):
-        super().__init__()
-        self.dim, self.dtype = replaced.embedding_dim, replaced.weight.dtype
-
-    def forward(self, mask: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return torch.zeros(*mask.shape, self.dim, dtype=self.dtype, device=mask.device)
-
-
 def opt_top(base: nn.Module, at: int) -> dict[str, nn.Module | None]:
-    edits = {"decoder.embed_positions": NoPositions(base.decoder.embed_positions)}
+    edits = {"decoder.embed_positions": Zeros(base.decoder.embed_positions)}  # the states hold the positions
     if base.decoder.project_in is not None:  # embeddings narrower than the blocks: already projected
         edits["decoder.project_in"] = nn.Identity()
     return edits
@@ -350,17 +340,6 @@ class AlbertRun(nn.Module):
         return BaseModelOutput(last_hidden_state=hidden_states)
 
 
-class Entry(nn.Module):
-    """A model fed the states through the keyword ``name`` of its forward: (states, **kwargs) -> its output."""
-
-    def __init__(self, model: nn.Module, name: str):
-        super().__init__()
-        self.model, self.name = model, name
-
-    def forward(self, states: torch.Tensor, **kwargs):
-        return self.model(**{self.name: states}, **kwargs)
-
-
 def albert(model: nn.Module, at: int | float) -> Built:
     base = model.base_model
     prefix = "" if base is model else model.base_model_prefix
@@ -370,7 +349,7 @@ def albert(model: nn.Module, at: int | float) -> Built:
     bottom = Bottom(replace(base, {"encoder": AlbertRun(base.encoder, 0, k), **tail}))
     top = replace(model, {join(prefix, "embeddings"): Seam(base.embeddings, "inputs_embeds"),
                           join(prefix, "encoder"): AlbertRun(base.encoder, k, n)})
-    return bottom, Entry(top, "inputs_embeds"), k, n
+    return bottom, Top(top, "inputs_embeds"), k, n  # fed the states as its embeddings
 
 
 # ---- transformers Whisper encoder: convolutions and positions in forward(), a fixed 30 s input, no mask ------------

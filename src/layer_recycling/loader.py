@@ -16,10 +16,8 @@ import torch
 
 from . import data, distributed
 from .keys import digest
-from .arch import lookup
 from .columns import CachedDataset, CachedGroups, Columns, Labels, check_label_names, indexable
 from .fill import fill_keyed, size_of
-from .pipeline import input_names_of
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -199,7 +197,7 @@ def _same_sizes(first: dict[str, int], parts: dict[str, list], i: int) -> None:
 
 
 def make_loader(
-    pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype | None, batch_size: int = 32, shuffle: bool = False,
+    pipe: Pipeline, examples: Iterable[Any], *, dtype: torch.dtype | None, batch_size: int = 32, shuffle: bool = False,
     fill_batch_size: int = 32, progress: bool = True, group_by_length: bool = False, seed: int | None = None,
     inputs: Sequence[str] | None = None, **dataloader_kwargs,
 ) -> torch.utils.data.DataLoader:
@@ -210,7 +208,8 @@ def make_loader(
         if isinstance(inputs, str) or not inputs:
             raise TypeError(f"loader(inputs=...) takes a list of field names, e.g. ['anchor', 'positive']; got {inputs!r}")
         group = group_dataset(pipe, examples, list(inputs), dtype, fill_batch_size, progress)
-        return dataloader(group, group.lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
+        return dataloader(group, group.lengths, batch_size=batch_size, shuffle=shuffle,
+                          group_by_length=group_by_length, seed=seed, **dataloader_kwargs)
     if pipe.store.keeps:
         dataset: Any = cached_dataset(pipe, examples, dtype, fill_batch_size, progress)
     else:  # nothing kept: batches of model inputs, the bottom runs on each
@@ -222,7 +221,8 @@ def make_loader(
         read = functools.partial(_plain_item, names=pipe.input_names)
         collate = functools.partial(_collate_plain, pad_id=pipe.pad_id, ragged=pipe.arch.masked)
         dataset = input_dataset(examples, parse, read, collate, pipe.arch.masked, False, "loader")
-    return dataloader(dataset, dataset.lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
+    return dataloader(dataset, dataset.lengths, batch_size=batch_size, shuffle=shuffle, group_by_length=group_by_length,
+                      seed=seed, **dataloader_kwargs)
 
 
 def cached_dataset(pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype | None, fill_batch_size: int,
@@ -247,26 +247,20 @@ def cached_dataset(pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype |
     return CachedDataset(pipe.store, columns, labels, dtype)
 
 
-def input_loader(model: torch.nn.Module, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False,
-                 group_by_length: bool = False, seed: int | None = None, inputs: Sequence[str] | None = None,
-                 **dataloader_kwargs) -> torch.utils.data.DataLoader:
-    """Padded batches of ``model``'s inputs and labels: for training a whole, un-recycled model the same way.
-    ``inputs``: examples of several inputs, batched field by field as ``Recycled.loader(inputs=...)`` does.
-    A list or ``datasets.Dataset`` is read again for each batch (the loader holds a length an example)."""
-    arch = lookup(model)
-    names = input_names_of(model, arch.generic)
-    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+def inputs_dataset(examples: Iterable[Any], names: Sequence[str], pad_id: int, ragged: bool,
+                   inputs: Sequence[str] | None, caller: str) -> InputDataset:
+    """An ``InputDataset`` of a whole model's inputs (``names``) and labels, batched as a recycled model's
+    ``loader`` batches them (``inputs``: examples of several inputs, field by field); for the un-recycled model."""
     if inputs is not None:
         read = _group_reader(list(inputs), names)
-        collate = functools.partial(data.collate_groups, stored=False, pad_id=pad_id, ragged=arch.masked)
+        collate = functools.partial(data.collate_groups, stored=False, pad_id=pad_id, ragged=ragged)
     else:
         read = functools.partial(_plain_item, names=names)
-        collate = functools.partial(_collate_plain, pad_id=pad_id, ragged=arch.masked)
-    dataset = input_dataset(examples, read, read, collate, arch.masked, inputs is not None, "input_loader")
-    return dataloader(dataset, dataset.lengths, batch_size, shuffle, group_by_length, seed, **dataloader_kwargs)
+        collate = functools.partial(_collate_plain, pad_id=pad_id, ragged=ragged)
+    return input_dataset(examples, read, read, collate, ragged, inputs is not None, caller)
 
 
-def dataloader(dataset: CachedDataset | CachedGroups | InputDataset, lengths: list[int] | None, batch_size: int,
+def dataloader(dataset: CachedDataset | CachedGroups | InputDataset, lengths: list[int] | None, *, batch_size: int,
                shuffle: bool, group_by_length: bool, seed: int | None, **dataloader_kwargs
                ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``dataset``: in batches of similar ``lengths`` when ``group_by_length``, and in a

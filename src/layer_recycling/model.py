@@ -17,11 +17,10 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from . import data, dual, fill, loader, saving, serve, stack, transfer
+from . import adapters, data, dual, fill, loader, saving, serve, stack, transfer
 from .checks import SplitCheck, check_example, source_of
 from .config import RecycleConfig
 from .fingerprint import Fingerprint, fingerprint_of
-from .integrations import peft
 from .pipeline import Pipeline, Stats, device_of, dtype_of, input_names_of
 from .discover import split
 from .split import resolve_ties
@@ -47,14 +46,14 @@ class Recycled(nn.Module):
     def __init__(self, model: nn.Module, recycle_config: RecycleConfig, store: Store,
                  key: Callable[[Any], Any] | None = None, tokenizer: Any = None):
         super().__init__()
-        model, adapters = peft.unwrap(model)  # a PEFT model: split the model it wraps, adapters in place
+        model, wrapped = adapters.unwrap(model)  # a PEFT model: split the model it wraps, adapters in place
         object.__setattr__(self, "source", model)  # not a submodule: its parameters are the halves' already
         s = resolve_ties(split(model, recycle_config.at, recycle_config.blocks), recycle_config.untie, model)
         self.recycle_config = recycle_config
         self.config = getattr(model, "config", None)  # the model's own (a transformers config), or None
         self.untied = s.untied  # head parameters the top holds its own trainable copies of
         self.bottom, self.top, self.at, self.num_layers, self.arch = s.bottom, s.top, s.at, s.num_layers, s.arch
-        peft.warn_frozen(adapters, self.bottom)
+        adapters.warn_frozen(wrapped, self.bottom)
         self.bottom.requires_grad_(False)
         self.split_check = None  # a split no test proved exact checks its first batch (or example= at once)
         if recycle_config.check_split and not s.arch.tested:
@@ -255,12 +254,15 @@ class Recycled(nn.Module):
         (b * k rows for a list field), every input keyed and stored by its own content, once.
         """
         if device is None:
-            return loader.make_loader(self.pipeline, examples, dtype_of(self.top), batch_size, shuffle,
-                                      fill_batch_size, progress, group_by_length, seed, inputs, **dataloader_kwargs)
+            return loader.make_loader(self.pipeline, examples, dtype=dtype_of(self.top), batch_size=batch_size,
+                                      shuffle=shuffle, fill_batch_size=fill_batch_size, progress=progress,
+                                      group_by_length=group_by_length, seed=seed, inputs=inputs, **dataloader_kwargs)
         device = torch.device(device)
         dataloader_kwargs.setdefault("pin_memory", device.type == "cuda")
-        batches = loader.make_loader(self.pipeline, examples, None, batch_size, shuffle, fill_batch_size, progress,
-                                     group_by_length, seed, inputs, **dataloader_kwargs)  # None: states as stored
+        batches = loader.make_loader(self.pipeline, examples, dtype=None, batch_size=batch_size, shuffle=shuffle,
+                                     fill_batch_size=fill_batch_size, progress=progress,
+                                     group_by_length=group_by_length, seed=seed, inputs=inputs,
+                                     **dataloader_kwargs)  # dtype None: states as stored
         return transfer.DeviceLoader(batches, device, dtype_of(self.top))
 
     def dataset(self, examples: Iterable[Any], fill_batch_size: int = 32, progress: bool = True,

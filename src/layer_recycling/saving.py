@@ -10,14 +10,15 @@ those are put back in.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from . import adapters
 from .surgery import join
 
 
@@ -158,18 +159,16 @@ def save_pretrained(rec: nn.Module, directory: str | os.PathLike, **kwargs: Any)
         )
     config = getattr(source, "config", None)
     untied = bool(untied_parameters(rec)) and config is not None and getattr(config, "tie_word_embeddings", False)
-    if untied:  # the saved head is the top's own copy: it must load untied
-        config.tie_word_embeddings = False
-    state = model_state_dict(rec)
-    if "peft" in sys.modules:  # LoRA layers (add_lora, a recycled PEFT model): written merged, in plain names
-        from .integrations.peft import merged_state
-
-        state = merged_state(source, state)
-    try:
-        source.save_pretrained(directory, state_dict=state, **kwargs)
-    finally:
-        if untied:
-            config.tie_word_embeddings = True
+    if untied and kwargs.get("push_to_hub"):
+        raise ValueError("save_pretrained(push_to_hub=True) with an untied head: the folder's config is rewritten "
+                         "after the model's save_pretrained writes it (the head must load untied), so it would push "
+                         "the tied one. Save to a folder, then upload it (huggingface_hub.upload_folder)")
+    state = adapters.merged_state(source, model_state_dict(rec))  # LoRA layers written merged, in plain names
+    source.save_pretrained(directory, state_dict=state, **kwargs)
+    if untied and kwargs.get("is_main_process", True):  # the saved head is the top's own copy: it must load untied
+        saved = copy.deepcopy(config)  # the user's config stays as it is
+        saved.tie_word_embeddings = False
+        saved.save_pretrained(directory)
     parts = recycled_parts(rec)
     recorded = {path: _recorded(part) for path, part in parts.items()}
     rec.recycle_config.save_pretrained(directory, **(recorded[""] if "" in parts else {"towers": recorded}))

@@ -32,6 +32,16 @@ def per_token(name: str, value: torch.Tensor) -> bool:
     return name in _TOKEN_SCORES and value.dim() == 2 or name in _TOKEN_STATES and value.dim() >= 3
 
 
+def named_outputs(out: Any) -> dict[str, torch.Tensor]:
+    """A model's tensor outputs by name: named outputs by their names, a bare tensor as ``output``, a tuple's
+    items as ``output[i]`` (anything else holds none)."""
+    if isinstance(out, torch.Tensor):
+        return {"output": out}
+    if isinstance(out, (tuple, list)):
+        out = {f"output[{i}]": v for i, v in enumerate(out)}
+    return {n: v for n, v in out.items() if isinstance(v, torch.Tensor)} if hasattr(out, "items") else {}
+
+
 def lookup(pipe: Pipeline, keys: Sequence[str], rows: Sequence[dict[str, torch.Tensor]],
            device: torch.device, dtype: torch.dtype, first: int | None = None) -> list[torch.Tensor]:
     """The states of ``rows`` (unpadded inputs, keyed ``keys``) as ``dtype`` on ``device``: hits from the store,
@@ -150,11 +160,7 @@ def _per_example(pipe: Pipeline, top: Top, states: list[torch.Tensor]) -> list[d
 def _rows(out: Any, lengths: list[int] | None) -> list[dict]:
     """One dict per example: named outputs by their names, a bare tensor as ``output``, a tuple's items as
     ``output[i]``; per-token outputs cut to each example's tokens."""
-    if isinstance(out, torch.Tensor):
-        out = {"output": out}
-    elif isinstance(out, (tuple, list)):
-        out = {f"output[{i}]": v for i, v in enumerate(out)}
-    fields = {n: v for n, v in out.items() if isinstance(v, torch.Tensor) and n != "loss"}
+    fields = {n: v for n, v in named_outputs(out).items() if n != "loss"}
     b = next(iter(fields.values())).shape[0]
     rows = []
     for i in range(b):

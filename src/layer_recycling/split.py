@@ -54,8 +54,9 @@ def split_with(model: nn.Module, at: int | float, arch: Arch) -> Split:
     """Cut ``model`` after ``at`` blocks as ``arch`` says (an entry of the table, or one found by ``discover``)."""
     hooks_before_copies(model)
     if arch.build is not None:
-        bottom, top, k, num_layers = arch.build(model, at)
-        return Split(bottom=bottom, top=Top(top, None), at=k, num_layers=num_layers, arch=arch)
+        bottom, top, k, num_layers = arch.build(model, at)  # a top the build fed by keyword is a Top already
+        return Split(bottom=bottom, top=top if isinstance(top, Top) else Top(top, None), at=k, num_layers=num_layers,
+                     arch=arch)
     if arch.generic:
         return _split_generic(model, at, arch)
     base = model.base_model

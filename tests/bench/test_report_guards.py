@@ -131,8 +131,8 @@ def test_sweep_records_its_conditions_and_refuses_a_folder_of_other_ones(tmp_pat
     model.mkdir(parents=True)
     out = tmp_path / "out"
     first = _sweep(out, model=model)
-    config = first[0]["config"]
-    assert first[0]["model_source"] == str(model.resolve())
+    config = first[0].config
+    assert first[0].model_source == str(model.resolve())
     assert config["preprocess"] == {"truncation": True, "max_length": 12} and config["epochs"] == 1
     assert config["data_fingerprint"] == runner.data_fingerprint(_task())
     files = sorted(p.name for p in out.glob("*.json"))

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from layer_recycling.bench import reporting as rp
+from layer_recycling.bench.result import Result
 
 
-def _result(label, setting, level, score, end_to_end, seed=0, codec="float32"):
-    return {"task": "seq-cls", "dataset": "toy", "model": "tiny", "setting": setting, "label": label,
+def _result(label, setting, level, score, end_to_end, seed=0, codec="float32") -> Result:
+    return Result.from_json({"task": "seq-cls", "dataset": "toy", "model": "tiny", "setting": setting, "label": label,
             "level": level, "at": round(level * 6), "codec": None if setting in ("full", "frozen") else codec,
             "metric": "accuracy", "score": score, "fill_s": 1.0, "train_s_per_epoch": end_to_end / 2,
             "end_to_end_s": end_to_end, "infer_hits_per_s": 100.0, "infer_misses_per_s": 50.0, "cache_bytes": 2e6,
-            "seed": seed, "meta": {}}
+            "seed": seed, "meta": {}})
 
 
 RESULTS = [
@@ -52,7 +54,7 @@ def test_pareto_front_keeps_only_undominated_settings():
 
 def test_report_writes_markdown_and_a_png(tmp_path):
     for i, r in enumerate(RESULTS):
-        (tmp_path / f"{i}.json").write_text(json.dumps(r))
+        (tmp_path / f"{i}.json").write_text(json.dumps(r.to_json()))
     text = rp.report(tmp_path, max_drop=1.0)
     assert "| recycled 50% | 3 | - | 80.20 | +0.80 | 2.00x | 1.40x |" in text  # no validation drop in these results
     assert "| full | 0 | - | 81.00 ± 12.71 | +0.00 ± 0.00 |" in text  # 2 seeds: 12.706 * sd / sqrt(2)
@@ -73,9 +75,7 @@ def test_a_folder_without_results_is_refused(tmp_path):
 
 def test_the_recommendation_is_chosen_on_validation_and_checked_on_test():
     def run(label, setting, level, score, val, seconds):
-        r = _result(label, setting, level, score, seconds)
-        r["val_score"] = val
-        return r
+        return dataclasses.replace(_result(label, setting, level, score, seconds), val_score=val)
 
     results = [run("full", "full", 0.0, 80.0, 80.0, 100.0),
                run("recycled 50%", "recycled", 0.5, 79.5, 76.0, 50.0),   # test says fine, validation says no
@@ -85,7 +85,7 @@ def test_the_recommendation_is_chosen_on_validation_and_checked_on_test():
     text = rp.recommendation_text(rows, 1.0)
     assert "chosen on validation" in text and "did NOT stay within" in text
     for r in results:
-        del r["val_score"]
+        r.val_score = None
     old = rp.summarize(results)  # results written before validation splits: the test drop, with a note saying so
     assert rp.recommend(old, 1.0)["label"] == "recycled 50%"
     assert "no validation scores" in rp.recommendation_text(old, 1.0)
@@ -98,9 +98,7 @@ def test_spread_figures_on_known_values_and_a_borderline_flag():
     for seed, (full_val, rec_val) in enumerate([(80.0, 80.0), (80.0, 78.0), (80.0, 80.5)]):
         for label, setting, level, val, seconds in (("full", "full", 0.0, full_val, 100.0),
                                                     ("recycled 50%", "recycled", 0.5, rec_val, 50.0 + seed)):
-            r = _result(label, setting, level, val, seconds, seed=seed)
-            r["val_score"] = val
-            results.append(r)
+            results.append(dataclasses.replace(_result(label, setting, level, val, seconds, seed=seed), val_score=val))
     rows = rp.summarize(results)
     row = next(r for r in rows if r["label"] == "recycled 50%")
     drops = [0.0, 2.0, -0.5]  # mean 0.5, sd 1.3229
@@ -113,9 +111,7 @@ def test_spread_figures_on_known_values_and_a_borderline_flag():
 
 
 def _with_val(label, setting, level, score, val, seconds, seed=0):
-    r = _result(label, setting, level, score, seconds, seed=seed)
-    r["val_score"] = val
-    return r
+    return dataclasses.replace(_result(label, setting, level, score, seconds, seed=seed), val_score=val)
 
 
 def test_report_names_validation_when_nothing_qualifies(tmp_path):
@@ -124,7 +120,7 @@ def test_report_names_validation_when_nothing_qualifies(tmp_path):
                _with_val("recycled 50%", "recycled", 0.5, 79.5, 77.0, 50.0),
                _with_val("recycled 75%", "recycled", 0.75, 70.0, 72.0, 30.0)]
     for i, r in enumerate(results):
-        (tmp_path / f"{i}.json").write_text(json.dumps(r))
+        (tmp_path / f"{i}.json").write_text(json.dumps(r.to_json()))
     rp.report(tmp_path, max_drop=1.0)
     text = (tmp_path / "report.md").read_text()
     assert "| recycled 50% | 3 | +3.00 | 79.50 | +0.50 |" in text  # validation drop beside test score and drop
@@ -134,7 +130,7 @@ def test_report_names_validation_when_nothing_qualifies(tmp_path):
     assert ("Chosen on validation: no recycled setting is both faster than full fine-tuning and within 1.0 points "
             "of its validation score") in text
     assert "On test, 1 faster recycled setting(s) stayed within 1.0 points there (recycled 50%)" in text
-    results[1]["score"] = 75.0  # now test agrees: nothing within the target there either
+    results[1].score = 75.0  # now test agrees: nothing within the target there either
     assert "On test, no faster recycled setting stayed within 1.0 points there either" in rp.markdown(
         rp.summarize(results), "t", 1.0)
 

@@ -18,7 +18,7 @@ from layer_recycling.bench import metrics, retrieval, runner
 from layer_recycling.bench.catalog import load_task, model_factory
 from layer_recycling.bench.settings import Setting, TrainConfig
 from layer_recycling.bench.tables import Columns
-from layer_recycling.loader import input_loader
+from layer_recycling.bench.runner import input_loader
 
 # --- metrics --------------------------------------------------------------------------------------------------------
 
@@ -263,9 +263,9 @@ def test_training_batches_of_the_whole_and_the_recycled_model_hold_the_same_pair
 def test_every_setting_trains_and_scores(pair_task, tiny_model_dir, setting):
     make = model_factory(str(tiny_model_dir), "retrieval", 0)
     result = runner.run(pair_task, setting, make, TrainConfig(epochs=1, batch_size=8, lr=1e-3))
-    assert result["trained"] and result["metric"] == "mrr@10" and result["val_score"] is not None
-    assert set(result["scores"]) == {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"}
-    assert (result["cache_bytes"] > 0) == setting.name.startswith("recycled")
+    assert result.trained and result.metric == "mrr@10" and result.val_score is not None
+    assert set(result.scores) == {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"}
+    assert (result.cache_bytes > 0) == setting.name.startswith("recycled")
 
 
 def test_training_from_the_store_lowers_the_in_batch_negatives_loss(pair_task, tiny_model_dir):
@@ -296,7 +296,7 @@ def test_frozen_and_recycled_train_alike(pair_task, tiny_model_dir):
     make, made = _keeping(model_factory(str(tiny_model_dir), "retrieval", 0))
     cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3)
     for name in ("frozen", "recycled"):
-        assert runner.run(pair_task, Setting(name, 0.5), make, cfg)["trained"]
+        assert runner.run(pair_task, Setting(name, 0.5), make, cfg).trained
     frozen, recycled = (_test_vectors(pair_task, m.eval()) for m in made)
     untrained = _test_vectors(pair_task, model_factory(str(tiny_model_dir), "retrieval", 0)().eval())
     assert float((frozen - untrained).abs().max()) > 1e-3  # both trained the same top the same way
@@ -307,9 +307,9 @@ def test_every_block_recycled_leaves_nothing_to_train_and_scores_the_pretrained_
     make, made = _keeping(model_factory(str(tiny_model_dir), "retrieval", 0))
     before = _test_vectors(pair_task, make().eval())
     result = runner.run(pair_task, Setting("recycled", 1.0), make, TrainConfig(epochs=2, batch_size=8))
-    assert not result["trained"] and result["epochs_s"] == [] and result["train_s_per_epoch"] == 0.0
+    assert not result.trained and result.epochs_s == [] and result.train_s_per_epoch == 0.0
     assert torch.equal(_test_vectors(pair_task, made[-1].eval()), before)
-    assert result["scores"].keys() == pair_task.evaluate(made[-1]).keys()
+    assert result.scores.keys() == pair_task.evaluate(made[-1]).keys()
 
 
 def test_nothing_to_train_is_refused_where_blocks_remain():
@@ -375,7 +375,7 @@ def test_images_search_their_unseen_classes_and_a_recycled_cnn_scores_as_the_who
     assert task.evaluate(recycle(_cnn(), at=2, store=MemoryStore()).eval()) == pytest.approx(whole, abs=1e-4)
     for setting in (Setting("full"), Setting("recycled", 0.5), Setting("recycled", 1.0)):
         result = runner.run(task, setting, _cnn, TrainConfig(epochs=1, batch_size=8, lr=1e-3))
-        assert result["trained"] and set(result["scores"]) >= {"recall@1", "mrr@10"}  # 100%: the head trains
+        assert result.trained and set(result.scores) >= {"recall@1", "mrr@10"}  # 100%: the head trains
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -21,17 +21,17 @@ def _make():
 @pytest.mark.parametrize("name", SETTINGS)
 def test_run_measures_every_setting(name):
     result = runner.run(_tiny_task(), Setting(name, level=0.5), _make, TrainConfig(epochs=1, batch_size=4))
-    assert result["setting"] == name and result["metric"] == "accuracy"
-    assert 0.0 <= result["score"] <= 100.0 and len(result["epochs_s"]) == 1
-    assert result["trainable_params"] > 0
-    assert (result["cache_bytes"] > 0) == name.startswith("recycled")
-    assert (result["at"] > 0) == (name != "full")
+    assert result.setting == name and result.metric == "accuracy"
+    assert 0.0 <= result.score <= 100.0 and len(result.epochs_s) == 1
+    assert result.trainable_params > 0
+    assert (result.cache_bytes > 0) == name.startswith("recycled")
+    assert (result.at > 0) == (name != "full")
 
 
 def test_run_is_reproducible_for_a_seed():
     cfg = TrainConfig(epochs=1, batch_size=4, seed=3)
     a, b = (runner.run(_tiny_task(), Setting("recycled", level=0.5), _make, cfg) for _ in range(2))
-    assert a["scores"] == b["scores"]
+    assert a.scores == b.scores
 
 
 def test_a_level_fills_from_the_store_of_the_level_below():
@@ -39,4 +39,4 @@ def test_a_level_fills_from_the_store_of_the_level_below():
     cfg = TrainConfig(epochs=1, batch_size=4)
     first = runner.run(_tiny_task(), Setting("recycled", level=0.25), _make, cfg, lower)
     second = runner.run(_tiny_task(), Setting("recycled", level=0.75), _make, cfg, lower)
-    assert first["fill_from_at"] is None and second["fill_from_at"] == 1 and sorted(lower) == [1, 3]
+    assert first.fill_from_at is None and second.fill_from_at == 1 and sorted(lower) == [1, 3]

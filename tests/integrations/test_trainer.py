@@ -101,11 +101,28 @@ def test_recycled_trainer_resumes_from_a_checkpoint(tmp_path):
 
 
 def test_recycled_trainer_groups_by_the_stored_lengths_in_training_and_evaluation(tmp_path):
+    """The stock Trainer measures each item's ``input_ids`` to group by length; a stored item has none. The
+    samplers take the lengths the store keeps, and the loaders' batches come in their grouped order."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
     from layer_recycling.integrations.trainer import RecycledTrainer
 
     rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2)
-    dataset = rec.dataset(text_examples(16), progress=False)
+    examples = text_examples(16, lengths=(3, 11, 5, 8, 2, 7))
+    dataset = rec.dataset(examples, progress=False)
+    assert list(dataset.lengths) == [len(e["input_ids"]) for e in examples]
     trainer = RecycledTrainer(model=rec, args=_args(tmp_path, max_steps=2, train_sampling_strategy="group_by_length"),
                               train_dataset=dataset, eval_dataset=dataset, data_collator=dataset.collate)
+    samplers = {"train": (trainer._get_train_sampler(), 4, trainer.get_train_dataloader()),
+                "eval": (trainer._get_eval_sampler(dataset), 8, trainer.get_eval_dataloader())}
+    for name, (sampler, batch_size, loader) in samplers.items():
+        assert isinstance(sampler, LengthGroupedSampler) and sampler.batch_size == batch_size, name
+        assert list(sampler.lengths) == list(dataset.lengths), name
+        # 16 examples make mega-batches of one batch (HF: len // (4 * batch size)): each sorted longest first,
+        # and the longest example leads the epoch
+        batches = [batch["attention_mask"].sum(1).tolist() for batch in loader]
+        rows = [n for b in batches for n in b]
+        assert sorted(rows) == sorted(dataset.lengths) and rows[0] == max(rows), name
+        assert all(b == sorted(b, reverse=True) for b in batches), name
     trainer.train()
-    assert "eval_loss" in trainer.evaluate()  # the stock Trainer would look for input_ids to measure lengths
+    assert "eval_loss" in trainer.evaluate()

@@ -97,6 +97,25 @@ def test_entries_a_process_left_buffered_are_committed_when_it_exits(tmp_path):
     assert sorted(store) == sorted([a, b]) and torch.equal(store[a], torch.ones(2, 3))
 
 
+def test_a_store_let_go_is_collected_keeping_what_it_committed(tmp_path):
+    """The exit commit was a module-level atexit hook over every store of the process; it is each store's own
+    now (tests/test_imports.py checks that importing the package registers no exit hook), and holds the store
+    weakly: a store let go is collected, keeping what it committed."""
+    import gc
+    import weakref
+
+    a, b = keys(2)
+    store = DiskStore(tmp_path / "s")
+    store.put_many([a], [torch.ones(2, 3)])
+    store.flush()
+    store.put_many([b], [torch.zeros(1, 3)])
+    ref = weakref.ref(store)
+    del store
+    gc.collect()
+    assert ref() is None  # the exit hook did not keep it alive
+    assert sorted(DiskStore(tmp_path / "s", readonly=True)) == [a]  # committed kept; buffered when let go: not
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
 def test_a_store_let_go_keeps_no_file_descriptor(tmp_path):
     """Each store opened and read kept its segments' data files open after it was gone: a loop of checks ran out

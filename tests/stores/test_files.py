@@ -1,19 +1,26 @@
-"""A store directory turned against its reader: links, FIFOs, devices, directories, deep and huge JSON are refused
-as StoreCorrupted naming the file, never followed, waited on or served."""
+"""files.py: a store directory turned against its reader (links, FIFOs, devices, directories, deep and huge JSON are
+refused as StoreCorrupted naming the file, never followed, waited on or served), and the helpers themselves:
+atomic writes, a first creator that wins, checksummed JSON, index files mapped only once checked."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import signal
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from layer_recycling.stores.disk import DiskStore, StoreCorrupted
-from layer_recycling.stores.files import MAX_FINGERPRINT_BYTES, MAX_JSON_BYTES, checksummed
+from layer_recycling.stores.files import (
+    MAX_FINGERPRINT_BYTES, MAX_JSON_BYTES, DiskFull, atomic_write, blake, checksummed, create_once, load_npy, npy_bytes,
+    parse_checksummed,
+)
 from store_helpers import filled, opens_and_reads
 
 
@@ -131,3 +138,54 @@ def test_a_json_file_rewritten_in_another_form_is_refused(tmp_path):
     refused(path, header.name, "canonical form")
     header.write_bytes(checksummed(h))
     opens_and_reads(path)
+
+
+# ---- the helpers themselves, without a store -----------------------------------------------------------------
+
+
+def test_atomic_write_leaves_the_whole_file_or_the_old_one_and_no_temp(tmp_path):
+    path = tmp_path / "f.data"
+    atomic_write(path, [b"head", np.arange(3, dtype=np.int16)], finish=lambda fd: os.pwrite(fd, b"HEAD", 0))
+    assert path.read_bytes() == b"HEAD" + np.arange(3, dtype=np.int16).tobytes()
+
+    def parts():  # the disk fills after the first part
+        yield b"new"
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFull, match="no space left writing .*f.data.*Entries committed before are intact"):
+        atomic_write(path, parts())
+    assert path.read_bytes().startswith(b"HEAD") and os.listdir(tmp_path) == ["f.data"]  # old content, no temp
+
+
+def test_create_once_keeps_the_first_creators_file():
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "store.json"
+        assert create_once(path, b"first") is True and create_once(path, b"second") is False
+        assert path.read_bytes() == b"first" and os.listdir(d) == ["store.json"]
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b'{"blake2b":"00","doc":{"a":1}}', "fails its checksum"),
+    (b"[1, 2", "not a valid header"),
+    (b'{"doc":{"a":1}}', "not a valid header \\(KeyError"),
+])
+def test_a_checksummed_document_is_refused_when_damaged(raw, words):
+    assert parse_checksummed(checksummed({"a": 1}), Path("h.json"), "header") == {"a": 1}
+    with pytest.raises(StoreCorrupted, match=words):
+        parse_checksummed(raw, Path("h.json"), "header")
+
+
+def test_an_index_is_mapped_only_with_its_header_size_and_checksum(tmp_path):
+    arr = np.arange(6, dtype=np.int64).reshape(3, 2)
+    (tmp_path / "i.npy").write_bytes(npy_bytes(arr))
+    good = blake(npy_bytes(arr))
+    np.testing.assert_array_equal(load_npy(tmp_path / "i.npy", good, np.dtype(np.int64), (3, 2)), arr)
+    with pytest.raises(StoreCorrupted, match=r"holds int64\(3, 2\), expected int32\(3, 2\)"):
+        load_npy(tmp_path / "i.npy", good, np.dtype(np.int32), (3, 2))
+    with pytest.raises(StoreCorrupted, match="fails its checksum"):
+        load_npy(tmp_path / "i.npy", "0" * 64, np.dtype(np.int64), (3, 2))
+    (tmp_path / "i.npy").write_bytes(npy_bytes(arr) + b"\0")
+    with pytest.raises(StoreCorrupted, match="header promises .*truncated or padded"):
+        load_npy(tmp_path / "i.npy", good, np.dtype(np.int64), (3, 2))
+    with pytest.raises(StoreCorrupted, match="named by a committed index but missing"):
+        load_npy(tmp_path / "gone.npy", good, np.dtype(np.int64), (3, 2))

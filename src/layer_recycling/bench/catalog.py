@@ -7,6 +7,7 @@ transformers model directory. Datasets: ``rotten_tomatoes``, ``imdb``, ``wnut16`
 
 from __future__ import annotations
 
+import functools
 import random
 from pathlib import Path
 from typing import Callable
@@ -54,10 +55,21 @@ def model_factory(name: str, kind: str, num_labels: int) -> Callable[[], nn.Modu
     import transformers
 
     path, auto = str(model_dir(name)), getattr(transformers, _AUTO[kind])
-    transformers.logging.set_verbosity_error()  # the new head's "newly initialized" notice is expected
-    if kind == "retrieval":  # the encoder itself: no head, embeddings are its pooled last hidden state
-        return lambda: auto.from_pretrained(path)
-    return lambda: auto.from_pretrained(path, num_labels=num_labels)
+    head = {} if kind == "retrieval" else {"num_labels": num_labels}  # retrieval: the encoder, no head
+    return functools.partial(_quietly, auto.from_pretrained, path, **head)
+
+
+def _quietly(load: Callable[..., nn.Module], *args, **kwargs) -> nn.Module:
+    """``load(*args, **kwargs)`` with transformers' logging at errors only (the new head's "newly initialized"
+    notice is expected), set back to the caller's level after: the process's logging is left as it was."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        return load(*args, **kwargs)
+    finally:
+        logging.set_verbosity(level)
 
 
 # What a transformers folder holds when its tokenizer was saved beside the model (tok.save_pretrained(folder)).

@@ -12,19 +12,16 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from .result import REQUIRED, Result
 from .settings import SETTINGS
 
-REQUIRED = ("task", "dataset", "model", "setting", "level", "at", "codec", "metric", "score", "fill_s",
-            "train_s_per_epoch", "end_to_end_s", "infer_hits_per_s", "infer_misses_per_s", "cache_bytes", "seed",
-            "meta")
 
-
-def load(folder: str | Path) -> list[dict]:
+def load(folder: str | Path) -> list[Result]:
     """Every result in ``folder`` (``*.json``), checked for the fields a report needs."""
     return [result for _, result in _load(Path(folder))]
 
 
-def _load(folder: Path) -> list[tuple[Path, dict]]:
+def _load(folder: Path) -> list[tuple[Path, Result]]:
     if folder.is_file():
         raise NotADirectoryError(f"{folder} is a file; expected the folder that `recycle bench --out` wrote")
     if not folder.is_dir():
@@ -36,36 +33,37 @@ def _load(folder: Path) -> list[tuple[Path, dict]]:
     return found
 
 
-def read(folder: Path) -> list[tuple[Path, dict]]:
+def read(folder: Path) -> list[tuple[Path, Result]]:
     """(path, result) for every ``*.json`` in ``folder`` (none if it does not exist), checked like ``load``."""
     found = []
     for path in sorted(p for p in folder.glob("*.json") if not p.name.startswith(".")):  # skip hidden files
         try:
-            result = json.loads(path.read_text())
+            doc = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON ({err}); a run stopped while writing it leaves such a "
                              f"file: delete it and rerun that setting") from None
-        missing = [f for f in REQUIRED if f not in result] if isinstance(result, dict) else list(REQUIRED)
-        if missing:
-            raise ValueError(f"{path} is not a benchmark result: it lacks {missing}; a report reads every *.json in "
-                             f"{folder}: move it elsewhere")
-        found.append((path, result))
+        try:
+            found.append((path, Result.from_json(doc, str(path))))
+        except ValueError as err:
+            raise ValueError(f"{err}; a report reads every *.json in {folder}: move it elsewhere") from None
     return found
 
 
-def summarize(results: list[dict]) -> list[dict]:
+_MEANS = ("score", "fill_s", "train_s_per_epoch", "end_to_end_s", "infer_hits_per_s", "infer_misses_per_s",
+          "cache_bytes")  # averaged over a setting's seeds
+
+
+def summarize(results: list[Result]) -> list[dict]:
     """One row per setting (seeds averaged), with speedups against the full and frozen runs."""
-    groups: dict[str, list[dict]] = defaultdict(list)
+    groups: dict[str, list[Result]] = defaultdict(list)
     for r in results:
-        groups[r["label"]].append(r)
+        groups[r.label].append(r)
     rows = []
     for label, runs in groups.items():
-        mean = {k: statistics.fmean(r[k] for r in runs) for k in
-                ("score", "fill_s", "train_s_per_epoch", "end_to_end_s", "infer_hits_per_s", "infer_misses_per_s",
-                 "cache_bytes")}
-        val = [r["val_score"] for r in runs if r.get("val_score") is not None]
-        rows.append({**{k: runs[0][k] for k in ("setting", "level", "at", "codec", "metric")}, "label": label,
-                     **mean, "seeds": len(runs),
+        first, mean = runs[0], {k: statistics.fmean(getattr(r, k) for r in runs) for k in _MEANS}
+        val = [r.val_score for r in runs if r.val_score is not None]
+        rows.append({"setting": first.setting, "level": first.level, "at": first.at, "codec": first.codec,
+                     "metric": first.metric, "label": label, **mean, "seeds": len(runs),
                      "val_score": statistics.fmean(val) if len(val) == len(runs) else None})
     full = _find(rows, "full")
     frozen = _find(rows, "frozen")
@@ -93,17 +91,17 @@ def interval(values: list[float]) -> tuple[float, float | None, float | None]:
     return mean, sd, _T95.get(len(values) - 1, 2.2) * sd / len(values) ** 0.5
 
 
-def _spread(row: dict, runs: list[dict], full_runs: list[dict]) -> None:
+def _spread(row: dict, runs: list[Result], full_runs: list[Result]) -> None:
     """Per-seed speedups and drops against full of the same seed, as mean, sd and 95% half width."""
-    full = {r["seed"]: r for r in full_runs}
-    paired = [(r, full[r["seed"]]) for r in runs if r["seed"] in full]
-    _, row["score_sd"], row["score_ci"] = interval([r["score"] for r in runs])
-    speedups = [f["end_to_end_s"] / r["end_to_end_s"] for r, f in paired]
+    full = {r.seed: r for r in full_runs}
+    paired = [(r, full[r.seed]) for r in runs if r.seed in full]
+    _, row["score_sd"], row["score_ci"] = interval([r.score for r in runs])
+    speedups = [f.end_to_end_s / r.end_to_end_s for r, f in paired]
     row["speedup_sd"], row["speedup_ci"] = interval(speedups)[1:] if speedups else (None, None)
-    with_val = all(x.get("val_score") is not None for pair in paired for x in pair)
-    for name, key in (("test_drop_ci", "score"), ("val_drop_ci", "val_score" if with_val else None)):
-        drops = [f[key] - r[key] for r, f in paired] if key else []
-        row[name] = interval(drops)[2] if drops else None
+    with_val = all(x.val_score is not None for pair in paired for x in pair)
+    row["test_drop_ci"] = interval([f.score - r.score for r, f in paired])[2] if paired else None
+    val_drops = [f.val_score - r.val_score for r, f in paired] if with_val else []
+    row["val_drop_ci"] = interval(val_drops)[2] if val_drops else None
     row["drop_ci"] = row["val_drop_ci"] if with_val else row["test_drop_ci"]  # of the drop the choice reads
 
 
@@ -244,15 +242,13 @@ _HINTS = {"data_fingerprint": " (a hash of the examples: another dataset file, -
                               "tokenizer)"}
 
 
-def conditions(result: dict) -> dict:
+def conditions(model_source: str | None, config: dict | None) -> dict:
     """What results must share to sit in one table: the model's source and every config field but the seed."""
-    config = result.get("config") or {}
-    return {"model_source": result.get("model_source", _UNRECORDED), **{k: v for k, v in config.items() if k != "seed"}}
+    return {"model_source": model_source or _UNRECORDED, **{k: v for k, v in (config or {}).items() if k != "seed"}}
 
 
-def differences(runs: list[tuple[str, dict]]) -> dict[str, dict[str, list[str]]]:
-    """The conditions that ``runs`` ((name, result) pairs) disagree on: {field: {value as JSON: names}}."""
-    found = [(name, conditions(r)) for name, r in runs]
+def differences(found: list[tuple[str, dict]]) -> dict[str, dict[str, list[str]]]:
+    """The conditions that runs ((name, ``conditions``) pairs) disagree on: {field: {value as JSON: names}}."""
     diffs = {}
     for field in dict.fromkeys(k for _, c in found for k in c):  # first-seen order
         by_value: dict[str, list[str]] = defaultdict(list)
@@ -272,55 +268,57 @@ def _listed(diffs: dict[str, dict[str, list[str]]], most: int = 3) -> str:
                      for field, values in diffs.items())
 
 
-def _table(result: dict) -> tuple[str, str, str]:
-    return result["task"], result["dataset"], result["model"]
+def _table(result: Result) -> tuple[str, str, str]:
+    return result.task, result.dataset, result.model
 
 
 def _title(table: tuple[str, str, str]) -> str:
     return "{} on {} with {}".format(*table)
 
 
-def check_addition(folder: str | Path, result: dict) -> None:
-    """Refuse to add results made as ``result`` was to ``folder`` when its results of the same table differ.
-
-    ``result``: the fields ``conditions`` reads, plus task, dataset and model (the table it joins).
-    """
-    same = [(path.name, r) for path, r in read(Path(folder)) if _table(r) == _table(result)]
-    diffs = differences([*same, ("this run", result)])
+def check_addition(folder: str | Path, table: tuple[str, str, str], shared: dict) -> None:
+    """Refuse to add results of ``table`` (task, dataset, model) made under ``shared`` (``runner.conditions``:
+    model source and config) to ``folder`` when its results of the same table were made under others."""
+    same = [(path.name, _conditions(r)) for path, r in read(Path(folder)) if _table(r) == table]
+    diffs = differences([*same, ("this run", conditions(shared["model_source"], shared["config"]))])
     if diffs:
-        raise ValueError(f"{folder} already holds results of {_title(_table(result))} made under other conditions: "
+        raise ValueError(f"{folder} already holds results of {_title(table)} made under other conditions: "
                          f"{_listed(diffs)}. One report would take speedups and drops across them. Pass a new --out "
                          f"folder, or remove those results from {folder} first")
 
 
-def check(folder: Path, runs: list[tuple[Path, dict]]) -> None:
+def _conditions(result: Result) -> dict:
+    return conditions(result.model_source, result.config)
+
+
+def check(folder: Path, runs: list[tuple[Path, Result]]) -> None:
     """Refuse a table whose ratios would mislead: mixed conditions, a run of no time, or no full baseline."""
     title, named = _title(_table(runs[0][1])), [(path.name, r) for path, r in runs]
-    diffs = differences(named)
+    diffs = differences([(n, _conditions(r)) for n, r in named])
     if diffs:
         raise ValueError(f"{folder} mixes results of {title} made under different conditions: {_listed(diffs)}. "
                          f"Speedups and drops are ratios to full fine-tuning of the same configuration, so one table "
                          f"cannot hold them: move each run's files into a folder of their own (or delete the stale "
                          f"ones) and report each folder")
-    untimed = [(n, r) for n, r in named if not r["end_to_end_s"] > 0 or _epochs(r) < 1]
+    untimed = [(n, r) for n, r in named if not r.end_to_end_s > 0 or _epochs(r) < 1]
     if untimed:
-        how = "; ".join(f"{n}: epochs {(r.get('config') or {}).get('epochs', _UNRECORDED)}, end to end "
-                        f"{r['end_to_end_s']:.3g} s" for n, r in untimed[:3])
+        how = "; ".join(f"{n}: epochs {(r.config or {}).get('epochs', _UNRECORDED)}, end to end "
+                        f"{r.end_to_end_s:.3g} s" for n, r in untimed[:3])
         more = f" and {len(untimed) - 3} more" if len(untimed) > 3 else ""
         raise ValueError(f"{folder}: runs of {title} trained nothing ({how}{more}): with no training there is no "
                          f"time to take a speedup against. Rerun `recycle bench` with --epochs 1 or more into a new "
                          f"--out folder (or delete these files)")
-    if not any(r["setting"] == "full" for _, r in named):
-        held = ", ".join(sorted({r["label"] for _, r in named}))
+    if not any(r.setting == "full" for _, r in named):
+        held = ", ".join(sorted({r.label for _, r in named}))
         raise ValueError(f"{folder} has no full fine-tuning result for {title} (it holds {held}); full fine-tuning "
                          f"is the baseline of every speedup and drop. `recycle bench` runs it last, so a bench stopped "
                          f"early leaves this. Rerun the same `recycle bench` command with --out {folder}: it runs "
                          f"every setting again, full included, and replaces these files")
 
 
-def _epochs(result: dict) -> float:
+def _epochs(result: Result) -> float:
     """The epochs a result trained for (results that do not record it: taken as trained)."""
-    epochs = (result.get("config") or {}).get("epochs")
+    epochs = (result.config or {}).get("epochs")
     return epochs if isinstance(epochs, (int, float)) else 1
 
 
@@ -332,7 +330,7 @@ def report(folder: str | Path, max_drop: float = 1.0) -> str:
             or it has no full fine-tuning result: the ratios would be wrong or undefined.
     """
     folder = Path(folder)
-    sweeps: dict[tuple, list[tuple[Path, dict]]] = defaultdict(list)
+    sweeps: dict[tuple, list[tuple[Path, Result]]] = defaultdict(list)
     for path, r in _load(folder):
         sweeps[_table(r)].append((path, r))
     for runs in sweeps.values():

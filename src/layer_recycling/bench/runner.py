@@ -6,6 +6,7 @@ Settings: ``full`` fine-tuning, ``frozen`` (bottom frozen, no cache), ``recycled
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,24 +15,27 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ..integrations.peft import add_lora
-from ..loader import input_loader
+from ..arch import lookup
+from ..loader import dataloader, inputs_dataset
 from ..model import Recycled, recycle
+from ..pipeline import input_names_of
 from ..stack import LOSSLESS
 from ..stores import DiskStore, MemoryStore
 from .reporting import check_addition
+from .result import Result
 from .settings import Setting, TrainConfig
 from .tasks import Task
 
 
 def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: TrainConfig,
-        lower: dict[int, Recycled] | None = None) -> dict:
+        lower: dict[int, Recycled] | None = None) -> Result:
     """Train ``setting`` on ``task`` and return its measurements.
 
     ``lower``: recycled runs of this sweep by block count; the highest below this level feeds its fill (a
@@ -73,18 +77,18 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
         task.evaluate(forward)  # now all hits
     hits_s = time.perf_counter() - start if cache is not None else first_s
     val_scores = task.evaluate_val(forward)  # after the timed passes: it does not count in inference speed
-    result = {
-        "setting": setting.name, "label": setting.label, "level": setting.level if setting.name != "full" else 0.0,
-        "at": getattr(forward, "at", 0), "codec": setting.codec if setting.name.startswith("recycled") else None,
-        "metric": task.metric, "score": scores[task.metric], "scores": scores,
-        "fill_s": fill_s, "fill_from_at": below.at if below is not None and cache is not None else None,
-        "train_s_per_epoch": sum(epochs_s) / len(epochs_s) if epochs_s else 0.0, "epochs_s": epochs_s,
-        "trained": bool(epochs_s),
-        "end_to_end_s": fill_s + sum(epochs_s), "infer_hits_per_s": len(task.test) / hits_s,
-        "infer_misses_per_s": len(task.test) / first_s, "cache_bytes": cache.volume() if cache is not None else 0,
-        "val_score": val_scores[task.metric] if val_scores else None, "val_scores": val_scores,
-        "trainable_params": sum(p.numel() for p in trainable), "peak_mem_mb": _peak_memory_mb(),
-    }
+    result = Result(
+        setting=setting.name, label=setting.label, level=setting.level if setting.name != "full" else 0.0,
+        at=getattr(forward, "at", 0), codec=setting.codec if setting.name.startswith("recycled") else None,
+        metric=task.metric, score=scores[task.metric], scores=scores,
+        fill_s=fill_s, fill_from_at=below.at if below is not None and cache is not None else None,
+        train_s_per_epoch=sum(epochs_s) / len(epochs_s) if epochs_s else 0.0, epochs_s=epochs_s,
+        trained=bool(epochs_s),
+        end_to_end_s=fill_s + sum(epochs_s), infer_hits_per_s=len(task.test) / hits_s,
+        infer_misses_per_s=len(task.test) / first_s, cache_bytes=cache.volume() if cache is not None else 0,
+        val_score=val_scores[task.metric] if val_scores else None, val_scores=val_scores,
+        trainable_params=sum(p.numel() for p in trainable), peak_mem_mb=_peak_memory_mb(),
+    )
     if store_path is not None:
         shutil.rmtree(store_path, ignore_errors=True)
     return result
@@ -105,6 +109,19 @@ def _train_batches(task: Task, forward: nn.Module, cfg: TrainConfig):
     if isinstance(forward, Recycled):
         return forward.loader(task.train, progress=False, **common)
     return input_loader(forward, task.train, **common)
+
+
+def input_loader(model: nn.Module, examples: Iterable[Any], batch_size: int = 32, shuffle: bool = False,
+                 group_by_length: bool = False, seed: int | None = None, inputs: Sequence[str] | None = None,
+                 **dataloader_kwargs) -> torch.utils.data.DataLoader:
+    """Padded batches of ``model``'s inputs and labels: the full fine-tuning baseline trains the whole,
+    un-recycled model on them, batched as ``Recycled.loader`` batches (``inputs``: examples of several inputs).
+    A list or ``datasets.Dataset`` is read again for each batch (the loader holds a length an example)."""
+    arch = lookup(model)
+    pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
+    dataset = inputs_dataset(examples, input_names_of(model, arch.generic), pad_id, arch.masked, inputs, "input_loader")
+    return dataloader(dataset, dataset.lengths, batch_size=batch_size, shuffle=shuffle, group_by_length=group_by_length,
+                      seed=seed, **dataloader_kwargs)
 
 
 class NothingToTrain(ValueError):
@@ -233,7 +250,7 @@ def _check_seeds(seeds: list[int]) -> None:
 
 def sweep(task: Task, model: str, make_model: Callable[[], nn.Module], settings: list[Setting],
           cfg: TrainConfig, out: str | Path, seeds: Sequence[int] = (0,), echo: Callable[[str], None] = print
-          ) -> list[dict]:
+          ) -> list[Result]:
     """Run every setting for every seed; write ``out/<dataset>-<model>-<label>-seed<k>.json`` for each run.
 
     Raises:
@@ -243,7 +260,7 @@ def sweep(task: Task, model: str, make_model: Callable[[], nn.Module], settings:
     seeds, out = list(seeds), Path(out)
     _check_seeds(seeds)
     shared = conditions(task, model, cfg)
-    check_addition(out, {"task": task.kind, "dataset": task.dataset, "model": Path(model).name, **shared})
+    check_addition(out, (task.kind, task.dataset, Path(model).name), shared)
     out.mkdir(parents=True, exist_ok=True)
     meta = environment()
     results = []
@@ -251,12 +268,12 @@ def sweep(task: Task, model: str, make_model: Callable[[], nn.Module], settings:
         lower: dict[int, Recycled] = {}  # each level's fill starts from the store of the level below
         for setting in sorted(settings, key=lambda s: (s.name != "recycled", s.level)):
             result = run(task, setting, make_model, TrainConfig(**{**cfg.__dict__, "seed": seed}), lower)
-            result.update(task=task.kind, dataset=task.dataset, model=Path(model).name,
-                          model_source=shared["model_source"], seed=seed, meta=meta,
-                          config={**shared["config"], "seed": seed})
+            result = dataclasses.replace(result, task=task.kind, dataset=task.dataset, model=Path(model).name,
+                                         model_source=shared["model_source"], seed=seed, meta=meta,
+                                         config={**shared["config"], "seed": seed})
             name = f"{task.dataset}-{Path(model).name}-{setting.label}-seed{seed}".replace(" ", "_").replace("%", "pct")
-            (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+            (out / f"{name}.json").write_text(json.dumps(result.to_json(), indent=2))
             results.append(result)
-            echo(f"{setting.label:>24}  {task.metric} {result['score']:6.2f}  end-to-end {result['end_to_end_s']:7.1f} s"
-                 f"  (fill {result['fill_s']:.1f} s, {result['train_s_per_epoch']:.1f} s/epoch)")
+            echo(f"{setting.label:>24}  {task.metric} {result.score:6.2f}  end-to-end {result.end_to_end_s:7.1f} s"
+                 f"  (fill {result.fill_s:.1f} s, {result.train_s_per_epoch:.1f} s/epoch)")
     return results

@@ -115,7 +115,7 @@ def encode(value: torch.Tensor, codec: Codec, key: str) -> tuple[np.ndarray, np.
             f"nothing more is written in it. Fill a new store with codec='int8' (keeps each row's {OUTLIERS} largest "
             f"values exactly), 'bfloat16' or 'float32'"
         )
-    if codec.name == "float16" and x.dtype != torch.float16:  # float16 input fits as it is (and abs on it is slow)
+    if codec.name == "float16":
         check_float16_range(x, key)
     if codec.scaled:
         return _encode_int8(x, codec, key)
@@ -172,8 +172,9 @@ def dequantize(values: torch.Tensor, side: torch.Tensor | None, dtype: torch.dty
 
 
 def check_float16_range(x: torch.Tensor, key: str) -> None:
-    """Refuse finite values beyond float16's range: they would be stored as inf."""
-    if not x.numel():
+    """Refuse finite values beyond float16's range: they would be stored as inf (float16 input fits as it is,
+    and abs on it is slow)."""
+    if not x.numel() or x.dtype == torch.float16:
         return
     top = float(torch.where(torch.isinf(x), 0.0, x.abs()).max())  # inf stays inf (allowed or refused by the fill)
     if top > FLOAT16_MAX:

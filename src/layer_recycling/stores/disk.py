@@ -6,7 +6,6 @@ generation by replacing ``CURRENT``. Format: ``segments.py`` and ``snapshot.py``
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import threading
@@ -40,30 +39,23 @@ IN_FLIGHT = 2
 SEGMENT_ENTRIES = 1 << 16  # a buffer's keys are a dict: small entries commit by count, not only at segment_bytes
 
 
-_OPEN: weakref.WeakSet = weakref.WeakSet()  # writable stores of this process
-
-
-@atexit.register
-def _commit_at_exit() -> None:
-    """Commit what open stores still buffer when the interpreter exits (entries are readable at once but durable
-    only when committed: misses stored while serving would be lost). A failure is raised after the others
-    committed, for the interpreter to print."""
-    errors = []
-    for store in list(_OPEN):
-        try:
-            store.flush()
-        except Exception as err:  # noqa: BLE001 - raised below, once every store had its turn
-            errors.append(err)
-    if errors:
-        raise errors[0]
+def _commit_if_alive(ref: weakref.ref) -> None:
+    """A store's exit hook: commit what it still buffers if it is alive when the interpreter exits (entries are
+    readable at once but durable only when committed: misses stored while serving would be lost). Holds the store
+    by a weak reference, so a store let go is collected as any object."""
+    store = ref()
+    if store is not None:
+        store.flush()
 
 
 class DiskStore:
     """Per-example states in a directory, ragged (dim 0 varies per entry, trailing dims are fixed per store).
 
     ``put_many`` buffers entries (readable in this process at once); a segment commits when the buffer holds
-    ``segment_bytes`` or ``SEGMENT_ENTRIES`` entries, on ``flush()`` and on ``close()``. A key already stored is
-    kept, never overwritten.
+    ``segment_bytes`` or ``SEGMENT_ENTRIES`` entries, on ``flush()`` and on ``close()`` (``with DiskStore(...)
+    as store:`` closes it). A writable store still alive when the interpreter exits commits its buffer then (a
+    ``weakref.finalize`` the store owns, gone with the store); a store let go unclosed before that loses what it
+    buffered since its last commit, never what was committed. A key already stored is kept, never overwritten.
 
     Args:
         path: the store's directory; created (with its parents) when it holds no store yet.
@@ -123,7 +115,7 @@ class DiskStore:
                                  if m and m["writer"] == writer), default=-1)
         if not self.readonly:
             self.cleanup()
-            _OPEN.add(self)  # what it buffers (misses stored while serving) is committed at exit
+            weakref.finalize(self, _commit_if_alive, weakref.ref(self))  # at exit, if alive; gone with the store
 
     def _setup(self, path: Path, readonly: bool, writer, segment_bytes: int, compact_after: int) -> None:
         self.path, self.readonly, self._writer = path, readonly, writer

@@ -67,7 +67,7 @@ class MemoryStore:
         else:
             # copy=True: a slice of a batch must not keep the whole padded batch alive.
             dtype = self._codec.decoded if self._codec is not None else value.dtype
-            if self.codec == "float16" and value.dtype != torch.float16:
+            if self.codec == "float16":
                 check_float16_range(value, key)
             self._entries[key] = value.to(device=self.device, dtype=dtype, copy=True)
 
