@@ -85,6 +85,9 @@ def test_a_ctc_loss_over_a_padded_batch_is_the_mean_of_each_clips_loss():
         for store in (lr.MemoryStore(), None):  # served from the store, and with the bottom on every batch
             rec = lr.recycle(model, at=3, store=store).eval()
             assert abs(float(rec(**padded(rows, "right"), labels=labels).loss - want)) <= TOL * float(want)
+            batch = next(iter(rec.loader([{**r, "labels": t} for r, t in zip(rows, targets)], batch_size=3,
+                                         progress=False)))  # targets of their own lengths, padded with -100
+            assert torch.equal(batch["labels"], labels) and abs(float(rec(**batch).loss - want)) <= TOL * float(want)
 
 
 def test_the_recycled_model_gives_no_extract_features():

@@ -411,12 +411,15 @@ def collate_groups(rows: Sequence[tuple[dict[str, list], dict]], stored: bool, p
 def collate_labels(
     rows: Sequence[dict[str, torch.Tensor]], lengths: Sequence[int] | None, t: int | None
 ) -> dict[str, torch.Tensor]:
-    """Batch labels: per-token labels (one per token of each row) are padded with -100 to ``t``; others stacked."""
+    """Batch labels: per-token labels (one per token of each row) are padded with -100 to ``t``, as are label
+    sequences of their own lengths (a CTC head's targets); others stacked."""
     out = {}
     for name in rows[0]:
         values = [r[name] for r in rows]
         per_token = lengths is not None and all(v.dim() >= 1 and v.shape[0] == n for v, n in zip(values, lengths))
-        out[name] = pad(values, IGNORE_INDEX, to=t) if per_token else torch.stack(values)
+        ragged = len({v.shape for v in values}) > 1 and all(v.dim() == 1 and v.dtype == torch.long for v in values)
+        out[name] = pad(values, IGNORE_INDEX, to=t if per_token else None) if per_token or ragged else \
+            torch.stack(values)
     return out
 
 
