@@ -56,8 +56,9 @@ def normalize(example: Any, input_names: Sequence[str]) -> dict[str, Any]:
 def parts(example: dict[str, Any], input_names: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Split a normalised example into (model inputs, labels) as unpadded tensors; other fields are metadata.
 
-    A text example padded in advance (``padding="max_length"``) or built with ``return_tensors="pt"`` (shape
-    (1, n)) is cut to its real tokens, so that it keys and computes like the unpadded example.
+    A text example (or a raw clip, ``input_values`` of (samples,)) padded in advance (``padding="max_length"``) or
+    built with ``return_tensors="pt"`` (shape (1, n)) is cut to its real tokens (samples), so that it keys and
+    computes like the unpadded example.
     """
     inputs = {n: as_tensor(example[n], n) for n in input_names if n in example and example[n] is not None}
     main = input_names[0]

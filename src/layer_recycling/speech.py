@@ -80,30 +80,34 @@ class SpeechBottom(nn.Module):
         if _stable(base.encoder):
             stem["encoder.layer_norm"] = nn.Identity()  # after the blocks: the top's
         self.stem, self.blocks, self.k = replace(base, stem), run(base, 0, k, top=False), k
-        self.frames = lambda n: frames(base, n)  # noqa: E731 - the model's own conv arithmetic
-        self.least = receptive_field(base)
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        clips = data.Layout.of({"input_values": input_values, "attention_mask": attention_mask}).rows(
-            {"input_values": input_values})
-        counts = [self.frames(c["input_values"].shape[0]) for c in clips]
+        clips = [c["input_values"] for c in data.Layout.of(
+            {"input_values": input_values, "attention_mask": attention_mask}).rows({"input_values": input_values})]
+        counts = [frames(self.stem, len(c)) for c in clips]
         short = next((i for i, n in enumerate(counts) if n < 1), None)
         if short is not None:
             raise ValueError(
-                f"clip {short} has {clips[short]['input_values'].shape[0]} samples, fewer than the "
-                f"{self.least} the feature encoder needs for one frame: the model cannot run it. Drop or pad it"
+                f"clip {short} has {len(clips[short])} samples, fewer than the {receptive_field(self.stem)} the "
+                f"feature encoder needs for one frame: the model cannot run it. Drop or pad it"
             )
-        by_length: dict[int, list[int]] = {}
-        for i, c in enumerate(clips):
-            by_length.setdefault(c["input_values"].shape[0], []).append(i)
-        states = None
-        for rows in by_length.values():  # the stem never sees another clip's padding
-            x = self.stem(input_values=torch.stack([clips[i]["input_values"] for i in rows]))[0]  # (g, frames, h)
-            if states is None:
-                states = x.new_zeros(len(clips), max(counts), x.shape[-1])
-            states[rows, : x.shape[1]] = x
+        states = self._stem_states(clips, max(counts))
         mask = data.mask_for(counts, states.shape[1], states.device).bool()
         return states if self.k == 0 else self.blocks(states, attention_mask=mask)[0]
+
+    def _stem_states(self, clips: list[torch.Tensor], width: int) -> torch.Tensor:
+        """(b, width, h): the stem's states of each clip, run with the clips of its length only (its group norm
+        never sees another clip's padding), zeros past its frames."""
+        by_length: dict[int, list[int]] = {}
+        for i, c in enumerate(clips):
+            by_length.setdefault(len(c), []).append(i)
+        states = None
+        for rows in by_length.values():
+            x = self.stem(input_values=torch.stack([clips[i] for i in rows]))[0]  # (g, frames, h)
+            if states is None:
+                states = x.new_zeros(len(clips), width, x.shape[-1])
+            states[rows, : x.shape[1]] = x
+        return states
 
 
 def _same_length(lengths, add_adapter=None):
@@ -157,6 +161,7 @@ class SpeechTop(nn.Module):
 
 
 def _returns_pair(projection: nn.Module, width: int) -> bool:
+    """Whether the feature projection returns (states, normed features), as Wav2Vec2's does (HuBERT's: states)."""
     with torch.no_grad():
         param = next(projection.parameters())
         return isinstance(projection(torch.zeros(1, 1, width, dtype=param.dtype, device=param.device)), tuple)
