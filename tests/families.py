@@ -13,6 +13,7 @@ import transformers as T
 from torch import nn
 
 VOCAB, HIDDEN, LAYERS, HEADS, LABELS = 99, 32, 4, 2, 3
+CLIPS = (400, 250, 330, 250, 420, 300)  # samples of the audio examples, in turn
 _TEXT = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
              intermediate_size=37, max_position_embeddings=64, num_labels=LABELS)
 _DEC = dict(_TEXT, num_key_value_heads=1, head_dim=16, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -20,6 +21,20 @@ _VISION = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads
                image_size=16, patch_size=4, num_labels=LABELS)
 _TOKEN_HEADS = ["Model", "ForCausalLM", "ForSequenceClassification", "ForTokenClassification"]
 _SLIDING = dict(use_sliding_window=True, sliding_window=3, max_window_layers=2)
+
+
+# Speech encoders over raw audio: a small conv feature encoder (a clip of n samples gives ((n - 10) // 5 + 1 - 3)
+# // 2 + 1 frames: 400 -> 39, 250 -> 24), group-normed over time as the base models are, or layer-normed with the
+# "stable layer norm" encoder (blocks normed first, one norm after them) as the large ones are.
+_SPEECH = dict(hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, intermediate_size=37,
+               conv_dim=(16, 16), conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=4,
+               num_conv_pos_embedding_groups=2, num_labels=LABELS, vocab_size=11, tdnn_dim=(8, 8), tdnn_kernel=(3, 3),
+               tdnn_dilation=(1, 2), xvector_output_dim=8, classifier_proj_size=8)
+_STABLE = dict(_SPEECH, do_stable_layer_norm=True, feat_extract_norm="layer")
+_SPEECH_HEADS = ["Model", "ForCTC", "ForSequenceClassification", "ForAudioFrameClassification", "ForXVector"]
+# Outputs the recycled model does not give: the speech models' normed feature-encoder output (``extract_features``),
+# which no stored state carries (it is None). Every other output is compared.
+NOT_SERVED = ("extract_features",)
 
 
 class Missing(Exception):
@@ -97,6 +112,21 @@ FAMILIES: dict[str, tuple[str, str, Callable[[], Any], list[str], str]] = {
                                                             pad_token_id=0, bos_token_id=1, eos_token_id=2), ["Model"],
                     "text"),
     "dinov2": ("dinov2", "Dinov2", _cfg("Dinov2Config", **_VISION), ["Model", "ForImageClassification"], "pixels"),
+    "wav2vec2": ("wav2vec2", "Wav2Vec2", _cfg("Wav2Vec2Config", **_SPEECH), _SPEECH_HEADS, "audio"),
+    "wav2vec2_stable": ("wav2vec2", "Wav2Vec2", _cfg("Wav2Vec2Config", **_STABLE), _SPEECH_HEADS, "audio"),
+    "hubert": ("hubert", "Hubert", _cfg("HubertConfig", **_SPEECH), ["Model", "ForCTC", "ForSequenceClassification"],
+               "audio"),
+    "wavlm": ("wavlm", "WavLM", _cfg("WavLMConfig", **_SPEECH, num_buckets=8, max_bucket_distance=16),
+              _SPEECH_HEADS, "audio"),
+    "wavlm_stable": ("wavlm", "WavLM", _cfg("WavLMConfig", **_STABLE, num_buckets=8, max_bucket_distance=16),
+                     _SPEECH_HEADS, "audio"),
+    # data2vec-audio's positional embedding is a stack of convolutions and norms (one per num_conv_pos_embeddings)
+    "data2vec_audio": ("data2vec-audio", "Data2VecAudio", _cfg("Data2VecAudioConfig", **dict(
+        _SPEECH, num_conv_pos_embeddings=3)), _SPEECH_HEADS, "audio"),
+    "ast": ("audio-spectrogram-transformer", "AST", _cfg("ASTConfig", **dict(_VISION, image_size=None, patch_size=4),
+                                                         num_mel_bins=16, max_length=24, frequency_stride=4,
+                                                         time_stride=4), ["Model", "ForAudioClassification"],
+            "spectrogram"),
     "deit": ("deit", "DeiT", _cfg("DeiTConfig", **_VISION), ["Model", "ForImageClassification"], "pixels"),
 }
 
@@ -144,28 +174,40 @@ def examples(case: str, n: int = 3, seed: int = 1) -> list[dict[str, torch.Tenso
         return [{"pixel_values": torch.randn(3, side, side, generator=g)} for _ in range(n)]
     if kind == "features":  # log-mel frames, padded to the model's fixed length as its feature extractor does
         return [{"input_features": torch.randn(8, 32, generator=g)} for _ in range(n)]
+    if kind == "spectrogram":  # AST: (max_length frames, mel bins), cut or padded to that size by its extractor
+        return [{"input_values": torch.randn(24, 16, generator=g)} for _ in range(n)]
+    if kind == "audio":  # raw clips of different lengths (two of one length: the stem runs them together)
+        return [{"input_values": torch.randn(CLIPS[i % 6], generator=g)} for i in range(n)]
     lengths = (5, 9, 3, 7, 2, 6)
     return [{"input_ids": torch.randint(3, VOCAB, (lengths[i % 6],), generator=g)} for i in range(n)]
 
 
 def padded(rows: list[dict[str, torch.Tensor]], side: str, pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """A batch of ``rows``: token ids padded on ``side`` ("right"/"left") with one extra column; images stacked."""
-    if "input_ids" not in rows[0]:
+    """A batch of ``rows``: token ids (or clips, padded with 0.0) padded on ``side`` ("right"/"left") with one extra
+    column; images stacked."""
+    name = "input_ids" if "input_ids" in rows[0] else "input_values"
+    if name not in rows[0] or rows[0][name].dim() != 1:
         return {n: torch.stack([r[n] for r in rows]) for n in rows[0]}
-    t = max(len(r["input_ids"]) for r in rows) + 1
-    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    t = max(len(r[name]) for r in rows) + 1
+    ids = torch.full((len(rows), t), pad_id if name == "input_ids" else 0, dtype=rows[0][name].dtype)
     mask = torch.zeros((len(rows), t), dtype=torch.long)
     for i, r in enumerate(rows):
-        n = len(r["input_ids"])
+        n = len(r[name])
         cols = slice(0, n) if side == "right" else slice(t - n, t)
-        ids[i, cols], mask[i, cols] = r["input_ids"], 1
-    return {"input_ids": ids, "attention_mask": mask}
+        ids[i, cols], mask[i, cols] = r[name], 1
+    return {name: ids, "attention_mask": mask}
+
+
+def is_audio(rows: list[dict[str, torch.Tensor]]) -> bool:
+    """Raw clips (``input_values`` of one dim): stored as frames, and served right-padded only."""
+    return "input_values" in rows[0] and rows[0]["input_values"].dim() == 1
 
 
 def alone(model: nn.Module, rows: list[dict]) -> list[dict[str, torch.Tensor]]:
     """Each example's outputs with the model run on it alone (batch of one, no padding)."""
     with torch.no_grad():
-        return [{n: v[0] for n, v in _tensors(model(**{k: x[None] for k, x in row.items()})).items()} for row in rows]
+        return [{n: v[0] for n, v in _tensors(model(**{k: x[None] for k, x in row.items()})).items()
+                 if n not in NOT_SERVED} for row in rows]
 
 
 def worst(want: list[dict[str, torch.Tensor]], batch: dict, out: Any) -> float:
@@ -177,6 +219,8 @@ def worst(want: list[dict[str, torch.Tensor]], batch: dict, out: Any) -> float:
             got = got_all[name][i]
             if mask is not None and got.dim() >= 1 and got.shape[0] == mask.shape[1] and name != "pooler_output":
                 got = got[mask[i].bool()]
+            elif mask is not None and got.dim() >= 2 and got.shape[0] > expected.shape[0]:  # a right-padded clip's
+                got = got[: expected.shape[0]]  # frames: its own come first
             assert got.shape == expected.shape, f"{name}: {tuple(got.shape)} != alone {tuple(expected.shape)}"
             result = max(result, float((got - expected).abs().max()))
     return result

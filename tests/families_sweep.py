@@ -1,7 +1,9 @@
 """Families recycled with no ``blocks=``, at every level and head: the max abs diff from each example run alone
-(right and left padding, misses and hits), or the refusal. A report, not a test:
+(right and left padding, misses and hits; raw clips right-padded only, left-padded ones refused), or the refusal.
+A report, not a test:
 
     HF_HUB_OFFLINE=1 PYTHONPATH=src:tests python tests/families_sweep.py [case ...]          # families.FOUND
+    HF_HUB_OFFLINE=1 PYTHONPATH=src:tests python tests/families_sweep.py --table [case ...]  # families.FAMILIES
     HF_HUB_OFFLINE=1 PYTHONPATH=src:tests python tests/families_sweep.py --alone [case ...]  # table entries removed
 """
 
@@ -13,7 +15,7 @@ import warnings
 import torch
 
 import layer_recycling as lr
-from families import FAMILIES, FOUND, LAYERS, Missing, alone, build, build_found, examples, padded, worst
+from families import FAMILIES, FOUND, LAYERS, Missing, alone, build, build_found, examples, is_audio, padded, worst
 from layer_recycling import arch
 
 
@@ -34,7 +36,7 @@ def sweep(case: str, head: str, make) -> str:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 rec = lr.recycle(model, at=at).eval()
-                for side in ("right", "left"):
+                for side in ("right",) if is_audio(rows) else ("right", "left"):
                     batch = padded(rows, side, rec.pipeline.pad_id)
                     with torch.no_grad():
                         result = max(result, worst(want, batch, rec(**batch)), worst(want, batch, rec(**batch)))
@@ -44,15 +46,15 @@ def sweep(case: str, head: str, make) -> str:
 
 
 def main(args: list[str]) -> None:
-    removed = args[:1] == ["--alone"]
-    names = args[1:] if removed else args
-    cases = FAMILIES if removed else FOUND
+    removed, table = args[:1] == ["--alone"], args[:1] == ["--table"]
+    names = args[1:] if removed or table else args
+    cases = FAMILIES if removed or table else FOUND
     for case in names or list(cases):
-        heads = cases[case][3] if removed else cases[case][2]
+        heads = cases[case][2 if cases is FOUND else 3]
         entry = arch.TABLE.pop(FAMILIES[case][0]) if removed else None
         try:
             for head in heads:
-                print(f"{case} {head}: {sweep(case, head, build if removed else build_found)}", flush=True)
+                print(f"{case} {head}: {sweep(case, head, build_found if cases is FOUND else build)}", flush=True)
         finally:
             if removed:
                 arch.TABLE[FAMILIES[case][0]] = entry

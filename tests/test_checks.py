@@ -168,10 +168,9 @@ def test_blocks_override_on_a_decoder_outside_the_table_feeds_inputs_embeds(monk
 
 
 def test_blocks_override_names_what_it_looked_for():
-    model = T.Wav2Vec2Model(T.Wav2Vec2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                             intermediate_size=37, conv_dim=(8, 8), conv_stride=(5, 4),
-                                             conv_kernel=(10, 8), num_conv_pos_embeddings=4,
-                                             num_conv_pos_embedding_groups=2))
+    model = T.SEWModel(T.SEWConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                                   conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=4,
+                                   num_conv_pos_embedding_groups=2, squeeze_factor=1))  # a speech model outside the table
     with pytest.raises(ValueError, match=r"looked for a forward argument 'inputs_embeds'.*'pixel_values'.*"
                                          r"forward takes input_values"):
         lr.recycle(model, at=1, blocks="encoder.layers")

@@ -14,7 +14,7 @@ from typing import Callable
 
 from torch import nn
 
-from . import halves, text_towers
+from . import halves, speech, text_towers
 from .generic import find_blocks
 from .heads import LastTokenClassifier
 from .surgery import join
@@ -41,6 +41,9 @@ class Arch:
     """Children of a seamed module the base forward still reads (e.g. for a dtype check)."""
     masked: bool = True
     """Inputs are token sequences with an attention mask (states are ragged, re-padded per batch)."""
+    frames: Callable[[nn.Module, int], int] | None = None
+    """(model, positions of an input) -> states it yields, where that is not one per position (a clip's samples ->
+    the feature encoder's frames); the store holds that many, and the top's mask marks them. None: one each."""
     top_fix: Callable[[nn.Module, int], dict[str, nn.Module | None]] | None = None
     """Family-specific edits of the top: (base model, split index) -> {dotted path in base: replacement}."""
     bottom_fix: Callable[[nn.Module, int], dict[str, nn.Module | None]] | None = None
@@ -93,6 +96,7 @@ _DECODER = Arch(blocks="layers", tail=("norm",), heads=_LAST_TOKEN)
 _BERT = Arch(blocks="encoder.layer", seam=("embeddings",), tail=("pooler",))
 _VIT = Arch(blocks="layers", entry="pixel_values", seam=("embeddings",), keep=("patch_embeddings",),
             tail=("layernorm", "pooler"), masked=False)
+_SPEECH = Arch(blocks="encoder.layers", entry="input_values", build=speech.speech, frames=speech.frames)
 
 TABLE: dict[str, Arch] = {
     "bert": _BERT,
@@ -137,6 +141,10 @@ TABLE: dict[str, Arch] = {
     "albert": Arch(blocks="encoder.albert_layer_groups", build=halves.albert),
     "whisper": Arch(blocks="layers", entry="input_features", masked=False, build=halves.whisper),
     "convnext": Arch(blocks="encoder.stages", entry=None, masked=False, build=halves.hf_convnext),
+    # Raw audio: a clip's frames are stored (as many as its samples give), its stem runs on each clip alone.
+    **dict.fromkeys(("wav2vec2", "hubert", "wavlm", "data2vec-audio"), _SPEECH),
+    # AST: a ViT over a spectrogram of a fixed size (its feature extractor pads or cuts it), no mask.
+    "audio-spectrogram-transformer": dataclasses.replace(_VIT, entry="input_values", keep=()),
     # Models without a transformers config are keyed "<package>.<class>" (see ``model_key``). ResNets and
     # EfficientNets need no entry: the generic rule finds their stage lists, and the split checks itself. The
     # entries below were tested against stand-ins only (the packages do not install here): they check themselves.
@@ -157,10 +165,6 @@ _SHIPPED: dict[str, Arch] = dict(TABLE)
 PROVEN: dict[str, Arch] = {k: a for k, a in TABLE.items() if a.tested}
 
 # Families refused by name: no split of theirs can be made exact here, or none is proven yet. (model type: reason)
-_AUDIO = ("a padded batch of raw audio is not each clip alone: the feature encoder's group norm (the base "
-          "models) normalises over the padding, and the frames per clip follow its length, which the library's "
-          "stored states do not carry yet. No split of it is proven; recycle a model over fixed-length inputs, or "
-          "wrap the encoder yourself (the generic rule checks itself)")
 _TOWERS = ("the dual text-image model runs two towers, each split on its own: lr.recycle(model, at) recycles both "
            "(layer_recycling.dual), lr.split cuts one, e.g. lr.split(model.text_model, at)")
 _SWIN = ("its stages pass the feature map's (height, width) along as an argument, which a top fed stored states does "
@@ -180,10 +184,6 @@ REFUSED: dict[str, str] = {
     "vit_mae": "it masks a random subset of patches in every forward (config.mask_ratio), so an input has no one "
                "output to store. Recycle the encoder it pre-trained as a ViT (ViTModel.from_pretrained(name)), which "
                "does not mask",
-    "wav2vec2": _AUDIO,
-    "hubert": _AUDIO,
-    "wavlm": _AUDIO,
-    "data2vec-audio": _AUDIO,
 }
 
 

@@ -65,6 +65,23 @@ class SplitCheck:
         return None
 
     def _compare(self, args: tuple, kwargs: dict) -> ValueError | None:
+        if self.split.arch.frames is None:
+            return self._compare_batch(args, kwargs)
+        # Clips stored as frames: the model on a padded batch is not each clip alone (its feature encoder's group
+        # norm sees the padding), and each clip alone is what the split must give. So each is compared alone.
+        from .data import Layout
+
+        clips = Layout.of(kwargs).rows({"input_values": kwargs["input_values"]})[:SAMPLE]
+        reports = []
+        for i, clip in enumerate(clips):
+            error = self._compare_batch((), {"input_values": clip["input_values"][None]})
+            reports.append(f"clip {i} alone: {self.report}")
+            if error is not None:
+                return error
+        self.report = "; ".join(reports)
+        return None
+
+    def _compare_batch(self, args: tuple, kwargs: dict) -> ValueError | None:
         b = _batch_size(args, kwargs)
         args = tuple(_head(a, b) for a in args)
         kwargs = {n: _head(v, b) for n, v in kwargs.items()}

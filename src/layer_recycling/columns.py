@@ -117,8 +117,9 @@ class Columns:
         self.keys: torch.Tensor | None = None
         self.lengths: torch.Tensor | None = None
 
-    def add(self, key: str, inputs: dict[str, torch.Tensor]) -> None:
-        self.add_length(key, data.length(inputs) if self.ragged else None)
+    def add(self, key: str, length: int | None) -> None:
+        """The next example's key and, for ragged states, how many its entry holds (``Pipeline.stored_length``)."""
+        self.add_length(key, length if self.ragged else None)
 
     def add_length(self, key: str, length: int | None) -> None:
         self._keys += key_bytes([key]).tobytes()
@@ -155,7 +156,8 @@ class CachedDataset(torch.utils.data.Dataset):
 
     @property
     def lengths(self) -> np.ndarray | None:
-        """Tokens of each example (None for inputs that are not token sequences): for length-grouped samplers."""
+        """States of each example (tokens, or a clip's frames; None for inputs of a fixed size): for length-grouped
+        samplers."""
         return None if self.columns.lengths is None else self.columns.lengths.numpy()
 
     def keys(self, indices: Sequence[int] | slice = slice(None)) -> list[str]:

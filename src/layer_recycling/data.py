@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,7 +16,8 @@ import torch
 LABEL_NAMES = ("labels", "start_positions", "end_positions")
 _LABEL_ALIASES = {"label": "labels", "label_ids": "labels"}  # as the HF Trainer renames them
 IGNORE_INDEX = -100  # what transformers' losses skip: padding of per-token labels
-_EXAMPLE_DIMS = {"pixel_values": 3, "input_features": 2}  # one image (c, h, w); one clip's features (mels, frames)
+# one image (c, h, w); one clip's features (mels, frames); a spectrogram (frames, mels) as AST takes it
+_EXAMPLE_DIMS = {"pixel_values": 3, "input_features": 2, "input_values": 2}
 SCALES = "state_scales"  # int8's side records beside its "states" in a batch bound for a device (transfer.py)
 
 
@@ -55,8 +56,9 @@ def normalize(example: Any, input_names: Sequence[str]) -> dict[str, Any]:
 def parts(example: dict[str, Any], input_names: Sequence[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Split a normalised example into (model inputs, labels) as unpadded tensors; other fields are metadata.
 
-    A text example padded in advance (``padding="max_length"``) or built with ``return_tensors="pt"`` (shape
-    (1, n)) is cut to its real tokens, so that it keys and computes like the unpadded example.
+    A text example (or a raw clip, ``input_values`` of (samples,)) padded in advance (``padding="max_length"``) or
+    built with ``return_tensors="pt"`` (shape (1, n)) is cut to its real tokens (samples), so that it keys and
+    computes like the unpadded example.
     """
     inputs = {n: as_tensor(example[n], n) for n in input_names if n in example and example[n] is not None}
     main = input_names[0]
@@ -68,8 +70,11 @@ def parts(example: dict[str, Any], input_names: Sequence[str]) -> tuple[dict[str
             f"{' and optionally ' + str(list(input_names[1:])) if input_names[1:] else ''}.{hint}"
         )
     labels = {n: as_tensor(example[n], n) for n in LABEL_NAMES if n in example and example[n] is not None}
-    if "input_ids" in inputs:
-        inputs, labels = _unpad_text(inputs, labels)
+    clip = inputs.get("input_values")
+    if "input_ids" not in inputs and clip is not None and clip.dim() == 2 and clip.shape[0] == 1:
+        inputs = {n: v[0] if v.dim() == 2 and v.shape[0] == 1 else v for n, v in inputs.items()}  # (1, samples)
+    if sequence(inputs) is not None:
+        inputs, labels = _unpad(inputs, labels, sequence(inputs))
     for name, dims in _EXAMPLE_DIMS.items():  # a processor's return_tensors="pt" output: a batch of one
         value = inputs.get(name)
         if value is not None and value.dim() == dims + 1:
@@ -80,7 +85,37 @@ def parts(example: dict[str, Any], input_names: Sequence[str]) -> tuple[dict[str
     return inputs, labels
 
 
-def _unpad_text(inputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]):
+def sequence(inputs: dict[str, torch.Tensor]) -> str | None:
+    """The input whose first dim is positions: ``input_ids`` (tokens), or ``input_values`` of one dim (a clip's
+    samples); None for inputs of a fixed size (images, spectrograms)."""
+    if "input_ids" in inputs:
+        return "input_ids"
+    clip = inputs.get("input_values")
+    return "input_values" if clip is not None and clip.dim() == 1 else None
+
+
+def _unpad(inputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], name: str):
+    """One example's inputs (and per-position labels) cut to the real positions its mask marks, checked."""
+    if name == "input_ids":
+        inputs, labels = _batch_of_one(inputs, labels)
+    mask = inputs.get("attention_mask")
+    if mask is not None and mask.shape != inputs[name].shape:
+        what = "token" if name == "input_ids" else "sample"
+        raise ValueError(
+            f"example has {name} of shape {tuple(inputs[name].shape)} but an attention_mask of shape "
+            f"{tuple(mask.shape)}; expected one mask value per {what}. Pass the tokenizer's (or feature "
+            f"extractor's) own attention_mask, or none (all real)"
+        )
+    if mask is not None and not bool(mask.all()):
+        (start,), (n,) = spans(mask[None])
+        t = mask.shape[0]
+        cut = lambda v: v[start : start + n] if v.dim() >= 1 and v.shape[0] == t else v  # noqa: E731
+        inputs, labels = {k: cut(v) for k, v in inputs.items()}, {k: cut(v) for k, v in labels.items()}
+    check_sequence(inputs, "example")
+    return inputs, labels
+
+
+def _batch_of_one(inputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]):
     ids = inputs["input_ids"]
     if ids.dim() == 2:
         if ids.shape[0] != 1:
@@ -90,20 +125,24 @@ def _unpad_text(inputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]
             )
         inputs = {n: v[0] if v.dim() >= 2 and v.shape[0] == 1 else v for n, v in inputs.items()}
         labels = {n: v[0] if v.dim() >= 1 and v.shape[0] == 1 and v.dim() >= 2 else v for n, v in labels.items()}
-    mask = inputs.get("attention_mask")
-    if mask is not None and mask.shape != inputs["input_ids"].shape:
-        raise ValueError(
-            f"example has input_ids of shape {tuple(inputs['input_ids'].shape)} but an attention_mask of shape "
-            f"{tuple(mask.shape)}; expected one mask value per token. Pass the tokenizer's own attention_mask, or "
-            f"none (all tokens real)"
-        )
-    if mask is not None and not bool(mask.all()):
-        (start,), (n,) = spans(mask[None])
-        t = mask.shape[0]
-        cut = lambda v: v[start : start + n] if v.dim() >= 1 and v.shape[0] == t else v  # noqa: E731
-        inputs, labels = {k: cut(v) for k, v in inputs.items()}, {k: cut(v) for k, v in labels.items()}
-    check_tokens(inputs, "example")
     return inputs, labels
+
+
+def check_sequence(inputs: dict[str, torch.Tensor], what: str) -> None:
+    """``check_tokens`` for token ids; a clip (``input_values``) must hold samples, as floats.
+
+    Raises:
+        ValueError, TypeError: naming what was received and what to do.
+    """
+    if "input_ids" in inputs:
+        return check_tokens(inputs, what)
+    clip = inputs["input_values"]
+    if clip.shape[0] == 0:
+        raise ValueError(f"{what} has no samples (input_values of length 0, or an attention_mask of zeros): the "
+                         f"model cannot run an empty clip. Drop it")
+    if not clip.is_floating_point():
+        raise TypeError(f"{what} has input_values of dtype {str(clip.dtype).removeprefix('torch.')}; expected the "
+                        f"float samples a feature extractor returns")
 
 
 def check_tokens(inputs: dict[str, torch.Tensor], what: str) -> None:
@@ -172,8 +211,8 @@ def key_fields(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def length(inputs: dict[str, torch.Tensor]) -> int:
-    """Number of tokens of an unpadded text example."""
-    return int(inputs["input_ids"].shape[0])
+    """Positions of an unpadded example: its tokens, or its clip's samples (``sequence``)."""
+    return int(inputs[sequence(inputs) or "input_ids"].shape[0])
 
 
 def spans(mask: torch.Tensor) -> tuple[list[int], list[int]]:
@@ -205,11 +244,30 @@ class Layout:
 
     @classmethod
     def of(cls, batch: dict[str, torch.Tensor]) -> Layout:
-        ids = batch["input_ids"]
+        """The layout of a batch of token ids (or clips: ``input_values`` (b, samples)) and its mask."""
+        ids = batch["input_ids"] if "input_ids" in batch else batch["input_values"]
         mask = batch.get("attention_mask")
         if mask is None:
             return cls([0] * ids.shape[0], [ids.shape[1]] * ids.shape[0], ids.shape[1])
         return cls(*spans(mask), ids.shape[1])
+
+    def states(self, positions: Callable[[int], int] | None) -> Layout:
+        """The layout of the states of this batch: the same for one state per position (``positions`` None), else
+        each row's ``positions(n)`` states (a clip's frames) at the start of ``positions(t)``.
+
+        Raises:
+            ValueError: a row padded on the left, when the states are not one per position.
+        """
+        if positions is None:
+            return self
+        if not self.right_padded:
+            row = next(i for i, s in enumerate(self.starts) if s)
+            raise ValueError(
+                f"row {row} of the batch is padded on the left (its samples start at {self.starts[row]}): this "
+                f"model's states are not one per input position but frames of the clip, which its heads count from "
+                f"the start of the row. Pad clips on the right, as the model's feature extractor does"
+            )
+        return Layout(self.starts, [positions(n) for n in self.lengths], positions(self.t))
 
     @property
     def right_padded(self) -> bool:
@@ -354,12 +412,15 @@ def collate_groups(rows: Sequence[tuple[dict[str, list], dict]], stored: bool, p
 def collate_labels(
     rows: Sequence[dict[str, torch.Tensor]], lengths: Sequence[int] | None, t: int | None
 ) -> dict[str, torch.Tensor]:
-    """Batch labels: per-token labels (one per token of each row) are padded with -100 to ``t``; others stacked."""
+    """Batch labels: per-token labels (one per token of each row) are padded with -100 to ``t``, as are label
+    sequences of their own lengths (a CTC head's targets); others stacked."""
     out = {}
     for name in rows[0]:
         values = [r[name] for r in rows]
         per_token = lengths is not None and all(v.dim() >= 1 and v.shape[0] == n for v, n in zip(values, lengths))
-        out[name] = pad(values, IGNORE_INDEX, to=t) if per_token else torch.stack(values)
+        ragged = len({v.shape for v in values}) > 1 and all(v.dim() == 1 and v.dtype == torch.long for v in values)
+        out[name] = pad(values, IGNORE_INDEX, to=t if per_token else None) if per_token or ragged else \
+            torch.stack(values)
     return out
 
 

@@ -45,10 +45,14 @@ def _plain_item(example: Any, i: int, names: Sequence[str]) -> tuple[dict, dict]
     return data.parts(data.normalize(example, names), names)
 
 
-def _collate_plain(rows: list[tuple[dict, dict]], pad_id: int, ragged: bool) -> dict[str, torch.Tensor]:
+def _collate_plain(rows: list[tuple[dict, dict]], pad_id: int, ragged: bool, frames: Callable | None = None,
+                   model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """A padded batch of model inputs and labels; per-position labels are padded to the states' positions (a
+    clip's frames: ``frames(model, n)``, as ``Arch.frames``)."""
     batch = data.collate_inputs([r for r, _ in rows], pad_id, ragged=ragged)
-    lengths = [data.length(r) for r, _ in rows] if ragged else None
-    t = batch["input_ids"].shape[1] if ragged else None
+    at = (lambda n: n) if frames is None else functools.partial(frames, model)
+    lengths = [at(data.length(r)) for r, _ in rows] if ragged else None
+    t = at(batch["attention_mask"].shape[1]) if ragged else None
     return {**batch, **data.collate_labels([y for _, y in rows], lengths, t)}
 
 
@@ -130,7 +134,7 @@ def cached_groups(pipe: Pipeline, examples: Iterable[Any], inputs: list[str], dt
             labels.add(y)
             for field, entries in parts.items():
                 for key, x in entries:
-                    fields[field].add(key, x)
+                    fields[field].add(key, pipe.stored_length(x) if pipe.arch.masked else None)
                     yield key, x
 
     fill_keyed(pipe, keyed(), fill_batch_size, progress, total=size_of(examples), what="examples to rec.loader")
@@ -219,7 +223,8 @@ def make_loader(
             return inputs, labels
 
         read = functools.partial(_plain_item, names=pipe.input_names)
-        collate = functools.partial(_collate_plain, pad_id=pipe.pad_id, ragged=pipe.arch.masked)
+        collate = functools.partial(_collate_plain, pad_id=pipe.pad_id, ragged=pipe.arch.masked,
+                                    frames=pipe.arch.frames, model=pipe.source)
         dataset = input_dataset(examples, parse, read, collate, pipe.arch.masked, False, "loader")
     return dataloader(dataset, dataset.lengths, batch_size=batch_size, shuffle=shuffle, group_by_length=group_by_length,
                       seed=seed, **dataloader_kwargs)
@@ -235,7 +240,7 @@ def cached_dataset(pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype |
     def keyed() -> Iterator[tuple[str, dict]]:
         for i, example in enumerate(examples):
             key, inputs, y = pipe.encode(example, f"example {i}")
-            columns.add(key, inputs)
+            columns.add(key, pipe.stored_length(inputs) if pipe.arch.masked else None)
             labels.add(y)
             yield key, inputs
 
@@ -248,15 +253,17 @@ def cached_dataset(pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype |
 
 
 def inputs_dataset(examples: Iterable[Any], names: Sequence[str], pad_id: int, ragged: bool,
-                   inputs: Sequence[str] | None, caller: str) -> InputDataset:
+                   inputs: Sequence[str] | None, caller: str, frames: Callable | None = None,
+                   model: torch.nn.Module | None = None) -> InputDataset:
     """An ``InputDataset`` of a whole model's inputs (``names``) and labels, batched as a recycled model's
-    ``loader`` batches them (``inputs``: examples of several inputs, field by field); for the un-recycled model."""
+    ``loader`` batches them (``inputs``: examples of several inputs, field by field); for the un-recycled model.
+    ``frames(model, n)``: the states an input of n positions yields (``Arch.frames``), for per-position labels."""
     if inputs is not None:
         read = _group_reader(list(inputs), names)
         collate = functools.partial(data.collate_groups, stored=False, pad_id=pad_id, ragged=ragged)
     else:
         read = functools.partial(_plain_item, names=names)
-        collate = functools.partial(_collate_plain, pad_id=pad_id, ragged=ragged)
+        collate = functools.partial(_collate_plain, pad_id=pad_id, ragged=ragged, frames=frames, model=model)
     return input_dataset(examples, read, read, collate, ragged, inputs is not None, caller)
 
 

@@ -119,7 +119,8 @@ class Recycled(nn.Module):
     def forward(self, *args: Any, states: torch.Tensor | None = None, input_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
-                input_features: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                input_features: torch.Tensor | None = None, input_values: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None,
                 start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, output_attentions: bool | None = None,
                 return_dict: bool | None = None, num_items_in_batch: Any = None, **inputs: Any):
@@ -136,6 +137,7 @@ class Recycled(nn.Module):
         """
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids,
                  "position_ids": position_ids, "pixel_values": pixel_values, "input_features": input_features,
+                 "input_values": input_values,
                  "labels": labels, "start_positions": start_positions, "end_positions": end_positions,
                  "output_hidden_states": output_hidden_states, "output_attentions": output_attentions,
                  "return_dict": return_dict, **inputs}

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 _NOT_INPUTS = {
     "inputs_embeds", "use_cache", "output_attentions", "output_hidden_states", "return_dict", "cache",
     "past_key_values", "cache_position", "head_mask", "encoder_hidden_states", "encoder_attention_mask",
-    "logits_to_keep", "interpolate_pos_encoding", "kwargs", "args", *data.LABEL_NAMES,
+    "logits_to_keep", "interpolate_pos_encoding", "mask_time_indices", "kwargs", "args", *data.LABEL_NAMES,
 }
 
 
@@ -178,7 +178,18 @@ class Pipeline:
         out = self.run_bottom({n: v.to(device) for n, v in batch.items()})
         if not self.arch.masked:
             return list(out)
-        return [out[i, : data.length(r)] for i, r in enumerate(rows)]
+        return [out[i, : self.stored_length(r)] for i, r in enumerate(rows)]
+
+    @property
+    def positions(self) -> Callable[[int], int] | None:
+        """Input positions -> states stored for them, where that is not one each (a clip's frames); else None."""
+        frames = self.arch.frames
+        return None if frames is None else lambda n: frames(self.source, n)
+
+    def stored_length(self, inputs: dict[str, torch.Tensor]) -> int:
+        """How many states the store holds for an unpadded example: its tokens, or its clip's frames."""
+        n = data.length(inputs)
+        return n if self.arch.frames is None else self.arch.frames(self.source, n)
 
     @property
     def device(self) -> torch.device:

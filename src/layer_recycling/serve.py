@@ -102,13 +102,14 @@ def prepare(pipe: Pipeline, dtype: torch.dtype, inputs: dict[str, torch.Tensor |
         rows = [{n: v[i] for n, v in inputs.items()} for i in range(next(iter(inputs.values())).shape[0])]
         return data.stack(lookup(pipe, [row_key(r) for r in rows], rows, device, dtype), "states"), None, labels, None
     layout = data.Layout.of(inputs)
+    placed = layout.states(pipe.positions)  # where each row's states go: its tokens, or its clip's frames
     rows = [data.key_fields(r) for r in layout.rows(inputs)]
     for i, row in enumerate(rows):
-        data.check_tokens(row, f"row {i} of the batch")
+        data.check_sequence(row, f"row {i} of the batch")
     pipe.check_rows(rows, lambda i: f"row {i} of the batch")
     states = lookup(pipe, [row_key(r) for r in rows], rows, device, dtype)
-    per_token = {n: layout.gather(v, data.IGNORE_INDEX) for n, v in labels.items() if _is_per_token(v, layout)}
-    return (*data.repad(states, to=layout.n), {**labels, **per_token}, layout)
+    per_token = {n: placed.gather(v, data.IGNORE_INDEX) for n, v in labels.items() if _is_per_token(v, placed)}
+    return (*data.repad(states, to=placed.n), {**labels, **per_token}, placed)
 
 
 def _is_per_token(v: torch.Tensor, layout: data.Layout) -> bool:

@@ -119,7 +119,8 @@ def input_loader(model: nn.Module, examples: Iterable[Any], batch_size: int = 32
     A list or ``datasets.Dataset`` is read again for each batch (the loader holds a length an example)."""
     arch = lookup(model)
     pad_id = getattr(getattr(model, "config", None), "pad_token_id", None) or 0
-    dataset = inputs_dataset(examples, input_names_of(model, arch.generic), pad_id, arch.masked, inputs, "input_loader")
+    dataset = inputs_dataset(examples, input_names_of(model, arch.generic), pad_id, arch.masked, inputs, "input_loader",
+                             arch.frames, model)
     return dataloader(dataset, dataset.lengths, batch_size=batch_size, shuffle=shuffle, group_by_length=group_by_length,
                       seed=seed, **dataloader_kwargs)
 
