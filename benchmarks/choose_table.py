@@ -4,8 +4,10 @@
 
 The sweep's side is read from docs/findings.md: per task, each setting's mean validation drop with its 95% interval
 and its end-to-end speedup (so a setting cost 1/speedup full fine-tunings, and a sweep of one seed the sum over full,
-frozen and the levels), and the setting it chose on validation for each target. "agrees": choose picked the sweep's level, or the
-level it picked has a sweep validation drop whose interval reaches the target (the sweep cannot tell the two apart).
+frozen and the levels), and the setting it chose on validation for each target. "agrees": choose picked the sweep's
+level, or the sweep's mean validation drop of the level choose picked lies within the interval of the sweep's pick
+(the sweep cannot tell the two apart). Costs are in full fine-tunings, of fills and training as the sweeps count
+them; choose's scoring after each epoch is given beside it.
 """
 
 from __future__ import annotations
@@ -55,13 +57,21 @@ def row(name: str, target: float, answer: dict, sweep: dict) -> tuple[str, bool]
     theirs = picks.get(target, "?")
     mine = "full" if answer["level"] is None else f"recycled {round(answer['level'] * 100)}%"
     drop, hw, _ = rows.get(mine, (None, None, None))
-    agrees = mine == theirs or (drop is not None and drop - hw <= target)
+    their_drop, their_hw, _ = rows.get(theirs, (None, None, None))
+    agrees = mine == theirs or (mine != "full" and drop is not None and their_drop is not None
+                                and their_drop - their_hw <= drop <= their_drop + their_hw)
     chosen = next((p for p in answer["probes"] if p["verdict"] == "holds"), None)
     own = "-" if chosen is None else f"{chosen['drop']:+.2f}" + (
         f" ± {chosen['half_width']:.2f}" if chosen["half_width"] is not None else "")
     sweep_drop = "-" if drop is None else f"{drop:+.2f} ± {hw:.2f}"
     return (f"| {name} | {target:g} | {_level(theirs)} | {_level(mine)} | {own} | {sweep_drop} | "
-            f"{'yes' if agrees else 'no'} | {cost:.2f} / {3 * cost:.1f} | {answer['cost']:.2f} |", agrees)
+            f"{'yes' if agrees else 'no'} | {cost:.2f} / {3 * cost:.1f} | {_cost(answer)} |", agrees)
+
+
+def _cost(answer: dict) -> str:
+    s = answer["seconds"]
+    fills_training = (sum(s.values()) - s["scoring"]) / s["reference"]
+    return f"{fills_training:.2f} ({sum(s.values()) / s['reference']:.2f} with scoring)"
 
 
 def main() -> None:
@@ -71,7 +81,7 @@ def main() -> None:
     args = ap.parse_args()
     sections = sweep_sections(args.findings.read_text())
     print("| task | target | sweep pick | choose pick | choose's validation drop | sweep's validation drop of "
-          "choose's pick | agrees | sweep cost (1 seed / 3 seeds) | choose cost |")
+          "choose's pick | agrees | sweep cost (1 seed / 3 seeds) | choose cost (with scoring) |")
     print("|---|---|---|---|---|---|---|---|---|")
     agreed = total = 0
     for path in sorted(args.folder.glob("*.json")):
