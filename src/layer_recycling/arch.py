@@ -14,7 +14,7 @@ from typing import Callable
 
 from torch import nn
 
-from . import halves
+from . import halves, halves_vision
 from .generic import find_blocks
 from .heads import LastTokenClassifier
 from .surgery import join
@@ -134,6 +134,11 @@ TABLE: dict[str, Arch] = {
     "albert": Arch(blocks="encoder.albert_layer_groups", build=halves.albert),
     "whisper": Arch(blocks="layers", entry="input_features", masked=False, build=halves.whisper),
     "convnext": Arch(blocks="encoder.stages", entry=None, masked=False, build=halves.hf_convnext),
+    # Stored as feature maps (b, d, h, w): the top's stages are handed their (height, width) from the states' shape.
+    "swin": Arch(blocks="encoder.layers", entry=None, masked=False, build=halves_vision.swin),
+    "swinv2": Arch(blocks="encoder.layers", entry=None, masked=False, build=halves_vision.swin),
+    # Its relative position bias is sized by the image: the top takes the config's image_size, the bottom checks it.
+    "data2vec-vision": Arch(blocks="encoder.layer", entry=None, masked=False, build=halves_vision.data2vec_vision),
     # Models without a transformers config are keyed "<package>.<class>" (see ``model_key``). ResNets and
     # EfficientNets need no entry: the generic rule finds their stage lists, and the split checks itself. The
     # entries below were tested against stand-ins only (the packages do not install here): they check themselves.
@@ -160,23 +165,24 @@ _AUDIO = ("a padded batch of raw audio is not each clip alone: the feature encod
           "wrap the encoder yourself (the generic rule checks itself)")
 _TOWERS = ("the dual text-image model runs two towers; recycle one of them, e.g. {}VisionModel.from_pretrained(name) "
            "for images")
-_SWIN = ("its stages pass the feature map's (height, width) along as an argument, which a top fed stored states does "
-         "not receive, and shift windows by the block's place in its stage; no split of it is proven yet. DINOv2, "
-         "DeiT, ViT and ConvNeXt are")
 REFUSED: dict[str, str] = {
     "clip_text_model": "its pooled output is read at the end-of-text token, which it finds in input_ids, and a top "
                        "fed stored states has no input_ids. Use CLIPVisionModel for images, or its last_hidden_state "
                        "through your own wrapper (the generic rule checks itself)",
     "clip": _TOWERS.format("CLIP"),
     "siglip": _TOWERS.format("Siglip"),
-    "swin": _SWIN,
-    "swinv2": _SWIN,
-    "data2vec-vision": "its forward reads the image's height and width from pixel_values for its relative position "
-                       "bias, which a top fed stored states does not have; no split of it is proven yet. BEiT (without "
-                       "a relative position bias), DINOv2, DeiT and ViT are",
-    "vit_mae": "it masks a random subset of patches in every forward (config.mask_ratio), so an input has no one "
-               "output to store. Recycle the encoder it pre-trained as a ViT (ViTModel.from_pretrained(name)), which "
-               "does not mask",
+    "vit_mae": "it shuffles the patches by random noise in every forward and keeps the first (1 - "
+               "config.mask_ratio) of them, so an input has no one output to store; with mask_ratio=0.0 it still "
+               "returns them in a new random order each call. Recycle the encoder it pre-trained as a ViT "
+               "(ViTModel.from_pretrained(name)), which neither masks nor shuffles",
+    "funnel": "its blocks pool the padded sequence to half its length between stages and its relative attention "
+              "spans the padded length, so the model's own output for an example depends on how far its batch was "
+              "padded (about 0.5 on a tiny random model), which no stored state can follow; its decoder also adds "
+              "the first block's states to the upsampled last ones",
+    "nystromformer": "its Nystrom attention averages segments of exactly config.segment_means_seq_len positions, "
+                     "padding included, into landmarks: it runs only on inputs padded to that length, and an "
+                     "example's output depends on its padding, which the stored states of the unpadded example "
+                     "cannot follow",
     "wav2vec2": _AUDIO,
     "hubert": _AUDIO,
     "wavlm": _AUDIO,
@@ -196,9 +202,11 @@ _LAYERS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmo2", "starcoder2", "cohere2"
            "stablelm", "granite", "mamba", "falcon_mamba", "jamba", "beit")
 _ENCODERS = ("mobilebert", "big_bird", "ernie", "data2vec-text", "megatron-bert", "esm", "roformer",
              "dinov2_with_registers", "mobilevit")
+# LeViT's stages are found as its blocks: a level counts stages (its attention subsampling sits inside them).
 FOUND_BY_TESTS: dict[str, str] = {
     **dict.fromkeys(_LAYERS, "layers"), **dict.fromkeys(_ENCODERS, "encoder.layer"), "xlnet": "layer",
     **dict.fromkeys(("convnextv2", "resnet", "regnet", "bit"), "encoder.stages"), "efficientnet": "encoder.blocks",
+    "levit": "encoder.stages",
 }
 
 
