@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers as T
 
 import layer_recycling as lr
 from families import alone, build, padded, worst
@@ -48,3 +49,20 @@ def test_data2vec_vision_refuses_an_image_whose_patch_grid_its_config_does_not_g
                                              r"Data2VecVisionModel serves images of its config's grid 4x4"):
             rec(**padded(other, "right"))
     assert rec.stats.misses == len(same)
+
+
+_SWIN = dict(image_size=16, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=2)
+_D2V = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=16, patch_size=4)
+OTHER_HEADS = {  # heads that read more than the last block's states: name -> a tiny one
+    "SwinForMaskedImageModeling": lambda: T.SwinForMaskedImageModeling(T.SwinConfig(**_SWIN)),
+    "SwinBackbone": lambda: T.SwinBackbone(T.SwinConfig(**_SWIN, out_features=["stage1", "stage2"])),
+    "Data2VecVisionForSemanticSegmentation": lambda: T.Data2VecVisionForSemanticSegmentation(
+        T.Data2VecVisionConfig(**_D2V, out_indices=[1, 2])),
+}
+
+
+@pytest.mark.parametrize("name", OTHER_HEADS)
+def test_a_head_that_reads_other_states_than_the_last_blocks_is_refused_by_name(name):
+    with pytest.raises(ValueError, match=rf"{name} is refused: it reads more than the last block's states .* "
+                                         rf"Recycle \w+Model or \w+ForImageClassification"):
+        lr.recycle(OTHER_HEADS[name](), at=1)

@@ -45,6 +45,7 @@ def swin(model: nn.Module, at: int | float) -> Built:
     """SwinModel, Swinv2Model and their classifiers: a level counts the blocks of all stages. A stage cut inside
     keeps its patch merging in the top part; each block keeps its own window shift (set by its place in its stage
     when the model was built), and the top's own forward runs the rest (norm, pooling, head)."""
+    _served(model)
     base = model.base_model
     prefix = "" if base is model else model.base_model_prefix
     stages = base.encoder.layers
@@ -115,6 +116,7 @@ def data2vec_vision(model: nn.Module, at: int | float) -> Built:
     """Data2VecVisionModel and its classifier, with or without a relative position bias (shared or per block):
     above the split the bias is sized from the config's image_size, and the bottom refuses images of another
     patch grid."""
+    _served(model)
     base = model.base_model
     prefix = "" if base is model else model.base_model_prefix
     config, layers = base.config, list(base.encoder.layer)
@@ -134,3 +136,16 @@ def data2vec_vision(model: nn.Module, at: int | float) -> Built:
 
 def _pair(value) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else tuple(value)[-2:]
+
+
+def _served(model: nn.Module) -> None:
+    """Refuse the heads these halves are not proven on: a backbone or a segmentation head reads the states of
+    several stages or blocks, a masked-image head compares its output with ``pixel_values`` (stored states here)."""
+    name = type(model).__name__
+    if not name.endswith(("Model", "ForImageClassification")) or name.endswith("PreTrainedModel"):
+        base = name.partition("For")[0].removesuffix("Backbone")
+        raise ValueError(
+            f"{name} is refused: it reads more than the last block's states (several stages' or blocks' states, or "
+            f"the input pixels for its loss), which a top fed stored states does not have. Recycle {base}Model or "
+            f"{base}ForImageClassification, whose splits the tests prove"
+        )
