@@ -57,7 +57,7 @@ OTHER_HEADS = {  # heads that read more than the last block's states: name -> a 
     "SwinForMaskedImageModeling": lambda: T.SwinForMaskedImageModeling(T.SwinConfig(**_SWIN)),
     "SwinBackbone": lambda: T.SwinBackbone(T.SwinConfig(**_SWIN, out_features=["stage1", "stage2"])),
     "Data2VecVisionForSemanticSegmentation": lambda: T.Data2VecVisionForSemanticSegmentation(
-        T.Data2VecVisionConfig(**_D2V, out_indices=[1, 2])),
+        T.Data2VecVisionConfig(**_D2V, out_indices=[1, 2, 2, 2])),
 }
 
 
