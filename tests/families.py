@@ -26,7 +26,8 @@ _SLIDING = dict(use_sliding_window=True, sliding_window=3, max_window_layers=2)
 # ends in a patch merging, and a level inside a stage leaves the merging to the top.
 _SWIN = dict(image_size=16, patch_size=2, embed_dim=8, depths=[2, 2], num_heads=[1, 1], window_size=2,
              num_labels=LABELS)
-# A relative position bias in every block and a shared one, sized by the image; absolute positions too.
+# A relative position bias in every block and a shared one, sized by the image; absolute positions too. (BEiT: one in
+# every block, as its fine-tuned checkpoints.)
 _D2V = dict(_VISION, use_relative_position_bias=True, use_shared_relative_position_bias=True,
             use_absolute_position_embeddings=True)
 
@@ -103,6 +104,8 @@ FAMILIES: dict[str, tuple[str, str, Callable[[], Any], list[str], str]] = {
     "swinv2": ("swinv2", "Swinv2", _cfg("Swinv2Config", **_SWIN), ["Model", "ForImageClassification"], "pixels"),
     "data2vec-vision": ("data2vec-vision", "Data2VecVision", _cfg("Data2VecVisionConfig", **_D2V),
                         ["Model", "ForImageClassification"], "pixels"),
+    "beit": ("beit", "Beit", _cfg("BeitConfig", **_VISION, use_relative_position_bias=True,
+                                  use_absolute_position_embeddings=True), ["Model", "ForImageClassification"], "pixels"),
 }
 
 
@@ -250,7 +253,6 @@ FOUND: dict[str, tuple[str, Callable[[], Any], list[str], str]] = {
     "efficientnet": ("EfficientNet", _cfg("EfficientNetConfig", image_size=32, width_coefficient=0.25,
                                           depth_coefficient=0.25, hidden_dim=320, num_labels=LABELS), _IMAGE_HEADS,
                      "pixels:32"),
-    "beit": ("Beit", _cfg("BeitConfig", **_VISION), _IMAGE_HEADS, "pixels"),
     "vit_mae": ("ViTMAE", _cfg("ViTMAEConfig", **_VISION), ["Model"], "pixels"),
     "levit": ("Levit", _cfg("LevitConfig", image_size=64, hidden_sizes=[16, 24, 32], num_attention_heads=[2, 2, 2],
                             depths=[2, 1, 1], key_dim=[8, 8, 8], num_labels=LABELS), _IMAGE_HEADS, "pixels:64"),

@@ -218,6 +218,7 @@ NOT_FOUND_ALONE: dict[str, str] = {
     "swin": r"'encoder.layers' \(as found\): (at level \d, bottom then top fails|cutting it fails)",
     "swinv2": r"'encoder.layers' \(as found\): (at level \d, bottom then top fails|cutting it fails)",
     "data2vec-vision": r"'encoder.layer' \(as found\): at level \d, (bottom then top fails|compared)",
+    "beit": r"'layers' \(as found\): at level \d, (bottom then top fails|compared)",
 }
 ALONE = [(case, head) for case, (_, _, _, heads, _) in FAMILIES.items() for head in heads]
 ALONE_SAMPLED = [pytest.param(case, FAMILIES[case][3][0], at, id=f"alone-{case}") for case, at in

@@ -37,16 +37,17 @@ def test_swin_serves_images_of_any_size_from_their_feature_maps(case, at):
     assert rec.store.get_many([rec.encode(rows[0])[0]])[0].shape == SHAPES[at]
 
 
-def test_data2vec_vision_refuses_an_image_whose_patch_grid_its_config_does_not_give():
-    """Above the split its relative position bias is sized from the config (16 pixels, patches of 4: a 4 x 4 grid):
+@pytest.mark.parametrize("case", ["data2vec-vision", "beit"])
+def test_a_relative_position_bias_refuses_an_image_whose_patch_grid_the_config_does_not_give(case):
+    """Above the split the relative position bias is sized from the config (16 pixels, patches of 4: a 4 x 4 grid):
     a 17 x 19 image has that grid too and is exact; a 20 x 16 image is refused before anything is stored."""
-    model = build("data2vec-vision", "Model")
+    model = build(case, "Model")
     rec = lr.recycle(model, at=2).eval()
     same, other = _images([(17, 19), (20, 16)])
     with torch.no_grad():
         assert worst(alone(model, same), padded(same, "right"), rec(**padded(same, "right"))) <= TOL
         with pytest.raises(ValueError, match=r"an image of 20x16 pixels gives a patch grid of 5x4; recycled, "
-                                             r"Data2VecVisionModel serves images of its config's grid 4x4"):
+                                             rf"{type(model).__name__} serves images of its config's grid 4x4"):
             rec(**padded(other, "right"))
     assert rec.stats.misses == len(same)
 
@@ -66,3 +67,10 @@ def test_a_head_that_reads_other_states_than_the_last_blocks_is_refused_by_name(
     with pytest.raises(ValueError, match=rf"{name} is refused: it reads more than the last block's states .* "
                                          rf"Recycle \w+Model or \w+ForImageClassification"):
         lr.recycle(OTHER_HEADS[name](), at=1)
+
+
+def test_a_bias_shared_by_all_blocks_of_beit_is_refused_saying_which_beit_is_served():
+    config = T.BeitConfig(**_D2V, use_shared_relative_position_bias=True)
+    with pytest.raises(ValueError, match=r"BeitModel with use_shared_relative_position_bias=True is refused: its "
+                                         r"forward sizes the bias all blocks share from pixel_values"):
+        lr.recycle(T.BeitModel(config), at=1)

@@ -137,8 +137,9 @@ TABLE: dict[str, Arch] = {
     # Stored as feature maps (b, d, h, w): the top's stages are handed their (height, width) from the states' shape.
     "swin": Arch(blocks="encoder.layers", entry=None, masked=False, build=halves_vision.swin),
     "swinv2": Arch(blocks="encoder.layers", entry=None, masked=False, build=halves_vision.swin),
-    # Its relative position bias is sized by the image: the top takes the config's image_size, the bottom checks it.
+    # Their relative position bias is sized by the image: the top takes the config's image_size, the bottom checks it.
     "data2vec-vision": Arch(blocks="encoder.layer", entry=None, masked=False, build=halves_vision.data2vec_vision),
+    "beit": Arch(blocks="layers", entry=None, masked=False, build=halves_vision.beit),
     # Models without a transformers config are keyed "<package>.<class>" (see ``model_key``). ResNets and
     # EfficientNets need no entry: the generic rule finds their stage lists, and the split checks itself. The
     # entries below were tested against stand-ins only (the packages do not install here): they check themselves.
@@ -199,7 +200,7 @@ FOUND: weakref.WeakKeyDictionary[nn.Module, Arch] = weakref.WeakKeyDictionary()
 # exact at every level in tests/test_families.py (model type: the block list found). The split is found anew for
 # each model: this lists what the tests saw, for the README.
 _LAYERS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmo2", "starcoder2", "cohere2", "smollm3", "glm", "glm4", "gpt_oss",
-           "stablelm", "granite", "mamba", "falcon_mamba", "jamba", "beit")
+           "stablelm", "granite", "mamba", "falcon_mamba", "jamba")
 _ENCODERS = ("mobilebert", "big_bird", "ernie", "data2vec-text", "megatron-bert", "esm", "roformer",
              "dinov2_with_registers", "mobilevit")
 # LeViT's stages are found as its blocks: a level counts stages (its attention subsampling sits inside them).

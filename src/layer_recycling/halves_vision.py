@@ -1,6 +1,6 @@
 """Hand-built halves of transformers vision models whose blocks read the image's size: Swin and Swinv2 (each stage
-is handed the feature map's (height, width)), data2vec-vision (its relative position bias reads the image's height
-and width from ``pixel_values``). Each builder takes (model, at) and returns (bottom, top, blocks recycled, blocks in
+is handed the feature map's (height, width)), data2vec-vision and BEiT (their relative position bias reads the
+image's height and width from ``pixel_values``). Each builder takes (model, at) and returns (bottom, top, blocks recycled, blocks in
 all), as those of ``halves``."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .halves import Bottom, Built, _cut_stages
+from .halves import Bottom, Built, Seam, _cut_stages
 from .surgery import join, replace, resolve_at, shallow
 
 # ---- Swin, Swinv2: embeddings, encoder.layers (stages of blocks, then a patch merging), layernorm, pooler ----------
@@ -83,7 +83,7 @@ class ConfigSized(Bottom):
 
 
 class _ConfigResolution:
-    """Mixed into a copy of data2vec-vision's encoder in the top: its blocks get the config's image size as the
+    """Mixed into a copy of data2vec-vision's encoder (or of a BEiT block) in the top: its blocks get the config's image size as the
     ``resolution`` the model's forward reads from ``pixel_values`` (which in the top holds stored states)."""
 
     resolution: tuple[int, int]
@@ -131,6 +131,30 @@ def data2vec_vision(model: nn.Module, at: int | float) -> Built:
     encoder.layer = nn.ModuleList(layers[k:])
     top = replace(model, {join(prefix, "embeddings"): _Entry(),
                           join(prefix, "encoder"): _with_config_resolution(encoder, size)})
+    return bottom, top, k, len(layers)
+
+
+def beit(model: nn.Module, at: int | float) -> Built:
+    """BeitModel and its classifier, with or without a relative position bias in each block: above the split
+    each block gets the config's image size, as in ``data2vec_vision``. A bias shared by all blocks is computed
+    in the base model's forward from ``pixel_values``, which the top does not have: refused."""
+    _served(model)
+    base = model.base_model
+    prefix = "" if base is model else model.base_model_prefix
+    config, layers = base.config, list(base.layers)
+    if config.use_shared_relative_position_bias:
+        raise ValueError(
+            f"{type(model).__name__} with use_shared_relative_position_bias=True is refused: its forward sizes the "
+            f"bias all blocks share from pixel_values, which a top fed stored states does not have. BEiT with a "
+            f"bias in each block (use_relative_position_bias=True, as its fine-tuned checkpoints) is served")
+    k = resolve_at(at, len(layers))
+    size, patch = _pair(config.image_size), _pair(config.patch_size)
+    tail = {t: None for t in ("pooler",) if getattr(base, t, None) is not None}
+    grid = (size[0] // patch[0], size[1] // patch[1]) if config.use_relative_position_bias else None
+    bottom = ConfigSized(replace(base, {"layers": nn.ModuleList(layers[:k]), "layernorm": nn.Identity(), **tail}), grid)
+    above = [_with_config_resolution(shallow(layer), size) for layer in layers[k:]]
+    top = replace(model, {join(prefix, "embeddings"): Seam(base.embeddings, "pixel_values"),
+                          join(prefix, "layers"): nn.ModuleList(above)})
     return bottom, top, k, len(layers)
 
 
