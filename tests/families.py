@@ -105,7 +105,8 @@ FAMILIES: dict[str, tuple[str, str, Callable[[], Any], list[str], str]] = {
     "data2vec-vision": ("data2vec-vision", "Data2VecVision", _cfg("Data2VecVisionConfig", **_D2V),
                         ["Model", "ForImageClassification"], "pixels"),
     "beit": ("beit", "Beit", _cfg("BeitConfig", **_VISION, use_relative_position_bias=True,
-                                  use_absolute_position_embeddings=True), ["Model", "ForImageClassification"], "pixels"),
+                                  use_absolute_position_embeddings=True),
+             ["Model", "ForImageClassification"], "pixels"),
 }
 
 

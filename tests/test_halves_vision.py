@@ -53,7 +53,8 @@ def test_a_relative_position_bias_refuses_an_image_whose_patch_grid_the_config_d
 
 
 _SWIN = dict(image_size=16, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=2)
-_D2V = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=16, patch_size=4)
+_D2V = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, image_size=16,
+            patch_size=4)
 OTHER_HEADS = {  # heads that read more than the last block's states: name -> a tiny one
     "SwinForMaskedImageModeling": lambda: T.SwinForMaskedImageModeling(T.SwinConfig(**_SWIN)),
     "SwinBackbone": lambda: T.SwinBackbone(T.SwinConfig(**_SWIN, out_features=["stage1", "stage2"])),

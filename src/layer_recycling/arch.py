@@ -393,7 +393,8 @@ def families_markdown() -> str:
             "|---|---|---|---|"]
     for key, a in sorted(TABLE.items()):
         blocks = ", ".join(a.blocks) if isinstance(a.blocks, tuple) else a.blocks
-        entry = (f"built by `{a.build.__module__.rpartition('.')[2]}.{a.build.__name__}`" if a.build else f"`{a.entry}`" if a.entry
+        builder = a.build and f"{a.build.__module__.rpartition('.')[2]}.{a.build.__name__}"
+        entry = (f"built by `{builder}`" if a.build else f"`{a.entry}`" if a.entry
                  else "its first argument")
         trust = "proven by the tests" if PROVEN.get(key) is a else "checks itself against the model"
         rows.append(f"| `{key}` | `{blocks}` | {entry} | {trust} |")

@@ -1,7 +1,7 @@
 """Hand-built halves of transformers vision models whose blocks read the image's size: Swin and Swinv2 (each stage
 is handed the feature map's (height, width)), data2vec-vision and BEiT (their relative position bias reads the
-image's height and width from ``pixel_values``). Each builder takes (model, at) and returns (bottom, top, blocks recycled, blocks in
-all), as those of ``halves``."""
+image's height and width from ``pixel_values``). Each builder takes (model, at) and returns (bottom, top, blocks
+recycled, blocks in all), as those of ``halves``."""
 
 from __future__ import annotations
 
@@ -83,8 +83,9 @@ class ConfigSized(Bottom):
 
 
 class _ConfigResolution:
-    """Mixed into a copy of data2vec-vision's encoder (or of a BEiT block) in the top: its blocks get the config's image size as the
-    ``resolution`` the model's forward reads from ``pixel_values`` (which in the top holds stored states)."""
+    """Mixed into a copy of data2vec-vision's encoder (or of a BEiT block) in the top: it hands its blocks the
+    config's image size as the ``resolution`` the model's forward reads from ``pixel_values`` (in the top, the
+    stored states)."""
 
     resolution: tuple[int, int]
 
