@@ -35,6 +35,14 @@ _SPEECH_HEADS = ["Model", "ForCTC", "ForSequenceClassification", "ForAudioFrameC
 # Outputs the recycled model does not give: the speech models' normed feature-encoder output (``extract_features``),
 # which no stored state carries (it is None). Every other output is compared.
 NOT_SERVED = ("extract_features",)
+# Windows of 2 on feature maps of 8 and 4 patches a side: every second block shifts its windows, the first stage
+# ends in a patch merging, and a level inside a stage leaves the merging to the top.
+_SWIN = dict(image_size=16, patch_size=2, embed_dim=8, depths=[2, 2], num_heads=[1, 1], window_size=2,
+             num_labels=LABELS)
+# A relative position bias in every block and a shared one, sized by the image; absolute positions too. (BEiT: one in
+# every block, as its fine-tuned checkpoints.)
+_D2V = dict(_VISION, use_relative_position_bias=True, use_shared_relative_position_bias=True,
+            use_absolute_position_embeddings=True)
 
 
 class Missing(Exception):
@@ -128,6 +136,13 @@ FAMILIES: dict[str, tuple[str, str, Callable[[], Any], list[str], str]] = {
                                                          time_stride=4), ["Model", "ForAudioClassification"],
             "spectrogram"),
     "deit": ("deit", "DeiT", _cfg("DeiTConfig", **_VISION), ["Model", "ForImageClassification"], "pixels"),
+    "swin": ("swin", "Swin", _cfg("SwinConfig", **_SWIN), ["Model", "ForImageClassification"], "pixels"),
+    "swinv2": ("swinv2", "Swinv2", _cfg("Swinv2Config", **_SWIN), ["Model", "ForImageClassification"], "pixels"),
+    "data2vec-vision": ("data2vec-vision", "Data2VecVision", _cfg("Data2VecVisionConfig", **_D2V),
+                        ["Model", "ForImageClassification"], "pixels"),
+    "beit": ("beit", "Beit", _cfg("BeitConfig", **_VISION, use_relative_position_bias=True,
+                                  use_absolute_position_embeddings=True),
+             ["Model", "ForImageClassification"], "pixels"),
 }
 
 
@@ -237,8 +252,6 @@ def _tensors(out: Any) -> dict[str, torch.Tensor]:
 _MOE = dict(num_experts_per_tok=2, moe_intermediate_size=16)
 _DEC32 = dict(_DEC, intermediate_size=32)  # grouped expert matmuls need rows of a multiple of 16 bytes
 _STAGES = dict(num_channels=3, embedding_size=8, hidden_sizes=[8, 12, 16, 20], depths=[1, 1, 1, 1], num_labels=LABELS)
-_SWIN = dict(image_size=16, patch_size=2, embed_dim=8, depths=[2, 2], num_heads=[1, 1], window_size=2,
-             num_labels=LABELS)
 _TEXT_HEADS = ["Model", "ForSequenceClassification", "ForTokenClassification"]
 _DEC_HEADS = ["Model", "ForCausalLM", "ForSequenceClassification"]
 _IMAGE_HEADS = ["Model", "ForImageClassification"]
@@ -291,11 +304,9 @@ FOUND: dict[str, tuple[str, Callable[[], Any], list[str], str]] = {
     "efficientnet": ("EfficientNet", _cfg("EfficientNetConfig", image_size=32, width_coefficient=0.25,
                                           depth_coefficient=0.25, hidden_dim=320, num_labels=LABELS), _IMAGE_HEADS,
                      "pixels:32"),
-    "swin": ("Swin", _cfg("SwinConfig", **_SWIN), _IMAGE_HEADS, "pixels"),
-    "swinv2": ("Swinv2", _cfg("Swinv2Config", **_SWIN), _IMAGE_HEADS, "pixels"),
-    "beit": ("Beit", _cfg("BeitConfig", **_VISION), _IMAGE_HEADS, "pixels"),
-    "data2vec-vision": ("Data2VecVision", _cfg("Data2VecVisionConfig", **_VISION), _IMAGE_HEADS, "pixels"),
     "vit_mae": ("ViTMAE", _cfg("ViTMAEConfig", **_VISION), ["Model"], "pixels"),
+    "levit": ("Levit", _cfg("LevitConfig", image_size=64, hidden_sizes=[16, 24, 32], num_attention_heads=[2, 2, 2],
+                            depths=[2, 1, 1], key_dim=[8, 8, 8], num_labels=LABELS), _IMAGE_HEADS, "pixels:64"),
     "mobilevit": ("MobileViT", _cfg("MobileViTConfig", image_size=32, hidden_sizes=[16, 24, 32], num_attention_heads=2,
                                     neck_hidden_sizes=[8, 8, 16, 16, 24, 32, 40], num_labels=LABELS), _IMAGE_HEADS,
                   "pixels:32"),

@@ -14,7 +14,7 @@ from typing import Callable
 
 from torch import nn
 
-from . import halves, speech, text_towers
+from . import halves, halves_vision, speech, text_towers
 from .generic import find_blocks
 from .heads import LastTokenClassifier
 from .surgery import join
@@ -145,6 +145,12 @@ TABLE: dict[str, Arch] = {
     **dict.fromkeys(("wav2vec2", "hubert", "wavlm", "data2vec-audio"), _SPEECH),
     # AST: a ViT over a spectrogram of a fixed size (its feature extractor pads or cuts it), no mask.
     "audio-spectrogram-transformer": dataclasses.replace(_VIT, entry="input_values", keep=()),
+    # Stored as feature maps (b, d, h, w): the top's stages are handed their (height, width) from the states' shape.
+    "swin": Arch(blocks="encoder.layers", entry=None, masked=False, build=halves_vision.swin),
+    "swinv2": Arch(blocks="encoder.layers", entry=None, masked=False, build=halves_vision.swin),
+    # Their relative position bias is sized by the image: the top takes the config's image_size, the bottom checks it.
+    "data2vec-vision": Arch(blocks="encoder.layer", entry=None, masked=False, build=halves_vision.data2vec_vision),
+    "beit": Arch(blocks="layers", entry=None, masked=False, build=halves_vision.beit),
     # Models without a transformers config are keyed "<package>.<class>" (see ``model_key``). ResNets and
     # EfficientNets need no entry: the generic rule finds their stage lists, and the split checks itself. The
     # entries below were tested against stand-ins only (the packages do not install here): they check themselves.
@@ -167,23 +173,24 @@ PROVEN: dict[str, Arch] = {k: a for k, a in TABLE.items() if a.tested}
 # Families refused by name: no split of theirs can be made exact here, or none is proven yet. (model type: reason)
 _TOWERS = ("the dual text-image model runs two towers, each split on its own: lr.recycle(model, at) recycles both "
            "(layer_recycling.dual), lr.split cuts one, e.g. lr.split(model.text_model, at)")
-_SWIN = ("its stages pass the feature map's (height, width) along as an argument, which a top fed stored states does "
-         "not receive, and shift windows by the block's place in its stage; no split of it is proven yet. DINOv2, "
-         "DeiT, ViT and ConvNeXt are")
 # Dual text-image models: ``dual`` recycles each tower on its own store (model type: {tower: its path}); ``split``
 # refuses them (REFUSED), as a split cuts one list of blocks.
 DUALS: dict[str, dict[str, str]] = dict.fromkeys(("clip", "siglip"), {"text": "text_model", "image": "vision_model"})
 REFUSED: dict[str, str] = {
     "clip": _TOWERS,
     "siglip": _TOWERS,
-    "swin": _SWIN,
-    "swinv2": _SWIN,
-    "data2vec-vision": "its forward reads the image's height and width from pixel_values for its relative position "
-                       "bias, which a top fed stored states does not have; no split of it is proven yet. BEiT (without "
-                       "a relative position bias), DINOv2, DeiT and ViT are",
-    "vit_mae": "it masks a random subset of patches in every forward (config.mask_ratio), so an input has no one "
-               "output to store. Recycle the encoder it pre-trained as a ViT (ViTModel.from_pretrained(name)), which "
-               "does not mask",
+    "vit_mae": "it shuffles the patches by random noise in every forward and keeps the first (1 - "
+               "config.mask_ratio) of them, so an input has no one output to store; with mask_ratio=0.0 it still "
+               "returns them in a new random order each call. Recycle the encoder it pre-trained as a ViT "
+               "(ViTModel.from_pretrained(name)), which neither masks nor shuffles",
+    "funnel": "its blocks pool the padded sequence to half its length between stages and its relative attention "
+              "spans the padded length, so the model's own output for an example depends on how far its batch was "
+              "padded (about 0.5 on a tiny random model), which no stored state can follow; its decoder also adds "
+              "the first block's states to the upsampled last ones",
+    "nystromformer": "its Nystrom attention averages segments of exactly config.segment_means_seq_len positions, "
+                     "padding included, into landmarks: it runs only on inputs padded to that length, and an "
+                     "example's output depends on its padding, which the stored states of the unpadded example "
+                     "cannot follow",
 }
 
 
@@ -196,12 +203,14 @@ FOUND: weakref.WeakKeyDictionary[nn.Module, Arch] = weakref.WeakKeyDictionary()
 # exact at every level in tests/test_families.py (model type: the block list found). The split is found anew for
 # each model: this lists what the tests saw, for the README.
 _LAYERS = ("mixtral", "qwen2_moe", "qwen3_moe", "olmo2", "starcoder2", "cohere2", "smollm3", "glm", "glm4", "gpt_oss",
-           "stablelm", "granite", "mamba", "falcon_mamba", "jamba", "beit")
+           "stablelm", "granite", "mamba", "falcon_mamba", "jamba")
 _ENCODERS = ("mobilebert", "big_bird", "ernie", "data2vec-text", "megatron-bert", "esm", "roformer",
              "dinov2_with_registers", "mobilevit")
+# LeViT's stages are found as its blocks: a level counts stages (its attention subsampling sits inside them).
 FOUND_BY_TESTS: dict[str, str] = {
     **dict.fromkeys(_LAYERS, "layers"), **dict.fromkeys(_ENCODERS, "encoder.layer"), "xlnet": "layer",
     **dict.fromkeys(("convnextv2", "resnet", "regnet", "bit"), "encoder.stages"), "efficientnet": "encoder.blocks",
+    "levit": "encoder.stages",
 }
 
 
@@ -387,7 +396,8 @@ def families_markdown() -> str:
             "|---|---|---|---|"]
     for key, a in sorted(TABLE.items()):
         blocks = ", ".join(a.blocks) if isinstance(a.blocks, tuple) else a.blocks
-        entry = (f"built by `{a.build.__module__.rpartition('.')[2]}.{a.build.__name__}`" if a.build else f"`{a.entry}`" if a.entry
+        builder = a.build and f"{a.build.__module__.rpartition('.')[2]}.{a.build.__name__}"
+        entry = (f"built by `{builder}`" if a.build else f"`{a.entry}`" if a.entry
                  else "its first argument")
         trust = "proven by the tests" if PROVEN.get(key) is a else "checks itself against the model"
         rows.append(f"| `{key}` | `{blocks}` | {entry} | {trust} |")

@@ -175,9 +175,11 @@ def timm_convnext(model: nn.Module, at: int | float) -> Built:
     return bottom, top, k, done
 
 
-def _cut_stages(stages: nn.Module, k: int, blocks: str, no_downsample: dict[str, nn.Module]):
+def _cut_stages(stages: nn.Module, k: int, blocks: str, no_downsample: dict[str, nn.Module],
+                below_edits: dict[str, nn.Module | None] | None = None):
     """(stages of the bottom, stages of the top, blocks in all): a stage cut after its j-th block keeps its
-    downsampling in the bottom part; the top part gets ``no_downsample`` in its place."""
+    downsampling in the bottom part; the top part gets ``no_downsample`` in its place. A stage that downsamples
+    after its blocks (Swin) passes ``no_downsample={}`` and ``below_edits`` for its bottom part instead."""
     below, above, done = [], [], 0
     for stage in stages:
         n = len(stage.get_submodule(blocks))
@@ -187,7 +189,7 @@ def _cut_stages(stages: nn.Module, k: int, blocks: str, no_downsample: dict[str,
         elif j == 0:
             above.append(stage)
         else:
-            below.append(replace(stage, {blocks: _part(stage.get_submodule(blocks), 0, j)}))
+            below.append(replace(stage, {**(below_edits or {}), blocks: _part(stage.get_submodule(blocks), 0, j)}))
             above.append(replace(stage, {**no_downsample, blocks: _part(stage.get_submodule(blocks), j, n)}))
         done += n
     return below, above, done
