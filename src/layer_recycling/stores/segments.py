@@ -161,6 +161,7 @@ class Segment:
     root: Path
     header: dict
     _index: tuple | None = None
+    _fenced: object | None = None  # fenced.Fenced over the index, made on the first search
     _checks: np.ndarray | None = None
     _verified: tuple | None = None  # the identity (device, inode, size, mtime, ctime) of the data file hashed
     _file: tuple | None = None  # (pid, descriptor) of the data file
@@ -178,6 +179,14 @@ class Segment:
             check_index(keys, spans, h["rows"], Path(f"{stem}.keys.npy"))
             self._index = keys, spans
         return self._index
+
+    def fenced(self):
+        """The index as a ``fenced.Fenced``, searched without leaving its pages resident."""
+        if self._fenced is None:
+            from .fenced import Fenced  # fenced imports this module's release
+
+            self._fenced = Fenced(*self.index())
+        return self._fenced
 
     def checks(self) -> np.ndarray | None:
         """The input digests in the order of ``index()``'s keys (memory-mapped, checked), or None if none kept."""
@@ -230,7 +239,7 @@ class Segment:
         self.close_file()
 
     def drop_maps(self) -> None:
-        self._index, self._checks = None, None
+        self._index, self._checks, self._fenced = None, None, None
         self.close_file()
 
 
