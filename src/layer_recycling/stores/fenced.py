@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .segments import release
+from .files import release
 
 FENCE = 256  # keys a block (5 KB): the first of each is held in memory
 GROUP = 256  # queries between two releases of the index's pages: at most GROUP blocks and location pages mapped

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import mmap
 import os
 import re
 import threading
@@ -29,9 +28,10 @@ import numpy as np
 
 from .binkeys import KEY_DTYPE
 from .codecs import CODECS
+from .fenced import Fenced
 from .files import (
     StoreCorrupted, atomic_write, blake, checksummed, fsync_dir, hash_fd, is_hex, load_npy, npy_bytes,
-    open_committed, pad, raw_bytes, read_checksummed,
+    open_committed, pad, raw_bytes, read_checksummed, release,
 )
 
 FORMAT = 2
@@ -161,7 +161,7 @@ class Segment:
     root: Path
     header: dict
     _index: tuple | None = None
-    _fenced: object | None = None  # fenced.Fenced over the index, made on the first search
+    _fenced: Fenced | None = None  # made on the first search
     _checks: np.ndarray | None = None
     _verified: tuple | None = None  # the identity (device, inode, size, mtime, ctime) of the data file hashed
     _file: tuple | None = None  # (pid, descriptor) of the data file
@@ -180,11 +180,9 @@ class Segment:
             self._index = keys, spans
         return self._index
 
-    def fenced(self):
+    def fenced(self) -> Fenced:
         """The index as a ``fenced.Fenced``, searched without leaving its pages resident."""
         if self._fenced is None:
-            from .fenced import Fenced  # fenced imports this module's release
-
             self._fenced = Fenced(*self.index())
         return self._fenced
 
@@ -285,14 +283,6 @@ def check_index(keys: np.ndarray, spans: np.ndarray, rows: int, path: Path, chun
             raise StoreCorrupted(f"{path} is an invalid index: keys out of order or repeated, or row spans outside "
                                  f"the data ({rows} rows)")
     release(keys, spans)
-
-
-def release(*arrays) -> None:
-    """Drop the pages of memory-mapped arrays from this process (they stay in the page cache)."""
-    for a in arrays:
-        mm = getattr(a, "_mmap", None)
-        if mm is not None and hasattr(mm, "madvise"):
-            mm.madvise(mmap.MADV_DONTNEED)
 
 
 def ranks(old: list[Segment], new: list[Segment]) -> np.ndarray:

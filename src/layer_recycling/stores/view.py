@@ -1,5 +1,5 @@
 """What one process sees of a DiskStore's committed entries: the current generation plus the segments committed
-after it, searched for a whole batch of keys at once (one ``searchsorted`` per sorted index), whatever the keys."""
+after it, searched for a whole batch of keys at once (one search per sorted index, ``fenced.Fenced``), whatever the keys."""
 
 from __future__ import annotations
 
