@@ -119,24 +119,16 @@ def one(n: int, folder: str, every: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", default="/tmp/lr-fill-scale")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
-    parser.add_argument("--out", default="benchmarks/fill_scale.json")
+    parser = sizes_parser(__doc__, "/tmp/lr-fill-scale", [100_000, 1_000_000, 10_000_000], "benchmarks/fill_scale.json")
     parser.add_argument("--every", type=int, default=1_000_000, help="print the peaks so far every this many examples")
-    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # run one size in this process
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args.dir, args.every)))
         return
-    Path(args.dir).mkdir(parents=True, exist_ok=True)
     rows = []
-    for n in args.sizes:
-        command = [sys.executable, __file__, "--one", str(n), "--dir", args.dir, "--every", str(args.every)]
-        out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout  # errors go to ours
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        shutil.rmtree(Path(args.dir) / f"s{n}", ignore_errors=True)
-        r = rows[-1]
+    for r in in_fresh_processes(__file__, args.sizes, args.dir, "--every", str(args.every)):
+        rows.append(r)
+        n = r["examples"]
         print(f"{n:>10,} examples: fill {r['fill_s']:7.1f} s, peak RSS {r['fill_hwm_bytes'] / 2**20:7.1f} MiB, "
               f"+{r['fill_peak_bytes'] / 2**20:6.1f} MiB ({r['fill_peak_per_example']:6.1f} B/ex; peaks: anonymous "
               f"+{r['fill_RssAnon_peak_bytes'] / 2**20:6.1f}, file +{r['fill_RssFile_peak_bytes'] / 2**20:6.1f}, "
@@ -145,6 +137,26 @@ def main() -> None:
               f"({r['loader_per_example']:5.1f} B/ex: anonymous {r['loader_RssAnon_bytes'] / n:5.1f}, file "
               f"{r['loader_RssFile_bytes'] / n:5.1f}, shared {r['loader_RssShmem_bytes'] / n:5.1f})", flush=True)
         write(Path(args.out), rows)  # after each size: a run cut short keeps the sizes it finished
+
+
+def sizes_parser(doc: str, folder: str, sizes: list[int], out: str) -> argparse.ArgumentParser:
+    """The options of a benchmark that runs each of ``--sizes`` in a fresh process (``--one``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--dir", default=folder)
+    parser.add_argument("--sizes", type=int, nargs="+", default=sizes)
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # run one size in this process
+    return parser
+
+
+def in_fresh_processes(script: str, sizes: list[int], folder: str, *options: str):
+    """The row of each size, made by ``script --one <size>`` in a fresh process (its store removed after)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for n in sizes:
+        command = [sys.executable, script, "--one", str(n), "--dir", folder, *options]
+        out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout  # errors go to ours
+        shutil.rmtree(Path(folder) / f"s{n}", ignore_errors=True)
+        yield json.loads(out.strip().splitlines()[-1])
 
 
 def write(out: Path, rows: list[dict]) -> None:

@@ -11,14 +11,10 @@ Then, per worker, the growth of each from the smallest size to the largest, per 
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-from fill_scale import examples, recycled
+from fill_scale import examples, in_fresh_processes, recycled, sizes_parser
 from timing import meta
 
 CONTEXTS = ("fork", "spawn")
@@ -77,25 +73,18 @@ def per_example(rows: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", default="/tmp/lr-workers")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser = sizes_parser(__doc__, "/tmp/lr-workers", [100_000, 1_000_000], "benchmarks/loader_workers.json")
     parser.add_argument("--batches", type=int, default=200)
-    parser.add_argument("--out", default="benchmarks/loader_workers.json")
-    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # run one size in this process
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args.dir, args.batches)))
         return
-    Path(args.dir).mkdir(parents=True, exist_ok=True)
     rows = []
-    for n in args.sizes:
-        command = [sys.executable, __file__, "--one", str(n), "--dir", args.dir, "--batches", str(args.batches)]
-        out = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout  # errors go to ours
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-        shutil.rmtree(Path(args.dir) / f"s{n}", ignore_errors=True)
+    for row in in_fresh_processes(__file__, args.sizes, args.dir, "--batches", str(args.batches)):
+        rows.append(row)
+        n = row["examples"]
         for context in CONTEXTS:
-            worker = rows[-1][context]["last"]
+            worker = row[context]["last"]
             print(f"{n:>10,} examples, {context:>5}: per worker after {args.batches} batches (MiB) " + "; ".join(
                 f"USS {w['uss'] / 2**20:.1f}, PSS {w['pss'] / 2**20:.1f}, anonymous {w['RssAnon'] / 2**20:.1f}, "
                 f"shared {w['RssShmem'] / 2**20:.1f}" for w in worker), flush=True)
