@@ -130,10 +130,10 @@ def _check_like_committed(root: Path, h: dict, where: Path) -> None:
 
 
 # Entries merged at a time: a merge's memory stays bounded whatever the store's size. Small: a range costs about
-# 150 B an entry in temporaries (4M entries held 600 MB in the middle of a fill), and a range more costs a
+# 150 B an entry in temporaries (a merge's peak came on top of a fill's memory), and a range more costs a few
 # searchsorted per index.
-MERGE_ROWS = 1 << 15
-SAMPLES = 16  # keys sampled from each index to place the end of a range
+MERGE_ROWS = 1 << 16
+SAMPLES = 64  # keys sampled from each index's next MERGE_ROWS to place the end of a range
 NPY_HEADER = 128  # bytes of an index file's .npy header, fixed so that it can be written after the rows
 
 
@@ -203,20 +203,29 @@ def _ranges(sources: list, maps: list[np.ndarray]):
 
 
 def _range_ends(indexes: list[np.ndarray], starts: list[int]) -> list[int]:
-    """Where the next range ends in each sorted index (from ``starts``): below the ``m``-th smallest of the keys
-    each index holds at its start and every ``step`` keys after (``m`` of them at most). An index's keys in the
-    range are at most ``step`` times its samples below that bound, so the range holds fewer than ``MERGE_ROWS``
-    entries whatever the keys (cutting the key space evenly put every key that shares its leading bytes in one
-    range), and nothing is sampled ahead of time."""
-    step = max(1, MERGE_ROWS // SAMPLES)
-    m = max(1, MERGE_ROWS // step)
-    pool = np.sort(np.concatenate([k[lo : lo + step * m : step] for k, lo in zip(indexes, starts)]))
-    if len(pool) < m:  # every index holds fewer than step times its samples: the rest is one range
+    """Where the next range ends in each sorted index (from ``starts``): at the largest of some sampled keys (each
+    index's next ``MERGE_ROWS`` keys, every ``MERGE_ROWS // SAMPLES``-th) below which the indexes hold at most
+    ``MERGE_ROWS`` entries in all, counted exactly (a binary search over the samples, a ``searchsorted`` per index
+    each step). So a range is bounded whatever the keys (cutting the key space evenly put every key that shares
+    its leading bytes in one range), and nothing is sampled ahead of time."""
+    left = [len(k) - lo for k, lo in zip(indexes, starts)]
+    if sum(left) <= MERGE_ROWS:
         return [len(k) for k in indexes]
-    ends = [int(np.searchsorted(k, pool[m - 1])) for k in indexes]
-    if ends == starts:  # the m smallest are one key, at the start of several indexes: take its copies
-        ends = [int(np.searchsorted(k, pool[m - 1], "right")) for k in indexes]
-    return ends
+    step = max(1, MERGE_ROWS // SAMPLES)
+    pool = np.unique(np.concatenate([k[lo : lo + MERGE_ROWS : step] for k, lo in zip(indexes, starts)]))
+
+    def ends(bound: bytes, side: str = "left") -> list[int]:
+        return [int(np.searchsorted(k, bound, side)) for k in indexes]
+
+    lo, hi = 0, len(pool) - 1  # pool[0] ends an empty range (it starts an index); find the last that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(ends(pool[mid])) - sum(starts) <= MERGE_ROWS:
+            lo = mid
+        else:
+            hi = mid - 1
+    cut = ends(pool[lo])
+    return cut if cut != starts else ends(pool[0], "right")  # no sample fits: the smallest key's copies alone
 
 
 class _NpyStream:
