@@ -273,7 +273,7 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> None:
 def check_index(keys: np.ndarray, spans: np.ndarray, rows: int, path: Path, chunk: int = CHECK_ROWS) -> None:
     """Refuse keys out of order or repeated, and spans outside the data (a forged index whose checksums were recomputed).
 
-    Chunked, and the pages are released after: checking a 100M-entry index must not make it resident.
+    Chunked, each chunk's pages released after it: checking a 100M-entry index must not make it resident.
     """
     for lo in range(0, len(keys), chunk):
         k = keys[lo : lo + chunk + 1]
@@ -282,7 +282,7 @@ def check_index(keys: np.ndarray, spans: np.ndarray, rows: int, path: Path, chun
                 s.min() < 0 or bool(np.any(s[:, 0] + s[:, 1] > rows)))):
             raise StoreCorrupted(f"{path} is an invalid index: keys out of order or repeated, or row spans outside "
                                  f"the data ({rows} rows)")
-    release(keys, spans)
+        release(keys, spans)  # each chunk's pages: at the end, the whole index was resident
 
 
 def ranks(old: list[Segment], new: list[Segment]) -> np.ndarray:

@@ -73,7 +73,7 @@ class Snapshot:
             if len(k) > 1 and not bool(np.all(k[1:] > k[:-1])):
                 raise StoreCorrupted(f"{path.with_name(f'snap-{self.generation}.keys.npy')} has keys out of order "
                                      f"or repeated")
-        release(self.keys, self.loc)
+            release(self.keys, self.loc)  # each chunk's pages: at the end, the whole index was resident
 
 
 def read_current(root: Path) -> tuple[str, str] | None:
