@@ -22,8 +22,11 @@ class Fenced:
 
     def __init__(self, keys: np.ndarray, locs: np.ndarray):
         self.maps, self.keys, self.locs = (keys, locs), np.asarray(keys), np.asarray(locs)
-        self.fences = np.ascontiguousarray(self.keys[::FENCE])  # a copy: the map's pages go back at once
-        release(*self.maps)
+        parts = []
+        for lo in range(0, len(self.keys), FENCE * GROUP * 16):  # a stride of 5 KB touches every page: release
+            parts.append(np.ascontiguousarray(self.keys[lo : lo + FENCE * GROUP * 16 : FENCE]))  # them as it goes
+            release(*self.maps)
+        self.fences = np.concatenate(parts) if parts else self.keys[:0].copy()
 
     def find(self, q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mask of the queries ``q`` found (where ``valid``), the found ones' location rows as int64)."""
