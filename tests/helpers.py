@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import gc
+import sys
+import types
+
+import numpy as np
 
 import torch
 
@@ -101,3 +106,22 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and len(sa) > 0
     assert all(torch.equal(sa[k], sb[k]) for k in sa), [k for k in sa if not torch.equal(sa[k], sb[k])][:3]
+
+
+def reachable_bytes(root, source) -> int:
+    """Bytes of the Python objects reachable from ``root``, with the data of arrays and of tensors outside shared
+    memory (the columns are in shared memory), the user's ``source`` and code, modules and models aside."""
+    seen, todo, total = {id(source)}, [root], 0
+    code = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType, torch.nn.Module)
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, code):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, torch.Tensor) and not obj.is_shared():
+            total += obj.untyped_storage().nbytes()
+        if isinstance(obj, np.ndarray) and obj.base is not None:  # numpy does not list it among the referents
+            todo.append(obj.base)
+        todo.extend(gc.get_referents(obj))
+    return total

@@ -17,6 +17,7 @@ from layer_recycling import fill as fill_module
 from layer_recycling.columns import CachedDataset
 from layer_recycling.stores.null import NullStore
 from conftest import text_examples, text_model
+from helpers import reachable_bytes
 
 
 class Once:
@@ -176,3 +177,80 @@ def test_loaders_of_model_inputs_read_examples_again_and_hold_a_length_each(bert
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     once = input_loader(bert, Once(examples), batch_size=4)  # read once: listed first
     assert len(once.dataset) == 10 and isinstance(once.dataset.source, list)
+
+
+def test_a_fill_from_a_datasets_dataset_stores_what_one_from_a_list_stores(bert, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(fill_module, "CHUNK", 4)  # read chunk by chunk, a duplicate across chunks
+    examples = text_examples(6) + text_examples(2)
+    from_list = lr.recycle(bert, at=2, store=lr.DiskStore(tmp_path / "list")).eval()
+    from_dataset = lr.recycle(bert, at=2, store=lr.DiskStore(tmp_path / "dataset")).eval()
+    assert from_dataset.fill(datasets.Dataset.from_list(examples), progress=False) == 6
+    assert from_list.fill(examples, progress=False) == 6 and from_dataset.stats.bottom_examples == 6
+    keys = sorted(from_list.store)
+    assert sorted(from_dataset.store) == keys
+    for a, b in zip(from_list.store.get_many(keys), from_dataset.store.get_many(keys)):
+        assert torch.equal(a, b)
+
+
+def _pairs(n: int) -> list[dict]:
+    texts = [{"input_ids": e["input_ids"]} for e in text_examples(n, lengths=tuple(range(2, 40)))]
+    return [{"anchor": texts[i], "positive": texts[(i + 1) % n], "label": i % 4} for i in range(n)]
+
+
+def _built(kind: str, bert, folder, n: int):
+    """(the loader ``kind`` built over ``n`` examples, its source)."""
+    datasets = pytest.importorskip("datasets")
+    from layer_recycling.loader import input_loader
+
+    plain = [dict(e, label=i % 3) for i, e in enumerate(text_examples(n, lengths=tuple(range(2, 40))))]
+    if kind == "cached":
+        rec = lr.recycle(bert, at=2, store=lr.DiskStore(folder)).eval()
+        return rec.loader(plain, batch_size=8, shuffle=True, progress=False), plain
+    if kind == "pairs":
+        rec, pairs = lr.recycle(bert, at=2, store=lr.DiskStore(folder)).eval(), _pairs(n)
+        return rec.loader(pairs, inputs=["anchor", "positive"], batch_size=8, group_by_length=True,
+                          progress=False), pairs
+    source = datasets.Dataset.from_list(plain)
+    if kind == "inputs, datasets.Dataset":
+        return input_loader(bert, source, batch_size=8, shuffle=True), source
+    if kind == "pairs of inputs, datasets.Dataset":
+        pairs = datasets.Dataset.from_list(_pairs(n))
+        return input_loader(bert, pairs, inputs=["anchor", "positive"], batch_size=8), pairs
+    rec = lr.recycle(bert, at=2, store=None).eval()  # "no store, datasets.Dataset"
+    return rec.loader(source, batch_size=8, group_by_length=True, progress=False), source
+
+
+@pytest.mark.parametrize("kind", ["cached", "pairs", "inputs, datasets.Dataset", "pairs of inputs, datasets.Dataset",
+                                  "no store, datasets.Dataset"])
+def test_a_built_loader_holds_no_python_object_per_example(bert, tmp_path, kind):
+    """What a built loader holds besides its source grows by a length an example (8 B, and its array's slack) for
+    loaders of model inputs, and by nothing over stored states (keys, lengths and labels are in shared memory),
+    where a str key in a list costs 97 B an example and the (key, labels, length) tuples held before 200 to 700."""
+    small = reachable_bytes(*_built(kind, bert, tmp_path / "small", 64))
+    large = reachable_bytes(*_built(kind, bert, tmp_path / "large", 576))
+    per_example = (large - small) / (576 - 64)
+    assert per_example < 10, f"{kind}: a built loader holds {per_example:.1f} B more an example ({small} B, {large} B)"
+
+
+def _pickled_for_spawn(dataset) -> int:
+    """Bytes of ``dataset`` pickled as a spawn DataLoader worker gets it (shared-memory tensors by handle)."""
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401 - registers torch's reductions with ForkingPickler
+
+    return len(ForkingPickler.dumps(dataset))
+
+
+def test_a_spawn_worker_gets_the_columns_by_handle_not_by_copy(bert, tmp_path):
+    """A spawned worker unpickles the dataset: keys, lengths and label columns travel as shared-memory handles (the
+    same few hundred bytes at any size), and the examples' list is not pickled along (it was, held for labels)."""
+    rec = lr.recycle(bert, at=2, store=lr.DiskStore(tmp_path / "s")).eval()
+    sizes = {}
+    for n in (16, 512):
+        examples = [dict(e, label=i % 3) for i, e in enumerate(text_examples(n, lengths=tuple(range(2, 40))))]
+        single = rec.dataset(examples, progress=False)
+        pairs = rec.dataset(_pairs(n), inputs=["anchor", "positive"], progress=False)
+        sizes[n] = (_pickled_for_spawn(single), _pickled_for_spawn(pairs))
+    for small, large in zip(sizes[16], sizes[512]):
+        assert abs(large - small) < 256, f"pickled for a spawn worker: {small} B for 16 examples, {large} B for 512"

@@ -74,6 +74,7 @@ class Labels:
         """Join the columns (once every example was added) and move them to shared memory."""
         if self._grow is not None:
             self.columns = {n: torch.tensor(col, dtype=dt).share_memory_() for n, (dt, col) in self._grow.items()}
+            self.source = None  # not read again: a spawn worker would get a pickled copy of a list of examples
         self._grow = None
 
     def of(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:

@@ -214,3 +214,25 @@ def test_training_the_copy_leaves_the_original_as_it_was_unless_weights_are_shar
     next(p for p in shared.parameters() if p.requires_grad).data.add_(0.1)
     assert not torch.equal(model.encode(ANCHORS, convert_to_tensor=True), want)  # the documented sharing
     assert not all(p.requires_grad for p in model.parameters())
+
+
+def test_training_batches_from_a_datasets_dataset_leave_nothing_per_text(tiny_model_dir, tmp_path):
+    """The trainer's ``datasets.Dataset`` is its own; batches served from (and stored to) a DiskStore leave nothing
+    per text in the recycled transformer's pipeline and store once committed."""
+    import datasets
+    from conftest import WORDS
+    from helpers import reachable_bytes
+
+    def served(n: int) -> int:
+        texts = [" ".join(WORDS[i // len(WORDS) ** j % len(WORDS)] for j in range(3)) for i in range(n)]
+        source = datasets.Dataset.from_dict({"anchor": texts})
+        recycled = recycle_sentence_transformer(_model(tiny_model_dir), 0.5, store=lr.DiskStore(tmp_path / str(n)))
+        rec = recycled_models(recycled)["0"]
+        for batch in source.iter(batch_size=16):  # as the trainer's collator hands batches over
+            recycled(recycled.tokenize(batch["anchor"]))
+        rec.store.flush()
+        assert rec.stats.bottom_examples == n and len(rec.store) == n
+        return reachable_bytes(rec.pipeline, source)
+
+    small, large = served(64), served(512)
+    assert (large - small) / (512 - 64) < 1, f"{small} B held after 64 texts, {large} B after 512"

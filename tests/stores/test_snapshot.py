@@ -245,12 +245,11 @@ def test_a_merge_in_many_small_ranges_equals_one_in_a_single_range(tmp_path, mon
         assert torch.equal(got, want)
 
 
-def test_keys_that_share_their_leading_bytes_merge_in_ranges_of_merge_rows(tmp_path, monkeypatch):
-    """Sequential hex keys (all in the first 1/2**96 of the key space) are cut where the keys are, not where the
-    key space is: cutting it evenly merged them all in one range, a merge's memory unbounded."""
+def merge_ranges(monkeypatch, rows: int) -> list[int]:
+    """The sizes of the ranges merges gather from now on (appended as they go), with MERGE_ROWS set to ``rows``."""
     from layer_recycling.stores import snapshot
 
-    monkeypatch.setattr(snapshot, "MERGE_ROWS", 20)
+    monkeypatch.setattr(snapshot, "MERGE_ROWS", rows)
     sizes, real = [], snapshot._ranges
 
     def spy(*args):
@@ -259,12 +258,34 @@ def test_keys_that_share_their_leading_bytes_merge_in_ranges_of_merge_rows(tmp_p
             yield keys, loc
 
     monkeypatch.setattr(snapshot, "_ranges", spy)
+    return sizes
+
+
+def test_keys_that_share_their_leading_bytes_merge_in_ranges_of_merge_rows(tmp_path, monkeypatch):
+    """Sequential hex keys (all in the first 1/2**96 of the key space) are cut where the keys are, not where the
+    key space is: cutting it evenly merged them all in one range, a merge's memory unbounded."""
+    sizes = merge_ranges(monkeypatch, 20)
     names = [f"{i:040x}" for i in range(200)]
     store = DiskStore(tmp_path / "s", compact_after=1000)
     for chunk in chunks(names, 40):
         store.put_many(chunk, [torch.full((1, 4), float(int(k, 16))) for k in chunk])
         store.flush()
     store.compact()
-    assert sum(sizes) == 2 * 200 and max(sizes) == 20  # two passes (keys, then locations) of ten ranges
+    # two passes (keys, then locations), each in ranges of at most MERGE_ROWS, nearly full (not of a few keys each)
+    assert sum(sizes) == 2 * 200 and max(sizes) <= 20 and len(sizes) <= 2 * 11
     reopened = DiskStore(tmp_path / "s", readonly=True)
     assert [float(t[0, 0]) for t in reopened.get_many(names)] == [float(i) for i in range(200)]
+
+
+def test_a_merge_of_many_segments_gathers_ranges_near_merge_rows(tmp_path, monkeypatch):
+    """With many more indexes than keys sampled from each, ranges stay near MERGE_ROWS: ending a range at the 16th
+    smallest sample (each index's first key among them) made ranges of a few keys, and a merge 100 times slower."""
+    sizes = merge_ranges(monkeypatch, 64)
+    store = DiskStore(tmp_path / "s", compact_after=1000)
+    for chunk in chunks(keys(1200), 30):  # 40 segments of random digests
+        store.put_many(chunk, [value(k) for k in chunk])
+        store.flush()
+    store.compact()
+    assert sum(sizes) == 2 * 1200 and max(sizes) <= 64
+    assert len(sizes) <= 2 * 1200 // 40, f"{len(sizes) // 2} ranges a pass of {max(sizes)} entries at most"
+    assert DiskStore(tmp_path / "s", readonly=True).contains_many(keys(1200)).all()

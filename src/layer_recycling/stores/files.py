@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import math
+import mmap
 import os
 import re
 import shutil
@@ -326,3 +327,11 @@ def create_once(path: Path, data: bytes) -> bool:
         os.unlink(tmp)
     fsync_dir(path.parent)
     return created
+
+
+def release(*arrays) -> None:
+    """Drop the pages of memory-mapped arrays from this process (they stay in the page cache)."""
+    for a in arrays:
+        mm = getattr(a, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise"):
+            mm.madvise(mmap.MADV_DONTNEED)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import mmap
 import os
 import re
 import threading
@@ -29,9 +28,10 @@ import numpy as np
 
 from .binkeys import KEY_DTYPE
 from .codecs import CODECS
+from .fenced import Fenced
 from .files import (
     StoreCorrupted, atomic_write, blake, checksummed, fsync_dir, hash_fd, is_hex, load_npy, npy_bytes,
-    open_committed, pad, raw_bytes, read_checksummed,
+    open_committed, pad, raw_bytes, read_checksummed, release,
 )
 
 FORMAT = 2
@@ -161,6 +161,7 @@ class Segment:
     root: Path
     header: dict
     _index: tuple | None = None
+    _fenced: Fenced | None = None  # made on the first search
     _checks: np.ndarray | None = None
     _verified: tuple | None = None  # the identity (device, inode, size, mtime, ctime) of the data file hashed
     _file: tuple | None = None  # (pid, descriptor) of the data file
@@ -178,6 +179,12 @@ class Segment:
             check_index(keys, spans, h["rows"], Path(f"{stem}.keys.npy"))
             self._index = keys, spans
         return self._index
+
+    def fenced(self) -> Fenced:
+        """The index as a ``fenced.Fenced``, searched without leaving its pages resident."""
+        if self._fenced is None:
+            self._fenced = Fenced(*self.index())
+        return self._fenced
 
     def checks(self) -> np.ndarray | None:
         """The input digests in the order of ``index()``'s keys (memory-mapped, checked), or None if none kept."""
@@ -230,7 +237,7 @@ class Segment:
         self.close_file()
 
     def drop_maps(self) -> None:
-        self._index, self._checks = None, None
+        self._index, self._checks, self._fenced = None, None, None
         self.close_file()
 
 
@@ -266,7 +273,7 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> None:
 def check_index(keys: np.ndarray, spans: np.ndarray, rows: int, path: Path, chunk: int = CHECK_ROWS) -> None:
     """Refuse keys out of order or repeated, and spans outside the data (a forged index whose checksums were recomputed).
 
-    Chunked, and the pages are released after: checking a 100M-entry index must not make it resident.
+    Chunked, each chunk's pages released after it: checking a 100M-entry index must not make it resident.
     """
     for lo in range(0, len(keys), chunk):
         k = keys[lo : lo + chunk + 1]
@@ -275,15 +282,7 @@ def check_index(keys: np.ndarray, spans: np.ndarray, rows: int, path: Path, chun
                 s.min() < 0 or bool(np.any(s[:, 0] + s[:, 1] > rows)))):
             raise StoreCorrupted(f"{path} is an invalid index: keys out of order or repeated, or row spans outside "
                                  f"the data ({rows} rows)")
-    release(keys, spans)
-
-
-def release(*arrays) -> None:
-    """Drop the pages of memory-mapped arrays from this process (they stay in the page cache)."""
-    for a in arrays:
-        mm = getattr(a, "_mmap", None)
-        if mm is not None and hasattr(mm, "madvise"):
-            mm.madvise(mmap.MADV_DONTNEED)
+        release(keys, spans)  # each chunk's pages: at the end, the whole index was resident
 
 
 def ranks(old: list[Segment], new: list[Segment]) -> np.ndarray:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .binkeys import KEY_DTYPE
+from .fenced import Fenced
 from .files import (
     MAX_SNAPSHOT_JSON_BYTES, StoreCorrupted, atomic_write, blake, checksummed, fsync_dir, hash_file, load_npy,
     parse_checksummed, raw_bytes, read_bounded, read_checksummed,
@@ -48,6 +49,13 @@ class Snapshot:
                                  f"expected one of {LOC_DTYPES}")
         self.loc = load_npy(root / f"snap-{generation}.loc.npy", header["loc_blake2b"], np.dtype(loc_dtype), (n, 3))
         self._check()
+        self._fenced: Fenced | None = None
+
+    def fenced(self) -> Fenced:
+        """The index as a ``fenced.Fenced``, searched without leaving its pages resident."""
+        if self._fenced is None:
+            self._fenced = Fenced(self.keys, self.loc)
+        return self._fenced
 
     def _check(self) -> None:
         """Keys sorted and unique, every location inside its segment (a forged snapshot whose checksums were recomputed)."""
@@ -65,7 +73,7 @@ class Snapshot:
             if len(k) > 1 and not bool(np.all(k[1:] > k[:-1])):
                 raise StoreCorrupted(f"{path.with_name(f'snap-{self.generation}.keys.npy')} has keys out of order "
                                      f"or repeated")
-        release(self.keys, self.loc)
+            release(self.keys, self.loc)  # each chunk's pages: at the end, the whole index was resident
 
 
 def read_current(root: Path) -> tuple[str, str] | None:
@@ -121,7 +129,11 @@ def _check_like_committed(root: Path, h: dict, where: Path) -> None:
     check_header(h, name, where)
 
 
-MERGE_ROWS = 1 << 22  # entries merged at a time: a merge's memory stays bounded whatever the store's size
+# Entries merged at a time: a merge's memory stays bounded whatever the store's size. Small: a range costs about
+# 150 B an entry in temporaries (a merge's peak came on top of a fill's memory), and a range more costs a few
+# searchsorted per index.
+MERGE_ROWS = 1 << 16
+SAMPLES = 64  # keys sampled from each index's next MERGE_ROWS to place the end of a range
 NPY_HEADER = 128  # bytes of an index file's .npy header, fixed so that it can be written after the rows
 
 
@@ -129,9 +141,9 @@ def merge(root: Path, previous: Snapshot | None, unmerged: list[Segment]) -> str
     """Write a new generation covering ``previous`` and ``unmerged``, publish it, return its name.
 
     Duplicates keep the copy of the lowest-ranked segment (``segments.ranks``).
-    A streaming merge: the key space is cut into ranges of about ``MERGE_ROWS`` entries (at keys sampled from the
-    indexes, so whatever the keys), and each range is gathered from every sorted index, sorted, deduplicated and
-    appended.
+    A streaming merge: the key space is cut into ranges of fewer than ``MERGE_ROWS`` entries (each ended at keys
+    sampled from the indexes as it goes, so whatever the keys), and each range is gathered from every sorted index,
+    sorted, deduplicated and appended.
     """
     old = list(previous.segments) if previous is not None else []
     new_id = ranks(old, unmerged)  # the merged generation lists its segments by rank
@@ -139,25 +151,25 @@ def merge(root: Path, previous: Snapshot | None, unmerged: list[Segment]) -> str
     for segment, rank in zip(old + unmerged, new_id):
         segments[rank] = segment
     sources = []  # (sorted keys, rows lo:hi -> locations (segment rank, first row, count))
+    maps = [previous.keys, previous.loc] if previous is not None else []  # their pages are released after each range
     if previous is not None:
         loc = previous.loc
         sources.append((np.asarray(previous.keys), lambda lo, hi, loc=loc: np.column_stack(
             [new_id[np.asarray(loc[lo:hi, 0], np.int64)], np.asarray(loc[lo:hi, 1:], np.int64)])))
     for j, seg in enumerate(unmerged):
         keys, spans = seg.index()
+        maps += [keys, spans]
         sources.append((np.asarray(keys), lambda lo, hi, g=new_id[len(old) + j], spans=spans: np.column_stack(
             [np.full(hi - lo, g), np.asarray(spans[lo:hi], np.int64)])))
-    total = sum(len(k) for k, _ in sources)
     biggest = max([0] + [s.header["rows"] for s in segments] + [len(segments)])
     loc_dtype = np.dtype(LOC_DTYPES[0] if biggest < 2**32 else LOC_DTYPES[1])
     n = int(GENERATION.fullmatch(previous.generation)["n"]) + 1 if previous is not None else 1
     generation = f"g{n:06d}-{uuid.uuid4().hex[:8]}"
-    bounds = _bounds([k for k, _ in sources], max(1, -(-total // MERGE_ROWS)))
     keys_file, loc_file = _NpyStream(KEY_DTYPE, ()), _NpyStream(loc_dtype, (3,))
     # Two passes over the ranges (one file each): gathering a range again costs less than holding the whole merge.
-    atomic_write(root / f"snap-{generation}.keys.npy", keys_file.parts(k for k, _ in _ranges(sources, bounds)),
+    atomic_write(root / f"snap-{generation}.keys.npy", keys_file.parts(k for k, _ in _ranges(sources, maps)),
                  sync_dir=False, finish=keys_file.finish)
-    atomic_write(root / f"snap-{generation}.loc.npy", loc_file.parts(lc for _, lc in _ranges(sources, bounds)),
+    atomic_write(root / f"snap-{generation}.loc.npy", loc_file.parts(lc for _, lc in _ranges(sources, maps)),
                  sync_dir=False, finish=loc_file.finish)
     fsync_dir(root)
     keys_hash, loc_hash = (hash_file(root / f"snap-{generation}.{x}.npy", "index file") for x in ("keys", "loc"))
@@ -169,31 +181,51 @@ def merge(root: Path, previous: Snapshot | None, unmerged: list[Segment]) -> str
     return generation
 
 
-def _bounds(indexes: list[np.ndarray], parts: int) -> list[bytes]:
-    """``parts - 1`` keys that cut the sorted ``indexes`` into ranges of about equal size, read off every
-    ``MERGE_ROWS // 1024``-th key of each: a range is off by at most that many entries per index, whatever the keys
-    (cutting the key space evenly put every key that shares its leading bytes in one range)."""
-    if parts == 1:
-        return []
-    sample = np.sort(np.concatenate([k[:: max(1, MERGE_ROWS // 1024)] for k in indexes]))
-    return [sample[len(sample) * p // parts] for p in range(1, parts)]
-
-
-def _ranges(sources: list, bounds: list[bytes]):
-    """Per range of the key space, cut at ``bounds``: (keys, locations) of every source, sorted, one entry per key
-    (the lowest segment rank wins). A generator: one range is in memory at a time."""
+def _ranges(sources: list, maps: list[np.ndarray]):
+    """Per range of the key space: (keys, locations) of every source, sorted, one entry per key (the lowest
+    segment rank wins), fewer than ``MERGE_ROWS`` entries a range. A generator: one range is in memory at a time,
+    and the pages of the memory-mapped ``maps`` it read are released after it (else the whole index stays
+    resident, file-backed, by the end of a merge)."""
+    indexes = [k for k, _ in sources]
     starts = [0] * len(sources)
-    for p in range(len(bounds) + 1):
-        ends = [int(np.searchsorted(k, bounds[p])) if p < len(bounds) else len(k) for k, _ in sources]
+    while any(lo < len(k) for k, lo in zip(indexes, starts)):
+        ends = _range_ends(indexes, starts)
         keys = np.concatenate([k[lo:hi] for (k, _), lo, hi in zip(sources, starts, ends)] + [np.empty(0, KEY_DTYPE)])
         loc = np.concatenate([at(lo, hi) for (_, at), lo, hi in zip(sources, starts, ends)]
                              + [np.empty((0, 3), np.int64)])
+        release(*maps)
         first = np.lexsort((loc[:, 0], keys))  # by key, then by segment rank
         keys, loc = keys[first], loc[first]
         keep = np.ones(len(keys), bool)
         keep[1:] = keys[1:] != keys[:-1]
         yield keys[keep], loc[keep]
         starts = ends
+
+
+def _range_ends(indexes: list[np.ndarray], starts: list[int]) -> list[int]:
+    """Where the next range ends in each sorted index (from ``starts``): at the largest of some sampled keys (each
+    index's next ``MERGE_ROWS`` keys, every ``MERGE_ROWS // SAMPLES``-th) below which the indexes hold at most
+    ``MERGE_ROWS`` entries in all, counted exactly (a binary search over the samples, a ``searchsorted`` per index
+    each step). So a range is bounded whatever the keys (cutting the key space evenly put every key that shares
+    its leading bytes in one range), and nothing is sampled ahead of time."""
+    left = [len(k) - lo for k, lo in zip(indexes, starts)]
+    if sum(left) <= MERGE_ROWS:
+        return [len(k) for k in indexes]
+    step = max(1, MERGE_ROWS // SAMPLES)
+    pool = np.unique(np.concatenate([k[lo : lo + MERGE_ROWS : step] for k, lo in zip(indexes, starts)]))
+
+    def ends(bound: bytes, side: str = "left") -> list[int]:
+        return [int(np.searchsorted(k, bound, side)) for k in indexes]
+
+    lo, hi = 0, len(pool) - 1  # pool[0] ends an empty range (it starts an index); find the last that fits
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(ends(pool[mid])) - sum(starts) <= MERGE_ROWS:
+            lo = mid
+        else:
+            hi = mid - 1
+    cut = ends(pool[lo])
+    return cut if cut != starts else ends(pool[0], "right")  # no sample fits: the smallest key's copies alone
 
 
 class _NpyStream:

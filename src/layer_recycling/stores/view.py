@@ -1,5 +1,5 @@
 """What one process sees of a DiskStore's committed entries: the current generation plus the segments committed
-after it, searched for a whole batch of keys at once (one ``searchsorted`` per sorted index), whatever the keys."""
+after it, searched for a whole batch of keys at once (one search per sorted index, ``fenced.Fenced``), whatever the keys."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 
 from . import snapshot as snap
 from .binkeys import KEY_BYTES, key_strs
+from .fenced import Fenced
 from .files import StoreCorrupted
 from .segments import CHECK_ROWS, SEGMENT, Segment, files_of, ranks, read_header, release
 
@@ -45,13 +46,11 @@ class View:
         best = np.full(n, np.iinfo(np.int64).max)  # rank of the winning segment so far
         where = np.full(n, -1, np.int64)
         spans = np.zeros((n, 2), np.int64)
-        if self.snapshot is not None and len(self.snapshot.keys):
-            loc = np.asarray(self.snapshot.loc)
-            self._best(np.asarray(self.snapshot.keys), loc, lambda i: loc[i, 0].astype(np.int64), q, valid,
-                       np.arange(n), best, where, spans)
+        if self.snapshot is not None:
+            self._best(self.snapshot.fenced(), lambda rows: rows[:, 0], q, valid, np.arange(n), best, where, spans)
         for g, idx in self._unmerged_searches(q, valid):
-            keys, locs = (np.asarray(a) for a in self.segments[g].index())
-            self._best(keys, locs, lambda i, g=g: np.full(len(i), g), q[idx], valid[idx], idx, best, where, spans)
+            self._best(self.segments[g].fenced(), lambda rows, g=g: np.full(len(rows), g), q[idx], valid[idx], idx,
+                       best, where, spans)
         return where, spans
 
     def _unmerged_searches(self, q: np.ndarray, valid: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -62,19 +61,16 @@ class View:
         todo = range(n_old, len(self.segments)) if len(everywhere) else np.unique(numbers)
         return [(g, np.concatenate([queries[numbers == g], everywhere])) for g in todo]
 
-    def _best(self, sorted_keys, locs, segment_of, q, valid, idx, best, where, spans) -> None:
-        """Where keys ``q`` (at ``idx`` of the batch) are in this sorted index and its segment outranks the best
-        found so far, record it. Plain arrays only: indexing a np.memmap costs several times more."""
-        if not len(sorted_keys):  # an empty segment, searched with every other one
-            return
-        i = np.minimum(np.searchsorted(sorted_keys, q), len(sorted_keys) - 1)
-        hit = valid & (sorted_keys[i] == q)
-        seg = segment_of(i[hit])
+    def _best(self, index: Fenced, segment_of, q, valid, idx, best, where, spans) -> None:
+        """Where keys ``q`` (at ``idx`` of the batch) are in ``index`` and its segment (``segment_of(location
+        rows)``) outranks the best found so far, record it."""
+        hit, rows = index.find(q, valid)
+        seg = segment_of(rows)
         rank = self.ranks[seg]
         at = idx[hit]
         m = rank < best[at]
         best[at[m]], where[at[m]] = rank[m], seg[m]
-        spans[at[m]] = locs[i[hit][m]][:, -2:]
+        spans[at[m]] = rows[m][:, -2:]
 
     def keys(self) -> list[np.ndarray]:
         """The sorted keys of each index (a key may be in several)."""
