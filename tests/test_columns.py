@@ -201,7 +201,7 @@ def _pairs(n: int) -> list[dict]:
 def _built(kind: str, bert, folder, n: int):
     """(the loader ``kind`` built over ``n`` examples, its source)."""
     datasets = pytest.importorskip("datasets")
-    from layer_recycling.loader import input_loader
+    from layer_recycling.bench.runner import input_loader
 
     plain = [dict(e, label=i % 3) for i, e in enumerate(text_examples(n, lengths=tuple(range(2, 40))))]
     if kind == "cached":
