@@ -116,3 +116,15 @@ def test_recycle_plan_on_the_command_line(tmp_path, tiny_model_dir, capsys, monk
     monkeypatch.setattr(sizes, "free_bytes", lambda path: 10 if str(tmp_path) in str(path) else 1 << 40)
     assert main(["plan", *common, "--json"]) == 3
     assert '"fits": false' in capsys.readouterr().out
+
+
+def test_a_dual_model_is_planned_tower_by_tower():
+    import transformers as T
+
+    config = T.CLIPConfig(text_config=dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                           intermediate_size=37),
+                          vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=37, image_size=16, patch_size=4), projection_dim=16)
+    with pytest.raises(TypeError, match=r"plan\(\) takes a model of one bottom; CLIPModel is recycled as "
+                                        r"RecycledDual .* lr.plan\(model.text_model"):
+        lr.plan(T.CLIPModel(config), [{"input_ids": [1, 2, 3]}], 0.5)

@@ -128,6 +128,10 @@ def plan(model: nn.Module, examples: Iterable[Any], at: int | float | None = Non
     target = _open(store)
     with _untouched(model):
         rec = recycle(model, at, store=None, key=key, tokenizer=tokenizer, **options)
+        if not isinstance(rec, Recycled):
+            raise TypeError(f"plan() takes a model of one bottom; {type(model).__name__} is recycled as "
+                            f"{type(rec).__name__} (a store per tower): plan each tower on its own examples, e.g. "
+                            f"lr.plan(model.text_model, texts, at)")
         keys, lengths, picked, count = _scan(rec, examples, sample, seed)
         if not picked:
             raise ValueError("plan() got no examples: expected the examples a fill would take")
@@ -141,8 +145,8 @@ def plan(model: nn.Module, examples: Iterable[Any], at: int | float | None = Non
     checks = key is not None
     growth = {c: entries_bytes(rows, int(new.sum()), feature, c, checks) for c in CODECS}
     path = getattr(target, "path", None) if target is not None else _path(store)
-    return Plan(at=rec.at, num_layers=rec.num_layers, examples=count, distinct=len(keys), stored=int((~new).sum()), rows=rows,
-                rows_exact=exact, feature=feature, codec=codec_now, bytes=growth,
+    return Plan(at=rec.at, num_layers=rec.num_layers, examples=count, distinct=len(keys), stored=int((~new).sum()),
+                rows=rows, rows_exact=exact, feature=feature, codec=codec_now, bytes=growth,
                 free=sizes.free_bytes(path) if path is not None else None, seconds=seconds, sample=len(picked),
                 batch_size=batch_size)
 
