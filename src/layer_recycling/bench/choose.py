@@ -169,12 +169,12 @@ def _fill(task: Task, make_model: Callable[[], nn.Module], levels: list[float], 
     for level in levels:
         torch.manual_seed(cfg.seed)
         rec = recycle(make_model(), at=level, store=MemoryStore())
+        if below is not None and below.at == rec.at:  # two fractions of one block count: one is tried
+            continue
         states[level] = torch.get_rng_state()
         start = time.process_time()
         rec.fill(task.fill_examples(), batch_size=cfg.batch_size, progress=False, start_from=below)
         seconds["fill"] += time.process_time() - start
-        if below is not None and below.at == rec.at:  # two fractions of one block count: one store serves both
-            continue
         recs[level], below = rec, rec
     return recs, states
 
