@@ -167,14 +167,16 @@ def test_a_named_writers_later_session_keeps_the_earlier_ones_segments(tmp_path,
     assert all(torch.equal(store[k], value(k)) for k in first + second)
 
 
-@pytest.mark.parametrize("owner_bits", [16, 1])  # 1: more unmerged segments than can be numbered, all searched
-def test_keys_that_share_their_leading_bytes_answer_from_the_right_segment(tmp_path, monkeypatch, owner_bits):
-    """Unmerged segments are found through a hash of the keys: keys that share their leading bytes, copies of one
-    key in several segments, a segment whose name sorts first arriving later, and misses with a stored key's
-    leading bytes all answer as a fresh reader (and the merged snapshot) does."""
+@pytest.mark.parametrize("collide", [False, True])  # True: every key one hash, every filter passes every key
+def test_keys_that_share_their_leading_bytes_answer_from_the_right_segment(tmp_path, monkeypatch, collide):
+    """Unmerged segments are found through filters of a hash of the keys: keys that share their leading bytes,
+    copies of one key in several segments, a segment whose name sorts first arriving later, and misses with a
+    stored key's leading bytes (or, colliding, its hash) all answer as a fresh reader (and the merged snapshot)
+    does."""
     from layer_recycling.stores import view
 
-    monkeypatch.setattr(view, "OWNER_BITS", owner_bits)
+    if collide:
+        monkeypatch.setattr(view, "key_hashes", lambda keys: np.full(len(keys), 12345, np.uint64))
     lead = "ab" * 8
     a, b, c, miss = (lead + tail * 12 for tail in ("11", "22", "01", "12"))
     path = tmp_path / "s"
@@ -190,14 +192,14 @@ def test_keys_that_share_their_leading_bytes_answer_from_the_right_segment(tmp_p
     want = {a: 1.0, b: 2.0, c: 5.0}
     for store in (reader, second, DiskStore(path, readonly=True)):
         store.refresh()
-        assert store.info()["unmerged"] == 3 and (store._view.hashes.packed is None) == (owner_bits == 1)
+        assert store.info()["unmerged"] == 3 and len(store._view.filters) == 3
         assert store.contains_many([a, b, c, miss]).tolist() == [True, True, True, False]
         assert [float(t[0, 0]) for t in store.get_many([a, b, c])] == [want[a], want[b], want[c]]
         with pytest.raises(KeyError):
             store.get_many([miss])
     DiskStore(path).compact()
     merged = DiskStore(path, readonly=True)
-    assert merged.info()["unmerged"] == 0 and len(merged._view.hashes.packed) == 0
+    assert merged.info()["unmerged"] == 0 and merged._view.filters == {}
     assert [float(t[0, 0]) for t in merged.get_many([a, b, c])] == [1.0, 2.0, 5.0] and miss not in merged
 
 

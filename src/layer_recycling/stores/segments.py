@@ -31,7 +31,7 @@ from .codecs import CODECS
 from .fenced import Fenced
 from .files import (
     StoreCorrupted, atomic_write, blake, checksummed, fsync_dir, hash_fd, is_hex, load_npy, npy_bytes,
-    open_committed, pad, raw_bytes, read_checksummed, release,
+    open_committed, pad, pread_into, raw_bytes, read_checksummed, release,
 )
 
 FORMAT = 2
@@ -236,6 +236,10 @@ class Segment:
     def __del__(self) -> None:  # a store let go keeps no descriptor: 100 stores opened in a loop ran out of them
         self.close_file()
 
+    def drop_search(self) -> None:
+        """Let go of the searched index (its fences and descriptors); ``fenced()`` reopens it."""
+        self._fenced = None
+
     def drop_maps(self) -> None:
         self._index, self._checks, self._fenced = None, None, None
         self.close_file()
@@ -256,18 +260,11 @@ class RowReader:
         fd, rb = seg.fd(), self.rowbytes
         view = self.rows[at * rb : (at + n) * rb]
         if os.preadv(fd, [view], lo * rb) != len(view):  # one call, nearly always; else the rest, or an error
-            _pread_into(fd, view, lo * rb)
+            pread_into(fd, view, lo * rb, "a segment data file")
         if self.scales is not None:
             size = self.side_bytes
-            _pread_into(fd, self.scales[at * size : (at + n) * size], seg.header["scales_start"] + lo * size)
-
-
-def _pread_into(fd: int, view: memoryview, offset: int) -> None:
-    while len(view):
-        got = os.preadv(fd, [view], offset)
-        if got <= 0:
-            raise StoreCorrupted(f"a segment data file ended early at byte {offset}")
-        view, offset = view[got:], offset + got
+            pread_into(fd, self.scales[at * size : (at + n) * size], seg.header["scales_start"] + lo * size,
+                       "a segment data file")
 
 
 def check_index(keys: np.ndarray, spans: np.ndarray, rows: int, path: Path, chunk: int = CHECK_ROWS) -> None:

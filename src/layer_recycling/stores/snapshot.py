@@ -131,7 +131,7 @@ def _check_like_committed(root: Path, h: dict, where: Path) -> None:
 
 # Entries merged at a time: a merge's memory stays bounded whatever the store's size. Small: a range costs about
 # 150 B an entry in temporaries (a merge's peak came on top of a fill's memory), and a range more costs a few
-# searchsorted per index.
+# searches per index.
 MERGE_ROWS = 1 << 16
 SAMPLES = 64  # keys sampled from each index's next MERGE_ROWS to place the end of a range
 NPY_HEADER = 128  # bytes of an index file's .npy header, fixed so that it can be written after the rows
@@ -141,35 +141,32 @@ def merge(root: Path, previous: Snapshot | None, unmerged: list[Segment]) -> str
     """Write a new generation covering ``previous`` and ``unmerged``, publish it, return its name.
 
     Duplicates keep the copy of the lowest-ranked segment (``segments.ranks``).
-    A streaming merge: the key space is cut into ranges of fewer than ``MERGE_ROWS`` entries (each ended at keys
-    sampled from the indexes as it goes, so whatever the keys), and each range is gathered from every sorted index,
-    sorted, deduplicated and appended.
+    A streaming merge: the key space is cut into ranges of at most ``MERGE_ROWS`` entries (each ended at one of the
+    indexes' fences as it goes, so whatever the keys), and each range is read from every sorted index with ``pread``
+    (nothing mapped), sorted, deduplicated and appended.
     """
     old = list(previous.segments) if previous is not None else []
     new_id = ranks(old, unmerged)  # the merged generation lists its segments by rank
     segments = [None] * len(new_id)
     for segment, rank in zip(old + unmerged, new_id):
         segments[rank] = segment
-    sources = []  # (sorted keys, rows lo:hi -> locations (segment rank, first row, count))
-    maps = [previous.keys, previous.loc] if previous is not None else []  # their pages are released after each range
+    sources = []  # (sorted keys as a Fenced, rows lo:hi -> locations (segment rank, first row, count))
     if previous is not None:
-        loc = previous.loc
-        sources.append((np.asarray(previous.keys), lambda lo, hi, loc=loc: np.column_stack(
-            [new_id[np.asarray(loc[lo:hi, 0], np.int64)], np.asarray(loc[lo:hi, 1:], np.int64)])))
+        index = previous.fenced()
+        sources.append((index, lambda lo, hi, loc=index.locs: _renumbered(loc.rows(lo, hi), new_id)))
     for j, seg in enumerate(unmerged):
-        keys, spans = seg.index()
-        maps += [keys, spans]
-        sources.append((np.asarray(keys), lambda lo, hi, g=new_id[len(old) + j], spans=spans: np.column_stack(
-            [np.full(hi - lo, g), np.asarray(spans[lo:hi], np.int64)])))
+        index = seg.fenced()
+        sources.append((index, lambda lo, hi, g=new_id[len(old) + j], spans=index.locs: np.column_stack(
+            [np.full(hi - lo, g), spans.rows(lo, hi).astype(np.int64)])))
     biggest = max([0] + [s.header["rows"] for s in segments] + [len(segments)])
     loc_dtype = np.dtype(LOC_DTYPES[0] if biggest < 2**32 else LOC_DTYPES[1])
     n = int(GENERATION.fullmatch(previous.generation)["n"]) + 1 if previous is not None else 1
     generation = f"g{n:06d}-{uuid.uuid4().hex[:8]}"
     keys_file, loc_file = _NpyStream(KEY_DTYPE, ()), _NpyStream(loc_dtype, (3,))
     # Two passes over the ranges (one file each): gathering a range again costs less than holding the whole merge.
-    atomic_write(root / f"snap-{generation}.keys.npy", keys_file.parts(k for k, _ in _ranges(sources, maps)),
+    atomic_write(root / f"snap-{generation}.keys.npy", keys_file.parts(k for k, _ in _ranges(sources)),
                  sync_dir=False, finish=keys_file.finish)
-    atomic_write(root / f"snap-{generation}.loc.npy", loc_file.parts(lc for _, lc in _ranges(sources, maps)),
+    atomic_write(root / f"snap-{generation}.loc.npy", loc_file.parts(lc for _, lc in _ranges(sources)),
                  sync_dir=False, finish=loc_file.finish)
     fsync_dir(root)
     keys_hash, loc_hash = (hash_file(root / f"snap-{generation}.{x}.npy", "index file") for x in ("keys", "loc"))
@@ -181,19 +178,24 @@ def merge(root: Path, previous: Snapshot | None, unmerged: list[Segment]) -> str
     return generation
 
 
-def _ranges(sources: list, maps: list[np.ndarray]):
+def _renumbered(loc: np.ndarray, new_id: np.ndarray) -> np.ndarray:
+    """Locations of the previous generation, with its segments numbered as in the new one."""
+    loc = loc.astype(np.int64)
+    loc[:, 0] = new_id[loc[:, 0]]
+    return loc
+
+
+def _ranges(sources: list):
     """Per range of the key space: (keys, locations) of every source, sorted, one entry per key (the lowest
-    segment rank wins), fewer than ``MERGE_ROWS`` entries a range. A generator: one range is in memory at a time,
-    and the pages of the memory-mapped ``maps`` it read are released after it (else the whole index stays
-    resident, file-backed, by the end of a merge)."""
+    segment rank wins), at most ``MERGE_ROWS`` entries a range. A generator: one range is in memory at a time."""
     indexes = [k for k, _ in sources]
     starts = [0] * len(sources)
     while any(lo < len(k) for k, lo in zip(indexes, starts)):
         ends = _range_ends(indexes, starts)
-        keys = np.concatenate([k[lo:hi] for (k, _), lo, hi in zip(sources, starts, ends)] + [np.empty(0, KEY_DTYPE)])
+        keys = np.concatenate([k.keys.rows(lo, hi) for k, lo, hi in zip(indexes, starts, ends)]
+                              + [np.empty(0, KEY_DTYPE)])
         loc = np.concatenate([at(lo, hi) for (_, at), lo, hi in zip(sources, starts, ends)]
                              + [np.empty((0, 3), np.int64)])
-        release(*maps)
         first = np.lexsort((loc[:, 0], keys))  # by key, then by segment rank
         keys, loc = keys[first], loc[first]
         keep = np.ones(len(keys), bool)
@@ -202,20 +204,22 @@ def _ranges(sources: list, maps: list[np.ndarray]):
         starts = ends
 
 
-def _range_ends(indexes: list[np.ndarray], starts: list[int]) -> list[int]:
+def _range_ends(indexes: list[Fenced], starts: list[int]) -> list[int]:
     """Where the next range ends in each sorted index (from ``starts``): at the largest of some sampled keys (each
-    index's next ``MERGE_ROWS`` keys, every ``MERGE_ROWS // SAMPLES``-th) below which the indexes hold at most
-    ``MERGE_ROWS`` entries in all, counted exactly (a binary search over the samples, a ``searchsorted`` per index
-    each step). So a range is bounded whatever the keys (cutting the key space evenly put every key that shares
-    its leading bytes in one range), and nothing is sampled ahead of time."""
+    index's next ``MERGE_ROWS`` keys, every ``MERGE_ROWS // SAMPLES``-th, a ``pread`` each) below which the indexes
+    hold at most ``MERGE_ROWS`` entries in all, counted exactly (a binary search over the samples, each step a
+    search of every index's fences and one block read). So a range is bounded whatever the keys (cutting the key
+    space evenly put every key that shares its leading bytes in one range), nothing is sampled ahead of time, and
+    nothing of an index is mapped (through the map, a sample's page fault brought in up to 2 MB of it)."""
     left = [len(k) - lo for k, lo in zip(indexes, starts)]
     if sum(left) <= MERGE_ROWS:
         return [len(k) for k in indexes]
     step = max(1, MERGE_ROWS // SAMPLES)
-    pool = np.unique(np.concatenate([k[lo : lo + MERGE_ROWS : step] for k, lo in zip(indexes, starts)]))
+    pool = np.unique(np.concatenate([k.keys.take(np.arange(lo, min(len(k), lo + MERGE_ROWS), step))
+                                     for k, lo in zip(indexes, starts)]))
 
     def ends(bound: bytes, side: str = "left") -> list[int]:
-        return [int(np.searchsorted(k, bound, side)) for k in indexes]
+        return [max(lo, k.rank(bound, side)) for k, lo in zip(indexes, starts)]
 
     lo, hi = 0, len(pool) - 1  # pool[0] ends an empty range (it starts an index); find the last that fits
     while lo < hi:
@@ -225,7 +229,7 @@ def _range_ends(indexes: list[np.ndarray], starts: list[int]) -> list[int]:
         else:
             hi = mid - 1
     cut = ends(pool[lo])
-    return cut if cut != starts else ends(pool[0], "right")  # no sample fits: the smallest key's copies alone
+    return cut if cut != starts else ends(pool[0], "right")  # nothing fits: the smallest key's copies alone
 
 
 class _NpyStream:

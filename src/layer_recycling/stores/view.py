@@ -18,8 +18,8 @@ from .segments import CHECK_ROWS, SEGMENT, Segment, files_of, ranks, read_header
 class View:
     """``snapshot`` (or None) and ``unmerged`` segments; ``segments`` numbers them all (the snapshot's first).
 
-    A key in several segments answers from the one of lowest rank (``segments.ranks``). ``previous``: the view this one follows, whose
-    index of unmerged keys it extends instead of building anew.
+    A key in several segments answers from the one of lowest rank (``segments.ranks``). ``previous``: the view this
+    one follows, whose filters of unmerged segments it keeps instead of building them anew.
     """
 
     def __init__(self, path: Path, snapshot: snap.Snapshot | None, unmerged: list[Segment], codec: str,
@@ -30,17 +30,17 @@ class View:
         shapes = {tuple(s.header["feature_shape"]) for s in self.segments if s.header["rows"] or s.header["entries"]}
         if any(s.header["codec"] != codec for s in self.segments) or len(shapes) > 1:
             raise StoreCorrupted(f"{path} holds segments of different codecs or shapes ({sorted(shapes)})")
-        reuse = previous is not None and previous.snapshot is snapshot
-        self.hashes = KeyHashes.of(unmerged, previous.hashes if reuse else None)
-        n_old = len(self.segments) - len(unmerged)
-        number = {id(seg): n_old + j for j, seg in enumerate(unmerged)}
-        self._numbers = np.array([number[id(seg)] for seg in self.hashes.segments], np.int64)
+        self.filters = filters(unmerged, previous.filters if previous is not None else {})
+        still = {id(seg) for seg in unmerged}
+        for seg in previous.unmerged if previous is not None else []:
+            if id(seg) not in still:
+                seg.drop_search()  # merged: its index is no longer searched here (its descriptors close)
 
     def search(self, q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(segment number or -1, spans (n, 2): first row, row count) of binary keys ``q`` where ``valid``.
 
-        The snapshot is searched for every key; an unmerged segment only for the keys whose hash it holds, so a
-        batch of new keys costs one search however many segments are unmerged.
+        The snapshot is searched for every key; an unmerged segment only for the keys its filter may hold, so a
+        batch of new keys costs about one search however many segments are unmerged.
         """
         n = len(q)
         best = np.full(n, np.iinfo(np.int64).max)  # rank of the winning segment so far
@@ -55,11 +55,16 @@ class View:
 
     def _unmerged_searches(self, q: np.ndarray, valid: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """(segment number, batch indices to search in it) for each unmerged segment that may hold keys ``q``."""
-        queries, owners, everywhere = self.hashes.candidates(q, valid)
-        numbers = self._numbers[owners]
         n_old = len(self.segments) - len(self.unmerged)
-        todo = range(n_old, len(self.segments)) if len(everywhere) else np.unique(numbers)
-        return [(g, np.concatenate([queries[numbers == g], everywhere])) for g in todo]
+        if not self.filters:
+            return [(n_old, np.arange(len(q)))] if self.unmerged else []
+        asked = np.flatnonzero(valid)
+        hashes, todo = key_hashes(q[asked]), []
+        for g, seg in enumerate(self.unmerged, n_old):
+            idx = asked[self.filters[seg.name, seg.header["token"]].may_hold(hashes)]
+            if len(idx):
+                todo.append((g, idx))
+        return todo
 
     def _best(self, index: Fenced, segment_of, q, valid, idx, best, where, spans) -> None:
         """Where keys ``q`` (at ``idx`` of the batch) are in ``index`` and its segment (``segment_of(location
@@ -95,76 +100,59 @@ class View:
         return names
 
 
-OWNER_BITS = 16  # the low bits of a packed entry: the segment; the high 48: the key's hash
-OWNER = np.uint64((1 << OWNER_BITS) - 1)
-# Unmerged entries a query may share its hash with before it is searched in every unmerged segment instead:
-# copies of one key from many writers, or keys made to collide, cost (segments x batch) searches, never one
-# step per entry.
-CROWDED = 8
+FILTER_BITS = 8  # bits of a segment's filter per key: about 2% of the keys it lacks search it anyway
+PROBES = 4  # bits set per key
 
 
-class KeyHashes:
-    """Every unmerged key's hash and the segment it came from, packed in one sorted uint64 (the hash high, the
-    segment low): which segments may hold a key, in one ``searchsorted``, with 8 bytes per unmerged entry (the one
-    per-entry cost of opening a store in anonymous memory: every other index is mapped from its file); a merge
-    empties it. A hash of the whole key, not its leading bytes: keys that share a prefix (sequential ids, a fixed
-    prefix) spread as digests do. With one unmerged segment there is none (searching it is the one search), and past
-    65,536 every segment is searched."""
+class KeyFilter:
+    """A Bloom filter of one unmerged segment's keys: whether it may hold a key, 1 byte per entry (the one
+    per-entry cost of opening a store in anonymous memory: every index is read from its file). A segment it names
+    wrongly is searched, and the search compares whole keys: a false hit costs a search, never a wrong answer. Built
+    from a hash of the whole key, not its leading bytes: keys that share a prefix (sequential ids, a fixed prefix)
+    spread as digests do."""
 
-    def __init__(self, segments: list[Segment], packed: np.ndarray | None):
-        self.segments, self.packed = segments, packed  # packed None: search every segment (one, or too many)
+    def __init__(self, bits: np.ndarray):
+        self.bits = bits  # uint8, a power of two of them (at least 8)
 
     @classmethod
-    def of(cls, segments: list[Segment], previous: KeyHashes | None) -> KeyHashes:
-        """The index of ``segments``; ``previous`` is extended when it covers some of them and no other."""
-        have = {id(s) for s in previous.segments} if previous is not None else set()
-        if previous is None or previous.packed is None or not have <= {id(s) for s in segments}:
-            previous, have = cls([], np.empty(0, np.uint64)), set()
-        new = [s for s in segments if id(s) not in have]
-        if not new:
-            return previous
-        if not 1 < len(previous.segments) + len(new) <= 1 << OWNER_BITS:
-            return cls(previous.segments + new, None)
-        add = np.empty(sum(s.header["entries"] for s in new), np.uint64)
-        at = 0
-        for j, s in enumerate(new):
-            keys = s.index()[0]
-            for lo in range(0, len(keys), CHECK_ROWS):  # temporaries under 1 MB, which malloc hands back
-                part = key_hashes(np.asarray(keys[lo : lo + CHECK_ROWS]))
-                add[at : at + len(part)] = part & ~OWNER | np.uint64(len(previous.segments) + j)
-                at += len(part)
-            release(keys)  # the keys' pages were read once: leave them to the page cache
-        add.sort()
-        if len(previous.packed):
-            add = np.insert(previous.packed, np.searchsorted(previous.packed, add), add)
-        return cls(previous.segments + new, add)
+    def of(cls, keys: np.ndarray) -> KeyFilter:
+        """The filter of sorted keys ``keys`` (a mapped index: read in chunks, its pages released as it goes)."""
+        bits = np.zeros(1 << max(3, int(len(keys) * FILTER_BITS // 8 - 1).bit_length()), np.uint8)
+        for lo in range(0, len(keys), CHECK_ROWS):  # temporaries under 1 MB, which malloc hands back
+            at = _probes(key_hashes(np.asarray(keys[lo : lo + CHECK_ROWS])), 8 * len(bits)).ravel()
+            np.bitwise_or.at(bits, at >> 3, np.left_shift(1, at & 7).astype(np.uint8))
+            release(keys)
+        return cls(bits)
 
-    def candidates(self, q: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(query index, index into ``segments``) for every entry whose hash is a query's, and the queries to search
-        in every segment: those with more than CROWDED such entries, or all when ``packed`` is None."""
-        none = np.empty(0, np.int64)
-        if self.packed is None:
-            return none, none, np.flatnonzero(valid)
-        if not len(self.packed):
-            return none, none, none
-        h = key_hashes(q) & ~OWNER
-        lo = np.searchsorted(self.packed, h, "left")
-        count = np.where(valid, np.searchsorted(self.packed, h | OWNER, "right") - lo, 0)
-        crowded = count > CROWDED
-        count[crowded] = 0
-        # Query i's run of entries, packed[lo[i] : lo[i] + count[i]], laid end to end: no step per query or entry.
-        queries = np.repeat(np.arange(len(q)), count)
-        start = np.repeat(lo - np.cumsum(count) + count, count)  # packed index minus output index, per run
-        owners = self.packed[start + np.arange(len(queries))] & OWNER
-        return queries, owners.astype(np.int64), np.flatnonzero(crowded)
+    def may_hold(self, hashes: np.ndarray) -> np.ndarray:
+        """Per hash (``key_hashes``): False where the segment surely lacks the key."""
+        at = _probes(hashes, 8 * len(self.bits))
+        return np.all(self.bits[at >> 3] >> (at & 7).astype(np.uint8) & 1, axis=1)
+
+
+def _probes(hashes: np.ndarray, size: int) -> np.ndarray:
+    """(n, PROBES) bit positions of each hash in a filter of ``size`` bits (a power of two): double hashing."""
+    step = hashes >> np.uint64(32) | np.uint64(1)
+    at = hashes[:, None] + step[:, None] * np.arange(PROBES, dtype=np.uint64)  # wraps mod 2**64, as meant
+    return (at & np.uint64(size - 1)).astype(np.int64)
+
+
+def filters(segments: list[Segment], previous: dict[tuple[str, str], KeyFilter]
+            ) -> dict[tuple[str, str], KeyFilter]:
+    """The filter of each of ``segments`` by (name, token), ``previous``'s kept; none for a single segment
+    (searching it is the one search)."""
+    if len(segments) < 2:
+        return {}
+    names = [(s.name, s.header["token"]) for s in segments]
+    return {n: previous[n] if n in previous else KeyFilter.of(s.index()[0]) for n, s in zip(names, segments)}
 
 
 MULTIPLIERS = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9], np.uint64)  # odd: bijective
 
 
 def key_hashes(keys: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each 20-byte key (n,), from all its bytes. Not a secret: keys made to collide only reach
-    the CROWDED bound, which costs a search per segment, not per entry."""
+    """A 64-bit hash of each 20-byte key (n,), from all its bytes. Not a secret: keys made to collide cost a search
+    of each unmerged segment, never a wrong answer."""
     n = len(keys)
     words = np.zeros((n, 24), np.uint8)  # the key's bytes padded to three uint64
     words[:, :KEY_BYTES] = np.ascontiguousarray(keys).view(np.uint8).reshape(n, KEY_BYTES)
