@@ -192,3 +192,26 @@ def test_opening_a_store_costs_at_most_2_bytes_per_unmerged_entry(tmp_path, segm
     held, peak = ((big - small) / entries for small, big in zip(*costs))
     bound = (2 if segments > 1 else 0) + 1  # + 1: temporaries of a fixed size, a little larger for the larger store
     assert held <= bound and peak <= bound, f"{held:.1f} bytes held, {peak:.1f} at the peak, per entry"
+
+
+def test_a_spawned_worker_maps_the_filters_instead_of_building_its_own(tmp_path, monkeypatch):
+    """A store pickled for a spawn DataLoader worker carries its unmerged segments' filters as one shared-memory
+    handle: the same bytes pickled at 2,000 or 20,000 entries a segment, and the worker builds none (it did: 8 B per
+    unmerged entry in every spawned worker)."""
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401 - registers torch's reductions with ForkingPickler
+
+    sizes = {}
+    for per in (2_000, 20_000):
+        probe = committed(tmp_path / str(per), 3, per)
+        store = DiskStore(tmp_path / str(per), readonly=True)
+        assert len(store._view.filters) == 3
+        sizes[per] = len(ForkingPickler.dumps(store))
+        with monkeypatch.context() as m:
+            m.setattr(view.KeyFilter, "of", lambda keys: pytest.fail("a worker built a filter of its own"))
+            worker = ForkingPickler.loads(ForkingPickler.dumps(store))
+            assert worker.contains_many(probe).all() and not worker.contains_many([key(10**6)]).any()
+            assert [f.bits.tobytes() for f in worker._view.filters.values()] == [
+                f.bits.tobytes() for f in store._view.filters.values()]
+    assert abs(sizes[20_000] - sizes[2_000]) < 64, sizes

@@ -28,7 +28,7 @@ from .files import (
 )
 from .segments import FORMAT, SEGMENT, WRITER, RowReader, Segment, write_segment
 from .store_files import STORE, FINGERPRINT, check_pin, check_pin_argument, cleanup, create, digest_of, read_store
-from .view import NO_CHECK, View, checks_in, scan, unmerged_segments
+from .view import NO_CHECK, View, checks_in, filters_in, scan, unmerged_segments
 
 __all__ = ["DigestMismatch", "DiskFull", "DiskStore", "StoreCorrupted"]
 
@@ -133,12 +133,14 @@ class DiskStore:
         self._pinned: str | None = None  # the digest this store was opened with: its view is kept as opened
         self._lock = threading.RLock()
         self._open_files: OrderedDict[str, Segment] = OrderedDict()  # data files open here, least recent first
+        self._filters_shared: tuple | None = None  # see _shared_filters
 
     # ---- pickling: path and settings travel, maps reopen lazily in the new process ------------------------
 
     def __getstate__(self) -> dict:
         return {"path": str(self.path), "readonly": self.readonly, "writer": self._writer, "bound": self._bound,
-                "segment_bytes": self.segment_bytes, "compact_after": self.compact_after, "digest": self._pinned}
+                "segment_bytes": self.segment_bytes, "compact_after": self.compact_after, "digest": self._pinned,
+                "filters": self._shared_filters()}
 
     def __setstate__(self, state: dict) -> None:
         self._setup(Path(state["path"]), state["readonly"], state["writer"], state["segment_bytes"],
@@ -146,7 +148,7 @@ class DiskStore:
         self._bound = state["bound"]
         self._store = read_store(self.path)
         self.codec = self._store["codec"]
-        self._refresh()
+        self._refresh(given=filters_in(state.get("filters")))
         if state.get("digest") is not None:  # a worker that reopens a pinned store checks it again
             self._pin(state["digest"])
 
@@ -354,7 +356,22 @@ class DiskStore:
 
     # ---- the directory: segments and the current generation ------------------------------------------------
 
-    def _refresh(self, keep_snapshot: bool = False) -> None:
+    def _shared_filters(self) -> tuple | None:
+        """The unmerged segments' filters as (names, sizes, one tensor in shared memory), moved there once per set of
+        segments: a DataLoader worker that unpickles this store (spawn) maps them instead of building its own (1-2 B
+        per unmerged entry in every worker). This process's filters then read the shared copy."""
+        filters = self._view.filters
+        if not filters:
+            return None
+        if self._filters_shared is None or self._filters_shared[0] != list(filters):
+            sizes = [len(f.bits) for f in filters.values()]
+            block = torch.from_numpy(np.concatenate([f.bits for f in filters.values()])).share_memory_()
+            for f, part in zip(filters.values(), np.split(block.numpy(), np.cumsum(sizes)[:-1])):
+                f.bits = part
+            self._filters_shared = (list(filters), sizes, block)
+        return self._filters_shared
+
+    def _refresh(self, keep_snapshot: bool = False, given: dict | None = None) -> None:
         with self._locked():
             if self._pinned is not None:  # a pinned store serves what its digest covers, nothing committed later
                 return
@@ -364,7 +381,7 @@ class DiskStore:
                     self._snap = snap.load(self.path, *current, self._known)
             self._headers = scan(self.path, self._headers)
             unmerged = unmerged_segments(self.path, self._snap, self._headers, self._known)
-            self._view = View(self.path, self._snap, unmerged, self.codec, self._view)
+            self._view = View(self.path, self._snap, unmerged, self.codec, self._view, given)
 
     def _feature(self) -> list[int] | None:
         return self._view.feature() or next((b.feature() for b in self._buffers() if b), None)

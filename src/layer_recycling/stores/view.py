@@ -19,18 +19,19 @@ class View:
     """``snapshot`` (or None) and ``unmerged`` segments; ``segments`` numbers them all (the snapshot's first).
 
     A key in several segments answers from the one of lowest rank (``segments.ranks``). ``previous``: the view this
-    one follows, whose filters of unmerged segments it keeps instead of building them anew.
+    one follows, whose filters of unmerged segments it keeps instead of building them anew; ``given``: filters by
+    (segment name, token) made elsewhere (a spawned worker's, from the process that pickled the store).
     """
 
     def __init__(self, path: Path, snapshot: snap.Snapshot | None, unmerged: list[Segment], codec: str,
-                 previous: View | None = None):
+                 previous: View | None = None, given: dict[tuple[str, str], KeyFilter] | None = None):
         self.path, self.snapshot, self.unmerged = path, snapshot, unmerged
         self.segments = [*(snapshot.segments if snapshot else []), *unmerged]
         self.ranks = ranks(list(snapshot.segments) if snapshot else [], unmerged)
         shapes = {tuple(s.header["feature_shape"]) for s in self.segments if s.header["rows"] or s.header["entries"]}
         if any(s.header["codec"] != codec for s in self.segments) or len(shapes) > 1:
             raise StoreCorrupted(f"{path} holds segments of different codecs or shapes ({sorted(shapes)})")
-        self.filters = filters(unmerged, previous.filters if previous is not None else {})
+        self.filters = filters(unmerged, {**(given or {}), **(previous.filters if previous is not None else {})})
         still = {id(seg) for seg in unmerged}
         for seg in previous.unmerged if previous is not None else []:
             if id(seg) not in still:
@@ -128,6 +129,15 @@ class KeyFilter:
         """Per hash (``key_hashes``): False where the segment surely lacks the key."""
         at = _probes(hashes, 8 * len(self.bits))
         return np.all(self.bits[at >> 3] >> (at & 7).astype(np.uint8) & 1, axis=1)
+
+
+def filters_in(shared: tuple | None) -> dict[tuple[str, str], KeyFilter]:
+    """The filters ``DiskStore._shared_filters`` pickled: (names, sizes, one uint8 tensor), mapped, not copied."""
+    if shared is None:
+        return {}
+    names, sizes, block = shared
+    parts = np.split(block.numpy(), np.cumsum(sizes)[:-1])
+    return {tuple(name): KeyFilter(part) for name, part in zip(names, parts)}
 
 
 def _probes(hashes: np.ndarray, size: int) -> np.ndarray:
