@@ -14,7 +14,7 @@ import torch
 
 import layer_recycling as lr
 from layer_recycling import fill as fill_module
-from layer_recycling.columns import CachedDataset
+from layer_recycling.columns import CachedDataset, Labels
 from layer_recycling.stores.null import NullStore
 from conftest import text_examples, text_model
 from helpers import reachable_bytes
@@ -100,6 +100,22 @@ def test_a_loader_holds_arrays_not_objects_per_example(bert, tmp_path):
     assert np.array_equal(dataset.lengths, [len(e["input_ids"]) for e in examples])
     batch = dataset.collate(dataset.__getitems__([0, 5, 7]))
     assert batch["labels"].tolist() == [0, 2, 1] and batch["states"].shape[0] == 3
+    assert dataset.labels.columns["labels"].dtype == torch.int8 and batch["labels"].dtype == torch.int64
+
+
+def test_integer_label_columns_keep_the_smallest_type_and_give_back_their_own():
+    """A class id is kept in 1 byte, not 8 (the largest share of a built loader's memory after its key); every value,
+    the extremes of each type included, comes back as given, in the dtype given."""
+    for values, kept in (([0, 1, 127, -128], torch.int8), ([0, 300], torch.int16), ([-(2**31), 5], torch.int32),
+                         ([2**40, -1], torch.int64)):
+        labels = Labels((), None)
+        for v in values:
+            labels.add({"label": torch.tensor(v), "score": torch.tensor(v / 2, dtype=torch.float32)})
+        labels.done()
+        assert labels.columns["label"].dtype == kept and labels.columns["score"].dtype == torch.float32
+        got = labels.of(list(range(len(values))))
+        assert [g["label"].item() for g in got] == values and {g["label"].dtype for g in got} == {torch.int64}
+        assert [g["score"].item() for g in got] == [v / 2 for v in values]
 
 
 def _tagged(n: int = 12) -> list[dict]:

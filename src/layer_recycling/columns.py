@@ -2,7 +2,8 @@
 
 At 10M examples a list of (key, labels, length) tuples costs gigabytes, and again in every DataLoader worker that
 touches it (fork copies a page whenever a reference count changes). Here an example costs 20 bytes of key, 4 of
-length and 8 per scalar label, in tensors moved to shared memory once: fork and spawn workers map the same pages.
+length and 1-8 per scalar label (integers in the smallest type that holds them), in tensors moved to shared memory
+once: fork and spawn workers map the same pages.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Labels:
         self.source = source if indexable(source) else None
         self._grow: dict[str, tuple[torch.dtype, array.array]] | None = {}  # scalar columns while they are built
         self.columns: dict[str, torch.Tensor] | None = None
+        self.dtypes: dict[str, torch.dtype] = {}  # each column's dtype as given (its values may be kept narrower)
         self.kept: list[dict] | None = None  # labels as they came: non-scalar labels of a source read once
 
     def add(self, labels: dict[str, torch.Tensor]) -> None:
@@ -73,16 +75,28 @@ class Labels:
     def done(self) -> None:
         """Join the columns (once every example was added) and move them to shared memory."""
         if self._grow is not None:
-            self.columns = {n: torch.tensor(col, dtype=dt).share_memory_() for n, (dt, col) in self._grow.items()}
+            self.dtypes = {n: dt for n, (dt, _) in self._grow.items()}
+            self.columns = {n: narrow(torch.tensor(col, dtype=dt)).share_memory_() for n, (dt, col) in self._grow.items()}
             self.source = None  # not read again: a spawn worker would get a pickled copy of a list of examples
         self._grow = None
 
     def of(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
         if self.columns is not None:
-            return [{n: c[i] for n, c in self.columns.items()} for i in indices]
+            rows = {n: c[indices].to(self.dtypes[n]) for n, c in self.columns.items()}
+            return [{n: r[j] for n, r in rows.items()} for j in range(len(indices))]
         if self.kept is not None:
             return [self.kept[i] for i in indices]
         return [self.read(self.source[i], i) for i in indices]
+
+
+def narrow(column: torch.Tensor) -> torch.Tensor:
+    """An integer column in the smallest integer type that holds its values (a class id: 1 byte, not 8); ``Labels``
+    gives each value back in the column's own dtype."""
+    if column.dtype not in (torch.int64, torch.int32) or not len(column):
+        return column
+    lo, hi = int(column.min()), int(column.max())
+    fits = (t for t in (torch.int8, torch.int16, torch.int32) if torch.iinfo(t).min <= lo and hi <= torch.iinfo(t).max)
+    return column.to(next(fits, column.dtype))
 
 
 def plain_labels(example: Any, i: int, input_names: tuple[str, ...]) -> dict[str, torch.Tensor]:
