@@ -137,14 +137,14 @@ def test_keys_that_share_their_leading_bytes_hash_apart():
 
 def test_a_segment_filter_holds_its_keys_and_lets_few_others_through():
     """Every key of the segment passes (a filter that dropped one would lose an entry); of keys it lacks, about
-    2% (8 bits a key, 4 probes), so a new key searches about one unmerged segment in 50."""
+    0.06% (16 bits a key, 8 probes), so a chunk of 4,096 new keys searches an unmerged segment for a few."""
     rng = np.random.default_rng(0)
     keys = np.unique(np.frombuffer(rng.bytes(20 * 65_536), "S20"))
     others = np.frombuffer(rng.bytes(20 * 100_000), "S20")
     kept = view.KeyFilter.of(keys)
     assert kept.bits.nbytes <= len(keys) * view.FILTER_BITS // 8 * 2  # about a byte a key
     assert kept.may_hold(view.key_hashes(keys)).all()
-    assert kept.may_hold(view.key_hashes(others)).mean() < 0.04
+    assert kept.may_hold(view.key_hashes(others)).mean() < 0.002
 
 
 # ---- memory at open --------------------------------------------------------------------------------------------
@@ -180,17 +180,19 @@ def open_cost(path: Path, probe: list[str]) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("segments", [1, 3])
-def test_opening_a_store_costs_at_most_2_bytes_per_unmerged_entry(tmp_path, segments):
-    """Per entry, the only memory an open allocates is the unmerged segments' filters (1-2 bytes, and none for one
-    segment): every other index is read from its file (its fences, 0.08 B an entry). Temporaries are chunked: the issue's store (one writer,
-    one unmerged segment) cost 56-108 bytes per entry once malloc kept whole-index temporaries of 24-60 bytes."""
+def test_opening_a_store_costs_at_most_4_bytes_per_unmerged_entry(tmp_path, segments):
+    """Per entry, the only memory an open allocates is the unmerged segments' filters (2-4 bytes: 16 bits a key,
+    rounded up to a power of two; none for one segment): every other index is read from its file (its fences, 0.08 B
+    an entry). It was 8 B, in one array copied whole when a segment was added. Temporaries are chunked: the issue's
+    store (one writer, one unmerged segment) cost 56-108 bytes per entry once malloc kept whole-index temporaries of
+    24-60 bytes."""
     sizes, costs = (20_000, 100_000), []
     for per in sizes:
         probe = committed(tmp_path / str(per), segments, per)
         costs.append(open_cost(tmp_path / str(per), probe))
     entries = segments * (sizes[1] - sizes[0])
     held, peak = ((big - small) / entries for small, big in zip(*costs))
-    bound = (2 if segments > 1 else 0) + 1  # + 1: temporaries of a fixed size, a little larger for the larger store
+    bound = (4 if segments > 1 else 0) + 1  # + 1: temporaries of a fixed size, a little larger for the larger store
     assert held <= bound and peak <= bound, f"{held:.1f} bytes held, {peak:.1f} at the peak, per entry"
 
 

@@ -358,7 +358,7 @@ class DiskStore:
 
     def _shared_filters(self) -> tuple | None:
         """The unmerged segments' filters as (names, sizes, one tensor in shared memory), moved there once per set of
-        segments: a DataLoader worker that unpickles this store (spawn) maps them instead of building its own (1-2 B
+        segments: a DataLoader worker that unpickles this store (spawn) maps them instead of building its own (2-4 B
         per unmerged entry in every worker). This process's filters then read the shared copy."""
         filters = self._view.filters
         if not filters:
