@@ -217,3 +217,9 @@ def test_a_spawned_worker_maps_the_filters_instead_of_building_its_own(tmp_path,
             assert [f.bits.tobytes() for f in worker._view.filters.values()] == [
                 f.bits.tobytes() for f in store._view.filters.values()]
     assert abs(sizes[20_000] - sizes[2_000]) < 64, sizes
+    # Filters made another way (a worker spawned after the code changed on disk) are built again, never misread.
+    pickled, built, real = ForkingPickler.dumps(store), [], view.KeyFilter.of
+    monkeypatch.setattr(view, "SCHEME", (view.FILTER_BITS, view.PROBES + 1))  # as the worker's code would say
+    monkeypatch.setattr(view.KeyFilter, "of", lambda keys: built.append(1) or real(keys))
+    worker = ForkingPickler.loads(pickled)
+    assert len(built) == 3 and worker.contains_many(probe).all()

@@ -28,7 +28,7 @@ from .files import (
 )
 from .segments import FORMAT, SEGMENT, WRITER, RowReader, Segment, write_segment
 from .store_files import STORE, FINGERPRINT, check_pin, check_pin_argument, cleanup, create, digest_of, read_store
-from .view import NO_CHECK, View, checks_in, filters_in, scan, unmerged_segments
+from .view import NO_CHECK, SCHEME, View, checks_in, filters_in, scan, unmerged_segments
 
 __all__ = ["DigestMismatch", "DiskFull", "DiskStore", "StoreCorrupted"]
 
@@ -357,18 +357,18 @@ class DiskStore:
     # ---- the directory: segments and the current generation ------------------------------------------------
 
     def _shared_filters(self) -> tuple | None:
-        """The unmerged segments' filters as (names, sizes, one tensor in shared memory), moved there once per set of
-        segments: a DataLoader worker that unpickles this store (spawn) maps them instead of building its own (2-4 B
-        per unmerged entry in every worker). This process's filters then read the shared copy."""
+        """The unmerged segments' filters as (scheme, names, sizes, one tensor in shared memory), moved there once per
+        set of segments: a DataLoader worker that unpickles this store (spawn) maps them instead of building its own
+        (2-4 B per unmerged entry in every worker). This process's filters then read the shared copy."""
         filters = self._view.filters
         if not filters:
             return None
-        if self._filters_shared is None or self._filters_shared[0] != list(filters):
+        if self._filters_shared is None or self._filters_shared[1] != list(filters):
             sizes = [len(f.bits) for f in filters.values()]
             block = torch.from_numpy(np.concatenate([f.bits for f in filters.values()])).share_memory_()
             for f, part in zip(filters.values(), np.split(block.numpy(), np.cumsum(sizes)[:-1])):
                 f.bits = part
-            self._filters_shared = (list(filters), sizes, block)
+            self._filters_shared = (SCHEME, list(filters), sizes, block)
         return self._filters_shared
 
     def _refresh(self, keep_snapshot: bool = False, given: dict | None = None) -> None:

@@ -141,11 +141,15 @@ class KeyFilter:
         return every.view(np.uint64)[:, 0] == ALL_SET
 
 
+SCHEME = (FILTER_BITS, PROBES)  # how a filter is made: a worker's code may differ from the parent's
+
+
 def filters_in(shared: tuple | None) -> dict[tuple[str, str], KeyFilter]:
-    """The filters ``DiskStore._shared_filters`` pickled: (names, sizes, one uint8 tensor), mapped, not copied."""
-    if shared is None:
+    """The filters ``DiskStore._shared_filters`` pickled: (scheme, names, sizes, one uint8 tensor), mapped, not
+    copied; none if they were made another way (a spawned worker imports the code as it is on disk now)."""
+    if shared is None or tuple(shared[0]) != SCHEME:
         return {}
-    names, sizes, block = shared
+    _, names, sizes, block = shared
     parts = np.split(block.numpy(), np.cumsum(sizes)[:-1])
     return {tuple(name): KeyFilter(part) for name, part in zip(names, parts)}
 
