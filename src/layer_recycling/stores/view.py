@@ -59,13 +59,13 @@ class View:
         n_old = len(self.segments) - len(self.unmerged)
         if not self.filters:
             return [(n_old, np.arange(len(q)))] if self.unmerged else []
-        asked = np.flatnonzero(valid)
-        hashes, probes, todo = key_hashes(q[asked]), {}, []
-        for g, seg in enumerate(self.unmerged, n_old):
-            idx = asked[self.filters[seg.name, seg.header["token"]].may_hold(hashes, probes)]
-            if len(idx):
-                todo.append((g, idx))
-        return todo
+        asked, found = np.flatnonzero(valid), [[np.empty(0, np.int64)] for _ in self.unmerged]
+        for lo in range(0, len(asked), PROBED):  # a commit's search of 65,536 keys: its probes were 20 MB at once
+            part = asked[lo : lo + PROBED]
+            hashes, probes = key_hashes(q[part]), {}
+            for j, seg in enumerate(self.unmerged):
+                found[j].append(part[self.filters[seg.name, seg.header["token"]].may_hold(hashes, probes)])
+        return [(n_old + j, idx) for j, idx in enumerate(map(np.concatenate, found)) if len(idx)]
 
     def _best(self, index: Fenced, segment_of, q, valid, idx, best, where, spans) -> None:
         """Where keys ``q`` (at ``idx`` of the batch) are in ``index`` and its segment (``segment_of(location
@@ -107,6 +107,7 @@ class View:
 FILTER_BITS = 16
 PROBES = 8  # 8: a key's probe results, 8 bools, are one uint64
 ALL_SET = np.uint64(0x0101010101010101)
+PROBED = 4096  # keys whose probes are computed at once (about 300 kB of them)
 
 
 class KeyFilter:
