@@ -270,3 +270,21 @@ def test_a_spawn_worker_gets_the_columns_by_handle_not_by_copy(bert, tmp_path):
         sizes[n] = (_pickled_for_spawn(single), _pickled_for_spawn(pairs))
     for small, large in zip(sizes[16], sizes[512]):
         assert abs(large - small) < 256, f"pickled for a spawn worker: {small} B for 16 examples, {large} B for 512"
+
+
+def test_a_large_built_dataset_hands_the_freed_heap_back(bert, tmp_path, monkeypatch):
+    """Building grows buffers and frees them; glibc keeps what it cannot cut from its heap's top (54 B an example of
+    a built loader at 300k examples) unless asked: a dataset of at least TRIM_AT examples asks once, a smaller one
+    not at all."""
+    from layer_recycling import columns
+
+    calls = []
+    monkeypatch.setattr(columns, "give_back_heap", lambda: calls.append(1))
+    monkeypatch.setattr(columns, "TRIM_AT", 30)
+    rec = lr.recycle(bert, at=2, store=lr.DiskStore(tmp_path / "s")).eval()
+    for n, asked in ((20, 0), (40, 1)):
+        rec.dataset([dict(e, label=1) for e in text_examples(n)], progress=False)
+        assert len(calls) == asked, f"{n} examples: the heap handed back {len(calls)} times"
+        calls.clear()
+    monkeypatch.undo()
+    columns.give_back_heap()  # the real call: glibc's malloc_trim here, nothing elsewhere
