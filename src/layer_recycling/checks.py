@@ -160,21 +160,18 @@ def check_example(rec: Any, example: Any) -> str:
         ValueError: bottom then top differs from the model on these examples (the split is refused).
     """
     from . import data
-    from .split import Split
 
     pipe = rec.pipeline
     rows = [pipe.encode(e)[1] for e in (example if isinstance(example, list) else [example])]
     if not rows:
         raise ValueError("example=[]: expected one example (a dict of model inputs, or an (input, label) pair) "
                          "or a non-empty list of them")
-    batch = {n: v.to(pipe.device) for n, v in data.collate_inputs(rows, pipe.pad_id, ragged=rec.arch.masked).items()}
+    batch = {n: v.to(pipe.device) for n, v in data.collate_inputs(rows, pipe.pad_id, ragged=pipe.arch.masked).items()}
     check = rec.split_check
     if check is None:
-        s = Split(bottom=rec.bottom, top=rec.top, at=rec.at, num_layers=rec.num_layers, arch=rec.arch,
-                  untied=rec.untied)
-        check = rec.split_check = SplitCheck(rec.source, s, rec.arch.source)
-    args, kwargs = (tuple(batch.values()), {}) if rec.arch.generic else ((), batch)
-    check(rec.bottom, args, kwargs)  # raises the refusal; a passing check removes its hook
+        check = rec.split_check = SplitCheck(pipe.source, pipe.split, pipe.arch.source)
+    args, kwargs = (tuple(batch.values()), {}) if pipe.arch.generic else ((), batch)
+    check(pipe.bottom, args, kwargs)  # raises the refusal; a passing check removes its hook
     return check.report
 
 

@@ -93,7 +93,7 @@ def group_dataset(pipe: Pipeline, examples: Iterable[Any], inputs: Sequence[str]
     """A dataset over ``examples`` whose fields ``inputs`` each hold one input or a list of them: with a store
     that keeps states, every distinct input is filled first, once, keyed by its own content, and columns (keys,
     lengths, labels) are kept; without, the examples' model inputs are read again for each batch."""
-    if pipe.store.keeps:
+    if pipe.keeps:
         return cached_groups(pipe, examples, list(inputs), dtype, fill_batch_size, progress)
 
     def parse(example: Any, i: int) -> tuple[dict[str, list], dict]:
@@ -214,7 +214,7 @@ def make_loader(
         group = group_dataset(pipe, examples, list(inputs), dtype, fill_batch_size, progress)
         return dataloader(group, group.lengths, batch_size=batch_size, shuffle=shuffle,
                           group_by_length=group_by_length, seed=seed, **dataloader_kwargs)
-    if pipe.store.keeps:
+    if pipe.keeps:
         dataset: Any = cached_dataset(pipe, examples, dtype, fill_batch_size, progress)
     else:  # nothing kept: batches of model inputs, the bottom runs on each
         def parse(example: Any, i: int) -> tuple[dict, dict]:

@@ -27,7 +27,7 @@ from torch import nn
 from . import data
 from .model import Recycled, recycle
 from .pipeline import device_of
-from .stores import DiskStore
+from .stores import DiskStore, NullStore
 from .stores.binkeys import key_bytes, key_strs
 from .stores.codecs import NAMES, codec_name
 from .stores import sizes
@@ -159,7 +159,7 @@ def _open(store: Any) -> Any:
     """The store a fill would extend, read-only (None: a new or memory store: nothing stored yet)."""
     if isinstance(store, (str, Path)):
         return DiskStore(store, readonly=True) if (Path(store) / "store.json").exists() else None
-    return store if store is not None and getattr(store, "keeps", False) else None
+    return store if store is not None and not isinstance(store, NullStore) else None
 
 
 def _chunks(keys: np.ndarray, size: int = 1 << 16) -> Iterable[np.ndarray]:

@@ -56,7 +56,7 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
         below = max((r for at, r in (lower or {}).items() if at < rec.at), key=lambda r: r.at, default=None)
         start = time.perf_counter()
         rec.fill(task.fill_examples(), batch_size=cfg.batch_size, progress=False,
-                 start_from=below if rec.store.keeps else None)
+                 start_from=below if rec.pipeline.keeps else None)
         fill_s = time.perf_counter() - start
         if lower is not None and setting.name == "recycled" and rec.store.codec in LOSSLESS:
             lower[rec.at] = rec
