@@ -84,8 +84,7 @@ def fill(pipe: Pipeline, examples: Iterable[Any], batch_size: int = 32, progress
 
 def keyed(pipe: Pipeline, examples: Iterable[Any]) -> Iterator[tuple[str, dict]]:
     """(key, unpadded model inputs) of each example, as they are read."""
-    for i, example in enumerate(examples):
-        key, inputs, _ = pipe.encode(example, f"example {i}")
+    for key, inputs, _ in pipe.encode_many(examples):
         yield key, inputs
 
 
@@ -232,7 +231,7 @@ def verify(pipe: Pipeline, examples: Iterable[Any], sample: int = 32, rtol: floa
     """Re-compute a random sample of stored entries and compare them with the store (see ``Recycled.verify``)."""
     if not pipe.keeps:
         raise ValueError("verify() needs a store that keeps entries; this model was made with store=None")
-    keyed = [(key, inputs) for key, inputs, _ in map(pipe.encode, examples)]
+    keyed = [(key, inputs) for key, inputs, _ in pipe.encode_many(examples)]
     collided = dict.fromkeys(key for key, _, _ in pipe.collisions(keyed))  # one key, two different inputs
     stored: dict[str, dict] = {}
     for key, inputs in keyed:

@@ -21,7 +21,6 @@ from .fill import fill_keyed, size_of
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
-    from .stores import Store
 
 
 class InputDataset(torch.utils.data.Dataset):
@@ -238,8 +237,7 @@ def cached_dataset(pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype |
     columns, labels = Columns(ragged=pipe.arch.masked), Labels(pipe.input_names, examples)
 
     def keyed() -> Iterator[tuple[str, dict]]:
-        for i, example in enumerate(examples):
-            key, inputs, y = pipe.encode(example, f"example {i}")
+        for key, inputs, y in pipe.encode_many(examples):
             columns.add(key, pipe.stored_length(inputs) if pipe.arch.masked else None)
             labels.add(y)
             yield key, inputs

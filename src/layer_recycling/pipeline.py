@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -178,6 +178,13 @@ class Pipeline:
         """(key, unpadded model inputs, labels) of one raw example (``Keyer.encode``); its token ids are checked
         against the vocabulary by ``check_rows``, a batch of examples at a time."""
         return self.keyer.encode(example, what)
+
+    def encode_many(self, examples: Iterable[Any], first: int = 0
+                    ) -> Iterator[tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        """``encode`` of each example as it is read (a generator is read once, never held); errors name "example
+        i", counted from ``first``."""
+        for i, example in enumerate(examples, first):
+            yield self.keyer.encode(example, f"example {i}")
 
     def check_rows(self, rows: list[dict[str, torch.Tensor]], name: Callable[[int], str]) -> None:
         """Refuse unpadded examples holding token ids outside the model's vocabulary, before anything runs: one

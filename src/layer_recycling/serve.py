@@ -117,7 +117,7 @@ def predict(pipe: Pipeline, top: Top, device: torch.device, dtype: torch.dtype, 
     results: list[dict] = []
     with torch.no_grad(), tqdm(total=len(examples), unit="ex", desc="predict", disable=not progress) as bar:
         for start in range(0, len(examples), batch_size):
-            encoded = [pipe.encode(e, f"example {start + j}") for j, e in enumerate(examples[start : start + batch_size])]
+            encoded = list(pipe.encode_many(examples[start : start + batch_size], first=start))
             keys, rows = [k for k, _, _ in encoded], [i for _, i, _ in encoded]
             pipe.check_rows(rows, lambda i: f"example {start + i}")
             states = pipe.lookup(keys, rows, device, dtype, first=start)
