@@ -69,7 +69,7 @@ class SplitCheck:
             return self._compare_batch(args, kwargs)
         # Clips stored as frames: the model on a padded batch is not each clip alone (its feature encoder's group
         # norm sees the padding), and each clip alone is what the split must give. So each is compared alone.
-        from .data import Layout
+        from .batches import Layout
 
         clips = Layout.of(kwargs).rows({"input_values": kwargs["input_values"]})[:SAMPLE]
         reports = []
@@ -159,14 +159,15 @@ def check_example(rec: Any, example: Any) -> str:
     Raises:
         ValueError: bottom then top differs from the model on these examples (the split is refused).
     """
-    from . import data
+    from . import batches
 
     pipe = rec.pipeline
     rows = [pipe.encode(e)[1] for e in (example if isinstance(example, list) else [example])]
     if not rows:
         raise ValueError("example=[]: expected one example (a dict of model inputs, or an (input, label) pair) "
                          "or a non-empty list of them")
-    batch = {n: v.to(pipe.device) for n, v in data.collate_inputs(rows, pipe.pad_id, ragged=pipe.arch.masked).items()}
+    batch = batches.collate_inputs(rows, pipe.pad_id, ragged=pipe.arch.masked)
+    batch = {n: v.to(pipe.device) for n, v in batch.items()}
     check = rec.split_check
     if check is None:
         check = rec.split_check = SplitCheck(pipe.source, pipe.split, pipe.arch.source)

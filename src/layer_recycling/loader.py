@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from . import data, distributed
+from . import batches, data, distributed
 from .keys import digest
 from .columns import CachedDataset, CachedGroups, Columns, Labels, check_label_names, indexable
 from .fill import fill_keyed, size_of
@@ -48,11 +48,11 @@ def _collate_plain(rows: list[tuple[dict, dict]], pad_id: int, ragged: bool, fra
                    model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
     """A padded batch of model inputs and labels; per-position labels are padded to the states' positions (a
     clip's frames: ``frames(model, n)``, as ``Arch.frames``)."""
-    batch = data.collate_inputs([r for r, _ in rows], pad_id, ragged=ragged)
+    batch = batches.collate_inputs([r for r, _ in rows], pad_id, ragged=ragged)
     at = (lambda n: n) if frames is None else functools.partial(frames, model)
     lengths = [at(data.length(r)) for r, _ in rows] if ragged else None
     t = at(batch["attention_mask"].shape[1]) if ragged else None
-    return {**batch, **data.collate_labels([y for _, y in rows], lengths, t)}
+    return {**batch, **batches.collate_labels([y for _, y in rows], lengths, t)}
 
 
 def input_dataset(examples: Iterable[Any], parse: Callable[[Any, int], tuple], read: Callable[[Any, int], tuple],
@@ -101,7 +101,7 @@ def group_dataset(pipe: Pipeline, examples: Iterable[Any], inputs: Sequence[str]
         pipe.check_rows([x for xs in rows.values() for x in xs], lambda _: f"example {i}")
         return rows, labels
 
-    collate = functools.partial(data.collate_groups, stored=False, pad_id=pipe.pad_id, ragged=pipe.arch.masked)
+    collate = functools.partial(batches.collate_groups, stored=False, pad_id=pipe.pad_id, ragged=pipe.arch.masked)
     read = _group_reader(list(inputs), pipe.input_names)
     return input_dataset(examples, parse, read, collate, pipe.arch.masked, True, "loader")
 
@@ -258,7 +258,7 @@ def inputs_dataset(examples: Iterable[Any], names: Sequence[str], pad_id: int, r
     ``frames(model, n)``: the states an input of n positions yields (``Arch.frames``), for per-position labels."""
     if inputs is not None:
         read = _group_reader(list(inputs), names)
-        collate = functools.partial(data.collate_groups, stored=False, pad_id=pad_id, ragged=ragged)
+        collate = functools.partial(batches.collate_groups, stored=False, pad_id=pad_id, ragged=ragged)
     else:
         read = functools.partial(_plain_item, names=names)
         collate = functools.partial(_collate_plain, pad_id=pad_id, ragged=ragged, frames=frames, model=model)
@@ -295,7 +295,7 @@ def dataloader(dataset: CachedDataset | CachedGroups | InputDataset, lengths: li
     if ranks is not None and seed is None:
         seed = distributed.broadcast(torch.randint(2**31, ()).item(), ranks[0])  # one order for all ranks
     lengths = lengths if lengths is not None else np.ones(len(dataset), np.int64)
-    sampler = data.LengthGroupedBatches(lengths, batch_size, shuffle, seed, rank=rank,
+    sampler = batches.LengthGroupedBatches(lengths, batch_size, shuffle, seed, rank=rank,
                                         world=world, group=grouped)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from . import data
+from . import batches, data
 from .keys import digest
 from .stores import NullStore, SharedStore
 from .stores.codecs import CODECS, check_error
@@ -246,7 +246,7 @@ class Pipeline:
 
     def _states_of(self, rows: list[dict[str, torch.Tensor]], device: torch.device) -> list[torch.Tensor]:
         """``bottom_states`` of rows that have the same inputs: one padded batch."""
-        batch = data.collate_inputs(rows, self.pad_id, ragged=self.arch.masked)
+        batch = batches.collate_inputs(rows, self.pad_id, ragged=self.arch.masked)
         out = self.run_bottom({n: v.to(device) for n, v in batch.items()})
         if not self.arch.masked:
             return list(out)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from . import data
+from . import batches, data
 from .pipeline import content_key
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class Prepared(NamedTuple):
     states: torch.Tensor
     attention_mask: torch.Tensor | None
     labels: dict[str, torch.Tensor]
-    layout: data.Layout | None
+    layout: batches.Layout | None
 
 
 @torch.compiler.disable  # keys, store reads and misses are data-dependent Python: never traced, the top is
@@ -74,9 +74,9 @@ def prepare(pipe: Pipeline, dtype: torch.dtype, inputs: dict[str, torch.Tensor |
     device = next(iter(inputs.values())).device
     if not pipe.arch.masked:
         rows = [{n: v[i] for n, v in inputs.items()} for i in range(next(iter(inputs.values())).shape[0])]
-        return Prepared(data.stack(pipe.lookup([content_key(r) for r in rows], rows, device, dtype), "states"), None,
+        return Prepared(batches.stack(pipe.lookup([content_key(r) for r in rows], rows, device, dtype), "states"), None,
                         labels, None)
-    layout = data.Layout.of(inputs)
+    layout = batches.Layout.of(inputs)
     placed = layout.states(pipe.positions)  # where each row's states go: its tokens, or its clip's frames
     rows = [data.key_fields(r) for r in layout.rows(inputs)]
     for i, row in enumerate(rows):
@@ -84,16 +84,16 @@ def prepare(pipe: Pipeline, dtype: torch.dtype, inputs: dict[str, torch.Tensor |
     pipe.check_rows(rows, lambda i: f"row {i} of the batch")
     states = pipe.lookup([content_key(r) for r in rows], rows, device, dtype)
     per_token = {n: placed.gather(v, data.IGNORE_INDEX) for n, v in labels.items() if _is_per_token(v, placed)}
-    return Prepared(*data.repad(states, to=placed.n), {**labels, **per_token}, placed)
+    return Prepared(*batches.repad(states, to=placed.n), {**labels, **per_token}, placed)
 
 
-def _is_per_token(v: torch.Tensor, layout: data.Layout) -> bool:
+def _is_per_token(v: torch.Tensor, layout: batches.Layout) -> bool:
     # Per-token labels are class ids (b, t); float (b, labels) are multi-label targets, whatever their width.
     return isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[1] == layout.t and not v.is_floating_point()
 
 
 @torch.compiler.disable
-def restore(out: Any, layout: data.Layout | None) -> Any:
+def restore(out: Any, layout: batches.Layout | None) -> Any:
     """Per-token outputs of the top (b, n, ...) put back in the caller's layout (b, t, ...); 0 at padding."""
     if layout is None or layout.right_padded and layout.n == layout.t or not hasattr(out, "keys"):
         return out
@@ -128,8 +128,8 @@ def predict(pipe: Pipeline, top: Top, device: torch.device, dtype: torch.dtype, 
 
 def _per_example(pipe: Pipeline, top: Top, states: list[torch.Tensor]) -> list[dict]:
     if not pipe.arch.masked:
-        return _rows(top(data.stack(states, "states"), None, {}), None)
-    out = top(*data.repad(states), {})
+        return _rows(top(batches.stack(states, "states"), None, {}), None)
+    out = top(*batches.repad(states), {})
     return _rows(out, [s.shape[0] for s in states])
 
 

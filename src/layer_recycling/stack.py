@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
-from . import data
+from . import batches
 from .fill import keyed, size_of, stream
 from .fingerprint import FingerprintMismatch, fingerprint_of
 from .pipeline import StatesOf, autocast, dtype_of
@@ -52,8 +52,8 @@ def stacked_states(pipe: Pipeline, lower: Pipeline) -> StatesOf:
         pipe.stats.bottom_examples += len(keys)
         with autocast(pipe.options.autocast, device):  # as the bottom of this level runs them
             if not pipe.arch.masked:
-                return list(blocks(data.stack(states, "states")))
-            out = blocks(*data.repad(states))
+                return list(blocks(batches.stack(states, "states")))
+            out = blocks(*batches.repad(states))
         return [out[i, : s.shape[0]] for i, s in enumerate(states)]
 
     return states_of

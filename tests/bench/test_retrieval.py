@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import transformers
 
 from conftest import WORDS
-from layer_recycling import MemoryStore, data, recycle
+from layer_recycling import MemoryStore, batches, recycle
 from layer_recycling.bench import metrics, retrieval, runner
 from layer_recycling.bench.catalog import load_task, model_factory
 from layer_recycling.bench.settings import Setting, TrainConfig
@@ -420,7 +420,7 @@ def test_each_pooling_equals_sentence_transformers_own_on_a_left_padded_decoder(
     tok = transformers.AutoTokenizer.from_pretrained(tiny_qwen3_dir)
     plain = transformers.AutoModel.from_pretrained(tiny_qwen3_dir).eval()
     left = tok(texts, padding=True, return_tensors="pt")
-    right = data.collate_inputs([{"input_ids": torch.tensor(ids)} for ids in tok(texts)["input_ids"]], 0, True)
+    right = batches.collate_inputs([{"input_ids": torch.tensor(ids)} for ids in tok(texts)["input_ids"]], 0, True)
     with torch.no_grad():
         for batch in (left, right):  # the harness batches right-padded; the model's tokenizer pads left
             assert torch.allclose(retrieval.embed(plain, dict(batch), mode), want, atol=1e-5)

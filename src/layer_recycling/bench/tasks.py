@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from .. import data
+from .. import batches, data
 from . import metrics
 
 Forward = Callable[..., Any]
@@ -75,7 +75,7 @@ class Task:
         ragged = "input_ids" in examples[0]
         for i in range(0, len(examples), batch_size):
             rows = [{n: data.as_tensor(e[n], n) for n in inputs if n in e} for e in examples[i : i + batch_size]]
-            yield data.collate_inputs(rows, self.pad_id, ragged=ragged)
+            yield batches.collate_inputs(rows, self.pad_id, ragged=ragged)
 
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
