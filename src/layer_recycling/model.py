@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from . import adapters, data, dual, fill, loader, saving, serve, stack, transfer
+from . import adapters, data, dual, fill, loader, pooled, saving, serve, stack, transfer
 from .checks import SplitCheck, check_example, source_of
 from .config import RecycleConfig
 from .fingerprint import Fingerprint, fingerprint_of
@@ -48,7 +48,9 @@ class Recycled(nn.Module):
         super().__init__()
         model, wrapped = adapters.unwrap(model)  # a PEFT model: split the model it wraps, adapters in place
         object.__setattr__(self, "source", model)  # not a submodule: its parameters are the halves' already
-        s = resolve_ties(split(model, recycle_config.at, recycle_config.blocks), recycle_config.untie, model)
+        s = pooled.split(model) if isinstance(model, pooled.Pooled) else split(model, recycle_config.at,
+                                                                               recycle_config.blocks)
+        s = resolve_ties(s, recycle_config.untie, model)
         self.recycle_config = recycle_config
         self.config = getattr(model, "config", None)  # the model's own (a transformers config), or None
         self.untied = s.untied  # head parameters the top holds its own trainable copies of
@@ -68,7 +70,8 @@ class Recycled(nn.Module):
         store.bind_fingerprint(fingerprint)
         self.pipeline = Pipeline(
             source=model, config=recycle_config, at=s.at, arch=s.arch, bottom=self.bottom, store=store, key_fn=key,
-            input_names=input_names_of(model, generic=s.arch.generic), fingerprint=fingerprint,
+            input_names=model.input_names if isinstance(model, pooled.Pooled) else input_names_of(
+                model, generic=s.arch.generic), fingerprint=fingerprint,
             pad_id=getattr(self.config, "pad_token_id", None) or 0,
         )
         self._signature = inspect.signature(model.forward)
@@ -310,6 +313,8 @@ def recycle(
     key: Callable[[Any], Any] | None = None,
     tokenizer: Any = None,
     example: Any = None,
+    head: nn.Module | None = None,
+    pooling: str | None = None,
     **options: Any,
 ) -> Recycled | dual.RecycledDual:
     """Recycle the bottom ``at`` blocks of ``model`` (int count or fraction; 0.5 of 6 blocks is 3).
@@ -331,6 +336,9 @@ def recycle(
         tokenizer: folded into the fingerprint, with ``preprocess`` (the tokenizer's call arguments).
         example: one example (as ``fill`` takes it) or a list of them: the split checks itself on it now, so a
             wrong split is refused before any fill (``rec.split_check.report`` says what was compared).
+        head, pooling: for ``at="pooled"`` (``pooled.pooled``): the whole encoder and its pooling (``pooling``: "mean",
+            "cls", "max" or "lasttoken" for a text model) fill a store of one vector per input, and ``head`` (default
+            a ``pooled.SkipConnectionHead``, the identity until trained) is the top.
     Raises:
         FingerprintMismatch: ``store`` was filled by a different bottom.
         ValueError: with ``example``, the split differs from the model on it (see ``checks.SplitCheck``).
@@ -342,6 +350,10 @@ def recycle(
         raise TypeError(f"recycle() got unknown options {unknown}; expected some of {sorted(fields)}")
     given = {**options, **({"at": at} if at is not None else {})}
     config = dataclasses.replace(config or RecycleConfig(), **given)
+    if config.at == pooled.LEVEL or isinstance(model, pooled.Pooled):  # one vector per input stored, a head on it
+        model, config = pooled.pooled(model, head, pooling), dataclasses.replace(config, at=pooled.LEVEL)
+    elif head is not None or pooling is not None:
+        raise TypeError(f"head= and pooling= are for at='pooled' (a head trained on stored pooled vectors); got at={config.at!r}")
     if dual.towers_of(model) is not None:  # CLIP, SigLIP: each tower recycled on a store of its own
         return dual.recycle_dual(model, Recycled, config, store, store is _DEFAULT_STORE, key, tokenizer, example)
     store = MemoryStore() if store is _DEFAULT_STORE else NullStore() if store is None else store
