@@ -72,6 +72,7 @@ REQUIRED = ("task", "dataset", "model", "setting", "label", "level", "at", "code
             "meta")
 # The key order of the files ``sweep`` wrote: the run's measurements, then what ``sweep`` added.
 _ORDER = dict.fromkeys(("setting", "label", "level", "at", "codec", "metric", "score", "scores", "fill_s",
-                        "fill_from_at", "train_s_per_epoch", "epochs_s", "trained", "end_to_end_s", "end_to_end_cpu_s", "infer_hits_per_s",
-                        "infer_misses_per_s", "cache_bytes", "cache_entries", "val_score", "val_scores", "trainable_params",
-                        "peak_mem_mb", "task", "dataset", "model", "model_source", "seed", "meta", "config"))
+                        "fill_from_at", "train_s_per_epoch", "epochs_s", "trained", "end_to_end_s", "infer_hits_per_s",
+                        "infer_misses_per_s", "cache_bytes", "val_score", "val_scores", "trainable_params",
+                        "peak_mem_mb", "task", "dataset", "model", "model_source", "seed", "meta", "config",
+                        "end_to_end_cpu_s", "cache_entries"))  # the last two: recorded since the head setting
