@@ -324,7 +324,7 @@ def recycle(
             changed, except that the recycled blocks' parameters stop requiring gradients. A dual text-image
             model (CLIPModel, SiglipModel) gives a ``dual.RecycledDual``: each tower recycled on its own store.
         at: overrides ``config.at`` (default 0.5); for a dual model one level for both towers or
-            ``{"text": at, "image": at}``.
+            ``{"text": at, "image": at}``; ``"pooled"``: the pooled level (``head``, ``pooling`` below).
         store: where states live; default a new ``MemoryStore()``. ``None`` keeps nothing (a ``NullStore``:
             the bottom runs every call, the frozen-without-cache baseline). A dual model takes
             ``{"text": store, "image": store}`` (and ``key=`` one per tower, by the same names).
