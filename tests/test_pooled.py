@@ -125,6 +125,11 @@ def test_refusals_say_what_to_pass():
         from layer_recycling.bench.vision import tiny_cnn_classifier
 
         lr.recycle(tiny_cnn_classifier(num_classes=3), at="pooled")
+    with pytest.raises(ValueError, match="dual text-image model"):
+        lr.recycle(T.CLIPModel(T.CLIPConfig(
+            text_config={"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16},
+            vision_config={"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 16,
+                           "image_size": 8, "patch_size": 4}, projection_dim=8)), at="pooled")
     with pytest.raises(ValueError, match="leave pooling out"):
         lr.recycle(T.ViTModel(T.ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                           intermediate_size=16, image_size=8, patch_size=4)), at="pooled",

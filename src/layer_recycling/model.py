@@ -353,7 +353,8 @@ def recycle(
     if config.at == pooled.LEVEL or isinstance(model, pooled.Pooled):  # one vector per input stored, a head on it
         model, config = pooled.pooled(model, head, pooling), dataclasses.replace(config, at=pooled.LEVEL)
     elif head is not None or pooling is not None:
-        raise TypeError(f"head= and pooling= are for at='pooled' (a head trained on stored pooled vectors); got at={config.at!r}")
+        raise TypeError(f"head= and pooling= are for at='pooled' (a head trained on stored pooled vectors); got "
+                        f"at={config.at!r}")
     if dual.towers_of(model) is not None:  # CLIP, SigLIP: each tower recycled on a store of its own
         return dual.recycle_dual(model, Recycled, config, store, store is _DEFAULT_STORE, key, tokenizer, example)
     store = MemoryStore() if store is _DEFAULT_STORE else NullStore() if store is None else store

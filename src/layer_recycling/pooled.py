@@ -229,6 +229,9 @@ def pooled(model: nn.Module, head: nn.Module | None = None, pooling: str | None 
         return model
     from .pipeline import input_names_of
 
+    if hasattr(model, "get_text_features") and hasattr(model, "get_image_features"):
+        raise ValueError(f"{type(model).__name__} is a dual text-image model, which has no one pooled output; recycle "
+                         f"one tower at 'pooled' (e.g. lr.recycle(model.text_model, at='pooled', head=...))")
     config = getattr(model, "config", None)
     text = config is not None and hasattr(model, "base_model") and "input_ids" in input_names_of(model, False)
     if text:
