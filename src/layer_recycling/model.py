@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from . import adapters, data, dual, fill, loader, saving, serve, stack, transfer
+from . import adapters, data, dual, fill, loader, pooled, saving, serve, stack, transfer
 from .checks import SplitCheck, check_example, source_of
 from .config import RecycleConfig
 from .fingerprint import fingerprint_of
@@ -307,6 +307,8 @@ def recycle(
     key: Callable[[Any], Any] | None = None,
     tokenizer: Any = None,
     example: Any = None,
+    head: nn.Module | None = None,
+    pooling: str | None = None,
     **options: Any,
 ) -> Recycled | dual.RecycledDual:
     """Recycle the bottom ``at`` blocks of ``model`` (int count or fraction; 0.5 of 6 blocks is 3).
@@ -316,7 +318,7 @@ def recycle(
             changed, except that the recycled blocks' parameters stop requiring gradients. A dual text-image
             model (CLIPModel, SiglipModel) gives a ``dual.RecycledDual``: each tower recycled on its own store.
         at: overrides ``config.at`` (default 0.5); for a dual model one level for both towers or
-            ``{"text": at, "image": at}``.
+            ``{"text": at, "image": at}``; ``"pooled"``: the pooled level (``head``, ``pooling`` below).
         store: where states live; default a new ``MemoryStore()``. ``None`` keeps nothing (a ``NullStore``:
             the bottom runs every call, the frozen-without-cache baseline). A dual model takes
             ``{"text": store, "image": store}`` (and ``key=`` one per tower, by the same names).
@@ -328,6 +330,9 @@ def recycle(
         tokenizer: folded into the fingerprint, with ``preprocess`` (the tokenizer's call arguments).
         example: one example (as ``fill`` takes it) or a list of them: the split checks itself on it now, so a
             wrong split is refused before any fill (``rec.split_check.report`` says what was compared).
+        head, pooling: for ``at="pooled"`` (``pooled.pooled``): the whole encoder and its pooling (``pooling``: "mean",
+            "cls", "max" or "lasttoken" for a text model) fill a store of one vector per input, and ``head`` (default
+            a ``pooled.SkipConnectionHead``, the identity until trained) is the top.
     Raises:
         FingerprintMismatch: ``store`` was filled by a different bottom.
         ValueError: with ``example``, the split differs from the model on it (see ``checks.SplitCheck``).
@@ -339,6 +344,11 @@ def recycle(
         raise TypeError(f"recycle() got unknown options {unknown}; expected some of {sorted(fields)}")
     given = {**options, **({"at": at} if at is not None else {})}
     config = dataclasses.replace(config or RecycleConfig(), **given)
+    if config.at == pooled.LEVEL or isinstance(model, pooled.Pooled):  # one vector per input stored, a head on it
+        model, config = pooled.pooled(model, head, pooling), dataclasses.replace(config, at=pooled.LEVEL)
+    elif head is not None or pooling is not None:
+        raise TypeError(f"head= and pooling= are for at='pooled' (a head trained on stored pooled vectors); got "
+                        f"at={config.at!r}")
     if dual.towers_of(model) is not None:  # CLIP, SigLIP: each tower recycled on a store of its own
         return dual.recycle_dual(model, assemble, config, store, store is _DEFAULT_STORE, key, tokenizer, example)
     store = MemoryStore() if store is _DEFAULT_STORE else NullStore() if store is None else store
@@ -358,7 +368,8 @@ def assemble(model: nn.Module, config: RecycleConfig, store: Store, key: Callabl
         TypeError: ``store`` does not implement the store Protocol.
     """
     model, wrapped = adapters.unwrap(model)  # a PEFT model: split the model it wraps, adapters in place
-    s = resolve_ties(split(model, config.at, config.blocks), config.untie, model)
+    s = pooled.split(model) if isinstance(model, pooled.Pooled) else split(model, config.at, config.blocks)
+    s = resolve_ties(s, config.untie, model)
     adapters.warn_frozen(wrapped, s.bottom)
     s.bottom.requires_grad_(False)
     check = None
@@ -373,7 +384,8 @@ def assemble(model: nn.Module, config: RecycleConfig, store: Store, key: Callabl
     store.bind_fingerprint(fingerprint)
     pipeline = Pipeline(
         source=model, split=s, options=config, store=store,
-        keyer=Keyer(input_names_of(model, generic=s.arch.generic), key), fingerprint=fingerprint,
+        keyer=Keyer(model.input_names if isinstance(model, pooled.Pooled) else input_names_of(
+            model, generic=s.arch.generic), key), fingerprint=fingerprint,
         pad_id=getattr(getattr(model, "config", None), "pad_token_id", None) or 0,
     )
     return Recycled(pipeline, check)

@@ -36,6 +36,7 @@ class Task:
     preprocess: dict | None = None  # the tokenizer's call arguments: recycle(preprocess=) of a store filled from it
     inputs: tuple[str, ...] | None = None  # training examples of several inputs: their fields (loader(inputs=))
     loss: Callable[[Forward, dict], torch.Tensor] | None = None  # of a training batch; None: forward(**batch).loss
+    pooling: str | None = None  # how a text model pools (its 1_Pooling): the head setting's stored vector
 
     def fill_examples(self) -> list[dict]:
         """Every model input of the training examples, one each (those of several inputs flattened)."""
