@@ -8,7 +8,7 @@ import pytest
 
 from conftest import LABELS, LAYERS, text_examples, text_model
 from layer_recycling.bench import tasks
-from layer_recycling.bench.choose import choose, fold_scores
+from layer_recycling.bench.choose import Probe, choose, fold_scores, predicted_seconds
 from layer_recycling.bench.settings import TrainConfig
 from layer_recycling.cli import main
 
@@ -43,12 +43,41 @@ def test_choose_picks_the_most_recycled_level_within_the_target(max_drop, level,
     assert f"choice: recycle {round(level * 100)}% ({at} blocks)" in str(answer)
 
 
-def test_a_level_clearly_past_the_target_stops_after_its_first_epoch():
+def test_a_level_clearly_past_the_target_at_two_epochs_in_a_row_stops_after_the_second():
     answer = choose(_task(_by_level), _make, 13, TrainConfig(epochs=3, batch_size=4), levels=(0.75, 1.0), budget=100,
                     echo=print)
     first = answer.probes[1]
-    assert first.level == 1.0 and first.verdict == "fails after epoch 1 of 3" and len(first.scores) == 1
+    assert first.level == 1.0 and first.verdict == "fails after epoch 2 of 3" and len(first.scores) == 2
+    assert first.drops == [16, 16] and first.behind == [True, True]
     assert len(answer.chosen.scores) == 3  # the level that holds trained every epoch
+
+
+def _slow_start(epochs_scored: dict):
+    """Full fine-tuning scores 80 after every epoch; a recycled model 40, 60, 70, 71... after its epochs: far behind
+    at first, catching up."""
+    def evaluate(task, forward, batch_size):
+        if not hasattr(forward, "at"):
+            return {"accuracy": 80.0}
+        n = epochs_scored[id(forward)] = epochs_scored.get(id(forward), 0) + 1  # one call per fold and epoch
+        return {"accuracy": (40.0, 60.0, 70.0, 71.0)[min((n - 1) // 2, 3)]}
+    return evaluate
+
+
+def test_a_level_behind_after_its_first_epoch_but_catching_up_trains_every_epoch():
+    answer = choose(_task(_slow_start({})), _make, 15, TrainConfig(epochs=3, batch_size=4), levels=(1.0,), folds=2,
+                    budget=100, echo=print)
+    probe = answer.probes[1]
+    assert probe.drops == [40, 20, 10] and probe.behind == [True, True, False]
+    assert probe.verdict == "holds" and answer.level == 1.0  # the same-epoch rule alone would have stopped it at 1
+
+
+def test_the_budget_prediction_reads_the_last_level_that_trained_blocks():
+    reference = Probe("full", None, 0, scores=[1.0, 1.0], train_s=120.0)  # 6 blocks, 2 epochs: 10 s a block-epoch
+    assert predicted_seconds([reference], 6, 3, 2) == pytest.approx(60.0)
+    head_only = Probe("recycled 100%", 1.0, 6, scores=[1.0, 1.0], train_s=1.0)  # no block: not a rate
+    stopped = Probe("recycled 75%", 0.75, 4, scores=[1.0], train_s=8.0)  # 2 blocks, 1 epoch: 4 s a block-epoch
+    assert predicted_seconds([reference, head_only, stopped], 6, 3, 2) == pytest.approx(24.0)
+    assert predicted_seconds([reference, head_only], 6, 3, 2) == pytest.approx(60.0)
 
 
 def test_no_level_within_the_target_answers_full_fine_tuning():
@@ -60,10 +89,13 @@ def test_no_level_within_the_target_answers_full_fine_tuning():
     assert answer.level is None and answer.chosen is None and "choice: full fine-tuning" in str(answer)
 
 
-def test_a_level_that_would_pass_the_budget_is_not_tried():
-    answer = choose(_task(_by_level), _make, 5, TrainConfig(epochs=1, batch_size=4), levels=(0.5, 1.0), budget=0.5,
-                    echo=print)
-    assert answer.level is None and answer.probes[-1].verdict.startswith("not tried: about")
+def test_a_level_that_would_pass_the_budget_is_not_tried_nor_any_below_it():
+    answer = choose(_task(_by_level), _make, 5, TrainConfig(epochs=1, batch_size=4), levels=(0.25, 0.5, 1.0),
+                    budget=0.5, echo=print)
+    assert answer.level is None and [p.label for p in answer.untried] == ["recycled 100%", "recycled 50%",
+                                                                           "recycled 25%"]
+    assert all(p.verdict.startswith("not tried: about") and not p.scores for p in answer.untried)
+    assert "not tried within the budget: recycled 100%, recycled 50%, recycled 25%" in str(answer)
 
 
 def test_choose_is_reproducible_with_a_seed_and_confirms_on_test():
