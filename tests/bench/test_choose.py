@@ -156,3 +156,26 @@ def test_retrieval_folds_embed_once_and_split_the_queries(tmp_path, tiny_model_d
     whole = task.evaluate_val(model)["mrr@10"]
     sizes = [len(range(i, queries, 2)) for i in range(2)]
     assert sum(p * n for p, n in zip(parts, sizes)) / queries == pytest.approx(whole, abs=1e-6)
+
+
+def test_a_replay_of_a_runs_record_gives_its_answer_and_decides_another_target(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import choose_replay
+
+    answer = choose(_task(_by_level), _make, 9, TrainConfig(epochs=1, batch_size=4), levels=(0.5, 1.0), budget=100,
+                    echo=print).to_dict()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "tiny-9.json").write_text(json.dumps(answer))
+    (tmp_path / "old" / "tiny-1.json").write_text(json.dumps({**answer, "max_drop": 1.0}))  # recorded at 9
+    monkeypatch.setattr("sys.argv", ["choose_replay.py", str(tmp_path / "old"), str(tmp_path / "new"), "--budget",
+                                     "100", "--levels", "0.5,1"])
+    choose_replay.main()
+    assert "needs a run" not in capsys.readouterr().out
+    same = json.loads((tmp_path / "new" / "tiny-9.json").read_text())
+    assert same["level"] == answer["level"] == 0.5 and same["cost"] == pytest.approx(answer["cost"])
+    assert [(p["label"], p["verdict"], p["drops"]) for p in same["probes"]] == [
+        (p["label"], p["verdict"], p["drops"]) for p in answer["probes"]]
+    stricter = json.loads((tmp_path / "new" / "tiny-1.json").read_text())  # 50% drops 8 points: past 1
+    assert stricter["level"] is None and [p["verdict"] for p in stricter["probes"]] == ["reference", "fails", "fails"]
