@@ -1,15 +1,18 @@
 """`recycle choose`'s search, replayed on the probes that earlier runs recorded, where no new training is needed.
 
-    python benchmarks/choose_replay.py OLD_FOLDER NEW_FOLDER [--budget 2] [--levels 0,0.25,0.5,0.75,1]
+    python benchmarks/choose_replay.py RECORDS [RECORDS...] --out FOLDER [--targets 0.5,1,2] [--budget 2]
+                                       [--levels 0,0.25,0.5,0.75,1]
 
-Each answer of OLD_FOLDER (written by benchmarks/choose.sh: every probe's validation scores per epoch and part,
-and its seconds) is searched again with the current rules of ``layer_recycling.bench.choose``: the order, the
-early stop (``not_recovering``), the budget (``predicted_seconds``) and the verdict. A probe's training does not
-depend on the target (only where it stops does), so a level may be read from any answer of the same task. The
-replay is written to NEW_FOLDER, marked ``"replayed_from"``, only when it is exact: every level the search tries was
-recorded for at least as many epochs as the search trains it, and where the search stops a level earlier than
-the record, its seconds are the record's share of its epochs (said in ``"replay_note"``). Otherwise the answer
-needs a run, and the script says which level is missing.
+RECORDS: folders of answers written by benchmarks/choose.sh (every probe's validation scores per epoch and part, and
+its seconds), the first preferred. Each task and target is searched again with the current rules of
+``layer_recycling.bench.choose``: the order, the early stop (``not_recovering``), the budget
+(``predicted_seconds``) and the verdict. With one seed a run is deterministic, and a level's training does not
+depend on the target (only where it stops does), so a level may be read from any record of the same task: the one
+recorded for the most epochs. The reference, the fill's seconds and the test scores come from the task's record in
+the first folder that has one. A replay is written to FOLDER, marked ``"replayed_from"``, only when it is exact:
+every level the search tries was recorded for at least as many epochs as the search trains it (where the search
+stops a level earlier than its record, its seconds are the record's share of its epochs, said in
+``"replay_note"``). Otherwise the script says which level needs a run. An answer FOLDER holds from a run is kept.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ def _probe(record: dict) -> Probe:
     return Probe(**fields)
 
 
-def replay(name: str, answer: dict, pool: dict[float, dict], num_layers: int, ats: dict[float, int],
-           budget: float) -> tuple[dict | None, str]:
-    """The new search's answer from ``answer``'s reference and the task's recorded probes ``pool`` (per level, the
-    one recorded for the most epochs), or None and why not."""
+def replay(name: str, target: float, answer: dict, pool: dict[float, dict], num_layers: int, ats: dict[float, int],
+           budget: float, tests: dict[str, float]) -> tuple[dict | None, str]:
+    """The search's answer at ``target`` from ``answer``'s reference and the task's recorded probes ``pool`` (per
+    level, the one recorded for the most epochs; ``tests``: the test scores recorded per setting), or None and why
+    not."""
     reference = _probe(answer["probes"][0])
-    epochs, target = len(reference.scores), answer["max_drop"]
+    epochs = len(reference.scores)
     seconds = {"reference": reference.train_s, "fill": answer["seconds"]["fill"], "training": 0.0,
                "scoring": reference.eval_s}
     probes, chosen, notes = [reference], None, []
@@ -74,14 +78,13 @@ def replay(name: str, answer: dict, pool: dict[float, dict], num_layers: int, at
             chosen = probe
             break
     test = None
-    if answer.get("test") is not None:
-        test = {"full": answer["test"]["full"]}
+    if "full" in tests:
+        test = {"full": tests["full"]}
         if chosen is not None:
-            score = answer["test"].get(chosen.label)
-            if score is None:
-                notes.append(f"{chosen.label}'s test score was not recorded")
+            if chosen.label in tests:
+                test[chosen.label] = tests[chosen.label]
             else:
-                test[chosen.label] = score
+                notes.append(f"{chosen.label}'s test score was not recorded")
     total = sum(seconds.values())
     out = {"level": chosen.level if chosen else None, "at": chosen.at if chosen else None, "max_drop": target,
            "metric": answer["metric"], "probes": [p.__dict__ for p in probes], "seconds": seconds, "budget": budget,
@@ -92,20 +95,24 @@ def replay(name: str, answer: dict, pool: dict[float, dict], num_layers: int, at
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("old", type=Path)
-    ap.add_argument("new", type=Path)
+    ap.add_argument("records", type=Path, nargs="+")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--targets", type=lambda t: [float(x) for x in t.split(",")], default=None,
+                    help="default: the targets the records hold")
     ap.add_argument("--budget", type=float, default=2.0)
     ap.add_argument("--levels", type=lambda t: [float(x) for x in t.split(",")], default=list(LEVELS),
                     help="the levels the runs were given")
     args = ap.parse_args()
-    answers: dict[str, dict[str, dict]] = {}
-    for path in sorted(args.old.glob("*.json")):
-        name, target = path.stem.rsplit("-", 1)
-        answers.setdefault(name, {})[target] = json.loads(path.read_text())
-    args.new.mkdir(parents=True, exist_ok=True)
-    for name, by_target in answers.items():
-        pool, ats, num_layers = {}, {}, 0
-        for answer in by_target.values():
+    records: dict[str, list[tuple[Path, dict]]] = {}  # task: its records, the first folder's first
+    for folder in args.records:
+        for path in sorted(folder.glob("*.json")):
+            records.setdefault(path.stem.rsplit("-", 1)[0], []).append((path, json.loads(path.read_text())))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, recorded in records.items():
+        pool, ats, num_layers, tests = {}, {}, 0, {}
+        for _, answer in recorded:
+            for label, score in (answer.get("test") or {}).items():
+                tests.setdefault(label, score)
             for p in answer["probes"][1:]:
                 ats[p["level"]] = p["at"]
                 if p["scores"] and len(p["scores"]) > len(pool.get(p["level"], {}).get("scores", [])):
@@ -116,18 +123,21 @@ def main() -> None:
             at = round(level * num_layers)
             if level not in ats and at not in ats.values():
                 ats[level] = at
-        for target, answer in by_target.items():
-            out, note = replay(name, answer, pool, num_layers, ats, args.budget)
+        source, base = recorded[0]
+        for target in args.targets or sorted({a["max_drop"] for _, a in recorded}):
+            dest = args.out / f"{name}-{target:g}.json"
+            if dest.exists() and "replayed_from" not in json.loads(dest.read_text()):
+                continue  # a run's answer
+            out, note = replay(name, target, base, pool, num_layers, ats, args.budget, tests)
             if out is None:
                 print(f"needs a run: {note}")
                 continue
-            out["replayed_from"] = f"{args.old.name}/{name}-{target}.json"
+            out["replayed_from"] = str(source)
             if note:
                 out["replay_note"] = note
-            (args.new / f"{name}-{target}.json").write_text(json.dumps(out, indent=2))
+            dest.write_text(json.dumps(out, indent=2))
             pick = "full" if out["level"] is None else f"{round(out['level'] * 100)}%"
-            print(f"{name} {target}: {pick}, cost {out['cost']:.2f}" + (f" ({note})" if note else ""))
-
+            print(f"{name} {target:g}: {pick}, cost {out['cost']:.2f}" + (f" ({note})" if note else ""))
 
 if __name__ == "__main__":
     main()

@@ -168,9 +168,9 @@ def test_a_replay_of_a_runs_record_gives_its_answer_and_decides_another_target(t
                     echo=print).to_dict()
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "tiny-9.json").write_text(json.dumps(answer))
-    (tmp_path / "old" / "tiny-1.json").write_text(json.dumps({**answer, "max_drop": 1.0}))  # recorded at 9
-    monkeypatch.setattr("sys.argv", ["choose_replay.py", str(tmp_path / "old"), str(tmp_path / "new"), "--budget",
-                                     "100", "--levels", "0.5,1"])
+    (tmp_path / "old" / "tiny-1.json").write_text(json.dumps({**answer, "max_drop": 1.0}))  # a record made at 9
+    monkeypatch.setattr("sys.argv", ["choose_replay.py", str(tmp_path / "old"), "--out", str(tmp_path / "new"),
+                                     "--budget", "100", "--levels", "0.5,1"])
     choose_replay.main()
     assert "needs a run" not in capsys.readouterr().out
     same = json.loads((tmp_path / "new" / "tiny-9.json").read_text())
