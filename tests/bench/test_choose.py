@@ -71,12 +71,13 @@ def test_a_level_behind_after_its_first_epoch_but_catching_up_trains_every_epoch
     assert probe.verdict == "holds" and answer.level == 1.0  # the same-epoch rule alone would have stopped it at 1
 
 
-def test_the_budget_prediction_reads_the_last_level_that_trained_blocks():
-    reference = Probe("full", None, 0, scores=[1.0, 1.0], train_s=120.0)  # 6 blocks, 2 epochs: 10 s a block-epoch
-    assert predicted_seconds([reference], 6, 3, 2) == pytest.approx(60.0)
-    head_only = Probe("recycled 100%", 1.0, 6, scores=[1.0, 1.0], train_s=1.0)  # no block: not a rate
-    stopped = Probe("recycled 75%", 0.75, 4, scores=[1.0], train_s=8.0)  # 2 blocks, 1 epoch: 4 s a block-epoch
-    assert predicted_seconds([reference, head_only, stopped], 6, 3, 2) == pytest.approx(24.0)
+def test_the_budget_prediction_is_a_line_through_the_reference_and_the_last_level_that_trained_blocks():
+    reference = Probe("full", None, 0, scores=[1.0, 1.0], train_s=120.0)  # 6 blocks, 2 epochs: 60 s an epoch
+    assert predicted_seconds([reference], 6, 3, 2) == pytest.approx(60.0)  # before any level: its share, 3 of 6
+    head_only = Probe("recycled 100%", 1.0, 6, scores=[1.0, 1.0], train_s=1.0)  # no block trained: not a point
+    stopped = Probe("recycled 75%", 0.75, 4, scores=[1.0], train_s=8.0)  # 2 blocks, 1 epoch: 8 s an epoch
+    # 8 s an epoch for 2 blocks, 60 for 6: 13 s a block; 3 blocks for 2 epochs: (8 + 13) * 2
+    assert predicted_seconds([reference, head_only, stopped], 6, 3, 2) == pytest.approx(42.0)
     assert predicted_seconds([reference, head_only], 6, 3, 2) == pytest.approx(60.0)
 
 
@@ -87,6 +88,7 @@ def test_no_level_within_the_target_answers_full_fine_tuning():
     answer = choose(_task(worse), _make, 1, TrainConfig(epochs=1, batch_size=4), levels=(0.5, 1.0), budget=100,
                     echo=print)
     assert answer.level is None and answer.chosen is None and "choice: full fine-tuning" in str(answer)
+    assert not answer.untried and "not tried" not in str(answer)  # every level tried: a measured "full"
 
 
 def test_a_level_that_would_pass_the_budget_is_not_tried_nor_any_below_it():
