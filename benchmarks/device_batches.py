@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 import layer_recycling as lr
-from layer_recycling.data import collate_states
+from layer_recycling.batches import collate_states
 from timing import seconds, write_result
 
 CODECS = ["float32", "float16", "bfloat16", "int8"]

@@ -22,7 +22,7 @@ import torch
 import transformers
 
 import layer_recycling as lr
-from layer_recycling import data
+from layer_recycling import batches
 from layer_recycling.bench.assets import minilm_path, movie_reviews
 from layer_recycling.bench.runner import train_epochs
 from timing import meta, timed
@@ -40,10 +40,10 @@ def _bare_bottom(rec: lr.Recycled, examples: list[dict]) -> float:
     """Seconds the bottom alone takes on the length-sorted, pre-collated batches that a fill would run."""
     rows = sorted(({k: torch.tensor(v) for k, v in e.items() if k != "label"} for e in examples),
                   key=lambda r: len(r["input_ids"]), reverse=True)
-    batches = [data.collate_inputs(rows[i : i + 32], 0, ragged=True) for i in range(0, len(rows), 32)]
+    padded = [batches.collate_inputs(rows[i : i + 32], 0, ragged=True) for i in range(0, len(rows), 32)]
     start = time.perf_counter()
     with torch.no_grad():
-        for batch in batches:
+        for batch in padded:
             rec.bottom(**batch)
     return time.perf_counter() - start
 

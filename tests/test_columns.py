@@ -15,7 +15,7 @@ import torch
 import layer_recycling as lr
 from layer_recycling import fill as fill_module
 from layer_recycling.columns import CachedDataset, Labels
-from layer_recycling.stores.null import NullStore
+from layer_recycling.stores.memory import MemoryStore
 from conftest import text_examples, text_model
 from helpers import reachable_bytes
 
@@ -32,12 +32,12 @@ class Once:
         yield from self.examples
 
 
-class Discarding(NullStore):
-    """Keeps nothing but says it keeps: what a fill holds in memory is then the fill's own, not the store's."""
-
-    keeps = True
+class Discarding(MemoryStore):
+    """Counts what it is given and keeps none of it: what a fill holds in memory is then the fill's own, not the
+    store's."""
 
     def __init__(self):
+        super().__init__()
         self.put = 0
 
     def put_many(self, keys, values, checks=None) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import layer_recycling as lr
-from layer_recycling import data
+from layer_recycling import batches, data
 from conftest import text_model, vit_model
 
 
@@ -17,7 +17,7 @@ def test_spans_find_right_left_and_middle_runs():
 
 def test_layout_gathers_and_scatters_back():
     x = torch.arange(8.0).view(2, 4)
-    layout = data.Layout([0, 2], [3, 2], 4)
+    layout = batches.Layout([0, 2], [3, 2], 4)
     inner = layout.gather(x, fill=-1)
     assert inner.tolist() == [[0, 1, 2], [6, 7, -1]]
     assert layout.scatter(inner).tolist() == [[0, 1, 2, 0], [0, 0, 6, 7]]

@@ -166,7 +166,7 @@ def test_ddp_training_of_the_top_equals_one_process_on_the_same_global_batches(p
     examples = text_examples(16)
     shares = []
     for rank in range(WORLD):  # the batches each rank read: the same sampler, told its rank
-        sampler = lr.data.LengthGroupedBatches([1] * 16, 2, shuffle=True, seed=3, rank=rank, world=WORLD, group=False)
+        sampler = lr.batches.LengthGroupedBatches([1] * 16, 2, shuffle=True, seed=3, rank=rank, world=WORLD, group=False)
         shares.append(list(sampler))
     dataset = rec.loader(examples, batch_size=2, progress=False).dataset
     opt = torch.optim.SGD([p for p in rec.parameters() if p.requires_grad], lr=0.5)

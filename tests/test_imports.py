@@ -75,6 +75,27 @@ def test_the_stages_never_import_the_model():
     assert graph["layer_recycling.surgery"] == set()  # a leaf
 
 
+def test_the_pipeline_imports_no_stage_and_examples_in_import_no_batch_code():
+    graph = import_graph()
+    stages = {f"layer_recycling.{m}" for m in ("fill", "serve", "loader", "stack", "columns", "model", "plan")}
+    assert graph["layer_recycling.pipeline"] & stages == set()
+    assert "layer_recycling.batches" not in graph["layer_recycling.data"]  # batches build on data, not back
+
+
+def test_the_key_checks_live_in_the_pipeline():
+    """Only the pipeline reads the digests stored beside user-keyed entries (``checks_many``) or says what goes
+    beside an entry: the stages reach the key checks through its verbs, never around them."""
+    readers = set()
+    for f in PACKAGE.rglob("*.py"):
+        if "stores" in f.relative_to(PACKAGE).parts:
+            continue
+        calls = {n.func.attr for n in ast.walk(ast.parse(f.read_text()))
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+        if calls & {"checks_many", "put_many"}:
+            readers.add(f.relative_to(PACKAGE).as_posix())
+    assert readers == {"pipeline.py", "integrations/ray_data.py"}  # Ray's sink writes what its actors computed
+
+
 def test_a_cycle_is_found():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

@@ -41,7 +41,7 @@ def test_input_loader_batches_a_whole_model_like_the_recycled_loader(bert):
 
 
 def test_grouped_sampler_follows_set_epoch():
-    from layer_recycling.data import LengthGroupedBatches
+    from layer_recycling.batches import LengthGroupedBatches
 
     sampler = LengthGroupedBatches(list(range(40)), 4, shuffle=True, seed=3)
     sampler.set_epoch(5)

@@ -116,6 +116,17 @@ def test_rec_config_is_the_models_config_and_the_recycling_options_have_their_ow
     assert lr.recycle(torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(4)]), at=2).config is None
 
 
+def test_the_model_reads_the_split_and_the_store_from_its_pipeline_held_once():
+    rec = lr.recycle(bert_classifier(), at=2)
+    pipe = rec.pipeline
+    assert rec.split is pipe.split and rec.bottom is pipe.bottom is pipe.split.bottom and rec.top is pipe.split.top
+    assert (rec.at, rec.level, rec.arch, rec.store, rec.stats) == (2, 0.5, pipe.arch, pipe.store, pipe.stats)
+    assert rec.recycle_config is pipe.options and rec.source is pipe.source
+    with pytest.raises(AttributeError, match=r"rec.at is fixed when the model is recycled: call lr.recycle"):
+        rec.at = 3
+    assert rec.at == 2 and "at" not in vars(rec)
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_a_compiled_model_serves_misses_and_hits_equal_to_eager(backend):
     model = bert_classifier().eval()

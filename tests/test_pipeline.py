@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+
+import numpy as np
 import pytest
 import torch
 
 import layer_recycling as lr
 from layer_recycling import fill, loader, serve
-from layer_recycling.pipeline import input_names_of
+from layer_recycling.pipeline import content_key, input_names_of
 from conftest import text_examples, text_model
 from helpers import max_diff, padded_batch
 
@@ -21,9 +24,9 @@ def test_the_stages_run_on_the_pipeline_alone():
     batch = next(iter(loader.make_loader(pipe, text_examples(6), dtype=torch.float32, batch_size=6, progress=False)))
     assert batch["states"].shape[:2] == batch["attention_mask"].shape and rec.stats.bottom_examples == 6
     inputs = padded_batch(text_examples(6))
-    states, mask, extra, layout = serve.prepare(pipe, torch.float32, inputs, {})
+    states, mask, labels, layout = serve.prepare(pipe, torch.float32, inputs, {})
     with torch.no_grad():
-        out = serve.restore(rec.top(states, attention_mask=mask, **extra), layout)
+        out = serve.restore(rec.top(states, attention_mask=mask, **labels), layout)
         assert max_diff(model(**inputs), out, inputs["attention_mask"]) <= 1e-5
     assert rec.stats.hits == 6 and rec.stats.bottom_examples == 6  # all from the store
 
@@ -45,13 +48,81 @@ def test_input_names_are_the_bottoms_inputs_in_signature_order():
 
 
 class DictOnly(dict):
-    codec, keeps, shared, fingerprint_parts = "native", True, False, None
+    codec, fingerprint_parts = "native", None
 
 
-def test_a_store_without_the_protocols_capabilities_is_refused_naming_them():
+def test_a_store_without_the_protocols_verbs_is_refused_naming_them():
     with pytest.raises(TypeError, match=r"missing: contains_many, get_many, get_stored, put_many, checks_many, flush, "
-                                        r"refresh, compact, open_snapshot, volume, bind_fingerprint"):
+                                        r"volume, bind_fingerprint\)"):
         lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=DictOnly())
+
+
+class Minimal:
+    """A user's store with the Protocol's verbs and nothing more: no flags, no dict sugar, no publishing."""
+
+    codec, fingerprint_parts = "native", None
+
+    def __init__(self):
+        self.entries, self.checks = {}, {}
+
+    def __len__(self):
+        return len(self.entries)
+
+    def contains_many(self, keys):
+        return np.array([k in self.entries for k in keys], dtype=bool)
+
+    def get_many(self, keys, device=None, dtype=None):
+        return [self.entries[k].to(device=device, dtype=dtype) for k in keys]
+
+    def get_stored(self, keys):
+        return [(self.entries[k], None) for k in keys]
+
+    def put_many(self, keys, values, checks=None):
+        for k, v, c in zip(keys, values, checks or [None] * len(keys)):
+            self.entries.setdefault(k, v.detach().cpu().clone())
+            self.checks.setdefault(k, c)
+
+    def checks_many(self, keys):
+        return [self.checks.get(k) for k in keys]
+
+    def flush(self):
+        pass
+
+    def volume(self):
+        return sum(v.numel() * v.element_size() for v in self.entries.values())
+
+    def bind_fingerprint(self, fingerprint):
+        self.fingerprint_parts = self.fingerprint_parts or fingerprint.parts
+
+
+def test_a_store_of_the_protocols_verbs_alone_fills_trains_and_serves_as_a_memory_store_does():
+    """The Protocol is what the library calls: a store with those verbs only is filled, read by a loader and
+    served from, with the results of a MemoryStore; it is neither a shared store nor one that keeps nothing."""
+    examples = [{**e, "label": i % 2} for i, e in enumerate(text_examples(6))]
+    results = []
+    for store in (Minimal(), lr.MemoryStore()):
+        torch.manual_seed(0)
+        rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2, store=store).eval()
+        assert rec.pipeline.keeps and not rec.pipeline.shared and not isinstance(store, lr.SharedStore)
+        assert rec.fill(examples, progress=False) == 6 and rec.fill(examples, progress=False) == 0
+        batch = next(iter(rec.loader(examples, batch_size=6, progress=False)))
+        with torch.no_grad():
+            results.append((rec(**batch).loss, rec(**padded_batch(examples)).logits))
+        assert rec.stats.bottom_examples == 6 and rec.stats.hits == 6  # the bottom ran once per example
+    assert all(float((a - b).abs().max()) <= 1e-6 for a, b in zip(*results))
+
+
+def test_only_a_disk_store_is_a_shared_store(tmp_path):
+    assert isinstance(lr.DiskStore(tmp_path / "s"), lr.SharedStore)
+    assert not any(isinstance(s, lr.SharedStore) for s in (lr.MemoryStore(), lr.NullStore()))
+
+
+def test_a_keyer_keys_as_the_pipeline_does_after_a_pickle_round_trip():
+    """Ray tasks and DataLoader workers key examples with the pipeline's Keyer alone, without its model."""
+    rec = lr.recycle(text_model("bert", "ForSequenceClassification"), at=2)
+    keyer = pickle.loads(pickle.dumps(rec.pipeline.keyer))
+    for example in text_examples(3):
+        assert keyer.encode(example)[0] == rec.pipeline.encode(example)[0] == content_key(rec.encode(example)[1])
 
 
 def test_a_bottom_changed_after_recycle_is_refused_before_the_store_is_read_or_written(tmp_path):

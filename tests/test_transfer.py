@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import layer_recycling as lr
-from layer_recycling.data import SCALES, collate_states
+from layer_recycling.batches import SCALES, collate_states
 from layer_recycling.transfer import DeviceLoader, read_ahead
 from conftest import vit_model
 from helpers import bert_classifier, labelled_examples

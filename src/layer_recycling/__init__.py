@@ -6,7 +6,8 @@
         rec(**batch).loss.backward()         # only the top runs
 
 One module per step: surgery/split cut the model; keys, fingerprint and stores keep the states; a
-``Pipeline`` (the bottom, the store, the keys) is what fill, loader, serve and stack take; model holds it.
+``Pipeline`` owns the bottom's side (the bottom, the keys and their checks, the store): fill, loader, serve and
+stack are built on its verbs; ``recycle`` assembles it and the ``Recycled`` module that holds it.
 """
 
 from ._version import __version__
@@ -21,11 +22,11 @@ from .plan import Plan, plan
 from .saving import load_model_state_dict, model_state_dict
 from .discover import split
 from .split import Split
-from .stores import DigestMismatch, DiskFull, DiskStore, MemoryStore, NullStore, Store, StoreCorrupted
+from .stores import DigestMismatch, DiskFull, DiskStore, MemoryStore, NullStore, SharedStore, Store, StoreCorrupted
 from .surgery import resolve_at
 
 __all__ = [
     "CachedDataset", "DigestMismatch", "DiskFull", "DiskStore", "Fingerprint", "FingerprintMismatch", "MemoryStore",
-    "NullStore", "Pipeline", "Plan", "RecycleConfig", "Recycled", "Split", "Stats", "Store", "StoreCorrupted", "VerifyReport",
+    "NullStore", "Pipeline", "Plan", "RecycleConfig", "Recycled", "SharedStore", "Split", "Stats", "Store", "StoreCorrupted", "VerifyReport",
     "__version__", "digest", "load_model_state_dict", "model_state_dict", "plan", "recycle", "resolve_at", "split",
 ]

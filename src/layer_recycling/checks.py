@@ -69,7 +69,7 @@ class SplitCheck:
             return self._compare_batch(args, kwargs)
         # Clips stored as frames: the model on a padded batch is not each clip alone (its feature encoder's group
         # norm sees the padding), and each clip alone is what the split must give. So each is compared alone.
-        from .data import Layout
+        from .batches import Layout
 
         clips = Layout.of(kwargs).rows({"input_values": kwargs["input_values"]})[:SAMPLE]
         reports = []
@@ -159,22 +159,20 @@ def check_example(rec: Any, example: Any) -> str:
     Raises:
         ValueError: bottom then top differs from the model on these examples (the split is refused).
     """
-    from . import data
-    from .split import Split
+    from . import batches
 
     pipe = rec.pipeline
     rows = [pipe.encode(e)[1] for e in (example if isinstance(example, list) else [example])]
     if not rows:
         raise ValueError("example=[]: expected one example (a dict of model inputs, or an (input, label) pair) "
                          "or a non-empty list of them")
-    batch = {n: v.to(pipe.device) for n, v in data.collate_inputs(rows, pipe.pad_id, ragged=rec.arch.masked).items()}
+    batch = batches.collate_inputs(rows, pipe.pad_id, ragged=pipe.arch.masked)
+    batch = {n: v.to(pipe.device) for n, v in batch.items()}
     check = rec.split_check
     if check is None:
-        s = Split(bottom=rec.bottom, top=rec.top, at=rec.at, num_layers=rec.num_layers, arch=rec.arch,
-                  untied=rec.untied)
-        check = rec.split_check = SplitCheck(rec.source, s, rec.arch.source)
-    args, kwargs = (tuple(batch.values()), {}) if rec.arch.generic else ((), batch)
-    check(rec.bottom, args, kwargs)  # raises the refusal; a passing check removes its hook
+        check = rec.split_check = SplitCheck(pipe.source, pipe.split, pipe.arch.source)
+    args, kwargs = (tuple(batch.values()), {}) if pipe.arch.generic else ((), batch)
+    check(pipe.bottom, args, kwargs)  # raises the refusal; a passing check removes its hook
     return check.report
 
 

@@ -55,6 +55,13 @@ def _levels(text: str) -> list[float]:
     return levels
 
 
+def _bench_levels(text: str) -> list[float | str]:
+    """``_levels``, where ``head`` is the head setting (the pooled output stored, a head trained on it)."""
+    words = [x.strip() for x in text.split(",") if x.strip()]
+    fractions = _levels(",".join(w for w in words if w != "head")) if any(w != "head" for w in words) else []
+    return fractions + (["head"] if "head" in words else [])
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Every option's default in --help, and the epilog's examples as written."""
 
@@ -179,7 +186,9 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run full, frozen and each recycling level; print the table",
                        formatter_class=_Help)
     _data_args(b)
-    b.add_argument("--levels", type=_levels, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="recycled fractions")
+    b.add_argument("--levels", type=_bench_levels, default=[0.0, 0.25, 0.5, 0.75, 1.0], help="recycled fractions; "
+                   "'head' adds the head setting: the pooled output stored, a head trained on it (--head-lr)")
+    b.add_argument("--head-lr", type=_positive, default=1e-3, help="the head setting's learning rate")
     b.add_argument("--frozen-level", type=_fraction, default=0.5,
                    help="the frozen-without-cache baseline's fraction")
     b.add_argument("--codecs", type=_codecs, default="float16,int8", help="extra codecs at 50%% (comma list, '' for "
@@ -288,7 +297,7 @@ def _bench(args) -> int:
     if not args.no_lora and not lora:
         print("LoRA skipped: its target modules are known for transformers models only")
     settings = default_settings(args.levels, args.frozen_level, codecs, lora=lora)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr)
     print(f"{task.kind} on {task.dataset}: {task.sizes()}, model {args.model}, {len(settings)} settings")
     seeds = args.seeds
     if len(seeds) == 1:

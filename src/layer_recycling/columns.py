@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
-from . import data
+from . import batches, data
 from .stores.binkeys import KEY_BYTES, key_bytes, key_strs
 
 if TYPE_CHECKING:
@@ -205,11 +205,11 @@ class CachedDataset(torch.utils.data.Dataset):
         return [{"states": s, **y} for s, y in zip(states, self.labels.of(list(indices)))]
 
     def collate(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        states = data.collate_states([r.pop("states") for r in rows], ragged=self.columns.ragged)
+        states = batches.collate_states([r.pop("states") for r in rows], ragged=self.columns.ragged)
         if "attention_mask" not in states:
-            return {**states, **data.collate_labels(rows, None, None)}
+            return {**states, **batches.collate_labels(rows, None, None)}
         lengths = states["attention_mask"].sum(1).tolist()
-        return {**states, **data.collate_labels(rows, lengths, states["states"].shape[1])}
+        return {**states, **batches.collate_labels(rows, lengths, states["states"].shape[1])}
 
 
 class CachedGroups(torch.utils.data.Dataset):
@@ -246,7 +246,7 @@ class CachedGroups(torch.utils.data.Dataset):
         return rows
 
     def collate(self, rows: list[tuple[dict[str, list], dict]]) -> dict[str, Any]:
-        return data.collate_groups(rows, True, 0, self.ragged)
+        return batches.collate_groups(rows, True, 0, self.ragged)
 
 
 def read_states(store: Store, keys: list[str], dtype: torch.dtype | None) -> list:

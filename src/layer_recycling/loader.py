@@ -14,14 +14,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from . import data, distributed
+from . import batches, data, distributed
 from .keys import digest
 from .columns import CachedDataset, CachedGroups, Columns, Labels, check_label_names, indexable
 from .fill import fill_keyed, size_of
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
-    from .stores import Store
 
 
 class InputDataset(torch.utils.data.Dataset):
@@ -49,11 +48,11 @@ def _collate_plain(rows: list[tuple[dict, dict]], pad_id: int, ragged: bool, fra
                    model: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
     """A padded batch of model inputs and labels; per-position labels are padded to the states' positions (a
     clip's frames: ``frames(model, n)``, as ``Arch.frames``)."""
-    batch = data.collate_inputs([r for r, _ in rows], pad_id, ragged=ragged)
+    batch = batches.collate_inputs([r for r, _ in rows], pad_id, ragged=ragged)
     at = (lambda n: n) if frames is None else functools.partial(frames, model)
     lengths = [at(data.length(r)) for r, _ in rows] if ragged else None
     t = at(batch["attention_mask"].shape[1]) if ragged else None
-    return {**batch, **data.collate_labels([y for _, y in rows], lengths, t)}
+    return {**batch, **batches.collate_labels([y for _, y in rows], lengths, t)}
 
 
 def input_dataset(examples: Iterable[Any], parse: Callable[[Any, int], tuple], read: Callable[[Any, int], tuple],
@@ -93,7 +92,7 @@ def group_dataset(pipe: Pipeline, examples: Iterable[Any], inputs: Sequence[str]
     """A dataset over ``examples`` whose fields ``inputs`` each hold one input or a list of them: with a store
     that keeps states, every distinct input is filled first, once, keyed by its own content, and columns (keys,
     lengths, labels) are kept; without, the examples' model inputs are read again for each batch."""
-    if pipe.store.keeps:
+    if pipe.keeps:
         return cached_groups(pipe, examples, list(inputs), dtype, fill_batch_size, progress)
 
     def parse(example: Any, i: int) -> tuple[dict[str, list], dict]:
@@ -102,7 +101,7 @@ def group_dataset(pipe: Pipeline, examples: Iterable[Any], inputs: Sequence[str]
         pipe.check_rows([x for xs in rows.values() for x in xs], lambda _: f"example {i}")
         return rows, labels
 
-    collate = functools.partial(data.collate_groups, stored=False, pad_id=pipe.pad_id, ragged=pipe.arch.masked)
+    collate = functools.partial(batches.collate_groups, stored=False, pad_id=pipe.pad_id, ragged=pipe.arch.masked)
     read = _group_reader(list(inputs), pipe.input_names)
     return input_dataset(examples, parse, read, collate, pipe.arch.masked, True, "loader")
 
@@ -214,7 +213,7 @@ def make_loader(
         group = group_dataset(pipe, examples, list(inputs), dtype, fill_batch_size, progress)
         return dataloader(group, group.lengths, batch_size=batch_size, shuffle=shuffle,
                           group_by_length=group_by_length, seed=seed, **dataloader_kwargs)
-    if pipe.store.keeps:
+    if pipe.keeps:
         dataset: Any = cached_dataset(pipe, examples, dtype, fill_batch_size, progress)
     else:  # nothing kept: batches of model inputs, the bottom runs on each
         def parse(example: Any, i: int) -> tuple[dict, dict]:
@@ -238,8 +237,7 @@ def cached_dataset(pipe: Pipeline, examples: Iterable[Any], dtype: torch.dtype |
     columns, labels = Columns(ragged=pipe.arch.masked), Labels(pipe.input_names, examples)
 
     def keyed() -> Iterator[tuple[str, dict]]:
-        for i, example in enumerate(examples):
-            key, inputs, y = pipe.encode(example, f"example {i}")
+        for key, inputs, y in pipe.encode_many(examples):
             columns.add(key, pipe.stored_length(inputs) if pipe.arch.masked else None)
             labels.add(y)
             yield key, inputs
@@ -260,7 +258,7 @@ def inputs_dataset(examples: Iterable[Any], names: Sequence[str], pad_id: int, r
     ``frames(model, n)``: the states an input of n positions yields (``Arch.frames``), for per-position labels."""
     if inputs is not None:
         read = _group_reader(list(inputs), names)
-        collate = functools.partial(data.collate_groups, stored=False, pad_id=pad_id, ragged=ragged)
+        collate = functools.partial(batches.collate_groups, stored=False, pad_id=pad_id, ragged=ragged)
     else:
         read = functools.partial(_plain_item, names=names)
         collate = functools.partial(_collate_plain, pad_id=pad_id, ragged=ragged, frames=frames, model=model)
@@ -297,7 +295,7 @@ def dataloader(dataset: CachedDataset | CachedGroups | InputDataset, lengths: li
     if ranks is not None and seed is None:
         seed = distributed.broadcast(torch.randint(2**31, ()).item(), ranks[0])  # one order for all ranks
     lengths = lengths if lengths is not None else np.ones(len(dataset), np.int64)
-    sampler = data.LengthGroupedBatches(lengths, batch_size, shuffle, seed, rank=rank,
+    sampler = batches.LengthGroupedBatches(lengths, batch_size, shuffle, seed, rank=rank,
                                         world=world, group=grouped)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, **common)
 

@@ -1,15 +1,19 @@
 """``recycle``: the user's model cut at block k; its frozen bottom fills a store, its top trains and serves from it.
 
-``Recycled`` is an ``nn.Module`` that holds the two halves and a ``pipeline.Pipeline`` (the bottom, the store,
-the keys, the counters). The stages are functions of that pipeline: ``fill``, ``loader``, ``serve``, ``stack``;
-the methods here only pass it on. Weights are saved as any module's are (``state_dict()``, by parent modules,
-DDP and Lightning alike); ``saving`` writes the whole model in its own names, as ``from_pretrained`` loads it.
+``recycle()`` assembles (as PEFT's ``get_peft_model`` does): the split (``split.Split``: the halves and where the
+cut is), the store bound to the bottom's fingerprint, and the ``pipeline.Pipeline`` that owns the bottom's side (keys,
+key checks, the store, the counters). ``Recycled`` receives the pipeline: an ``nn.Module`` holding the two halves as
+submodules, reading everything else through the pipeline; its methods pass the pipeline to the stages (``fill``,
+``loader``, ``serve``, ``stack``), and ``forward`` dispatches (the top on stored states, or serving). Weights are
+saved as any module's are (``state_dict()``, by parent modules, DDP and Lightning alike); ``saving`` writes the whole
+model in its own names, as ``from_pretrained`` loads it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import operator
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -17,11 +21,11 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from . import adapters, data, dual, fill, loader, saving, serve, stack, transfer
+from . import adapters, data, dual, fill, loader, pooled, saving, serve, stack, transfer
 from .checks import SplitCheck, check_example, source_of
 from .config import RecycleConfig
-from .fingerprint import Fingerprint, fingerprint_of
-from .pipeline import Pipeline, Stats, device_of, dtype_of, input_names_of
+from .fingerprint import fingerprint_of
+from .pipeline import Keyer, Pipeline, Stats, device_of, dtype_of, input_names_of
 from .discover import split
 from .split import resolve_ties
 from .stores import MemoryStore, NullStore, Store, check_store
@@ -29,8 +33,25 @@ from .stores import MemoryStore, NullStore, Store, check_store
 __all__ = ["Recycled", "Stats", "recycle"]
 
 _DEFAULT_STORE: Any = object()
-# Keywords that go to the top as they are (labels and output options), never to the bottom.
-_TOP_KEYWORDS = (*data.LABEL_NAMES, "output_hidden_states", "output_attentions", "return_dict")
+# Keywords that go to the top as they are, never to the bottom: output options (labels are data.LABEL_NAMES).
+_OPTIONS = ("output_hidden_states", "output_attentions", "return_dict")
+
+
+class _Read:
+    """A read-only attribute of a ``Recycled`` that its pipeline holds: ``path`` from the pipeline, dotted."""
+
+    def __init__(self, path: str, doc: str):
+        self.get, self.__doc__ = operator.attrgetter(path), doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, rec: Recycled | None, owner: type) -> Any:
+        return self if rec is None else self.get(rec.pipeline)
+
+    def __set__(self, rec: Recycled, value: Any) -> None:
+        raise AttributeError(f"rec.{self.name} is fixed when the model is recycled: call lr.recycle(model, ...) again "
+                             f"with what you want it to be")
 
 
 class Recycled(nn.Module):
@@ -41,69 +62,39 @@ class Recycled(nn.Module):
     the store. ``rec(states=..., attention_mask=..., labels=...)`` (batches from ``loader``) runs the top alone.
     ``rec.config`` is the model's own config (what Hugging Face tools read); the recycling options are
     ``rec.recycle_config``. The top's train/eval mode follows the wrapper's; the bottom always runs in eval mode.
+    Made by ``recycle()``, which assembles the ``pipeline`` it receives; ``split_check``: a split no test proved
+    exact checks its first batch (or ``example=`` at once).
     """
 
-    def __init__(self, model: nn.Module, recycle_config: RecycleConfig, store: Store,
-                 key: Callable[[Any], Any] | None = None, tokenizer: Any = None):
+    def __init__(self, pipeline: Pipeline, split_check: SplitCheck | None = None):
         super().__init__()
-        model, wrapped = adapters.unwrap(model)  # a PEFT model: split the model it wraps, adapters in place
-        object.__setattr__(self, "source", model)  # not a submodule: its parameters are the halves' already
-        s = resolve_ties(split(model, recycle_config.at, recycle_config.blocks), recycle_config.untie, model)
-        self.recycle_config = recycle_config
-        self.config = getattr(model, "config", None)  # the model's own (a transformers config), or None
-        self.untied = s.untied  # head parameters the top holds its own trainable copies of
-        self.bottom, self.top, self.at, self.num_layers, self.arch = s.bottom, s.top, s.at, s.num_layers, s.arch
-        adapters.warn_frozen(wrapped, self.bottom)
-        self.bottom.requires_grad_(False)
-        self.split_check = None  # a split no test proved exact checks its first batch (or example= at once)
-        if recycle_config.check_split and not s.arch.tested:
-            self.split_check = SplitCheck(model, s, source_of(s.arch, recycle_config.blocks is not None)).attach(
-                self.bottom)
-        store = check_store(store)
-        fingerprint = fingerprint_of(
-            self.bottom, model=model, at=s.at, num_layers=s.num_layers, blocks=s.arch.blocks, codec=store.codec,
-            tokenizer=tokenizer, preprocess=recycle_config.preprocess, autocast=recycle_config.autocast,
-            allow_nonfinite=recycle_config.allow_nonfinite,
-        )
-        store.bind_fingerprint(fingerprint)
-        self.pipeline = Pipeline(
-            source=model, config=recycle_config, at=s.at, arch=s.arch, bottom=self.bottom, store=store, key_fn=key,
-            input_names=input_names_of(model, generic=s.arch.generic), fingerprint=fingerprint,
-            pad_id=getattr(self.config, "pad_token_id", None) or 0,
-        )
-        self._signature = inspect.signature(model.forward)
+        self.pipeline = pipeline
+        self.bottom, self.top = pipeline.split.bottom, pipeline.split.top  # submodules: state_dict, .to(), DDP
+        self.config = getattr(pipeline.source, "config", None)  # the model's own (a transformers config), or None
+        self.split_check = split_check
+        self._signature = inspect.signature(pipeline.source.forward)
         self.register_state_dict_post_hook(saving.drop_aliases)  # each tensor once: the top shares the stem's
         self.register_load_state_dict_pre_hook(saving.restore_aliases)
         self.register_load_state_dict_pre_hook(saving.check_bottom_unchanged)  # stored states stay the bottom's
-        self.accepts_loss_kwargs = getattr(s.top.model, "accepts_loss_kwargs", s.top.takes_kwargs)  # as Trainer reads it
+        top = pipeline.split.top
+        self.accepts_loss_kwargs = getattr(top.model, "accepts_loss_kwargs", top.takes_kwargs)  # as Trainer reads it
         self.train(self.training)  # the top leaves from_pretrained's eval mode with the wrapper
 
-    # ---- what the pipeline holds, read through the model -----------------------------------------------------
+    # ---- what the pipeline holds, read through the model (held once, there) ---------------------------------
 
-    @property
-    def store(self) -> Store:
-        return self.pipeline.store
-
-    @property
-    def stats(self) -> Stats:
-        return self.pipeline.stats
-
-    @property
-    def fingerprint(self) -> Fingerprint:
-        return self.pipeline.fingerprint
-
-    @property
-    def key_fn(self) -> Callable[[Any], Any] | None:
-        return self.pipeline.key_fn
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return self.pipeline.input_names
-
-    @property
-    def level(self) -> float:
-        """The recycled fraction of blocks."""
-        return self.at / self.num_layers if self.num_layers else 0.0
+    source = _Read("source", "the user's model (not a submodule: its parameters are the halves' already)")
+    split = _Read("split", "the ``Split``: the halves, where the cut is, and the architecture's rules")
+    at = _Read("split.at", "how many blocks are recycled")
+    num_layers = _Read("split.num_layers", "how many blocks the model has")
+    level = _Read("split.level", "the recycled fraction of blocks")
+    arch = _Read("split.arch", "the architecture's rules (``arch.Arch``)")
+    untied = _Read("split.untied", "head parameters the top holds its own trainable copies of")
+    recycle_config = _Read("options", "the recycling options (``RecycleConfig``)")
+    store = _Read("store", "where the bottom's states are kept")
+    stats = _Read("stats", "the counters (``Stats``)")
+    fingerprint = _Read("fingerprint", "what the store's entries were computed by")
+    key_fn = _Read("key_fn", "the user's ``key=``, or None (keys are digests of the model inputs)")
+    input_names = _Read("input_names", "the model inputs that reach the bottom, in signature order")
 
     def train(self, mode: bool = True) -> Recycled:
         super().train(mode)
@@ -127,7 +118,7 @@ class Recycled(nn.Module):
         """``rec(states=(b, n, h), attention_mask=(b, n), **labels)`` runs the top on stored states.
 
         ``rec(**model_inputs)`` or ``rec(*model_inputs)`` (no ``states``; positional arguments mean what they mean
-        to the model's own forward) serves through the store (``serve.serve``): hits are read, misses run the
+        to the model's own forward) serves through the store (``_serve``): hits are read, misses run the
         bottom and are stored. An argument that cannot reach the bottom or the top is refused, never dropped.
         Returns what the model returns, with a loss when labels are given. The usual model inputs and labels
         are named keywords so that trainers keep those columns (HF ``Trainer``'s ``remove_unused_columns`` drops
@@ -144,21 +135,27 @@ class Recycled(nn.Module):
         given = {k: v for k, v in given.items() if v is not None}
         if args:
             given = self._bind(args, given, states)
-        mask = given.pop("attention_mask", None)
-        extra = {k: given.pop(k) for k in _TOP_KEYWORDS if k in given}
+        options = {k: given.pop(k) for k in _OPTIONS if k in given}
         if num_items_in_batch is not None and self.accepts_loss_kwargs:
-            extra["num_items_in_batch"] = num_items_in_batch
-        if states is None:  # serving: hits from the store, misses through the bottom (and stored)
-            states, mask, extra, layout = serve.prepare(self.pipeline, dtype_of(self.top),
-                                                        {**given, "attention_mask": mask}, extra)
-            as_tuple = layout is not None and self._wants_tuple(extra)
-            if as_tuple:  # named outputs go back into the caller's layout; the tuple is made from them after
-                extra["return_dict"] = True
-            out = serve.restore(self._top(states, mask, extra), layout)
-            return out.to_tuple() if as_tuple else out
+            options["num_items_in_batch"] = num_items_in_batch
+        targets = {k: given.pop(k) for k in data.LABEL_NAMES if k in given}
+        if states is None:
+            return self._serve(given, targets, options)
+        mask = given.pop("attention_mask", None)
         if given:
             raise TypeError(f"with states=, expected attention_mask, labels and output options; got {sorted(given)}")
-        return self._top(states, mask, extra)
+        return self._top(states, mask, {**targets, **options})
+
+    def _serve(self, inputs: dict[str, Any], labels: dict[str, torch.Tensor], options: dict[str, Any]):
+        """Serving a batch of model inputs: states from the store (hits) or the bottom (misses, stored), the top on
+        them, and its per-token outputs put back in the caller's layout (``serve.prepare``, ``serve.restore``)."""
+        prepared = serve.prepare(self.pipeline, dtype_of(self.top), inputs, labels)
+        as_tuple = prepared.layout is not None and self._wants_tuple(options)
+        if as_tuple:  # named outputs go back into the caller's layout; the tuple is made from them after
+            options = {**options, "return_dict": True}
+        out = self._top(prepared.states, prepared.attention_mask, {**prepared.labels, **options})
+        out = serve.restore(out, prepared.layout)
+        return out.to_tuple() if as_tuple else out
 
     def _bind(self, args: tuple, given: dict[str, Any], states: torch.Tensor | None) -> dict[str, Any]:
         """Positional arguments named as the model's own forward names them, merged with the keywords."""
@@ -310,6 +307,8 @@ def recycle(
     key: Callable[[Any], Any] | None = None,
     tokenizer: Any = None,
     example: Any = None,
+    head: nn.Module | None = None,
+    pooling: str | None = None,
     **options: Any,
 ) -> Recycled | dual.RecycledDual:
     """Recycle the bottom ``at`` blocks of ``model`` (int count or fraction; 0.5 of 6 blocks is 3).
@@ -319,7 +318,7 @@ def recycle(
             changed, except that the recycled blocks' parameters stop requiring gradients. A dual text-image
             model (CLIPModel, SiglipModel) gives a ``dual.RecycledDual``: each tower recycled on its own store.
         at: overrides ``config.at`` (default 0.5); for a dual model one level for both towers or
-            ``{"text": at, "image": at}``.
+            ``{"text": at, "image": at}``; ``"pooled"``: the pooled level (``head``, ``pooling`` below).
         store: where states live; default a new ``MemoryStore()``. ``None`` keeps nothing (a ``NullStore``:
             the bottom runs every call, the frozen-without-cache baseline). A dual model takes
             ``{"text": store, "image": store}`` (and ``key=`` one per tower, by the same names).
@@ -331,6 +330,9 @@ def recycle(
         tokenizer: folded into the fingerprint, with ``preprocess`` (the tokenizer's call arguments).
         example: one example (as ``fill`` takes it) or a list of them: the split checks itself on it now, so a
             wrong split is refused before any fill (``rec.split_check.report`` says what was compared).
+        head, pooling: for ``at="pooled"`` (``pooled.pooled``): the whole encoder and its pooling (``pooling``: "mean",
+            "cls", "max" or "lasttoken" for a text model) fill a store of one vector per input, and ``head`` (default
+            a ``pooled.SkipConnectionHead``, the identity until trained) is the top.
     Raises:
         FingerprintMismatch: ``store`` was filled by a different bottom.
         ValueError: with ``example``, the split differs from the model on it (see ``checks.SplitCheck``).
@@ -342,10 +344,48 @@ def recycle(
         raise TypeError(f"recycle() got unknown options {unknown}; expected some of {sorted(fields)}")
     given = {**options, **({"at": at} if at is not None else {})}
     config = dataclasses.replace(config or RecycleConfig(), **given)
+    if config.at == pooled.LEVEL or isinstance(model, pooled.Pooled):  # one vector per input stored, a head on it
+        model, config = pooled.pooled(model, head, pooling), dataclasses.replace(config, at=pooled.LEVEL)
+    elif head is not None or pooling is not None:
+        raise TypeError(f"head= and pooling= are for at='pooled' (a head trained on stored pooled vectors); got "
+                        f"at={config.at!r}")
     if dual.towers_of(model) is not None:  # CLIP, SigLIP: each tower recycled on a store of its own
-        return dual.recycle_dual(model, Recycled, config, store, store is _DEFAULT_STORE, key, tokenizer, example)
+        return dual.recycle_dual(model, assemble, config, store, store is _DEFAULT_STORE, key, tokenizer, example)
     store = MemoryStore() if store is _DEFAULT_STORE else NullStore() if store is None else store
-    rec = Recycled(model, config, store, key=key, tokenizer=tokenizer)
+    rec = assemble(model, config, store, key=key, tokenizer=tokenizer)
     if example is not None and config.check_split:
         check_example(rec, example)
     return rec
+
+
+def assemble(model: nn.Module, config: RecycleConfig, store: Store, key: Callable[[Any], Any] | None = None,
+             tokenizer: Any = None) -> Recycled:
+    """A ``Recycled`` of ``model`` as ``config`` says: the split (a PEFT model's wrapped model, adapters in place;
+    the bottom frozen), the store bound to its fingerprint, and the pipeline that owns the bottom's side.
+
+    Raises:
+        FingerprintMismatch: ``store`` was filled by a different bottom.
+        TypeError: ``store`` does not implement the store Protocol.
+    """
+    model, wrapped = adapters.unwrap(model)  # a PEFT model: split the model it wraps, adapters in place
+    s = pooled.split(model) if isinstance(model, pooled.Pooled) else split(model, config.at, config.blocks)
+    s = resolve_ties(s, config.untie, model)
+    adapters.warn_frozen(wrapped, s.bottom)
+    s.bottom.requires_grad_(False)
+    check = None
+    if config.check_split and not s.arch.tested:
+        check = SplitCheck(model, s, source_of(s.arch, config.blocks is not None)).attach(s.bottom)
+    store = check_store(store)
+    fingerprint = fingerprint_of(
+        s.bottom, model=model, at=s.at, num_layers=s.num_layers, blocks=s.arch.blocks, codec=store.codec,
+        tokenizer=tokenizer, preprocess=config.preprocess, autocast=config.autocast,
+        allow_nonfinite=config.allow_nonfinite,
+    )
+    store.bind_fingerprint(fingerprint)
+    pipeline = Pipeline(
+        source=model, split=s, options=config, store=store,
+        keyer=Keyer(model.input_names if isinstance(model, pooled.Pooled) else input_names_of(
+            model, generic=s.arch.generic), key), fingerprint=fingerprint,
+        pad_id=getattr(getattr(model, "config", None), "pad_token_id", None) or 0,
+    )
+    return Recycled(pipeline, check)

@@ -1,7 +1,17 @@
-"""The one object the stages take: what runs the bottom, the store, the keys, and the counters.
+"""The bottom's side of a recycled model, owned in one place: the frozen bottom, the keys, the store, the counters.
 
-``fill``, ``serve``, ``loader`` and ``stack`` are functions of a ``Pipeline``; ``model.Recycled`` (an
-``nn.Module``) holds one beside the top. Nothing here imports the stages or the model.
+A ``Pipeline`` keys examples (``Keyer``), checks every key before the store is trusted with it (a user's ``key=``
+given to two inputs; an entry stored from other inputs), runs the bottom, and reads and writes the store. Its
+verbs are what the stages call:
+
+- ``encode(example)``: (key, unpadded inputs, labels) of one example;
+- ``missing(keyed)``: the entries a fill must compute;
+- ``compute(pending)`` (or ``computed(pending)``, batches of states without storing them): run and store;
+- ``lookup(keys, rows)``: serving, hits read and misses computed (and stored).
+
+``fill`` (chunks, process groups, commits), ``loader`` (datasets over the store), ``serve`` (the caller's batch
+layout), ``stack`` and ``integrations.ray_data`` are built on those verbs; ``model.Recycled`` (an ``nn.Module``)
+holds a pipeline beside the top. Nothing here imports the stages or the model.
 """
 
 from __future__ import annotations
@@ -9,19 +19,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from . import data
+from . import batches, data
 from .keys import digest
+from .stores import NullStore, SharedStore
+from .stores.codecs import CODECS, check_error
 
 if TYPE_CHECKING:
     from .arch import Arch
     from .config import RecycleConfig
     from .fingerprint import Fingerprint
+    from .split import Split
     from .stores import Store
+
+Locate = Callable[[str], str]  # key -> the example in words, for errors ("example 7")
+StatesOf = Callable[[list[str], list[dict]], list[torch.Tensor]]  # (keys, unpadded inputs) -> their states
 
 # Forward arguments of a transformers base model that are not inputs of an example (options, caches, labels).
 _NOT_INPUTS = {
@@ -43,18 +59,42 @@ class Stats:
     bottom_examples: int = 0  # distinct inputs the bottom ran on (fill and serving): what recycling did not save
 
 
+@dataclasses.dataclass(frozen=True)
+class Keyer:
+    """How examples are keyed: by a digest of the model inputs that reach the bottom (``content_key``), or by the
+    user's ``key_fn(example)``. Picklable (with a picklable ``key_fn``): Ray tasks and DataLoader workers key
+    examples as the pipeline does, without its model."""
+
+    input_names: tuple[str, ...]  # the model inputs that reach the bottom, in signature order
+    key_fn: Callable[[Any], Any] | None = None  # the user's key=, or None: keys are digests of the model inputs
+
+    def encode(self, example: Any, what: str = "an example"
+               ) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(key, unpadded model inputs, labels) of one raw example (``what`` names it in errors).
+
+        Raises:
+            ValueError, TypeError: inputs the model cannot take (float ids, a mask of another length, ...).
+        """
+        inputs, labels = data.parts(data.normalize(example, self.input_names), self.input_names)
+        key = digest(self.key_fn(example)) if self.key_fn is not None else content_key(inputs)
+        return key, inputs, labels
+
+
+def content_key(inputs: dict[str, torch.Tensor]) -> str:
+    """A digest of an example's unpadded model inputs: its key by default, and, beside an entry stored under a
+    user's key, the check that the key was not given to other inputs."""
+    return digest(data.key_fields(inputs))
+
+
 @dataclasses.dataclass(eq=False)
 class Pipeline:
-    """The frozen bottom of ``source`` cut at block ``at``, the store of its states, and how examples are keyed."""
+    """The frozen bottom of ``source`` (the ``split``'s), the store of its states, and how examples are keyed."""
 
     source: nn.Module  # the user's model: a stacked fill takes the blocks between two levels from it
-    config: RecycleConfig  # the recycling options (autocast, store_misses, blocks)
-    at: int
-    arch: Arch
-    bottom: nn.Module
+    split: Split  # the halves, where the cut is, and the architecture's rules
+    options: RecycleConfig  # the recycling options (autocast, store_misses, allow_nonfinite, blocks)
     store: Store
-    key_fn: Callable[[Any], Any] | None  # the user's key=, or None: keys are digests of the model inputs
-    input_names: tuple[str, ...]  # the model inputs that reach the bottom, in signature order
+    keyer: Keyer
     pad_id: int
     fingerprint: Fingerprint
     stats: Stats = dataclasses.field(default_factory=Stats)
@@ -66,6 +106,37 @@ class Pipeline:
         self._seen = self._tensors_now()  # the fingerprint was just taken of these
         if self.vocab is None:
             self.vocab = vocab_of(self.source)
+
+    @property
+    def bottom(self) -> nn.Module:
+        return self.split.bottom
+
+    @property
+    def at(self) -> int:
+        return self.split.at
+
+    @property
+    def arch(self) -> Arch:
+        return self.split.arch
+
+    @property
+    def key_fn(self) -> Callable[[Any], Any] | None:
+        return self.keyer.key_fn
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.keyer.input_names
+
+    @property
+    def keeps(self) -> bool:
+        """False for ``store=None`` (a ``NullStore``): nothing is filled, and the bottom runs on every batch."""
+        return not isinstance(self.store, NullStore)
+
+    @property
+    def shared(self) -> bool:
+        """Whether every process that opens the store sees it (a ``SharedStore``): only then do the ranks of a
+        process group fill it together."""
+        return isinstance(self.store, SharedStore)
 
     def _tensors_now(self) -> tuple:
         """Each bottom tensor's dtype and storage, and each weight's version (buffers' versions are left out: DDP
@@ -84,7 +155,7 @@ class Pipeline:
         Raises:
             FingerprintMismatch: the bottom's weights differ from those the store was bound to.
         """
-        if not self.store.keeps:
+        if not self.keeps:
             return
         seen = self._tensors_now()
         if seen == self._seen:
@@ -104,15 +175,16 @@ class Pipeline:
 
     def encode(self, example: Any, what: str = "an example"
                ) -> tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """(key, unpadded model inputs, labels) of one raw example (``what`` names it in errors); its token ids
-        are checked against the vocabulary by ``check_rows``, a batch of examples at a time.
+        """(key, unpadded model inputs, labels) of one raw example (``Keyer.encode``); its token ids are checked
+        against the vocabulary by ``check_rows``, a batch of examples at a time."""
+        return self.keyer.encode(example, what)
 
-        Raises:
-            ValueError, TypeError: inputs the model cannot take (float ids, a mask of another length, ...).
-        """
-        inputs, labels = data.parts(data.normalize(example, self.input_names), self.input_names)
-        key = digest(self.key_fn(example)) if self.key_fn is not None else row_key(inputs)
-        return key, inputs, labels
+    def encode_many(self, examples: Iterable[Any], first: int = 0
+                    ) -> Iterator[tuple[str, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        """``encode`` of each example as it is read (a generator is read once, never held); errors name "example
+        i", counted from ``first``."""
+        for i, example in enumerate(examples, first):
+            yield self.keyer.encode(example, f"example {i}")
 
     def check_rows(self, rows: list[dict[str, torch.Tensor]], name: Callable[[int], str]) -> None:
         """Refuse unpadded examples holding token ids outside the model's vocabulary, before anything runs: one
@@ -140,7 +212,7 @@ class Pipeline:
         self.stats.bottom_calls += 1
         self.stats.bottom_examples += next(iter(batch.values())).shape[0]
         device = next(iter(batch.values())).device
-        with autocast(self.config.autocast, device):
+        with autocast(self.options.autocast, device):
             if self.arch.generic:
                 return self.bottom(*batch.values())
             try:
@@ -174,7 +246,7 @@ class Pipeline:
 
     def _states_of(self, rows: list[dict[str, torch.Tensor]], device: torch.device) -> list[torch.Tensor]:
         """``bottom_states`` of rows that have the same inputs: one padded batch."""
-        batch = data.collate_inputs(rows, self.pad_id, ragged=self.arch.masked)
+        batch = batches.collate_inputs(rows, self.pad_id, ragged=self.arch.masked)
         out = self.run_bottom({n: v.to(device) for n, v in batch.items()})
         if not self.arch.masked:
             return list(out)
@@ -196,10 +268,166 @@ class Pipeline:
         """Where the bottom runs."""
         return device_of(self.bottom)
 
+    # ---- keys: every check before the store is trusted with a key, here -----------------------------------
 
-def row_key(inputs: dict[str, torch.Tensor]) -> str:
-    """The default key of one unpadded example: a digest of the inputs that reach the bottom."""
-    return digest(data.key_fields(inputs))
+    def collisions(self, keyed: Sequence[tuple[str, dict]]) -> Iterator[tuple[str, int, int]]:
+        """(key, first, i) for each pair (key, inputs) of ``keyed`` whose user key an earlier pair with other inputs
+        holds (``first``: that pair): one stored state would serve both. None with content keys."""
+        if self.key_fn is None:
+            return
+        seen: dict[str, tuple[int, str]] = {}  # key -> (first pair, digest of its inputs)
+        for i, (key, inputs) in enumerate(keyed):
+            check = content_key(inputs)
+            first, was = seen.setdefault(key, (i, check))
+            if was != check:
+                yield key, first, i
+
+    def stale(self, keys: Sequence[str], rows: Sequence[dict]) -> list[str]:
+        """The keys among ``keys`` (all stored) whose entry was computed from other inputs than ``rows``: a user's
+        key given to other inputs by an earlier run (content keys cannot be)."""
+        if self.key_fn is None or not keys:
+            return []
+        was = self.store.checks_many(list(keys))
+        return [k for k, w, r in zip(keys, was, rows) if w is not None and w != content_key(r)]
+
+    def _held(self, keyed: Sequence[tuple[str, dict]], what: str) -> tuple[dict[str, dict], list[str]]:
+        """({key: inputs} of ``keyed``, first copy of each; the keys the store holds), after the key checks.
+
+        Raises:
+            ValueError: a user's key given to two different inputs, within ``keyed`` (``what`` names its pairs)
+                or against an entry stored earlier from other inputs.
+        """
+        for key, first, i in self.collisions(keyed):
+            raise ValueError(
+                f"key= gave {what} {first} and {i} the same key {key[:12]}... but their model inputs differ: one "
+                f"stored state would serve both. Make the key function unique per input (e.g. include every field "
+                f"that changes the inputs), or drop key= to key by content"
+            )
+        rows: dict[str, dict] = {}
+        for key, inputs in keyed:
+            rows.setdefault(key, inputs)
+        keys = list(rows)
+        held = [k for k, h in zip(keys, self.store.contains_many(keys) if keys else []) if h]
+        stale = self.stale(held, [rows[k] for k in held])
+        if stale:
+            raise ValueError(
+                f"key= gives {len(stale)} example(s) (first key {stale[0][:12]}...) the key of an entry the store "
+                f"holds, stored earlier from different model inputs: the store would serve that entry's state for "
+                f"them. Make the key function unique per input (e.g. include every field that changes the inputs), "
+                f"or use a new store"
+            )
+        return rows, held
+
+    # ---- the store: what a fill computes, serving, storing ---------------------------------------------------
+
+    def missing(self, keyed: Sequence[tuple[str, dict]]) -> dict[str, dict]:
+        """The (key -> inputs) of ``keyed`` ((key, unpadded inputs) pairs) that the store lacks, each key once.
+
+        Raises:
+            ValueError: a user's key given to two different inputs (see ``_held``).
+        """
+        rows, held = self._held(keyed, "examples")
+        for key in held:
+            del rows[key]
+        return rows
+
+    def lookup(self, keys: Sequence[str], rows: Sequence[dict[str, torch.Tensor]], device: torch.device,
+               dtype: torch.dtype, first: int | None = None) -> list[torch.Tensor]:
+        """The states of ``rows`` (unpadded inputs, keyed ``keys``) as ``dtype`` on ``device``: hits from the store,
+        misses from the bottom (stored when ``store_misses``). ``first``: the index of ``rows[0]`` among the
+        caller's examples (None: rows of one batch), for errors."""
+        self.check_bottom()  # hits were computed by the bottom of the fingerprint: it must still be this one
+        misses, hits = self._held(list(zip(keys, rows)), "rows" if first is None else "examples")
+        found = dict(zip(hits, self.store.get_many(hits, device=device, dtype=dtype)))
+        for key in hits:
+            del misses[key]
+        if misses:
+            states = self.bottom_states(list(misses.values()), device)
+            found.update(zip(misses, (s.to(dtype) for s in states)))
+            if self.options.store_misses and self.keeps:  # durable at the next commit
+                self.put(list(misses), states, list(misses.values()), _locator(keys, first))
+        self.stats.misses += sum(k in misses for k in keys)
+        self.stats.hits += sum(k not in misses for k in keys)
+        return [found[k] for k in keys]
+
+    def computed(self, pending: dict[str, dict], batch_size: int, states_of: StatesOf | None = None
+                 ) -> Iterator[tuple[list[str], list[dict], list[torch.Tensor]]]:
+        """(keys, rows, states) of ``pending`` (key -> unpadded inputs), a batch at a time, longest first (less
+        padding to compute). Nothing is checked or stored: ``put`` (or ``check_states``) does that.
+
+        ``states_of(keys, rows)`` replaces the bottom (a stacked fill reads a lower store and runs the middle).
+        """
+        keys = list(pending)
+        if self.arch.masked:
+            keys.sort(key=lambda k: data.length(pending[k]), reverse=True)
+        device = self.device
+        states_of = states_of or (lambda _, rows: self.bottom_states(rows, device))
+        for start in range(0, len(keys), batch_size):
+            chunk = keys[start : start + batch_size]
+            rows = [pending[k] for k in chunk]
+            yield chunk, rows, states_of(chunk, rows)
+
+    def compute(self, pending: dict[str, dict], batch_size: int, states_of: StatesOf | None = None,
+                locate: Locate | None = None, room: Callable[[list[torch.Tensor]], None] | None = None) -> int:
+        """Run the bottom on ``pending`` (key -> unpadded inputs) and store the states (``computed``, then
+        ``put``); returns how many were stored. The first batch also measures the store's codec against its
+        stated bound, and ``room(states)`` sees it before it is stored (a fill's check that the disk has room)."""
+        for i, (keys, rows, states) in enumerate(self.computed(pending, batch_size, states_of)):
+            if room is not None and i == 0:
+                room(states)
+            self.put(keys, states, rows, locate, measure=i == 0)
+        return len(pending)
+
+    def put(self, keys: list[str], states: list[torch.Tensor], rows: list[dict], locate: Locate | None = None,
+            measure: bool = False) -> None:
+        """Store ``states`` under ``keys``; entries keyed by a user's ``key=`` keep ``content_key`` of their
+        inputs, so a key later given to other inputs is caught.
+
+        Raises:
+            ValueError: a state holds NaN or inf (unless ``allow_nonfinite``), or (``measure``) the store's codec
+                exceeds its stated error bound on these states; nothing of the batch is stored.
+        """
+        self.check_states(keys, states, locate, measure)
+        self.store.put_many(keys, states, checks=self.checks_of(rows))
+        self.stats.stored += len(keys)
+
+    def check_states(self, keys: list[str], states: list[torch.Tensor], locate: Locate | None = None,
+                     measure: bool = False) -> None:
+        """``put``'s refusals, for states stored elsewhere (a Ray sink): NaN or inf, unless ``allow_nonfinite``;
+        with ``measure``, the store's codec against its stated error bound on these states."""
+        locate = locate or (lambda _: "an example")
+        if not self.options.allow_nonfinite:
+            refuse_nonfinite(keys, states, locate)
+        codec = CODECS.get(self.store.codec)
+        if measure and codec is not None and states and len({tuple(s.shape[1:]) for s in states}) == 1:
+            check_error(states, codec, lambda i: f"{locate(keys[i])} (key {keys[i][:12]}...)")
+
+    def checks_of(self, rows: Sequence[dict]) -> list[str] | None:
+        """What the store keeps beside entries of ``rows``: their ``content_key`` under a user's key, else None."""
+        return [content_key(r) for r in rows] if self.key_fn is not None else None
+
+
+def _locator(keys: Sequence[str], first: int | None) -> Locate:
+    """``locate(key)`` for errors: "row i of the batch", or "example first + i" of a ``predict`` call."""
+    at = {k: i for i, k in reversed(list(enumerate(keys)))}  # a key's first row
+    return (lambda k: f"row {at[k]} of the batch") if first is None else (lambda k: f"example {first + at[k]}")
+
+
+def refuse_nonfinite(keys: Sequence[str], states: Sequence[torch.Tensor], locate: Locate) -> None:
+    """Refuse states holding NaN or inf, naming the first such example (one device sync for the batch)."""
+    if not states:
+        return
+    if bool(torch.isfinite(torch.cat([s.reshape(-1) for s in states])).all()):  # one op for the batch
+        return
+    finite = torch.stack([torch.isfinite(s).all() for s in states]).cpu()  # which one, to name it
+    i = int((~finite).nonzero()[0, 0])
+    s = states[i]
+    raise ValueError(
+        f"{locate(keys[i])} (key {keys[i][:12]}...) has a state with {int(torch.isnan(s).sum())} NaN and "
+        f"{int(torch.isinf(s).sum())} inf among its {s.numel()} values: the bottom overflowed (float16 weights or "
+        f"autocast?) or its inputs or weights hold NaN. Nothing of this batch was stored. Fix the example or the "
+        f"model, or store them as they are with recycle(..., allow_nonfinite=True) (a float codec; int8 cannot)"
+    )
 
 
 def autocast(wanted: str | None, device: torch.device):

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import data
+from . import batches, data
 from .model import Recycled, recycle
 from .pipeline import device_of
-from .stores import DiskStore
+from .stores import DiskStore, NullStore
 from .stores.binkeys import key_bytes, key_strs
 from .stores.codecs import NAMES, codec_name
 from .stores import sizes
@@ -159,7 +159,7 @@ def _open(store: Any) -> Any:
     """The store a fill would extend, read-only (None: a new or memory store: nothing stored yet)."""
     if isinstance(store, (str, Path)):
         return DiskStore(store, readonly=True) if (Path(store) / "store.json").exists() else None
-    return store if store is not None and getattr(store, "keeps", False) else None
+    return store if store is not None and not isinstance(store, NullStore) else None
 
 
 def _chunks(keys: np.ndarray, size: int = 1 << 16) -> Iterable[np.ndarray]:
@@ -223,10 +223,10 @@ def _time(rec: Recycled, model: nn.Module, rows: list[dict], examples: list, bat
           key: Any, tokenizer: Any, options: dict) -> tuple[list[torch.Tensor], dict[str, float]]:
     """The sample's states and the seconds per example of each part (see the module's docstring)."""
     device = device_of(rec.bottom)
-    batches = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    chunks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     with torch.no_grad():
-        rec.pipeline.bottom_states(batches[0], device)  # warm-up: first-call costs are not per example
-        states, bottom = _timed(lambda: [s for b in batches for s in rec.pipeline.bottom_states(b, device)])
+        rec.pipeline.bottom_states(chunks[0], device)  # warm-up: first-call costs are not per example
+        states, bottom = _timed(lambda: [s for b in chunks for s in rec.pipeline.bottom_states(b, device)])
     with tempfile.TemporaryDirectory(prefix="lr-plan-") as tmp:
         scratch = recycle(model, rec.at, store=DiskStore(Path(tmp) / "store", codec=codec), key=key,
                           tokenizer=tokenizer, **options)
@@ -238,7 +238,7 @@ def _time(rec: Recycled, model: nn.Module, rows: list[dict], examples: list, bat
         scratch.store.close()
     model.requires_grad_(True)
     model.train()
-    full_batches = [data.collate_inputs(b, rec.pipeline.pad_id, rec.arch.masked) for b in batches]
+    full_batches = [batches.collate_inputs(b, rec.pipeline.pad_id, rec.arch.masked) for b in chunks]
     _, full = _timed(lambda: [_backward(model(**{k: v.to(device) for k, v in b.items()})) for b in full_batches])
     n = len(rows)
     return states, {"fill": fill / n, "bottom": bottom / n, "top": top / n, "read": read / n, "full": full / n}

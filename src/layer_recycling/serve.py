@@ -1,20 +1,19 @@
-"""Serve: states for a batch from the store (hits) or the bottom (misses), then the top, in the caller's layout.
+"""Serve: a batch in the caller's layout (padded on either side) turned into the top's inputs, and back.
 
-``rec(**model_inputs)`` and ``rec.predict(examples)`` both come here, with the model's pipeline and a function
-that runs its top: ``top(states, attention_mask, extra)``. Under ``torch.compile`` the keying and the store
-run outside the graph (``prepare`` and ``restore``); the top is compiled.
+``rec(**model_inputs)`` and ``rec.predict(examples)`` both come here, with the model's pipeline (whose ``lookup``
+reads hits and computes misses) and a function that runs its top: ``top(states, attention_mask, extra)``. Under
+``torch.compile`` the keying and the store run outside the graph (``prepare`` and ``restore``); the top is compiled.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
-from . import data
-from .fill import check_collisions, check_stored, put, refuse_stale
-from .pipeline import row_key
+from . import batches, data
+from .pipeline import content_key
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -42,54 +41,29 @@ def named_outputs(out: Any) -> dict[str, torch.Tensor]:
     return {n: v for n, v in out.items() if isinstance(v, torch.Tensor)} if hasattr(out, "items") else {}
 
 
-def lookup(pipe: Pipeline, keys: Sequence[str], rows: Sequence[dict[str, torch.Tensor]],
-           device: torch.device, dtype: torch.dtype, first: int | None = None) -> list[torch.Tensor]:
-    """The states of ``rows`` (unpadded inputs, keyed ``keys``) as ``dtype`` on ``device``: hits from the store,
-    misses from the bottom (stored when ``store_misses``; NaN or inf refused unless ``allow_nonfinite``).
-    ``first``: the index of ``rows[0]`` among the caller's examples (None: rows of one batch), for errors."""
-    pipe.check_bottom()  # hits were computed by the bottom of the fingerprint: it must still be this one
-    if pipe.key_fn is not None:  # one user key for two different inputs of this batch: one state would serve both
-        check_collisions(list(zip(keys, rows)))
-    unique = list(dict.fromkeys(keys))
-    held = pipe.store.contains_many(unique)
-    hits = [k for k, h in zip(unique, held) if h]
-    if pipe.key_fn is not None:  # a user's key: the hits must have been computed from these inputs
-        row_of = dict(zip(keys, rows))
-        refuse_stale(check_stored(pipe, hits, [row_of[k] for k in hits]))
-    found = dict(zip(hits, pipe.store.get_many(hits, device=device, dtype=dtype)))
-    misses = {k: r for k, r in zip(keys, rows) if k not in found}
-    if misses:
-        states = pipe.bottom_states(list(misses.values()), device)
-        found.update(zip(misses, (s.to(dtype) for s in states)))
-        if pipe.config.store_misses and pipe.store.keeps:
-            put(pipe, list(misses), states, list(misses.values()), _locator(keys, first))  # durable at next commit
-            pipe.stats.stored += len(misses)
-    pipe.stats.misses += sum(k in misses for k in keys)
-    pipe.stats.hits += sum(k not in misses for k in keys)
-    return [found[k] for k in keys]
+class Prepared(NamedTuple):
+    """The top's inputs for a batch of model inputs: the states (b, n, ...) and their mask, the labels (per-token
+    ones moved with the rows), and the caller's layout for ``restore`` (None: rows are not sequences)."""
 
-
-def _locator(keys: Sequence[str], first: int | None):
-    """``locate(key)`` for errors: "row i of the batch", or "example first + i" of a ``predict`` call."""
-    at = {k: i for i, k in reversed(list(enumerate(keys)))}  # a key's first row
-    return (lambda k: f"row {at[k]} of the batch") if first is None else (lambda k: f"example {first + at[k]}")
+    states: torch.Tensor
+    attention_mask: torch.Tensor | None
+    labels: dict[str, torch.Tensor]
+    layout: batches.Layout | None
 
 
 @torch.compiler.disable  # keys, store reads and misses are data-dependent Python: never traced, the top is
-def prepare(pipe: Pipeline, dtype: torch.dtype, inputs: dict[str, torch.Tensor | None], extra: dict[str, Any]
-            ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any], data.Layout | None]:
-    """The top's arguments for a batch of ordinary model inputs (padded on either side): (states, attention_mask,
-    labels and options, the caller's layout for ``restore``). Per-token labels follow the rows into our layout.
-    """
+def prepare(pipe: Pipeline, dtype: torch.dtype, inputs: dict[str, torch.Tensor | None],
+            labels: dict[str, torch.Tensor]) -> Prepared:
+    """The top's inputs for a batch of ordinary model inputs (padded on either side), states read or computed by
+    ``pipe.lookup``. Per-token labels follow the rows into our layout."""
     inputs = {n: v for n, v in inputs.items() if v is not None}
-    labels = dict(extra)
     unknown = sorted(set(inputs) - set(pipe.input_names))
     if unknown:
         raise TypeError(
             f"unexpected model inputs {unknown}; this model's bottom takes {list(pipe.input_names)} (and labels "
             f"go to the top), so {unknown} would be dropped. Leave them out, or recycle a model that takes them"
         )
-    if pipe.key_fn is not None and pipe.store.keeps:
+    if pipe.key_fn is not None and pipe.keeps:
         raise TypeError(
             "this model keys examples with key=..., which reads fields of the raw example that a batch of model "
             "inputs does not carry; serve raw examples with rec.predict(examples, batch_size=32)"
@@ -100,25 +74,26 @@ def prepare(pipe: Pipeline, dtype: torch.dtype, inputs: dict[str, torch.Tensor |
     device = next(iter(inputs.values())).device
     if not pipe.arch.masked:
         rows = [{n: v[i] for n, v in inputs.items()} for i in range(next(iter(inputs.values())).shape[0])]
-        return data.stack(lookup(pipe, [row_key(r) for r in rows], rows, device, dtype), "states"), None, labels, None
-    layout = data.Layout.of(inputs)
+        return Prepared(batches.stack(pipe.lookup([content_key(r) for r in rows], rows, device, dtype), "states"), None,
+                        labels, None)
+    layout = batches.Layout.of(inputs)
     placed = layout.states(pipe.positions)  # where each row's states go: its tokens, or its clip's frames
     rows = [data.key_fields(r) for r in layout.rows(inputs)]
     for i, row in enumerate(rows):
         data.check_sequence(row, f"row {i} of the batch")
     pipe.check_rows(rows, lambda i: f"row {i} of the batch")
-    states = lookup(pipe, [row_key(r) for r in rows], rows, device, dtype)
+    states = pipe.lookup([content_key(r) for r in rows], rows, device, dtype)
     per_token = {n: placed.gather(v, data.IGNORE_INDEX) for n, v in labels.items() if _is_per_token(v, placed)}
-    return (*data.repad(states, to=placed.n), {**labels, **per_token}, placed)
+    return Prepared(*batches.repad(states, to=placed.n), {**labels, **per_token}, placed)
 
 
-def _is_per_token(v: torch.Tensor, layout: data.Layout) -> bool:
+def _is_per_token(v: torch.Tensor, layout: batches.Layout) -> bool:
     # Per-token labels are class ids (b, t); float (b, labels) are multi-label targets, whatever their width.
     return isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[1] == layout.t and not v.is_floating_point()
 
 
 @torch.compiler.disable
-def restore(out: Any, layout: data.Layout | None) -> Any:
+def restore(out: Any, layout: batches.Layout | None) -> Any:
     """Per-token outputs of the top (b, n, ...) put back in the caller's layout (b, t, ...); 0 at padding."""
     if layout is None or layout.right_padded and layout.n == layout.t or not hasattr(out, "keys"):
         return out
@@ -142,10 +117,10 @@ def predict(pipe: Pipeline, top: Top, device: torch.device, dtype: torch.dtype, 
     results: list[dict] = []
     with torch.no_grad(), tqdm(total=len(examples), unit="ex", desc="predict", disable=not progress) as bar:
         for start in range(0, len(examples), batch_size):
-            encoded = [pipe.encode(e, f"example {start + j}") for j, e in enumerate(examples[start : start + batch_size])]
+            encoded = list(pipe.encode_many(examples[start : start + batch_size], first=start))
             keys, rows = [k for k, _, _ in encoded], [i for _, i, _ in encoded]
             pipe.check_rows(rows, lambda i: f"example {start + i}")
-            states = lookup(pipe, keys, rows, device, dtype, first=start)
+            states = pipe.lookup(keys, rows, device, dtype, first=start)
             results += _per_example(pipe, top, states)
             bar.update(len(encoded))
     return results
@@ -153,8 +128,8 @@ def predict(pipe: Pipeline, top: Top, device: torch.device, dtype: torch.dtype, 
 
 def _per_example(pipe: Pipeline, top: Top, states: list[torch.Tensor]) -> list[dict]:
     if not pipe.arch.masked:
-        return _rows(top(data.stack(states, "states"), None, {}), None)
-    out = top(*data.repad(states), {})
+        return _rows(top(batches.stack(states, "states"), None, {}), None)
+    out = top(*batches.repad(states), {})
     return _rows(out, [s.shape[0] for s in states])
 
 

@@ -17,7 +17,7 @@ import functools
 import torch
 from torch import nn
 
-from . import data
+from . import batches
 from .surgery import replace, resolve_at, shallow
 
 # Heads whose forward reads only the base model's last hidden state and the mask (frames are counted from it).
@@ -82,7 +82,7 @@ class SpeechBottom(nn.Module):
         self.stem, self.blocks, self.k = replace(base, stem), run(base, 0, k, top=False), k
 
     def forward(self, input_values: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        clips = [c["input_values"] for c in data.Layout.of(
+        clips = [c["input_values"] for c in batches.Layout.of(
             {"input_values": input_values, "attention_mask": attention_mask}).rows({"input_values": input_values})]
         counts = [frames(self.stem, len(c)) for c in clips]
         short = next((i for i, n in enumerate(counts) if n < 1), None)
@@ -92,7 +92,7 @@ class SpeechBottom(nn.Module):
                 f"feature encoder needs for one frame: the model cannot run it. Drop or pad it"
             )
         states = self._stem_states(clips, max(counts))
-        mask = data.mask_for(counts, states.shape[1], states.device).bool()
+        mask = batches.mask_for(counts, states.shape[1], states.device).bool()
         return states if self.k == 0 else self.blocks(states, attention_mask=mask)[0]
 
     def _stem_states(self, clips: list[torch.Tensor], width: int) -> torch.Tensor:

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 
-from . import data
-from .fill import StatesOf, size_of, compute, keyed, missing, stream
+from . import batches
+from .fill import keyed, size_of, stream
 from .fingerprint import FingerprintMismatch, fingerprint_of
-from .pipeline import autocast, dtype_of
+from .pipeline import StatesOf, autocast, dtype_of
 from .split import middle, split
 from .stores.codecs import LOSSLESS
 
@@ -26,22 +26,22 @@ def fill(pipe: Pipeline, lower: Pipeline, examples: Iterable[Any], batch_size: i
          group: Any = None) -> int:
     """``fill.fill`` of ``pipe`` from ``lower``'s stored states: ``lower``'s store is filled first where it lacks
     an example this fill needs, then blocks j..k run on its states. Returns the entries ``pipe`` added."""
-    if not pipe.store.keeps:
+    if not pipe.keeps:
         return 0
     check_stackable(pipe, lower)
     states_of = stacked_states(pipe, lower)
 
     def step(chunk: list[tuple[str, dict]], mine: Callable[[dict], dict], locate: Callable[[str], str]) -> int:
-        pending = mine(missing(pipe, chunk))  # what this level lacks; the lower level computes what it lacks of it
-        compute(lower, mine(missing(lower, list(pending.items()))), batch_size, locate=locate)
-        return compute(pipe, pending, batch_size, states_of, locate)  # a key's owner stored its lower state
+        pending = mine(pipe.missing(chunk))  # what this level lacks; the lower level computes what it lacks of it
+        lower.compute(mine(lower.missing(list(pending.items()))), batch_size, locate=locate)
+        return pipe.compute(pending, batch_size, states_of, locate)  # a key's owner stored its lower state
 
     return stream([lower, pipe], keyed(pipe, examples), step, progress, group, total=size_of(examples))
 
 
 def stacked_states(pipe: Pipeline, lower: Pipeline) -> StatesOf:
-    """``states_of(keys, rows)`` for ``fill.compute``: lower's stored states run through blocks j..k."""
-    blocks = middle(pipe.source, lower.at, pipe.at, pipe.config.blocks).eval()
+    """``states_of(keys, rows)`` for ``Pipeline.compute``: lower's stored states run through blocks j..k."""
+    blocks = middle(pipe.source, lower.at, pipe.at, pipe.options.blocks).eval()
     device, dtype = pipe.device, dtype_of(pipe.bottom)
 
     @torch.no_grad()
@@ -50,10 +50,10 @@ def stacked_states(pipe: Pipeline, lower: Pipeline) -> StatesOf:
         states = lower.store.get_many(keys, device=device, dtype=dtype)
         pipe.stats.bottom_calls += 1
         pipe.stats.bottom_examples += len(keys)
-        with autocast(pipe.config.autocast, device):  # as the bottom of this level runs them
+        with autocast(pipe.options.autocast, device):  # as the bottom of this level runs them
             if not pipe.arch.masked:
-                return list(blocks(data.stack(states, "states")))
-            out = blocks(*data.repad(states))
+                return list(blocks(batches.stack(states, "states")))
+            out = blocks(*batches.repad(states))
         return [out[i, : s.shape[0]] for i, s in enumerate(states)]
 
     return states_of
@@ -68,20 +68,20 @@ def check_stackable(pipe: Pipeline, lower: Pipeline) -> None:
     """
     if not lower.at < pipe.at:
         raise ValueError(f"start_from recycles {lower.at} blocks, this model {pipe.at}: start from a lower level")
-    if not lower.store.keeps or lower.store.codec not in LOSSLESS:
+    if not lower.keeps or lower.store.codec not in LOSSLESS:
         raise ValueError(
             f"start_from's store is {lower.store!r} (codec {lower.store.codec!r}): a stacked fill needs exact states "
             f"(a codec in {LOSSLESS}); fill this level from scratch instead"
         )
     if lower.key_fn is not pipe.key_fn:
         raise ValueError("start_from keys examples with another key function; use the same key= for both levels")
-    if lower.config.autocast != pipe.config.autocast:
+    if lower.options.autocast != pipe.options.autocast:
         raise ValueError(
-            f"start_from's states were computed under autocast={lower.config.autocast!r}, this level's bottom runs "
-            f"under autocast={pipe.config.autocast!r}: its first {lower.at} blocks would not be this level's. "
+            f"start_from's states were computed under autocast={lower.options.autocast!r}, this level's bottom runs "
+            f"under autocast={pipe.options.autocast!r}: its first {lower.at} blocks would not be this level's. "
             f"Recycle both levels with the same autocast=, or fill this level from scratch"
         )
-    s = split(pipe.source, lower.at, pipe.config.blocks)
+    s = split(pipe.source, lower.at, pipe.options.blocks)
     own = fingerprint_of(s.bottom, model=pipe.source, at=s.at, num_layers=s.num_layers, blocks=s.arch.blocks,
                          codec=lower.store.codec).parts
     parts = [p for p in ("model", "config", "split", "weights") if lower.fingerprint.parts.get(p) != own[p]]

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-from .data import SCALES
+from .batches import SCALES
 from .stores.codecs import dequantize
 
 _END = object()

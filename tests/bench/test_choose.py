@@ -8,7 +8,7 @@ import pytest
 
 from conftest import LABELS, LAYERS, text_examples, text_model
 from layer_recycling.bench import tasks
-from layer_recycling.bench.choose import choose, fold_scores
+from layer_recycling.bench.choose import Probe, choose, fold_scores, predicted_seconds
 from layer_recycling.bench.settings import TrainConfig
 from layer_recycling.cli import main
 
@@ -43,12 +43,42 @@ def test_choose_picks_the_most_recycled_level_within_the_target(max_drop, level,
     assert f"choice: recycle {round(level * 100)}% ({at} blocks)" in str(answer)
 
 
-def test_a_level_clearly_past_the_target_stops_after_its_first_epoch():
+def test_a_level_clearly_past_the_target_at_two_epochs_in_a_row_stops_after_the_second():
     answer = choose(_task(_by_level), _make, 13, TrainConfig(epochs=3, batch_size=4), levels=(0.75, 1.0), budget=100,
                     echo=print)
     first = answer.probes[1]
-    assert first.level == 1.0 and first.verdict == "fails after epoch 1 of 3" and len(first.scores) == 1
+    assert first.level == 1.0 and first.verdict == "fails after epoch 2 of 3" and len(first.scores) == 2
+    assert first.drops == [16, 16] and first.behind == [True, True]
     assert len(answer.chosen.scores) == 3  # the level that holds trained every epoch
+
+
+def _slow_start(epochs_scored: dict):
+    """Full fine-tuning scores 80 after every epoch; a recycled model 40, 60, 70, 71... after its epochs: far behind
+    at first, catching up."""
+    def evaluate(task, forward, batch_size):
+        if not hasattr(forward, "at"):
+            return {"accuracy": 80.0}
+        n = epochs_scored[id(forward)] = epochs_scored.get(id(forward), 0) + 1  # one call per fold and epoch
+        return {"accuracy": (40.0, 60.0, 70.0, 71.0)[min((n - 1) // 2, 3)]}
+    return evaluate
+
+
+def test_a_level_behind_after_its_first_epoch_but_catching_up_trains_every_epoch():
+    answer = choose(_task(_slow_start({})), _make, 15, TrainConfig(epochs=3, batch_size=4), levels=(1.0,), folds=2,
+                    budget=100, echo=print)
+    probe = answer.probes[1]
+    assert probe.drops == [40, 20, 10] and probe.behind == [True, True, False]
+    assert probe.verdict == "holds" and answer.level == 1.0  # the same-epoch rule alone would have stopped it at 1
+
+
+def test_the_budget_prediction_is_a_line_through_the_reference_and_the_last_level_that_trained_blocks():
+    reference = Probe("full", None, 0, scores=[1.0, 1.0], train_s=120.0)  # 6 blocks, 2 epochs: 60 s an epoch
+    assert predicted_seconds([reference], 6, 3, 2) == pytest.approx(60.0)  # before any level: its share, 3 of 6
+    head_only = Probe("recycled 100%", 1.0, 6, scores=[1.0, 1.0], train_s=1.0)  # no block trained: not a point
+    stopped = Probe("recycled 75%", 0.75, 4, scores=[1.0], train_s=8.0)  # 2 blocks, 1 epoch: 8 s an epoch
+    # 8 s an epoch for 2 blocks, 60 for 6: 13 s a block; 3 blocks for 2 epochs: (8 + 13) * 2
+    assert predicted_seconds([reference, head_only, stopped], 6, 3, 2) == pytest.approx(42.0)
+    assert predicted_seconds([reference, head_only], 6, 3, 2) == pytest.approx(60.0)
 
 
 def test_no_level_within_the_target_answers_full_fine_tuning():
@@ -58,12 +88,16 @@ def test_no_level_within_the_target_answers_full_fine_tuning():
     answer = choose(_task(worse), _make, 1, TrainConfig(epochs=1, batch_size=4), levels=(0.5, 1.0), budget=100,
                     echo=print)
     assert answer.level is None and answer.chosen is None and "choice: full fine-tuning" in str(answer)
+    assert not answer.untried and "not tried" not in str(answer)  # every level tried: a measured "full"
 
 
-def test_a_level_that_would_pass_the_budget_is_not_tried():
-    answer = choose(_task(_by_level), _make, 5, TrainConfig(epochs=1, batch_size=4), levels=(0.5, 1.0), budget=0.5,
-                    echo=print)
-    assert answer.level is None and answer.probes[-1].verdict.startswith("not tried: about")
+def test_a_level_that_would_pass_the_budget_is_not_tried_nor_any_below_it():
+    answer = choose(_task(_by_level), _make, 5, TrainConfig(epochs=1, batch_size=4), levels=(0.25, 0.5, 1.0),
+                    budget=0.5, echo=print)
+    assert answer.level is None and [p.label for p in answer.untried] == ["recycled 100%", "recycled 50%",
+                                                                           "recycled 25%"]
+    assert all(p.verdict.startswith("not tried: about") and not p.scores for p in answer.untried)
+    assert "not tried within the budget: recycled 100%, recycled 50%, recycled 25%" in str(answer)
 
 
 def test_choose_is_reproducible_with_a_seed_and_confirms_on_test():
@@ -124,3 +158,26 @@ def test_retrieval_folds_embed_once_and_split_the_queries(tmp_path, tiny_model_d
     whole = task.evaluate_val(model)["mrr@10"]
     sizes = [len(range(i, queries, 2)) for i in range(2)]
     assert sum(p * n for p, n in zip(parts, sizes)) / queries == pytest.approx(whole, abs=1e-6)
+
+
+def test_a_replay_of_a_runs_record_gives_its_answer_and_decides_another_target(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import choose_replay
+
+    answer = choose(_task(_by_level), _make, 9, TrainConfig(epochs=1, batch_size=4), levels=(0.5, 1.0), budget=100,
+                    echo=print).to_dict()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "tiny-9.json").write_text(json.dumps(answer))
+    (tmp_path / "old" / "tiny-1.json").write_text(json.dumps({**answer, "max_drop": 1.0}))  # a record made at 9
+    monkeypatch.setattr("sys.argv", ["choose_replay.py", str(tmp_path / "old"), "--out", str(tmp_path / "new"),
+                                     "--budget", "100", "--levels", "0.5,1"])
+    choose_replay.main()
+    assert "needs a run" not in capsys.readouterr().out
+    same = json.loads((tmp_path / "new" / "tiny-9.json").read_text())
+    assert same["level"] == answer["level"] == 0.5 and same["cost"] == pytest.approx(answer["cost"])
+    assert [(p["label"], p["verdict"], p["drops"]) for p in same["probes"]] == [
+        (p["label"], p["verdict"], p["drops"]) for p in answer["probes"]]
+    stricter = json.loads((tmp_path / "new" / "tiny-1.json").read_text())  # 50% drops 8 points: past 1
+    assert stricter["level"] is None and [p["verdict"] for p in stricter["probes"]] == ["reference", "fails", "fails"]

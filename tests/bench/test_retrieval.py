@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import random
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 import transformers
 
 from conftest import WORDS
-from layer_recycling import MemoryStore, data, recycle
+from layer_recycling import MemoryStore, batches, recycle
 from layer_recycling.bench import metrics, retrieval, runner
 from layer_recycling.bench.catalog import load_task, model_factory
 from layer_recycling.bench.settings import Setting, TrainConfig
@@ -312,6 +313,23 @@ def test_every_block_recycled_leaves_nothing_to_train_and_scores_the_pretrained_
     assert result.scores.keys() == pair_task.evaluate(made[-1]).keys()
 
 
+def test_the_head_setting_trains_a_head_on_one_stored_vector_per_text(pair_task, tiny_model_dir):
+    make, made = _keeping(model_factory(str(tiny_model_dir), "retrieval", 0))
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-3)
+    half, head = (runner.run(pair_task, s, make, cfg) for s in (Setting("recycled", 0.5), Setting("head", 1.0)))
+    distinct = {tuple(e[f]["input_ids"]) for e in pair_task.train for f in pair_task.inputs}
+    assert head.trained and head.label == "head" and head.at == 4
+    assert head.cache_entries == half.cache_entries > len(distinct)  # training texts, then those scored (misses stored)
+    assert head.trainable_params == 32 * 32 + 2 * 32  # the skip-connection head alone: fc and its gate
+    width = made[-1].config.hidden_size
+    assert head.cache_bytes / head.cache_entries < half.cache_bytes / half.cache_entries
+    assert head.cache_bytes / head.cache_entries >= 4 * width  # one float32 vector an input
+    assert head.end_to_end_cpu_s > 0 and set(head.scores) == set(half.scores)
+    untrained = runner.run(pair_task, Setting("head", 1.0), make, dataclasses.replace(cfg, head_lr=1e-12))
+    pretrained = pair_task.evaluate(make().eval())  # the head starts as the identity: the pretrained model's scores
+    assert untrained.scores == pytest.approx(pretrained, abs=1e-6)
+
+
 def test_nothing_to_train_is_refused_where_blocks_remain():
     model = torch.nn.Linear(2, 2).requires_grad_(False)
     batches = [{"x": torch.ones(1, 2)}]
@@ -328,10 +346,10 @@ def test_recycle_bench_task_retrieval_on_a_users_pairs(tmp_path, tiny_model_dir,
     out = tmp_path / "out"
     assert main(["bench", "--task", "retrieval", "--dataset", str(_pairs_csv(tmp_path / "p.csv")), "--model",
                  str(tiny_model_dir), "--text-column", "question", "--text-pair-column", "answer", "--epochs", "1",
-                 "--levels", "0,0.5,1", "--codecs", "float16", "--lr", "1e-3", "--out", str(out)]) == 0
+                 "--levels", "0,0.5,1,head", "--codecs", "float16", "--lr", "1e-3", "--out", str(out)]) == 0
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*.json"))]
     assert {r["label"] for r in results} == {"full", "frozen 50%", "recycled 0%", "recycled 50%", "recycled 100%",
-                                             "recycled+lora 50%", "recycled 50% float16"}
+                                             "recycled+lora 50%", "recycled 50% float16", "head"}
     for r in results:
         assert r["task"] == "retrieval" and r["metric"] == "mrr@10" and r["val_score"] is not None
         assert r["trained"] == (r["label"] != "recycled 100%")
@@ -373,7 +391,7 @@ def test_images_search_their_unseen_classes_and_a_recycled_cnn_scores_as_the_who
     assert task.sizes() == "24 training pairs, 8 validation / 24 test queries searching 24 entries"
     whole = task.evaluate(_cnn().eval())
     assert task.evaluate(recycle(_cnn(), at=2, store=MemoryStore()).eval()) == pytest.approx(whole, abs=1e-4)
-    for setting in (Setting("full"), Setting("recycled", 0.5), Setting("recycled", 1.0)):
+    for setting in (Setting("full"), Setting("recycled", 0.5), Setting("recycled", 1.0), Setting("head", 1.0)):
         result = runner.run(task, setting, _cnn, TrainConfig(epochs=1, batch_size=8, lr=1e-3))
         assert result.trained and set(result.scores) >= {"recall@1", "mrr@10"}  # 100%: the head trains
 
@@ -420,7 +438,7 @@ def test_each_pooling_equals_sentence_transformers_own_on_a_left_padded_decoder(
     tok = transformers.AutoTokenizer.from_pretrained(tiny_qwen3_dir)
     plain = transformers.AutoModel.from_pretrained(tiny_qwen3_dir).eval()
     left = tok(texts, padding=True, return_tensors="pt")
-    right = data.collate_inputs([{"input_ids": torch.tensor(ids)} for ids in tok(texts)["input_ids"]], 0, True)
+    right = batches.collate_inputs([{"input_ids": torch.tensor(ids)} for ids in tok(texts)["input_ids"]], 0, True)
     with torch.no_grad():
         for batch in (left, right):  # the harness batches right-padded; the model's tokenizer pads left
             assert torch.allclose(retrieval.embed(plain, dict(batch), mode), want, atol=1e-5)

@@ -236,3 +236,58 @@ def test_training_batches_from_a_datasets_dataset_leave_nothing_per_text(tiny_mo
 
     small, large = served(64), served(512)
     assert (large - small) / (512 - 64) < 1, f"{small} B held after 64 texts, {large} B after 512"
+
+
+# ---- at="pooled": one vector per text stored, a head trained on it ------------------------------------------------
+
+
+def test_pooled_trains_the_head_from_the_store_and_saves_a_plain_model(model, tmp_path):
+    import datasets
+    from sentence_transformers.sentence_transformer.modules import Normalize
+
+    model.append(Normalize())
+    want = model.encode(ANCHORS, convert_to_tensor=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    recycled = recycle_sentence_transformer(model, "pooled")
+    rec = recycled_models(recycled)["0"]
+    untrained = recycled.encode(ANCHORS, convert_to_tensor=True)
+    assert float((untrained - want).abs().max()) <= 1e-5  # the head starts as the identity
+    assert rec.stats.bottom_examples == len(ANCHORS)
+    args = st.SentenceTransformerTrainingArguments(
+        str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=3, learning_rate=1e-1, report_to=[],
+        use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0)
+    st.SentenceTransformerTrainer(
+        model=recycled, args=args, train_dataset=datasets.Dataset.from_dict({"anchor": ANCHORS, "positive": POSITIVES}),
+        loss=losses.MultipleNegativesRankingLoss(recycled)).train()
+    assert rec.stats.bottom_examples == 10 and len(rec.store) == 10  # each distinct text ran once, in 2 epochs
+    trained = recycled.encode(ANCHORS, convert_to_tensor=True)
+    assert float((trained - want).abs().max()) > 1e-3  # the head trained
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # the original is untouched
+    assert float((model.encode(ANCHORS, convert_to_tensor=True) - want).abs().max()) == 0
+
+    recycled.save(str(tmp_path / "saved"))
+    loaded = st.SentenceTransformer(str(tmp_path / "saved"), device="cpu")  # no trust_remote_code: plain modules
+    assert [type(m).__name__ for m in loaded] == ["Transformer", "Pooling", "Dense", "Normalize"]
+    assert float((loaded.encode(ANCHORS, convert_to_tensor=True) - trained).abs().max()) <= 1e-5
+
+
+def test_pooled_plain_pytorch_loader_batches_pooled_states(model):
+    recycled = recycle_sentence_transformer(model, "pooled", head=torch.nn.Linear(32, 8))
+    rec = recycled_models(recycled)["0"]
+    examples = [{**recycled.tokenize([t]), "label": 0} for t in ANCHORS]
+    examples = [{k: v[0] for k, v in e.items() if k != "label"} for e in examples]
+    batch = next(iter(rec.loader(examples, batch_size=6, progress=False)))
+    assert batch["states"].shape == (6, 1, 32)
+    out = rec(**batch)
+    assert out.shape == (6, 8) and out.requires_grad
+    assert float((recycled.encode(ANCHORS, convert_to_tensor=True) - out.detach()).abs().max()) <= 1e-5
+    assert rec.stats.bottom_examples == len(ANCHORS)  # encode read every text from the store
+
+
+def test_pooled_refuses_a_head_it_cannot_save_and_a_model_without_pooling(model):
+    with pytest.raises(TypeError, match="pass a SkipConnectionHead"):  # before any training: save could not write it
+        recycle_sentence_transformer(model, "pooled", head=torch.nn.Sequential(torch.nn.Linear(32, 32)))
+    with pytest.raises(TypeError, match="starts with a Transformer and a Pooling"):
+        recycle_sentence_transformer(st.SentenceTransformer(modules=[model[0]], device="cpu"), "pooled")
+    with pytest.raises(TypeError, match="head= is for at='pooled'"):
+        recycle_sentence_transformer(model, 0.5, head=torch.nn.Identity())

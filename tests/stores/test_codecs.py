@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import layer_recycling as lr
-from layer_recycling.data import collate_states
+from layer_recycling.batches import collate_states
 from layer_recycling.stores.codecs import (
     CODECS, OUTLIERS, check_error, codec_name, decode, dequantize, encode, error_bound, stored,
 )

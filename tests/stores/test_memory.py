@@ -12,7 +12,7 @@ from layer_recycling.stores.codecs import dequantize
 
 def test_verbs():
     store = lr.MemoryStore()
-    assert isinstance(store, lr.Store) and store.keeps
+    assert isinstance(store, lr.Store) and not isinstance(store, lr.SharedStore)
     store["a"] = torch.ones(3, 2)
     store.put_many(["b"], [torch.zeros(5, 2)])
     assert "a" in store and "z" not in store and len(store) == 2 and sorted(store) == ["a", "b"]

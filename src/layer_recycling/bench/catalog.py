@@ -145,6 +145,10 @@ def load_task(kind: str, dataset: str, model: str, *, train: int | None = None, 
             task.train, task.val = seeded_split(task.train, val, seed, label_of=lambda e: int(e["labels"]))
     else:
         task = _text(kind, dataset, model, train, test, max_length, test_file, seed, val, val_file, columns)
+    if model not in IMAGE_MODELS:
+        from .retrieval import pooling_of
+
+        task.pooling = pooling_of(model_dir(model))  # the head setting pools as the model's 1_Pooling says
     task.dataset = Path(dataset).name  # a file's name, not its path, in results and reports
     return task
 

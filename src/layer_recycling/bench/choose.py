@@ -3,12 +3,30 @@
 1. Full fine-tuning runs once, scored on validation after every epoch: the reference.
 2. One pass of the bottom fills every candidate level's store (stacked: each level's fill starts from the store of
    the level below, so only the blocks between two levels run).
-3. Levels are tried from the most recycled (the cheapest to train) down. Each trains as a sweep trains it and is
-   scored after every epoch against the reference at the same epoch; it is dropped as soon as its drop exceeds the
-   target by more than twice its standard error, and it holds when its drop after the last epoch is within the
-   target. The first level that holds is the answer: every more recycled one failed. A level whose predicted cost
-   (the reference's training time times the share of blocks it trains) would take the cost past ``budget`` full
-   fine-tunings is not tried, and the answer says so.
+3. Levels are tried from the most recycled down. Each trains as a sweep trains it and is scored after every epoch;
+   it holds when its drop against the reference after the last epoch is within the target (the rule a sweep's pick
+   reads, on one seed). The first level that holds is the answer: every more recycled one failed.
+4. A level is stopped early only on a failure it is not recovering from: after two epochs in a row its drop against
+   the reference at the same epoch exceeds the target by more than twice its standard error, and the gap did not
+   narrow between them. One bad epoch is not enough: a level that trains fewer blocks can still be at chance after
+   its first epoch and end within a few points (imdb with MiniLM: 50% and 55% accuracy after epoch 1 of 2 against
+   the reference's 75%, where three seeds of the sweep put those levels' final drops at +3.7 and +2.0).
+5. The budget: a level is tried only when its predicted cost keeps the total within ``budget`` full fine-tunings.
+   The prediction is a line through the training seconds per epoch of the reference and of the last level that
+   trained blocks, against the blocks each trained (on the runs of docs/findings.md it was within +0.01 to +0.04
+   full fine-tunings of the measured cost; the reference's share of blocks alone, over by up to +0.06, is the
+   prediction before any level trained blocks). When it is not tried, neither is any level
+   below (each trains more), the answer is full fine-tuning, and the untried levels are listed: "full" then means
+   "no level shown to hold within the budget", not "every level fails".
+
+Why this order and not another, for a user: a level costs about its share of trained blocks, so the most recycled
+levels are both the cheapest to test and the ones worth most; testing them first spends little when the answer is
+high (75% for most tasks of docs/findings.md) and ends at the first hold. A bisection from 50% pays for 50% and then
+75% (or 25%) to reach the same answers, and a successive halving by epochs ranks levels on their first epochs,
+which the imdb case above shows can mislead. A second seed of a close level alone does not make its drop much
+surer: the drop is the reference minus the level, and the reference's seed varies as much as the level's, so a
+second seed of the level cuts the drop's spread by about 13% (the square root of 3/4); a second pair costs a full
+fine-tuning more, more than the budget leaves.
 
 Validation is scored in ``folds`` disjoint parts (retrieval: parts of the queries, each searching the whole corpus):
 a drop's interval is the 95% t-interval of the paired per-part drops. The cost is counted as a sweep counts its runs'
@@ -50,6 +68,8 @@ class Probe:
     train_s: float = 0.0
     eval_s: float = 0.0
     verdict: str = ""  # "reference", "holds", "fails", "fails after epoch e of E", "not tried: ..."
+    drops: list[float] = dataclasses.field(default_factory=list)  # per epoch, against the reference at that epoch
+    behind: list[bool] = dataclasses.field(default_factory=list)  # per epoch: past the target by over 2 standard errors
     drop: float | None = None
     half_width: float | None = None  # of the drop's 95% interval
     se: float | None = None  # the drop's standard error (None: one fold)
@@ -85,6 +105,11 @@ class Choice:
     def chosen(self) -> Probe | None:
         return next((p for p in self.probes if p.verdict == "holds"), None)
 
+    @property
+    def untried(self) -> list[Probe]:
+        """The levels the budget stopped before: the answer says nothing about them."""
+        return [p for p in self.probes if p.verdict.startswith("not tried")]
+
     def __str__(self) -> str:
         lines = [f"{'setting':>14}  {'val ' + self.metric:>12}  {'drop':>16}  verdict"]
         for p in self.probes:
@@ -95,6 +120,9 @@ class Choice:
         lines.append("")
         if pick is None:
             lines.append(f"choice: full fine-tuning: no level tried kept its validation drop within {self.max_drop:g}")
+            if self.untried:
+                lines.append("not tried within the budget: " + ", ".join(p.label for p in self.untried)
+                             + " (a larger --budget tries them)")
         else:
             lines.append(f"choice: recycle {round(pick.level * 100)}% ({pick.at} blocks): validation drop "
                          f"{pick.drop:+.2f}" + (f" ± {pick.half_width:.2f} (95%)" if pick.half_width else "")
@@ -141,12 +169,13 @@ def choose(task: Task, make_model: Callable[[], nn.Module], max_drop: float, cfg
     probes, chosen, level = [reference], None, None
     for level in sorted(recs, reverse=True):
         rec = recs[level]
-        guess = seconds["reference"] * (rec.num_layers - rec.at) / rec.num_layers
         label = f"recycled {round(level * 100)}%"
-        if sum(seconds.values()) - seconds["scoring"] + guess > budget * seconds["reference"]:
+        guess = predicted_seconds(probes, rec.num_layers, rec.at, cfg.epochs)
+        spent = sum(seconds.values()) - seconds["scoring"]
+        if probes[-1].verdict.startswith("not tried") or spent + guess > budget * seconds["reference"]:
             probes.append(Probe(label, level, rec.at, verdict=f"not tried: about {guess:.0f} s more would pass the "
                                                                  f"budget of {budget:g} full fine-tunings"))
-            break
+            continue
         torch.set_rng_state(states[level])  # as a sweep's run: the head made, then training
         probe, _ = _train(task, rec, reference, cfg, folds, seconds, "training", echo, max_drop, level)
         probes.append(probe)
@@ -160,6 +189,22 @@ def choose(task: Task, make_model: Callable[[], nn.Module], max_drop: float, cfg
         if chosen is not None:
             choice.test[f"recycled {round(level * 100)}%"] = task.evaluate(chosen.eval())[task.metric]
     return choice
+
+
+def predicted_seconds(probes: Sequence[Probe], num_layers: int, at: int, epochs: int) -> float:
+    """The training seconds of a level that recycles ``at`` of ``num_layers`` blocks, for ``epochs``: a line through
+    the seconds per epoch of the reference (``probes[0]``, every block) and of the last probe that trained blocks,
+    against the blocks they trained (a fixed part, the head's and the batches', plus a part per block); before any
+    probe trained blocks, the reference's share of blocks."""
+    reference = probes[0]
+    per_epoch = reference.train_s / len(reference.scores)
+    measured = [p for p in probes[1:] if p.train_s > 0 and 0 < p.at < num_layers and p.scores]
+    if not measured:
+        return per_epoch * (num_layers - at) / num_layers * epochs
+    last = measured[-1]
+    last_per_epoch, last_blocks = last.train_s / len(last.scores), num_layers - last.at
+    per_block = (per_epoch - last_per_epoch) / (num_layers - last_blocks)
+    return max(0.0, last_per_epoch + per_block * (last.at - at)) * epochs
 
 
 def _fill(task: Task, make_model: Callable[[], nn.Module], levels: list[float], cfg: TrainConfig,
@@ -183,7 +228,7 @@ def _train(task: Task, forward: nn.Module, reference: Probe | None, cfg: TrainCo
            seconds: dict[str, float], account: str, echo: Callable[[str], None], max_drop: float = 0.0,
            level: float | None = None) -> tuple[Probe, nn.Module]:
     """Train ``forward`` for up to ``cfg.epochs``, scored on validation after each; with a ``reference``, stop when
-    the drop is clearly past ``max_drop``."""
+    the drop is clearly past ``max_drop`` and not recovering (``not_recovering``)."""
     setting = Setting("full") if level is None else Setting("recycled", level)
     probe = Probe(setting.label, level, getattr(forward, "at", 0), verdict="reference" if reference is None else "")
     params = [p for p in forward.parameters() if p.requires_grad]
@@ -197,8 +242,9 @@ def _train(task: Task, forward: nn.Module, reference: Probe | None, cfg: TrainCo
         if reference is None:
             return True
         _drop(probe, reference, epoch)
-        clearly_past = probe.drop - 2 * (probe.se or 0.0) > max_drop
-        if epoch < cfg.epochs and clearly_past:
+        probe.drops.append(probe.drop)
+        probe.behind.append(probe.drop - 2 * (probe.se or 0.0) > max_drop)
+        if epoch < cfg.epochs and not_recovering(probe):
             probe.verdict = f"fails after epoch {epoch} of {cfg.epochs}"
             return False
         return True
@@ -216,6 +262,12 @@ def _train(task: Task, forward: nn.Module, reference: Probe | None, cfg: TrainCo
         probe.verdict = "holds" if probe.drop <= max_drop else "fails"
     echo(f"{probe.label:>16}  val {task.metric} {probe.scores[-1]:6.2f}  {probe.verdict}")
     return probe, forward
+
+
+def not_recovering(probe: Probe) -> bool:
+    """Whether the probe's last two epochs were both clearly past the target (``behind``) and its drop did not
+    narrow from one to the other: the only early stop (one bad epoch can be a slow start)."""
+    return len(probe.drops) >= 2 and all(probe.behind[-2:]) and probe.drops[-1] >= probe.drops[-2]
 
 
 def _drop(probe: Probe, reference: Probe, epoch: int) -> None:

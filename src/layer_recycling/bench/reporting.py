@@ -116,8 +116,8 @@ def recommend(rows: list[dict], max_drop: float) -> dict | None:
     setting is an unbiased check of the choice; results without validation scores fall back to the test drop.
     """
     key = "val_drop" if _on_validation(rows) else "drop"
-    ok = [r for r in rows if r["setting"].startswith("recycled") and r[key] is not None and r[key] <= max_drop
-          and r["speedup"] > 1.0]
+    ok = [r for r in rows if (r["setting"].startswith("recycled") or r["setting"] == "head") and r[key] is not None
+          and r[key] <= max_drop and r["speedup"] > 1.0]
     return max(ok, key=lambda r: (r["level"], r["speedup"]), default=None)
 
 
@@ -213,7 +213,7 @@ def plot(rows: list[dict], path: str | Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = dict(zip(SETTINGS, ("tab:red", "tab:gray", "tab:blue", "tab:purple")))
+    colors = dict(zip(SETTINGS, ("tab:red", "tab:gray", "tab:blue", "tab:purple", "tab:orange")))
     for i, r in enumerate(sorted(rows, key=lambda r: r["speedup"])):
         ax.errorbar(r["speedup"], r["score"], yerr=r["score_sd"] or None, fmt="o", capsize=3,
                     color=colors[r["setting"]])

@@ -14,7 +14,7 @@ from typing import Any
 class Result:
     """The measurements of one run (``runner.run``) and, once ``sweep`` adds them, what the run belongs to."""
 
-    setting: str  # full, frozen, recycled or recycled+lora
+    setting: str  # full, frozen, recycled, recycled+lora or head
     label: str  # the setting's row in a table: "recycled 50%", "recycled 50% int8", ...
     level: float  # the recycled fraction of blocks (0 for full fine-tuning)
     at: int  # blocks recycled
@@ -44,6 +44,9 @@ class Result:
     peak_mem_mb: float | None = None
     model_source: str | None = None  # a built-in model's name or the model folder's absolute path
     config: dict | None = None  # the training and data config (``runner.conditions``), seed included
+    end_to_end_cpu_s: float | None = None  # the process's CPU seconds of the fill and every epoch (one thread: what
+    # other work on the machine leaves unchanged, unlike ``end_to_end_s``)
+    cache_entries: int | None = None  # entries in the store: ``cache_bytes / cache_entries`` is bytes per input
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of a result file, fields in the order the harness writes them."""
@@ -71,4 +74,5 @@ REQUIRED = ("task", "dataset", "model", "setting", "label", "level", "at", "code
 _ORDER = dict.fromkeys(("setting", "label", "level", "at", "codec", "metric", "score", "scores", "fill_s",
                         "fill_from_at", "train_s_per_epoch", "epochs_s", "trained", "end_to_end_s", "infer_hits_per_s",
                         "infer_misses_per_s", "cache_bytes", "val_score", "val_scores", "trainable_params",
-                        "peak_mem_mb", "task", "dataset", "model", "model_source", "seed", "meta", "config"))
+                        "peak_mem_mb", "task", "dataset", "model", "model_source", "seed", "meta", "config",
+                        "end_to_end_cpu_s", "cache_entries"))  # the last two: recorded since the head setting

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..pooled import POOLINGS, pool  # what ``embed`` computes, as sentence-transformers names them
 from . import metrics
 from .sources import read_utf8, seeded_split, take
 from .tasks import METRIC, TEXT_INPUTS, Task
@@ -40,8 +41,6 @@ BUILT_IN = {"faq": "503 construction FAQ question/answer pairs (pairs)",
 
 
 # --- embeddings, loss and the evaluator ---------------------------------------------------------------------------
-
-POOLINGS = ("cls", "mean", "max", "lasttoken")  # what ``embed`` computes, as sentence-transformers names them
 
 
 def pooling_of(model_dir: str | Path | None) -> str:
@@ -85,21 +84,6 @@ def embed(forward: Callable[..., Any], inputs: dict, pooling: str = "mean") -> t
         raise ValueError(f"the model returned a hidden state of shape {tuple(hidden.shape)}; retrieval pools a "
                          "(batch, tokens, hidden) state: pass the encoder itself (AutoModel), not a model with a head")
     return F.normalize(pool(hidden, inputs["attention_mask"], pooling).float(), dim=-1)
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(b, t, h) token states -> (b, h) as sentence-transformers' ``Pooling`` does for ``pooling``: the first token
-    (cls), the mean or the max over real tokens, or the last real token (either padding side)."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    real = mask.bool().unsqueeze(-1)
-    if pooling == "max":
-        return hidden.masked_fill(~real, torch.finfo(hidden.dtype).min).amax(dim=1)
-    if pooling == "lasttoken":  # the highest position holding a real token
-        last = (mask.bool() * torch.arange(1, mask.shape[1] + 1, device=mask.device)).argmax(dim=1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    weights = real.to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 def in_batch_negatives_loss(forward: Callable[..., Any], batch: dict, pooling: str = "mean",

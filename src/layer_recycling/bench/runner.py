@@ -1,7 +1,8 @@
 """Run one benchmark setting on one task: train, time, score, and describe it as one JSON-ready result.
 
 Settings: ``full`` fine-tuning, ``frozen`` (bottom frozen, no cache), ``recycled`` (from a store, any codec),
-``recycled+lora`` (LoRA adapters on the top blocks through PEFT). All share one training loop.
+``recycled+lora`` (LoRA adapters on the top blocks through PEFT), ``head`` (the pooled output stored, a head trained
+on it: ``recycle(at="pooled")``). All share one training loop.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from ..arch import lookup
 from ..loader import dataloader, inputs_dataset
 from ..model import Recycled, recycle
 from ..pipeline import input_names_of
+from ..discover import split
+from ..pooled import ClassifierHead, SkipConnectionHead
+from ..surgery import replace
 from ..stack import LOSSLESS
 from ..stores import DiskStore, MemoryStore
 from .reporting import check_addition
@@ -44,30 +48,34 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
     _reset_peak_memory()
     torch.manual_seed(cfg.seed)
     model = make_model()
+    cpu = time.process_time()
     store_path, below = None, None
     if setting.name == "full":
         trainable, forward, fill_s, cache = list(model.parameters()), model, 0.0, None
     else:
         store, store_path = _store(setting, cfg)
-        rec = recycle(model, at=setting.level, store=store)
+        pooled = setting.name == "head"
+        rec = recycle(**_head_setting(task, model), store=store) if pooled else recycle(model, setting.level, store)
         if setting.name == "recycled+lora":
             add_lora(rec, r=cfg.lora_rank)
         trainable, forward, cache = [p for p in rec.parameters() if p.requires_grad], rec, store
-        below = max((r for at, r in (lower or {}).items() if at < rec.at), key=lambda r: r.at, default=None)
+        below = None if pooled else max((r for at, r in (lower or {}).items() if at < rec.at), key=lambda r: r.at,
+                                        default=None)
         start = time.perf_counter()
         rec.fill(task.fill_examples(), batch_size=cfg.batch_size, progress=False,
-                 start_from=below if rec.store.keeps else None)
+                 start_from=below if rec.pipeline.keeps else None)
         fill_s = time.perf_counter() - start
         if lower is not None and setting.name == "recycled" and rec.store.codec in LOSSLESS:
             lower[rec.at] = rec
     batches = _train_batches(task, forward, cfg)
-    lr = cfg.lora_lr if setting.name == "recycled+lora" else cfg.lr
+    lr = {"recycled+lora": cfg.lora_lr, "head": cfg.head_lr}.get(setting.name, cfg.lr)
     try:
         epochs_s = train_epochs(forward, batches, trainable, lr, cfg.epochs, setting.label, task.training_loss)
     except NothingToTrain:
         if getattr(forward, "at", None) != getattr(forward, "num_layers", -1):
             raise
         epochs_s = []  # every block recycled and no head: the score is the pretrained model's
+    cpu_s = time.process_time() - cpu  # fill and epochs: the process's CPU time, whatever else the machine runs
     forward.eval()
     start = time.perf_counter()
     scores = task.evaluate(forward)
@@ -79,19 +87,46 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
     val_scores = task.evaluate_val(forward)  # after the timed passes: it does not count in inference speed
     result = Result(
         setting=setting.name, label=setting.label, level=setting.level if setting.name != "full" else 0.0,
-        at=getattr(forward, "at", 0), codec=setting.codec if setting.name.startswith("recycled") else None,
+        at=_blocks(model) if setting.name == "head" else getattr(forward, "at", 0),
+        codec=setting.codec if setting.name.startswith("recycled") else None,
         metric=task.metric, score=scores[task.metric], scores=scores,
         fill_s=fill_s, fill_from_at=below.at if below is not None and cache is not None else None,
         train_s_per_epoch=sum(epochs_s) / len(epochs_s) if epochs_s else 0.0, epochs_s=epochs_s,
         trained=bool(epochs_s),
         end_to_end_s=fill_s + sum(epochs_s), infer_hits_per_s=len(task.test) / hits_s,
         infer_misses_per_s=len(task.test) / first_s, cache_bytes=cache.volume() if cache is not None else 0,
+        end_to_end_cpu_s=cpu_s, cache_entries=len(cache) if cache is not None else None,
         val_score=val_scores[task.metric] if val_scores else None, val_scores=val_scores,
         trainable_params=sum(p.numel() for p in trainable), peak_mem_mb=_peak_memory_mb(),
     )
     if store_path is not None:
         shutil.rmtree(store_path, ignore_errors=True)
     return result
+
+
+def _head_setting(task: Task, model: nn.Module) -> dict[str, Any]:
+    """``recycle``'s arguments for the head setting: the pooled output stored, a ``SkipConnectionHead`` trained on it
+    (retrieval), or one with a classifier (classification). Text models pool as their ``1_Pooling`` says; an image
+    model's pooled features are its output without the classifier (``head.fc``)."""
+    if task.kind not in ("retrieval", "seq-cls", "image-cls"):
+        raise ValueError(f"the head setting trains a head on one pooled vector per input: for retrieval, seq-cls and "
+                         f"image-cls; task {task.kind!r} needs per-token outputs. Leave 'head' out of --levels")
+    example = task.train[0].get("anchor", task.train[0])
+    if "pixel_values" not in example:
+        width = model.config.hidden_size
+        head = SkipConnectionHead(width) if task.kind == "retrieval" else ClassifierHead(width, task.num_labels)
+        return {"model": model, "at": "pooled", "head": head, "pooling": task.extra.get("pooling", task.pooling)}
+    if task.kind == "image-cls":
+        model = replace(model, {"head.fc": nn.Identity()})  # the bench's ImageClassifier: its pooled features
+    with torch.no_grad():
+        width = model.eval()(example["pixel_values"][None]).logits.shape[-1]
+    head = SkipConnectionHead(width) if task.kind == "retrieval" else ClassifierHead(width, task.num_labels)
+    return {"model": model, "at": "pooled", "head": head}
+
+
+def _blocks(model: nn.Module) -> int:
+    """All of the model's blocks: what the head setting recycles, besides the pooling."""
+    return split(model, 1.0).num_layers
 
 
 def _store(setting: Setting, cfg: TrainConfig):
@@ -225,7 +260,9 @@ def conditions(task: Task, model: str, cfg: TrainConfig) -> dict:
 
     A report compares results only when these match (``reporting.conditions``), and a sweep checks its folder first.
     """
-    config = {**{k: v for k, v in cfg.__dict__.items() if k != "seed"}, "train_examples": len(task.train),
+    # head_lr at its default is left out, so sweeps without the head setting match those made before it existed
+    kept = {k: v for k, v in cfg.__dict__.items() if k != "seed" and not (k == "head_lr" and v == TrainConfig.head_lr)}
+    config = {**kept, "train_examples": len(task.train),
               "val_examples": len(task.val), "test_examples": len(task.test), "sizes": task.sizes(),
               "preprocess": task.preprocess, "data_fingerprint": data_fingerprint(task)}
     return json.loads(json.dumps({"model_source": model_source(model), "config": config}, default=str))

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from .. import data
+from .. import batches, data
 from . import metrics
 
 Forward = Callable[..., Any]
@@ -36,6 +36,7 @@ class Task:
     preprocess: dict | None = None  # the tokenizer's call arguments: recycle(preprocess=) of a store filled from it
     inputs: tuple[str, ...] | None = None  # training examples of several inputs: their fields (loader(inputs=))
     loss: Callable[[Forward, dict], torch.Tensor] | None = None  # of a training batch; None: forward(**batch).loss
+    pooling: str | None = None  # how a text model pools (its 1_Pooling): the head setting's stored vector
 
     def fill_examples(self) -> list[dict]:
         """Every model input of the training examples, one each (those of several inputs flattened)."""
@@ -75,7 +76,7 @@ class Task:
         ragged = "input_ids" in examples[0]
         for i in range(0, len(examples), batch_size):
             rows = [{n: data.as_tensor(e[n], n) for n in inputs if n in e} for e in examples[i : i + batch_size]]
-            yield data.collate_inputs(rows, self.pad_id, ragged=ragged)
+            yield batches.collate_inputs(rows, self.pad_id, ragged=ragged)
 
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

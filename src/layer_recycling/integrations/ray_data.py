@@ -13,8 +13,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import fill
 from ..model import Recycled
+from ..pipeline import Keyer
 
 KEY = "__lr_key"  # the column that carries each example's key between stages
 
@@ -37,10 +37,10 @@ def fill_from_dataset(make_recycled: Callable[[], Recycled], dataset: Any, *, ba
     import ray.data
 
     rec = make_recycled()
-    if not rec.store.shared:
+    if not rec.pipeline.shared:
         raise TypeError(f"fill_from_dataset needs a store every actor shares (a DiskStore), got {rec.store!r}")
     sink = _sink_class()(rec.store)
-    keyed = dataset.map_batches(functools.partial(_key_batch, rec.key_fn, rec.input_names), batch_format="pandas")
+    keyed = dataset.map_batches(functools.partial(_key_batch, rec.pipeline.keyer), batch_format="pandas")
     states = keyed.repartition(concurrency * 4, keys=[KEY]).map_batches(
         _Bottom, fn_constructor_args=(make_recycled, batch_size), batch_format="pandas", batch_size=None,
         compute=ray.data.ActorPoolStrategy(size=concurrency), num_gpus=num_gpus, num_cpus=num_cpus)
@@ -48,19 +48,10 @@ def fill_from_dataset(make_recycled: Callable[[], Recycled], dataset: Any, *, ba
     return sink.summary
 
 
-def _key_batch(key_fn: Callable | None, input_names: tuple[str, ...], frame):
-    """The batch with each example's key (as ``rec.encode`` computes it) in a column."""
-    frame[KEY] = [_encode(row, key_fn, input_names)[0] for row in frame.to_dict("records")]
+def _key_batch(keyer: Keyer, frame):
+    """The batch with each example's key (as the pipeline keys it) in a column."""
+    frame[KEY] = [keyer.encode(row)[0] for row in frame.to_dict("records")]
     return frame
-
-
-def _encode(row: dict, key_fn: Callable | None, input_names: tuple[str, ...]):
-    from .. import data
-    from ..keys import digest
-    from ..pipeline import row_key
-
-    inputs, labels = data.parts(data.normalize(row, input_names), input_names)
-    return (digest(key_fn(row)) if key_fn is not None else row_key(inputs)), inputs
 
 
 class _Bottom:
@@ -74,20 +65,18 @@ class _Bottom:
         import pandas as pd
 
         rows = frame.drop(columns=[KEY]).to_dict("records")
-        # Every copy of a key, as pairs: a key= given to two different inputs is refused (copies meet in one block).
-        keyed = [(k, _encode(r, self.rec.key_fn, self.rec.input_names)[1]) for k, r in zip(frame[KEY], rows)]
         pipe = self.rec.pipeline
-        pending = fill.missing(pipe, keyed)
-        keys, states = list(pending), []
-        for start in range(0, len(keys), self.batch_size):
-            chunk = keys[start : start + self.batch_size]
-            states += pipe.bottom_states([pending[k] for k in chunk], pipe.device)
-        if not pipe.config.allow_nonfinite:  # as fill.put refuses them
-            fill.refuse_nonfinite(keys, states, lambda _: "an example of the dataset")
-        arrays = [s.float().cpu().numpy() for s in states]
+        # Every copy of a key, as pairs: a key= given to two different inputs is refused (copies meet in one block).
+        keyed = [(k, pipe.encode(r)[1]) for k, r in zip(frame[KEY], rows)]
+        keys, arrays, checks = [], [], []
+        for i, (chunk, inputs, states) in enumerate(pipe.computed(pipe.missing(keyed), self.batch_size)):
+            pipe.check_states(chunk, states, lambda _: "an example of the dataset", measure=i == 0)  # as put does
+            keys += chunk
+            arrays += [s.float().cpu().numpy() for s in states]
+            checks += pipe.checks_of(inputs) or []
         columns = {KEY: keys, "state": [a.reshape(-1) for a in arrays], "shape": [list(a.shape) for a in arrays]}
-        if self.rec.key_fn is not None:  # a user's key: the entry keeps a digest of its inputs (see fill.put)
-            columns["check"] = [fill.input_check(pending[k]) for k in keys]
+        if checks:  # a user's key: the entry keeps a digest of its inputs (see Pipeline.put)
+            columns["check"] = checks
         return pd.DataFrame(columns)
 
 
@@ -106,7 +95,7 @@ def _sink_class():
 
             # One writer name per task of this fill: a retried task numbers its segments after those a failed
             # attempt committed (a key stored twice is harmless: the first copy wins, the merge keeps one).
-            store = type(self.store)(self.store.path, writer=f"ray-{self.run}-task-{ctx.task_idx}")
+            store = self.store.as_writer(f"ray-{self.run}-task-{ctx.task_idx}")
             written = 0
             for block in blocks:
                 frame = BlockAccessor.for_block(block).to_pandas()

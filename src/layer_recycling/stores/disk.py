@@ -77,9 +77,6 @@ class DiskStore:
         DigestMismatch: ``digest`` was given and the store's differs.
     """
 
-    keeps = True
-    shared = True  # every process that opens the directory sees the same committed entries
-
     def __init__(self, path: str | os.PathLike, codec: str | torch.dtype | None = None, readonly: bool = False,
                  writer: str | None = None, segment_bytes: int = 64 << 20, compact_after: int = 64,
                  digest: str | None = None):
@@ -522,6 +519,11 @@ class DiskStore:
             generation = snap.merge(self.path, self._snap, self._view.unmerged)
             self.open_snapshot(generation)
             return generation
+
+    def as_writer(self, writer: str) -> DiskStore:
+        """This store opened again by writer ``writer`` (its own segments; see ``writer=``), as this one was."""
+        return type(self)(self.path, readonly=self.readonly, writer=writer, segment_bytes=self.segment_bytes,
+                          compact_after=self.compact_after)
 
     def close(self) -> None:
         """Commit what is buffered and drop this process's maps; the store reopens them lazily if used again."""

@@ -21,9 +21,6 @@ class MemoryStore:
             scale and its 4 largest values kept exactly; on the CPU), or the matching torch dtype.
     """
 
-    keeps = True
-    shared = False  # one process's memory
-
     def __init__(self, device: torch.device | str | None = None, codec: str | torch.dtype | None = None):
         try:
             name = codec_name(codec)
@@ -116,15 +113,6 @@ class MemoryStore:
 
     def flush(self) -> None:
         """Nothing to do: a memory store lives as long as the process."""
-
-    def refresh(self) -> None:
-        """Nothing to do: no other process writes to this store."""
-
-    def compact(self) -> str | None:
-        return None
-
-    def open_snapshot(self, generation: str | None) -> None:
-        """Nothing to do: every entry is readable at once."""
 
     def volume(self) -> int:
         return sum(sum(a.nbytes for a in e) if isinstance(e, tuple) else e.numel() * e.element_size()

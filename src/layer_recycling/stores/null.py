@@ -11,11 +11,10 @@ from ..fingerprint import Fingerprint
 
 
 class NullStore:
-    """The full store API, nothing kept (as joblib's ``Memory(None)``): ``recycle(model, at, store=None)`` uses it."""
+    """The store API, nothing kept (as joblib's ``Memory(None)``): ``recycle(model, at, store=None)`` uses it; a
+    pipeline over it fills nothing and runs the bottom on every batch (``Pipeline.keeps``)."""
 
     codec = "native"
-    keeps = False
-    shared = False
     fingerprint_parts = None
 
     def __repr__(self) -> str:
@@ -53,15 +52,6 @@ class NullStore:
 
     def flush(self) -> None:
         pass
-
-    def refresh(self) -> None:
-        """Nothing to do: no other process writes to this store."""
-
-    def compact(self) -> str | None:
-        return None
-
-    def open_snapshot(self, generation: str | None) -> None:
-        """Nothing to do: every entry is readable at once."""
 
     def volume(self) -> int:
         return 0

@@ -1,48 +1,38 @@
-"""The store Protocol: dict verbs over content keys, batched reads and writes, and the fingerprint it was filled under."""
+"""The store Protocols: ``Store``, the verbs the library calls on any store, and ``SharedStore``, what only a store
+that many processes open (a ``DiskStore``) can do beside them."""
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
 from ..fingerprint import Fingerprint
 
-VERBS = ("__contains__", "contains_many", "get_many", "get_stored", "put_many", "checks_many", "flush", "refresh",
-         "compact", "open_snapshot", "volume", "bind_fingerprint", "codec", "keeps", "shared")
+VERBS = ("contains_many", "get_many", "get_stored", "put_many", "checks_many", "flush", "volume", "bind_fingerprint",
+         "codec", "fingerprint_parts", "__len__")
+SHARED_VERBS = ("path", "refresh", "compact", "open_snapshot", "as_writer")
 
 
 @runtime_checkable
 class Store(Protocol):
-    """Anything that maps content keys (str) to per-example states (tensors, first dim ragged).
+    """Anything that maps content keys (str) to per-example states (tensors, first dim ragged): what the library
+    calls on a store, and nothing more (the stores also answer ``key in store``, ``store[key]`` and iteration).
 
     ``codec`` names how values are kept (``"native"``, ``"float16"``, ...) and is part of the fingerprint.
     Beside each entry a store keeps the digest of its inputs that ``put_many(keys, values, checks=...)`` gives
     (None: none given) and answers it in ``checks_many(keys)``; so a ``key=`` function that gives two different
-    inputs one key is caught against entries stored by earlier runs too (see ``fill.py``).
-    ``keeps`` is False for a store that keeps nothing (``NullStore``): then nothing is filled, loaders yield
-    model inputs, and the bottom runs on every batch. ``shared`` is True for a store every process that opens it
-    sees (``DiskStore``): only then do the ranks of a process group fill it together, each computing a share, and
-    ``refresh``/``compact``/``open_snapshot`` publish their entries (no-ops for a store of one process).
+    inputs one key is caught against entries stored by earlier runs too (see ``pipeline.Pipeline.missing``).
     ``fingerprint_parts`` is None until the store is bound to a bottom; ``bind_fingerprint`` records it (or
-    refuses).
+    refuses). A ``NullStore`` implements it and keeps nothing: then nothing is filled, loaders yield model inputs,
+    and the bottom runs on every batch.
     """
 
     codec: str
-    keeps: bool
-    shared: bool
     fingerprint_parts: dict[str, str] | None
 
-    def __contains__(self, key: object) -> bool: ...
-
-    def __getitem__(self, key: str) -> torch.Tensor: ...
-
-    def __setitem__(self, key: str, value: torch.Tensor) -> None: ...
-
     def __len__(self) -> int: ...
-
-    def __iter__(self) -> Iterator[str]: ...
 
     def contains_many(self, keys: Sequence[str]) -> np.ndarray:
         """A bool array: whether each of ``keys`` is stored."""
@@ -75,8 +65,26 @@ class Store(Protocol):
         """Make every entry added so far durable."""
         ...
 
+    def volume(self) -> int:
+        """Bytes the entries take (on disk for a disk store, in memory for a memory store)."""
+        ...
+
+    def bind_fingerprint(self, fingerprint: Fingerprint) -> None:
+        """Record ``fingerprint`` in an empty store, or check it against the recorded one."""
+        ...
+
+
+@runtime_checkable
+class SharedStore(Store, Protocol):
+    """A store every process that opens ``path`` sees (a ``DiskStore``): only such a store is filled by the ranks
+    of a process group together, each computing a share, or by Ray's tasks. Each process writes its own segments;
+    ``compact`` merges what all committed into one generation, which every process then opens by name."""
+
+    @property
+    def path(self) -> object: ...
+
     def refresh(self) -> None:
-        """See entries other processes made durable since (a no-op for a store of one process)."""
+        """See entries other processes made durable since."""
         ...
 
     def compact(self) -> str | None:
@@ -87,12 +95,9 @@ class Store(Protocol):
         """Read generation ``generation`` (as ``compact`` returned it in some process) and what came after."""
         ...
 
-    def volume(self) -> int:
-        """Bytes the entries take (on disk for a disk store, in memory for a memory store)."""
-        ...
-
-    def bind_fingerprint(self, fingerprint: Fingerprint) -> None:
-        """Record ``fingerprint`` in an empty store, or check it against the recorded one."""
+    def as_writer(self, writer: str) -> SharedStore:
+        """The same store opened again by a writer of this name (a task's own segments: a retried task replaces
+        what its failed attempt committed instead of adding copies)."""
         ...
 
 
