@@ -21,12 +21,12 @@
 
 Why this order and not another, for a user: a level costs about its share of trained blocks, so the most recycled
 levels are both the cheapest to test and the ones worth most; testing them first spends little when the answer is
-high (75% or above in 12 of the 21 picks of docs/findings.md's sweeps) and ends at the first hold. A bisection from 50% pays for 50% and then
-75% (or 25%) to reach the same answers, and a successive halving by epochs ranks levels on their first epochs,
-which the imdb case above shows can mislead. A second seed of a close level alone does not make its drop much
-surer: the drop is the reference minus the level, and the reference's seed varies about as much as the level's, so a
-second seed of the level cuts the drop's spread by about 13% (the square root of 3/4); a second pair costs a full
-fine-tuning more, more than the budget leaves.
+high (75% or above in 12 of the 21 picks of docs/findings.md's sweeps) and ends at the first hold. A bisection from
+50% pays for 50% and then 75% (or 25%) to reach the same answers, and a successive halving by epochs ranks levels on
+their first epochs, which the imdb case above shows can mislead. A second seed of a close level alone does not make
+its drop much surer: the drop is the reference minus the level, and the reference's seed varies about as much as the
+level's, so a second seed of the level cuts the drop's spread by about 13% (the square root of 3/4); a second pair
+costs a full fine-tuning more, more than the budget leaves.
 
 Validation is scored in ``folds`` disjoint parts (retrieval: parts of the queries, each searching the whole corpus):
 a drop's interval is the 95% t-interval of the paired per-part drops. The cost is counted as a sweep counts its runs'
