@@ -5,6 +5,8 @@
 #   python benchmarks/choose_table.py results/choose
 # (the queues share the runs through lock folders, results/choose/.lock-<task>-<target>).
 # Each answer is written to results/choose/<task>-<target>.json; a task and target already answered is skipped.
+# A level's training does not depend on the target, so the runs at the lowest target record every level the others
+# need: benchmarks/choose_replay.py answers the other targets from those records (docs/findings.md).
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."

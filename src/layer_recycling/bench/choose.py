@@ -9,24 +9,24 @@
 4. A level is stopped early only on a failure it is not recovering from: after two epochs in a row its drop against
    the reference at the same epoch exceeds the target by more than twice its standard error, and the gap did not
    narrow between them. One bad epoch is not enough: a level that trains fewer blocks can still be at chance after
-   its first epoch and end within a few points (imdb with MiniLM: 50% and 55% accuracy after epoch 1 of 2 against
-   the reference's 75%, where three seeds of the sweep put those levels' final drops at +3.7 and +2.0).
+   its first epoch and end within a few points (imdb with MiniLM: 75% and 50% at 50% and 55% accuracy after epoch
+   1 of 2 against the reference's 75%; trained both epochs, 50% ended at the reference's 82%).
 5. The budget: a level is tried only when its predicted cost keeps the total within ``budget`` full fine-tunings.
    The prediction is a line through the training seconds per epoch of the reference and of the last level that
    trained blocks, against the blocks each trained (on the runs of docs/findings.md it was within +0.01 to +0.04
    full fine-tunings of the measured cost; the reference's share of blocks alone, over by up to +0.06, is the
-   prediction before any level trained blocks). When it is not tried, neither is any level
-   below (each trains more), the answer is full fine-tuning, and the untried levels are listed: "full" then means
-   "no level shown to hold within the budget", not "every level fails".
+   prediction before any level trained blocks). When a level is not tried, neither is any below it (each trains
+   more), the answer is full fine-tuning, and the untried levels are listed: "full" then means "no level shown to
+   hold within the budget", not "every level fails".
 
 Why this order and not another, for a user: a level costs about its share of trained blocks, so the most recycled
 levels are both the cheapest to test and the ones worth most; testing them first spends little when the answer is
-high (75% for most tasks of docs/findings.md) and ends at the first hold. A bisection from 50% pays for 50% and then
-75% (or 25%) to reach the same answers, and a successive halving by epochs ranks levels on their first epochs,
-which the imdb case above shows can mislead. A second seed of a close level alone does not make its drop much
-surer: the drop is the reference minus the level, and the reference's seed varies as much as the level's, so a
-second seed of the level cuts the drop's spread by about 13% (the square root of 3/4); a second pair costs a full
-fine-tuning more, more than the budget leaves.
+high (75% or above in 12 of the 21 picks of docs/findings.md's sweeps) and ends at the first hold. A bisection from
+50% pays for 50% and then 75% (or 25%) to reach the same answers, and a successive halving by epochs ranks levels on
+their first epochs, which the imdb case above shows can mislead. A second seed of a close level alone does not make
+its drop much surer: the drop is the reference minus the level, and the reference's seed varies about as much as the
+level's, so a second seed of the level cuts the drop's spread by about 13% (the square root of 3/4); a second pair
+costs a full fine-tuning more, more than the budget leaves.
 
 Validation is scored in ``folds`` disjoint parts (retrieval: parts of the queries, each searching the whole corpus):
 a drop's interval is the 95% t-interval of the paired per-part drops. The cost is counted as a sweep counts its runs'
