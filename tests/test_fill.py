@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import layer_recycling as lr
+from layer_recycling import fill as fill_module
 from conftest import text_examples
 from helpers import bert_classifier, nan_bottom
 from layer_recycling.stores import codecs
@@ -48,6 +49,17 @@ def test_a_user_key_given_to_two_different_inputs_is_refused_at_fill_and_flagged
     with pytest.warns(UserWarning, match="more than one distinct input"):
         report = rec.verify(examples)
     assert not report.ok and len(report.mismatched) == 2
+
+
+def test_a_key_collision_is_named_by_the_examples_places_in_the_whole_fill_and_predict(bert, monkeypatch):
+    """Examples are read in chunks (fill) and batches (predict): the error names places among all examples."""
+    monkeypatch.setattr(fill_module, "CHUNK", 4)
+    examples = [dict(e, id=i if i < 5 else 5) for i, e in enumerate(text_examples(7, lengths=(3, 4, 5, 6, 7, 8, 9)))]
+    rec = lr.recycle(bert, at=2, key=lambda ex: ex["id"])
+    with pytest.raises(ValueError, match="examples 5 and 6 the same key"):
+        rec.fill(examples, progress=False)
+    with pytest.raises(ValueError, match="examples 5 and 6 the same key"):
+        rec.predict(examples, batch_size=4, progress=False)
 
 
 @pytest.mark.parametrize("kind", ["memory", "disk"])

@@ -100,7 +100,7 @@ def fill_keyed(pipe: Pipeline, keyed: Iterable[tuple[str, dict]], batch_size: in
     seen = [0, False]  # examples read before this chunk; whether the room was checked
 
     def step(chunk: list[tuple[str, dict]], mine: Callable[[dict], dict], locate: Locate) -> int:
-        pending = pipe.missing(chunk)
+        pending = pipe.missing(chunk, seen[0])
         room = None
         if total and pending and not seen[1]:  # the first misses: all ranks' (one disk), over what is left to read
             seen[1] = True

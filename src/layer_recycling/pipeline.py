@@ -290,16 +290,17 @@ class Pipeline:
         was = self.store.checks_many(list(keys))
         return [k for k, w, r in zip(keys, was, rows) if w is not None and w != content_key(r)]
 
-    def _held(self, keyed: Sequence[tuple[str, dict]], what: str) -> tuple[dict[str, dict], list[str]]:
+    def _held(self, keyed: Sequence[tuple[str, dict]], what: str, first: int = 0
+              ) -> tuple[dict[str, dict], list[str]]:
         """({key: inputs} of ``keyed``, first copy of each; the keys the store holds), after the key checks.
 
         Raises:
-            ValueError: a user's key given to two different inputs, within ``keyed`` (``what`` names its pairs)
-                or against an entry stored earlier from other inputs.
+            ValueError: a user's key given to two different inputs, within ``keyed`` (``what`` names its pairs,
+                counted from ``first``) or against an entry stored earlier from other inputs.
         """
-        for key, first, i in self.collisions(keyed):
+        for key, j, i in self.collisions(keyed):
             raise ValueError(
-                f"key= gave {what} {first} and {i} the same key {key[:12]}... but their model inputs differ: one "
+                f"key= gave {what} {first + j} and {first + i} the same key {key[:12]}... but their model inputs differ: one "
                 f"stored state would serve both. Make the key function unique per input (e.g. include every field "
                 f"that changes the inputs), or drop key= to key by content"
             )
@@ -320,13 +321,14 @@ class Pipeline:
 
     # ---- the store: what a fill computes, serving, storing ---------------------------------------------------
 
-    def missing(self, keyed: Sequence[tuple[str, dict]]) -> dict[str, dict]:
-        """The (key -> inputs) of ``keyed`` ((key, unpadded inputs) pairs) that the store lacks, each key once.
+    def missing(self, keyed: Sequence[tuple[str, dict]], first: int = 0) -> dict[str, dict]:
+        """The (key -> inputs) of ``keyed`` ((key, unpadded inputs) pairs) that the store lacks, each key once;
+        ``first``: the place of ``keyed[0]`` among the caller's examples, for errors.
 
         Raises:
             ValueError: a user's key given to two different inputs (see ``_held``).
         """
-        rows, held = self._held(keyed, "examples")
+        rows, held = self._held(keyed, "examples", first)
         for key in held:
             del rows[key]
         return rows
@@ -337,7 +339,7 @@ class Pipeline:
         misses from the bottom (stored when ``store_misses``). ``first``: the index of ``rows[0]`` among the
         caller's examples (None: rows of one batch), for errors."""
         self.check_bottom()  # hits were computed by the bottom of the fingerprint: it must still be this one
-        misses, hits = self._held(list(zip(keys, rows)), "rows" if first is None else "examples")
+        misses, hits = self._held(list(zip(keys, rows)), "rows" if first is None else "examples", first or 0)
         found = dict(zip(hits, self.store.get_many(hits, device=device, dtype=dtype)))
         for key in hits:
             del misses[key]
