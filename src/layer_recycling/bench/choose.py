@@ -1,6 +1,9 @@
 """``choose``: the most recycled level whose validation drop stays within a target, for a fraction of a sweep's cost.
 
-1. Full fine-tuning runs once, scored on validation after every epoch: the reference.
+1. Full fine-tuning runs once, scored on validation after every epoch: the reference. A reference that ends no
+   better than a constant prediction (the training examples' most frequent label, everywhere; classification and
+   token tasks) learned nothing, and every level would hold against it: choose refuses it (``ReferenceDidNotLearn``)
+   before any fill, with what to change.
 2. One pass of the bottom fills every candidate level's store (stacked: each level's fill starts from the store of
    the level below, so only the blocks between two levels run).
 3. Levels are tried from the most recycled down. Each trains as a sweep trains it and is scored after every epoch;
@@ -40,11 +43,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
+from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
+from ..data import IGNORE_INDEX
 from ..model import Recycled, recycle
 from ..stores import MemoryStore
 from . import retrieval
@@ -54,6 +60,11 @@ from .settings import Setting, TrainConfig
 from .tasks import Task
 
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+class ReferenceDidNotLearn(ValueError):
+    """Full fine-tuning ended no better on validation than a constant prediction: no level can be judged against
+    it."""
 
 
 @dataclasses.dataclass
@@ -87,6 +98,7 @@ class Choice:
     seconds: dict[str, float]  # reference, fill, training, scoring
     budget: float
     test: dict[str, float] | None = None  # with confirm: the chosen level's and the reference's test scores
+    floor: float | None = None  # the validation score of a constant prediction (None: the task has none)
 
     @property
     def cost(self) -> float:
@@ -116,6 +128,9 @@ class Choice:
             score = f"{p.scores[-1]:.2f}" if p.scores else "-"
             drop = "-" if p.drop is None else f"{p.drop:+.2f}" + (f" ± {p.half_width:.2f}" if p.half_width else "")
             lines.append(f"{p.label:>14}  {score:>12}  {drop:>16}  {p.verdict}")
+        if self.floor is not None:
+            lines.append(f"{'constant':>14}  {self.floor:>12.2f}  {'':>16}  the most frequent training label, "
+                         f"everywhere: the floor the reference passed")
         pick = self.chosen
         lines.append("")
         if pick is None:
@@ -148,6 +163,37 @@ def fold_scores(task: Task, forward: Callable[..., Any], folds: int) -> list[flo
     return [v.evaluate(forward)[task.metric] for v in views if v.test]
 
 
+class Constant(nn.Module):
+    """A model that predicts one label everywhere (per example, or per token): its logits favour ``label``."""
+
+    def __init__(self, label: int, num_labels: int, per_token: bool):
+        super().__init__()
+        self.label, self.num_labels, self.per_token = label, num_labels, per_token
+
+    def forward(self, **batch: torch.Tensor) -> SimpleNamespace:
+        first = next(v for v in batch.values() if isinstance(v, torch.Tensor))
+        shape = tuple(first.shape[:2]) if self.per_token else tuple(first.shape[:1])
+        logits = torch.zeros(*shape, self.num_labels)
+        logits[..., self.label] = 1.0
+        return SimpleNamespace(logits=logits)
+
+
+def constant_scores(task: Task, folds: int) -> list[float] | None:
+    """Per part of the validation examples, the score of predicting the training examples' most frequent label
+    everywhere (for token tasks, per scored token): what a model that learned nothing reaches. None for tasks without
+    one label an example (retrieval, qa)."""
+    if task.kind not in ("seq-cls", "image-cls", "token-cls"):
+        return None
+    per_token = task.kind == "token-cls"
+    labels = Counter(y for e in task.train for y in ((int(v) for v in e["labels"] if int(v) != IGNORE_INDEX)
+                                                       if per_token else (int(e["labels"]),)))
+    if not labels:
+        return None
+    top = max(labels.values())
+    return fold_scores(task, Constant(min(y for y, n in labels.items() if n == top), task.num_labels, per_token),
+                       folds)
+
+
 def choose(task: Task, make_model: Callable[[], nn.Module], max_drop: float, cfg: TrainConfig,
            levels: Sequence[float] = LEVELS, folds: int = 5, budget: float = 2.0, confirm: bool = False,
            echo: Callable[[str], None] = print) -> Choice:
@@ -156,6 +202,7 @@ def choose(task: Task, make_model: Callable[[], nn.Module], max_drop: float, cfg
 
     Raises:
         ValueError: the task has no validation examples (the choice is made on them), or ``folds`` < 1.
+        ReferenceDidNotLearn: full fine-tuning ended no better on validation than a constant prediction.
     """
     if not task.val:
         raise ValueError(f"{task.dataset}: no validation examples; choose picks a level on validation (--val 0.1 "
@@ -165,6 +212,16 @@ def choose(task: Task, make_model: Callable[[], nn.Module], max_drop: float, cfg
     seconds = dict.fromkeys(("reference", "fill", "training", "scoring"), 0.0)
     torch.manual_seed(cfg.seed)
     reference, full_model = _train(task, make_model(), None, cfg, folds, seconds, "reference", echo)
+    floor = constant_scores(task, folds)
+    floor = None if floor is None else sum(floor) / len(floor)
+    if floor is not None and reference.scores[-1] <= floor:
+        per_epoch = ", ".join(f"{s:.2f}" for s in reference.scores)
+        raise ReferenceDidNotLearn(
+            f"full fine-tuning (the reference every level is compared with) ended at {reference.scores[-1]:.2f} "
+            f"validation {task.metric} after {len(reference.scores)} epochs ({per_epoch}), no better than predicting "
+            f"the training examples' most frequent label everywhere ({floor:.2f}): it learned nothing, so every level "
+            f"would hold against it. Expected a reference above that floor; train longer (--epochs, now "
+            f"{cfg.epochs}), change the learning rate (--lr, now {cfg.lr:g}) or check the labels")
     recs, states = _fill(task, make_model, sorted(set(levels)), cfg, seconds)
     probes, chosen, level = [reference], None, None
     for level in sorted(recs, reverse=True):
@@ -183,7 +240,7 @@ def choose(task: Task, make_model: Callable[[], nn.Module], max_drop: float, cfg
             chosen = rec
             break
     choice = Choice(level if chosen is not None else None, chosen.at if chosen is not None else None, max_drop,
-                    task.metric, probes, seconds, budget)
+                    task.metric, probes, seconds, budget, floor=floor)
     if confirm:  # once, on test: the choice is not revised by it
         choice.test = {"full": task.evaluate(full_model)[task.metric]}
         if chosen is not None:
