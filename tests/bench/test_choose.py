@@ -6,11 +6,13 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from conftest import LABELS, LAYERS, text_examples, text_model
 from layer_recycling.bench import tasks
-from layer_recycling.bench.choose import (Constant, Probe, ReferenceDidNotLearn, choose, constant_scores,
-                                          fold_scores, predicted_seconds)
+from layer_recycling.bench.choose import (Probe, ReferenceDidNotLearn, choose, constant_scores, fold_scores,
+                                          predicted_seconds)
+from layer_recycling.bench.tasks import Constant
 from layer_recycling.bench.settings import TrainConfig
 from layer_recycling.cli import main
 
@@ -154,6 +156,10 @@ def test_the_constant_prediction_is_the_most_frequent_training_label_per_example
                         val=[{"input_ids": [5, 6], "labels": [1, 0]}])
     # per token, "B-x" (twice, the ignored places not counted) beats "O": every token predicted B-x, one entity right
     assert constant_scores(tokens, 1) == [pytest.approx(100 * 2 * 0.5 * 1 / 1.5)]
+    images = tasks.Task("image-cls", "tiny", [{"pixel_values": torch.zeros(3, 4, 4), "labels": y} for y in (1, 1, 0)],
+                        [], 2, "accuracy", tasks.EVALUATORS["image-cls"],
+                        val=[{"pixel_values": torch.ones(3, 4, 4), "labels": y} for y in (1, 0, 1, 1)])
+    assert constant_scores(images, 1) == [75.0]
     retrieval = dataclasses.replace(task, kind="retrieval")
     assert constant_scores(retrieval, 1) is None
 

@@ -145,3 +145,25 @@ def test_the_table_gives_each_drop_with_its_interval_over_seeds():
     # validation drops 2, 3, 1 (sd 1); test scores 79, 80, 81 (sd 1); test drops 1, 2, 0 (sd 1)
     assert f"| recycled 50% | 3 | +2.00 ± {half:.2f} | 80.00 ± {half:.2f} | +1.00 ± {half:.2f} |" in text
     assert "Mean ± 95% interval over 3 seeds" in text and "(chosen on validation)" in text
+
+
+def test_no_setting_is_recommended_against_a_full_fine_tuning_that_learned_nothing():
+    # full fine-tuning ends where predicting the most frequent label everywhere does: every setting "holds"
+    results = [_with_val("full", "full", 0.0, 52.0, 54.0, 100.0), _with_val("recycled 75%", "recycled", 0.75, 52.0,
+                                                                            54.0, 30.0)]
+    for r in results:
+        r.constant_score, r.constant_val_score = 52.0, 54.0
+    rows = rp.summarize(results)
+    assert rp.recommend(rows, 1.0) is None
+    assert rp.recommendation_text(rows, 1.0).startswith(
+        "Full fine-tuning scored 54.00 accuracy on validation, no better than predicting the most frequent training "
+        "label everywhere (54.00): it learned nothing")
+    results[0].val_score = 60.0  # above the floor on validation: the choice stands
+    assert rp.recommend(rp.summarize(results), 1.0) is None  # 75% now drops 6 points
+    results[1].val_score = 59.5
+    assert rp.recommend(rp.summarize(results), 1.0)["label"] == "recycled 75%"
+    for r in results:
+        r.constant_score = r.constant_val_score = None  # older results, retrieval: no floor known, no check
+    results[0].val_score = 54.0
+    results[1].val_score = 54.0
+    assert rp.recommend(rp.summarize(results), 1.0)["label"] == "recycled 75%"

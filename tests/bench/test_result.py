@@ -13,7 +13,8 @@ from layer_recycling.bench.result import REQUIRED, Result
 FILE_KEYS = ["setting", "label", "level", "at", "codec", "metric", "score", "scores", "fill_s", "fill_from_at",
              "train_s_per_epoch", "epochs_s", "trained", "end_to_end_s", "infer_hits_per_s", "infer_misses_per_s",
              "cache_bytes", "val_score", "val_scores", "trainable_params", "peak_mem_mb", "task", "dataset", "model",
-             "model_source", "seed", "meta", "config", "end_to_end_cpu_s", "cache_entries"]  # the last two added since
+             "model_source", "seed", "meta", "config", "end_to_end_cpu_s", "cache_entries", "constant_score",
+             "constant_val_score"]  # the last four added since
 OLD = {"task": "seq-cls", "dataset": "toy", "model": "tiny", "setting": "recycled", "label": "recycled 50%",
        "level": 0.5, "at": 3, "codec": "float16", "metric": "accuracy", "score": 80.0, "fill_s": 1.0,
        "train_s_per_epoch": 2.0, "end_to_end_s": 5.0, "infer_hits_per_s": 100.0, "infer_misses_per_s": 50.0,

@@ -26,6 +26,8 @@ def test_run_measures_every_setting(name):
     assert result.trainable_params > 0
     assert (result.cache_bytes > 0) == (name.startswith("recycled") or name == "head")
     assert (result.at > 0) == (name != "full")
+    # the floor: training labels 0, 1, 2, 0, 1, 2, 0, 1 (0 and 1 tie, the first wins), test labels 2, 0, 1, 2
+    assert result.constant_score == 25.0 and result.constant_val_score is None  # no validation split here
 
 
 def test_run_is_reproducible_for_a_seed():

@@ -43,14 +43,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter
-from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..data import IGNORE_INDEX
 from ..model import Recycled, recycle
 from ..stores import MemoryStore
 from . import retrieval
@@ -163,35 +160,11 @@ def fold_scores(task: Task, forward: Callable[..., Any], folds: int) -> list[flo
     return [v.evaluate(forward)[task.metric] for v in views if v.test]
 
 
-class Constant(nn.Module):
-    """A model that predicts one label everywhere (per example, or per token): its logits favour ``label``."""
-
-    def __init__(self, label: int, num_labels: int, per_token: bool):
-        super().__init__()
-        self.label, self.num_labels, self.per_token = label, num_labels, per_token
-
-    def forward(self, **batch: torch.Tensor) -> SimpleNamespace:
-        first = next(v for v in batch.values() if isinstance(v, torch.Tensor))
-        shape = tuple(first.shape[:2]) if self.per_token else tuple(first.shape[:1])
-        logits = torch.zeros(*shape, self.num_labels)
-        logits[..., self.label] = 1.0
-        return SimpleNamespace(logits=logits)
-
-
 def constant_scores(task: Task, folds: int) -> list[float] | None:
-    """Per part of the validation examples, the score of predicting the training examples' most frequent label
-    everywhere (for token tasks, per scored token): what a model that learned nothing reaches. None for tasks without
-    one label an example (retrieval, qa)."""
-    if task.kind not in ("seq-cls", "image-cls", "token-cls"):
-        return None
-    per_token = task.kind == "token-cls"
-    labels = Counter(y for e in task.train for y in ((int(v) for v in e["labels"] if int(v) != IGNORE_INDEX)
-                                                       if per_token else (int(e["labels"]),)))
-    if not labels:
-        return None
-    top = max(labels.values())
-    return fold_scores(task, Constant(min(y for y, n in labels.items() if n == top), task.num_labels, per_token),
-                       folds)
+    """Per part of the validation examples, the score of ``task.constant()``: what a model that learned nothing
+    reaches. None for tasks without one label an example (retrieval, qa)."""
+    constant = task.constant()
+    return None if constant is None else fold_scores(task, constant, folds)
 
 
 def choose(task: Task, make_model: Callable[[], nn.Module], max_drop: float, cfg: TrainConfig,

@@ -62,9 +62,12 @@ def summarize(results: list[Result]) -> list[dict]:
     for label, runs in groups.items():
         first, mean = runs[0], {k: statistics.fmean(getattr(r, k) for r in runs) for k in _MEANS}
         val = [r.val_score for r in runs if r.val_score is not None]
+        floors = {k: [getattr(r, k) for r in runs if getattr(r, k) is not None]
+                  for k in ("constant_score", "constant_val_score")}
         rows.append({"setting": first.setting, "level": first.level, "at": first.at, "codec": first.codec,
                      "metric": first.metric, "label": label, **mean, "seeds": len(runs),
-                     "val_score": statistics.fmean(val) if len(val) == len(runs) else None})
+                     "val_score": statistics.fmean(val) if len(val) == len(runs) else None,
+                     **{k: statistics.fmean(v) if len(v) == len(runs) else None for k, v in floors.items()}})
     full = _find(rows, "full")
     frozen = _find(rows, "frozen")
     for row in rows:
@@ -113,12 +116,32 @@ def recommend(rows: list[dict], max_drop: float) -> dict | None:
     """The most recycled setting within ``max_drop`` points of full fine-tuning that is also faster than it.
 
     The drop is read on the validation split whenever every row has one, so that the test score of the chosen
-    setting is an unbiased check of the choice; results without validation scores fall back to the test drop.
+    setting is an unbiased check of the choice; results without validation scores fall back to the test drop. None
+    when full fine-tuning learned nothing (``learned_nothing``): every setting would be within any drop of it.
     """
+    if learned_nothing(rows):
+        return None
     key = "val_drop" if _on_validation(rows) else "drop"
     ok = [r for r in rows if (r["setting"].startswith("recycled") or r["setting"] == "head") and r[key] is not None
           and r[key] <= max_drop and r["speedup"] > 1.0]
     return max(ok, key=lambda r: (r["level"], r["speedup"]), default=None)
+
+
+def learned_nothing(rows: list[dict]) -> str | None:
+    """Why full fine-tuning is no reference, in words, when its mean score on the split the choice reads is no
+    better than a constant prediction's (the most frequent training label everywhere); else None (also for tasks and
+    older results without a constant's score)."""
+    full = _find(rows, "full")
+    if full is None:
+        return None
+    split, score, floor = (("validation", "val_score", "constant_val_score") if _on_validation(rows) else
+                           ("test", "score", "constant_score"))
+    if full[score] is None or full.get(floor) is None or full[score] > full[floor]:
+        return None
+    return (f"Full fine-tuning scored {full[score]:.2f} {full['metric']} on {split}, no better than predicting the "
+            f"most frequent training label everywhere ({full[floor]:.2f}): it learned nothing, so no setting is "
+            f"recommended against it. Train longer (--epochs) or change the learning rate (--lr), or check the "
+            f"labels.")
 
 
 def pareto(rows: list[dict]) -> list[dict]:
@@ -162,6 +185,9 @@ def rule_text(rows: list[dict], max_drop: float) -> str:
 
 
 def recommendation_text(rows: list[dict], max_drop: float) -> str:
+    why = learned_nothing(rows)
+    if why:
+        return why
     best = recommend(rows, max_drop)
     if best is None:
         return _nothing_qualifies(rows, max_drop)

@@ -47,6 +47,10 @@ class Result:
     end_to_end_cpu_s: float | None = None  # the process's CPU seconds of the fill and every epoch (one thread: what
     # other work on the machine leaves unchanged, unlike ``end_to_end_s``)
     cache_entries: int | None = None  # entries in the store: ``cache_bytes / cache_entries`` is bytes per input
+    # a constant prediction's scores (the most frequent training label everywhere: ``Task.constant``), on test and
+    # validation; None for tasks without one (retrieval, qa) and in older results
+    constant_score: float | None = None
+    constant_val_score: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object of a result file, fields in the order the harness writes them."""
@@ -75,4 +79,5 @@ _ORDER = dict.fromkeys(("setting", "label", "level", "at", "codec", "metric", "s
                         "fill_from_at", "train_s_per_epoch", "epochs_s", "trained", "end_to_end_s", "infer_hits_per_s",
                         "infer_misses_per_s", "cache_bytes", "val_score", "val_scores", "trainable_params",
                         "peak_mem_mb", "task", "dataset", "model", "model_source", "seed", "meta", "config",
-                        "end_to_end_cpu_s", "cache_entries"))  # the last two: recorded since the head setting
+                        "end_to_end_cpu_s", "cache_entries",  # recorded since the head setting
+                        "constant_score", "constant_val_score"))

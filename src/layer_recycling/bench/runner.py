@@ -85,6 +85,8 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
         task.evaluate(forward)  # now all hits
     hits_s = time.perf_counter() - start if cache is not None else first_s
     val_scores = task.evaluate_val(forward)  # after the timed passes: it does not count in inference speed
+    constant = task.constant()  # the floor a model that learned anything passes
+    constant_val = task.evaluate_val(constant) if constant is not None else None
     result = Result(
         setting=setting.name, label=setting.label, level=setting.level if setting.name != "full" else 0.0,
         at=_blocks(model) if setting.name == "head" else getattr(forward, "at", 0),
@@ -98,6 +100,8 @@ def run(task: Task, setting: Setting, make_model: Callable[[], nn.Module], cfg: 
         end_to_end_cpu_s=cpu_s, cache_entries=len(cache) if cache is not None else None,
         val_score=val_scores[task.metric] if val_scores else None, val_scores=val_scores,
         trainable_params=sum(p.numel() for p in trainable), peak_mem_mb=_peak_memory_mb(),
+        constant_score=task.evaluate(constant)[task.metric] if constant is not None else None,
+        constant_val_score=constant_val[task.metric] if constant_val else None,
     )
     if store_path is not None:
         shutil.rmtree(store_path, ignore_errors=True)

@@ -7,9 +7,12 @@ test examples and returns its metrics in points (0-100); the first metric is the
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from .. import batches, data
 from . import metrics
@@ -71,12 +74,41 @@ class Task:
         with torch.no_grad():
             return self.evaluate_fn(self, forward, batch_size)
 
+    def constant(self) -> Constant | None:
+        """A model that predicts the training examples' most frequent label everywhere (for token tasks, the most
+        frequent label of a scored token): the score a model that learned nothing reaches. None for tasks without
+        one label an example or token (retrieval, qa)."""
+        if self.kind not in ("seq-cls", "image-cls", "token-cls"):
+            return None
+        per_token = self.kind == "token-cls"
+        counts = Counter(y for e in self.train for y in (
+            (int(v) for v in e["labels"] if int(v) != data.IGNORE_INDEX) if per_token else (int(e["labels"]),)))
+        if not counts:
+            return None
+        top = max(counts.values())
+        return Constant(min(y for y, n in counts.items() if n == top), self.num_labels, per_token)
+
     def batches(self, examples: list[dict], batch_size: int, inputs: tuple[str, ...]):
         """Padded batches of model inputs (no labels) over ``examples``, in order."""
         ragged = "input_ids" in examples[0]
         for i in range(0, len(examples), batch_size):
             rows = [{n: data.as_tensor(e[n], n) for n in inputs if n in e} for e in examples[i : i + batch_size]]
             yield batches.collate_inputs(rows, self.pad_id, ragged=ragged)
+
+
+class Constant(nn.Module):
+    """A model that predicts one label everywhere (per example, or per token): its logits favour ``label``."""
+
+    def __init__(self, label: int, num_labels: int, per_token: bool):
+        super().__init__()
+        self.label, self.num_labels, self.per_token = label, num_labels, per_token
+
+    def forward(self, **batch: torch.Tensor) -> SimpleNamespace:
+        first = next(v for v in batch.values() if isinstance(v, torch.Tensor))
+        shape = tuple(first.shape[:2]) if self.per_token else tuple(first.shape[:1])
+        logits = torch.zeros(*shape, self.num_labels)
+        logits[..., self.label] = 1.0
+        return SimpleNamespace(logits=logits)
 
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
