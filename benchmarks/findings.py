@@ -1,6 +1,9 @@
 """The tables of docs/findings.md, from the sweeps ``benchmarks/findings.sh`` ran (one folder per task).
 
-    python benchmarks/findings.py [results/findings] [--docs docs]   # prints markdown, writes one plot per task
+    python benchmarks/findings.py [results/findings] [--docs docs] [--cpu]   # prints markdown, one plot per task
+
+--cpu: speedups from the runs' CPU seconds of fill and training (``end_to_end_cpu_s``) instead of wall seconds: with
+one thread a run's CPU seconds are its wall seconds on an idle core, whatever else the machine ran.
 
 Per task: every setting's validation drop with its 95% interval, test score and drop, speedup with its spread;
 then, for each target drop (0.5, 1 and 2 points), the setting chosen on validation and whether test agrees.
@@ -9,6 +12,7 @@ then, for each target drop (0.5, 1 and 2 points), the setting chosen on validati
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 from pathlib import Path
 
@@ -18,9 +22,20 @@ from layer_recycling.bench.reporting import plus_minus as _pm
 TARGETS = (0.5, 1.0, 2.0)
 
 
-def summary_row(folder: Path) -> str:
-    """One line per task: the 50% level's test drop and speedup, and the level chosen on validation per target."""
+def _load(folder: Path, cpu: bool = False) -> list[Result]:
+    """The folder's runs; with ``cpu``, each run's end-to-end seconds are its CPU seconds."""
     runs = load(folder)
+    if cpu:
+        missing = [r.label for r in runs if r.end_to_end_cpu_s is None]
+        if missing:
+            raise ValueError(f"{folder}: --cpu needs end_to_end_cpu_s, which {missing} lack (older results)")
+        runs = [dataclasses.replace(r, end_to_end_s=r.end_to_end_cpu_s) for r in runs]
+    return runs
+
+
+def summary_row(folder: Path, cpu: bool = False) -> str:
+    """One line per task: the 50% level's test drop and speedup, and the level chosen on validation per target."""
+    runs = _load(folder, cpu)
     rows = summarize(runs)
     first, seeds = runs[0], len({r.seed for r in runs})
     half = next((r for r in rows if r["label"] == "recycled 50%"), None)
@@ -37,8 +52,8 @@ def summary_row(folder: Path) -> str:
             + " | ".join(picks) + " |")
 
 
-def task_section(folder: Path, docs: Path) -> str:
-    runs = load(folder)
+def task_section(folder: Path, docs: Path, cpu: bool = False) -> str:
+    runs = _load(folder, cpu)
     rows = summarize(runs)
     first = runs[0]
     cfg = first.config or {}
@@ -52,7 +67,7 @@ def task_section(folder: Path, docs: Path) -> str:
               f"{cfg['train_examples']} training and {val_n} validation examples (held out of the training data), "
               f"{cfg['test_examples']} test") + f", {cfg['epochs']} epochs, lr {cfg['lr']}, batch {cfg['batch_size']}; "
              f"seeds {', '.join(map(str, seeds))}. Mean ± sd over seeds; drops are against full fine-tuning of the "
-             f"same seed, ± the 95% t-interval.", "",
+             f"same seed, ± the 95% t-interval." + (" Speedups in CPU seconds of fill and training." if cpu else ""), "",
              f"| setting | blocks | validation drop | test {metric} | test drop | end-to-end speedup | fill s | "
              f"cache MB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -100,14 +115,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", nargs="?", type=Path, default=Path("results/findings"))
     ap.add_argument("--docs", type=Path, default=Path("docs"), help="where the plots go")
+    ap.add_argument("--cpu", action="store_true", help="speedups in CPU seconds (end_to_end_cpu_s), not wall seconds")
     args = ap.parse_args()
     folders = sorted(p for p in args.root.iterdir()
                      if p.is_dir() and not p.name.startswith(".") and ".part" not in p.name)
     print("| task | seeds | full (test) | 50%: test drop / speedup | pick for 0.5 | pick for 1 | pick for 2 |")
     print("|---|---|---|---|---|---|---|")
-    print("\n".join(summary_row(f) for f in folders))
+    print("\n".join(summary_row(f, args.cpu) for f in folders))
     print()
-    print("\n".join(task_section(f, args.docs) for f in folders))
+    print("\n".join(task_section(f, args.docs, args.cpu) for f in folders))
 
 
 if __name__ == "__main__":
