@@ -77,7 +77,9 @@ def test_bench_seq_cls_writes_results_report_and_plot(tmp_path, tiny_model_dir, 
     assert lora["trainable_params"] < recycled["trainable_params"]
     assert (out / "report.md").exists() and (out / f"reviews.csv-{tiny_model_dir.name}.png").exists()
     printed = capsys.readouterr().out
-    assert "| recycled 50% int8 |" in printed and ("Recommended" in printed or "keep fine-tuning" in printed)
+    # a tiny random model on 34 examples: a recommendation, none, or none because full fine-tuning learned nothing
+    assert "| recycled 50% int8 |" in printed and any(
+        said in printed for said in ("Recommended", "keep fine-tuning", "it learned nothing"))
 
 
 def test_bench_token_classification_scores_entities(tmp_path, tiny_model_dir, conll):
