@@ -119,6 +119,10 @@ def main() -> None:
                     pool[p["level"]] = p
                 if p["level"] == 1.0:
                     num_layers = p["at"]
+            num_layers = answer.get("num_layers") or num_layers  # recorded since the MPNet runs
+        if not num_layers:
+            print(f"needs a run: {name}'s records give no block count (no 100% probe, no num_layers)")
+            continue
         for level in sorted(args.levels):  # levels no answer reached: their block counts, one level per count
             at = round(level * num_layers)
             if level not in ats and at not in ats.values():

@@ -96,6 +96,7 @@ class Choice:
     budget: float
     test: dict[str, float] | None = None  # with confirm: the chosen level's and the reference's test scores
     floor: float | None = None  # the validation score of a constant prediction (None: the task has none)
+    num_layers: int | None = None  # the model's blocks (a level's ``at`` is its share of them)
 
     @property
     def cost(self) -> float:
@@ -213,7 +214,8 @@ def choose(task: Task, make_model: Callable[[], nn.Module], max_drop: float, cfg
             chosen = rec
             break
     choice = Choice(level if chosen is not None else None, chosen.at if chosen is not None else None, max_drop,
-                    task.metric, probes, seconds, budget, floor=floor)
+                    task.metric, probes, seconds, budget, floor=floor,
+                    num_layers=next(iter(recs.values())).num_layers if recs else None)
     if confirm:  # once, on test: the choice is not revised by it
         choice.test = {"full": task.evaluate(full_model)[task.metric]}
         if chosen is not None:
