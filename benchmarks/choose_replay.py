@@ -6,7 +6,7 @@
 RECORDS: folders of answers written by benchmarks/choose.sh (every probe's validation scores per epoch and part, and
 its seconds), the first preferred. Each task and target is searched again with the current rules of
 ``layer_recycling.bench.choose``: the order, the early stop (``not_recovering``), the budget
-(``predicted_seconds``) and the verdict. With one seed a run is deterministic, and a level's training does not
+(``over_budget``) and the verdict. With one seed a run is deterministic, and a level's training does not
 depend on the target (only where it stops does), so a level may be read from any record of the same task: the one
 recorded for the most epochs. The reference, the fill's seconds and the test scores come from the task's record in
 the first folder that has one. A replay is written to FOLDER, marked ``"replayed_from"``, only when it is exact:
@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from layer_recycling.bench.choose import LEVELS, Probe, _drop, not_recovering, predicted_seconds
+from layer_recycling.bench.choose import LEVELS, Probe, _drop, not_recovering, over_budget
 
 
 def _probe(record: dict) -> Probe:
@@ -41,11 +41,9 @@ def replay(name: str, target: float, answer: dict, pool: dict[float, dict], num_
     probes, chosen, notes = [reference], None, []
     for level in sorted(ats, reverse=True):
         label = f"recycled {round(level * 100)}%"
-        guess = predicted_seconds(probes, num_layers, ats[level], epochs)
-        spent = sum(seconds.values()) - seconds["scoring"]
-        if probes[-1].verdict.startswith("not tried") or spent + guess > budget * seconds["reference"]:
-            probes.append(Probe(label, level, ats[level], verdict=f"not tried: about {guess:.0f} s more would pass "
-                                                                   f"the budget of {budget:g} full fine-tunings"))
+        untried = over_budget(probes, seconds, num_layers, ats[level], epochs, budget, label, level)
+        if untried is not None:
+            probes.append(untried)
             continue
         if level not in pool:
             return None, f"{name} at {target:g}: {label} was never recorded"

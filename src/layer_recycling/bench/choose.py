@@ -201,11 +201,9 @@ def choose(task: Task, make_model: Callable[[], nn.Module], max_drop: float, cfg
     for level in sorted(recs, reverse=True):
         rec = recs[level]
         label = f"recycled {round(level * 100)}%"
-        guess = predicted_seconds(probes, rec.num_layers, rec.at, cfg.epochs)
-        spent = sum(seconds.values()) - seconds["scoring"]
-        if probes[-1].verdict.startswith("not tried") or spent + guess > budget * seconds["reference"]:
-            probes.append(Probe(label, level, rec.at, verdict=f"not tried: about {guess:.0f} s more would pass the "
-                                                                 f"budget of {budget:g} full fine-tunings"))
+        untried = over_budget(probes, seconds, rec.num_layers, rec.at, cfg.epochs, budget, label, level)
+        if untried is not None:
+            probes.append(untried)
             continue
         torch.set_rng_state(states[level])  # as a sweep's run: the head made, then training
         probe, _ = _train(task, rec, reference, cfg, folds, seconds, "training", echo, max_drop, level)
@@ -221,6 +219,19 @@ def choose(task: Task, make_model: Callable[[], nn.Module], max_drop: float, cfg
         if chosen is not None:
             choice.test[f"recycled {round(level * 100)}%"] = task.evaluate(chosen.eval())[task.metric]
     return choice
+
+
+def over_budget(probes: Sequence[Probe], seconds: dict[str, float], num_layers: int, at: int, epochs: int,
+                budget: float, label: str, level: float) -> Probe | None:
+    """The probe of a level left untried, when a more recycled level was left untried or its predicted seconds
+    (``predicted_seconds``) would take the cost so far past ``budget`` full fine-tunings; else None: try it."""
+    guess = predicted_seconds(probes, num_layers, at, epochs)
+    spent = sum(seconds.values()) - seconds["scoring"]
+    if not probes[-1].verdict.startswith("not tried") and spent + guess <= budget * seconds["reference"]:
+        return None
+    about = f"{guess:.1f}" if guess < 10 else f"{guess:.0f}"
+    return Probe(label, level, at, verdict=f"not tried: about {about} s more would pass the budget of {budget:g} "
+                                           f"full fine-tunings")
 
 
 def predicted_seconds(probes: Sequence[Probe], num_layers: int, at: int, epochs: int) -> float:
