@@ -5,7 +5,7 @@
 
 RECORDS: folders of answers written by benchmarks/choose.sh (every probe's validation scores per epoch and part, and
 its seconds), the first preferred. Each task and target is searched again with the current rules of
-``layer_recycling.bench.choose``: the order, the early stop (``not_recovering``), the budget
+``layer_recycling.bench.choose``: the order, the early stop (``judge``), the budget
 (``over_budget``) and the verdict. With one seed a run is deterministic, and a level's training does not
 depend on the target (only where it stops does), so a level may be read from any record of the same task: the one
 recorded for the most epochs. The reference, the fill's seconds and the test scores come from the task's record in
@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from layer_recycling.bench.choose import LEVELS, Probe, _drop, not_recovering, over_budget
+from layer_recycling.bench.choose import LEVELS, Probe, judge, over_budget
 
 
 def _probe(record: dict) -> Probe:
@@ -51,14 +51,8 @@ def replay(name: str, target: float, answer: dict, pool: dict[float, dict], num_
         probe = Probe(label, level, ats[level])
         # nothing to train (every block recycled, no head): one score, the pretrained model's, after the last epoch
         untrained = len(record["scores"]) == 1 and epochs > 1 and not record["verdict"].startswith("fails after")
-        for epoch, folds in enumerate(record["folds"], 1):
-            probe.folds.append(folds)
-            probe.scores.append(sum(folds) / len(folds))
-            _drop(probe, reference, epochs if untrained else epoch)
-            probe.drops.append(probe.drop)
-            probe.behind.append(probe.drop - 2 * (probe.se or 0.0) > target)
-            if epoch < epochs and not_recovering(probe):
-                probe.verdict = f"fails after epoch {epoch} of {epochs}"
+        for epoch, parts in enumerate(record["folds"], 1):
+            if judge(probe, reference, parts, epoch, epochs, target, against=epochs if untrained else epoch):
                 break
         trained = len(probe.scores)
         if trained < epochs and not probe.verdict and not untrained:

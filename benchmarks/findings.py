@@ -67,7 +67,8 @@ def task_section(folder: Path, docs: Path, cpu: bool = False) -> str:
               f"{cfg['train_examples']} training and {val_n} validation examples (held out of the training data), "
               f"{cfg['test_examples']} test") + f", {cfg['epochs']} epochs, lr {cfg['lr']}, batch {cfg['batch_size']}; "
              f"seeds {', '.join(map(str, seeds))}. Mean ± sd over seeds; drops are against full fine-tuning of the "
-             f"same seed, ± the 95% t-interval." + (" Speedups in CPU seconds of fill and training." if cpu else ""), "",
+             f"same seed, ± the 95% t-interval." + (" Speedups in CPU seconds of fill and training." if cpu else ""),
+             "",
              f"| setting | blocks | validation drop | test {metric} | test drop | end-to-end speedup | fill s | "
              f"cache MB |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -279,18 +279,13 @@ def _train(task: Task, forward: nn.Module, reference: Probe | None, cfg: TrainCo
     def after(epoch: int) -> bool:
         start = time.process_time()
         forward.eval()
-        probe.folds.append(fold_scores(task, forward, folds))
-        probe.scores.append(sum(probe.folds[-1]) / len(probe.folds[-1]))
+        parts = fold_scores(task, forward, folds)
         probe.eval_s += time.process_time() - start
         if reference is None:
+            probe.folds.append(parts)
+            probe.scores.append(sum(parts) / len(parts))
             return True
-        _drop(probe, reference, epoch)
-        probe.drops.append(probe.drop)
-        probe.behind.append(probe.drop - 2 * (probe.se or 0.0) > max_drop)
-        if epoch < cfg.epochs and not_recovering(probe):
-            probe.verdict = f"fails after epoch {epoch} of {cfg.epochs}"
-            return False
-        return True
+        return not judge(probe, reference, parts, epoch, cfg.epochs, max_drop)
 
     batches = _train_batches(task, forward, cfg)
     start = time.process_time()
@@ -305,6 +300,22 @@ def _train(task: Task, forward: nn.Module, reference: Probe | None, cfg: TrainCo
         probe.verdict = "holds" if probe.drop <= max_drop else "fails"
     echo(f"{probe.label:>16}  val {task.metric} {probe.scores[-1]:6.2f}  {probe.verdict}")
     return probe, forward
+
+
+def judge(probe: Probe, reference: Probe, parts: list[float], epoch: int, epochs: int, max_drop: float,
+          against: int | None = None) -> bool:
+    """Record ``parts``, the probe's validation scores per part after ``epoch`` of ``epochs``, and its drop against
+    the reference at epoch ``against`` (default ``epoch``); True when it stops there (``not_recovering``), its
+    verdict said."""
+    probe.folds.append(parts)
+    probe.scores.append(sum(parts) / len(parts))
+    _drop(probe, reference, against or epoch)
+    probe.drops.append(probe.drop)
+    probe.behind.append(probe.drop - 2 * (probe.se or 0.0) > max_drop)
+    if epoch < epochs and not_recovering(probe):
+        probe.verdict = f"fails after epoch {epoch} of {epochs}"
+        return True
+    return False
 
 
 def not_recovering(probe: Probe) -> bool:

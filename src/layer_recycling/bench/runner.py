@@ -116,16 +116,16 @@ def _head_setting(task: Task, model: nn.Module) -> dict[str, Any]:
         raise ValueError(f"the head setting trains a head on one pooled vector per input: for retrieval, seq-cls and "
                          f"image-cls; task {task.kind!r} needs per-token outputs. Leave 'head' out of --levels")
     example = task.train[0].get("anchor", task.train[0])
-    if "pixel_values" not in example:
-        width = model.config.hidden_size
-        head = SkipConnectionHead(width) if task.kind == "retrieval" else ClassifierHead(width, task.num_labels)
-        return {"model": model, "at": "pooled", "head": head, "pooling": task.extra.get("pooling", task.pooling)}
-    if task.kind == "image-cls":
-        model = replace(model, {"head.fc": nn.Identity()})  # the bench's ImageClassifier: its pooled features
-    with torch.no_grad():
-        width = model.eval()(example["pixel_values"][None]).logits.shape[-1]
+    text = "pixel_values" not in example
+    if text:
+        width, pooling = model.config.hidden_size, {"pooling": task.extra.get("pooling", task.pooling)}
+    else:
+        if task.kind == "image-cls":
+            model = replace(model, {"head.fc": nn.Identity()})  # the bench's ImageClassifier: its pooled features
+        with torch.no_grad():
+            width, pooling = model.eval()(example["pixel_values"][None]).logits.shape[-1], {}
     head = SkipConnectionHead(width) if task.kind == "retrieval" else ClassifierHead(width, task.num_labels)
-    return {"model": model, "at": "pooled", "head": head}
+    return {"model": model, "at": "pooled", "head": head, **pooling}
 
 
 def _blocks(model: nn.Module) -> int:
